@@ -1,0 +1,7 @@
+// Package all registers every format diskimg reads, in probe order; import
+// it for its side effect.
+package all
+
+import (
+	_ "github.com/diskimg/diskimg/format/raw"
+)

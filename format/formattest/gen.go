@@ -1,0 +1,97 @@
+package formattest
+
+import (
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Content names a pattern of guest data for a generated image.
+type Content string
+
+const (
+	Empty  Content = "empty"  // no data at all
+	Sparse Content = "sparse" // a few runs of data, at cluster edges, odd offsets and the last byte
+	Dense  Content = "dense"  // random data everywhere
+	Zeros  Content = "zeros"  // written zeros: data that is all zero
+)
+
+// MakeRaw writes a raw image of size bytes with content c to path. Its data
+// is deterministic, so a failure reproduces.
+func MakeRaw(t testing.TB, path string, size int64, c Content) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(size))
+	write := func(off, n int64, random bool) {
+		if off < 0 || off >= size {
+			return
+		}
+		n = min(n, size-off)
+		buf := make([]byte, n)
+		if random {
+			rng.Read(buf)
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switch c {
+	case Empty:
+	case Dense:
+		for off := int64(0); off < size; off += 1 << 20 {
+			write(off, 1<<20, true)
+		}
+	case Zeros:
+		for off := int64(0); off < size; off += 1 << 20 {
+			write(off, 1<<20, false)
+		}
+	case Sparse:
+		// Runs chosen to straddle 512 B, 4 KiB, 64 KiB and 2 MiB boundaries.
+		for _, r := range [][2]int64{
+			{0, 1000}, {4095, 2}, {65536 - 100, 300}, {3 << 20, 70000},
+			{(2 << 20) - 512, 1024}, {size / 2, 12345}, {size - 1, 1},
+		} {
+			write(r[0], r[1], true)
+		}
+		// A run of written zeros between data, which must read back as zeros.
+		write(5<<20, 65536, false)
+	default:
+		t.Fatalf("unknown content %q", c)
+	}
+}
+
+// Convert makes an image of format fmt at dst from the raw file src with
+// qemu-img, passing extra arguments (such as "-o", "cluster_size=512" or
+// "-c") before the file names.
+func Convert(t testing.TB, src, dst, fmt string, extra ...string) {
+	t.Helper()
+	args := append([]string{"convert", "-f", "raw", "-O", fmt}, extra...)
+	Qemu(t, append(args, src, dst)...)
+}
+
+// Create makes an empty image with qemu-img create.
+func Create(t testing.TB, dst, fmt, size string, extra ...string) {
+	t.Helper()
+	args := append([]string{"create", "-q", "-f", fmt}, extra...)
+	Qemu(t, append(args, dst, size)...)
+}
+
+// Generate makes an image of format fmt with the given size and content in
+// dir and returns its path.
+func Generate(t testing.TB, dir, name, fmt string, size int64, c Content, extra ...string) string {
+	t.Helper()
+	src := filepath.Join(dir, name+".src.raw")
+	MakeRaw(t, src, size, c)
+	dst := filepath.Join(dir, name+"."+fmt)
+	Convert(t, src, dst, fmt, extra...)
+	os.Remove(src)
+	return dst
+}

@@ -1,0 +1,75 @@
+// Package formattest is the conformance suite every format reader passes:
+// images made by qemu-img in many variants must give the same info, the
+// same bytes and the same data map through diskimg as through qemu-img.
+package formattest
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// RequireQemu skips t when qemu-img is not installed; under CI=true it
+// fails instead, so a CI machine without qemu-img cannot pass silently.
+func RequireQemu(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("qemu-img is required under CI=true (install qemu-utils)")
+	}
+	t.Skip("qemu-img not installed (install qemu-utils)")
+}
+
+// Qemu runs qemu-img with args and returns its standard output; a failure
+// fails the test. Only call it on images the test made itself: qemu-img
+// follows backing files and URLs.
+func Qemu(t testing.TB, args ...string) []byte {
+	t.Helper()
+	RequireQemu(t)
+	cmd := exec.Command("qemu-img", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("qemu-img %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return out
+}
+
+// QemuInfo returns `qemu-img info --output=json` of path, decoded.
+func QemuInfo(t testing.TB, path string, args ...string) map[string]any {
+	t.Helper()
+	out := Qemu(t, append(append([]string{"info", "--output=json"}, args...), path)...)
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("qemu-img info output: %v", err)
+	}
+	return m
+}
+
+// MapEntry is one entry of `qemu-img map --output=json`.
+type MapEntry struct {
+	Start   int64  `json:"start"`
+	Length  int64  `json:"length"`
+	Depth   int    `json:"depth"`
+	Present bool   `json:"present"`
+	Zero    bool   `json:"zero"`
+	Data    bool   `json:"data"`
+	Offset  *int64 `json:"offset,omitempty"`
+}
+
+// QemuMap returns `qemu-img map --output=json` of path.
+func QemuMap(t testing.TB, path string, args ...string) []MapEntry {
+	t.Helper()
+	out := Qemu(t, append(append([]string{"map", "--output=json"}, args...), path)...)
+	var m []MapEntry
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("qemu-img map output: %v", err)
+	}
+	return m
+}

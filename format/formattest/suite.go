@@ -1,0 +1,66 @@
+package formattest
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Variant is one way of making an image: qemu-img convert or create
+// options, such as {"-o", "cluster_size=512"} or {"-c"}.
+type Variant struct {
+	Name string
+	Args []string
+}
+
+// Sizes are virtual sizes every variant is tried at: a tiny one, one that
+// is not a multiple of any cluster, and one of several blocks.
+var Sizes = []int64{1 << 20, 9<<20 + 3*512, 33<<20 + 4096}
+
+// Contents are the data patterns every variant is tried with.
+var Contents = []Content{Empty, Sparse, Dense, Zeros}
+
+// Run makes an image for every variant × size × content with qemu-img
+// (format fmt) and checks diskimg against qemu-img on each. Sizes are
+// rounded as the format needs by qemu-img itself; diskimg must agree.
+func Run(t *testing.T, fmtName string, variants []Variant, o Options) {
+	RequireQemu(t)
+	for _, v := range variants {
+		for _, size := range Sizes {
+			for _, c := range Contents {
+				name := fmt.Sprintf("%s/%d/%s", v.Name, size, c)
+				t.Run(name, func(t *testing.T) {
+					dir := t.TempDir()
+					path := Generate(t, dir, "img", fmtName, size, c, v.Args...)
+					Check(t, path, o)
+				})
+			}
+		}
+	}
+}
+
+// RunEmptyHuge creates an empty image of the given size (qemu-img create
+// syntax, such as "2T") for every variant and checks info and map, which
+// must come from metadata alone.
+func RunEmptyHuge(t *testing.T, fmtName, size string, variants []Variant, o Options) {
+	RequireQemu(t)
+	for _, v := range variants {
+		t.Run("empty-"+size+"/"+v.Name, func(t *testing.T) {
+			path := t.TempDir() + "/img." + fmtName
+			Create(t, path, fmtName, size, createArgs(v.Args)...)
+			Check(t, path, o)
+		})
+	}
+}
+
+// createArgs keeps the -o options of a convert variant; -c has no meaning
+// for create.
+func createArgs(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "-o" && i+1 < len(args) {
+			out = append(out, args[i], args[i+1])
+			i++
+		}
+	}
+	return out
+}

@@ -1,0 +1,96 @@
+// Package format defines the Image interface every disk image format
+// implements, the errors and safety policy they share, and an ordered
+// registry that probes a file and opens it with the right reader.
+package format
+
+import (
+	"io"
+)
+
+// Status says what a guest range holds.
+type Status uint8
+
+const (
+	// Unallocated ranges are stored nowhere in the chain; they read as zeros.
+	Unallocated Status = iota
+	// Zero ranges are stored as zeros (a zero cluster, a hole in a raw file).
+	Zero
+	// Data ranges hold bytes stored in the image or one of its backing files.
+	Data
+)
+
+func (s Status) String() string {
+	switch s {
+	case Unallocated:
+		return "unallocated"
+	case Zero:
+		return "zero"
+	case Data:
+		return "data"
+	}
+	return "invalid"
+}
+
+// Extent is a run of guest bytes with one status.
+type Extent struct {
+	Start  int64
+	Length int64
+	Status Status
+	// Depth is the layer of the backing chain that provides the run:
+	// 0 is the image itself, 1 its backing file, and so on.
+	Depth int
+	// Offset is the host file offset of Start in the layer's file when the
+	// run is stored uncompressed and contiguously there; -1 otherwise.
+	Offset int64
+	// Compressed is set when the run is stored compressed.
+	Compressed bool
+}
+
+// End returns the guest offset just past the extent.
+func (e Extent) End() int64 { return e.Start + e.Length }
+
+// Image is an open disk image: the guest-visible virtual disk, its extent map
+// and its metadata.
+//
+// ReadAt follows io.ReaderAt: reads past Size return io.EOF. A read of data
+// the file does not hold (a table or cluster pointing past the end of the
+// file) is an error, never zeros.
+type Image interface {
+	io.ReaderAt
+	io.Closer
+	// Size returns the virtual disk size in bytes.
+	Size() int64
+	// Extent returns the longest run starting at off (0 <= off < Size) that
+	// has one status, depth and contiguous host offset. Implementations
+	// answer from metadata alone and never read guest data.
+	Extent(off int64) (Extent, error)
+	// Info returns the image's metadata.
+	Info() *Info
+}
+
+// Info is the metadata `diskimg info` shows, named as qemu-img names it.
+type Info struct {
+	// Format is qemu's name for the format: raw, qcow2, vmdk, vpc, vhdx.
+	Format      string
+	VirtualSize int64
+	// ClusterSize is the allocation unit; 0 when the format has none.
+	ClusterSize int64
+	// Dirty reports the format's dirty or in-use flag.
+	Dirty bool
+	// BackingFile is the backing file name as stored in the image.
+	BackingFile string
+	// FullBackingFile is BackingFile resolved against the image's directory.
+	FullBackingFile string
+	// BackingFormat is the backing file's format as stored in the image.
+	BackingFormat string
+	Encrypted     bool
+	// Specific is marshalled as qemu's "format-specific" data; nil when
+	// qemu-img shows none for the format.
+	Specific any
+	// Backing is the opened backing image, nil when there is none or it was
+	// not opened.
+	Backing Image
+	// ExtentFiles are the other host files that hold this image's data
+	// (VMDK extents); actual-size counts them as qemu-img does.
+	ExtentFiles []string
+}

@@ -1,0 +1,92 @@
+package format
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Policy says which files an image may pull in besides itself: backing
+// files, VMDK extents, differencing parents, external data files.
+type Policy struct {
+	// AllowOutside lets references leave the image's directory (absolute
+	// paths, "..", symlinks pointing elsewhere).
+	AllowOutside bool
+	// NoBacking opens no backing file: ranges the image does not store read
+	// as zeros and are reported Unallocated.
+	NoBacking bool
+	// Untrusted refuses every reference to another file.
+	Untrusted bool
+}
+
+// Resolve turns ref, a file name stored in the image at imagePath, into a
+// path to open, or an error when the policy forbids it. Relative names are
+// taken relative to the image's directory, as qemu does.
+func (p Policy) Resolve(imagePath, ref string) (string, error) {
+	if ref == "" {
+		return "", fmt.Errorf("empty file reference")
+	}
+	if strings.ContainsRune(ref, 0) {
+		return "", fmt.Errorf("file reference %q contains a NUL byte", ref)
+	}
+	if isProtocol(ref) {
+		return "", fmt.Errorf("file reference %q is a protocol or json: name, which diskimg never opens", ref)
+	}
+	if p.Untrusted {
+		return "", fmt.Errorf("%q: %w (untrusted mode opens no other file)", ref, ErrOutsideDirectory)
+	}
+	dir := filepath.Dir(imagePath)
+	path := ref
+	if !filepath.IsAbs(ref) {
+		path = filepath.Join(dir, ref)
+	}
+	if p.AllowOutside {
+		return path, nil
+	}
+	if filepath.IsAbs(ref) {
+		return "", fmt.Errorf("%q is an absolute path: %w (use --allow-backing-outside to follow it)", ref, ErrOutsideDirectory)
+	}
+	for _, part := range strings.FieldsFunc(ref, func(r rune) bool { return r == '/' || r == '\\' }) {
+		if part == ".." {
+			return "", fmt.Errorf("%q contains \"..\": %w (use --allow-backing-outside to follow it)", ref, ErrOutsideDirectory)
+		}
+	}
+	// A symlink inside the directory may still point out of it.
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	realPath, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return "", fmt.Errorf("%q: %w", ref, err)
+		}
+		return "", err
+	}
+	if rel, err := filepath.Rel(realDir, realPath); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return "", fmt.Errorf("%q resolves to %s: %w (use --allow-backing-outside to follow it)", ref, realPath, ErrOutsideDirectory)
+	}
+	if fi, err := os.Stat(realPath); err == nil && !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%q is not a regular file", ref)
+	}
+	return path, nil
+}
+
+// isProtocol reports names qemu would treat as a protocol ("nbd://…",
+// "json:{…}", "http:…"), which must never be followed.
+func isProtocol(ref string) bool {
+	if strings.HasPrefix(ref, "json:") {
+		return true
+	}
+	i := strings.IndexByte(ref, ':')
+	if i <= 0 {
+		return false
+	}
+	for _, r := range ref[:i] {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
+}

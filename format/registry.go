@@ -1,0 +1,227 @@
+package format
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// File is an image file opened for reading.
+type File interface {
+	io.ReaderAt
+	// Size returns the file's length in bytes.
+	Size() int64
+	// Name returns the path the file was opened by; other files the image
+	// refers to are resolved against its directory. "" when unnamed.
+	Name() string
+}
+
+// Format describes one image format to the registry.
+type Format struct {
+	// Name is qemu's name for the format (raw, qcow2, vmdk, vpc, vhdx).
+	Name string
+	// Aliases are other accepted names ("vhd" for vpc).
+	Aliases []string
+	// Priority orders probing: lower first. Raw probes last.
+	Priority int
+	// Probe reports whether f carries this format's signature. It reads
+	// only a few fixed bytes.
+	Probe func(f File) bool
+	// Open opens f as this format. It returns an error wrapping
+	// ErrWrongType when f has no such signature. On success the image owns
+	// f: if f is an io.Closer, the image's Close closes it.
+	Open func(f File, o *Opener) (Image, error)
+}
+
+var (
+	mu      sync.RWMutex
+	formats []*Format
+)
+
+// Register adds a format to the registry; each format package calls it
+// from init.
+func Register(f *Format) {
+	mu.Lock()
+	defer mu.Unlock()
+	formats = append(formats, f)
+	sort.SliceStable(formats, func(i, j int) bool { return formats[i].Priority < formats[j].Priority })
+}
+
+// Formats returns the registered formats in probe order.
+func Formats() []*Format {
+	mu.RLock()
+	defer mu.RUnlock()
+	return append([]*Format(nil), formats...)
+}
+
+// Lookup finds a format by name or alias.
+func Lookup(name string) (*Format, error) {
+	for _, f := range Formats() {
+		if f.Name == name {
+			return f, nil
+		}
+		for _, a := range f.Aliases {
+			if a == name {
+				return f, nil
+			}
+		}
+	}
+	var names []string
+	for _, f := range Formats() {
+		names = append(names, f.Name)
+	}
+	return nil, fmt.Errorf("unknown format %q (known: %s)", name, strings.Join(names, ", "))
+}
+
+// Probe returns the first registered format whose signature f carries.
+func Probe(f File) (*Format, error) {
+	for _, ft := range Formats() {
+		if ft.Probe(f) {
+			return ft, nil
+		}
+	}
+	return nil, fmt.Errorf("no format matches and none is registered as fallback")
+}
+
+// Opener opens the images and files an image refers to, under a Policy, and
+// keeps track of the backing chain to refuse loops and overlong chains.
+type Opener struct {
+	Policy
+	depth int
+	chain []string // real paths of the images opened so far in this chain
+}
+
+// NewOpener returns an opener applying policy p.
+func NewOpener(p Policy) *Opener { return &Opener{Policy: p} }
+
+// Open opens the image at path. formatName forces a format; "" probes.
+func Open(path string, formatName string, p Policy) (Image, error) {
+	return NewOpener(p).open(path, formatName)
+}
+
+func (o *Opener) open(path, formatName string) (Image, error) {
+	real, err := filepath.Abs(path)
+	if err == nil {
+		if r, err := filepath.EvalSymlinks(real); err == nil {
+			real = r
+		}
+	}
+	for _, p := range o.chain {
+		if p == real {
+			return nil, fmt.Errorf("%s: backing chain loops back to this file", path)
+		}
+	}
+	if o.depth > MaxChainDepth {
+		return nil, fmt.Errorf("%s: backing chain deeper than %d images", path, MaxChainDepth)
+	}
+	f, err := OpenFile(path)
+	if err != nil {
+		return nil, err
+	}
+	child := &Opener{Policy: o.Policy, depth: o.depth + 1, chain: append(append([]string(nil), o.chain...), real)}
+	img, err := child.OpenImage(f, formatName)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return img, nil
+}
+
+// OpenImage opens an already open file as an image; formatName forces a
+// format, "" probes. The image owns f on success.
+func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
+	var ft *Format
+	var err error
+	if formatName != "" {
+		ft, err = Lookup(formatName)
+	} else {
+		ft, err = Probe(f)
+	}
+	if err != nil {
+		return nil, err
+	}
+	img, err := ft.Open(f, o)
+	if errors.Is(err, ErrWrongType) {
+		return nil, fmt.Errorf("not a %s image: %w", ft.Name, err)
+	}
+	return img, err
+}
+
+// OpenBacking opens the image that the image at imagePath names as ref
+// (a backing file or differencing parent). formatName is the stored
+// backing format, "" to probe. It returns (nil, nil) when the policy says
+// not to open backing files.
+func (o *Opener) OpenBacking(imagePath, ref, formatName string) (Image, error) {
+	if o.NoBacking {
+		return nil, nil
+	}
+	path, err := o.Resolve(imagePath, ref)
+	if err != nil {
+		return nil, fmt.Errorf("backing file: %w", err)
+	}
+	img, err := o.open(path, formatName)
+	if err != nil {
+		return nil, fmt.Errorf("backing file: %w", err)
+	}
+	return img, nil
+}
+
+// OpenRelated opens a plain file (a VMDK extent) that the image at
+// imagePath names as ref.
+func (o *Opener) OpenRelated(imagePath, ref string) (*OSFile, error) {
+	path, err := o.Resolve(imagePath, ref)
+	if err != nil {
+		return nil, err
+	}
+	return OpenFile(path)
+}
+
+// OSFile is a File backed by an *os.File.
+type OSFile struct {
+	*os.File
+	size int64
+}
+
+// OpenFile opens path read-only. Directories and devices other than block
+// devices are refused.
+func OpenFile(path string) (*OSFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	size := fi.Size()
+	switch {
+	case fi.Mode().IsRegular():
+	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
+		// A block device reports size 0 from Stat; ask it by seeking.
+		if size, err = f.Seek(0, io.SeekEnd); err != nil {
+			f.Close()
+			return nil, err
+		}
+	default:
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	return &OSFile{File: f, size: size}, nil
+}
+
+// Size returns the file's size when it was opened.
+func (f *OSFile) Size() int64 { return f.size }
+
+// CloseFile closes f when it is an io.Closer; readers call it from Close.
+func CloseFile(f File) error {
+	if c, ok := f.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}

@@ -1,0 +1,3 @@
+module github.com/diskimg/diskimg
+
+go 1.26.8
