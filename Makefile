@@ -1,0 +1,46 @@
+# diskimg — build, test, benchmark, fuzz.
+GO       ?= go
+BIN      := bin/diskimg
+FUZZTIME ?= 60s
+
+.PHONY: all build setup demo test vet fmt-check bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/diskimg
+
+# The default job on the bundled image: what is it, and what is inside.
+demo: build
+	$(BIN) info testdata/demo.qcow2
+	$(BIN) map testdata/demo.qcow2
+
+# Installs the Debian packages the tests use (qemu-utils, gdisk, mkfs tools) when missing.
+setup:
+	.ci/setup-deps
+
+# Everything CI runs: formatting, vet, every test (qemu-img required under CI=true).
+test: setup fmt-check vet
+	$(GO) test -count=1 -timeout 25m ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Go benchmarks of the inner loops (reading extents, zero detection, compression).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./format/... ./convert/...
+
+# Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$t"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+func infoCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "info",
+		Usage:     "show an image's format, sizes, backing file and format details (like qemu-img info)",
+		ArgsUsage: "FILE",
+		Flags: append(imageFlags(), outputFlag,
+			&cli.BoolFlag{Name: "backing-chain", Usage: "show every image of the backing chain"}),
+		Action: runInfo,
+	}
+}
+
+func runInfo(c *cli.Context) error {
+	mode, err := outputMode(c)
+	if err != nil {
+		return err
+	}
+	path, img, err := openArg(c)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	var reports []*format.Report
+	name := path
+	for layer := img; layer != nil; layer = layer.Info().Backing {
+		r, err := format.NewReport(name, layer)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		reports = append(reports, r)
+		if !c.Bool("backing-chain") {
+			break
+		}
+		name = layer.Info().FullBackingFile
+	}
+	w := c.App.Writer
+	if mode == "json" {
+		var v any = reports[0]
+		if c.Bool("backing-chain") {
+			v = reports
+		}
+		return writeJSON(w, v)
+	}
+	for i, r := range reports {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if err := writeInfoText(w, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "    ")
+	return enc.Encode(v)
+}
+
+// writeInfoText prints a report the way `qemu-img info` does, with
+// diskimg's allocated size added.
+func writeInfoText(w io.Writer, r *format.Report) error {
+	fmt.Fprintf(w, "image: %s\n", r.Filename)
+	fmt.Fprintf(w, "file format: %s\n", r.Format)
+	fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", humanSize(r.VirtualSize), r.VirtualSize)
+	fmt.Fprintf(w, "disk size: %s\n", humanSize(r.ActualSize))
+	fmt.Fprintf(w, "allocated size: %s (%d bytes)\n", humanSize(r.AllocatedSize), r.AllocatedSize)
+	if r.ClusterSize != 0 {
+		fmt.Fprintf(w, "cluster_size: %d\n", r.ClusterSize)
+	}
+	if r.Encrypted {
+		fmt.Fprintln(w, "encrypted: yes")
+	}
+	if r.BackingFilename != "" {
+		fmt.Fprintf(w, "backing file: %s", r.BackingFilename)
+		if r.FullBackingFilename != "" && filepath.Clean(r.FullBackingFilename) != filepath.Clean(r.BackingFilename) {
+			fmt.Fprintf(w, " (actual path: %s)", r.FullBackingFilename)
+		}
+		fmt.Fprintln(w)
+	}
+	if r.BackingFormat != "" {
+		fmt.Fprintf(w, "backing file format: %s\n", r.BackingFormat)
+	}
+	if r.FormatSpecific != nil {
+		fmt.Fprintln(w, "Format specific information:")
+		js, err := json.Marshal(r.FormatSpecific.Data)
+		if err != nil {
+			return err
+		}
+		if err := writeTree(w, js, 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// humanSize formats n bytes as qemu's size_to_str does: three significant
+// digits and a binary unit.
+func humanSize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	v := float64(n)
+	i := 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return fmt.Sprintf("%.3g %s", v, units[i])
+}

@@ -1,0 +1,60 @@
+// Command diskimg inspects, converts and checks virtual disk images.
+//
+// Exit codes: 0 success; 1 error (bad input, I/O, refused option); other
+// codes are command-specific and documented in each command's help and in
+// README.md (compare: 1 different, 2 error; check: qemu-img's codes; plan:
+// 3 refused).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	_ "github.com/diskimg/diskimg/format/all"
+)
+
+// exitError carries a command-specific exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run executes the command line args and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	app := &cli.App{
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		Name:            "diskimg",
+		Usage:           "inspect, convert and check virtual disk images",
+		HideHelpCommand: true,
+		Commands: []*cli.Command{
+			infoCommand(),
+			mapCommand(),
+		},
+		// Errors are printed once, by main, with the exit code they carry.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	err := app.Run(args)
+	if err == nil {
+		return 0
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if ee == nil || ee.err != nil {
+		fmt.Fprintf(stderr, "diskimg: %v\n", err)
+	}
+	return code
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+func mapCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "map",
+		Usage:     "list which guest ranges hold data, zeros or nothing (like qemu-img map)",
+		ArgsUsage: "FILE",
+		Flags:     append(imageFlags(), outputFlag),
+		Action:    runMap,
+	}
+}
+
+// mapEntry is one line of `map --output=json`, as qemu-img prints it.
+type mapEntry struct {
+	start, length int64
+	depth         int
+	present, zero bool
+	data          bool
+	offset        int64 // -1: none
+}
+
+func runMap(c *cli.Context) error {
+	mode, err := outputMode(c)
+	if err != nil {
+		return err
+	}
+	path, img, err := openArg(c)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	layers := layerNames(path, img)
+	var entries []mapEntry
+	err = format.Walk(img, 0, func(e format.Extent) error {
+		m := mapEntry{start: e.Start, length: e.Length, depth: e.Depth,
+			present: e.Status != format.Unallocated, zero: e.Status != format.Data,
+			data: e.Status == format.Data, offset: e.Offset}
+		// Merge with the previous entry as qemu-img does: same flags and
+		// depth, and host offsets that continue.
+		if n := len(entries); n > 0 {
+			p := &entries[n-1]
+			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data &&
+				(p.offset < 0) == (m.offset < 0) && (p.offset < 0 || p.offset+p.length == m.offset) {
+				p.length += m.length
+				return nil
+			}
+		}
+		entries = append(entries, m)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	if mode == "json" {
+		writeMapJSON(w, entries)
+		return nil
+	}
+	fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
+	for _, e := range entries {
+		if !e.data || e.offset < 0 {
+			continue
+		}
+		name := path
+		if e.depth < len(layers) {
+			name = layers[e.depth]
+		}
+		fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", hex(e.start), hex(e.length), hex(e.offset), name)
+	}
+	return nil
+}
+
+func hex(n int64) string {
+	if n == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%#x", n)
+}
+
+func writeMapJSON(w io.Writer, entries []mapEntry) {
+	fmt.Fprint(w, "[")
+	for i, e := range entries {
+		if i > 0 {
+			fmt.Fprint(w, ",\n")
+		}
+		fmt.Fprintf(w, `{ "start": %d, "length": %d, "depth": %d, "present": %t, "zero": %t, "data": %t`,
+			e.start, e.length, e.depth, e.present, e.zero, e.data)
+		if e.offset >= 0 {
+			fmt.Fprintf(w, `, "offset": %d`, e.offset)
+		}
+		fmt.Fprint(w, "}")
+	}
+	fmt.Fprintln(w, "]")
+}
+
+// layerNames lists the file name of each layer of the backing chain.
+func layerNames(path string, img format.Image) []string {
+	names := []string{path}
+	for info := img.Info(); info.Backing != nil; info = info.Backing.Info() {
+		names = append(names, filepath.Clean(info.FullBackingFile))
+	}
+	return names
+}
