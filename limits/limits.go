@@ -1,0 +1,155 @@
+// Package limits checks a disk image against a cloud's import and export
+// rules and decides the upload path. Profiles are plain data; Check and
+// Plan are pure functions of what info and inspect found. No I/O.
+package limits
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Sizes as the clouds' documents use them: their "GB" is GiB.
+const (
+	MiB int64 = 1 << 20
+	GiB int64 = 1 << 30
+	TiB int64 = 1 << 40
+)
+
+// Severity of a finding.
+type Severity string
+
+const (
+	Error   Severity = "error"   // the cloud refuses the image or request
+	Warning Severity = "warning" // likely to fail or to surprise
+	Info    Severity = "info"    // a documented limit worth knowing
+)
+
+// Direction of the transfer.
+type Direction string
+
+const (
+	Import Direction = "import"
+	Export Direction = "export"
+)
+
+// Image is what is known about the image file, from `info` and `inspect`.
+// Zero values mean unknown.
+type Image struct {
+	Filename      string
+	Format        string // qemu's name: raw, qcow2, vmdk, vpc, vhdx, …
+	Subformat     string // vmdk create type; vpc "fixed" or "dynamic"
+	VirtualSize   int64
+	FileSize      int64 // bytes the file takes to upload (its length)
+	AllocatedSize int64 // guest bytes holding data
+	Encrypted     bool
+	Backing       bool // has a backing file
+	DataFile      bool // qcow2 external data file
+
+	Inspected      bool   // partitions and filesystems could be read
+	PartitionTable string // "mbr", "gpt", "none"
+	OSType         string // "linux", "windows"
+	Arch           string // "x86_64", "aarch64", …
+	Bits           int    // 32 or 64
+	FSSize         int64  // bytes of all filesystems
+	FSUsed         int64  // bytes in use by all filesystems
+	InodesUsed     int64
+	InodesTotal    int64
+	Filesystems    int // how many filesystems were read
+}
+
+// Request is what the user intends to do with the image.
+type Request struct {
+	Direction    Direction
+	Disk         string // "system" (default) or "data"
+	Arch         string // architecture of the servers to create: "x86_64" or "aarch64"
+	MemoryGiB    int64  // memory of the servers to create
+	FlavorDisk   int64  // disk size of the target flavor, bytes
+	UploadFormat string // format the user wants to upload; "" lets Plan choose
+	// Quotas the request mentions, by rule id suffix ("private-images",
+	// "shared-tenants", …): the number the user intends.
+	Quotas map[string]int64
+}
+
+// Finding is one rule's verdict on the image and request.
+type Finding struct {
+	Rule     string   `json:"rule"`
+	Severity Severity `json:"severity"`
+	Message  string   `json:"message"`
+	Source   string   `json:"source"`
+}
+
+func (r *Request) disk() string {
+	if r.Disk == "" {
+		return "system"
+	}
+	return r.Disk
+}
+
+func (r *Request) direction() Direction {
+	if r.Direction == "" {
+		return Import
+	}
+	return r.Direction
+}
+
+// Check applies every rule of p to the image and request, in the
+// profile's order, and returns what they found.
+func Check(img Image, p *Profile, req Request) []Finding {
+	var out []Finding
+	for _, r := range p.Rules {
+		if r.Direction != "" && r.Direction != req.direction() {
+			continue
+		}
+		if r.Disk != "" && r.Disk != req.disk() {
+			continue
+		}
+		if msg, sev, hit := r.Kind.eval(r, img, req); hit {
+			if sev == "" {
+				sev = r.Severity
+			}
+			out = append(out, Finding{Rule: r.ID, Severity: sev, Message: msg, Source: sourceOf(r, p)})
+		}
+	}
+	return out
+}
+
+func sourceOf(r Rule, p *Profile) string {
+	if r.Source != "" {
+		return r.Source
+	}
+	return p.Source
+}
+
+// size prints bytes with the unit the documents use.
+func size(n int64) string {
+	switch {
+	case n >= TiB && n%TiB == 0:
+		return fmt.Sprintf("%d TiB", n/TiB)
+	case n >= GiB && n%GiB == 0:
+		return fmt.Sprintf("%d GiB", n/GiB)
+	case n >= MiB && n%MiB == 0:
+		return fmt.Sprintf("%d MiB", n/MiB)
+	case n >= GiB:
+		return fmt.Sprintf("%.2f GiB (%d bytes)", float64(n)/float64(GiB), n)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func formatList(f []string) string {
+	up := make([]string, len(f))
+	for i, s := range f {
+		up[i] = displayFormat(s)
+	}
+	return strings.Join(up, ", ")
+}
+
+// displayFormat names a format as the clouds' documents do (VHD for vpc).
+func displayFormat(f string) string {
+	if f == "vpc" {
+		return "VHD"
+	}
+	return strings.ToUpper(f)
+}
+
+func contains(list []string, s string) bool { return slices.Contains(list, s) }

@@ -1,0 +1,266 @@
+package limits
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// The sizes the import path turns on.
+var (
+	size127G  = 127 * GiB
+	size128G  = 128 * GiB
+	size128G1 = 128*GiB + 1
+	size1T    = 1 * TiB
+	size1T1   = 1*TiB + 1
+)
+
+func huawei(t *testing.T) *Profile {
+	p, err := Lookup("huawei-ims")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// dense is an image whose every byte holds data, so no conversion can
+// shrink it: its upload size is what it is.
+func dense(format string, n int64) Image {
+	return Image{Filename: "disk." + ext(format), Format: format, VirtualSize: n, FileSize: n, AllocatedSize: n}
+}
+
+func TestHuaweiImportPath(t *testing.T) {
+	p := huawei(t)
+	for _, tc := range []struct {
+		name   string
+		img    Image
+		want   string
+		format string
+		conv   bool
+	}{
+		{"raw 127G", dense("raw", size127G), "normal", "raw", false},
+		{"raw 128G", dense("raw", size128G), "normal", "raw", false},
+		{"raw 128G+1 goes fast as zvhd2", dense("raw", size128G1), "fast", "zvhd2", true},
+		{"raw 1T goes fast as zvhd2", dense("raw", size1T-2*MiB), "fast", "zvhd2", true},
+		{"raw 1T+1", dense("raw", size1T1), Refused, "zvhd2", false},
+		{"qcow2 127G", dense("qcow2", size127G), "normal", "qcow2", false},
+		{"qcow2 128G+1 goes fast as zvhd2", dense("qcow2", size128G1), "fast", "zvhd2", true},
+		{"vmdk 1T goes fast as zvhd2", dense("vmdk", size1T-2*MiB), "fast", "zvhd2", true},
+		{"zvhd2 1T", dense("zvhd2", size1T), "fast", "zvhd2", false},
+		{"zvhd2 1T+1", dense("zvhd2", size1T1), Refused, "zvhd2", false},
+		// A sparse raw file whose data is small converts to qcow2 and takes the normal path.
+		{"sparse raw 1T+1", Image{Format: "raw", VirtualSize: size1T1 - 1, FileSize: size1T1 - 1, AllocatedSize: 10 * GiB}, "normal", "qcow2", true},
+		// An unknown format is converted.
+		{"vdi-like unknown", Image{Format: "parallels", VirtualSize: 10 * GiB, FileSize: 5 * GiB, AllocatedSize: 5 * GiB}, "normal", "qcow2", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Plan(tc.img, p, Request{})
+			if d.Path != tc.want || d.UploadFormat != tc.format || (len(d.Commands) > 0) != tc.conv {
+				js, _ := json.MarshalIndent(d, "", "  ")
+				t.Errorf("got path %q format %q commands %v; want %q %q conversion=%v\n%s", d.Path, d.UploadFormat, d.Commands, tc.want, tc.format, tc.conv, js)
+			}
+		})
+	}
+}
+
+func TestHuaweiRawFastNeedsBitmap(t *testing.T) {
+	d := Plan(dense("raw", 200*GiB), huawei(t), Request{UploadFormat: "raw"})
+	if d.Path != "fast" || d.UploadFormat != "raw" {
+		t.Fatalf("got %s/%s", d.Path, d.UploadFormat)
+	}
+	if !hasRule(d.Findings, "huawei-ims.fast.raw-bitmap") || !slices.Contains(d.Commands, "java -jar CreateMF.jar disk.raw disk.mf") {
+		t.Errorf("raw fast import must name the bitmap step: %+v %v", d.Findings, d.Commands)
+	}
+}
+
+func TestHuaweiExport(t *testing.T) {
+	p := huawei(t)
+	for _, tc := range []struct {
+		size      int64
+		encrypted bool
+		want      string
+	}{
+		{size127G, false, "normal"}, {size128G, false, "normal"}, {size128G1, false, "fast"},
+		{size1T, false, "fast"}, {size1T1, false, Refused},
+		{size128G1, true, Refused}, {size127G, true, "normal"},
+	} {
+		img := dense("qcow2", tc.size)
+		img.Encrypted = tc.encrypted
+		d := Plan(img, p, Request{Direction: Export})
+		if d.Path != tc.want {
+			t.Errorf("export %d bytes encrypted=%v: path %q, want %q (%+v)", tc.size, tc.encrypted, d.Path, tc.want, d.Findings)
+		}
+		if d.Path == "fast" && (d.UploadFormat != "zvhd2" || len(d.Commands) != 1) {
+			t.Errorf("fast export must produce zvhd2 and the local convert command: %+v", d)
+		}
+	}
+}
+
+func hasRule(fs []Finding, id string) bool {
+	for _, f := range fs {
+		if f.Rule == id {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRules checks every rule of every profile fires on an image that
+// breaks it, and stays quiet on one that does not.
+func TestRules(t *testing.T) {
+	ok := Image{Format: "qcow2", VirtualSize: 20 * GiB, FileSize: 5 * GiB, AllocatedSize: 5 * GiB, Inspected: true,
+		PartitionTable: "gpt", OSType: "linux", Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 5 * GiB, InodesUsed: 1000, Filesystems: 1}
+	for _, tc := range []struct {
+		cloud, rule string
+		sev         Severity
+		req         Request
+		mod         func(*Image)
+		good        func(*Image) // makes an image the rule accepts; nil: the good image as it is
+	}{
+		{"huawei-ims", "huawei-ims.import.format", Error, Request{}, func(i *Image) { i.Format = "parallels" }, nil},
+		{"huawei-ims", "huawei-ims.import.system-disk-size", Error, Request{}, func(i *Image) { i.VirtualSize = size1T1 }, nil},
+		{"huawei-ims", "huawei-ims.import.data-disk-size", Error, Request{Disk: "data"}, func(i *Image) { i.VirtualSize = 2048*GiB + 1 }, nil},
+		{"huawei-ims", "huawei-ims.import.data-disk-min", Info, Request{Disk: "data"}, func(i *Image) { i.VirtualSize = 39 * GiB }, func(i *Image) { i.VirtualSize = 40 * GiB }},
+		{"huawei-ims", "huawei-ims.encrypted", Info, Request{}, func(i *Image) { i.Encrypted = true }, nil},
+		{"huawei-ims", "huawei-ims.arch", Error, Request{Arch: "aarch64"}, func(i *Image) {}, func(i *Image) { i.Arch = "aarch64" }},
+		{"huawei-ims", "huawei-ims.32bit-memory", Info, Request{}, func(i *Image) { i.Bits = 32 }, nil},
+		{"huawei-ims", "huawei-ims.32bit-memory", Error, Request{MemoryGiB: 8}, func(i *Image) { i.Bits = 32 }, nil},
+		{"huawei-ims", "huawei-ims.quota.private-images", Info, Request{Quotas: map[string]int64{"private-images": 51}}, func(i *Image) {}, nil},
+		{"huawei-ims", "huawei-ims.quota.creation-tasks", Info, Request{Quotas: map[string]int64{"creation-tasks": 41}}, func(i *Image) {}, nil},
+		{"huawei-ims", "huawei-ims.quota.shared-tenants", Info, Request{Quotas: map[string]int64{"shared-tenants": 129}}, func(i *Image) {}, nil},
+		{"huawei-ims", "huawei-ims.quota.tags", Info, Request{Quotas: map[string]int64{"tags": 11}}, func(i *Image) {}, nil},
+		{"huawei-ims", "huawei-ims.quota.replications", Info, Request{Quotas: map[string]int64{"replications": 6}}, func(i *Image) {}, nil},
+		{"huawei-ims", "huawei-ims.quota.replication-size", Info, Request{Quotas: map[string]int64{"replications": 1}}, func(i *Image) { i.VirtualSize = size128G1 }, nil},
+		{"huawei-ims", "huawei-ims.quota.servers", Info, Request{Quotas: map[string]int64{"servers": 101}}, func(i *Image) {}, nil},
+		{"huawei-ims", "huawei-ims.export.restrictions", Info, Request{Direction: Export}, func(i *Image) {}, nil},
+		{"rackspace", "rackspace.system-volume-40g", Warning, Request{}, func(i *Image) { i.VirtualSize = 40*GiB + 1 }, nil},
+		{"rackspace", "rackspace.near-full", Warning, Request{}, func(i *Image) { i.FSUsed = 19 * GiB }, nil},
+		{"rackspace", "rackspace.inodes", Warning, Request{}, func(i *Image) { i.InodesUsed = 6_000_000 }, nil},
+		{"rackspace", "rackspace.virtual-slack", Info, Request{}, func(i *Image) { i.AllocatedSize = 15 * GiB }, nil},
+		{"rackspace", "rackspace.windows-flavor-disk", Error, Request{FlavorDisk: 10 * GiB}, func(i *Image) { i.OSType = "windows" }, nil},
+		{"rackspace", "rackspace.windows-domain-controller", Info, Request{}, func(i *Image) { i.OSType = "windows" }, nil},
+		{"aws", "aws.format", Error, Request{}, func(i *Image) {}, nil},
+		{"aws", "aws.64-bit", Error, Request{}, func(i *Image) { i.Bits = 32 }, nil},
+		{"aws", "aws.partition-table", Error, Request{}, func(i *Image) { i.PartitionTable = "none" }, nil},
+		{"aws", "aws.encrypted", Error, Request{}, func(i *Image) { i.Encrypted = true }, nil},
+		{"aws", "aws.self-contained", Error, Request{}, func(i *Image) { i.Backing = true }, nil},
+		{"azure", "azure.fixed-vhd", Error, Request{}, func(i *Image) {}, nil},
+		{"azure", "azure.size-mib", Error, Request{}, func(i *Image) { i.VirtualSize += 512 }, nil},
+		{"azure", "azure.size-range", Error, Request{}, func(i *Image) { i.VirtualSize = 10 * MiB }, nil},
+		{"gcp", "gcp.format", Error, Request{}, func(i *Image) {}, nil},
+		{"gcp", "gcp.size-gib", Error, Request{}, func(i *Image) { i.VirtualSize += MiB }, nil},
+		{"openstack", "openstack.format", Error, Request{}, func(i *Image) { i.Format = "zvhd2" }, nil},
+		{"openstack", "openstack.self-contained", Error, Request{}, func(i *Image) { i.DataFile = true }, nil},
+		{"azure", "azure.self-contained", Error, Request{}, func(i *Image) { i.Backing = true }, nil},
+		{"gcp", "gcp.self-contained", Error, Request{}, func(i *Image) { i.Backing = true }, nil},
+		{"rackspace", "rackspace.database", Info, Request{}, func(i *Image) {}, nil},
+		{"rackspace", "rackspace.block-volumes", Info, Request{}, func(i *Image) {}, nil},
+		{"rackspace", "rackspace.system-disk-only", Info, Request{}, func(i *Image) {}, nil},
+		{"rackspace", "rackspace.prepared", Info, Request{}, func(i *Image) {}, nil},
+	} {
+		t.Run(tc.rule, func(t *testing.T) {
+			p, err := Lookup(tc.cloud)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad := ok
+			tc.mod(&bad)
+			f := find(Check(bad, p, tc.req), tc.rule)
+			if f == nil || f.Severity != tc.sev || f.Source == "" || f.Message == "" {
+				t.Errorf("rule %s on the breaking image: %+v, want severity %s", tc.rule, f, tc.sev)
+			}
+			// Quota rules speak whenever the request mentions them.
+			if r := ruleOf(p, tc.rule); r.Kind != KindNote && r.Kind != KindQuota && r.Kind != KindFormat && r.Kind != KindFixedVHD && r.Kind != KindWindowsNote && r.Kind != Kind32BitMemory {
+				good := ok
+				if tc.good != nil {
+					tc.good(&good)
+				}
+				if f := find(Check(good, p, tc.req), tc.rule); f != nil {
+					t.Errorf("rule %s fires on a good image: %+v", tc.rule, f)
+				}
+			}
+		})
+	}
+}
+
+func find(fs []Finding, id string) *Finding {
+	for i := range fs {
+		if fs[i].Rule == id {
+			return &fs[i]
+		}
+	}
+	return nil
+}
+
+func ruleOf(p *Profile, id string) Rule {
+	for _, r := range p.Rules {
+		if r.ID == id {
+			return r
+		}
+	}
+	return Rule{}
+}
+
+// Every rule of every profile is covered by TestRules.
+func TestEveryRuleTested(t *testing.T) {
+	data, err := os.ReadFile("limits_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range profiles {
+		for _, r := range p.Rules {
+			if !containsStr(string(data), `"`+r.ID+`"`) {
+				t.Errorf("rule %s has no test", r.ID)
+			}
+		}
+	}
+}
+
+func containsStr(s, sub string) bool {
+	return len(sub) > 0 && len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0)
+}
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestPlanGolden(t *testing.T) {
+	img := Image{Filename: "vm.vmdk", Format: "vmdk", Subformat: "monolithicSparse", VirtualSize: 20*GiB + 3*MiB + 512,
+		FileSize: 3 * GiB, AllocatedSize: 3 * GiB, Inspected: true, PartitionTable: "gpt", OSType: "linux",
+		Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 2 * GiB, InodesUsed: 80000, InodesTotal: 1310720, Filesystems: 2}
+	for _, name := range Profiles() {
+		p, _ := Lookup(name)
+		d := Plan(img, p, Request{})
+		got, _ := json.MarshalIndent(d, "", "    ")
+		path := filepath.Join("testdata", "plan-"+name+".json")
+		if *update {
+			os.MkdirAll("testdata", 0o755)
+			os.WriteFile(path, append(got, '\n'), 0o644)
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (go test -update writes it)", err)
+		}
+		if string(want) != string(got)+"\n" {
+			t.Errorf("%s differs (go test -update rewrites it):\n%s", path, got)
+		}
+	}
+}
+
+func TestLookupUnknown(t *testing.T) {
+	_, err := Lookup("nope")
+	if err == nil || err.Error() != `unknown cloud "nope" (known: aws, azure, gcp, huawei-ims, openstack, rackspace)` {
+		t.Errorf("Lookup(nope) = %v", err)
+	}
+}

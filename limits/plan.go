@@ -1,0 +1,359 @@
+package limits
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Path is one way into or out of a cloud.
+type Path struct {
+	Name string // "normal" or "fast"
+	// MaxSize is the largest upload (import) or image (export) the path
+	// takes; 0 means no documented limit.
+	MaxSize int64
+	// Formats the path takes (import) or produces (export): qemu names,
+	// optionally "name:subformat".
+	Formats []string
+	// OnRequest are formats the path also takes, used only when the user
+	// asks for them (Huawei's RAW fast import needs a bitmap file diskimg
+	// cannot make).
+	OnRequest []string
+	// Convert is the format:subformat diskimg writes when the image's own
+	// format is not taken.
+	Convert string
+	// RoundTo rounds the virtual size of a converted image up to a
+	// multiple (Azure: 1 MiB, GCP: 1 GiB).
+	RoundTo int64
+	// Package wraps the converted file for upload ("tar.gz" for GCP).
+	Package string
+}
+
+// Profile is one cloud's rules.
+type Profile struct {
+	Name   string
+	Title  string
+	Source string // the document most rules come from
+	Import []Path
+	Export []Path
+	Rules  []Rule
+}
+
+// Decision is the plan for one image, request and cloud.
+type Decision struct {
+	Cloud     string    `json:"cloud"`
+	Direction Direction `json:"direction"`
+	// Path is "normal", "fast" or "refused".
+	Path         string `json:"path"`
+	UploadFormat string `json:"upload-format,omitempty"`
+	// UploadSize is the size of the file to upload; an upper bound when
+	// UploadSizeEstimated (it will be converted first).
+	UploadSize          int64     `json:"upload-size"`
+	UploadSizeEstimated bool      `json:"upload-size-estimated,omitempty"`
+	Findings            []Finding `json:"findings"`
+	Commands            []string  `json:"commands"`
+}
+
+// Refused is the Path of a decision that cannot go.
+const Refused = "refused"
+
+// Plan decides how the image goes to (or comes from) the cloud: which path,
+// in which format, and the diskimg commands that make the upload. The
+// findings are those of the file that would be uploaded.
+func Plan(img Image, p *Profile, req Request) Decision {
+	dir := req.direction()
+	d := Decision{Cloud: p.Name, Direction: dir, Path: Refused, Findings: []Finding{}, Commands: []string{}}
+	paths := p.Import
+	if dir == Export {
+		paths = p.Export
+	}
+	if len(paths) == 0 {
+		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".direction", Severity: Error,
+			Message: fmt.Sprintf("%s documents no %s path", p.Title, dir), Source: p.Source})
+		return d
+	}
+	if dir == Export {
+		return planExport(img, p, req, paths, d)
+	}
+	var chosen *Path
+	var upload Image
+	for i := range paths {
+		path := &paths[i]
+		for _, u := range uploadsFor(img, path, req.UploadFormat) {
+			if path.MaxSize == 0 || u.FileSize <= path.MaxSize || compressedFits(u, path) {
+				chosen, upload = path, u
+				break
+			}
+		}
+		if chosen != nil {
+			break
+		}
+	}
+	if chosen == nil {
+		// Report against the largest path, with the smallest upload diskimg could make.
+		last := &paths[len(paths)-1]
+		us := uploadsFor(img, last, req.UploadFormat)
+		if len(us) == 0 {
+			d.Findings = append(d.Findings, Finding{Rule: p.Name + ".upload-format", Severity: Error,
+				Message: fmt.Sprintf("%s is not an upload format of %s", displayFormat(req.UploadFormat), p.Title), Source: p.Source})
+			return d
+		}
+		u := us[len(us)-1]
+		d.UploadFormat, d.UploadSize, d.UploadSizeEstimated = u.Format, u.FileSize, u.FileSize != img.FileSize || u.Format != img.Format
+		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.size", Severity: Error,
+			Message: fmt.Sprintf("the file to upload is %s, more than the %s any import path takes", size(u.FileSize), size(last.MaxSize)), Source: p.Source})
+		d.Findings = append(d.Findings, Check(u, p, req)...)
+		return d
+	}
+	d.UploadFormat, d.UploadSize = upload.Format, upload.FileSize
+	converted := upload.Format != img.Format || upload.Subformat != img.Subformat && upload.Subformat != "" || upload.VirtualSize != img.VirtualSize || img.Backing
+	d.UploadSizeEstimated = converted && !exactSize(upload)
+	d.Findings = append(d.Findings, Check(upload, p, req)...)
+	d.Findings = append(d.Findings, pathFinding(p, chosen, upload, converted))
+	if converted {
+		d.Commands = convertCommands(img, chosen, upload)
+	}
+	if chosen.MaxSize > 0 && upload.FileSize > chosen.MaxSize {
+		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.compressed-size", Severity: Warning,
+			Message: fmt.Sprintf("the %s data fits the %s limit only once compressed; the converted file's size decides (diskimg convert --cloud re-checks it)",
+				size(upload.AllocatedSize), size(chosen.MaxSize)), Source: p.Source})
+	}
+	if upload.Format == "raw" && chosen.Name == "fast" && p.Name == "huawei-ims" {
+		d.Findings = append(d.Findings, Finding{Rule: "huawei-ims.fast.raw-bitmap", Severity: Warning,
+			Message: "fast import of a RAW file needs its bitmap (.mf) file, whose format is not public: make it with Huawei's tool " +
+				"(java -jar CreateMF.jar image.raw image.mf), give it the image's base name and upload both to the same bucket",
+			Source: p.Source})
+		d.Commands = append(d.Commands, fmt.Sprintf("java -jar CreateMF.jar %s %s", uploadName(img, upload, chosen), strings.TrimSuffix(uploadName(img, upload, chosen), ".raw")+".mf"))
+	}
+	d.Path = chosen.Name
+	for _, f := range d.Findings {
+		if f.Severity == Error {
+			d.Path = Refused
+		}
+	}
+	return d
+}
+
+func planExport(img Image, p *Profile, req Request, paths []Path, d Decision) Decision {
+	d.UploadSize = img.VirtualSize
+	d.Findings = append(d.Findings, Check(img, p, req)...)
+	for i := range paths {
+		path := &paths[i]
+		if path.MaxSize != 0 && img.VirtualSize > path.MaxSize {
+			continue
+		}
+		d.Path = path.Name
+		d.UploadFormat = path.Convert
+		if path.Name == "fast" {
+			d.UploadFormat = "zvhd2"
+			if img.Encrypted {
+				d.Findings = append(d.Findings, Finding{Rule: "huawei-ims.export.fast-encrypted", Severity: Error,
+					Message: "encrypted images cannot be exported through fast export", Source: p.Source})
+			}
+			local := "qcow2"
+			if img.Format != "" && img.Format != "zvhd2" {
+				local = img.Format
+			}
+			d.Commands = append(d.Commands, fmt.Sprintf("diskimg convert -f zvhd2 -O %s exported.zvhd2 exported.%s", local, ext(local)))
+		}
+		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".export.path", Severity: Info,
+			Message: fmt.Sprintf("image of %s: %s export (up to %s) as %s", size(img.VirtualSize), path.Name, size(path.MaxSize), formatList(formatNames(path.Formats))),
+			Source:  p.Source})
+		break
+	}
+	if d.Path == Refused {
+		last := paths[len(paths)-1]
+		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".export.size", Severity: Error,
+			Message: fmt.Sprintf("image of %s exceeds the %s export limit", size(img.VirtualSize), size(last.MaxSize)), Source: p.Source})
+	}
+	for _, f := range d.Findings {
+		if f.Severity == Error {
+			d.Path = Refused
+		}
+	}
+	return d
+}
+
+// compressedFits reports an upload to a compressed format whose guest data
+// fits the path before compression, so compression can only help.
+func compressedFits(u Image, path *Path) bool {
+	return (u.Format == "zvhd2" || u.Format == "zvhd") && u.AllocatedSize <= path.MaxSize
+}
+
+// exactSize reports formats whose converted size is known in advance.
+func exactSize(u Image) bool {
+	return u.Format == "raw" || u.Format == "vpc" && u.Subformat == "fixed"
+}
+
+func pathFinding(p *Profile, path *Path, u Image, converted bool) Finding {
+	how := "as it is"
+	if converted {
+		how = "after conversion"
+		if !exactSize(u) {
+			how += " (size is an upper bound)"
+		}
+	}
+	limit := "no documented size limit"
+	if path.MaxSize > 0 {
+		limit = "up to " + size(path.MaxSize)
+	}
+	return Finding{Rule: p.Name + ".import.path", Severity: Info,
+		Message: fmt.Sprintf("upload of %s as %s %s: %s import (%s)", size(u.FileSize), describe(u), how, path.Name, limit),
+		Source:  p.Source}
+}
+
+// uploadsFor returns the images that could be uploaded on path, best
+// first: the image itself when the path takes it, then the conversion
+// diskimg would make. want forces the upload format.
+func uploadsFor(img Image, path *Path, want string) []Image {
+	target := path.Convert
+	if want != "" {
+		target = matchFormat(append(path.Formats, path.OnRequest...), want)
+		if target == "" {
+			return nil
+		}
+	}
+	f, sub, _ := strings.Cut(target, ":")
+	var out []Image
+	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0)
+	if selfContained && (want == "" && accepts(path.Formats, img) || want != "" && img.Format == f && (sub == "" || sub == img.Subformat)) {
+		out = append(out, img)
+	}
+	return append(out, converted(img, f, sub, path.RoundTo))
+}
+
+func matchFormat(list []string, want string) string {
+	for _, f := range list {
+		if name, _, _ := strings.Cut(f, ":"); name == want {
+			return f
+		}
+	}
+	return ""
+}
+
+func accepts(list []string, img Image) bool {
+	for _, f := range list {
+		name, sub, _ := strings.Cut(f, ":")
+		if name == img.Format && (sub == "" || sub == img.Subformat) {
+			return true
+		}
+	}
+	return false
+}
+
+func formatNames(list []string) []string {
+	out := make([]string, len(list))
+	for i, f := range list {
+		out[i], _, _ = strings.Cut(f, ":")
+	}
+	return out
+}
+
+// converted describes the image diskimg would write: same guest data,
+// the new format, and an upper bound of the file's size.
+func converted(img Image, f, sub string, roundTo int64) Image {
+	u := img
+	u.Format, u.Subformat = f, sub
+	u.Backing, u.DataFile, u.Encrypted = false, false, false
+	u.Filename = ""
+	if roundTo > 0 {
+		u.VirtualSize = (img.VirtualSize + roundTo - 1) / roundTo * roundTo
+	}
+	u.FileSize = EstimateSize(u.Format, u.Subformat, u.VirtualSize, img.AllocatedSize)
+	return u
+}
+
+// EstimateSize bounds the size of a file diskimg writes in format f
+// holding alloc bytes of data in a disk of virtual bytes. Compressed
+// formats are bounded by their uncompressed size.
+func EstimateSize(f, sub string, virtual, alloc int64) int64 {
+	const cluster = 64 << 10
+	switch f {
+	case "raw":
+		return virtual
+	case "vpc":
+		if sub == "fixed" {
+			return virtual + 512
+		}
+		// Dynamic: 2 MiB blocks, each with a 512-byte bitmap, and the BAT.
+		blocks := (virtual + 2*MiB - 1) / (2 * MiB)
+		data := min(virtual, roundUp(alloc, 2*MiB)*2)
+		return data + data/(2*MiB)*512 + blocks*4 + 3*512 + MiB
+	case "qcow2":
+		// Data, L2 tables (8 bytes a cluster), refcounts, header and L1.
+		return alloc + virtual/cluster*8 + alloc/cluster*2 + 4*cluster + virtual/(cluster*cluster/8)*8
+	case "vmdk":
+		// Grain tables of 4 bytes a 64 KiB grain, plus markers.
+		return alloc + virtual/cluster*4 + alloc/cluster*512 + 128<<10
+	case "vhdx":
+		return min(virtual, roundUp(alloc, 32*MiB)*2) + virtual/(32*MiB)*8 + 4*MiB
+	case "zvhd2", "zvhd":
+		return alloc + virtual/(2*MiB)*64 + MiB
+	}
+	return virtual
+}
+
+func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
+
+func ext(f string) string {
+	switch f {
+	case "vpc":
+		return "vhd"
+	case "raw":
+		return "raw"
+	}
+	return f
+}
+
+func uploadName(img Image, u Image, path *Path) string {
+	if path.Package == "tar.gz" {
+		return "disk.raw"
+	}
+	base := "image"
+	if img.Filename != "" {
+		base = strings.TrimSuffix(filepath.Base(img.Filename), filepath.Ext(img.Filename))
+	}
+	return base + "." + ext(u.Format)
+}
+
+// convertCommands are the diskimg commands that make the upload.
+func convertCommands(img Image, path *Path, u Image) []string {
+	src := img.Filename
+	if src == "" {
+		src = "SRC"
+	}
+	dst := uploadName(img, u, path)
+	if filepath.Dir(src) != "." {
+		dst = filepath.Join(filepath.Dir(src), dst)
+	}
+	cmd := "diskimg convert"
+	if img.Format != "" {
+		cmd += " -f " + img.Format
+	}
+	cmd += " -O " + u.Format
+	var opts []string
+	if u.Subformat != "" {
+		opts = append(opts, "subformat="+u.Subformat)
+	}
+	if u.Format == "vpc" && u.Subformat == "fixed" {
+		opts = append(opts, "force_size=on")
+	}
+	if len(opts) > 0 {
+		cmd += " -o " + strings.Join(opts, ",")
+	}
+	if u.VirtualSize != img.VirtualSize {
+		cmd += fmt.Sprintf(" --resize %d", u.VirtualSize)
+	}
+	cmds := []string{fmt.Sprintf("%s %s %s", cmd, quote(src), quote(dst))}
+	if path.Package == "tar.gz" {
+		cmds = append(cmds, fmt.Sprintf("tar --format=oldgnu -Sczf %s -C %s disk.raw", quote(strings.TrimSuffix(dst, "disk.raw")+"image.tar.gz"), quote(filepath.Dir(dst))))
+	}
+	return cmds
+}
+
+func quote(s string) string {
+	if strings.ContainsAny(s, " \t'\"$\\`!*?[]{}();&|<>") {
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	return s
+}
