@@ -71,7 +71,10 @@ type Image interface {
 // Info is the metadata `diskimg info` shows, named as qemu-img names it.
 type Info struct {
 	// Format is qemu's name for the format: raw, qcow2, vmdk, vpc, vhdx.
-	Format      string
+	Format string
+	// Subformat is the variant where the format has several: the VMDK
+	// create type, "fixed" or "dynamic" for VHD and VHDX.
+	Subformat   string
 	VirtualSize int64
 	// ClusterSize is the allocation unit; 0 when the format has none.
 	ClusterSize int64

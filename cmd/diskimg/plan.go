@@ -1,0 +1,186 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/limits"
+)
+
+// exitRefused is plan's exit code when the cloud would refuse the image.
+const exitRefused = 3
+
+func planCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "plan",
+		Usage:     "check an image against a cloud's import/export limits and choose the path (exit 3: refused)",
+		ArgsUsage: "FILE",
+		Flags: append(imageFlags(), outputFlag,
+			&cli.StringFlag{Name: "cloud", Required: true, Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
+			&cli.StringFlag{Name: "direction", Value: "import", Usage: "import or export"},
+			&cli.StringFlag{Name: "disk", Value: "system", Usage: "the image is a system or data disk"},
+			&cli.StringFlag{Name: "arch", Usage: "architecture of the servers to create (x86_64, aarch64)"},
+			&cli.Int64Flag{Name: "memory", Usage: "memory of the servers to create, `GiB`"},
+			&cli.StringFlag{Name: "flavor-disk", Usage: "disk `SIZE` of the target flavor (e.g. 40G)"},
+			&cli.StringFlag{Name: "upload-format", Usage: "upload in this `FMT` instead of the one plan chooses"},
+			&cli.StringSliceFlag{Name: "quota", Usage: "a count the request involves, `NAME=N` (private-images, creation-tasks, shared-tenants, tags, replications, servers)"},
+		),
+		Action: runPlan,
+	}
+}
+
+func planRequest(c *cli.Context) (limits.Request, error) {
+	req := limits.Request{
+		Direction:    limits.Direction(c.String("direction")),
+		Disk:         c.String("disk"),
+		Arch:         c.String("arch"),
+		MemoryGiB:    c.Int64("memory"),
+		UploadFormat: c.String("upload-format"),
+	}
+	if req.Direction != limits.Import && req.Direction != limits.Export {
+		return req, fmt.Errorf("--direction: %q is not import or export", req.Direction)
+	}
+	if req.Disk != "system" && req.Disk != "data" {
+		return req, fmt.Errorf("--disk: %q is not system or data", req.Disk)
+	}
+	if s := c.String("flavor-disk"); s != "" {
+		n, err := parseSize(s)
+		if err != nil {
+			return req, fmt.Errorf("--flavor-disk: %w", err)
+		}
+		req.FlavorDisk = n
+	}
+	for _, q := range c.StringSlice("quota") {
+		name, val, ok := strings.Cut(q, "=")
+		n, err := strconv.ParseInt(val, 10, 64)
+		if !ok || err != nil || n < 0 {
+			return req, fmt.Errorf("--quota: %q is not NAME=N", q)
+		}
+		if req.Quotas == nil {
+			req.Quotas = map[string]int64{}
+		}
+		req.Quotas[name] = n
+	}
+	return req, nil
+}
+
+func runPlan(c *cli.Context) error {
+	mode, err := outputMode(c)
+	if err != nil {
+		return err
+	}
+	profile, err := limits.Lookup(c.String("cloud"))
+	if err != nil {
+		return err
+	}
+	req, err := planRequest(c)
+	if err != nil {
+		return err
+	}
+	path, img, err := openArg(c)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	facts, err := imageFacts(path, img)
+	if err != nil {
+		return err
+	}
+	d := limits.Plan(facts, profile, req)
+	w := c.App.Writer
+	if mode == "json" {
+		err = writeJSON(w, d)
+	} else {
+		writePlanText(w, d)
+	}
+	if err == nil && d.Path == limits.Refused {
+		return &exitError{code: exitRefused}
+	}
+	return err
+}
+
+// imageFacts gathers what limits needs from the image's info.
+func imageFacts(path string, img format.Image) (limits.Image, error) {
+	rep, err := format.NewReport(path, img)
+	if err != nil {
+		return limits.Image{}, err
+	}
+	info := img.Info()
+	f, err := format.OpenFile(path)
+	if err != nil {
+		return limits.Image{}, err
+	}
+	fileSize := f.Size()
+	f.Close()
+	return limits.Image{
+		Filename:      path,
+		Format:        info.Format,
+		Subformat:     info.Subformat,
+		VirtualSize:   img.Size(),
+		FileSize:      fileSize,
+		AllocatedSize: rep.AllocatedSize,
+		Encrypted:     info.Encrypted,
+		Backing:       info.BackingFile != "",
+	}, nil
+}
+
+func writePlanText(w io.Writer, d limits.Decision) {
+	fmt.Fprintf(w, "cloud: %s (%s)\n", d.Cloud, d.Direction)
+	fmt.Fprintf(w, "path: %s\n", d.Path)
+	if d.UploadFormat != "" {
+		approx := ""
+		if d.UploadSizeEstimated {
+			approx = "at most "
+		}
+		fmt.Fprintf(w, "upload: %s, %s%s (%d bytes)\n", d.UploadFormat, approx, humanSize(d.UploadSize), d.UploadSize)
+	}
+	if len(d.Findings) > 0 {
+		fmt.Fprintln(w, "findings:")
+		for _, f := range d.Findings {
+			fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Rule, f.Message)
+		}
+	}
+	if len(d.Commands) > 0 {
+		fmt.Fprintln(w, "commands:")
+		for _, cmd := range d.Commands {
+			fmt.Fprintf(w, "  %s\n", cmd)
+		}
+	}
+}
+
+// parseSize reads a size like qemu-img does: a number with an optional
+// K, M, G, T, P or E suffix (binary units; "b" or none means bytes).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch strings.ToUpper(s[n-1:]) {
+		case "K":
+			mult = 1 << 10
+		case "M":
+			mult = 1 << 20
+		case "G":
+			mult = 1 << 30
+		case "T":
+			mult = 1 << 40
+		case "P":
+			mult = 1 << 50
+		case "E":
+			mult = 1 << 60
+		case "B":
+		}
+		if mult != 1 || strings.ToUpper(s[n-1:]) == "B" {
+			s = s[:n-1]
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<63-1)/mult {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	return n * mult, nil
+}
