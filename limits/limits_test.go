@@ -44,6 +44,8 @@ func TestHuaweiImportPath(t *testing.T) {
 		conv   bool
 	}{
 		{"raw 127G", dense("raw", size127G), "normal", "raw", false},
+		// A mostly empty raw file is converted: the qcow2 is far smaller to upload.
+		{"sparse raw 127G", Image{Format: "raw", VirtualSize: size127G, FileSize: size127G, AllocatedSize: GiB}, "normal", "qcow2", true},
 		{"raw 128G", dense("raw", size128G), "normal", "raw", false},
 		{"raw 128G+1 goes fast as zvhd2", dense("raw", size128G1), "fast", "zvhd2", true},
 		{"raw 1T goes fast as zvhd2", dense("raw", size1T-2*MiB), "fast", "zvhd2", true},

@@ -79,10 +79,11 @@ func Plan(img Image, p *Profile, req Request) Decision {
 	var upload Image
 	for i := range paths {
 		path := &paths[i]
+		// The smallest upload that fits wins; the image as it is wins ties.
 		for _, u := range uploadsFor(img, path, req.UploadFormat) {
-			if path.MaxSize == 0 || u.FileSize <= path.MaxSize || compressedFits(u, path) {
+			fits := path.MaxSize == 0 || u.FileSize <= path.MaxSize || compressedFits(u, path)
+			if fits && (chosen == nil || u.FileSize < upload.FileSize) {
 				chosen, upload = path, u
-				break
 			}
 		}
 		if chosen != nil {

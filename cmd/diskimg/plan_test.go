@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/limits"
+)
+
+// The sizes the Huawei import and export paths turn on.
+var boundarySizes = []struct {
+	name string
+	size int64
+}{
+	{"127G", 127 << 30}, {"128G", 128 << 30}, {"128G+1", 128<<30 + 1}, {"1T", 1 << 40}, {"1T+1", 1<<40 + 1},
+}
+
+func planJSON(t *testing.T, args ...string) (limits.Decision, int) {
+	t.Helper()
+	out, stderr, code := runCLI(t, append([]string{"plan", "--output=json"}, args...)...)
+	var d limits.Decision
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatalf("plan %v: exit %d, %v: %s%s", args, code, err, out, stderr)
+	}
+	return d, code
+}
+
+// sparseRaw makes a raw file of n bytes that holds no data.
+func sparseRaw(t *testing.T, dir, name string, n int64) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(n); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestPlanHuaweiBoundaries drives `plan --cloud huawei-ims` over sparse
+// images made at the sizes where the path changes, in several formats, for
+// import and export.
+func TestPlanHuaweiBoundaries(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	type want struct{ path, format string }
+	for i, b := range boundarySizes {
+		raw := sparseRaw(t, dir, fmt.Sprintf("disk%d.raw", i), b.size)
+		qcow := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
+		formattest.Create(t, qcow, "qcow2", fmt.Sprint(b.size))
+		vhdx := filepath.Join(dir, fmt.Sprintf("disk%d.vhdx", i))
+		formattest.Create(t, vhdx, "vhdx", fmt.Sprint(b.size))
+		for _, tc := range []struct {
+			args []string
+			want want
+		}{
+			// RAW uploaded as it is: the file's size decides the path.
+			{[]string{"--upload-format", "raw", raw}, [...]want{{"normal", "raw"}, {"normal", "raw"}, {"fast", "raw"}, {"fast", "raw"}, {"refused", "raw"}}[i]},
+			// Empty RAW converted to qcow2 fits the normal path up to the 1 TB system disk limit.
+			{[]string{raw}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"refused", "qcow2"}}[i]},
+			// Empty qcow2 and vhdx go as they are; over 1 TB the system disk limit refuses them.
+			{[]string{qcow}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"refused", "qcow2"}}[i]},
+			{[]string{vhdx}, [...]want{{"normal", "vhdx"}, {"normal", "vhdx"}, {"normal", "vhdx"}, {"normal", "vhdx"}, {"refused", "vhdx"}}[i]},
+			// A data disk may be up to 2048 GB.
+			{[]string{"--disk", "data", qcow}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}}[i]},
+			// Export: the image's size decides; over 128 GB only fast export (ZVHD2), over 1 TB refused.
+			{[]string{"--direction", "export", qcow}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"fast", "zvhd2"}, {"fast", "zvhd2"}, {"refused", ""}}[i]},
+		} {
+			name := b.name + " " + strings.Join(tc.args[:len(tc.args)-1], " ") + " " + filepath.Ext(tc.args[len(tc.args)-1])
+			t.Run(name, func(t *testing.T) {
+				d, code := planJSON(t, append([]string{"--cloud", "huawei-ims"}, tc.args...)...)
+				if d.Path != tc.want.path || d.UploadFormat != tc.want.format {
+					t.Errorf("path %q, upload %q; want %q, %q\nfindings: %+v", d.Path, d.UploadFormat, tc.want.path, tc.want.format, d.Findings)
+				}
+				wantCode := 0
+				if tc.want.path == limits.Refused {
+					wantCode = exitRefused
+				}
+				if code != wantCode {
+					t.Errorf("exit %d, want %d", code, wantCode)
+				}
+			})
+		}
+	}
+}
+
+// TestPlanGolden golden-tests plan's text output for each profile on the
+// bundled demo image.
+func TestPlanGolden(t *testing.T) {
+	for _, cloud := range limits.Profiles() {
+		t.Run(cloud, func(t *testing.T) {
+			out, stderr, code := runCLI(t, "plan", "--cloud", cloud, "../../testdata/demo.qcow2")
+			if code != 0 && code != exitRefused {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			golden(t, "plan-"+cloud+".txt", out)
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512": 512, "4K": 4096, "40G": 40 << 30, "1T": 1 << 40, "7b": 7} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "99999999999E"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}
