@@ -40,6 +40,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Commands: []*cli.Command{
 			infoCommand(),
 			mapCommand(),
+			inspectCommand(),
 			planCommand(),
 		},
 		// Errors are printed once, by main, with the exit code they carry.

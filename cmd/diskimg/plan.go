@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/inspect"
 	"github.com/diskimg/diskimg/limits"
 )
 
@@ -90,6 +91,11 @@ func runPlan(c *cli.Context) error {
 	facts, err := imageFacts(path, img)
 	if err != nil {
 		return err
+	}
+	// What is inside the image refines the findings; an image that cannot
+	// be inspected still gets those its size and format give.
+	if rep, err := inspect.Inspect(img, inspect.Options{NoAllocated: true}); err == nil {
+		limits.AddInspection(&facts, rep)
 	}
 	d := limits.Plan(facts, profile, req)
 	w := c.App.Writer

@@ -1,0 +1,113 @@
+package inspect
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"unicode/utf16"
+)
+
+// imageError marks a failure to read the image itself (as opposed to
+// malformed guest content): Inspect returns it instead of a finding.
+type imageError struct{ err error }
+
+func (e *imageError) Error() string { return e.err.Error() }
+func (e *imageError) Unwrap() error { return e.err }
+
+// errOutside is returned for reads outside a device: guest metadata that
+// points past the end of its partition.
+var errOutside = errors.New("outside the device")
+
+// dev is a window of the guest disk: a partition or the whole disk. Every
+// read is checked against its bounds.
+type dev struct {
+	r    io.ReaderAt
+	base int64 // offset of the window in the guest disk
+	size int64
+	// budget is the bytes a filesystem reader may still read, shared by
+	// every dev cut from the same one, to bound time on hostile input.
+	budget *int64
+}
+
+// maxReadBudget bounds the guest bytes one Inspect reads through all
+// parsers and file readers together.
+const maxReadBudget = 512 << 20
+
+// read returns n bytes at off inside the device.
+func (d dev) read(off int64, n int) ([]byte, error) {
+	if off < 0 || n < 0 || off > d.size || int64(n) > d.size-off {
+		return nil, fmt.Errorf("read of %d bytes at offset %d: %w (%d bytes)", n, off, errOutside, d.size)
+	}
+	if d.budget != nil {
+		if *d.budget < int64(n) {
+			return nil, fmt.Errorf("read budget of %d bytes exhausted", maxReadBudget)
+		}
+		*d.budget -= int64(n)
+	}
+	p := make([]byte, n)
+	m, err := d.r.ReadAt(p, d.base+off)
+	if m < n {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, &imageError{fmt.Errorf("reading guest offset %d: %w", d.base+off, err)}
+	}
+	return p, nil
+}
+
+// sub returns the window [off, off+size) of d, clipped to d.
+func (d dev) sub(off, size int64) dev {
+	if off < 0 || off > d.size {
+		off, size = d.size, 0
+	}
+	size = min(size, d.size-off)
+	return dev{r: d.r, base: d.base + off, size: size, budget: d.budget}
+}
+
+var (
+	le = binary.LittleEndian
+	be = binary.BigEndian
+)
+
+// guid formats a GPT-style mixed-endian GUID (the first three fields are
+// little-endian) in lower case, as blkid does.
+func guid(b []byte) string {
+	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", le.Uint32(b[0:]), le.Uint16(b[4:]), le.Uint16(b[6:]), b[8:10], b[10:16])
+}
+
+// uuidBE formats 16 bytes in order, as a standard (big-endian) UUID.
+func uuidBE(b []byte) string {
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// cstr returns b up to its first NUL, with trailing spaces removed.
+func cstr(b []byte) string {
+	if i := strings.IndexByte(string(b), 0); i >= 0 {
+		b = b[:i]
+	}
+	return strings.TrimRight(strings.ToValidUTF8(string(b), "?"), " ")
+}
+
+// utf16le decodes UTF-16LE up to the first NUL.
+func utf16le(b []byte) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := le.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}

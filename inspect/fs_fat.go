@@ -1,0 +1,288 @@
+package inspect
+
+import (
+	"fmt"
+	"math/bits"
+	"strings"
+)
+
+// FAT boot sector / BIOS parameter block.
+const (
+	fatBytesPerSec  = 11 // u16
+	fatSecPerClus   = 13 // u8
+	fatReserved     = 14 // u16 reserved sectors before the first FAT
+	fatNumFATs      = 16 // u8
+	fatRootEntries  = 17 // u16, 0 on FAT32
+	fatTotSec16     = 19 // u16
+	fatFATSz16      = 22 // u16, 0 on FAT32
+	fatTotSec32     = 32 // u32
+	fatFATSz32      = 36 // u32
+	fatRootClus32   = 44 // u32
+	fatVolID16      = 39 // u32, FAT12/16 layout
+	fatVolLab16     = 43 // [11]
+	fatFSType16     = 54 // [8] "FAT12   " / "FAT16   "
+	fatVolID32      = 67
+	fatVolLab32     = 71
+	fatFSType32     = 82 // [8] "FAT32   "
+	fatDirEntSize   = 32
+	fatAttrVolumeID = 0x08
+	fatAttrLongName = 0x0f
+	fatMaxFAT12     = 4085  // fewer clusters than this is FAT12
+	fatMaxFAT16     = 65525 // fewer clusters than this is FAT16
+	fatNoName       = "NO NAME"
+	fatChunk        = 64 << 10 // FAT bytes counted per read
+)
+
+func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
+	if d.size < 512 {
+		return nil, nil
+	}
+	bs, err := d.read(0, 512)
+	if err != nil {
+		return nil, err
+	}
+	if bs[0] != 0xeb && bs[0] != 0xe9 || le.Uint16(bs[mbrBootSig:]) != mbrSignature {
+		return nil, nil
+	}
+	fat32Layout := le.Uint16(bs[fatFATSz16:]) == 0
+	if fat32Layout && !strings.HasPrefix(string(bs[fatFSType32:fatFSType32+8]), "FAT") ||
+		!fat32Layout && !strings.HasPrefix(string(bs[fatFSType16:fatFSType16+8]), "FAT") && !strings.HasPrefix(string(bs[fatFSType16:fatFSType16+8]), "MSDOS") {
+		return nil, nil
+	}
+	fs := &Filesystem{Type: "vfat"}
+	idOff, labOff := fatVolID16, fatVolLab16
+	if fat32Layout {
+		idOff, labOff = fatVolID32, fatVolLab32
+	}
+	id := le.Uint32(bs[idOff:])
+	fs.UUID = fmt.Sprintf("%04X-%04X", id>>16, id&0xffff)
+	if l := cstr(bs[labOff : labOff+11]); l != fatNoName {
+		fs.Label = l
+	}
+	bps := int64(le.Uint16(bs[fatBytesPerSec:]))
+	spc := int64(bs[fatSecPerClus])
+	rsvd := int64(le.Uint16(bs[fatReserved:]))
+	nfats := int64(bs[fatNumFATs])
+	rootEnt := int64(le.Uint16(bs[fatRootEntries:]))
+	tot := int64(le.Uint16(bs[fatTotSec16:]))
+	if tot == 0 {
+		tot = int64(le.Uint32(bs[fatTotSec32:]))
+	}
+	fatsz := int64(le.Uint16(bs[fatFATSz16:]))
+	if fatsz == 0 {
+		fatsz = int64(le.Uint32(bs[fatFATSz32:]))
+	}
+	bad := func(f string, a ...any) (*Filesystem, error) {
+		r.addf(Error, "%s: vfat boot sector: "+f, append([]any{where}, a...)...)
+		return fs, nil
+	}
+	switch {
+	case bps < 512 || bps > 4096 || bps&(bps-1) != 0:
+		return bad("BPB_BytsPerSec %d is not a power of two in 512..4096", bps)
+	case spc == 0 || spc&(spc-1) != 0:
+		return bad("BPB_SecPerClus %d is not a power of two", spc)
+	case rsvd == 0 || nfats == 0:
+		return bad("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", rsvd, nfats)
+	case tot*bps > d.size:
+		return bad("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", tot, bps, d.size)
+	}
+	rootSecs := (rootEnt*fatDirEntSize + bps - 1) / bps
+	meta := rsvd + nfats*fatsz + rootSecs
+	if fatsz == 0 || meta >= tot {
+		return bad("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
+	}
+	clusters := (tot - meta) / spc
+	entryBits := int64(32)
+	switch {
+	case clusters < fatMaxFAT12:
+		fs.Version, entryBits = "FAT12", 12
+	case clusters < fatMaxFAT16:
+		fs.Version, entryBits = "FAT16", 16
+	default:
+		fs.Version = "FAT32"
+	}
+	if (clusters+2)*entryBits > fatsz*bps*8 {
+		return bad("BPB_FATSz %d sectors cannot hold %d clusters", fatsz, clusters)
+	}
+	cs := spc * bps
+	fs.BlockSize = cs
+	fs.Size = tot * bps
+
+	// The root directory's volume label entry wins over the boot
+	// sector's, as blkid does.
+	rootOff := (rsvd + nfats*fatsz) * bps
+	rootLen := rootSecs * bps
+	if fs.Version == "FAT32" {
+		rc := int64(le.Uint32(bs[fatRootClus32:]))
+		if rc >= 2 && rc < clusters+2 {
+			rootOff, rootLen = meta*bps+(rc-2)*cs, cs
+		}
+	}
+	if root, err := d.read(rootOff, int(min(rootLen, fatChunk))); err == nil {
+		for i := 0; i+fatDirEntSize <= len(root); i += fatDirEntSize {
+			e := root[i : i+fatDirEntSize]
+			if e[0] == 0 {
+				break
+			}
+			if e[0] != 0xe5 && e[11]&fatAttrLongName != fatAttrLongName && e[11]&fatAttrVolumeID != 0 {
+				fs.Label = cstr(e[:11])
+				break
+			}
+		}
+	} else if isImageErr(err) {
+		return nil, err
+	}
+
+	free, err := fatFree(d, rsvd*bps, clusters, entryBits)
+	if err != nil {
+		if isImageErr(err) {
+			return nil, err
+		}
+		r.addf(Warning, "%s: vfat: counting free clusters: %v", where, err)
+		return fs, nil
+	}
+	fs.Free = free * cs
+	fs.Used = (clusters - free) * cs
+	return fs, nil
+}
+
+// fatFree counts the free (zero) entries for clusters 2..clusters+1 of
+// the FAT at off, reading it in bounded chunks.
+func fatFree(d dev, off, clusters, entryBits int64) (int64, error) {
+	var free int64
+	if entryBits == 12 {
+		b, err := d.read(off, int((clusters+2)*3/2+1))
+		if err != nil {
+			return 0, err
+		}
+		for c := int64(2); c < clusters+2; c++ {
+			v := le.Uint16(b[c*3/2:])
+			if c&1 == 1 {
+				v >>= 4
+			}
+			if v&0xfff == 0 {
+				free++
+			}
+		}
+		return free, nil
+	}
+	esize := entryBits / 8
+	for c := int64(2); c < clusters+2; {
+		n := min(clusters+2-c, fatChunk/esize)
+		b, err := d.read(off+c*esize, int(n*esize))
+		if err != nil {
+			return 0, err
+		}
+		for i := int64(0); i < n; i++ {
+			var v uint32
+			if esize == 2 {
+				v = uint32(le.Uint16(b[i*2:]))
+			} else {
+				v = le.Uint32(b[i*4:]) & 0x0fffffff
+			}
+			if v == 0 {
+				free++
+			}
+		}
+		c += n
+	}
+	return free, nil
+}
+
+// exFAT boot sector.
+const (
+	exfatName         = "EXFAT   "
+	exfatVolumeLength = 72  // u64 sectors
+	exfatFATOffset    = 80  // u32 sectors
+	exfatClusterHeap  = 88  // u32 sectors
+	exfatClusterCount = 92  // u32
+	exfatRootCluster  = 96  // u32
+	exfatSerial       = 100 // u32
+	exfatBPSShift     = 108 // u8, 9..12
+	exfatSPCShift     = 109 // u8, bps shift + this ≤ 25
+	exfatEntryBitmap  = 0x81
+	exfatEntryLabel   = 0x83
+	exfatMaxLabel     = 11 // UTF-16 characters
+)
+
+func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
+	if d.size < 512 {
+		return nil, nil
+	}
+	bs, err := d.read(0, 512)
+	if err != nil || string(bs[3:11]) != exfatName {
+		return nil, err
+	}
+	fs := &Filesystem{Type: "exfat"}
+	id := le.Uint32(bs[exfatSerial:])
+	fs.UUID = fmt.Sprintf("%04X-%04X", id>>16, id&0xffff)
+	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
+	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
+		r.addf(Error, "%s: exfat boot sector: BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", where, bpsShift, spcShift)
+		return fs, nil
+	}
+	bps := int64(1) << bpsShift
+	cs := bps << spcShift
+	vol := le.Uint64(bs[exfatVolumeLength:])
+	heap := int64(le.Uint32(bs[exfatClusterHeap:])) * bps
+	count := int64(le.Uint32(bs[exfatClusterCount:]))
+	if vol > uint64(d.size/bps) {
+		r.addf(Error, "%s: exfat boot sector: VolumeLength %d sectors does not fit the %d-byte device", where, vol, d.size)
+		return fs, nil
+	}
+	fs.Size = int64(vol) * bps
+	if heap > fs.Size || count > (fs.Size-heap)/cs {
+		r.addf(Error, "%s: exfat boot sector: ClusterHeapOffset or ClusterCount %d is past the volume", where, count)
+		return fs, nil
+	}
+	fs.BlockSize = cs
+	clusterOff := func(c int64) (int64, bool) { return heap + (c-2)*cs, c >= 2 && c < count+2 }
+	rootOff, ok := clusterOff(int64(le.Uint32(bs[exfatRootCluster:])))
+	if !ok {
+		r.addf(Error, "%s: exfat boot sector: FirstClusterOfRootDirectory is outside the cluster heap", where)
+		return fs, nil
+	}
+	root, err := d.read(rootOff, int(min(cs, fatChunk)))
+	if err != nil {
+		if isImageErr(err) {
+			return nil, err
+		}
+		r.addf(Error, "%s: exfat root directory: %v", where, err)
+		return fs, nil
+	}
+	var bitmapOff, bitmapLen int64 = -1, 0
+	for i := 0; i+32 <= len(root) && root[i] != 0; i += 32 {
+		e := root[i : i+32]
+		switch e[0] {
+		case exfatEntryLabel:
+			n := min(int(e[1]), exfatMaxLabel)
+			fs.Label = utf16le(e[2 : 2+2*n])
+		case exfatEntryBitmap:
+			if bitmapOff < 0 {
+				if off, ok := clusterOff(int64(le.Uint32(e[20:]))); ok {
+					bitmapOff, bitmapLen = off, int64(le.Uint64(e[24:])&(1<<40-1))
+				}
+			}
+		}
+	}
+	// The bitmap is read as one contiguous run, as mkfs.exfat lays it out.
+	if need := (count + 7) / 8; bitmapOff >= 0 && bitmapLen >= need {
+		var used int64
+		for off := int64(0); off < need; off += fatChunk {
+			b, err := d.read(bitmapOff+off, int(min(fatChunk, need-off)))
+			if err != nil {
+				if isImageErr(err) {
+					return nil, err
+				}
+				r.addf(Warning, "%s: exfat allocation bitmap: %v", where, err)
+				return fs, nil
+			}
+			for _, c := range b {
+				used += int64(bits.OnesCount8(c))
+			}
+		}
+		fs.Used = used * cs
+		fs.Free = (count - used) * cs
+	}
+	return fs, nil
+}

@@ -1,0 +1,238 @@
+// Package inspect reads what is inside a disk image of any format: the
+// partition table, the filesystem on each partition and the operating
+// system installed, straight from on-disk metadata, without mounting
+// anything or starting a VM.
+//
+// Everything malformed inside the guest disk becomes a Finding in the
+// Report; Inspect returns an error only when the image itself cannot be
+// read.
+package inspect
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// Report is what Inspect found. Fields that are unknown are left zero.
+type Report struct {
+	Format         string          `json:"format"`
+	VirtualSize    int64           `json:"virtual-size"`
+	AllocatedSize  int64           `json:"allocated-size"`
+	PartitionTable *PartitionTable `json:"partition-table"`
+	// Filesystem is set when the whole disk holds one filesystem (no
+	// partition table).
+	Filesystem *Filesystem `json:"filesystem,omitempty"`
+	OS         *OS         `json:"os,omitempty"`
+	Findings   []Finding   `json:"findings"`
+}
+
+// PartitionTable describes an MBR or GPT table; Type is "none" when the
+// disk has no table.
+type PartitionTable struct {
+	Type string `json:"type"` // mbr, gpt or none
+	// UUID is the GPT disk GUID; for MBR the disk signature as 8 hex digits.
+	UUID       string      `json:"uuid,omitempty"`
+	Partitions []Partition `json:"partitions"`
+}
+
+// Partition is one entry of the table. Start and Size are in bytes.
+type Partition struct {
+	Number int    `json:"number"`
+	Start  int64  `json:"start"`
+	Size   int64  `json:"size"`
+	Type   string `json:"type"` // GPT type GUID, or MBR type as "0x83"
+	// TypeName is the human name of Type ("EFI System", "Linux filesystem").
+	TypeName   string      `json:"type-name"`
+	Name       string      `json:"name,omitempty"`
+	UUID       string      `json:"uuid,omitempty"`
+	Bootable   bool        `json:"bootable"`
+	Filesystem *Filesystem `json:"filesystem,omitempty"`
+}
+
+// Filesystem is what a superblock says. Byte counts are 0 when the
+// filesystem does not record them.
+type Filesystem struct {
+	// Type uses blkid's names: ext2, ext3, ext4, xfs, btrfs, ntfs, vfat,
+	// exfat, swap, LVM2_member, crypto_LUKS, iso9660.
+	Type string `json:"type"`
+	// Version refines Type where it matters: FAT12/FAT16/FAT32, LUKS1/LUKS2.
+	Version     string `json:"version,omitempty"`
+	Label       string `json:"label,omitempty"`
+	UUID        string `json:"uuid,omitempty"`
+	Size        int64  `json:"size"`
+	BlockSize   int64  `json:"block-size,omitempty"`
+	Used        int64  `json:"used,omitempty"`
+	Free        int64  `json:"free,omitempty"`
+	InodesTotal int64  `json:"inodes-total,omitempty"`
+	InodesUsed  int64  `json:"inodes-used,omitempty"`
+	// Encrypted is set for LUKS containers, whose content is not read.
+	Encrypted bool `json:"encrypted"`
+	// Volumes are the logical volumes of an LVM2 physical volume, when its
+	// metadata names them simply.
+	Volumes []LogicalVolume `json:"logical-volumes,omitempty"`
+}
+
+// LogicalVolume is an LVM2 logical volume found in a PV's metadata.
+type LogicalVolume struct {
+	VG   string `json:"vg"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// OS is the operating system found on a readable filesystem.
+type OS struct {
+	Type       string `json:"type"` // linux or windows
+	Distro     string `json:"distro,omitempty"`
+	Version    string `json:"version,omitempty"`
+	PrettyName string `json:"pretty-name,omitempty"`
+	Arch       string `json:"arch,omitempty"` // x86_64, aarch64, i386, …
+	Bits       int    `json:"bits,omitempty"`
+	Boot       string `json:"boot"` // uefi or bios
+	CloudInit  bool   `json:"cloud-init"`
+	Virtio     bool   `json:"virtio"`
+	// Partition is the number of the partition holding the root
+	// filesystem, 0 for a whole-disk filesystem.
+	Partition int `json:"partition"`
+}
+
+// Severity ranks findings.
+type Severity string
+
+const (
+	Info    Severity = "info"
+	Warning Severity = "warning"
+	Error   Severity = "error"
+)
+
+// Finding is something wrong or notable in the guest disk.
+type Finding struct {
+	Severity Severity `json:"severity"`
+	Message  string   `json:"message"`
+}
+
+func (r *Report) addf(s Severity, format string, args ...any) {
+	r.Findings = append(r.Findings, Finding{Severity: s, Message: fmt.Sprintf(format, args...)})
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	b, err := json.MarshalIndent(r, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// WriteText writes the report as aligned tables for people.
+func (r *Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "format:          %s\n", r.Format)
+	fmt.Fprintf(&b, "virtual size:    %s (%d bytes)\n", human(r.VirtualSize), r.VirtualSize)
+	fmt.Fprintf(&b, "allocated size:  %s (%d bytes)\n", human(r.AllocatedSize), r.AllocatedSize)
+	pt := r.PartitionTable
+	if pt != nil {
+		fmt.Fprintf(&b, "partition table: %s", pt.Type)
+		if pt.UUID != "" {
+			fmt.Fprintf(&b, " (%s)", pt.UUID)
+		}
+		b.WriteString("\n")
+	}
+	if pt != nil && len(pt.Partitions) > 0 {
+		b.WriteString("\n")
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "#\tSTART\tSIZE\tTYPE\tNAME\tFS\tLABEL\tUUID\tUSED\tFREE\t")
+		for _, p := range pt.Partitions {
+			boot := ""
+			if p.Bootable {
+				boot = "*"
+			}
+			fsType, label, uuid, used, free := "-", "", "", "", ""
+			if f := p.Filesystem; f != nil {
+				fsType, label, uuid, used, free = fsLabel(f), f.Label, f.UUID, sizeOrDash(f.Used), sizeOrDash(f.Free)
+			}
+			fmt.Fprintf(tw, "%d%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", p.Number, boot, p.Start, human(p.Size),
+				p.TypeName, p.Name, fsType, label, uuid, used, free)
+		}
+		tw.Flush()
+	}
+	if f := r.Filesystem; f != nil {
+		fmt.Fprintf(&b, "\nfilesystem:      %s", fsLabel(f))
+		if f.Label != "" {
+			fmt.Fprintf(&b, " label %q", f.Label)
+		}
+		if f.UUID != "" {
+			fmt.Fprintf(&b, " uuid %s", f.UUID)
+		}
+		fmt.Fprintf(&b, " size %s", human(f.Size))
+		if f.Used != 0 || f.Free != 0 {
+			fmt.Fprintf(&b, " used %s free %s", human(f.Used), human(f.Free))
+		}
+		b.WriteString("\n")
+	}
+	if o := r.OS; o != nil {
+		b.WriteString("\n")
+		name := o.PrettyName
+		if name == "" {
+			name = strings.TrimSpace(o.Distro + " " + o.Version)
+		}
+		fmt.Fprintf(&b, "os:              %s (%s)\n", o.Type, name)
+		if o.Arch != "" {
+			fmt.Fprintf(&b, "arch:            %s, %d-bit\n", o.Arch, o.Bits)
+		}
+		fmt.Fprintf(&b, "boot:            %s\n", o.Boot)
+		fmt.Fprintf(&b, "cloud-init:      %s\n", yesNo(o.CloudInit))
+		fmt.Fprintf(&b, "virtio drivers:  %s\n", yesNo(o.Virtio))
+	}
+	if len(r.Findings) > 0 {
+		b.WriteString("\nfindings:\n")
+		for _, f := range r.Findings {
+			fmt.Fprintf(&b, "  %-7s  %s\n", f.Severity, f.Message)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func fsLabel(f *Filesystem) string {
+	s := f.Type
+	if f.Version != "" {
+		s += " (" + f.Version + ")"
+	}
+	if f.Encrypted {
+		s += " [encrypted]"
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func sizeOrDash(n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return human(n)
+}
+
+// human formats n bytes with a binary unit, as qemu-img does.
+func human(n int64) string {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n)
+	i := -1
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	return fmt.Sprintf("%.3g %ciB", v, units[i])
+}
