@@ -52,6 +52,10 @@ func (e Extent) End() int64 { return e.Start + e.Length }
 // Image is an open disk image: the guest-visible virtual disk, its extent map
 // and its metadata.
 //
+// ReadAt and Extent are safe to call from several goroutines at once (the
+// converter reads with parallel workers while it walks the map); a reader
+// locks any table cache it shares.
+//
 // ReadAt follows io.ReaderAt: reads past Size return io.EOF. A read of data
 // the file does not hold (a table or cluster pointing past the end of the
 // file) is an error, never zeros.

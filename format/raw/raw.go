@@ -26,16 +26,23 @@ func init() {
 	})
 }
 
+// SectorSize is the unit qemu sizes raw disks in: a file of 1000 bytes is
+// a disk of 1024, its tail reading as zeros, and a raw file qemu-img
+// writes always ends on a whole sector.
+const SectorSize = 512
+
 // Image is a raw disk image.
 type Image struct {
-	f    format.File
-	size int64
-	fd   int // -1 when the file has no descriptor to seek holes with
+	f        format.File
+	fileSize int64 // bytes in the file
+	size     int64 // fileSize rounded up to a sector
+	fd       int   // -1 when the file has no descriptor to seek holes with
 }
 
 // Open opens f as a raw image.
 func Open(f format.File) (*Image, error) {
-	img := &Image{f: f, size: f.Size(), fd: -1}
+	n := f.Size()
+	img := &Image{f: f, fileSize: n, size: fileSize(n), fd: -1}
 	if fd, ok := f.(interface{ Fd() uintptr }); ok {
 		img.fd = int(fd.Fd())
 	}
@@ -48,14 +55,19 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if n == 0 {
 		return 0, clipErr
 	}
-	m, err := img.f.ReadAt(p[:n], off)
-	if m < n {
+	inFile := 0
+	if off < img.fileSize {
+		inFile = int(min(int64(n), img.fileSize-off))
+	}
+	m, err := img.f.ReadAt(p[:inFile], off)
+	if m < inFile {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF // the file shrank under us
 		}
 		return m, err
 	}
-	return m, clipErr
+	clear(p[inFile:n]) // the partial last sector past the file's end
+	return n, clipErr
 }
 
 // Size returns the file size.
@@ -74,7 +86,10 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	if off < 0 || off >= img.size {
 		return format.Extent{}, errors.New("raw: extent offset out of range")
 	}
-	e := format.Extent{Start: off, Length: img.size - off, Status: format.Data, Offset: off}
+	if off >= img.fileSize { // the padding of the last sector
+		return format.Extent{Start: off, Length: img.size - off, Status: format.Zero, Offset: off}, nil
+	}
+	e := format.Extent{Start: off, Length: img.fileSize - off, Status: format.Data, Offset: off}
 	if img.fd < 0 {
 		return e, nil
 	}
@@ -82,16 +97,17 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	switch {
 	case err == syscall.ENXIO: // no data after off: the rest is a hole
 		e.Status = format.Zero
+		e.Length = img.size - off
 		return e, nil
 	case err != nil: // the filesystem cannot tell: treat everything as data
 		return e, nil
 	case data > off:
 		e.Status = format.Zero
-		e.Length = min(data, img.size) - off
+		e.Length = min(data, img.fileSize) - off
 		return e, nil
 	}
 	hole, err := syscall.Seek(img.fd, off, seekHole)
-	if err == nil && hole > off && hole < img.size {
+	if err == nil && hole > off && hole < img.fileSize {
 		e.Length = hole - off
 	}
 	return e, nil

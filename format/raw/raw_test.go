@@ -16,3 +16,16 @@ func FuzzRaw(f *testing.F) {
 	formattest.AddSeeds(f, "../../testdata/raw")
 	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "raw") })
 }
+
+// A raw file whose length is not a whole sector is a disk rounded up to
+// one, as qemu sees it; its tail reads as zeros.
+func TestOddSizes(t *testing.T) {
+	formattest.RequireQemu(t)
+	for _, n := range []int64{17, 1000, 4097, 65536 + 511} {
+		for _, c := range []formattest.Content{formattest.Dense, formattest.Empty} {
+			path := t.TempDir() + "/odd.raw"
+			formattest.MakeRaw(t, path, n, c)
+			formattest.Check(t, path, formattest.Options{})
+		}
+	}
+}

@@ -1,0 +1,246 @@
+package convert
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Stdout is the output name that means standard output.
+const Stdout = "-"
+
+// OutputOptions say how an output file may be created.
+type OutputOptions struct {
+	// Force allows replacing an existing file (--force).
+	Force bool
+	// Sources are the files the conversion reads (the image, its extents
+	// and backing files; see SourceFiles): the output may never be one of
+	// them, even with Force.
+	Sources []string
+}
+
+// Output is a destination being written. A file is written to a temporary
+// name in the destination's directory and appears under its own name only
+// on Commit; Abort (or a crash) leaves nothing under the final name.
+//
+// Usage:
+//
+//	out, err := CreateOutput(path, opts)
+//	defer out.Abort() // no-op after Commit
+//	_, err = Convert(ctx, img, w, out.Target, ...)
+//	if err == nil { err = out.Commit() }
+type Output struct {
+	// Target is what the writer writes to: an *os.File for a regular file,
+	// a non-seekable writer for standard output.
+	Target format.Target
+	f      *os.File
+	final  string // where the file goes on Commit
+	tmp    string // its temporary name; "" for standard output
+	force  bool
+	mode   os.FileMode // mode of the file replaced, 0 for none
+	done   bool
+}
+
+// stream hides every method but Write, so writers treat standard output
+// as a pipe even when it is redirected to a file.
+type stream struct{ w io.Writer }
+
+func (s stream) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+// CreateOutput prepares the output at path ("-" for standard output). It
+// refuses an existing file without Force, and a path that is one of the
+// sources (also through symlinks or hard links) in any case. Nothing is
+// created under path until Commit.
+func CreateOutput(path string, o OutputOptions) (*Output, error) {
+	if path == Stdout {
+		if err := notSource(os.Stdout.Stat, "standard output", o.Sources); err != nil {
+			return nil, err
+		}
+		return &Output{Target: stream{os.Stdout}}, nil
+	}
+	if path == "" {
+		return nil, errors.New("empty output file name")
+	}
+	final := path
+	out := &Output{force: o.Force}
+	fi, statErr := os.Stat(path)
+	_, lstatErr := os.Lstat(path)
+	switch {
+	case statErr == nil:
+		if err := notSource(func() (os.FileInfo, error) { return fi, nil }, path, o.Sources); err != nil {
+			return nil, err
+		}
+		if !o.Force {
+			return nil, fmt.Errorf("%s already exists (use --force to overwrite it)", path)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("%s is not a regular file; write to - and redirect instead", path)
+		}
+		// Replace the file a symlink points to, not the symlink.
+		real, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			return nil, err
+		}
+		final, out.mode = real, fi.Mode().Perm()
+	case lstatErr == nil:
+		// A dangling symlink.
+		if !o.Force {
+			return nil, fmt.Errorf("%s already exists as a dangling symlink (use --force to replace it)", path)
+		}
+	case !errors.Is(statErr, os.ErrNotExist):
+		return nil, statErr
+	}
+	out.final = final
+	dir, base := filepath.Split(final)
+	if dir == "" {
+		dir = "."
+	}
+	for range 100 {
+		var rnd [6]byte
+		rand.Read(rnd[:])
+		tmp := filepath.Join(dir, "."+base+".diskimg-"+hex.EncodeToString(rnd[:]))
+		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("creating output: %w", err)
+		}
+		out.f, out.tmp, out.Target = f, tmp, f
+		return out, nil
+	}
+	return nil, fmt.Errorf("creating output in %s: no free temporary name", dir)
+}
+
+// notSource refuses an output that is one of the sources.
+func notSource(stat func() (os.FileInfo, error), name string, sources []string) error {
+	fi, err := stat()
+	if err != nil {
+		return nil // nothing there, nothing to clash with
+	}
+	for _, s := range sources {
+		sfi, err := os.Stat(s)
+		if err == nil && os.SameFile(fi, sfi) {
+			return fmt.Errorf("output %s is the same file as input %s", name, s)
+		}
+	}
+	return nil
+}
+
+// Commit makes the output durable and visible under its name: fsync, then
+// rename (or, without Force, a link that fails if the name was taken
+// meanwhile), then fsync of the directory.
+func (o *Output) Commit() error {
+	if o.done {
+		return errors.New("output already committed or aborted")
+	}
+	if o.f == nil { // standard output
+		o.done = true
+		return nil
+	}
+	fail := func(err error) error {
+		o.Abort()
+		return err
+	}
+	if o.mode != 0 {
+		if err := o.f.Chmod(o.mode); err != nil {
+			return fail(err)
+		}
+	}
+	if err := o.f.Sync(); err != nil {
+		return fail(fmt.Errorf("syncing output: %w", err))
+	}
+	if err := o.f.Close(); err != nil {
+		return fail(fmt.Errorf("closing output: %w", err))
+	}
+	o.f = nil
+	if o.force {
+		if err := os.Rename(o.tmp, o.final); err != nil {
+			return fail(err)
+		}
+	} else {
+		err := os.Link(o.tmp, o.final)
+		switch {
+		case errors.Is(err, os.ErrExist):
+			return fail(fmt.Errorf("%s was created by someone else during the conversion; output discarded", o.final))
+		case err != nil:
+			// Filesystems without hard links: check, then rename.
+			if _, lerr := os.Lstat(o.final); lerr == nil {
+				return fail(fmt.Errorf("%s already exists (use --force to overwrite it)", o.final))
+			}
+			if err := os.Rename(o.tmp, o.final); err != nil {
+				return fail(err)
+			}
+		default:
+			if err := os.Remove(o.tmp); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	o.done = true
+	syncDir(filepath.Dir(o.final))
+	return nil
+}
+
+// Abort discards the output: the temporary file is closed and removed. It
+// does nothing after Commit and may be called more than once.
+func (o *Output) Abort() error {
+	if o.done {
+		return nil
+	}
+	o.done = true
+	if o.f != nil {
+		o.f.Close()
+		o.f = nil
+	}
+	if o.tmp != "" {
+		if err := os.Remove(o.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// TempName returns the temporary file's name ("" for standard output),
+// for messages and tests.
+func (o *Output) TempName() string { return o.tmp }
+
+func syncDir(dir string) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return
+	}
+}
+
+// SourceFiles lists the host files an image opened from path reads: the
+// image itself, its extent files and its backing chain. Pass them as
+// OutputOptions.Sources.
+func SourceFiles(path string, img format.Image) []string {
+	files := []string{path}
+	for img != nil {
+		info := img.Info()
+		for _, f := range info.ExtentFiles {
+			if !filepath.IsAbs(f) {
+				f = filepath.Join(filepath.Dir(path), f)
+			}
+			files = append(files, f)
+		}
+		if info.Backing == nil || info.FullBackingFile == "" {
+			break
+		}
+		path, img = info.FullBackingFile, info.Backing
+		files = append(files, path)
+	}
+	return files
+}
