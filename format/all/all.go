@@ -4,4 +4,6 @@ package all
 
 import (
 	_ "github.com/diskimg/diskimg/format/raw"
+	_ "github.com/diskimg/diskimg/format/vhd"
+	_ "github.com/diskimg/diskimg/format/vhdx"
 )

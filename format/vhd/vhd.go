@@ -1,0 +1,655 @@
+// Package vhd reads Microsoft Virtual Hard Disk images (qemu's "vpc"
+// format), following the "Virtual Hard Disk Image Format Specification":
+// fixed disks (the data followed by a 512-byte footer), dynamic disks (a
+// block allocation table of sparse blocks) and differencing disks (a
+// dynamic disk whose unwritten sectors come from a parent disk).
+//
+// Where qemu-img 7.2 decides something the specification leaves open (the
+// virtual size, which footer copy counts), this reader decides the same.
+package vhd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"unicode/utf16"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Name is qemu's name for the format.
+const Name = "vpc"
+
+// Priority orders probing among the registered formats.
+const Priority = 40
+
+// Footer ("hard disk footer"): 512 bytes, big-endian, at the end of every
+// image and also at offset 0 of dynamic and differencing disks.
+const (
+	footerSize = 512
+	cookie     = "conectix"
+
+	footerDataOffset = 16 // uint64: file offset of the dynamic disk header
+	footerCreatorApp = 28 // [4]byte: application that made the image
+	footerCurSize    = 48 // uint64: current size of the disk in bytes
+	footerCylinders  = 56 // uint16: CHS geometry, cylinders
+	footerHeads      = 58 // uint8: CHS geometry, heads
+	footerSectors    = 59 // uint8: CHS geometry, sectors per track
+	footerDiskType   = 60 // uint32: one of the disk types below
+	footerChecksum   = 64 // uint32: one's complement of the byte sum
+	footerUniqueID   = 68 // [16]byte: identifies the disk to its children
+)
+
+// Disk types.
+const (
+	typeFixed        = 2
+	typeDynamic      = 3
+	typeDifferencing = 4
+)
+
+// Dynamic disk header: 1024 bytes at the footer's data offset.
+const (
+	dynHeaderSize = 1024
+	dynCookie     = "cxsparse"
+
+	dynTableOffset = 16  // uint64: file offset of the BAT
+	dynMaxEntries  = 28  // uint32: entries in the BAT
+	dynBlockSize   = 32  // uint32: bytes of guest data per block
+	dynChecksum    = 36  // uint32: as the footer's, over the header
+	dynParentID    = 40  // [16]byte: unique id of the parent's footer
+	dynParentName  = 64  // [512]byte: parent file name, UTF-16BE
+	dynLocators    = 576 // 8 parent locator entries of locatorSize bytes
+
+	parentNameSize = 512
+	numLocators    = 8
+	locatorSize    = 24
+)
+
+// Parent locator entry fields, relative to the entry.
+const (
+	locPlatform   = 0  // [4]byte: platform code
+	locDataLength = 8  // uint32: bytes of locator data
+	locDataOffset = 16 // uint64: file offset of the locator data
+)
+
+// Platform codes of the parent locators this reader follows.
+const (
+	platformW2ru = "W2ru" // relative Windows path, UTF-16LE
+	platformW2ku = "W2ku" // absolute Windows path, UTF-16LE
+	platformMacX = "MacX" // file:// URL, UTF-8
+)
+
+const (
+	sectorSize = 512
+	// batUnused marks a block with no storage in the BAT.
+	batUnused = 0xFFFFFFFF
+	// maxSectors is qemu's limit of 2040 GiB.
+	maxSectors = 0xff000000
+	// maxGeometry is the largest CHS geometry (65535×16×255); an image
+	// with it uses the footer's current size instead, as qemu does.
+	maxGeometry = 65535 * 16 * 255
+	// maxLocatorBytes caps a parent locator: a Windows path holds at most
+	// 32767 UTF-16 units.
+	maxLocatorBytes = 65536
+	// bitmapCacheBytes bounds the sector bitmaps of differencing disks
+	// kept in memory.
+	bitmapCacheBytes = 8 << 20
+)
+
+// creatorsUsingSize are the creator applications whose images take their
+// size from the footer's current size rather than the CHS geometry (qemu's
+// table: Hyper-V, qemu with force_size, Disk2vhd, XenConverter, XenServer).
+var creatorsUsingSize = []string{"win ", "qem2", "d2v ", "CTXS", "tap\x00"}
+
+func init() {
+	format.Register(&format.Format{
+		Name:     Name,
+		Aliases:  []string{"vhd"},
+		Priority: Priority,
+		Probe:    Probe,
+		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+	})
+}
+
+// Probe reports whether f carries the footer cookie at offset 0 (dynamic
+// and differencing disks) or at the footer position at the end (fixed).
+func Probe(f format.File) bool {
+	var b [len(cookie)]byte
+	if _, err := f.ReadAt(b[:], 0); err == nil && string(b[:]) == cookie {
+		return true
+	}
+	off := footerPos(f.Size())
+	if off < 0 {
+		return false
+	}
+	n, _ := f.ReadAt(b[:], off)
+	return n == len(b) && string(b[:]) == cookie
+}
+
+// footerPos returns where the trailing footer starts: qemu sees the file
+// padded with zeros to whole sectors, so an image whose last sector is cut
+// short (the 511-byte footer of old Virtual PC images) still has one.
+func footerPos(size int64) int64 {
+	return roundUp(size, sectorSize) - footerSize
+}
+
+func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
+
+// Image is an open VHD image.
+type Image struct {
+	f        format.File
+	fileSize int64
+	padSize  int64 // fileSize rounded up to whole sectors, read as zeros
+	size     int64
+	diskType uint32
+	uniqueID [16]byte
+
+	// Dynamic and differencing disks.
+	blockSize  int64
+	bitmapSize int64
+	bat        []uint32
+	batOffset  int64
+	parent     format.Image // differencing disks; nil when not opened
+
+	info format.Info
+
+	mu      sync.Mutex
+	bitmaps map[uint32][]byte // sector bitmaps by block, differencing only
+	cached  int64
+}
+
+// Open opens f as a VHD image; o opens a differencing disk's parent.
+func Open(f format.File, o *format.Opener) (*Image, error) {
+	img := &Image{f: f, fileSize: f.Size(), padSize: roundUp(f.Size(), sectorSize)}
+	if img.fileSize < len64(cookie) {
+		return nil, fmt.Errorf("vpc: file of %d bytes: %w", img.fileSize, format.ErrWrongType)
+	}
+	footer := make([]byte, footerSize)
+	footerOff := int64(0)
+	if err := img.readPadded(footer, 0, "footer"); err != nil {
+		return nil, err
+	}
+	if string(footer[:len(cookie)]) != cookie {
+		// Only a fixed disk lacks the copy at offset 0.
+		footerOff = footerPos(img.fileSize)
+		if footerOff < 0 {
+			return nil, fmt.Errorf("vpc: file of %d bytes is too small for a footer: %w", img.fileSize, format.ErrWrongType)
+		}
+		if err := img.readPadded(footer, footerOff, "footer"); err != nil {
+			return nil, err
+		}
+		if string(footer[:len(cookie)]) != cookie {
+			return nil, fmt.Errorf("vpc: no %q cookie at offset 0 or %d: %w", cookie, footerOff, format.ErrWrongType)
+		}
+	}
+	if err := checkSum(footer, footerChecksum, footerOff, "footer checksum"); err != nil {
+		return nil, err
+	}
+	img.diskType = be32(footer[footerDiskType:])
+	switch {
+	case footerOff > 0 && img.diskType != typeFixed:
+		return nil, format.Errorf(Name, "footer disk type", footerOff+footerDiskType,
+			"type %d in the footer at the end of a file with no footer copy at offset 0 (only fixed disks, type %d, have none)", img.diskType, typeFixed)
+	case footerOff == 0 && img.diskType != typeDynamic && img.diskType != typeDifferencing:
+		return nil, format.Errorf(Name, "footer disk type", footerDiskType,
+			"type %d in the footer at offset 0 (want dynamic %d or differencing %d)", img.diskType, typeDynamic, typeDifferencing)
+	}
+	copy(img.uniqueID[:], footer[footerUniqueID:])
+
+	// The size rule of qemu's vpc_open: the CHS geometry, unless the
+	// creator is known to use the current size or the geometry is the
+	// maximum one (which cannot describe the real size).
+	sectors := int64(be16(footer[footerCylinders:])) * int64(footer[footerHeads]) * int64(footer[footerSectors])
+	sizeField, sizeOff := "footer disk geometry", footerOff+footerCylinders
+	if sectors == maxGeometry || usesCurrentSize(footer[footerCreatorApp:footerCreatorApp+4]) {
+		cur := binary.BigEndian.Uint64(footer[footerCurSize:])
+		sectors = int64(min(cur/sectorSize, maxSectors+1))
+		sizeField, sizeOff = "footer current size", footerOff+footerCurSize
+	}
+	if sectors > maxSectors {
+		return nil, format.Errorf(Name, sizeField, sizeOff, "disk of %d sectors exceeds the 2040 GiB limit", sectors)
+	}
+	img.size = sectors * sectorSize
+	img.info = format.Info{Format: Name, VirtualSize: img.size}
+
+	if img.diskType == typeFixed {
+		if img.size > footerOff {
+			return nil, format.Errorf(Name, sizeField, sizeOff,
+				"fixed disk of %d bytes does not fit before its footer at offset %d", img.size, footerOff)
+		}
+		return img, nil
+	}
+	if err := img.openDynamic(footer, o); err != nil {
+		if img.parent != nil {
+			img.parent.Close()
+		}
+		return nil, err
+	}
+	return img, nil
+}
+
+func len64(s string) int64 { return int64(len(s)) }
+
+func usesCurrentSize(app []byte) bool {
+	for _, c := range creatorsUsingSize {
+		if string(app) == c {
+			return true
+		}
+	}
+	return false
+}
+
+// openDynamic reads the dynamic disk header and the BAT, and opens the
+// parent of a differencing disk.
+func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
+	hdrOff64 := binary.BigEndian.Uint64(footer[footerDataOffset:])
+	if hdrOff64 > uint64(img.fileSize) || uint64(img.fileSize)-hdrOff64 < dynHeaderSize {
+		return format.Errorf(Name, "footer data offset", footerDataOffset,
+			"dynamic disk header at %d does not fit in a file of %d bytes", hdrOff64, img.fileSize)
+	}
+	hdrOff := int64(hdrOff64)
+	hdr := make([]byte, dynHeaderSize)
+	if err := format.ReadFull(img.f, hdr, hdrOff, Name, "dynamic disk header"); err != nil {
+		return err
+	}
+	if string(hdr[:len(dynCookie)]) != dynCookie {
+		return format.Errorf(Name, "dynamic disk header cookie", hdrOff, "got %q, want %q", hdr[:len(dynCookie)], dynCookie)
+	}
+	if err := checkSum(hdr, dynChecksum, hdrOff, "dynamic disk header checksum"); err != nil {
+		return err
+	}
+	bs := int64(be32(hdr[dynBlockSize:]))
+	if bs < sectorSize || bs&(bs-1) != 0 {
+		return format.Errorf(Name, "block size", hdrOff+dynBlockSize, "%d is not a power of two of at least %d", bs, sectorSize)
+	}
+	img.blockSize = bs
+	// One bit per sector, padded to whole sectors.
+	img.bitmapSize = roundUp(bs/sectorSize/8, sectorSize)
+	img.info.ClusterSize = bs
+
+	entries := int64(be32(hdr[dynMaxEntries:]))
+	if entries*bs < img.size {
+		return format.Errorf(Name, "max table entries", hdrOff+dynMaxEntries,
+			"%d blocks of %d bytes cover less than the disk's %d bytes", entries, bs, img.size)
+	}
+	batOff64 := binary.BigEndian.Uint64(hdr[dynTableOffset:])
+	if batOff64 > uint64(img.fileSize) {
+		return format.Errorf(Name, "table offset", hdrOff+dynTableOffset, "BAT at %d is past the end of the file (%d bytes)", batOff64, img.fileSize)
+	}
+	img.batOffset = int64(batOff64)
+	if err := format.CheckTable(Name, "table offset (BAT)", img.batOffset, entries*4, img.fileSize); err != nil {
+		return err
+	}
+	raw := make([]byte, entries*4)
+	if err := format.ReadFull(img.f, raw, img.batOffset, Name, "BAT"); err != nil {
+		return err
+	}
+	img.bat = make([]uint32, entries)
+	for i := range img.bat {
+		e := be32(raw[4*i:])
+		img.bat[i] = e
+		// qemu refuses an image any of whose blocks ends past the end
+		// of the file, used or not: it means the file was truncated.
+		if e != batUnused && int64(e)*sectorSize+img.bitmapSize+bs > img.padSize {
+			return format.Errorf(Name, fmt.Sprintf("bat entry %d", i), img.batOffset+4*int64(i),
+				"block at sector %d (offset %d) ends past the end of the file (%d bytes)", e, int64(e)*sectorSize, img.fileSize)
+		}
+	}
+	if img.diskType == typeDifferencing {
+		img.bitmaps = map[uint32][]byte{}
+		return img.openParent(hdr, hdrOff, o)
+	}
+	return nil
+}
+
+// openParent finds the parent of a differencing disk through its locators,
+// preferring the relative path, and opens it under the opener's policy.
+func (img *Image) openParent(hdr []byte, hdrOff int64, o *format.Opener) error {
+	var names []string
+	for _, want := range []string{platformW2ru, platformW2ku, platformMacX} {
+		for i := 0; i < numLocators; i++ {
+			loc := hdr[dynLocators+i*locatorSize:][:locatorSize]
+			if string(loc[locPlatform:locPlatform+4]) != want {
+				continue
+			}
+			field := fmt.Sprintf("parent locator %d", i)
+			at := hdrOff + dynLocators + int64(i*locatorSize)
+			n := int64(be32(loc[locDataLength:]))
+			off64 := binary.BigEndian.Uint64(loc[locDataOffset:])
+			if n == 0 {
+				continue
+			}
+			if n > maxLocatorBytes || off64 > uint64(img.fileSize) || n > img.fileSize-int64(off64) {
+				return format.Errorf(Name, field, at, "%d bytes of locator data at offset %d do not fit in a file of %d bytes (or exceed %d)", n, off64, img.fileSize, maxLocatorBytes)
+			}
+			data := make([]byte, n)
+			if err := format.ReadFull(img.f, data, int64(off64), Name, field+" data"); err != nil {
+				return err
+			}
+			name, err := decodeLocator(want, data)
+			if err != nil {
+				return format.Errorf(Name, field, at, "%v", err)
+			}
+			if name != "" {
+				names = append(names, name)
+			}
+		}
+	}
+	if len(names) == 0 {
+		name := decodeUTF16(hdr[dynParentName:dynParentName+parentNameSize], binary.BigEndian)
+		if name == "" {
+			return format.Errorf(Name, "parent locator", hdrOff+dynLocators, "differencing disk names no parent")
+		}
+		names = append(names, name)
+	}
+	img.info.BackingFile = names[0]
+	if img.f.Name() == "" {
+		// Relative names need the image's directory.
+		if o.NoBacking {
+			return nil
+		}
+		return fmt.Errorf("vpc: differencing disk with parent %q opened without a file name", names[0])
+	}
+	img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), names[0])
+	var firstErr error
+	for _, name := range names {
+		parent, err := o.OpenBacking(img.f.Name(), name, "")
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		img.info.BackingFile = name
+		img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), name)
+		if parent == nil { // the policy opens no backing files
+			return nil
+		}
+		img.parent = parent
+		img.info.Backing = parent
+		if p, ok := parent.(*Image); ok && !bytes.Equal(p.uniqueID[:], hdr[dynParentID:dynParentID+16]) {
+			return format.Errorf(Name, "parent unique id", hdrOff+dynParentID,
+				"parent %s has unique id %x, the differencing disk expects %x", name, p.uniqueID, hdr[dynParentID:dynParentID+16])
+		}
+		return nil
+	}
+	return firstErr
+}
+
+// decodeLocator turns a locator's data into a path for this host: Windows
+// separators become slashes, a file:// URL loses its scheme.
+func decodeLocator(platform string, data []byte) (string, error) {
+	var s string
+	switch platform {
+	case platformW2ru, platformW2ku:
+		if len(data)%2 != 0 {
+			return "", fmt.Errorf("UTF-16 path of odd length %d", len(data))
+		}
+		s = decodeUTF16(data, binary.LittleEndian)
+	case platformMacX:
+		s = strings.TrimRight(string(data), "\x00")
+		if !strings.HasPrefix(s, "file://") {
+			return "", fmt.Errorf("MacX locator %q is not a file:// URL", s)
+		}
+		s = strings.TrimPrefix(s, "file://")
+		if strings.HasPrefix(s, "localhost/") {
+			s = strings.TrimPrefix(s, "localhost")
+		}
+	}
+	if platform == platformW2ru {
+		s = strings.ReplaceAll(s, `\`, "/")
+	}
+	return s, nil
+}
+
+func decodeUTF16(b []byte, order binary.ByteOrder) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := order.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
+
+// checkSum verifies a footer or header checksum: the one's complement of
+// the sum of all its bytes, the checksum field itself counted as zero.
+func checkSum(b []byte, field int, base int64, name string) error {
+	var sum uint32
+	for i, c := range b {
+		if i < field || i >= field+4 {
+			sum += uint32(c)
+		}
+	}
+	if want := be32(b[field:]); ^sum != want {
+		return format.Errorf(Name, name, base+int64(field), "stored %#08x, computed %#08x", want, ^sum)
+	}
+	return nil
+}
+
+func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
+func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
+
+// readPadded reads len(p) bytes at off as qemu does: the file is padded
+// with zeros to a whole number of sectors, and nothing beyond.
+func (img *Image) readPadded(p []byte, off int64, field string) error {
+	if off < 0 || off > img.padSize || int64(len(p)) > img.padSize-off {
+		return format.Errorf(Name, field, off, "%d bytes do not fit in a file of %d bytes", len(p), img.fileSize)
+	}
+	n := len(p)
+	if off+int64(n) > img.fileSize {
+		n = int(max(img.fileSize-off, 0))
+		clear(p[n:])
+	}
+	if n == 0 {
+		return nil
+	}
+	return format.ReadFull(img.f, p[:n], off, Name, field)
+}
+
+// Size returns the virtual disk size in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// Info returns the image's metadata.
+func (img *Image) Info() *format.Info {
+	info := img.info
+	return &info
+}
+
+// Close closes the image file and the parent.
+func (img *Image) Close() error {
+	var err error
+	if img.parent != nil {
+		err = img.parent.Close()
+	}
+	if e := format.CloseFile(img.f); err == nil {
+		err = e
+	}
+	return err
+}
+
+// run is a stretch of guest bytes inside the image: stored in the file at
+// host (when host >= 0), or not stored here at all.
+type run struct {
+	length int64
+	host   int64 // -1 when the image stores nothing for the run
+}
+
+// runAt returns the run at guest offset off (0 <= off < size) within its
+// block: a whole block for fixed and dynamic disks, a stretch of sectors
+// sharing one bitmap bit for differencing disks.
+func (img *Image) runAt(off int64) (run, error) {
+	bi := off / img.blockSize
+	inBlock := off % img.blockSize
+	end := min(img.blockSize-inBlock, img.size-off)
+	e := img.bat[bi]
+	if e == batUnused {
+		return run{length: end, host: -1}, nil
+	}
+	host := int64(e)*sectorSize + img.bitmapSize + inBlock
+	if img.diskType != typeDifferencing {
+		// qemu reads every sector of an allocated block of a dynamic
+		// disk from the block, whatever its bitmap says.
+		return run{length: end, host: host}, nil
+	}
+	bm, err := img.bitmap(uint32(bi))
+	if err != nil {
+		return run{}, err
+	}
+	s := inBlock / sectorSize
+	set := bitSet(bm, s)
+	n := sectorSize - inBlock%sectorSize
+	for s++; n < end && bitSet(bm, s) == set; s++ {
+		n += sectorSize
+	}
+	n = min(n, end)
+	if !set {
+		host = -1
+	}
+	return run{length: n, host: host}, nil
+}
+
+// bitSet reports bit s of a sector bitmap; sector 0 is the high bit of
+// the first byte.
+func bitSet(bm []byte, s int64) bool { return bm[s/8]&(0x80>>(s%8)) != 0 }
+
+// bitmap returns the sector bitmap of allocated block bi.
+func (img *Image) bitmap(bi uint32) ([]byte, error) {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if bm, ok := img.bitmaps[bi]; ok {
+		return bm, nil
+	}
+	bm := make([]byte, img.bitmapSize)
+	if err := img.readPadded(bm, int64(img.bat[bi])*sectorSize, fmt.Sprintf("sector bitmap of block %d", bi)); err != nil {
+		return nil, err
+	}
+	if img.cached+img.bitmapSize > bitmapCacheBytes {
+		clear(img.bitmaps)
+		img.cached = 0
+	}
+	img.bitmaps[bi] = bm
+	img.cached += img.bitmapSize
+	return bm, nil
+}
+
+// Extent returns the run at off with one status, depth and contiguous host
+// offset, from the BAT and sector bitmaps alone.
+func (img *Image) Extent(off int64) (format.Extent, error) {
+	if off < 0 || off >= img.size {
+		return format.Extent{}, fmt.Errorf("vpc: extent offset %d out of range [0,%d)", off, img.size)
+	}
+	if img.diskType == typeFixed {
+		return format.Extent{Start: off, Length: img.size - off, Status: format.Data, Offset: off}, nil
+	}
+	r, err := img.runAt(off)
+	if err != nil {
+		return format.Extent{}, err
+	}
+	if r.host >= 0 {
+		// Blocks are never contiguous with each other: a bitmap lies
+		// between them.
+		return format.Extent{Start: off, Length: r.length, Status: format.Data, Offset: r.host}, nil
+	}
+	// Extend over following runs that the image does not store either.
+	end := off + r.length
+	for end < img.size {
+		if img.diskType != typeDifferencing {
+			bi := end / img.blockSize
+			if img.bat[bi] != batUnused {
+				break
+			}
+			end = min(end+img.blockSize, img.size)
+			continue
+		}
+		next, err := img.runAt(end)
+		if err != nil {
+			return format.Extent{}, err
+		}
+		if next.host >= 0 {
+			break
+		}
+		end += next.length
+	}
+	e := format.Extent{Start: off, Length: end - off, Status: format.Unallocated, Offset: -1}
+	switch {
+	case img.diskType == typeDynamic:
+		// qemu reports unallocated blocks of a dynamic disk as zeros it
+		// stores (present, zero), since it has no backing file.
+		e.Status = format.Zero
+	case img.parent != nil && off < img.parent.Size():
+		pe, err := img.parent.Extent(off)
+		if err != nil {
+			return format.Extent{}, err
+		}
+		e.Length = min(e.Length, pe.Length)
+		e.Status, e.Depth, e.Offset, e.Compressed = pe.Status, pe.Depth+1, pe.Offset, pe.Compressed
+		if e.Status == format.Unallocated {
+			e.Depth = 0
+		}
+	}
+	return e, nil
+}
+
+// ReadAt reads guest bytes.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	n, clipErr := format.ClipRead(p, off, img.size)
+	if n == 0 {
+		return 0, clipErr
+	}
+	if img.diskType == typeFixed {
+		if err := format.ReadFull(img.f, p[:n], off, Name, "fixed disk data"); err != nil {
+			return 0, err
+		}
+		return n, clipErr
+	}
+	done := 0
+	for done < n {
+		pos := off + int64(done)
+		r, err := img.runAt(pos)
+		if err != nil {
+			return done, err
+		}
+		m := int(min(r.length, int64(n-done)))
+		buf := p[done : done+m]
+		switch {
+		case r.host >= 0:
+			if err := img.readPadded(buf, r.host, fmt.Sprintf("data of block %d", pos/img.blockSize)); err != nil {
+				return done, err
+			}
+		case img.parent != nil:
+			if err := readParent(img.parent, buf, pos); err != nil {
+				return done, err
+			}
+		default:
+			clear(buf)
+		}
+		done += m
+	}
+	return n, clipErr
+}
+
+// readParent reads from a parent that may be smaller than its child: the
+// rest reads as zeros.
+func readParent(parent format.Image, buf []byte, off int64) error {
+	k := 0
+	if ps := parent.Size(); off < ps {
+		k = int(min(int64(len(buf)), ps-off))
+		m, err := parent.ReadAt(buf[:k], off)
+		if m < k {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("vpc: reading parent at %d: %w", off, err)
+		}
+	}
+	clear(buf[k:])
+	return nil
+}
