@@ -25,6 +25,8 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
+func asExit(err error, target **exitError) bool { return errors.As(err, target) }
+
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
@@ -41,6 +43,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			infoCommand(),
 			mapCommand(),
 			inspectCommand(),
+			convertCommand(),
+			compareCommand(),
+			measureCommand(),
 			planCommand(),
 		},
 		// Errors are printed once, by main, with the exit code they carry.

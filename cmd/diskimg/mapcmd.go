@@ -75,12 +75,12 @@ func runMap(c *cli.Context) error {
 		if e.depth < len(layers) {
 			name = layers[e.depth]
 		}
-		fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", hex(e.start), hex(e.length), hex(e.offset), name)
+		fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", hexNum(e.start), hexNum(e.length), hexNum(e.offset), name)
 	}
 	return nil
 }
 
-func hex(n int64) string {
+func hexNum(n int64) string {
 	if n == 0 {
 		return "0"
 	}

@@ -6,4 +6,6 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
+	_ "github.com/diskimg/diskimg/format/zvhd"
+	_ "github.com/diskimg/diskimg/format/zvhd2"
 )

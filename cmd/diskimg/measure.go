@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/diskimg/diskimg/convert"
+	"github.com/diskimg/diskimg/format"
+)
+
+func measureCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "measure",
+		Usage:     "compute the size a conversion's output needs (like qemu-img measure)",
+		ArgsUsage: "[SRC]",
+		Flags: append(imageFlags(), outputFlag,
+			&cli.StringFlag{Name: "O", Required: true, Usage: "output `FMT`"},
+			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`"},
+			&cli.BoolFlag{Name: "c", Usage: "compressed output"},
+			&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
+		),
+		Action: runMeasure,
+	}
+}
+
+func runMeasure(c *cli.Context) error {
+	mode, err := outputMode(c)
+	if err != nil {
+		return err
+	}
+	w, err := format.LookupWriter(c.String("O"))
+	if err != nil {
+		return err
+	}
+	opts := convert.Options{Compress: c.Bool("c")}
+	if s := c.String("o"); s != "" {
+		if opts.WriterOptions, err = format.ParseOptions(s); err != nil {
+			return fmt.Errorf("-o: %w", err)
+		}
+	}
+	var src format.Image
+	var size int64
+	switch {
+	case c.String("size") != "" && c.NArg() == 0:
+		if size, err = parseSize(c.String("size")); err != nil {
+			return fmt.Errorf("--size: %w", err)
+		}
+	case c.String("size") == "" && c.NArg() == 1:
+		_, img, err := openArg(c)
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		src = img
+	default:
+		return fmt.Errorf("measure: give either SRC or --size")
+	}
+	m, err := convert.Measure(src, size, w, opts)
+	if err != nil {
+		return err
+	}
+	if mode == "json" {
+		return writeJSON(c.App.Writer, m)
+	}
+	fmt.Fprintf(c.App.Writer, "required size: %d\nfully allocated size: %d\n", m.Required, m.FullyAllocated)
+	return nil
+}

@@ -1,0 +1,61 @@
+package convert
+
+import (
+	"fmt"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Grow presents img as a disk of size bytes: its own bytes, then zeros.
+// Clouds that want whole MiB or GiB disks (Azure, GCP) get them by
+// converting a grown image. Shrinking would drop data and is refused.
+func Grow(img format.Image, size int64) (format.Image, error) {
+	switch {
+	case size == img.Size():
+		return img, nil
+	case size < img.Size():
+		return nil, fmt.Errorf("resize to %d bytes would cut the %d-byte disk: diskimg only grows disks", size, img.Size())
+	}
+	return &grown{Image: img, size: size}, nil
+}
+
+type grown struct {
+	format.Image
+	size int64
+}
+
+func (g *grown) Size() int64 { return g.size }
+
+func (g *grown) ReadAt(p []byte, off int64) (int, error) {
+	n, clipErr := format.ClipRead(p, off, g.size)
+	if n == 0 {
+		return 0, clipErr
+	}
+	inner := g.Image.Size()
+	head := 0
+	if off < inner {
+		head = int(min(int64(n), inner-off))
+		if m, err := g.Image.ReadAt(p[:head], off); m < head {
+			return m, err
+		}
+	}
+	clear(p[head:n])
+	return n, clipErr
+}
+
+func (g *grown) Extent(off int64) (format.Extent, error) {
+	inner := g.Image.Size()
+	if off < inner {
+		return g.Image.Extent(off)
+	}
+	if off >= g.size {
+		return format.Extent{}, fmt.Errorf("extent offset %d outside the %d-byte disk", off, g.size)
+	}
+	return format.Extent{Start: off, Length: g.size - off, Status: format.Unallocated, Offset: -1}, nil
+}
+
+func (g *grown) Info() *format.Info {
+	info := *g.Image.Info()
+	info.VirtualSize = g.size
+	return &info
+}

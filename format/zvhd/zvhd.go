@@ -1,0 +1,361 @@
+// Package zvhd reads ZVHD images, the older Huawei Cloud IMS format that
+// ZVHD2 replaced.
+//
+// A ZVHD file is a descriptor slot, one record per non-zero 2 MiB block in
+// ascending order, and a copy of the descriptor slot. Unlike ZVHD2, the
+// record payloads are consecutive slices of ONE zlib stream over the whole
+// file, so a block can only be decoded after every block before it. The
+// reader therefore keeps the inflater and its position: forward reads are
+// linear, a read that goes backwards restarts decoding from the first
+// record. The last decoded block is cached, so sequential reads decode
+// each block once. Memory stays at one block plus the inflater.
+//
+// The record headers give a cheap map, read once at open: stored blocks
+// are compressed Data, the gaps between them Zero (the writer drops
+// all-zero blocks; there is no separate "unallocated" state).
+package zvhd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zlib"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/zvhd2"
+)
+
+// Name is the format's name; qemu has none (only Huawei's qemu-img-hw).
+const Name = "zvhd"
+
+// Priority orders probing: right after ZVHD2, whose cookie differs.
+const Priority = 51
+
+// MaxPayload is the C driver's buffer limit for one ZVHD payload.
+const MaxPayload = 4 << 20
+
+func init() {
+	format.Register(&format.Format{
+		Name:     Name,
+		Priority: Priority,
+		Probe:    func(f format.File) bool { return zvhd2.HasCookie(f, zvhd2.CookieZVHD) },
+		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+	})
+}
+
+// Image is an open ZVHD image.
+type Image struct {
+	f       format.File
+	d       *zvhd2.Descriptor
+	size    int64 // orig_size
+	records []record
+	runs    []run
+
+	mu     sync.Mutex
+	zr     io.ReadCloser // the inflater; nil before the first read or after an error
+	src    *payloads     // zr's input
+	next   int           // the record whose block zr yields next
+	cached int           // the record whose block is in cache; -1 for none
+	cache  []byte
+}
+
+// record is one stored block: where its payload is.
+type record struct {
+	off        int64 // record offset in the file
+	payloadLen int64
+	block      int64
+}
+
+type run struct{ start, end int64 }
+
+// Specific is the "format-specific" part of `info`.
+type Specific struct {
+	// Sequential says that the data is one compressed stream: reading
+	// backwards restarts decoding from the start of the file.
+	Sequential bool `json:"sequential"`
+	// CurrentSize is curr_size, orig_size rounded up to 1 GiB: what
+	// Huawei's qemu-img-hw reports and converts out.
+	CurrentSize    int64  `json:"current-size"`
+	BlockSize      int64  `json:"block-size"`
+	Compression    string `json:"compression"`
+	StoredBlocks   int64  `json:"stored-blocks"`
+	UUID           string `json:"uuid"`
+	CreatorVersion string `json:"creator-version"`
+	Timestamp      string `json:"timestamp"`
+}
+
+// Open opens f as a ZVHD image and reads its record headers.
+func Open(f format.File) (*Image, error) {
+	if !zvhd2.HasCookie(f, zvhd2.CookieZVHD) {
+		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, zvhd2.CookieZVHD, format.ErrWrongType)
+	}
+	hb := make([]byte, zvhd2.DescriptorSize)
+	if err := format.ReadFull(f, hb, 0, Name, "descriptor"); err != nil {
+		return nil, err
+	}
+	if got, want := zvhd2.StoredChecksum(hb), zvhd2.Checksum(hb); got != want {
+		return nil, format.Errorf(Name, "checksum", 64, "%#08x, computed %#08x", got, want)
+	}
+	fileSize := f.Size()
+	if fileSize%zvhd2.SlotSize != 0 || fileSize < 2*zvhd2.SlotSize {
+		return nil, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header and trailer", fileSize)
+	}
+	d := zvhd2.DecodeDescriptor(hb)
+	if err := zvhd2.CheckSizes(Name, d, 0); err != nil {
+		return nil, err
+	}
+	trailerOff := fileSize - zvhd2.SlotSize
+	tb := make([]byte, zvhd2.DescriptorSize)
+	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer"); err != nil {
+		return nil, err
+	}
+	if string(tb) != string(hb) {
+		return nil, format.Errorf(Name, "trailer", trailerOff, "the last slot is not a copy of the header descriptor")
+	}
+	img := &Image{f: f, d: d, size: int64(d.OrigSize), cached: -1}
+	if err := img.scan(trailerOff); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// scan reads every record header between the header and trailer slots.
+func (img *Image) scan(end int64) error {
+	maxBlk := int64(zvhd2.CeilDiv(img.d.OrigSize, zvhd2.BlockSize))
+	var hdr [zvhd2.RecordHeaderLen]byte
+	var tail [zvhd2.RecordEndLen]byte
+	for off := int64(zvhd2.SlotSize); off < end; {
+		if err := format.ReadFull(img.f, hdr[:], off, Name, "record"); err != nil {
+			return err
+		}
+		h, ok := zvhd2.DecodeRecordHeader(hdr[:])
+		p, b := int64(h.PayloadLen), int64(h.Block)
+		l := zvhd2.RecordLen(p)
+		switch {
+		case !ok:
+			return format.Errorf(Name, "record magic", off, "%q, want %q", hdr[:len(zvhd2.RecordMagic)], zvhd2.RecordMagic)
+		case p == 0 || p > MaxPayload || l > end-off:
+			return format.Errorf(Name, "record payload length", off+12, "%d bytes: empty, over %d or past the trailer at %d", p, MaxPayload, end)
+		case b >= maxBlk:
+			return format.Errorf(Name, "record block", off+16, "block %d past the %d blocks of orig_size %d", b, maxBlk, img.d.OrigSize)
+		case len(img.records) > 0 && b <= img.records[len(img.records)-1].block:
+			return format.Errorf(Name, "record block", off+16, "block %d after block %d: records must ascend", b, img.records[len(img.records)-1].block)
+		}
+		if err := format.ReadFull(img.f, tail[:], off+l-zvhd2.RecordEndLen, Name, "record end marker"); err != nil {
+			return err
+		}
+		if string(tail[:]) != zvhd2.RecordEnd {
+			return format.Errorf(Name, "record end marker", off+l-zvhd2.RecordEndLen, "%q, want %q", tail[:], zvhd2.RecordEnd)
+		}
+		img.records = append(img.records, record{off: off, payloadLen: p, block: b})
+		if r := len(img.runs) - 1; r >= 0 && img.runs[r].end == b {
+			img.runs[r].end = b + 1
+		} else {
+			img.runs = append(img.runs, run{b, b + 1})
+		}
+		off += l
+	}
+	return nil
+}
+
+// Size returns orig_size, the size of the disk that was imported.
+func (img *Image) Size() int64 { return img.size }
+
+// Descriptor returns the header descriptor.
+func (img *Image) Descriptor() zvhd2.Descriptor { return *img.d }
+
+// Close closes the file.
+func (img *Image) Close() error { return format.CloseFile(img.f) }
+
+var epoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Info describes the image.
+func (img *Image) Info() *format.Info {
+	d := img.d
+	return &format.Info{
+		Format:      Name,
+		VirtualSize: img.size,
+		ClusterSize: zvhd2.BlockSize,
+		Specific: &Specific{
+			Sequential:     true,
+			CurrentSize:    int64(d.CurrSize),
+			BlockSize:      zvhd2.BlockSize,
+			Compression:    "zlib",
+			StoredBlocks:   int64(len(img.records)),
+			UUID:           zvhd2.FormatUUID(d.UUID),
+			CreatorVersion: fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff),
+			Timestamp:      epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339),
+		},
+	}
+}
+
+// Extent reports a run of stored blocks as compressed Data and a run of
+// absent blocks as Zero.
+func (img *Image) Extent(off int64) (format.Extent, error) {
+	if off < 0 || off >= img.size {
+		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", Name, off)
+	}
+	b := off / zvhd2.BlockSize
+	i := sort.Search(len(img.runs), func(i int) bool { return img.runs[i].end > b })
+	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
+	end := img.size
+	if i < len(img.runs) {
+		r := img.runs[i]
+		if r.start <= b {
+			e.Status, e.Compressed = format.Data, true
+			end = min(end, r.end*zvhd2.BlockSize)
+		} else {
+			end = min(end, r.start*zvhd2.BlockSize)
+		}
+	}
+	e.Length = end - off
+	return e, nil
+}
+
+// ReadAt reads guest bytes. Reading a block before the last one decoded
+// restarts decoding at the first record.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	n, clipErr := format.ClipRead(p, off, img.size)
+	if n == 0 {
+		return 0, clipErr
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		b := pos / zvhd2.BlockSize
+		in := pos % zvhd2.BlockSize
+		m := int(min(int64(n-done), zvhd2.BlockSize-in))
+		dst := p[done : done+m]
+		k := sort.Search(len(img.records), func(k int) bool { return img.records[k].block >= b })
+		if k < len(img.records) && img.records[k].block == b {
+			if err := img.decode(k); err != nil {
+				return done, err
+			}
+			copy(dst, img.cache[in:])
+		} else {
+			clear(dst)
+		}
+		done += m
+	}
+	return n, clipErr
+}
+
+// decode makes img.cache hold the block of record k, inflating forward
+// from the current position or, for an earlier record, from the start.
+func (img *Image) decode(k int) error {
+	if img.cached == k {
+		return nil
+	}
+	img.cached = -1
+	if img.zr == nil || k < img.next {
+		if img.zr != nil {
+			img.zr.Close()
+			img.zr = nil
+		}
+		src := &payloads{img: img}
+		zr, err := zlib.NewReader(src)
+		if err != nil {
+			return img.payloadErr(0, err)
+		}
+		img.zr, img.src, img.next = zr, src, 0
+	}
+	if img.cache == nil {
+		img.cache = make([]byte, zvhd2.BlockSize)
+	}
+	for ; img.next <= k; img.next++ {
+		// Exactly one block per record: the inflater is never asked for
+		// more, whatever the stream would produce.
+		_, err := io.ReadFull(img.zr, img.cache)
+		if err == nil && img.src.rec != img.next {
+			// Each record holds the compressed form of exactly its own
+			// block: the block must end inside its record's payload.
+			err = fmt.Errorf("the block ends in the payload of record %d (block %d)", img.src.rec, img.records[img.src.rec].block)
+		}
+		if err != nil {
+			j := img.next
+			img.zr.Close()
+			img.zr = nil
+			return img.payloadErr(j, err)
+		}
+	}
+	img.cached = k
+	return nil
+}
+
+func (img *Image) payloadErr(k int, err error) error {
+	var fe *format.FormatError
+	if errors.As(err, &fe) {
+		return fe
+	}
+	r := img.records[k]
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return &format.FormatError{Format: Name, Field: "record payload", Offset: r.off + zvhd2.RecordHeaderLen,
+		Reason: fmt.Sprintf("block %d does not inflate to %d bytes", r.block, zvhd2.BlockSize), Err: err}
+}
+
+// payloads reads the record payloads one after another: the single zlib
+// stream the writer cut into records. It implements io.ByteReader so the
+// inflater reads no further ahead than it needs, and its buffer never
+// spans two records, so rec tells which record the inflater is in.
+type payloads struct {
+	img   *Image
+	rec   int    // record whose payload is being read
+	pos   int64  // bytes of that payload loaded so far
+	buf   []byte // loaded bytes not yet consumed
+	store []byte
+}
+
+// payloadChunk is how much of a payload is read from the file at a time.
+const payloadChunk = 64 << 10
+
+func (s *payloads) fill() error {
+	recs := s.img.records
+	for len(s.buf) == 0 {
+		if s.rec >= len(recs) {
+			return io.EOF
+		}
+		r := recs[s.rec]
+		if s.pos == r.payloadLen {
+			if s.rec+1 >= len(recs) {
+				return io.EOF
+			}
+			s.rec, s.pos = s.rec+1, 0
+			continue
+		}
+		if s.store == nil {
+			s.store = make([]byte, payloadChunk)
+		}
+		n := min(payloadChunk, r.payloadLen-s.pos)
+		off := r.off + zvhd2.RecordHeaderLen + s.pos
+		if err := format.ReadFull(s.img.f, s.store[:n], off, Name, "record payload"); err != nil {
+			return err
+		}
+		s.buf, s.pos = s.store[:n], s.pos+n
+	}
+	return nil
+}
+
+func (s *payloads) Read(p []byte) (int, error) {
+	if err := s.fill(); err != nil {
+		return 0, err
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	return n, nil
+}
+
+func (s *payloads) ReadByte() (byte, error) {
+	if err := s.fill(); err != nil {
+		return 0, err
+	}
+	c := s.buf[0]
+	s.buf = s.buf[1:]
+	return c, nil
+}

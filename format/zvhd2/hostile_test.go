@@ -1,0 +1,223 @@
+package zvhd2
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// patchTrailer rewrites the trailer of b with fn and fixes its checksum,
+// so that only the field under test is wrong.
+func patchTrailer(b []byte, fn func(d *Descriptor)) []byte {
+	tr := b[len(b)-SlotSize:]
+	d := DecodeDescriptor(tr)
+	fn(d)
+	d.Encode(tr)
+	SetChecksum(tr)
+	return b
+}
+
+// mustFail opens b and reads every stored block; some step must fail with
+// a FormatError whose text names field.
+func mustFail(t *testing.T, b []byte, field string) {
+	t.Helper()
+	err := openAndRead(b)
+	var fe *format.FormatError
+	switch {
+	case err == nil:
+		t.Fatalf("accepted; want an error naming %q", field)
+	case !errors.As(err, &fe):
+		t.Fatalf("error %v is not a *format.FormatError", err)
+	case fe.Field != field || !strings.HasPrefix(err.Error(), Name+": "+field):
+		t.Fatalf("error %q does not name %q", err, field)
+	}
+}
+
+func openAndRead(b []byte) error {
+	img, err := openBytes(b)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	buf := make([]byte, 4096)
+	for _, e := range img.entries {
+		if _, err := img.ReadAt(buf, int64(e.Block)*BlockSize); err != nil && err != io.EOF {
+			return err
+		}
+	}
+	return nil
+}
+
+// t1 layout offsets (see TestT1Descriptor).
+const (
+	t1Index  = 2113536
+	t1Bitmap = 2637824
+	t1Rec2   = 4096 + 2101248 // the record of block 2
+)
+
+func TestHostile(t *testing.T) {
+	t1 := readVector(t, "t1.zvhd2")
+	trailer := func(fn func(d *Descriptor)) func([]byte) []byte {
+		return func(b []byte) []byte { return patchTrailer(b, fn) }
+	}
+	put32 := func(off int, v uint32) func([]byte) []byte {
+		return func(b []byte) []byte { le.PutUint32(b[off:], v); return b }
+	}
+	put64 := func(off int, v uint64) func([]byte) []byte {
+		return func(b []byte) []byte { le.PutUint64(b[off:], v); return b }
+	}
+	for _, c := range []struct {
+		name, field string
+		patch       func([]byte) []byte
+	}{
+		{"header version 0", "zvhd2_version", func(b []byte) []byte { b[offVersion] = 0; return b }},
+		{"truncated to a slot", "file size", func(b []byte) []byte { return b[:4096] }},
+		{"truncated mid-slot", "file size", func(b []byte) []byte { return b[:len(b)-100] }},
+		{"truncated by a slot", "trailer cookie", func(b []byte) []byte { return b[:len(b)-SlotSize] }},
+		{"trailer checksum", "trailer checksum", func(b []byte) []byte { b[len(b)-SlotSize+offOrigSize]++; return b }},
+		{"trailer version", "zvhd2_version", trailer(func(d *Descriptor) { d.Version = 2 })},
+		{"orig_size odd", "orig_size", trailer(func(d *Descriptor) { d.OrigSize++ })},
+		{"orig_size absurd", "orig_size", trailer(func(d *Descriptor) { d.OrigSize = 1 << 62 })},
+		{"orig_size vs header", "orig_size", trailer(func(d *Descriptor) { d.OrigSize -= 512 })},
+		{"curr_size", "curr_size", trailer(func(d *Descriptor) { d.CurrSize = 2 << 30 })},
+		{"block_size", "block_size", trailer(func(d *Descriptor) { d.BlockSize = 1 << 20 })},
+		{"max_blk_num", "max_blk_num", trailer(func(d *Descriptor) { d.MaxBlkNum = 100000 })},
+		{"compress_method", "compress_method", trailer(func(d *Descriptor) { d.CompressMethod = 2 })},
+		{"compress_method vs header", "compress_method", trailer(func(d *Descriptor) { d.CompressMethod = 0 })},
+		{"index_contains_zero_blk", "index_contains_zero_blk", trailer(func(d *Descriptor) { d.IndexDense = 7 })},
+		{"index_seg_size", "index_seg_size", trailer(func(d *Descriptor) { d.IndexSegSize = 4096 })},
+		{"bitmap_seg_size", "bitmap_seg_size", trailer(func(d *Descriptor) { d.BitmapSegSize = 512 })},
+		{"non_zero_blk_num > max", "non_zero_blk_num", trailer(func(d *Descriptor) { d.NonZeroBlkNum = 4 })},
+		{"non_zero_blk_num vs bitmap", "non_zero_blk_num", trailer(func(d *Descriptor) { d.NonZeroBlkNum = 1 })},
+		{"bitmap_seg_num", "bitmap_seg_num", trailer(func(d *Descriptor) { d.BitmapSegNum = 2 })},
+		{"bitmap_size", "bitmap_size", trailer(func(d *Descriptor) { d.BitmapSize = 8192 })},
+		{"index_seg_num", "index_seg_num", trailer(func(d *Descriptor) { d.IndexSegNum = 2 })},
+		{"index_size", "index_size", trailer(func(d *Descriptor) { d.IndexSize = 4096 })},
+		{"index_lba unaligned", "index_lba", trailer(func(d *Descriptor) { d.IndexLBA++ })},
+		{"index_lba past EOF", "index_lba", trailer(func(d *Descriptor) { d.IndexLBA = 1 << 40 })},
+		{"index_lba zero", "index_lba", trailer(func(d *Descriptor) { d.IndexLBA = 0 })},
+		{"bitmap_lba", "bitmap_lba", trailer(func(d *Descriptor) { d.BitmapLBA += 4096 })},
+		{"index moved", "bitmap_size", trailer(func(d *Descriptor) { d.IndexLBA -= 4096; d.BitmapLBA -= 4096 })},
+		{"bitmap bit past max_blk_num", "bitmap", func(b []byte) []byte { b[t1Bitmap] |= 0x08; b[t1Bitmap] &^= 0x04; return b }},
+		{"bitmap bit moved", "bitmap", func(b []byte) []byte { b[t1Bitmap] = 0x03; return b }},
+		{"entries out of order", "index entry block", func(b []byte) []byte {
+			var e0, e1 [EntrySize]byte
+			copy(e0[:], b[t1Index:])
+			copy(e1[:], b[t1Index+EntrySize:])
+			copy(b[t1Index:], e1[:])
+			copy(b[t1Index+EntrySize:], e0[:])
+			return b
+		}},
+		{"entry block past max", "index entry block", put32(t1Index+EntrySize+8, 3)},
+		{"entry offset past EOF", "index entry offset", put64(t1Index+EntrySize, 1<<40)},
+		{"entry offset into the index", "index entry offset", put64(t1Index+EntrySize, t1Index)},
+		{"entry offset unaligned", "index entry offset", put64(t1Index+EntrySize, t1Rec2+512)},
+		{"entry offset zero", "index entry offset", put64(t1Index, 0)},
+		{"entries overlap", "index entry offset", put64(t1Index+EntrySize, t1Rec2-4096)},
+		{"entry length absurd", "index entry length", put32(t1Index+EntrySize+12, 0xfffff000)},
+		{"entry length zero", "index entry length", put32(t1Index+EntrySize+12, 0)},
+		{"mid-footer cookie", "mid-footer cookie", func(b []byte) []byte { b[t1Index-SlotSize] = 'x'; return b }},
+		{"record magic", "record magic", func(b []byte) []byte { b[t1Rec2] = 'H'; return b }},
+		{"record block", "record block", put32(t1Rec2+offRecBlock, 1)},
+		{"record payload length", "record payload length", put32(t1Rec2+offRecPayloadLen, 4096)},
+		{"record payload length zero", "record payload length", put32(t1Rec2+offRecPayloadLen, 0)},
+		{"record end marker", "record end marker", func(b []byte) []byte { b[t1Rec2+4095] = 'x'; return b }},
+		{"record payload corrupt", "record payload", func(b []byte) []byte {
+			copy(b[t1Rec2+RecordHeaderLen+4:], bytes.Repeat([]byte{0xff}, 16))
+			return b
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			mustFail(t, c.patch(bytes.Clone(t1)), c.field)
+		})
+	}
+}
+
+func TestHostileWrongMagic(t *testing.T) {
+	b := readVector(t, "t1.zvhd2")
+	b[0] = 'Z'
+	if _, err := openBytes(b); !errors.Is(err, format.ErrWrongType) {
+		t.Errorf("wrong cookie: %v, want ErrWrongType", err)
+	}
+	if _, err := openBytes([]byte("z2st")); !errors.Is(err, format.ErrWrongType) {
+		t.Errorf("4-byte file: %v, want ErrWrongType", err)
+	}
+	mustFail(t, []byte("z2strm\x00\x00"), "header descriptor")
+}
+
+// TestHostileDense covers the checks of the dense index (t1d.zvhd2).
+func TestHostileDense(t *testing.T) {
+	t1d := readVector(t, "t1d.zvhd2")
+	for _, c := range []struct {
+		name, field string
+		patch       func([]byte)
+	}{
+		{"entry block mismatch", "index entry block", func(b []byte) { le.PutUint32(b[t1Index+2*EntrySize+8:], 1) }},
+		{"zero entry with bit set", "index entry", func(b []byte) { b[t1Bitmap] = 0x03 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := bytes.Clone(t1d)
+			c.patch(b)
+			mustFail(t, b, c.field)
+		})
+	}
+}
+
+// TestHostilePayloadSize checks that decompression stops at one block:
+// payloads that inflate to more, or to less, are refused.
+func TestHostilePayloadSize(t *testing.T) {
+	big := make([]byte, BlockSize+1)
+	big[0] = 1
+	enc, _ := zstd.NewWriter(nil)
+	defer enc.Close()
+	for _, c := range []struct {
+		name    string
+		method  uint8
+		payload []byte
+	}{
+		{"zstd too big", MethodZstd, enc.EncodeAll(big, nil)},
+		{"zstd too small", MethodZstd, enc.EncodeAll(big[:1000], nil)},
+		{"zstd huge", MethodZstd, enc.EncodeAll(make([]byte, 64<<20), nil)},
+		{"zlib too big", MethodZlib, deflate(t, big)},
+		{"zlib too small", MethodZlib, deflate(t, big[:1000])},
+		{"zlib huge", MethodZlib, deflate(t, make([]byte, 64<<20))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := spec{origSize: 4 * mib, method: c.method, payloads: map[uint32][]byte{1: c.payload}}.build(t)
+			mustFail(t, b, "record payload")
+		})
+	}
+}
+
+// TestHostileT2 patches the second bitmap segment of the 64 GiB t2.zvhd2.
+func TestHostileT2(t *testing.T) {
+	t2 := readVector(t, "t2.zvhd2")
+	const (
+		index = 0x6000
+		seg1  = 0x86000 + BitmapSegSize // bitmap segment 1: blocks 32768…
+	)
+	if t2[seg1] != 0x05 {
+		t.Fatalf("bitmap segment 1 starts %#x", t2[seg1])
+	}
+	for _, c := range []struct {
+		name, field string
+		patch       func([]byte)
+	}{
+		{"bit past max_blk_num", "bitmap", func(b []byte) { b[seg1] = 0x09 }},
+		{"bit moved", "bitmap", func(b []byte) { b[seg1] = 0x03 }},
+		{"entry names an absent block", "bitmap", func(b []byte) { le.PutUint32(b[index+3*EntrySize+8:], 32769) }},
+		{"segment 0 bit cleared", "non_zero_blk_num", func(b []byte) { b[0x86000] = 0 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := bytes.Clone(t2)
+			c.patch(b)
+			mustFail(t, b, c.field)
+		})
+	}
+}

@@ -1,0 +1,344 @@
+package zvhd2
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+)
+
+// vectors is where the reference files written by Huawei's driver live.
+const vectors = "../../../shared/testimages/zvhd2"
+
+func readVector(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(vectors, name))
+	if err != nil {
+		t.Fatalf("reference vector: %v", err)
+	}
+	return b
+}
+
+func openVector(t testing.TB, name string) *Image {
+	t.Helper()
+	img, err := format.Open(filepath.Join(vectors, name), "", format.Policy{Untrusted: true})
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	z, ok := img.(*Image)
+	if !ok {
+		t.Fatalf("%s probed as %s", name, img.Info().Format)
+	}
+	return z
+}
+
+func openBytes(b []byte) (*Image, error) {
+	return Open(&formattest.MemFile{Data: b, Path: "/nonexistent/x.zvhd2"})
+}
+
+// readAll reads the whole disk in odd-sized chunks that straddle blocks.
+func readAll(t testing.TB, img format.Image) []byte {
+	t.Helper()
+	got := make([]byte, img.Size())
+	for off := int64(0); off < img.Size(); off += 1<<20 + 4608 {
+		n := min(1<<20+4608, img.Size()-off)
+		if m, err := img.ReadAt(got[off:off+n], off); int64(m) != n || (err != nil && err != io.EOF) {
+			t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, m, err)
+		}
+	}
+	return got
+}
+
+type ext struct {
+	start, length int64
+	status        format.Status
+}
+
+func extents(t testing.TB, img format.Image) []ext {
+	t.Helper()
+	var out []ext
+	err := format.Walk(img, 0, func(e format.Extent) error {
+		if e.Status == format.Data && (!e.Compressed || e.Offset != -1) {
+			t.Errorf("data extent %+v: want Compressed and Offset -1", e)
+		}
+		if e.Status != format.Data && (e.Compressed || e.Offset != -1) {
+			t.Errorf("zero extent %+v: want Offset -1, not compressed", e)
+		}
+		out = append(out, ext{e.Start, e.Length, e.Status})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+const mib = 1 << 20
+
+func TestT1Variants(t *testing.T) {
+	raw := readVector(t, "t1.raw")
+	size := int64(len(raw))
+	wantExt := []ext{{0, 2 * mib, format.Data}, {2 * mib, 2 * mib, format.Zero}, {4 * mib, size - 4*mib, format.Data}}
+	for _, v := range []struct {
+		file   string
+		method string
+		dense  bool
+	}{{"t1.zvhd2", "zstd", false}, {"t1z.zvhd2", "zlib", false}, {"t1d.zvhd2", "zstd", true}} {
+		t.Run(v.file, func(t *testing.T) {
+			img := openVector(t, v.file)
+			defer img.Close()
+			if img.Size() != size {
+				t.Fatalf("size %d, want %d", img.Size(), size)
+			}
+			if got := readAll(t, img); !bytes.Equal(got, raw) {
+				t.Fatalf("bytes differ from t1.raw")
+			}
+			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
+				t.Errorf("extents %v, want %v", got, wantExt)
+			}
+			sp := img.Info().Specific.(*Specific)
+			if sp.Compression != v.method || sp.DenseIndex != v.dense || sp.CurrentSize != 1<<30 ||
+				sp.BlockSize != BlockSize || sp.Version != 1 || sp.StoredBlocks != 2 || sp.CreatorVersion != "1.4" {
+				t.Errorf("format-specific %+v", sp)
+			}
+			if img.Info().VirtualSize != size || img.Info().ClusterSize != BlockSize || img.Info().Format != Name {
+				t.Errorf("info %+v", img.Info())
+			}
+			checkReadAtEnd(t, img)
+		})
+	}
+}
+
+func checkReadAtEnd(t *testing.T, img format.Image) {
+	t.Helper()
+	buf := make([]byte, 4096)
+	if n, err := img.ReadAt(buf, img.Size()-100); n != 100 || err != io.EOF {
+		t.Errorf("ReadAt across the end = %d, %v", n, err)
+	}
+	if n, err := img.ReadAt(buf, img.Size()); n != 0 || err != io.EOF {
+		t.Errorf("ReadAt at the end = %d, %v", n, err)
+	}
+}
+
+// TestT1Descriptor checks every trailer field of t1.zvhd2 against the
+// values the spec gives for the driver's output, and the index entries.
+func TestT1Descriptor(t *testing.T) {
+	file := readVector(t, "t1.zvhd2")
+	img := openVector(t, "t1.zvhd2")
+	defer img.Close()
+	d := img.Descriptor()
+	h := DecodeDescriptor(file)
+	want := Descriptor{
+		Cookie: [8]byte{'z', '2', 's', 't', 'r', 'm'}, Features: 2, FormatVersion: 0x00010000,
+		DataOffset: ^uint64(0), Timestamp: h.Timestamp, CreatorApp: [4]byte{'t', 'a', 'p'},
+		CreatorVersion: 0x00010004, CreatorOS: 0, OrigSize: 5243392, CurrSize: 1 << 30,
+		Geometry: 0x00960411, DiskType: 4, Checksum: d.Checksum, UUID: h.UUID,
+		Version: 1, BlockSize: 2 * mib, MaxBlkNum: 3,
+		IndexLBA: 2113536, BitmapLBA: 2637824, IndexSize: 524288, BitmapSize: 4096,
+		IndexSegSize: 524288, BitmapSegSize: 4096, IndexSegNum: 1, BitmapSegNum: 1,
+		NonZeroBlkNum: 2, IndexDense: 0, CompressMethod: MethodZstd,
+	}
+	if d != want {
+		t.Errorf("trailer\n got %+v\nwant %+v", d, want)
+	}
+	if d.Checksum != Checksum(file[len(file)-SlotSize:]) {
+		t.Errorf("checksum %#x", d.Checksum)
+	}
+	// The header at 0 is the same before the data is known.
+	if h.NonZeroBlkNum != 0 || h.IndexLBA != 0 || h.OrigSize != d.OrigSize || h.Checksum != Checksum(file) {
+		t.Errorf("header %+v", h)
+	}
+	if h.UUID == ([16]byte{}) || FormatUUID(h.UUID) != img.Info().Specific.(*Specific).UUID {
+		t.Errorf("uuid %x / %s", h.UUID, img.Info().Specific.(*Specific).UUID)
+	}
+	es := img.Entries()
+	if len(es) != 2 || es[0].Offset != 4096 || es[0].Block != 0 || es[0].Length != 2101248 ||
+		es[1].Offset != 4096+2101248 || es[1].Block != 2 || es[1].Length != 4096 {
+		t.Errorf("index entries %+v", es)
+	}
+	// Re-encoding the decoded trailer gives its bytes back.
+	b := make([]byte, DescriptorSize)
+	d.Encode(b)
+	if !bytes.Equal(b, file[len(file)-SlotSize:][:DescriptorSize]) {
+		t.Errorf("Encode(DecodeDescriptor(trailer)) differs from the trailer")
+	}
+	js, err := json.Marshal(img.Info().Specific)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(js, &m)
+	for _, k := range []string{"current-size", "block-size", "compression", "zvhd2-version", "dense-index", "stored-blocks", "uuid", "creator-version", "timestamp"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("format-specific lacks %q: %s", k, js)
+		}
+	}
+}
+
+func TestGeometry(t *testing.T) {
+	for _, c := range []struct {
+		size uint64
+		want uint32
+	}{{5243392, 0x00960411}, {1024, 0x00000411}, {3 * mib, 0x005a0411}, {68723684864, 0x808210ff}} {
+		if got := Geometry(c.size); got != c.want {
+			t.Errorf("Geometry(%d) = %#08x, want %#08x", c.size, got, c.want)
+		}
+	}
+}
+
+func TestT3AllZero(t *testing.T) {
+	img := openVector(t, "t3.zvhd2")
+	defer img.Close()
+	raw := readVector(t, "t3.raw")
+	if img.Size() != int64(len(raw)) {
+		t.Fatalf("size %d", img.Size())
+	}
+	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 3 * mib, format.Zero}}) {
+		t.Errorf("extents %v", got)
+	}
+	if !bytes.Equal(readAll(t, img), raw) {
+		t.Errorf("bytes differ from t3.raw")
+	}
+	d := img.Descriptor()
+	if d.NonZeroBlkNum != 0 || d.IndexSize != 0 || d.IndexLBA != 8192 || d.BitmapLBA != 8192 || d.BitmapSegNum != 1 || d.MaxBlkNum != 2 {
+		t.Errorf("descriptor %+v", d)
+	}
+}
+
+func TestT4Tiny(t *testing.T) {
+	img := openVector(t, "t4.zvhd2")
+	defer img.Close()
+	raw := readVector(t, "t4.raw")
+	want := append(raw, make([]byte, 24)...) // orig_size rounds 1000 up to 1024
+	if img.Size() != 1024 {
+		t.Fatalf("size %d", img.Size())
+	}
+	if !bytes.Equal(readAll(t, img), want) {
+		t.Errorf("bytes differ from t4.raw")
+	}
+	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 1024, format.Data}}) {
+		t.Errorf("extents %v", got)
+	}
+	if d := img.Descriptor(); d.Geometry != 0x411 || d.MaxBlkNum != 1 || d.CurrSize != 1<<30 {
+		t.Errorf("descriptor %+v", d)
+	}
+}
+
+// t2Blocks are the blocks of t2.zvhd2 that hold data, in the order of
+// t2-blocks.bin's 16 KiB chunks.
+var t2Blocks = []int64{0, 32767, 32768, 32770}
+
+func TestT2TwoSegments(t *testing.T) {
+	img := openVector(t, "t2.zvhd2")
+	defer img.Close()
+	const size = 68723684864
+	if img.Size() != size {
+		t.Fatalf("size %d", img.Size())
+	}
+	d := img.Descriptor()
+	if d.BitmapSegNum != 2 || d.IndexSegNum != 1 || d.NonZeroBlkNum != 4 || d.MaxBlkNum != 32771 || d.CurrSize != 65<<30 {
+		t.Errorf("descriptor %+v", d)
+	}
+	wantExt := []ext{
+		{0, 2 * mib, format.Data},
+		{2 * mib, 32766 * 2 * mib, format.Zero},
+		{32767 * 2 * mib, 2 * 2 * mib, format.Data},
+		{32769 * 2 * mib, 2 * mib, format.Zero},
+		{32770 * 2 * mib, size - 32770*2*mib, format.Data},
+	}
+	if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
+		t.Errorf("extents %v\nwant %v", got, wantExt)
+	}
+	chunks := readVector(t, "t2-blocks.bin")
+	for i, b := range t2Blocks {
+		off := b * BlockSize
+		n := min(BlockSize, size-off)
+		got := make([]byte, n)
+		if m, err := img.ReadAt(got, off); int64(m) != n || (err != nil && err != io.EOF) {
+			t.Fatalf("ReadAt(%d) = %d, %v", off, m, err)
+		}
+		want := make([]byte, n)
+		copy(want, chunks[i*16384:(i+1)*16384])
+		if !bytes.Equal(got, want) {
+			t.Errorf("block %d differs from t2-blocks.bin chunk %d", b, i)
+		}
+	}
+	// Samples of the zero runs, including a read across a data/zero edge.
+	buf := make([]byte, 64<<10)
+	for _, off := range []int64{2 * mib, 1 << 30, 32767*2*mib - 65536 + 12345, 32769 * 2 * mib} {
+		if _, err := img.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, make([]byte, len(buf))) {
+			t.Errorf("offset %d: data where zeros are expected", off)
+		}
+	}
+	checkReadAtEnd(t, img)
+}
+
+// TestBuilt reads images made by the test writer: dense and sparse index,
+// zstd and zlib, many runs, to cover what the vectors do not.
+func TestBuilt(t *testing.T) {
+	const size = 21*mib + 512
+	blocks := map[uint32][]byte{}
+	want := make([]byte, size)
+	for _, b := range []uint32{0, 1, 2, 5, 7, 8, 10} {
+		data := bytes.Repeat([]byte{byte(b + 1), 0, 7}, 1000)
+		blocks[b] = data
+		copy(want[int64(b)*BlockSize:], data)
+	}
+	wantExt := []ext{
+		{0, 6 * mib, format.Data}, {6 * mib, 4 * mib, format.Zero}, {10 * mib, 2 * mib, format.Data},
+		{12 * mib, 2 * mib, format.Zero}, {14 * mib, 4 * mib, format.Data}, {18 * mib, 2 * mib, format.Zero},
+		{20 * mib, size - 20*mib, format.Data},
+	}
+	for _, method := range []uint8{MethodZstd, MethodZlib} {
+		for _, dense := range []bool{false, true} {
+			img, err := openBytes(spec{origSize: size, method: method, dense: dense, blocks: blocks}.build(t))
+			if err != nil {
+				t.Fatalf("%s dense=%v: %v", Method(method), dense, err)
+			}
+			if !bytes.Equal(readAll(t, img), want) {
+				t.Errorf("%s dense=%v: bytes differ", Method(method), dense)
+			}
+			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
+				t.Errorf("%s dense=%v: extents %v", Method(method), dense, got)
+			}
+			// Backwards and repeated reads go through the block cache.
+			for _, off := range []int64{20 * mib, 0, 20*mib + 1, 3, 2*mib - 1} {
+				var b [2]byte
+				if _, err := img.ReadAt(b[:], off); err != nil && err != io.EOF {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(b[:min(2, size-off)], want[off:min(off+2, size)]) {
+					t.Errorf("ReadAt(%d) = %x", off, b)
+				}
+			}
+			img.Close()
+		}
+	}
+}
+
+func TestProbe(t *testing.T) {
+	for name, want := range map[string]bool{"t1.zvhd2": true, "t1.zvhd": false, "t1.raw": false} {
+		f, err := format.OpenFile(filepath.Join(vectors, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := HasCookie(f, CookieZVHD2); got != want {
+			t.Errorf("%s: probe %v", name, got)
+		}
+		f.Close()
+	}
+	_, err := openBytes(readVector(t, "t1.zvhd"))
+	if !errors.Is(err, format.ErrWrongType) {
+		t.Errorf("ZVHD opened as ZVHD2: %v", err)
+	}
+}
