@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -76,4 +77,15 @@ func TestHumanSize(t *testing.T) {
 			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
 		}
 	}
+}
+
+// compactJSON re-encodes JSON without spacing, for comparing documents.
+func compactJSON(t *testing.T, s string) string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("%v: %q", err, s)
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
 }

@@ -73,3 +73,17 @@ func QemuMap(t testing.TB, path string, args ...string) []MapEntry {
 	}
 	return m
 }
+
+// QemuCompareOutput returns what `qemu-img compare` prints for two images
+// (it exits 1 when they differ, which is not a failure here).
+func QemuCompareOutput(t testing.TB, a, b string) []byte {
+	t.Helper()
+	RequireQemu(t)
+	out, err := exec.Command("qemu-img", "compare", a, b).Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+			t.Fatalf("qemu-img compare: %v", err)
+		}
+	}
+	return out
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/diskimg/diskimg/format/formattest"
+)
+
+// listDir returns the names in dir, to prove a failed convert left nothing.
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestConvertRefusals(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, 1<<20, formattest.Sparse)
+	exists := filepath.Join(dir, "exists.raw")
+	os.WriteFile(exists, []byte("keep me"), 0o644)
+	for _, tc := range []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"unknown output format", []string{"-O", "nope", src, filepath.Join(dir, "a")}, `unknown output format "nope"`},
+		{"unknown option", []string{"-O", "raw", "-o", "bogus=1", src, filepath.Join(dir, "b")}, "bogus"},
+		{"compression unsupported", []string{"-O", "raw", "-c", src, filepath.Join(dir, "c")}, "compress"},
+		{"bad -S", []string{"-O", "raw", "-S", "1000", src, filepath.Join(dir, "d")}, "invalid sparse size 1000"},
+		{"existing output", []string{"-O", "raw", src, exists}, "already exists"},
+		{"same file", []string{"-O", "raw", "--force", src, src}, "same file"},
+		{"missing source", []string{"-O", "raw", filepath.Join(dir, "nope.raw"), filepath.Join(dir, "e")}, "no such file"},
+		{"shrink", []string{"-O", "raw", "--resize", "4K", src, filepath.Join(dir, "f")}, "only grows"},
+		{"bad checksum", []string{"-O", "raw", "--checksum", "md5", src, filepath.Join(dir, "g")}, "md5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := runCLI(t, append([]string{"convert"}, tc.args...)...)
+			if code != 1 || !strings.Contains(stderr, tc.msg) {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr, tc.msg)
+			}
+			if got := listDir(t, dir); strings.Join(got, " ") != "exists.raw src.raw" {
+				t.Errorf("directory holds %v after a refused convert", got)
+			}
+			if data, _ := os.ReadFile(exists); string(data) != "keep me" {
+				t.Error("existing output was touched")
+			}
+		})
+	}
+}
+
+func TestConvertCompareMeasure(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	dst := filepath.Join(dir, "dst.raw")
+	out, stderr, code := runCLI(t, "convert", "-O", "raw", "--checksum", "sha256", "--verify", src, dst)
+	if code != 0 {
+		t.Fatalf("convert: exit %d: %s", code, stderr)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(out), "  "+dst) || len(strings.Fields(out)[0]) != 64 {
+		t.Errorf("checksum line %q", out)
+	}
+	formattest.Qemu(t, "compare", "-f", "raw", "-F", "raw", src, dst)
+
+	if out, _, code := runCLI(t, "compare", src, dst); code != 0 || out != "Images are identical.\n" {
+		t.Errorf("compare identical: exit %d, %q", code, out)
+	}
+	// Change one byte: exit 1 with qemu-img's message and offset.
+	f, _ := os.OpenFile(dst, os.O_WRONLY, 0)
+	f.WriteAt([]byte{0xff}, 5<<20+10)
+	f.Close()
+	want := string(formattest.QemuCompareOutput(t, src, dst))
+	if out, _, code := runCLI(t, "compare", src, dst); code != 1 || out != want {
+		t.Errorf("compare different: exit %d, %q; qemu-img says %q", code, out, want)
+	}
+	if _, _, code := runCLI(t, "compare", src, filepath.Join(dir, "nope")); code != 2 {
+		t.Errorf("compare error: exit %d, want 2", code)
+	}
+
+	out, _, code = runCLI(t, "measure", "--output=json", "-O", "raw", src)
+	qm := formattest.Qemu(t, "measure", "--output=json", "-f", "raw", "-O", "raw", src)
+	if code != 0 || compactJSON(t, out) != compactJSON(t, string(qm)) {
+		t.Errorf("measure: %s; qemu-img: %s", out, qm)
+	}
+}
+
+// TestConvertToStdout streams to standard output through a pipe and gets
+// the same bytes as the file output.
+func TestConvertToStdout(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, 3<<20+512, formattest.Sparse)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []byte)
+	go func() {
+		var buf []byte
+		tmp := make([]byte, 1<<16)
+		for {
+			n, err := r.Read(tmp)
+			buf = append(buf, tmp[:n]...)
+			if err != nil {
+				done <- buf
+				return
+			}
+		}
+	}()
+	old := os.Stdout
+	os.Stdout = w
+	_, stderr, code := runCLI(t, "convert", "-O", "raw", src, "-")
+	os.Stdout = old
+	w.Close()
+	got := <-done
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	want, _ := os.ReadFile(src)
+	if string(got) != string(want) {
+		t.Errorf("stdout stream differs from the source (%d vs %d bytes)", len(got), len(want))
+	}
+}
