@@ -10,9 +10,9 @@ trap 'rm -rf "$work"' EXIT
 
 disk=$work/disk.raw
 truncate -s 64M "$disk"
-sgdisk -q -U 5b6c2c2e-0d5e-4c6f-9a55-6a1d1f0e0001 \
+sgdisk -U 5b6c2c2e-0d5e-4c6f-9a55-6a1d1f0e0001 \
   -n 1:2048:+16M -t 1:ef00 -c 1:"EFI System" -u 1:5b6c2c2e-0d5e-4c6f-9a55-6a1d1f0e0002 \
-  -n 2:0:0 -t 2:8300 -c 2:"root" -u 2:5b6c2c2e-0d5e-4c6f-9a55-6a1d1f0e0003 "$disk"
+  -n 2:0:0 -t 2:8300 -c 2:"root" -u 2:5b6c2c2e-0d5e-4c6f-9a55-6a1d1f0e0003 "$disk" >/dev/null
 
 # EFI System partition: sectors 2048..34815.
 truncate -s 16M "$work/esp.img"

@@ -3,6 +3,7 @@
 package all
 
 import (
+	_ "github.com/diskimg/diskimg/format/qcow2"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
