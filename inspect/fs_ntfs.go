@@ -16,6 +16,7 @@ const (
 	ntfsTotalSectors = 0x28 // u64
 	ntfsMFTLCN       = 0x30 // u64 cluster of $MFT
 	ntfsClusPerRec   = 0x40 // i8; negative n means 2^-n bytes
+	ntfsClusPerIdx   = 0x44 // i8, as ntfsClusPerRec, for index blocks
 	ntfsSerial       = 0x48 // u64
 	ntfsMaxCluster   = 2 << 20
 
@@ -38,13 +39,22 @@ const (
 	ntfsSectorStride  = 512  // fixups protect each 512-byte stride
 	ntfsMaxRecordSize = 64 << 10
 	ntfsMaxRuns       = 4096
+	// ntfsMaxRecordNum bounds record numbers (48-bit in file references)
+	// so offsets cannot overflow.
+	ntfsMaxRecordNum = 1 << 40
 )
 
 type ntfsVol struct {
-	d       dev
-	cs      int64 // cluster size
-	recSize int64
-	mftOff  int64
+	d        dev
+	cs       int64 // cluster size
+	recSize  int64
+	idxSize  int64 // index block size
+	mftOff   int64
+	size     int64 // volume bytes
+	clusters int64
+	// mft maps the whole $MFT once loaded; until then only the records
+	// in its first run (at mftOff) are read.
+	mft *ntfsStream
 }
 
 func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
@@ -57,42 +67,13 @@ func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
 	}
 	serial := le.Uint64(bs[ntfsSerial:])
 	fs := &Filesystem{Type: "ntfs", UUID: fmt.Sprintf("%016X", serial)}
-	bps := int64(le.Uint16(bs[ntfsBytesPerSec:]))
-	spc := int64(bs[ntfsSecPerClus])
-	if spc > 0x80 {
-		spc = 1 << (256 - spc)
-	}
-	bad := func(f string, a ...any) (*Filesystem, error) {
-		r.addf(Error, "%s: ntfs boot sector: "+f, append([]any{where}, a...)...)
+	v, err := parseNTFSBoot(d, bs)
+	if err != nil {
+		r.addf(Error, "%s: ntfs boot sector: %v", where, err)
 		return fs, nil
 	}
-	if bps < 256 || bps > 4096 || bps&(bps-1) != 0 {
-		return bad("bytes per sector %d is invalid", bps)
-	}
-	cs := bps * spc
-	if spc == 0 || spc&(spc-1) != 0 || cs > ntfsMaxCluster {
-		return bad("sectors per cluster %d is invalid", spc)
-	}
-	tot := le.Uint64(bs[ntfsTotalSectors:])
-	if tot > uint64(d.size/bps) {
-		return bad("total sectors %d does not fit the %d-byte device", tot, d.size)
-	}
-	fs.Size = int64(tot) * bps
-	fs.BlockSize = cs
-	v := &ntfsVol{d: d, cs: cs}
-	if c := int8(bs[ntfsClusPerRec]); c > 0 {
-		v.recSize = int64(c) * cs
-	} else if c > -31 {
-		v.recSize = 1 << -c
-	}
-	if v.recSize < ntfsSectorStride || v.recSize > ntfsMaxRecordSize {
-		return bad("clusters per MFT record %d is invalid", int8(bs[ntfsClusPerRec]))
-	}
-	mft := le.Uint64(bs[ntfsMFTLCN:])
-	if mft >= uint64(fs.Size/cs) {
-		return bad("$MFT cluster %d is past the end of the volume", mft)
-	}
-	v.mftOff = int64(mft) * cs
+	fs.Size = v.size
+	fs.BlockSize = v.cs
 
 	if attr, err := v.attr(ntfsRecVolume, ntfsAttrVolName); err == nil {
 		if val, ok := attr.resident(); ok {
@@ -104,7 +85,7 @@ func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
 		r.addf(Warning, "%s: ntfs $Volume: %v", where, err)
 	}
 
-	clusters := fs.Size / cs
+	clusters := v.clusters
 	used, err := v.bitmapUsed(clusters)
 	if err != nil {
 		if isImageErr(err) {
@@ -113,33 +94,99 @@ func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
 		r.addf(Warning, "%s: ntfs $Bitmap: %v", where, err)
 		return fs, nil
 	}
-	fs.Used = used * cs
-	fs.Free = (clusters - used) * cs
+	fs.Used = used * v.cs
+	fs.Free = (clusters - used) * v.cs
 	return fs, nil
 }
 
-// record reads MFT record n (only the first records, which the $MFT's
-// first run always holds) and applies its update sequence fixups.
+// parseNTFSBoot validates the boot sector bs of the NTFS volume on d.
+func parseNTFSBoot(d dev, bs []byte) (*ntfsVol, error) {
+	if len(bs) < 512 || string(bs[3:11]) != ntfsOEM {
+		return nil, errors.New("no NTFS signature")
+	}
+	bps := int64(le.Uint16(bs[ntfsBytesPerSec:]))
+	spc := int64(bs[ntfsSecPerClus])
+	if spc > 0x80 {
+		spc = 1 << (256 - spc)
+	}
+	if bps < 256 || bps > 4096 || bps&(bps-1) != 0 {
+		return nil, fmt.Errorf("bytes per sector %d is invalid", bps)
+	}
+	cs := bps * spc
+	if spc == 0 || spc&(spc-1) != 0 || cs > ntfsMaxCluster {
+		return nil, fmt.Errorf("sectors per cluster %d is invalid", spc)
+	}
+	tot := le.Uint64(bs[ntfsTotalSectors:])
+	if tot > uint64(d.size/bps) {
+		return nil, fmt.Errorf("total sectors %d does not fit the %d-byte device", tot, d.size)
+	}
+	v := &ntfsVol{d: d, cs: cs, size: int64(tot) * bps, clusters: int64(tot) * bps / cs}
+	if c := int8(bs[ntfsClusPerRec]); c > 0 {
+		v.recSize = int64(c) * cs
+	} else if c > -31 {
+		v.recSize = 1 << -c
+	}
+	if v.recSize < ntfsSectorStride || v.recSize > ntfsMaxRecordSize {
+		return nil, fmt.Errorf("clusters per MFT record %d is invalid", int8(bs[ntfsClusPerRec]))
+	}
+	if c := int8(bs[ntfsClusPerIdx]); c > 0 {
+		v.idxSize = int64(c) * cs
+	} else if c > -31 {
+		v.idxSize = 1 << -c
+	}
+	if v.idxSize < ntfsSectorStride || v.idxSize > ntfsMaxRecordSize {
+		return nil, fmt.Errorf("clusters per index block %d is invalid", int8(bs[ntfsClusPerIdx]))
+	}
+	mft := le.Uint64(bs[ntfsMFTLCN:])
+	if mft >= uint64(v.clusters) {
+		return nil, fmt.Errorf("$MFT cluster %d is past the end of the volume", mft)
+	}
+	v.mftOff = int64(mft) * cs
+	return v, nil
+}
+
+// record reads MFT record n and applies its update sequence fixups.
+// Until loadMFT has run, only the records in the $MFT's first run (which
+// always holds the system files) are reachable.
 func (v *ntfsVol) record(n int64) ([]byte, error) {
-	b, err := v.d.read(v.mftOff+n*v.recSize, int(v.recSize))
+	if n < 0 || n > ntfsMaxRecordNum {
+		return nil, fmt.Errorf("MFT record number %d is out of range", n)
+	}
+	var b []byte
+	var err error
+	if v.mft != nil {
+		b, err = v.mft.readAt(n*v.recSize, int(v.recSize))
+	} else {
+		b, err = v.d.read(v.mftOff+n*v.recSize, int(v.recSize))
+	}
 	if err != nil {
 		return nil, err
 	}
 	if string(b[:4]) != ntfsRecMagic {
 		return nil, fmt.Errorf("MFT record %d has no FILE signature", n)
 	}
+	if err := ntfsFixup(b); err != nil {
+		return nil, fmt.Errorf("MFT record %d: %v", n, err)
+	}
+	return b, nil
+}
+
+// ntfsFixup checks and undoes the update sequence of a multi-sector
+// structure (FILE record or INDX block) in place.
+func ntfsFixup(b []byte) error {
+	size := int64(len(b))
 	usa, cnt := int64(le.Uint16(b[ntfsRecUSAOff:])), int64(le.Uint16(b[ntfsRecUSACount:]))
-	if cnt != v.recSize/ntfsSectorStride+1 || usa+2*cnt > v.recSize {
-		return nil, fmt.Errorf("MFT record %d: update sequence array (offset %d, %d entries) is invalid", n, usa, cnt)
+	if cnt != size/ntfsSectorStride+1 || usa < 8 || usa+2*cnt > size {
+		return fmt.Errorf("update sequence array (offset %d, %d entries) is invalid", usa, cnt)
 	}
 	for i := int64(1); i < cnt; i++ {
 		end := i*ntfsSectorStride - 2
 		if b[end] != b[usa] || b[end+1] != b[usa+1] {
-			return nil, fmt.Errorf("MFT record %d: update sequence mismatch in stride %d", n, i)
+			return fmt.Errorf("update sequence mismatch in stride %d", i)
 		}
 		b[end], b[end+1] = b[usa+2*i], b[usa+2*i+1]
 	}
-	return b, nil
+	return nil
 }
 
 type ntfsAttr []byte

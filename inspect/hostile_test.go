@@ -66,11 +66,6 @@ func TestHostileGPTAndExt4(t *testing.T) {
 	orig := realDisk(t)
 	root := int64(33 * mib)
 	sb := root + extSuperOff
-	patch := func(f func(d []byte)) *Report {
-		d := bytes.Clone(orig)
-		f(d)
-		return inspectBytes(t, d)
-	}
 	cases := []struct {
 		name, want string
 		f          func(d []byte)
@@ -99,12 +94,15 @@ func TestHostileGPTAndExt4(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			d := bytes.Clone(orig)
+			c.f(d)
 			start := time.Now()
-			r := patch(c.f)
+			r := inspectBytes(t, d)
 			if !hasFinding(r, c.want) {
 				t.Errorf("no finding %q in %v", c.want, r.Findings)
 			}
-			if el := time.Since(start); el > 2*time.Second {
+			// Generous: the host is shared; a hang takes far longer.
+			if el := time.Since(start); el > 10*time.Second {
 				t.Errorf("took %v", el)
 			}
 		})

@@ -141,9 +141,27 @@ func detectOS(disk dev, r *Report) error {
 				r.OS = o
 				return nil
 			}
+		case "ntfs":
+			o, err := windowsOS(c.d, partWhere(c.num), r)
+			if err != nil {
+				return err
+			}
+			if o != nil {
+				o.Boot, o.Partition = boot, c.num
+				r.OS = o
+				return nil
+			}
 		}
 	}
 	return nil
+}
+
+// partWhere names partition num (0: the whole disk) in findings.
+func partWhere(num int) string {
+	if num == 0 {
+		return "disk"
+	}
+	return fmt.Sprintf("partition %d", num)
 }
 
 // safeLinuxOS runs linuxOS, turning an image read failure into an error

@@ -8,9 +8,13 @@ import (
 	"strings"
 )
 
-// sectorSize is the logical block size tables are read with. Images of
-// 4Kn disks are rare; their tables are not found.
-const sectorSize = 512
+// sectorSize is the logical block size MBR tables are read with. GPT
+// disks may also have 4096-byte logical blocks (4Kn): the sector size is
+// the one whose LBA 1 holds the GPT signature.
+const (
+	sectorSize   = 512
+	sectorSize4K = 4096
+)
 
 // MBR layout (sector 0).
 const (
@@ -59,14 +63,24 @@ const gptTypeESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 // readGPT parses the GPT of disk; ok is false when there is none (neither
 // header carries the signature).
 func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
-	primary, perr := gptHeader(disk, 1)
+	ss := int64(sectorSize)
+	primary, perr := gptHeader(disk, 1, ss)
+	if errors.Is(perr, errNoGPT) {
+		// A 4Kn disk: the header is at byte 4096, and its backup in the
+		// last 4 KiB.
+		if p4, err4 := gptHeader(disk, 1, sectorSize4K); !errors.Is(err4, errNoGPT) {
+			primary, perr, ss = p4, err4, sectorSize4K
+		} else if b4, _ := gptHeader(disk, disk.size/sectorSize4K-1, sectorSize4K); b4 != nil {
+			ss = sectorSize4K
+		}
+	}
 	if isImageErr(perr) {
 		return nil, false, perr
 	}
-	lastLBA := disk.size/sectorSize - 1
+	lastLBA := disk.size/ss - 1
 	hdr := primary
 	if perr != nil {
-		backup, berr := gptHeader(disk, lastLBA)
+		backup, berr := gptHeader(disk, lastLBA, ss)
 		if isImageErr(berr) {
 			return nil, false, berr
 		}
@@ -85,7 +99,7 @@ func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
 		r.addf(Warning, "using the backup GPT header at LBA %d", lastLBA)
 		hdr = backup
 	}
-	pt = &PartitionTable{Type: "gpt", UUID: guid(hdr[gptDiskGUIDOff:]), Partitions: []Partition{}}
+	pt = &PartitionTable{Type: "gpt", UUID: guid(hdr[gptDiskGUIDOff:]), SectorSize: ss, Partitions: []Partition{}}
 	n := int64(le.Uint32(hdr[gptNumEntriesOff:]))
 	esize := int64(le.Uint32(hdr[gptEntrySizeOff:]))
 	elba := int64(le.Uint64(hdr[gptEntriesLBAOff:]))
@@ -100,7 +114,7 @@ func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
 		r.addf(Error, "GPT header: entry array LBA %d is past the end of the disk", elba)
 		return pt, true, nil
 	}
-	arr, err := disk.read(elba*sectorSize, int(n*esize))
+	arr, err := disk.read(elba*ss, int(n*esize))
 	if err != nil {
 		if isImageErr(err) {
 			return nil, false, err
@@ -133,7 +147,7 @@ func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
 			r.addf(Error, "partition %d: first LBA %d is after last LBA %d", num, first, last)
 			continue
 		}
-		if !clipPartition(&p, first, last-first+1, disk.size, r) {
+		if !clipPartition(&p, first, last-first+1, disk.size, ss, r) {
 			continue
 		}
 		pt.Partitions = append(pt.Partitions, p)
@@ -145,11 +159,11 @@ func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
 var errNoGPT = errors.New("no GPT signature")
 
 // gptHeader reads and validates the GPT header at lba.
-func gptHeader(disk dev, lba int64) ([]byte, error) {
-	if lba < 1 || (lba+1)*sectorSize > disk.size {
+func gptHeader(disk dev, lba, ss int64) ([]byte, error) {
+	if lba < 1 || (lba+1)*ss > disk.size {
 		return nil, errNoGPT
 	}
-	hdr, err := disk.read(lba*sectorSize, sectorSize)
+	hdr, err := disk.read(lba*ss, int(ss))
 	if err != nil {
 		return nil, err
 	}
@@ -157,8 +171,8 @@ func gptHeader(disk dev, lba int64) ([]byte, error) {
 		return nil, errNoGPT
 	}
 	hsize := le.Uint32(hdr[gptHeaderSizeOff:])
-	if hsize < gptMinHeaderSize || hsize > sectorSize {
-		return nil, fmt.Errorf("header size %d is outside %d..%d", hsize, gptMinHeaderSize, sectorSize)
+	if hsize < gptMinHeaderSize || int64(hsize) > ss {
+		return nil, fmt.Errorf("header size %d is outside %d..%d", hsize, gptMinHeaderSize, ss)
 	}
 	c := bytes.Clone(hdr[:hsize])
 	copy(c[gptHeaderCRCOff:gptHeaderCRCOff+4], []byte{0, 0, 0, 0})
@@ -173,8 +187,8 @@ func gptHeader(disk dev, lba int64) ([]byte, error) {
 
 // clipPartition sets p's byte range from sectors, reporting a partition
 // that starts or ends past the end of the disk; false drops it.
-func clipPartition(p *Partition, firstLBA, sectors uint64, diskSize int64, r *Report) bool {
-	maxLBA := uint64(diskSize / sectorSize)
+func clipPartition(p *Partition, firstLBA, sectors uint64, diskSize, ss int64, r *Report) bool {
+	maxLBA := uint64(diskSize / ss)
 	if firstLBA >= maxLBA {
 		r.addf(Error, "partition %d starts past end of disk (LBA %d, disk has %d sectors)", p.Number, firstLBA, maxLBA)
 		return false
@@ -183,8 +197,8 @@ func clipPartition(p *Partition, firstLBA, sectors uint64, diskSize int64, r *Re
 		r.addf(Error, "partition %d extends past end of disk (ends at LBA %d, disk has %d sectors)", p.Number, firstLBA+sectors, maxLBA)
 		sectors = maxLBA - firstLBA
 	}
-	p.Start = int64(firstLBA) * sectorSize
-	p.Size = int64(sectors) * sectorSize
+	p.Start = int64(firstLBA) * ss
+	p.Size = int64(sectors) * ss
 	return true
 }
 
@@ -211,7 +225,7 @@ func readMBR(disk dev, s0 []byte, r *Report) (*PartitionTable, error) {
 			continue
 		}
 		p := mbrPartition(i+1, e, 0)
-		if !clipPartition(&p, uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:])), disk.size, r) {
+		if !clipPartition(&p, uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:])), disk.size, sectorSize, r) {
 			continue
 		}
 		pt.Partitions = append(pt.Partitions, p)
@@ -263,7 +277,7 @@ func readEBRs(disk dev, extLBA int64, pt *PartitionTable, r *Report) error {
 		e := s[mbrTable : mbrTable+mbrEntrySize]
 		if e[4] != 0 {
 			p := mbrPartition(num, e, lba)
-			if clipPartition(&p, uint64(lba)+uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:])), disk.size, r) {
+			if clipPartition(&p, uint64(lba)+uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:])), disk.size, sectorSize, r) {
 				pt.Partitions = append(pt.Partitions, p)
 			}
 		}

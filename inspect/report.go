@@ -34,7 +34,10 @@ type Report struct {
 type PartitionTable struct {
 	Type string `json:"type"` // mbr, gpt or none
 	// UUID is the GPT disk GUID; for MBR the disk signature as 8 hex digits.
-	UUID       string      `json:"uuid,omitempty"`
+	UUID string `json:"uuid,omitempty"`
+	// SectorSize is the logical block size of a GPT disk: 512, or 4096
+	// for a 4Kn disk.
+	SectorSize int64       `json:"sector-size,omitempty"`
 	Partitions []Partition `json:"partitions"`
 }
 
@@ -84,15 +87,19 @@ type LogicalVolume struct {
 
 // OS is the operating system found on a readable filesystem.
 type OS struct {
-	Type       string `json:"type"` // linux or windows
-	Distro     string `json:"distro,omitempty"`
-	Version    string `json:"version,omitempty"`
-	PrettyName string `json:"pretty-name,omitempty"`
-	Arch       string `json:"arch,omitempty"` // x86_64, aarch64, i386, …
-	Bits       int    `json:"bits,omitempty"`
-	Boot       string `json:"boot"` // uefi or bios
-	CloudInit  bool   `json:"cloud-init"`
-	Virtio     bool   `json:"virtio"`
+	Type    string `json:"type"` // linux or windows
+	Distro  string `json:"distro,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Build and DisplayVersion are Windows's CurrentBuild ("19045") and
+	// DisplayVersion ("22H2").
+	Build          string `json:"build,omitempty"`
+	DisplayVersion string `json:"display-version,omitempty"`
+	PrettyName     string `json:"pretty-name,omitempty"`
+	Arch           string `json:"arch,omitempty"` // x86_64, aarch64, i386, …
+	Bits           int    `json:"bits,omitempty"`
+	Boot           string `json:"boot"` // uefi or bios
+	CloudInit      bool   `json:"cloud-init"`
+	Virtio         bool   `json:"virtio"`
 	// Partition is the number of the partition holding the root
 	// filesystem, 0 for a whole-disk filesystem.
 	Partition int `json:"partition"`
@@ -180,6 +187,13 @@ func (r *Report) WriteText(w io.Writer) error {
 			name = strings.TrimSpace(o.Distro + " " + o.Version)
 		}
 		fmt.Fprintf(&b, "os:              %s (%s)\n", o.Type, name)
+		if o.Build != "" {
+			fmt.Fprintf(&b, "version:         %s build %s", o.Version, o.Build)
+			if o.DisplayVersion != "" {
+				fmt.Fprintf(&b, " (%s)", o.DisplayVersion)
+			}
+			b.WriteString("\n")
+		}
 		if o.Arch != "" {
 			fmt.Fprintf(&b, "arch:            %s, %d-bit\n", o.Arch, o.Bits)
 		}

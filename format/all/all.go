@@ -7,6 +7,7 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
+	_ "github.com/diskimg/diskimg/format/vmdk"
 	_ "github.com/diskimg/diskimg/format/zvhd"
 	_ "github.com/diskimg/diskimg/format/zvhd2"
 )

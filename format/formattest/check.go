@@ -54,6 +54,42 @@ func Check(t *testing.T, path string, o Options) {
 	CheckBytes(t, path, img, o)
 }
 
+// CheckEmpty asserts parity with qemu-img info for an image known to hold
+// only zeros (preallocated formats may still map them as data), that the
+// extent map covers the disk, and that reads return zeros.
+func CheckEmpty(t *testing.T, path string, o Options) {
+	t.Helper()
+	img, err := format.Open(path, o.Format, o.Policy)
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	defer img.Close()
+	CheckInfo(t, path, img, o)
+	var total int64
+	err = format.Walk(img, 0, func(e format.Extent) error {
+		total += e.Length
+		return nil
+	})
+	if err != nil || total != img.Size() {
+		t.Fatalf("extent map: %v, covers %d of %d bytes", err, total, img.Size())
+	}
+	buf := make([]byte, 64<<10)
+	size := img.Size()
+	for _, off := range []int64{0, size / 3, size/2 + 4095, size - int64(len(buf))} {
+		if off < 0 {
+			continue
+		}
+		n, err := img.ReadAt(buf, off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			t.Fatalf("ReadAt(%d): %v", off, err)
+		}
+		if !bytes.Equal(buf[:n], make([]byte, n)) {
+			t.Fatalf("empty image reads data at %d", off)
+		}
+	}
+	checkReadAtEnd(t, img)
+}
+
 // CheckInfo compares diskimg's info report with qemu-img's on InfoKeys.
 func CheckInfo(t *testing.T, path string, img format.Image, o Options) {
 	t.Helper()

@@ -1,0 +1,496 @@
+// Package vmdk reads VMware virtual disks (VMDK): hosted sparse extents
+// ("KDMV"), stream-optimized compressed extents, ESX sparse extents
+// ("COWD"), flat extents, and descriptor files tying several extents
+// together, with differencing parents. It follows VMware's "Virtual Disk
+// Format 1.1" and reports what qemu-img's vmdk driver reports.
+package vmdk
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Name is qemu's name for the format.
+const Name = "vmdk"
+
+// Priority orders probing among the formats; VMDK has a 4-byte magic or a
+// recognisable descriptor text.
+const Priority = 20
+
+const (
+	sectorSize = 512
+
+	// magicKDMV starts a hosted sparse extent ("KDMV" on disk).
+	magicKDMV = "KDMV"
+	// magicCOWD starts an ESX (VMFS) sparse extent, version 3 of the format.
+	magicCOWD = "COWD"
+
+	// descriptorSignature starts a descriptor file written by VMware.
+	descriptorSignature = "# Disk DescriptorFile"
+	// probeBytes is how much of a file the probe looks at, as qemu does.
+	probeBytes = 2048
+	// maxDescriptor bounds a descriptor's text; real ones are a few KiB,
+	// qemu reads at most 1 MiB.
+	maxDescriptor = 1<<20 - 1
+	// maxEmbeddedDescriptor bounds the descriptor inside a sparse extent.
+	maxEmbeddedDescriptor = 64 << 10
+	// maxExtents bounds the extent lines of a descriptor: 62 TiB, the
+	// largest VMware disk, in 2 GiB extents needs 31744.
+	maxExtents = 32768
+
+	// noParentCID is the parentCID of a disk without a parent.
+	noParentCID = 0xffffffff
+)
+
+func init() {
+	format.Register(&format.Format{
+		Name:     Name,
+		Priority: Priority,
+		Probe:    Probe,
+		Open: func(f format.File, o *format.Opener) (format.Image, error) {
+			return Open(f, o)
+		},
+	})
+}
+
+// Probe reports a sparse extent magic or a descriptor file: comment and
+// blank lines followed by a "version=N" line, as qemu's probe accepts.
+func Probe(f format.File) bool {
+	buf := make([]byte, probeBytes)
+	n, _ := f.ReadAt(buf, 0)
+	buf = buf[:n]
+	if n >= 4 && (string(buf[:4]) == magicKDMV || string(buf[:4]) == magicCOWD) {
+		return true
+	}
+	return probeDescriptor(buf)
+}
+
+func probeDescriptor(buf []byte) bool {
+	for len(buf) > 0 {
+		line, rest, found := bytes.Cut(buf, []byte("\n"))
+		switch {
+		case len(line) == 0:
+			return false // qemu takes no empty line before the version
+		case line[0] == '#':
+		case line[0] == ' ':
+			// Only lines of spaces (with an optional CR) may come first.
+			if !found || len(bytes.TrimRight(bytes.TrimLeft(line, " "), "\r")) != 0 ||
+				bytes.Count(line, []byte("\r")) > 1 {
+				return false
+			}
+		default:
+			v := string(bytes.TrimSuffix(line, []byte("\r")))
+			return found && (v == "version=1" || v == "version=2" || v == "version=3")
+		}
+		buf = rest
+	}
+	return false
+}
+
+// Image is an open VMDK disk.
+type Image struct {
+	f       format.File
+	extents []*extent
+	size    int64
+
+	cid, parentCID uint32
+	createType     string
+	parentHint     string
+	backing        format.Image
+	cidMismatch    bool // the parent's CID is not our parentCID: qemu refuses to read it
+
+	files []string // extent files other than f, for actual-size
+}
+
+// Open opens f as a VMDK disk. Extent files are opened through o, which
+// applies the path policy; so is the parent of a differencing disk.
+func Open(f format.File, o *format.Opener) (_ *Image, err error) {
+	if o == nil {
+		o = format.NewOpener(format.Policy{Untrusted: true})
+	}
+	var magic [4]byte
+	if err := format.ReadFull(f, magic[:], 0, Name, "magic"); err != nil {
+		if !Probe(f) {
+			return nil, fmt.Errorf("vmdk: %w", format.ErrWrongType)
+		}
+		return nil, err
+	}
+	img := &Image{f: f}
+	defer func() {
+		if err != nil {
+			img.closeExtents()
+		}
+	}()
+	var desc []byte
+	switch string(magic[:]) {
+	case magicKDMV, magicCOWD:
+		x, d, err := openSparse(f, f.Size(), true)
+		if err != nil {
+			return nil, err
+		}
+		if x == nil {
+			// A header with no capacity whose descriptor lists the extents.
+			if err := img.openDescriptor(d, o); err != nil {
+				return nil, err
+			}
+			desc = d
+			break
+		}
+		x.name = f.Name()
+		img.extents = []*extent{x}
+		img.createType = "monolithicSparse"
+		if x.cowd {
+			img.createType = "vmfsSparse"
+		}
+		if x.compressed {
+			img.createType = "streamOptimized"
+		}
+		desc = d
+	default:
+		if !Probe(f) {
+			return nil, fmt.Errorf("vmdk: %w", format.ErrWrongType)
+		}
+		size := f.Size()
+		if size > maxDescriptor {
+			return nil, format.Errorf(Name, "descriptor file", 0, "%d bytes is larger than the %d-byte limit for a descriptor", size, maxDescriptor)
+		}
+		desc = make([]byte, size)
+		if err := format.ReadFull(f, desc, 0, Name, "descriptor file"); err != nil {
+			return nil, err
+		}
+		if err := img.openDescriptor(desc, o); err != nil {
+			return nil, err
+		}
+	}
+	if err := img.parseIDs(desc); err != nil {
+		return nil, err
+	}
+	for _, x := range img.extents {
+		x.start = img.size
+		img.size += x.size // each is at most MaxVirtualSize: no overflow
+		if img.size > format.MaxVirtualSize {
+			return nil, format.Errorf(Name, "extent description", -1, "the extents add up to more than the %d-byte limit", int64(format.MaxVirtualSize))
+		}
+	}
+	if img.parentHint != "" {
+		b, err := o.OpenBacking(f.Name(), img.parentHint, Name)
+		if err != nil {
+			return nil, fmt.Errorf("vmdk: parentFileNameHint: %w", err)
+		}
+		img.backing = b
+		if p, ok := b.(*Image); ok && p.cid != img.parentCID {
+			img.cidMismatch = true
+		}
+	}
+	return img, nil
+}
+
+// openDescriptor opens the extents a descriptor lists.
+func (img *Image) openDescriptor(desc []byte, o *format.Opener) error {
+	d, err := parseDescriptor(desc)
+	if err != nil {
+		return err
+	}
+	switch d.createType {
+	case "monolithicFlat", "vmfs", "vmfsSparse", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat":
+	case "":
+		return format.Errorf(Name, "createType", -1, "the descriptor has no createType")
+	default:
+		// qemu opens descriptors of these types only; monolithicSparse and
+		// streamOptimized live inside a sparse extent.
+		return format.Errorf(Name, "createType", -1, "unsupported create type %q", d.createType)
+	}
+	img.createType = d.createType
+	if len(d.extents) == 0 {
+		return format.Errorf(Name, "extent description", -1, "the descriptor lists no extents")
+	}
+	self := img.f.Name()
+	dirPrefix := ""
+	if i := strings.LastIndexByte(self, '/'); i >= 0 {
+		dirPrefix = self[:i+1]
+	}
+	for _, l := range d.extents {
+		x, err := img.openExtent(l, o, self)
+		if err != nil {
+			return err
+		}
+		// qemu shows the name as it joined it to the descriptor's directory.
+		x.name = l.file
+		if !filepath.IsAbs(l.file) {
+			x.name = dirPrefix + l.file
+		}
+		x.typ = l.typ
+		img.extents = append(img.extents, x)
+		if x.compressed {
+			img.createType = "streamOptimized"
+		}
+	}
+	return nil
+}
+
+func (img *Image) openExtent(l extentLine, o *format.Opener, self string) (*extent, error) {
+	ef, err := o.OpenRelated(self, l.file)
+	if err != nil {
+		return nil, fmt.Errorf("vmdk: extent %q: %w", l.file, err)
+	}
+	img.files = append(img.files, l.file)
+	var x *extent
+	switch l.typ {
+	case "FLAT", "VMFS":
+		end := l.offset*sectorSize + l.sectors*sectorSize
+		if end > ef.Size() {
+			ef.Close()
+			return nil, format.Errorf(Name, "extent "+l.file, l.offset*sectorSize, "flat extent of %d sectors at sector %d extends past the end of the file (%d bytes)", l.sectors, l.offset, ef.Size())
+		}
+		x = &extent{flat: true, f: ef, size: l.sectors * sectorSize, flatOffset: l.offset * sectorSize}
+	case "SPARSE", "VMFSSPARSE":
+		var magic [4]byte
+		if err := format.ReadFull(ef, magic[:], 0, Name, "extent "+l.file+" magic"); err != nil {
+			ef.Close()
+			return nil, err
+		}
+		if m := string(magic[:]); m != magicKDMV && m != magicCOWD {
+			ef.Close()
+			return nil, format.Errorf(Name, "extent "+l.file+" magic", 0, "%q is not a sparse extent", m)
+		}
+		x, _, err = openSparse(ef, ef.Size(), false)
+		if err != nil {
+			ef.Close()
+			return nil, fmt.Errorf("extent %q: %w", l.file, err)
+		}
+	default:
+		ef.Close()
+		return nil, format.Errorf(Name, "extent type", -1, "unsupported extent type %q", l.typ)
+	}
+	x.owned = true
+	return x, nil
+}
+
+// parseIDs reads CID, parentCID and parentFileNameHint from the descriptor.
+func (img *Image) parseIDs(desc []byte) error {
+	d, err := parseDescriptor(desc)
+	if err != nil {
+		return err
+	}
+	var ok bool
+	if img.cid, ok = d.hexField("CID"); !ok {
+		return format.Errorf(Name, "CID", -1, "missing or not hexadecimal in the descriptor")
+	}
+	if img.parentCID, ok = d.hexField("parentCID"); !ok {
+		return format.Errorf(Name, "parentCID", -1, "missing or not hexadecimal in the descriptor")
+	}
+	img.parentHint = d.fields["parentFileNameHint"]
+	return nil
+}
+
+// ReadAt reads guest bytes.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	n, clipErr := format.ClipRead(p, off, img.size)
+	if n == 0 {
+		return 0, clipErr
+	}
+	end := off + int64(n)
+	for pos := off; pos < end; {
+		e, x, err := img.local(pos, end)
+		if err != nil {
+			return int(pos - off), err
+		}
+		buf := p[pos-off : e.End()-off]
+		switch {
+		case e.Status == format.Zero:
+			clear(buf)
+		case e.Status == format.Unallocated:
+			if err := img.readBacking(buf, pos); err != nil {
+				return int(pos - off), err
+			}
+		case e.Compressed:
+			if err := x.readCompressed(buf, pos-x.start); err != nil {
+				return int(pos - off), err
+			}
+		default:
+			if err := format.ReadFull(x.f, buf, e.Offset, Name, "grain data"); err != nil {
+				return int(pos - off), err
+			}
+		}
+		pos = e.End()
+	}
+	return n, clipErr
+}
+
+func (img *Image) readBacking(buf []byte, off int64) error {
+	if img.backing == nil {
+		clear(buf)
+		return nil
+	}
+	if img.cidMismatch {
+		return format.Errorf(Name, "parentCID", -1, "%08x does not match the parent's CID: the parent changed since this disk was made", img.parentCID)
+	}
+	bsize := img.backing.Size()
+	n := 0
+	if off < bsize {
+		n = int(min(int64(len(buf)), bsize-off))
+		m, err := img.backing.ReadAt(buf[:n], off)
+		if m < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("vmdk: reading parent: %w", err)
+		}
+	}
+	clear(buf[n:])
+	return nil
+}
+
+// Size returns the virtual disk size in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// Close closes the extent files, the parent and the image file.
+func (img *Image) Close() error {
+	err := img.closeExtents()
+	if img.backing != nil {
+		if e := img.backing.Close(); err == nil {
+			err = e
+		}
+	}
+	if e := format.CloseFile(img.f); err == nil {
+		err = e
+	}
+	return err
+}
+
+func (img *Image) closeExtents() error {
+	var err error
+	for _, x := range img.extents {
+		if x.owned {
+			if e := format.CloseFile(x.f); err == nil {
+				err = e
+			}
+		}
+	}
+	img.extents = nil
+	return err
+}
+
+// find returns the index of the extent holding guest offset off.
+func (img *Image) find(off int64) int {
+	return sort.Search(len(img.extents), func(i int) bool {
+		x := img.extents[i]
+		return x.start+x.size > off
+	})
+}
+
+// Extent returns the run at off, looking through to the parent where this
+// disk stores nothing.
+func (img *Image) Extent(off int64) (format.Extent, error) {
+	if off < 0 || off >= img.size {
+		return format.Extent{}, fmt.Errorf("vmdk: extent offset %d out of range [0,%d)", off, img.size)
+	}
+	e, _, err := img.local(off, img.size)
+	if err != nil || e.Status != format.Unallocated || img.backing == nil {
+		return e, err
+	}
+	if off >= img.backing.Size() {
+		return e, nil // past the parent's end: zeros
+	}
+	b, err := img.backing.Extent(off)
+	if err != nil {
+		return format.Extent{}, err
+	}
+	b.Length = min(b.Length, e.Length)
+	b.Depth++
+	return b, nil
+}
+
+// local returns this disk's own run at off, ending at or before limit, and
+// for data the extent holding it. Runs without data continue across extent
+// boundaries; data runs stay in one extent file.
+func (img *Image) local(off, limit int64) (format.Extent, *extent, error) {
+	i := img.find(off)
+	if i >= len(img.extents) {
+		return format.Extent{}, nil, fmt.Errorf("vmdk: offset %d is in no extent", off)
+	}
+	x := img.extents[i]
+	e, err := x.run(off-x.start, min(limit, x.start+x.size)-x.start)
+	if err != nil {
+		return e, nil, err
+	}
+	e.Start = off
+	for e.Status != format.Data && e.End() == x.start+x.size && e.End() < limit {
+		i++
+		x = img.extents[i]
+		r, err := x.run(0, min(limit, x.start+x.size)-x.start)
+		if err != nil {
+			return e, nil, err
+		}
+		if r.Status != e.Status {
+			break
+		}
+		e.Length += r.Length
+	}
+	return e, x, nil
+}
+
+// Info describes the disk as qemu-img does.
+func (img *Image) Info() *format.Info {
+	info := &format.Info{
+		Format:      Name,
+		VirtualSize: img.size,
+		ExtentFiles: img.files,
+	}
+	// qemu reports a cluster size only when every extent is sparse alike.
+	if len(img.extents) > 0 && !img.extents[0].flat {
+		first := img.extents[0]
+		info.ClusterSize = first.grain
+		for _, x := range img.extents[1:] {
+			if x.flat || x.compressed != first.compressed || x.grain != first.grain {
+				info.ClusterSize = 0
+			}
+		}
+	}
+	if img.parentHint != "" {
+		info.BackingFile = img.parentHint
+		info.FullBackingFile = img.parentHint
+		if !filepath.IsAbs(img.parentHint) {
+			info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), img.parentHint)
+		}
+		info.BackingFormat = Name
+		info.Backing = img.backing
+	}
+	spec := &Specific{CID: img.cid, ParentCID: img.parentCID, CreateType: img.createType, Extents: []ExtentInfo{}}
+	for _, x := range img.extents {
+		ei := ExtentInfo{Compressed: x.compressed, VirtualSize: x.size, Filename: x.name, Format: x.typ}
+		if !x.flat {
+			ei.ClusterSize = x.grain
+		}
+		spec.Extents = append(spec.Extents, ei)
+	}
+	info.Specific = spec
+	return info
+}
+
+// Specific is qemu-img's vmdk "format-specific" data, keys in its order.
+type Specific struct {
+	CID        uint32       `json:"cid"`
+	ParentCID  uint32       `json:"parent-cid"`
+	CreateType string       `json:"create-type"`
+	Extents    []ExtentInfo `json:"extents"`
+}
+
+// ExtentInfo describes one extent as qemu-img does.
+type ExtentInfo struct {
+	Compressed  bool   `json:"compressed,omitempty"`
+	VirtualSize int64  `json:"virtual-size"`
+	Filename    string `json:"filename"`
+	ClusterSize int64  `json:"cluster-size,omitempty"`
+	Format      string `json:"format"`
+}
+
+var le = binary.LittleEndian

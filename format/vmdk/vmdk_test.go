@@ -1,0 +1,260 @@
+package vmdk_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/vmdk"
+)
+
+var variants = []formattest.Variant{
+	{Name: "monolithicSparse", Args: []string{"-o", "subformat=monolithicSparse"}},
+	{Name: "monolithicFlat", Args: []string{"-o", "subformat=monolithicFlat"}},
+	{Name: "twoGbMaxExtentSparse", Args: []string{"-o", "subformat=twoGbMaxExtentSparse"}},
+	{Name: "twoGbMaxExtentFlat", Args: []string{"-o", "subformat=twoGbMaxExtentFlat"}},
+	{Name: "streamOptimized", Args: []string{"-o", "subformat=streamOptimized"}},
+	{Name: "streamOptimized-c", Args: []string{"-c", "-o", "subformat=streamOptimized"}},
+	{Name: "compat6", Args: []string{"-o", "compat6=on"}},
+	{Name: "hwversion6", Args: []string{"-o", "hwversion=6"}},
+	{Name: "adapter-ide", Args: []string{"-o", "adapter_type=ide"}},
+	{Name: "adapter-lsilogic", Args: []string{"-o", "adapter_type=lsilogic"}},
+	{Name: "zeroed-grain", Args: []string{"-o", "zeroed_grain=on"}},
+}
+
+var opts = formattest.Options{Format: "vmdk"}
+
+func TestConformance(t *testing.T) {
+	formattest.Run(t, "vmdk", variants, opts)
+}
+
+// TestEmptyHuge checks empty 2 TiB disks of every variant.
+func TestEmptyHuge(t *testing.T) {
+	flat := []formattest.Variant{variants[1], variants[3]}
+	sparse := []formattest.Variant{variants[0], variants[2], variants[4]}
+	formattest.RunEmptyHuge(t, "vmdk", "2T", append(flat, sparse...), opts)
+}
+
+// qemuIO runs qemu-io commands on an image this test made.
+func qemuIO(t *testing.T, path string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "vmdk"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("error")) || bytes.Contains(out, []byte("failed")) {
+		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
+	}
+}
+
+// TestZeroedGrains checks zeroed grains (zeroed_grain=on and write -z),
+// which read as zeros without looking at the parent.
+func TestZeroedGrains(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "zg.vmdk")
+	formattest.Create(t, p, "vmdk", "10M", "-o", "zeroed_grain=on")
+	qemuIO(t, p, "write -P 0x5a 0 1M", "write -z 64k 256k", "write -P 1 3M 4k")
+	formattest.Check(t, p, opts)
+	img := open(t, p, format.Policy{})
+	e, err := img.Extent(64 << 10)
+	if err != nil || e.Status != format.Zero || e.Length != 256<<10 {
+		t.Errorf("Extent(64k) = %+v, %v; want a 256 KiB zero run", e, err)
+	}
+}
+
+// TestChain checks a differencing disk over a parent: unallocated grains
+// read from the parent, and the map reports their depth.
+func TestChain(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.vmdk")
+	child := filepath.Join(dir, "child.vmdk")
+	formattest.Create(t, base, "vmdk", "10M")
+	qemuIO(t, base, "write -P 0x22 0 1M", "write -P 0x23 5M 100k")
+	formattest.Qemu(t, "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
+	qemuIO(t, child, "write -P 0x33 64k 64k", "write -P 0x34 5M 4k", "write -P 0x35 9M 512")
+	formattest.Check(t, child, opts)
+	img := open(t, child, format.Policy{})
+	if info := img.Info(); info.BackingFile != "base.vmdk" || info.BackingFormat != "vmdk" || info.Backing == nil {
+		t.Errorf("backing %q %q %v", info.BackingFile, info.BackingFormat, info.Backing)
+	}
+	e, err := img.Extent(0)
+	if err != nil || e.Depth != 1 || e.Status != format.Data || e.Length != 64<<10 {
+		t.Errorf("Extent(0) = %+v, %v; want 64 KiB of data at depth 1", e, err)
+	}
+	e, err = img.Extent(64 << 10)
+	if err != nil || e.Depth != 0 || e.Status != format.Data {
+		t.Errorf("Extent(64k) = %+v, %v; want data at depth 0", e, err)
+	}
+	// With NoBacking the parent's data is unallocated zeros.
+	nb := open(t, child, format.Policy{NoBacking: true})
+	if n, _ := format.AllocatedBytes(nb); n != 3*64<<10 {
+		t.Errorf("NoBacking: %d allocated bytes, want %d", n, 3*64<<10)
+	}
+
+	// A three-level chain.
+	grand := filepath.Join(dir, "grand.vmdk")
+	formattest.Qemu(t, "create", "-q", "-f", "vmdk", "-b", "child.vmdk", "-F", "vmdk", grand)
+	qemuIO(t, grand, "write -P 0x44 8M 70k")
+	formattest.Check(t, grand, opts)
+}
+
+// TestMultiExtent writes across the 2 GiB extent boundaries of split disks.
+func TestMultiExtent(t *testing.T) {
+	formattest.RequireQemu(t)
+	for _, sub := range []string{"twoGbMaxExtentSparse", "twoGbMaxExtentFlat"} {
+		t.Run(sub, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "split.vmdk")
+			formattest.Create(t, p, "vmdk", "5G", "-o", "subformat="+sub)
+			qemuIO(t, p, "write -P 0x71 2047M 2M", "write -P 0x72 4095M 1025k", "write -P 0x73 5119M 1M")
+			formattest.Check(t, p, opts)
+			img := open(t, p, format.Policy{})
+			if n := len(img.Info().ExtentFiles); n != 3 {
+				t.Errorf("%d extent files, want 3", n)
+			}
+			// Compare the written regions byte for byte with qemu-io's pattern.
+			for _, r := range []struct {
+				off, n int64
+				pat    byte
+			}{{2047 << 20, 2 << 20, 0x71}, {4095 << 20, 1025 << 10, 0x72}, {5119 << 20, 1 << 20, 0x73}} {
+				buf := make([]byte, r.n+2)
+				if _, err := img.ReadAt(buf, r.off-1); err != nil && r.off+r.n != img.Size() {
+					t.Fatal(err)
+				}
+				want := append(append([]byte{0}, bytes.Repeat([]byte{r.pat}, int(r.n))...), 0)
+				if r.off+r.n == img.Size() {
+					buf, want = buf[:len(buf)-1], want[:len(want)-1]
+				}
+				if !bytes.Equal(buf, want) {
+					t.Errorf("region at %d differs from the written pattern", r.off)
+				}
+			}
+		})
+	}
+}
+
+func open(t testing.TB, path string, p format.Policy) format.Image {
+	t.Helper()
+	img, err := format.Open(path, "vmdk", p)
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img
+}
+
+// TestExtentOutside checks that a descriptor naming an extent outside its
+// directory is refused under the default policy and opened with
+// AllowOutside.
+func TestExtentOutside(t *testing.T) {
+	formattest.RequireQemu(t)
+	root := t.TempDir()
+	imgDir := filepath.Join(root, "images")
+	baitDir := filepath.Join(root, "bait")
+	for _, d := range []string{imgDir, baitDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := filepath.Join(root, "src.vmdk")
+	formattest.Create(t, src, "vmdk", "1M", "-o", "subformat=monolithicFlat")
+	qemuIO(t, src, "write -P 0x66 0 1M")
+	if err := os.Rename(filepath.Join(root, "src-flat.vmdk"), filepath.Join(baitDir, "secret")); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, ref := range map[string]string{
+		"relative": "../bait/secret",
+		"absolute": filepath.Join(baitDir, "secret"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(imgDir, name+".vmdk")
+			text := strings.Replace(string(desc), `"src-flat.vmdk"`, `"`+ref+`"`, 1)
+			if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := format.Open(p, "vmdk", format.Policy{})
+			if !errors.Is(err, format.ErrOutsideDirectory) {
+				t.Fatalf("default policy: err = %v, want ErrOutsideDirectory", err)
+			}
+			_, err = format.Open(p, "", format.Policy{Untrusted: true})
+			if err == nil {
+				t.Fatal("untrusted policy opened the extent")
+			}
+			img := open(t, p, format.Policy{AllowOutside: true})
+			buf := make([]byte, 1<<20)
+			if _, err := img.ReadAt(buf, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf, bytes.Repeat([]byte{0x66}, 1<<20)) {
+				t.Error("AllowOutside: wrong data")
+			}
+		})
+	}
+}
+
+func TestProbe(t *testing.T) {
+	for _, c := range []struct {
+		data string
+		want bool
+	}{
+		{"KDMV\x01\x00\x00\x00", true},
+		{"COWD\x01\x00\x00\x00", true},
+		{"# Disk DescriptorFile\nversion=1\nCID=1\n", true},
+		{"# Disk DescriptorFile\r\nversion=1\r\n", true},
+		{"# comment\n   \nversion=3\n", true},
+		{"\nversion=3\n", false},
+		{"version=4\n", false},
+		{"QFI\xfb", false},
+		{"# only a comment", false},
+		{"", false},
+	} {
+		got := vmdk.Probe(&formattest.MemFile{Data: []byte(c.data)})
+		if got != c.want {
+			t.Errorf("Probe(%q) = %v, want %v", c.data, got, c.want)
+		}
+	}
+	_, err := vmdk.Open(&formattest.MemFile{Data: []byte("QFI\xfb\x00\x00\x00\x03")}, nil)
+	if !errors.Is(err, format.ErrWrongType) {
+		t.Errorf("Open(qcow2 magic) = %v, want ErrWrongType", err)
+	}
+}
+
+func FuzzVMDK(f *testing.F) {
+	formattest.AddSeeds(f, "../../testdata/vmdk")
+	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "vmdk") })
+}
+
+func BenchmarkOpenEmpty1TiB(b *testing.B) {
+	formattest.RequireQemu(b)
+	p := filepath.Join(b.TempDir(), "empty.vmdk")
+	formattest.Create(b, p, "vmdk", "1T")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		img, err := format.Open(p, "vmdk", format.Policy{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		img.Info()
+		calls := 0
+		if err := format.Walk(img, 0, func(format.Extent) error { calls++; return nil }); err != nil {
+			b.Fatal(err)
+		}
+		if calls > 4 {
+			b.Fatalf("%d extents for an empty disk", calls)
+		}
+		img.Close()
+	}
+}
