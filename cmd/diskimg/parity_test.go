@@ -20,6 +20,9 @@ var qemuCreatable = map[string][][]string{
 	"vmdk":  {nil, {"-o", "subformat=streamOptimized"}},
 	"vpc":   {nil, {"-o", "subformat=fixed"}},
 	"vhdx":  {nil},
+	"qed":   {nil},
+	"vdi":   {nil, {"-o", "static=on"}},
+	"qcow":  {nil},
 }
 
 // TestInfoAndMapMatchQemu runs `diskimg info --output=json` and `diskimg

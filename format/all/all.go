@@ -3,8 +3,11 @@
 package all
 
 import (
+	_ "github.com/diskimg/diskimg/format/qcow"
 	_ "github.com/diskimg/diskimg/format/qcow2"
+	_ "github.com/diskimg/diskimg/format/qed"
 	_ "github.com/diskimg/diskimg/format/raw"
+	_ "github.com/diskimg/diskimg/format/vdi"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
 	_ "github.com/diskimg/diskimg/format/vmdk"

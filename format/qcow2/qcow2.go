@@ -138,11 +138,13 @@ func init() {
 	})
 }
 
-// Probe reports whether f starts with the qcow2 magic.
+// Probe reports whether f starts with the qcow2 magic. Version 1 shares
+// the magic and belongs to the qcow reader; any other version is ours, so
+// an unsupported one gets a clear error rather than a raw fallback.
 func Probe(f format.File) bool {
-	var b [4]byte
+	var b [8]byte
 	n, _ := f.ReadAt(b[:], 0)
-	return n == 4 && string(b[:]) == magic
+	return n == 8 && string(b[:4]) == magic && binary.BigEndian.Uint32(b[4:]) != 1
 }
 
 // Specific is qemu-img 7.2's "format-specific" data for qcow2, fields in

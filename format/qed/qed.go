@@ -1,0 +1,473 @@
+// Package qed reads QEMU Enhanced Disk images, following qemu's
+// docs/interop/qed_spec.txt: a little-endian header, a two-level table of
+// clusters (an L1 table of L2 tables, each table_size clusters long), zero
+// clusters, and an optional backing file for the clusters the image does
+// not store.
+package qed
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"path/filepath"
+	"sync"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Name is qemu's name for the format.
+const Name = "qed"
+
+// Priority orders probing among the registered formats.
+const Priority = 60
+
+// Header: little-endian, at offset 0.
+const (
+	headerSize = 64
+	magic      = "QED\x00"
+
+	hdrClusterSize     = 4  // uint32: bytes per cluster
+	hdrTableSize       = 8  // uint32: clusters per L1 or L2 table
+	hdrHeaderSize      = 12 // uint32: clusters taken by the header
+	hdrFeatures        = 16 // uint64: feature bits the reader must know
+	hdrCompatFeatures  = 24 // uint64: feature bits a reader may ignore
+	hdrAutoclear       = 32 // uint64: feature bits a writer clears
+	hdrL1Offset        = 40 // uint64: file offset of the L1 table
+	hdrImageSize       = 48 // uint64: virtual disk size in bytes
+	hdrBackingNameOff  = 56 // uint32: file offset of the backing file name
+	hdrBackingNameSize = 60 // uint32: length of the backing file name
+)
+
+// Feature bits.
+const (
+	featBackingFile    = 1 << 0 // the image has a backing file
+	featNeedCheck      = 1 << 1 // not closed cleanly: tables may be inconsistent
+	featBackingNoProbe = 1 << 2 // the backing file is raw; do not probe it
+	knownFeatures      = featBackingFile | featNeedCheck | featBackingNoProbe
+)
+
+// Limits from the specification and qemu.
+const (
+	minClusterSize = 4 << 10
+	maxClusterSize = 64 << 20
+	minTableSize   = 1
+	maxTableSize   = 16
+	sectorSize     = 512
+	// maxBackingName is qemu's buffer for the name, less its NUL.
+	maxBackingName = 4095
+)
+
+// Special L2 entries.
+const (
+	entryUnalloc = 0 // not stored here: read the backing file
+	entryZero    = 1 // reads as zeros
+)
+
+// l2CacheBytes bounds the L2 tables kept in memory.
+const l2CacheBytes = 64 << 20
+
+func init() {
+	format.Register(&format.Format{
+		Name:     Name,
+		Priority: Priority,
+		Probe:    Probe,
+		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+	})
+}
+
+// Probe reports whether f starts with the QED magic.
+func Probe(f format.File) bool {
+	var b [4]byte
+	n, _ := f.ReadAt(b[:], 0)
+	return n == len(b) && string(b[:]) == magic
+}
+
+// Image is an open QED image.
+type Image struct {
+	f           format.File
+	fileSize    int64 // rounded down to whole clusters, as qemu does
+	size        int64
+	clusterSize int64
+	clusterBits uint
+	tableBytes  int64 // bytes of one L1 or L2 table
+	l2Bits      uint  // log2 of the entries in a table
+	headerBytes int64
+	l1          []uint64
+	l1Offset    int64
+	backing     format.Image
+	info        format.Info
+
+	mu      sync.Mutex
+	l2      map[uint64][]uint64 // L2 tables by file offset
+	l2Bytes int64
+}
+
+// Open opens f as a QED image; o opens its backing file.
+func Open(f format.File, o *format.Opener) (*Image, error) {
+	hdr := make([]byte, headerSize)
+	if n, _ := f.ReadAt(hdr[:4], 0); n < 4 || string(hdr[:4]) != magic {
+		return nil, fmt.Errorf("qed: no %q magic at offset 0: %w", magic, format.ErrWrongType)
+	}
+	if err := format.ReadFull(f, hdr, 0, Name, "header"); err != nil {
+		return nil, err
+	}
+	le32 := func(off int) uint32 { return binary.LittleEndian.Uint32(hdr[off:]) }
+	le64 := func(off int) uint64 { return binary.LittleEndian.Uint64(hdr[off:]) }
+
+	features := le64(hdrFeatures)
+	if unknown := features &^ knownFeatures; unknown != 0 {
+		return nil, format.Errorf(Name, "features", hdrFeatures, "unsupported feature bits %#x", unknown)
+	}
+	cs := int64(le32(hdrClusterSize))
+	if cs < minClusterSize || cs > maxClusterSize || cs&(cs-1) != 0 {
+		return nil, format.Errorf(Name, "cluster_size", hdrClusterSize, "%d is not a power of two in [%d, %d]", cs, minClusterSize, maxClusterSize)
+	}
+	ts := int64(le32(hdrTableSize))
+	if ts < minTableSize || ts > maxTableSize || ts&(ts-1) != 0 {
+		return nil, format.Errorf(Name, "table_size", hdrTableSize, "%d is not a power of two in [%d, %d]", ts, minTableSize, maxTableSize)
+	}
+	hs := int64(le32(hdrHeaderSize))
+	if hs < 1 || hs*cs > 1<<32-1 {
+		return nil, format.Errorf(Name, "header_size", hdrHeaderSize, "%d clusters of %d bytes is not in [1 cluster, 4 GiB)", hs, cs)
+	}
+	img := &Image{
+		f:           f,
+		fileSize:    f.Size() &^ (cs - 1),
+		clusterSize: cs,
+		clusterBits: log2(cs),
+		tableBytes:  cs * ts,
+		l2Bits:      log2(cs * ts / 8),
+		headerBytes: hs * cs,
+		l2:          map[uint64][]uint64{},
+	}
+	entries := img.tableBytes / 8
+	// Two levels of tables address entries² clusters; with the largest
+	// clusters and tables that is 2^80 bytes, so saturate.
+	maxSize := uint64(math.MaxUint64)
+	if bits := 2*img.l2Bits + img.clusterBits; bits < 64 {
+		maxSize = 1 << bits
+	}
+	size := le64(hdrImageSize)
+	switch {
+	case size%sectorSize != 0:
+		return nil, format.Errorf(Name, "image_size", hdrImageSize, "%d is not a multiple of %d", size, sectorSize)
+	case size > maxSize:
+		return nil, format.Errorf(Name, "image_size", hdrImageSize, "%d exceeds the %d bytes two levels of %d-entry tables address", size, maxSize, entries)
+	case size > format.MaxVirtualSize:
+		return nil, format.Errorf(Name, "image_size", hdrImageSize, "%d exceeds the %d-byte limit", size, int64(format.MaxVirtualSize))
+	}
+	img.size = int64(size)
+
+	l1Off := le64(hdrL1Offset)
+	if err := img.checkTable(l1Off); err != nil {
+		return nil, format.Errorf(Name, "l1_table_offset", hdrL1Offset, "%v", err)
+	}
+	img.l1Offset = int64(l1Off)
+	if err := format.CheckTable(Name, "l1_table_offset", img.l1Offset, img.tableBytes, f.Size()); err != nil {
+		return nil, err
+	}
+	raw := make([]byte, img.tableBytes)
+	if err := format.ReadFull(f, raw, img.l1Offset, Name, "L1 table"); err != nil {
+		return nil, err
+	}
+	img.l1 = make([]uint64, entries)
+	for i := range img.l1 {
+		e := binary.LittleEndian.Uint64(raw[8*i:])
+		if e != 0 {
+			if err := img.checkTable(e); err != nil {
+				return nil, format.Errorf(Name, fmt.Sprintf("L1 table entry %d", i), img.l1Offset+8*int64(i), "%v", err)
+			}
+		}
+		img.l1[i] = e
+	}
+
+	img.info = format.Info{Format: Name, VirtualSize: img.size, ClusterSize: cs, Dirty: features&featNeedCheck != 0}
+	if features&featBackingFile != 0 {
+		if err := img.openBacking(hdr, features, o); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+func log2(n int64) uint {
+	var b uint
+	for n > 1 {
+		n >>= 1
+		b++
+	}
+	return b
+}
+
+// checkCluster applies qemu's rule for a cluster's file offset: aligned
+// to a cluster, after the header, and wholly inside the file.
+func (img *Image) checkCluster(off uint64) error {
+	switch {
+	case off&uint64(img.clusterSize-1) != 0:
+		return fmt.Errorf("offset %d is not a multiple of the cluster size %d", off, img.clusterSize)
+	case off < uint64(img.headerBytes):
+		return fmt.Errorf("offset %d lies inside the %d-byte header", off, img.headerBytes)
+	case off >= uint64(img.fileSize):
+		return fmt.Errorf("cluster at %d extends past the end of the file (%d bytes)", off, img.fileSize)
+	}
+	return nil
+}
+
+// checkTable applies checkCluster to a table's first and last clusters.
+func (img *Image) checkTable(off uint64) error {
+	if err := img.checkCluster(off); err != nil {
+		return err
+	}
+	if off+uint64(img.tableBytes) > uint64(img.fileSize) {
+		return fmt.Errorf("table of %d bytes at %d extends past the end of the file (%d bytes)", img.tableBytes, off, img.fileSize)
+	}
+	return nil
+}
+
+// openBacking reads the backing file name from the header cluster and
+// opens the file under the opener's policy.
+func (img *Image) openBacking(hdr []byte, features uint64, o *format.Opener) error {
+	off := binary.LittleEndian.Uint32(hdr[hdrBackingNameOff:])
+	n := binary.LittleEndian.Uint32(hdr[hdrBackingNameSize:])
+	if n > maxBackingName {
+		return format.Errorf(Name, "backing_filename_size", hdrBackingNameSize, "backing file name of %d bytes is longer than %d", n, maxBackingName)
+	}
+	if uint64(off)+uint64(n) > uint64(img.headerBytes) {
+		return format.Errorf(Name, "backing_filename_offset", hdrBackingNameOff, "backing file name at %d (%d bytes) does not fit in the %d-byte header", off, n, img.headerBytes)
+	}
+	name := make([]byte, n)
+	if err := format.ReadFull(img.f, name, int64(off), Name, "backing file name"); err != nil {
+		return err
+	}
+	for i, c := range name {
+		if c == 0 { // qemu keeps the name as a C string
+			name = name[:i]
+			break
+		}
+	}
+	if len(name) == 0 {
+		return format.Errorf(Name, "backing_filename_size", hdrBackingNameSize, "the backing file feature is set but the name is empty")
+	}
+	img.info.BackingFile = string(name)
+	img.info.FullBackingFile = string(name)
+	if !filepath.IsAbs(img.info.BackingFile) {
+		img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), img.info.BackingFile)
+	}
+	if features&featBackingNoProbe != 0 {
+		img.info.BackingFormat = "raw"
+	}
+	b, err := o.OpenBacking(img.f.Name(), img.info.BackingFile, img.info.BackingFormat)
+	if err != nil {
+		return err
+	}
+	img.backing = b
+	img.info.Backing = b
+	return nil
+}
+
+// Size returns the virtual disk size in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// Info returns the image's metadata.
+func (img *Image) Info() *format.Info {
+	info := img.info
+	return &info
+}
+
+// Close closes the image file and its backing file.
+func (img *Image) Close() error {
+	var err error
+	if img.backing != nil {
+		err = img.backing.Close()
+	}
+	if e := format.CloseFile(img.f); err == nil {
+		err = e
+	}
+	return err
+}
+
+// l2Table returns the L2 table of L1 entry i, which is allocated.
+func (img *Image) l2Table(i int64) ([]uint64, error) {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if t, ok := img.l2[img.l1[i]]; ok {
+		return t, nil
+	}
+	raw := make([]byte, img.tableBytes)
+	if err := format.ReadFull(img.f, raw, int64(img.l1[i]), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
+		return nil, err
+	}
+	t := make([]uint64, len(raw)/8)
+	for j := range t {
+		t[j] = binary.LittleEndian.Uint64(raw[8*j:])
+	}
+	if img.l2Bytes+int64(len(raw)) > l2CacheBytes {
+		clear(img.l2)
+		img.l2Bytes = 0
+	}
+	img.l2[img.l1[i]] = t
+	img.l2Bytes += int64(len(raw))
+	return t, nil
+}
+
+// entryAt returns the L2 entry of guest cluster ci (entryUnalloc for a
+// missing L2 table), validated.
+func (img *Image) entryAt(ci int64) (uint64, error) {
+	l1i := ci >> img.l2Bits
+	if img.l1[l1i] == 0 {
+		return entryUnalloc, nil
+	}
+	t, err := img.l2Table(l1i)
+	if err != nil {
+		return 0, err
+	}
+	return img.check(t, ci)
+}
+
+// check returns entry ci of t, the L2 table holding guest cluster ci,
+// after validating a data cluster's offset.
+func (img *Image) check(t []uint64, ci int64) (uint64, error) {
+	j := ci & (1<<img.l2Bits - 1)
+	e := t[j]
+	if e == entryUnalloc || e == entryZero {
+		return e, nil
+	}
+	if err := img.checkCluster(e); err != nil {
+		l1i := ci >> img.l2Bits
+		return 0, format.Errorf(Name, fmt.Sprintf("L2 table entry %d of L1 entry %d", j, l1i), int64(img.l1[l1i])+8*j, "%v", err)
+	}
+	return e, nil
+}
+
+// runAt returns the longest run from off, ending at or before limit, of
+// clusters that are all unallocated, all zero, or all data stored
+// contiguously; e is the entry of the cluster at off and host the file
+// offset of off (-1 when not stored).
+func (img *Image) runAt(off, limit int64) (e uint64, host int64, length int64, err error) {
+	cs := img.clusterSize
+	ci := off >> img.clusterBits
+	e, err = img.entryAt(ci)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	special := e == entryUnalloc || e == entryZero
+	next := ci + 1 // the first guest cluster not yet in the run
+	lastCluster := (limit - 1) >> img.clusterBits
+scan:
+	for next <= lastCluster {
+		l1i := next >> img.l2Bits
+		if img.l1[l1i] == 0 {
+			if e != entryUnalloc {
+				break
+			}
+			next = (l1i + 1) << img.l2Bits // a whole missing L2 table
+			continue
+		}
+		t, err := img.l2Table(l1i)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		for tableEnd := (l1i + 1) << img.l2Bits; next < tableEnd && next <= lastCluster; next++ {
+			if special {
+				if t[next&(1<<img.l2Bits-1)] != e {
+					break scan
+				}
+				continue
+			}
+			x, err := img.check(t, next)
+			if err != nil {
+				return 0, 0, 0, err
+			}
+			if x != e+uint64((next-ci)*cs) {
+				break scan
+			}
+		}
+	}
+	host = -1
+	if !special {
+		host = int64(e) + off&(cs-1)
+	}
+	return e, host, min(next<<img.clusterBits, limit) - off, nil
+}
+
+// Extent returns the run at off with one status, depth and contiguous host
+// offset, from the cluster tables alone.
+func (img *Image) Extent(off int64) (format.Extent, error) {
+	if off < 0 || off >= img.size {
+		return format.Extent{}, fmt.Errorf("qed: extent offset %d out of range [0,%d)", off, img.size)
+	}
+	e, host, n, err := img.runAt(off, img.size)
+	if err != nil {
+		return format.Extent{}, err
+	}
+	x := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host}
+	switch e {
+	case entryZero:
+		x.Status = format.Zero
+	case entryUnalloc:
+		x.Status = format.Unallocated
+		if img.backing != nil && off < img.backing.Size() {
+			be, err := img.backing.Extent(off)
+			if err != nil {
+				return format.Extent{}, err
+			}
+			x.Length = min(x.Length, be.Length)
+			x.Status, x.Depth, x.Offset, x.Compressed = be.Status, be.Depth+1, be.Offset, be.Compressed
+			if x.Status == format.Unallocated {
+				x.Depth = 0
+			}
+		}
+	}
+	return x, nil
+}
+
+// ReadAt reads guest bytes.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	n, clipErr := format.ClipRead(p, off, img.size)
+	if n == 0 {
+		return 0, clipErr
+	}
+	done := 0
+	for done < n {
+		pos := off + int64(done)
+		e, host, length, err := img.runAt(pos, off+int64(n))
+		if err != nil {
+			return done, err
+		}
+		buf := p[done : done+int(length)]
+		switch e {
+		case entryZero:
+			clear(buf)
+		case entryUnalloc:
+			if err := readBacking(img.backing, buf, pos); err != nil {
+				return done, err
+			}
+		default:
+			if err := format.ReadFull(img.f, buf, host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
+				return done, err
+			}
+		}
+		done += len(buf)
+	}
+	return n, clipErr
+}
+
+// readBacking reads from a backing image that may be smaller than the
+// image or missing: the rest reads as zeros.
+func readBacking(b format.Image, buf []byte, off int64) error {
+	k := 0
+	if b != nil && off < b.Size() {
+		k = int(min(int64(len(buf)), b.Size()-off))
+		m, err := b.ReadAt(buf[:k], off)
+		if m < k {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("qed: reading backing file at %d: %w", off, err)
+		}
+	}
+	clear(buf[k:])
+	return nil
+}
