@@ -213,11 +213,33 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	if opts.Checksum {
 		sum, err := out.sum()
 		if err != nil {
-			return res, err
+			// The writer patched earlier bytes (tables written last): hash
+			// the finished file in one more pass, if it can be read back.
+			if sum, err = hashFile(dst); err != nil {
+				return res, err
+			}
 		}
 		res.SHA256 = sum
 	}
 	return res, nil
+}
+
+// hashFile hashes a finished output that can be read back.
+func hashFile(dst format.Target) ([]byte, error) {
+	rt, ok := format.Seekable(dst)
+	ra, isReader := dst.(io.ReaderAt)
+	if !ok || !isReader {
+		return nil, errors.New("checksum: the output was not written front to back and cannot be read back")
+	}
+	size, err := rt.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(ra, 0, size)); err != nil {
+		return nil, fmt.Errorf("checksum: reading the output back: %w", err)
+	}
+	return h.Sum(nil), nil
 }
 
 type engine struct {

@@ -60,7 +60,7 @@ func TestHostileHeader(t *testing.T) {
 		patch       func(d []byte) []byte
 	}{
 		{"truncated", "header", func(d []byte) []byte { return d[:40] }},
-		{"version", "version", func(d []byte) []byte { be.PutUint32(d[4:], 1); return d }},
+		{"version", "version", func(d []byte) []byte { be.PutUint32(d[4:], 4); return d }},
 		{"cluster_bits-small", "cluster_bits", func(d []byte) []byte { be.PutUint32(d[20:], 8); return d }},
 		{"cluster_bits-huge", "cluster_bits", func(d []byte) []byte { be.PutUint32(d[20:], 63); return d }},
 		{"size", "size", func(d []byte) []byte { be.PutUint64(d[24:], 1<<62); return d }},

@@ -220,10 +220,9 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	}
 	entry, host, n := img.runAt(off, img.size)
 	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host}
-	switch entry {
-	case blockUnallocated:
-		e.Status = format.Unallocated
-	case blockDiscarded:
+	// VDI has no backing files, so qemu counts a block the map does not
+	// store as present and zero, not as unallocated.
+	if entry == blockUnallocated || entry == blockDiscarded {
 		e.Status = format.Zero
 	}
 	return e, nil

@@ -1,0 +1,659 @@
+package qcow2
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/bits"
+	"strconv"
+	"strings"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// The qcow2 writer.
+//
+// Uncompressed output is laid out entirely from the Layout before any data
+// arrives, so it streams front to back into a pipe and the bytes are the
+// same on a file:
+//
+//	header cluster | refcount table | refcount blocks | L1 | L2 tables | data
+//
+// On a pipe every cluster of the file is in use exactly once, so the
+// refcount blocks are all ones up to the file's last cluster, and data
+// clusters follow the layout's Data clusters in guest order; a cluster the
+// layout called Data that arrives all zero keeps its place and is written
+// as zeros. On a file the same regions are reserved, but data clusters are
+// packed from the data area on, clusters that arrive all zero are left
+// unallocated (as qemu-img does), and the header and tables are written
+// into the reserved area in Close; L2 slots left unused are free clusters.
+// The file is then not written front to back, so the engine's --checksum
+// cannot be used with it.
+//
+// Compressed output (-c) cannot be laid out up front, because compressed
+// sizes are known only after Encode. Its layout is
+//
+//	header cluster | data, with L2 tables and refcount blocks interleaved | L1 | refcount table
+//
+// L2 tables are written as soon as the guest offset leaves their span and
+// refcount blocks as soon as the file offset leaves their range, so memory
+// stays at one L2 table, one refcount block and the L1 and refcount
+// tables. On a file the data goes straight after the header cluster and
+// the header is written last, at offset 0 (so the engine's --checksum
+// cannot be used: the output is not written front to back). On a pipe the
+// part after the header is spooled to a temporary file in os.TempDir(),
+// which needs about the compressed size in free space, and copied out in
+// Close after the header; the bytes are the same as on a file.
+
+// Writer options, by qemu-img's names.
+const (
+	OptCompat          = "compat"           // 1.1 (v3, default) or 0.10 (v2)
+	OptClusterSize     = "cluster_size"     // 512 B to 2 MiB, a power of two
+	OptCompressionType = "compression_type" // zlib or zstd, for -c
+	OptRefcountBits    = "refcount_bits"    // 8, 16 (default), 32 or 64
+	OptLazyRefcounts   = "lazy_refcounts"   // on or off
+	OptExtendedL2      = "extended_l2"      // only off
+)
+
+// Header fields the reader does not name, and writer defaults.
+const (
+	offRefcountTableOffset   = 48
+	offRefcountTableClusters = 56
+	headerLenV3Written       = 112 // qemu writes the compression type and pads to 8
+	defaultClusterBits       = 16  // 64 KiB clusters, qemu's default
+	defaultRefcountOrder     = 4   // 16-bit refcounts, qemu's default
+	minWriterRefcountOrder   = 3   // narrower refcounts are not implemented
+	refTableEntry            = 8   // bytes per refcount table entry
+	l1Entry                  = 8   // bytes per L1 entry
+	l2Entry                  = 8   // bytes per standard L2 entry
+	featureTableEntries      = 8   // entries qemu 7.2 lists
+	sectorSize               = 512 // the virtual size is whole sectors
+	writeBufSize             = 1 << 20
+)
+
+// featureTable is the feature name table qemu 7.2 writes into v3 headers:
+// type (0 incompatible, 1 compatible, 2 autoclear), bit, name.
+var featureTable = [featureTableEntries]struct {
+	typ, bit byte
+	name     string
+}{
+	{0, 0, "dirty bit"},
+	{0, 1, "corrupt bit"},
+	{0, 2, "external data file"},
+	{0, 3, "compression type"},
+	{0, 4, "extended L2 entries"},
+	{1, 0, "lazy refcounts"},
+	{2, 0, "bitmaps"},
+	{2, 1, "raw external data"},
+}
+
+func init() {
+	format.RegisterWriter(&format.WriterFormat{
+		Name: Name,
+		Options: []format.OptionSpec{
+			{Name: OptCompat, Help: "1.1 (qcow2 v3, the default) or 0.10 (v2)", Validate: format.OneOf("1.1", "v3", "0.10", "v2")},
+			{Name: OptClusterSize, Help: "cluster size: a power of two from 512 to 2M (default 64k)", Validate: func(v string) error { _, err := parseClusterSize(v); return err }},
+			{Name: OptCompressionType, Help: "codec of compressed clusters (-c): zlib (the default) or zstd (v3 only)", Validate: format.OneOf("zlib", "zstd")},
+			{Name: OptRefcountBits, Help: "refcount width: 8, 16 (the default), 32 or 64 (v2: 16 only)", Validate: validRefcountBits},
+			{Name: OptLazyRefcounts, Help: "on or off (the default; v3 only): set the lazy refcounts feature", Validate: format.OneOf("on", "off")},
+			{Name: OptExtendedL2, Help: "off only: extended L2 entries are not implemented", Validate: format.OneOf("off")},
+		},
+		Compress: true,
+		Check:    func(o format.WriteOptions) error { _, err := newParams(o); return err },
+		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		Measure:  Measure,
+	})
+}
+
+// parseClusterSize reads a size as qemu does ("65536", "64k", "2M").
+func parseClusterSize(v string) (int64, error) {
+	s, mul := strings.TrimSpace(v), int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mul, s = 1<<10, s[:n-1]
+		case 'm', 'M':
+			mul, s = 1<<20, s[:n-1]
+		case 'b', 'B':
+			s = s[:n-1]
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > 1<<maxClusterBits/mul {
+		return 0, fmt.Errorf("must be a power of two from 512 to 2M")
+	}
+	n *= mul
+	if n < 1<<minClusterBits || n&(n-1) != 0 {
+		return 0, fmt.Errorf("must be a power of two from 512 to 2M")
+	}
+	return n, nil
+}
+
+func validRefcountBits(v string) error {
+	switch v {
+	case "8", "16", "32", "64":
+		return nil
+	case "1", "2", "4":
+		return fmt.Errorf("refcount widths below 8 bits are not implemented (use 8, 16, 32 or 64)")
+	}
+	return fmt.Errorf("must be 8, 16, 32 or 64")
+}
+
+// params are the validated options of one output image.
+type params struct {
+	version     uint32
+	clusterBits uint
+	cs          int64 // cluster size
+	refOrder    uint  // log2 of the refcount width
+	zstd        bool
+	lazy        bool
+	size        int64 // virtual size in the header: whole sectors
+	l1Size      int64 // L1 entries covering size
+}
+
+func (p *params) l2Entries() int64    { return p.cs / l2Entry }
+func (p *params) refsPerBlock() int64 { return p.cs * 8 >> p.refOrder }
+func (p *params) maxRef() uint64      { return 1<<(1<<p.refOrder) - 1 }
+
+func newParams(o format.WriteOptions) (*params, error) {
+	p := &params{version: 3, clusterBits: defaultClusterBits, refOrder: defaultRefcountOrder}
+	opt := func(k string) (string, bool) { v, ok := o.Options[k]; return v, ok }
+	if v, ok := opt(OptCompat); ok && (v == "0.10" || v == "v2") {
+		p.version = 2
+	}
+	if v, ok := opt(OptClusterSize); ok {
+		n, err := parseClusterSize(v)
+		if err != nil {
+			return nil, fmt.Errorf("qcow2: option cluster_size=%s: %w", v, err)
+		}
+		p.clusterBits = uint(bits.TrailingZeros64(uint64(n)))
+	}
+	p.cs = 1 << p.clusterBits
+	if v, ok := opt(OptRefcountBits); ok {
+		if err := validRefcountBits(v); err != nil {
+			return nil, fmt.Errorf("qcow2: option refcount_bits=%s: %w", v, err)
+		}
+		n, _ := strconv.Atoi(v)
+		p.refOrder = uint(bits.TrailingZeros(uint(n)))
+		if p.version == 2 && n != 16 {
+			return nil, fmt.Errorf("qcow2: refcount_bits=%s needs compat=1.1 (version 2 images have 16-bit refcounts)", v)
+		}
+	}
+	if v, ok := opt(OptCompressionType); ok && v == "zstd" {
+		if p.version == 2 {
+			return nil, fmt.Errorf("qcow2: compression_type=zstd needs compat=1.1")
+		}
+		p.zstd = true
+	}
+	if v, ok := opt(OptLazyRefcounts); ok && v == "on" {
+		if p.version == 2 {
+			return nil, fmt.Errorf("qcow2: lazy_refcounts=on needs compat=1.1")
+		}
+		p.lazy = true
+	}
+	if v, ok := opt(OptExtendedL2); ok && v != "off" {
+		return nil, fmt.Errorf("qcow2: extended_l2=%s is not implemented (only off)", v)
+	}
+	if o.Size < 0 {
+		return nil, fmt.Errorf("qcow2: negative size %d", o.Size)
+	}
+	p.size = (o.Size + sectorSize - 1) / sectorSize * sectorSize
+	clusters := (p.size + p.cs - 1) / p.cs
+	p.l1Size = (clusters + p.l2Entries() - 1) / p.l2Entries()
+	if p.l1Size*l1Entry > maxL1Bytes {
+		return nil, fmt.Errorf("qcow2: a virtual size of %d bytes needs an L1 table of %d bytes, more than qemu's %d (use a larger cluster_size)", o.Size, p.l1Size*l1Entry, maxL1Bytes)
+	}
+	return p, nil
+}
+
+// refcountClusters returns how many refcount block and table clusters a
+// file of clusters other clusters needs, counting the refcount clusters
+// themselves (the fixed point qemu computes too).
+func (p *params) refcountClusters(clusters int64) (blocks, table int64) {
+	perTable := p.cs / refTableEntry
+	for {
+		nb := (clusters + blocks + table + p.refsPerBlock() - 1) / p.refsPerBlock()
+		nt := (nb + perTable - 1) / perTable
+		if nb == blocks && nt == table {
+			return blocks, table
+		}
+		blocks, table = nb, nt
+	}
+}
+
+// Measure answers qemu-img measure for qcow2 output, with qemu's formula:
+// the fully allocated size is one header cluster, L2 tables and an L1
+// table for the whole disk, refcounts for all of it, and the data; the
+// required size drops the data clusters the source does not store.
+func Measure(o format.WriteOptions) (format.Measurement, error) {
+	p, err := newParams(o)
+	if err != nil {
+		return format.Measurement{}, err
+	}
+	vsize := (o.Size + p.cs - 1) / p.cs * p.cs
+	meta := p.cs
+	nl2e := vsize / p.cs
+	nl2e = (nl2e + p.l2Entries() - 1) / p.l2Entries() * p.l2Entries()
+	meta += nl2e * l2Entry
+	nl1e := nl2e * l2Entry / p.cs
+	perCluster := p.cs / l1Entry
+	nl1e = (nl1e + perCluster - 1) / perCluster * perCluster
+	meta += nl1e * l1Entry
+	rb, rt := p.refcountClusters((meta + vsize) / p.cs)
+	meta += (rb + rt) * p.cs
+	full := meta + vsize
+	var data int64
+	if o.Layout != nil {
+		err := o.Layout.Align(o.Size, p.cs)(func(e format.Extent) error {
+			if e.Status == format.Data {
+				data += clusterSpan(e, p.cs) * p.cs
+			}
+			return nil
+		})
+		if err != nil {
+			return format.Measurement{}, err
+		}
+	}
+	return format.Measurement{Required: full - vsize + data, FullyAllocated: full}, nil
+}
+
+// clusterSpan is the number of clusters of size cs that e touches.
+func clusterSpan(e format.Extent, cs int64) int64 {
+	return (e.End()+cs-1)/cs - e.Start/cs
+}
+
+// header returns the header cluster: the header, the feature name table
+// (v3, when it fits, as qemu does) and the end of the extensions.
+func (p *params) header(l1Off, rtOff, rtClusters int64) []byte {
+	h := make([]byte, p.cs)
+	be := binary.BigEndian
+	copy(h, magic)
+	be.PutUint32(h[offVersion:], p.version)
+	be.PutUint32(h[offClusterBits:], uint32(p.clusterBits))
+	be.PutUint64(h[offSize:], uint64(p.size))
+	be.PutUint32(h[offL1Size:], uint32(p.l1Size))
+	if p.l1Size > 0 {
+		be.PutUint64(h[offL1TableOffset:], uint64(l1Off))
+	}
+	be.PutUint64(h[offRefcountTableOffset:], uint64(rtOff))
+	be.PutUint32(h[offRefcountTableClusters:], uint32(rtClusters))
+	if p.version == 2 {
+		return h
+	}
+	var inc, compat uint64
+	if p.zstd {
+		inc |= incCompress
+		h[offCompressionType] = compressZstd
+	}
+	if p.lazy {
+		compat |= compatLazyRefcounts
+	}
+	be.PutUint64(h[offIncompatible:], inc)
+	be.PutUint64(h[offCompatible:], compat)
+	be.PutUint32(h[offRefcountOrder:], uint32(p.refOrder))
+	be.PutUint32(h[offHeaderLength:], headerLenV3Written)
+	tableLen := featureTableEntries * featureNameLen
+	if headerLenV3Written+extHeaderLen+tableLen+extHeaderLen <= int(p.cs) {
+		x := h[headerLenV3Written:]
+		be.PutUint32(x, extFeatureNames)
+		be.PutUint32(x[4:], uint32(tableLen))
+		for i, f := range featureTable {
+			e := x[extHeaderLen+i*featureNameLen:]
+			e[0], e[1] = f.typ, f.bit
+			copy(e[2:featureNameLen], f.name)
+		}
+		// The end-of-extensions marker that follows is zeros already.
+	}
+	return h
+}
+
+// putRef stores refcount v at index i of a refcount block.
+func (p *params) putRef(blk []byte, i int64, v uint64) {
+	switch p.refOrder {
+	case 3:
+		blk[i] = byte(v)
+	case 4:
+		binary.BigEndian.PutUint16(blk[i*2:], uint16(v))
+	case 5:
+		binary.BigEndian.PutUint32(blk[i*4:], uint32(v))
+	default:
+		binary.BigEndian.PutUint64(blk[i*8:], v)
+	}
+}
+
+// NewWriter returns a qcow2 writer on dst for the options in o; see the
+// layouts above. Both modes accept a destination that cannot seek.
+func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) {
+	p, err := newParams(o)
+	if err != nil {
+		return nil, err
+	}
+	layout := o.Layout
+	if layout == nil {
+		layout = format.AllData(o.Size)
+	}
+	if rt, ok := format.Seekable(dst); ok {
+		pos, err := rt.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return nil, err
+		}
+		if pos != 0 {
+			return nil, fmt.Errorf("qcow2: destination is at offset %d, not at its start", pos)
+		}
+	}
+	if o.Compress {
+		return newCompressedWriter(dst, p, o.Size)
+	}
+	return newPlainWriter(dst, p, o.Size, layout.Align(o.Size, p.cs))
+}
+
+// spanBits records which clusters of each L2 span the layout calls Data:
+// one bit per cluster, allocated only for spans holding data.
+type spanBits struct {
+	perSpan int64
+	spans   [][]uint64
+}
+
+func (s *spanBits) set(c int64) {
+	i := c / s.perSpan
+	if s.spans[i] == nil {
+		s.spans[i] = make([]uint64, (s.perSpan+63)/64)
+	}
+	j := c % s.perSpan
+	s.spans[i][j/64] |= 1 << (j % 64)
+}
+
+func (s *spanBits) unset(c int64) {
+	if b := s.spans[c/s.perSpan]; b != nil {
+		j := c % s.perSpan
+		b[j/64] &^= 1 << (j % 64)
+	}
+}
+
+// count returns how many clusters in [c0, c1) are set.
+func (s *spanBits) count(c0, c1 int64) int64 {
+	var n int64
+	for c0 < c1 {
+		i := c0 / s.perSpan
+		end := min(c1, (i+1)*s.perSpan)
+		if b := s.spans[i]; b != nil {
+			for j := c0 - i*s.perSpan; j < end-i*s.perSpan; {
+				w := b[j/64] >> (j % 64)
+				k := min(64-j%64, end-i*s.perSpan-j)
+				if k < 64 {
+					w &= 1<<k - 1
+				}
+				n += int64(bits.OnesCount64(w))
+				j += k
+			}
+		}
+		c0 = end
+	}
+	return n
+}
+
+// plainWriter writes uncompressed images laid out from the Layout.
+type plainWriter struct {
+	p       *params
+	dst     format.Target
+	rt      format.RandomTarget // a file: data is compacted, tables come last
+	bw      *bufio.Writer
+	size    int64 // guest size the blocks cover
+	alloc   spanBits
+	pos     int64 // file offset of the next byte
+	next    int64 // guest offset of the next block
+	written int64 // data clusters written
+	scratch []byte
+
+	// The layout, sized for every Data cluster of the Layout.
+	tables, data               int64 // L2 tables and data clusters
+	rb, rtc, l1Clusters        int64
+	rtOff, rbOff, l1Off, l2Off int64
+	dataOff                    int64
+}
+
+func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layout) (*plainWriter, error) {
+	w := &plainWriter{p: p, dst: dst, size: size}
+	w.alloc = spanBits{perSpan: p.l2Entries(), spans: make([][]uint64, p.l1Size)}
+	// Count the data clusters and the L2 tables, and note which clusters
+	// hold data.
+	lastSpan := int64(-1)
+	err := layout(func(e format.Extent) error {
+		if e.Status != format.Data {
+			return nil
+		}
+		if e.Start < 0 || e.End() > size {
+			return fmt.Errorf("qcow2: layout range [%d,+%d) outside the disk", e.Start, e.Length)
+		}
+		c0, c1 := e.Start/p.cs, (e.End()+p.cs-1)/p.cs
+		w.data += c1 - c0
+		for c := c0; c < c1; c++ {
+			w.alloc.set(c)
+			if s := c / p.l2Entries(); s != lastSpan {
+				w.tables++
+				lastSpan = s
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.l1Clusters = (p.l1Size*l1Entry + p.cs - 1) / p.cs
+	w.rb, w.rtc = p.refcountClusters(1 + w.l1Clusters + w.tables + w.data)
+	w.rtOff = p.cs
+	w.rbOff = w.rtOff + w.rtc*p.cs
+	w.l1Off = w.rbOff + w.rb*p.cs
+	w.l2Off = w.l1Off + w.l1Clusters*p.cs
+	w.dataOff = w.l2Off + w.tables*p.cs
+	w.scratch = make([]byte, p.cs)
+	w.bw = bufio.NewWriterSize(&posWriter{w: dst, pos: &w.pos}, writeBufSize)
+	if rt, ok := format.Seekable(dst); ok {
+		// Data first, from dataOff on; the tables in Close.
+		w.rt = rt
+		if _, err := rt.Seek(w.dataOff, io.SeekStart); err != nil {
+			return nil, err
+		}
+		w.pos = w.dataOff
+		return w, nil
+	}
+	if err := w.writeMeta(w.bw, w.tables, w.data); err != nil {
+		return nil, err
+	}
+	if w.pos+int64(w.bw.Buffered()) != w.dataOff {
+		return nil, fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", w.pos+int64(w.bw.Buffered()), w.dataOff)
+	}
+	return w, nil
+}
+
+// writeMeta writes everything before dataOff: the header, the refcount
+// table and blocks, L1 and the L2 tables, for the clusters set in alloc.
+// The first tables of the L2 slots and the first data clusters are in
+// use; slots for tables that turned out empty are free and not written.
+func (w *plainWriter) writeMeta(out io.Writer, tables, data int64) error {
+	p := w.p
+	be := binary.BigEndian
+	if _, err := out.Write(p.header(w.l1Off, w.rtOff, w.rtc)); err != nil {
+		return err
+	}
+	// Refcount table: block i at rbOff + i clusters.
+	tab := w.scratch
+	perTab := p.cs / refTableEntry
+	for i := int64(0); i < w.rtc*perTab; i++ {
+		if i%perTab == 0 {
+			clear(tab)
+		}
+		if i < w.rb {
+			be.PutUint64(tab[i%perTab*refTableEntry:], uint64(w.rbOff+i*p.cs))
+		}
+		if (i+1)%perTab == 0 {
+			if _, err := out.Write(tab); err != nil {
+				return err
+			}
+		}
+	}
+	// Refcount blocks: metadata up to the last used L2 slot, and the data.
+	metaEnd := w.l2Off/p.cs + tables
+	dataStart := w.dataOff / p.cs
+	per := p.refsPerBlock()
+	for b := int64(0); b < w.rb; b++ {
+		clear(tab)
+		for i := int64(0); i < per; i++ {
+			if c := b*per + i; c < metaEnd || c >= dataStart && c < dataStart+data {
+				p.putRef(tab, i, 1)
+			}
+		}
+		if _, err := out.Write(tab); err != nil {
+			return err
+		}
+	}
+	// L1 table.
+	var entry [8]byte
+	var k, done int64 // tables placed, L1 entries written
+	for i, b := range w.alloc.spans {
+		if !anySet(b) {
+			continue
+		}
+		if err := writeZeros(out, (int64(i)-done)*l1Entry); err != nil {
+			return err
+		}
+		be.PutUint64(entry[:], uint64(w.l2Off+k*p.cs)|l2Copied)
+		if _, err := out.Write(entry[:]); err != nil {
+			return err
+		}
+		done, k = int64(i)+1, k+1
+	}
+	if err := writeZeros(out, w.l1Clusters*p.cs-done*l1Entry); err != nil {
+		return err
+	}
+	// L2 tables, then free slots as zeros.
+	var n int64
+	for _, b := range w.alloc.spans {
+		if !anySet(b) {
+			continue
+		}
+		clear(tab)
+		for j := int64(0); j < w.alloc.perSpan; j++ {
+			if b[j/64]&(1<<(j%64)) != 0 {
+				be.PutUint64(tab[j*l2Entry:], uint64(w.dataOff+n*p.cs)|l2Copied)
+				n++
+			}
+		}
+		if _, err := out.Write(tab); err != nil {
+			return err
+		}
+	}
+	if k != tables || n != data {
+		return fmt.Errorf("qcow2: internal error: %d tables and %d data clusters, expected %d and %d", k, n, tables, data)
+	}
+	// Slots of tables that turned out empty stay holes.
+	return nil
+}
+
+func anySet(b []uint64) bool {
+	for _, x := range b {
+		if x != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// posWriter counts the bytes written through it.
+type posWriter struct {
+	w   io.Writer
+	pos *int64
+}
+
+func (p *posWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	*p.pos += int64(n)
+	return n, err
+}
+
+var zeroCluster = make([]byte, 1<<maxClusterBits)
+
+func writeZeros(w io.Writer, n int64) error {
+	for n > 0 {
+		k := min(n, int64(len(zeroCluster)))
+		if _, err := w.Write(zeroCluster[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+// BlockSize is the cluster size.
+func (w *plainWriter) BlockSize() int64 { return w.p.cs }
+
+// Encode does nothing: data is stored as it is.
+func (w *plainWriter) Encode(*format.Block) error { return nil }
+
+// Write stores a block's data clusters: in their laid-out places on a
+// pipe, packed one after the other on a file.
+func (w *plainWriter) Write(b *format.Block) error {
+	if b.Start != w.next || b.Length <= 0 || b.End() > w.size {
+		return fmt.Errorf("qcow2: block [%d,+%d) out of order or outside the disk (next %d, size %d)", b.Start, b.Length, w.next, w.size)
+	}
+	w.next = b.End()
+	cs := w.p.cs
+	c0, c1 := b.Start/cs, (b.End()+cs-1)/cs
+	n := w.alloc.count(c0, c1)
+	if b.Status != format.Data {
+		if n == 0 {
+			return nil
+		}
+		if w.rt == nil {
+			return writeZeros(w.bw, n*cs)
+		}
+		// On a file the laid-out clusters are dropped: unallocated.
+		for c := c0; c < c1; c++ {
+			w.alloc.unset(c)
+		}
+		return nil
+	}
+	if n != c1-c0 {
+		return fmt.Errorf("qcow2: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
+	}
+	if int64(len(b.Data)) != b.Length {
+		return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
+	}
+	if _, err := w.bw.Write(b.Data); err != nil {
+		return err
+	}
+	w.written += c1 - c0
+	// The last cluster of the disk is stored whole.
+	return writeZeros(w.bw, (c1-c0)*cs-b.Length)
+}
+
+// Close writes the tables on a file; on a pipe everything is written.
+func (w *plainWriter) Close() error {
+	if w.next != w.size {
+		return fmt.Errorf("qcow2: blocks end at %d, the disk at %d", w.next, w.size)
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	if w.rt == nil {
+		if end := w.dataOff + w.data*w.p.cs; w.pos != end {
+			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.pos, end)
+		}
+		return nil
+	}
+	var tables int64
+	for _, b := range w.alloc.spans {
+		if anySet(b) {
+			tables++
+		}
+	}
+	mw := bufio.NewWriterSize(io.NewOffsetWriter(w.rt, 0), writeBufSize)
+	if err := w.writeMeta(mw, tables, w.written); err != nil {
+		return err
+	}
+	if err := mw.Flush(); err != nil {
+		return err
+	}
+	return w.rt.Truncate(w.dataOff + w.written*w.p.cs)
+}
