@@ -1,0 +1,672 @@
+package vhd
+
+// The VHD writer: dynamic disks (footer copy, dynamic disk header, BAT,
+// then the blocks in guest order, then the footer) and fixed disks (the
+// data, then the footer). Everything is written front to back, so the
+// output streams to a pipe and the engine's --checksum is a single pass,
+// and the bytes on a pipe are the bytes of the file.
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/bits"
+	"time"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Footer fields the writer sets beyond those the reader needs.
+const (
+	footerFeatures    = 8  // uint32: feature flags
+	footerVersion     = 12 // uint32: file format version
+	footerTimestamp   = 24 // uint32: seconds since vhdEpoch
+	footerCreatorVer  = 32 // uint32: version of the creator application
+	footerCreatorOS   = 36 // [4]byte: host OS of the creator
+	footerOrigSize    = 40 // uint64: size of the disk at creation
+	featureReserved   = 2  // the spec's "reserved" feature bit, always set
+	formatVersion     = 0x00010000
+	noDataOffset      = 0xFFFFFFFFFFFFFFFF // footer data offset of a fixed disk
+	vhdEpoch          = 946684800          // 2000-01-01 00:00:00 UTC in Unix time
+	creatorVersion    = 0x00050003         // Virtual PC 2007, as qemu writes it
+	creatorOS         = "Wi2k"
+	creatorQemu       = "qemu" // size from the CHS geometry
+	creatorQemuForced = "qem2" // size from the current size (force_size)
+)
+
+// Dynamic disk header fields the writer sets beyond those the reader needs.
+const (
+	dynDataOffset = 8  // uint64: unused, all ones
+	dynVersion    = 24 // uint32: header version
+)
+
+// Layout of a dynamic disk as qemu creates it.
+const (
+	// WriterBlockSize is the guest bytes per block: qemu-img 7.2 has no
+	// option for it and always uses 2 MiB, as do Virtual PC and Hyper-V.
+	WriterBlockSize = 2 << 20
+	// bitmapBytes is a block's sector bitmap: one bit per sector of a
+	// 2 MiB block, 512 bytes, exactly one sector.
+	bitmapBytes  = WriterBlockSize / sectorSize / 8
+	headerOffset = footerSize                   // the dynamic header follows the footer copy
+	batOffset    = headerOffset + dynHeaderSize // the BAT follows the header
+	// chsMaxCylinders, chsMaxHeads and chsMaxSectors are the largest
+	// geometry; force_size writes it so readers use the current size.
+	chsMaxCylinders = 65535
+	chsMaxHeads     = 16
+	chsMaxSectors   = 255
+	// MaxWriteSize is the largest disk written: qemu's 2040 GiB.
+	MaxWriteSize = maxSectors * sectorSize
+	// azureUnit is the granularity of an Azure disk's virtual size.
+	azureUnit = 1 << 20
+)
+
+// Subformats and options, by qemu-img's -o names; azure is diskimg's own.
+const (
+	SubformatDynamic = "dynamic"
+	SubformatFixed   = "fixed"
+	optSubformat     = "subformat"
+	optForceSize     = "force_size"
+	optAzure         = "azure"
+)
+
+// Output buffering: small writes (footers, headers, bitmaps, table
+// chunks) gather in a buffer; data of at least directBytes goes straight
+// to the target.
+const (
+	outBufBytes = 256 << 10
+	directBytes = 64 << 10
+	// pageBytes is the unit of holes inside a data block on a file:
+	// qemu-img's default -S.
+	pageBytes = 4 << 10
+)
+
+func init() {
+	format.RegisterWriter(&format.WriterFormat{
+		Name:    Name,
+		Aliases: []string{"vhd"},
+		Options: []format.OptionSpec{
+			{Name: optSubformat, Help: "dynamic (sparse, the default) or fixed (the data then a footer)",
+				Validate: format.OneOf(SubformatDynamic, SubformatFixed)},
+			{Name: optForceSize, Help: "on: keep the exact size instead of rounding it up to a CHS geometry (off by default)",
+				Validate: validateBool},
+			{Name: optAzure, Help: "on: an Azure-ready disk (diskimg only): fixed, force_size, size rounded up to a whole MiB",
+				Validate: validateBool},
+		},
+		MaxSize: MaxWriteSize,
+		Check:   func(o format.WriteOptions) error { _, err := planOf(o); return err },
+		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		Measure: Measure,
+	})
+}
+
+// qemu's boolean option spellings.
+var boolValues = map[string]bool{"on": true, "yes": true, "true": true, "y": true, "off": false, "no": false, "false": false, "n": false}
+
+func validateBool(v string) error {
+	if _, ok := boolValues[v]; !ok {
+		return fmt.Errorf("must be on or off")
+	}
+	return nil
+}
+
+// plan is what the options and the source size make of the output.
+type plan struct {
+	fixed, force bool
+	size         int64 // the VHD's virtual size
+	cyl, heads   int64 // CHS geometry written in the footer
+	spt          int64
+	entries      int64 // BAT entries (dynamic)
+	dataStart    int64 // file offset of the first block (dynamic)
+}
+
+// planOf validates the options and computes the output's size and
+// geometry the way qemu-img create does for the same size and options.
+func planOf(o format.WriteOptions) (plan, error) {
+	var p plan
+	switch o.Options[optSubformat] {
+	case "", SubformatDynamic:
+	case SubformatFixed:
+		p.fixed = true
+	default:
+		return p, fmt.Errorf("vpc: subformat %q (want %s or %s)", o.Options[optSubformat], SubformatDynamic, SubformatFixed)
+	}
+	force, forceSet := boolValues[o.Options[optForceSize]]
+	p.force = force
+	if o.Size < 0 {
+		return p, fmt.Errorf("vpc: negative size %d", o.Size)
+	}
+	// qemu sizes disks in whole sectors, rounding up.
+	size := roundUp(o.Size, sectorSize)
+	if boolValues[o.Options[optAzure]] {
+		if sf := o.Options[optSubformat]; sf == SubformatDynamic {
+			return p, fmt.Errorf("vpc: azure=on writes a fixed disk; it cannot be combined with subformat=%s", sf)
+		}
+		if forceSet && !force {
+			return p, fmt.Errorf("vpc: azure=on keeps the exact size; it cannot be combined with force_size=off")
+		}
+		p.fixed, p.force = true, true
+		size = roundUp(size, azureUnit)
+	}
+	if p.force {
+		p.cyl, p.heads, p.spt = chsMaxCylinders, chsMaxHeads, chsMaxSectors
+		p.size = size
+	} else {
+		// The smallest geometry holding the disk, found as qemu does:
+		// the spec's formula rounds down, so ask for one more sector
+		// until it does not.
+		want := min(size/sectorSize, maxGeometry)
+		for n := want; p.cyl*p.heads*p.spt < want; n++ {
+			p.cyl, p.heads, p.spt = geometry(min(n, maxGeometry))
+		}
+		p.size = p.cyl * p.heads * p.spt * sectorSize
+		if p.cyl*p.heads*p.spt == maxGeometry {
+			// The largest geometry means "use the current size".
+			p.size = size
+		}
+	}
+	if p.size > MaxWriteSize {
+		return p, fmt.Errorf("vpc: disk of %d bytes exceeds the format's limit of %d bytes (2040 GiB)", p.size, int64(MaxWriteSize))
+	}
+	if !p.fixed {
+		p.entries = (p.size + WriterBlockSize - 1) / WriterBlockSize
+		p.dataStart = batOffset + roundUp(4*p.entries, sectorSize)
+	}
+	return p, nil
+}
+
+// geometry is the specification's CHS computation for a disk of n
+// sectors (n at most maxGeometry); the product may fall short of n.
+func geometry(n int64) (cyl, heads, spt int64) {
+	var cylTimesHeads int64
+	if n >= 65535*16*63 {
+		spt, heads = 255, 16
+		cylTimesHeads = n / spt
+	} else {
+		spt = 17
+		cylTimesHeads = n / spt
+		heads = max((cylTimesHeads+1023)/1024, 4)
+		if cylTimesHeads >= heads*1024 || heads > 16 {
+			spt, heads = 31, 16
+			cylTimesHeads = n / spt
+		}
+		if cylTimesHeads >= heads*1024 {
+			spt, heads = 63, 16
+			cylTimesHeads = n / spt
+		}
+	}
+	return cylTimesHeads / heads, heads, spt
+}
+
+// blockStride is the file bytes of one allocated block.
+const blockStride = bitmapBytes + WriterBlockSize
+
+// allocation marks the blocks of a dynamic disk that receive storage: the
+// blocks holding Data in the layout aligned to blocks, as the engine will
+// send them. One bit per block.
+func allocation(p plan, o format.WriteOptions) (set []uint64, count int64, err error) {
+	set = make([]uint64, (p.entries+63)/64)
+	if o.Layout == nil {
+		return set, 0, nil
+	}
+	err = o.Layout.Align(o.Size, WriterBlockSize)(func(e format.Extent) error {
+		if e.Status != format.Data {
+			return nil
+		}
+		if e.Start < 0 || e.End() > p.size {
+			return fmt.Errorf("vpc: layout range [%d,+%d) outside the disk of %d bytes", e.Start, e.Length, p.size)
+		}
+		for b := e.Start / WriterBlockSize; b*WriterBlockSize < e.End(); b++ {
+			if set[b/64]&(1<<(b%64)) == 0 {
+				set[b/64] |= 1 << (b % 64)
+				count++
+			}
+		}
+		return nil
+	})
+	return set, count, err
+}
+
+// Measure answers qemu-img measure for VHD output. qemu-img 7.2 itself
+// cannot ("Block driver 'vpc' does not support size measurement"), so the
+// figures are this writer's exact output sizes: a fixed disk is its data
+// and a footer; a dynamic disk holds the headers, the BAT, one block per
+// block of the layout holding data (the writer allocates them all, zero
+// or not, so it can stream) and the footer.
+func Measure(o format.WriteOptions) (format.Measurement, error) {
+	p, err := planOf(o)
+	if err != nil {
+		return format.Measurement{}, err
+	}
+	if p.fixed {
+		n := p.size + footerSize
+		return format.Measurement{Required: n, FullyAllocated: n}, nil
+	}
+	_, count, err := allocation(p, o)
+	if err != nil {
+		return format.Measurement{}, err
+	}
+	return format.Measurement{
+		Required:       p.dataStart + count*blockStride + footerSize,
+		FullyAllocated: p.dataStart + p.entries*blockStride + footerSize,
+	}, nil
+}
+
+// Hooks for tests, which need identical bytes from two conversions.
+var (
+	now     = time.Now
+	newUUID = func() ([16]byte, error) {
+		var u [16]byte
+		if _, err := rand.Read(u[:]); err != nil {
+			return u, err
+		}
+		u[6] = u[6]&0x0f | 0x40 // version 4: random
+		u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+		return u, nil
+	}
+)
+
+// Writer writes a VHD image. It writes strictly front to back, on a file
+// or a pipe alike, and the two get the same bytes: the BAT is laid out
+// from the Layout before any data, so a block the layout calls data is
+// allocated even when the engine finds it all zero (on a file its data
+// area is then a hole). On a file, 4 KiB zero pages inside data blocks are
+// holes too.
+type Writer struct {
+	p      plan
+	size   int64 // source size: blocks arrive for [0, size)
+	out    out
+	footer []byte
+
+	// Dynamic disks.
+	alloc     []uint64 // allocated blocks
+	count     int64    // allocated blocks in all
+	written   int64    // allocated blocks begun so far
+	blockEnd  int64    // file offset where the current block's data ends
+	next      int64    // guest offset of the next block expected
+	holePages bool     // scan data blocks for zero pages (seekable target)
+}
+
+// NewWriter returns a VHD writer on dst, which must be new and empty. It
+// writes the footer copy, the dynamic header and the BAT at once (nothing
+// for a fixed disk). A non-seekable dst is supported.
+func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
+	p, err := planOf(o)
+	if err != nil {
+		return nil, err
+	}
+	w := &Writer{p: p, size: o.Size, out: out{dst: dst, buf: make([]byte, 0, outBufBytes)}}
+	if rt, ok := format.Seekable(dst); ok {
+		pos, err := rt.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return nil, err
+		}
+		if pos != 0 {
+			return nil, fmt.Errorf("vpc: destination is at offset %d, not at its start", pos)
+		}
+		w.out.rt = rt
+		w.holePages = true
+	}
+	if w.footer, err = makeFooter(p); err != nil {
+		return nil, err
+	}
+	if p.fixed {
+		return w, nil
+	}
+	if w.alloc, w.count, err = allocation(p, o); err != nil {
+		return nil, err
+	}
+	if last := p.dataStart + w.count*blockStride; last/sectorSize > batUnused-1 {
+		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", w.count)
+	}
+	if err := w.writeHeaders(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// makeFooter builds the 512-byte footer for plan p.
+func makeFooter(p plan) ([]byte, error) {
+	f := make([]byte, footerSize)
+	copy(f, cookie)
+	be := binary.BigEndian
+	be.PutUint32(f[footerFeatures:], featureReserved)
+	be.PutUint32(f[footerVersion:], formatVersion)
+	if p.fixed {
+		be.PutUint64(f[footerDataOffset:], noDataOffset)
+	} else {
+		be.PutUint64(f[footerDataOffset:], headerOffset)
+	}
+	be.PutUint32(f[footerTimestamp:], uint32(now().Unix()-vhdEpoch))
+	app := creatorQemu
+	if p.force {
+		app = creatorQemuForced
+	}
+	copy(f[footerCreatorApp:], app)
+	be.PutUint32(f[footerCreatorVer:], creatorVersion)
+	copy(f[footerCreatorOS:], creatorOS)
+	be.PutUint64(f[footerOrigSize:], uint64(p.size))
+	be.PutUint64(f[footerCurSize:], uint64(p.size))
+	be.PutUint16(f[footerCylinders:], uint16(p.cyl))
+	f[footerHeads] = byte(p.heads)
+	f[footerSectors] = byte(p.spt)
+	typ := uint32(typeDynamic)
+	if p.fixed {
+		typ = typeFixed
+	}
+	be.PutUint32(f[footerDiskType:], typ)
+	u, err := newUUID()
+	if err != nil {
+		return nil, fmt.Errorf("vpc: unique id: %w", err)
+	}
+	copy(f[footerUniqueID:], u[:])
+	be.PutUint32(f[footerChecksum:], sum(f))
+	return f, nil
+}
+
+// sum is the one's complement of the byte sum, with the checksum field
+// still zero.
+func sum(b []byte) uint32 {
+	var s uint32
+	for _, c := range b {
+		s += uint32(c)
+	}
+	return ^s
+}
+
+// writeHeaders writes the footer copy, the dynamic disk header and the
+// BAT, padded with unused entries to whole sectors as qemu does.
+func (w *Writer) writeHeaders() error {
+	if err := w.out.write(w.footer); err != nil {
+		return err
+	}
+	h := make([]byte, dynHeaderSize)
+	copy(h, dynCookie)
+	be := binary.BigEndian
+	be.PutUint64(h[dynDataOffset:], noDataOffset)
+	be.PutUint64(h[dynTableOffset:], batOffset)
+	be.PutUint32(h[dynVersion:], formatVersion)
+	be.PutUint32(h[dynMaxEntries:], uint32(w.p.entries))
+	be.PutUint32(h[dynBlockSize:], WriterBlockSize)
+	be.PutUint32(h[dynChecksum:], sum(h))
+	if err := w.out.write(h); err != nil {
+		return err
+	}
+	chunk := make([]byte, 0, 64<<10)
+	host := w.p.dataStart / sectorSize
+	batEnd := w.p.dataStart - batOffset
+	for i := int64(0); i*4 < batEnd; i++ {
+		e := uint32(batUnused)
+		if i < w.p.entries && w.allocated(i) {
+			e = uint32(host)
+			host += blockStride / sectorSize
+		}
+		chunk = be.AppendUint32(chunk, e)
+		if len(chunk) == cap(chunk) {
+			if err := w.out.write(chunk); err != nil {
+				return err
+			}
+			chunk = chunk[:0]
+		}
+	}
+	return w.out.write(chunk)
+}
+
+func (w *Writer) allocated(b int64) bool { return w.alloc[b/64]&(1<<(b%64)) != 0 }
+
+// nextAllocated returns the first allocated block at or after b, or
+// p.entries.
+func (w *Writer) nextAllocated(b int64) int64 {
+	for b < w.p.entries {
+		word := w.alloc[b/64] >> (b % 64)
+		if word != 0 {
+			return min(b+int64(bits.TrailingZeros64(word)), w.p.entries)
+		}
+		b = (b/64 + 1) * 64
+	}
+	return w.p.entries
+}
+
+// BlockSize is the VHD block for a dynamic disk; a sector for a fixed one.
+func (w *Writer) BlockSize() int64 {
+	if w.p.fixed {
+		return sectorSize
+	}
+	return WriterBlockSize
+}
+
+// zeroPages is Encode's result for a data block with zero pages: bit i is
+// set when page i of the block is all zero.
+type zeroPages []uint64
+
+var zeroPage = make([]byte, pageBytes)
+
+// Encode finds the zero pages of a data block on a seekable target, so
+// Write can leave them as holes.
+func (w *Writer) Encode(b *format.Block) error {
+	if !w.holePages || b.Status != format.Data {
+		return nil
+	}
+	var zp zeroPages
+	n := (len(b.Data) + pageBytes - 1) / pageBytes
+	for i := 0; i < n; i++ {
+		pg := b.Data[i*pageBytes : min((i+1)*pageBytes, len(b.Data))]
+		if bytes.Equal(pg, zeroPage[:len(pg)]) {
+			if zp == nil {
+				zp = make(zeroPages, (n+63)/64)
+			}
+			zp[i/64] |= 1 << (i % 64)
+		}
+	}
+	if zp != nil {
+		b.Encoded = zp
+	}
+	return nil
+}
+
+// Write writes a block: its data, or zeros (a hole on a file).
+func (w *Writer) Write(b *format.Block) error {
+	if b.Start != w.next {
+		return fmt.Errorf("vpc: block at %d arrived, expected one at %d", b.Start, w.next)
+	}
+	if b.Length <= 0 || b.End() > w.size {
+		return fmt.Errorf("vpc: block [%d,+%d) outside the disk of %d bytes", b.Start, b.Length, w.size)
+	}
+	if b.Status == format.Data && int64(len(b.Data)) != b.Length {
+		return fmt.Errorf("vpc: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
+	}
+	w.next = b.End()
+	if w.p.fixed {
+		return w.writeData(b, 0, b.Length)
+	}
+	for off := b.Start; off < b.End(); {
+		bi := off / WriterBlockSize
+		if !w.allocated(bi) {
+			if b.Status == format.Data {
+				return fmt.Errorf("vpc: data at guest offset %d, in block %d that the layout left unallocated", off, bi)
+			}
+			// Jump to the next allocated block, or the block's end.
+			off = min(w.nextAllocated(bi)*WriterBlockSize, b.End())
+			continue
+		}
+		end := min((bi+1)*WriterBlockSize, b.End())
+		if off == bi*WriterBlockSize {
+			if err := w.beginBlock(); err != nil {
+				return err
+			}
+		}
+		if err := w.writeData(b, off-b.Start, end-off); err != nil {
+			return err
+		}
+		off = end
+	}
+	return nil
+}
+
+// beginBlock pads the previous block to its full size and writes the next
+// allocated block's sector bitmap, every sector marked present as qemu
+// does.
+func (w *Writer) beginBlock() error {
+	if w.blockEnd > w.out.pos() {
+		if err := w.out.skip(w.blockEnd - w.out.pos()); err != nil {
+			return err
+		}
+	}
+	if want := w.p.dataStart + w.written*blockStride; w.out.pos() != want {
+		return fmt.Errorf("vpc: block %d would start at file offset %d, its BAT entry says %d", w.written, w.out.pos(), want)
+	}
+	if w.written == w.count {
+		return fmt.Errorf("vpc: more blocks than the %d laid out", w.count)
+	}
+	w.written++
+	if err := w.out.write(fullBitmap); err != nil {
+		return err
+	}
+	w.blockEnd = w.out.pos() + WriterBlockSize
+	return nil
+}
+
+var fullBitmap = bytes.Repeat([]byte{0xFF}, bitmapBytes)
+
+// writeData writes n bytes of b from offset at: its data with zero pages
+// as holes, or zeros.
+func (w *Writer) writeData(b *format.Block, at, n int64) error {
+	if b.Status != format.Data {
+		return w.out.skip(n)
+	}
+	data := b.Data[at : at+n]
+	zp, _ := b.Encoded.(zeroPages)
+	if zp == nil {
+		return w.out.write(data)
+	}
+	// Pages are counted from the block's start; at is a multiple of
+	// pageBytes (a VHD block boundary inside the block).
+	zeroAt := func(i int64) bool { pg := (at + i) / pageBytes; return zp[pg/64]&(1<<(pg%64)) != 0 }
+	for i := int64(0); i < n; {
+		zero := zeroAt(i)
+		j := min((i/pageBytes+1)*pageBytes, n)
+		for j < n && zeroAt(j) == zero {
+			j = min(j+pageBytes, n)
+		}
+		var err error
+		if zero {
+			err = w.out.skip(j - i)
+		} else {
+			err = w.out.write(data[i:j])
+		}
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// Close pads the last block (or, for a fixed disk, the rest of the disk:
+// the CHS or Azure rounding) and writes the footer.
+func (w *Writer) Close() error {
+	if w.next != w.size {
+		return fmt.Errorf("vpc: closed after %d of %d bytes", w.next, w.size)
+	}
+	if w.p.fixed {
+		if err := w.out.skip(w.p.size - w.out.pos()); err != nil {
+			return err
+		}
+	} else {
+		if w.written != w.count {
+			return fmt.Errorf("vpc: %d blocks written, %d laid out", w.written, w.count)
+		}
+		if err := w.out.skip(max(w.blockEnd, w.p.dataStart) - w.out.pos()); err != nil {
+			return err
+		}
+	}
+	if err := w.out.write(w.footer); err != nil {
+		return err
+	}
+	return w.out.flush()
+}
+
+// out writes the image front to back, buffering small writes. On a
+// seekable target, skipped ranges are holes (a seek); on a stream, zeros.
+type out struct {
+	dst  format.Target
+	rt   format.RandomTarget // nil on a stream
+	buf  []byte              // bytes for file offset at onward
+	at   int64
+	wpos int64 // the target's own offset
+}
+
+var zeroBuf = make([]byte, 1<<20)
+
+func (o *out) pos() int64 { return o.at + int64(len(o.buf)) }
+
+func (o *out) write(p []byte) error {
+	if len(o.buf)+len(p) <= cap(o.buf) && len(p) < directBytes {
+		o.buf = append(o.buf, p...)
+		return nil
+	}
+	if err := o.flush(); err != nil {
+		return err
+	}
+	if len(p) < directBytes {
+		o.buf = append(o.buf, p...)
+		return nil
+	}
+	return o.put(p)
+}
+
+// put writes p at o.at, seeking there first after a hole.
+func (o *out) put(p []byte) error {
+	if o.wpos != o.at {
+		if o.rt == nil {
+			return fmt.Errorf("vpc: internal error: seek on a stream")
+		}
+		if _, err := o.rt.Seek(o.at, io.SeekStart); err != nil {
+			return err
+		}
+		o.wpos = o.at
+	}
+	n, err := o.dst.Write(p)
+	o.wpos += int64(n)
+	o.at += int64(n)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+func (o *out) flush() error {
+	if len(o.buf) == 0 {
+		return nil
+	}
+	err := o.put(o.buf)
+	o.buf = o.buf[:0]
+	return err
+}
+
+// skip advances n bytes that read as zeros.
+func (o *out) skip(n int64) error {
+	if n < 0 {
+		return fmt.Errorf("vpc: internal error: skip of %d bytes", n)
+	}
+	if n == 0 {
+		return nil
+	}
+	if o.rt != nil {
+		if err := o.flush(); err != nil {
+			return err
+		}
+		o.at += n
+		return nil
+	}
+	for n > 0 {
+		k := min(n, int64(len(zeroBuf)))
+		if err := o.write(zeroBuf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
