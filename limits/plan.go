@@ -52,6 +52,33 @@ type Decision struct {
 	UploadSizeEstimated bool      `json:"upload-size-estimated,omitempty"`
 	Findings            []Finding `json:"findings"`
 	Commands            []string  `json:"commands"`
+	// Conversion is what diskimg converts the image to before upload; nil
+	// when the image goes as it is.
+	Conversion *Conversion `json:"conversion,omitempty"`
+}
+
+// Conversion describes the conversion that makes the upload.
+type Conversion struct {
+	Format string `json:"format"`
+	// Options are the -o options, "key=value" each.
+	Options []string `json:"options,omitempty"`
+	// VirtualSize is the converted disk's size, when it grows (rounded up
+	// to the whole MiB or GiB the cloud needs); 0 otherwise.
+	VirtualSize int64 `json:"virtual-size,omitempty"`
+	// Output is the file name to write, in the image's directory.
+	Output string `json:"output"`
+	// Package is how the output is wrapped for upload ("tar.gz"), "" for
+	// none; PackageCommand gives the command.
+	Package string `json:"package,omitempty"`
+}
+
+// PackageCommand returns the command that wraps a conversion's output,
+// written in dir, for upload; "" when none is needed.
+func PackageCommand(c *Conversion, dir string) string {
+	if c == nil || c.Package != "tar.gz" {
+		return ""
+	}
+	return fmt.Sprintf("tar --format=oldgnu -Sczf %s -C %s %s", quote(filepath.Join(dir, "image.tar.gz")), quote(dir), quote(c.Output))
 }
 
 // Refused is the Path of a decision that cannot go.
@@ -107,12 +134,14 @@ func Plan(img Image, p *Profile, req Request) Decision {
 		return d
 	}
 	d.UploadFormat, d.UploadSize = upload.Format, upload.FileSize
-	converted := upload.Format != img.Format || upload.Subformat != img.Subformat && upload.Subformat != "" || upload.VirtualSize != img.VirtualSize || img.Backing
+	converted := upload.Format != img.Format || upload.Subformat != img.Subformat && upload.Subformat != "" ||
+		upload.VirtualSize != img.VirtualSize || img.Backing || chosen.Package != ""
 	d.UploadSizeEstimated = converted && !exactSize(upload)
 	d.Findings = append(d.Findings, Check(upload, p, req)...)
 	d.Findings = append(d.Findings, pathFinding(p, chosen, upload, converted))
 	if converted {
-		d.Commands = convertCommands(img, chosen, upload)
+		d.Conversion = conversionFor(img, chosen, upload)
+		d.Commands = convertCommands(img, chosen, d.Conversion)
 	}
 	if chosen.MaxSize > 0 && upload.FileSize > chosen.MaxSize {
 		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.compressed-size", Severity: Warning,
@@ -216,7 +245,9 @@ func uploadsFor(img Image, path *Path, want string) []Image {
 	}
 	f, sub, _ := strings.Cut(target, ":")
 	var out []Image
-	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0)
+	// A path that packages its upload (GCP's disk.raw in a tar.gz) always
+	// writes the file under the name the package needs.
+	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0) && path.Package == ""
 	if selfContained && (want == "" && accepts(path.Formats, img) || want != "" && img.Format == f && (sub == "" || sub == img.Subformat)) {
 		out = append(out, img)
 	}
@@ -317,13 +348,28 @@ func uploadName(img Image, u Image, path *Path) string {
 	return base + "." + ext(u.Format)
 }
 
+// conversionFor describes the conversion to the upload u.
+func conversionFor(img Image, path *Path, u Image) *Conversion {
+	c := &Conversion{Format: u.Format, Output: uploadName(img, u, path), Package: path.Package}
+	if u.Subformat != "" {
+		c.Options = append(c.Options, "subformat="+u.Subformat)
+	}
+	if u.Format == "vpc" && u.Subformat == "fixed" {
+		c.Options = append(c.Options, "force_size=on")
+	}
+	if u.VirtualSize != img.VirtualSize {
+		c.VirtualSize = u.VirtualSize
+	}
+	return c
+}
+
 // convertCommands are the diskimg commands that make the upload.
-func convertCommands(img Image, path *Path, u Image) []string {
+func convertCommands(img Image, path *Path, c *Conversion) []string {
 	src := img.Filename
 	if src == "" {
 		src = "SRC"
 	}
-	dst := uploadName(img, u, path)
+	dst := c.Output
 	if filepath.Dir(src) != "." {
 		dst = filepath.Join(filepath.Dir(src), dst)
 	}
@@ -331,23 +377,16 @@ func convertCommands(img Image, path *Path, u Image) []string {
 	if img.Format != "" {
 		cmd += " -f " + img.Format
 	}
-	cmd += " -O " + u.Format
-	var opts []string
-	if u.Subformat != "" {
-		opts = append(opts, "subformat="+u.Subformat)
+	cmd += " -O " + c.Format
+	if len(c.Options) > 0 {
+		cmd += " -o " + strings.Join(c.Options, ",")
 	}
-	if u.Format == "vpc" && u.Subformat == "fixed" {
-		opts = append(opts, "force_size=on")
-	}
-	if len(opts) > 0 {
-		cmd += " -o " + strings.Join(opts, ",")
-	}
-	if u.VirtualSize != img.VirtualSize {
-		cmd += fmt.Sprintf(" --resize %d", u.VirtualSize)
+	if c.VirtualSize != 0 {
+		cmd += fmt.Sprintf(" --resize %d", c.VirtualSize)
 	}
 	cmds := []string{fmt.Sprintf("%s %s %s", cmd, quote(src), quote(dst))}
-	if path.Package == "tar.gz" {
-		cmds = append(cmds, fmt.Sprintf("tar --format=oldgnu -Sczf %s -C %s disk.raw", quote(strings.TrimSuffix(dst, "disk.raw")+"image.tar.gz"), quote(filepath.Dir(dst))))
+	if p := PackageCommand(c, filepath.Dir(dst)); p != "" {
+		cmds = append(cmds, p)
 	}
 	return cmds
 }

@@ -22,9 +22,12 @@ func convertCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "convert",
 		Usage:     "convert an image to another format, copying only its data (like qemu-img convert)",
-		ArgsUsage: "SRC DST|-",
+		ArgsUsage: "SRC DST|-   or   --cloud NAME SRC OUTDIR",
 		Flags: append(imageFlags(),
-			&cli.StringFlag{Name: "O", Required: true, Usage: "output `FMT`: raw, qcow2, vmdk, vpc (vhd), vhdx, …"},
+			&cli.StringFlag{Name: "O", Usage: "output `FMT`: raw, qcow2, vmdk, vpc (vhd), vhdx, zvhd2, zvhd, …"},
+			&cli.StringFlag{Name: "cloud", Usage: "plan the upload for cloud `NAME` (see plan), convert to what it needs into OUTDIR, then re-check the output"},
+			&cli.StringFlag{Name: "upload-format", Usage: "with --cloud: upload in this `FMT` instead of the one the plan chooses"},
+			&cli.StringFlag{Name: "disk", Value: "system", Usage: "with --cloud: the image is a system or data disk"},
 			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`, qemu-img's names: subformat=, cluster_size=, compression_type=, compat=, force_size=, block_size=, …"},
 			&cli.BoolFlag{Name: "c", Usage: "compress the output (qcow2, vmdk streamOptimized)"},
 			&cli.BoolFlag{Name: "p", Usage: "show a progress bar (default when stderr is a terminal)"},
@@ -39,18 +42,30 @@ func convertCommand() *cli.Command {
 	}
 }
 
+// conversion is one convert job, from the command line or a cloud plan.
+type conversion struct {
+	src, dst string
+	format   string // output format
+	opts     convert.Options
+	resize   int64 // grow the disk to this size; 0 keeps it
+	verify   bool
+}
+
 func runConvert(c *cli.Context) error {
+	if c.String("cloud") != "" {
+		return runCloudConvert(c)
+	}
 	if c.NArg() != 2 {
 		return fmt.Errorf("convert: expected SRC and DST, got %d arguments", c.NArg())
 	}
-	src, dst := c.Args().Get(0), c.Args().Get(1)
-	w, err := format.LookupWriter(c.String("O"))
-	if err != nil {
-		return err
+	if c.String("O") == "" {
+		return errors.New("convert: -O FMT is required")
 	}
-	opts := convert.Options{Workers: c.Int("m"), Compress: c.Bool("c")}
+	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify")}
+	job.opts = convert.Options{Workers: c.Int("m"), Compress: c.Bool("c")}
+	var err error
 	if s := c.String("o"); s != "" {
-		if opts.WriterOptions, err = format.ParseOptions(s); err != nil {
+		if job.opts.WriterOptions, err = format.ParseOptions(s); err != nil {
 			return fmt.Errorf("-o: %w", err)
 		}
 	}
@@ -59,77 +74,90 @@ func runConvert(c *cli.Context) error {
 		if err != nil {
 			return fmt.Errorf("-S: %w", err)
 		}
-		opts.SparseSize = n
+		job.opts.SparseSize = n
 		if n == 0 {
-			opts.SparseSize = convert.NoSparse
+			job.opts.SparseSize = convert.NoSparse
 		}
 	}
 	switch c.String("checksum") {
 	case "":
 	case "sha256":
-		opts.Checksum = true
+		job.opts.Checksum = true
 	default:
 		return fmt.Errorf("--checksum: %q is not supported (sha256)", c.String("checksum"))
 	}
-	if c.Bool("verify") && dst == convert.Stdout {
-		return errors.New("--verify needs an output file, not standard output")
+	if s := c.String("resize"); s != "" {
+		if job.resize, err = parseSize(s); err != nil {
+			return fmt.Errorf("--resize: %w", err)
+		}
 	}
+	_, err = runConversion(c, job)
+	return err
+}
 
-	img, err := format.Open(src, c.String(formatFlag.Name), policyOf(c))
+// runConversion converts job.src to job.dst: options are checked before
+// the output exists, the output appears only when complete and (with
+// verify) identical to the source, and an interrupt leaves nothing.
+func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
+	if job.verify && job.dst == convert.Stdout {
+		return nil, errors.New("--verify needs an output file, not standard output")
+	}
+	w, err := format.LookupWriter(job.format)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	img, err := format.Open(job.src, c.String(formatFlag.Name), policyOf(c))
+	if err != nil {
+		return nil, err
 	}
 	defer img.Close()
 	in := img
-	if s := c.String("resize"); s != "" {
-		n, err := parseSize(s)
-		if err != nil {
-			return fmt.Errorf("--resize: %w", err)
-		}
-		if in, err = convert.Grow(img, n); err != nil {
-			return err
+	if job.resize != 0 {
+		if in, err = convert.Grow(img, job.resize); err != nil {
+			return nil, err
 		}
 	}
 	// Every option is checked before the output exists.
-	if err := convert.Check(in, w, opts); err != nil {
-		return err
+	if err := convert.Check(in, w, job.opts); err != nil {
+		return nil, err
 	}
-	out, err := convert.CreateOutput(dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(src, img)})
+	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(job.src, img)})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer out.Abort()
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	opts := job.opts
 	if c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd())) {
-		bar := newBar(in.Size(), c)
+		bar := newBar(in.Size(), filepath.Base(job.dst), c)
 		defer bar.Finish()
 		opts.Progress = func(done, total int64) { bar.Set64(done) }
 	}
 	res, err := convert.Convert(ctx, in, w, out.Target, opts)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("convert: interrupted; %s not written", dst)
+			return nil, fmt.Errorf("convert: interrupted; %s not written", job.dst)
 		}
-		return fmt.Errorf("convert: %w", err)
+		return nil, fmt.Errorf("convert: %w", err)
 	}
-	if c.Bool("verify") {
+	if job.verify {
 		if err := verifyOutput(ctx, in, out.TempName(), w.Name); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := out.Commit(); err != nil {
-		return err
+		return nil, err
 	}
 	if opts.Checksum {
 		report := c.App.Writer
-		if dst == convert.Stdout {
+		if job.dst == convert.Stdout {
 			report = c.App.ErrWriter
 		}
-		fmt.Fprintf(report, "%s  %s\n", hex.EncodeToString(res.SHA256), dst)
+		fmt.Fprintf(report, "%s  %s\n", hex.EncodeToString(res.SHA256), job.dst)
 	}
-	return nil
+	return res, nil
 }
 
 // verifyOutput re-reads what was written and compares it with the source.
@@ -149,14 +177,14 @@ func verifyOutput(ctx context.Context, src format.Image, path, fmtName string) e
 	return nil
 }
 
-func newBar(total int64, c *cli.Context) *progressbar.ProgressBar {
+func newBar(total int64, name string, c *cli.Context) *progressbar.ProgressBar {
 	return progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(c.App.ErrWriter),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100_000_000),
-		progressbar.OptionSetDescription(filepath.Base(c.Args().Get(1))),
+		progressbar.OptionSetDescription(name),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(c.App.ErrWriter) }),
 	)
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/diskimg/diskimg/format"
-	"github.com/diskimg/diskimg/inspect"
 	"github.com/diskimg/diskimg/limits"
 )
 
@@ -83,21 +82,13 @@ func runPlan(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	path, img, err := openArg(c)
+	if c.NArg() != 1 {
+		return fmt.Errorf("plan: expected one FILE argument, got %d", c.NArg())
+	}
+	d, err := planFile(c, c.Args().First(), c.String(formatFlag.Name), profile, req)
 	if err != nil {
 		return err
 	}
-	defer img.Close()
-	facts, err := imageFacts(path, img)
-	if err != nil {
-		return err
-	}
-	// What is inside the image refines the findings; an image that cannot
-	// be inspected still gets those its size and format give.
-	if rep, err := inspect.Inspect(img, inspect.Options{NoAllocated: true}); err == nil {
-		limits.AddInspection(&facts, rep)
-	}
-	d := limits.Plan(facts, profile, req)
 	w := c.App.Writer
 	if mode == "json" {
 		err = writeJSON(w, d)

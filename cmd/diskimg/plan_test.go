@@ -118,3 +118,52 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestCloudConvertHuawei runs the Huawei path end to end: plan, convert to
+// ZVHD2, verify, and re-plan the output.
+func TestCloudConvertHuawei(t *testing.T) {
+	dir := t.TempDir()
+	src := sparseRaw(t, dir, "vm.raw", 200<<30)
+	f, _ := os.OpenFile(src, os.O_WRONLY, 0)
+	f.WriteAt([]byte("some data at 5 GiB"), 5<<30)
+	f.WriteAt([]byte("and at 150 GiB"), 150<<30)
+	f.Close()
+	out := filepath.Join(dir, "out")
+	os.Mkdir(out, 0o755)
+	stdout, stderr, code := runCLI(t, "convert", "--cloud", "huawei-ims", "--upload-format", "zvhd2", src, out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "vm.zvhd2: zvhd2") || !strings.Contains(stdout, "verified") {
+		t.Errorf("stdout %q", stdout)
+	}
+	if _, _, code := runCLI(t, "compare", src, filepath.Join(out, "vm.zvhd2")); code != 0 {
+		t.Errorf("compare with the source: exit %d", code)
+	}
+	// Refused images write nothing.
+	big := sparseRaw(t, dir, "huge.raw", 1<<40+1<<20)
+	_, _, code = runCLI(t, "convert", "--cloud", "huawei-ims", big, out)
+	if code != exitRefused {
+		t.Errorf("convert --cloud of a 1 TiB+ system disk: exit %d, want %d", code, exitRefused)
+	}
+	if got := listDir(t, out); len(got) != 1 {
+		t.Errorf("output directory holds %v", got)
+	}
+}
+
+// TestPlanHuaweiFastZVHD2 plans an image whose data is over 128 GiB: the
+// fast path with ZVHD2. qemu-img preallocates the metadata, so every
+// cluster counts as data without writing 200 GiB.
+func TestPlanHuaweiFastZVHD2(t *testing.T) {
+	formattest.RequireQemu(t)
+	path := filepath.Join(t.TempDir(), "big.qcow2")
+	formattest.Create(t, path, "qcow2", "200G", "-o", "preallocation=metadata,cluster_size=2M")
+	d, code := planJSON(t, "--cloud", "huawei-ims", path)
+	if code != 0 || d.Path != "fast" || d.UploadFormat != "zvhd2" || d.Conversion == nil || d.Conversion.Format != "zvhd2" {
+		t.Errorf("exit %d, decision %+v", code, d)
+	}
+	d, _ = planJSON(t, "--cloud", "huawei-ims", "--upload-format", "raw", path)
+	if d.Path != "fast" || d.UploadFormat != "raw" || !strings.Contains(strings.Join(d.Commands, "\n"), "CreateMF.jar") {
+		t.Errorf("raw upload: %+v", d)
+	}
+}

@@ -215,7 +215,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 		return nil, format.Errorf(Name, sizeField, sizeOff, "disk of %d sectors exceeds the 2040 GiB limit", sectors)
 	}
 	img.size = sectors * sectorSize
-	img.info = format.Info{Format: Name, VirtualSize: img.size}
+	img.info = format.Info{Format: Name, VirtualSize: img.size, Subformat: subformatName(img.diskType)}
 
 	if img.diskType == typeFixed {
 		if img.size > footerOff {
@@ -652,4 +652,17 @@ func readParent(parent format.Image, buf []byte, off int64) error {
 	}
 	clear(buf[k:])
 	return nil
+}
+
+// subformatName names a disk type as qemu-img's subformat option does.
+func subformatName(t uint32) string {
+	switch t {
+	case typeFixed:
+		return "fixed"
+	case typeDynamic:
+		return "dynamic"
+	case typeDifferencing:
+		return "differencing"
+	}
+	return ""
 }

@@ -595,7 +595,11 @@ func (img *Image) Close() error { return format.CloseFile(img.f) }
 // Info describes the image as qemu-img does: the block size is its
 // cluster size, and qemu shows no format-specific data for VHDX.
 func (img *Image) Info() *format.Info {
-	return &format.Info{Format: Name, VirtualSize: img.size, ClusterSize: img.blockSize}
+	sub := "dynamic"
+	if img.fixed {
+		sub = "fixed"
+	}
+	return &format.Info{Format: Name, Subformat: sub, VirtualSize: img.size, ClusterSize: img.blockSize}
 }
 
 // ReadAt reads guest bytes: present blocks from the file, the rest zeros.

@@ -442,6 +442,7 @@ func (img *Image) local(off, limit int64) (format.Extent, *extent, error) {
 func (img *Image) Info() *format.Info {
 	info := &format.Info{
 		Format:      Name,
+		Subformat:   img.createType,
 		VirtualSize: img.size,
 		ExtentFiles: img.files,
 	}

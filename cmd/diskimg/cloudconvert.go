@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/diskimg/diskimg/convert"
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/inspect"
+	"github.com/diskimg/diskimg/limits"
+)
+
+// runCloudConvert is `convert --cloud NAME SRC OUTDIR`: plan the upload,
+// convert to what the plan chose, verify the output against the source,
+// and plan again on the output to prove the cloud will take it.
+func runCloudConvert(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return fmt.Errorf("convert --cloud: expected SRC and OUTDIR, got %d arguments", c.NArg())
+	}
+	src, outdir := c.Args().Get(0), c.Args().Get(1)
+	if fi, err := os.Stat(outdir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("convert --cloud: %s is not a directory", outdir)
+	}
+	profile, err := limits.Lookup(c.String("cloud"))
+	if err != nil {
+		return err
+	}
+	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format")}
+	d, err := planFile(c, src, c.String(formatFlag.Name), profile, req)
+	if err != nil {
+		return err
+	}
+	writePlanText(c.App.ErrWriter, d)
+	if d.Path == limits.Refused {
+		return &exitError{code: exitRefused, err: fmt.Errorf("%s refuses %s; nothing written", profile.Title, src)}
+	}
+	if d.Conversion == nil {
+		fmt.Fprintf(c.App.Writer, "%s goes to %s as it is (%s import); nothing to convert\n", src, profile.Title, d.Path)
+		return nil
+	}
+	job := conversion{
+		src:    src,
+		dst:    filepath.Join(outdir, d.Conversion.Output),
+		format: d.Conversion.Format,
+		resize: d.Conversion.VirtualSize,
+		verify: true,
+		opts:   convert.Options{Workers: c.Int("m"), Checksum: c.String("checksum") == "sha256"},
+	}
+	if len(d.Conversion.Options) > 0 {
+		opts, err := format.ParseOptions(strings.Join(d.Conversion.Options, ","))
+		if err != nil {
+			return err
+		}
+		job.opts.WriterOptions = opts
+	}
+	if _, err := runConversion(c, job); err != nil {
+		return err
+	}
+	// The output must now go as it is.
+	after, err := planFile(c, job.dst, d.Conversion.Format, profile, limits.Request{Direction: limits.Import, Disk: req.Disk, UploadFormat: d.Conversion.Format})
+	if err != nil {
+		return fmt.Errorf("re-checking %s: %w", job.dst, err)
+	}
+	// The output must need no further conversion (packaging, such as
+	// GCP's tar.gz, may remain).
+	again := after.Conversion != nil && (after.Conversion.Format != d.Conversion.Format ||
+		after.Conversion.VirtualSize != 0 || strings.Join(after.Conversion.Options, ",") != strings.Join(d.Conversion.Options, ","))
+	if after.Path == limits.Refused || again {
+		writePlanText(c.App.ErrWriter, after)
+		return &exitError{code: exitRefused, err: fmt.Errorf("%s: the converted file does not pass %s's rules", job.dst, profile.Title)}
+	}
+	fmt.Fprintf(c.App.Writer, "%s: %s, %d bytes, verified; %s import to %s\n", job.dst, d.Conversion.Format, after.UploadSize, after.Path, profile.Title)
+	for _, f := range after.Findings {
+		if f.Severity != limits.Info {
+			fmt.Fprintf(c.App.Writer, "  %-7s %s: %s\n", f.Severity, f.Rule, f.Message)
+		}
+	}
+	if p := limits.PackageCommand(d.Conversion, outdir); p != "" {
+		fmt.Fprintf(c.App.Writer, "then package it for upload:\n  %s\n", p)
+	}
+	return nil
+}
+
+// planFile opens (as fmtName, "" probes) and inspects path, and plans it
+// for the profile.
+func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limits.Request) (limits.Decision, error) {
+	img, err := format.Open(path, fmtName, policyOf(c))
+	if err != nil {
+		return limits.Decision{}, err
+	}
+	defer img.Close()
+	facts, err := imageFacts(path, img)
+	if err != nil {
+		return limits.Decision{}, err
+	}
+	if rep, err := inspect.Inspect(img, inspect.Options{NoAllocated: true}); err == nil {
+		limits.AddInspection(&facts, rep)
+	}
+	return limits.Plan(facts, p, req), nil
+}

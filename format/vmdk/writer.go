@@ -1,0 +1,603 @@
+package vmdk
+
+// The VMDK writer: a single hosted sparse extent file, monolithicSparse
+// (qemu's default) or streamOptimized, with the embedded descriptor qemu
+// writes. Both are written strictly front to back, so the output streams
+// to a pipe and the engine's --checksum is one pass.
+//
+// monolithicSparse is laid out exactly as qemu lays it out: header,
+// descriptor, redundant grain directory and tables, grain directory and
+// tables, then the grains in guest order from the first 64 KiB boundary.
+// qemu allocates grains as data arrives; here the tables are written first,
+// from the source's Layout, and every grain the Layout calls Data gets the
+// next slot. A grain that arrives all zero keeps its slot: a hole in a
+// file, written zeros on a pipe.
+//
+// streamOptimized is VMware's streaming layout: header (with the grain
+// directory "at end"), descriptor, compressed grains each behind a grain
+// marker, a grain table behind its marker after the grains it maps, then
+// the grain directory, the footer (the header again, with the real
+// directory offset) and the end-of-stream marker. Grains are compressed
+// in Encode, on the engine's workers.
+
+import (
+	"fmt"
+	"iter"
+	mrand "math/rand/v2"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/diskimg/diskimg/format"
+)
+
+// Options, by qemu-img's -o names.
+const (
+	OptSubformat    = "subformat"
+	OptAdapterType  = "adapter_type"
+	OptHWVersion    = "hwversion"
+	OptCompat6      = "compat6"
+	OptZeroedGrain  = "zeroed_grain"
+	OptToolsVersion = "toolsversion"
+	OptBackingFile  = "backing_file"
+	OptBackingFmt   = "backing_fmt"
+
+	SubformatMonolithicSparse = "monolithicSparse"
+	SubformatStreamOptimized  = "streamOptimized"
+)
+
+// Layout of the files qemu creates (block/vmdk.c vmdk_init_extent), which
+// VMware's own tools use too.
+const (
+	// WriterGrainSize is the grain: 128 sectors. qemu has no option for it.
+	WriterGrainSize    = writerGrainSectors * sectorSize
+	writerGrainSectors = 128
+	// writerGTEs is the number of entries per grain table (the spec's
+	// fixed 512), so one table maps 32 MiB.
+	writerGTEs = 512
+	gtBytes    = writerGTEs * 4
+	gtSectors  = gtBytes / sectorSize
+	// The embedded descriptor: sector 1, 20 sectors long.
+	descSector  = 1
+	descSectors = 20
+	descBytes   = descSectors * sectorSize
+	// rgdSector is where the redundant grain directory starts in a
+	// monolithicSparse file: right after the descriptor.
+	rgdSector = descSector + descSectors
+	// streamOverhead is the sectors before the first grain of a
+	// streamOptimized file: header and descriptor padded to a grain.
+	streamOverhead = writerGrainSectors
+
+	// Header versions: 1 plain, 2 with zeroed grains, 3 compressed.
+	versionPlain      = 1
+	versionZeroGrain  = 2
+	versionCompressed = 3
+
+	// hdrCheckBytes holds the newline-conversion test "\n \r\n".
+	hdrCheckBytes = 73
+	checkBytes    = "\n \r\n"
+
+	// Metadata marker types beyond the reader's.
+	markerGT = 1
+	markerGD = 2
+
+	// maxHostSector is the largest sector a grain table or directory
+	// entry can hold (32 bits): files end before 2 TiB.
+	maxHostSector = 1<<32 - 1
+	// WriterMaxSize is the largest disk written: 2^32 sectors, qemu's
+	// VMDK_EXTENT_MAX_SECTORS for one extent.
+	WriterMaxSize = 1 << 41
+
+	// defaultHWVersion and defaultToolsVersion are qemu's defaults;
+	// compat6 means hardware version 6.
+	defaultHWVersion    = "4"
+	compat6HWVersion    = "6"
+	defaultToolsVersion = "2147483647"
+	// heads of the geometry: 16 for IDE, 255 for SCSI adapters, as
+	// VMware does; sectors per track are always 63.
+	ideHeads  = 16
+	scsiHeads = 255
+	geomSecs  = 63
+	// maxDescValue bounds hwversion and toolsversion, so the descriptor
+	// always fits its 20 sectors.
+	maxDescValue = 128
+)
+
+// adapterTypes are qemu's adapter_type values.
+var adapterTypes = []string{"ide", "lsilogic", "buslogic", "legacyESX"}
+
+func init() {
+	format.RegisterWriter(&format.WriterFormat{
+		Name: Name,
+		Options: []format.OptionSpec{
+			{Name: OptSubformat, Help: "monolithicSparse (the default) or streamOptimized", Validate: validSubformat},
+			{Name: OptAdapterType, Help: "ide (the default), lsilogic, buslogic or legacyESX", Validate: format.OneOf(adapterTypes...)},
+			{Name: OptHWVersion, Help: "VMware hardware version written in the descriptor (default 4)", Validate: validDescValue},
+			{Name: OptCompat6, Help: "on or off (the default): hardware version 6", Validate: validBool},
+			{Name: OptZeroedGrain, Help: "on or off (the default): enable the zeroed-grain feature", Validate: validBool},
+			{Name: OptToolsVersion, Help: "VMware tools version written in the descriptor (default 2147483647)", Validate: validDescValue},
+			{Name: OptBackingFile, Help: "not supported: diskimg writes standalone images", Validate: unsupported},
+			{Name: OptBackingFmt, Help: "not supported: diskimg writes standalone images", Validate: unsupported},
+		},
+		// As qemu-img does, -c is accepted; it compresses only
+		// streamOptimized, whose grains are always compressed.
+		Compress: true,
+		MaxSize:  WriterMaxSize,
+		Check:    func(o format.WriteOptions) error { _, err := newParams(o); return err },
+		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		Measure:  Measure,
+	})
+}
+
+func validSubformat(v string) error {
+	switch v {
+	case SubformatMonolithicSparse, SubformatStreamOptimized:
+		return nil
+	case "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat":
+		return fmt.Errorf("%s writes several files; diskimg writes one (use %s or %s)", v, SubformatMonolithicSparse, SubformatStreamOptimized)
+	}
+	return fmt.Errorf("must be one of %s, %s", SubformatMonolithicSparse, SubformatStreamOptimized)
+}
+
+// parseBool reads a qemu boolean option value.
+func parseBool(v string) (bool, error) {
+	switch v {
+	case "on", "yes", "true":
+		return true, nil
+	case "off", "no", "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("must be on or off")
+}
+
+func validBool(v string) error { _, err := parseBool(v); return err }
+
+// validDescValue accepts a value that can sit between the quotes of a
+// descriptor line.
+func validDescValue(v string) error {
+	if v == "" || len(v) > maxDescValue {
+		return fmt.Errorf("must be 1 to %d characters", maxDescValue)
+	}
+	for _, c := range []byte(v) {
+		if c < 0x20 || c > 0x7e || c == '"' {
+			return fmt.Errorf("must be printable ASCII without quotes")
+		}
+	}
+	return nil
+}
+
+func unsupported(string) error {
+	return fmt.Errorf("not supported: diskimg writes standalone images")
+}
+
+// params are a validated set of options and the layout they imply.
+type params struct {
+	stream  bool
+	zeroed  bool
+	adapter string
+	hw      string
+	tools   string
+
+	size      int64 // virtual size in bytes
+	sectors   int64 // capacity: the size rounded up to whole sectors
+	grains    int64
+	gtCount   int64
+	gdSectors int64
+	// monolithicSparse: the grain directory's sector and the first grain's.
+	gdSector, grainSector int64
+}
+
+func newParams(o format.WriteOptions) (*params, error) {
+	if o.Size < 0 || o.Size > WriterMaxSize {
+		return nil, fmt.Errorf("vmdk: virtual size %d is out of range (0 to %d bytes)", o.Size, int64(WriterMaxSize))
+	}
+	p := &params{adapter: "ide", hw: defaultHWVersion, tools: defaultToolsVersion, size: o.Size}
+	opt := func(k string) (string, bool) { v, ok := o.Options[k]; return v, ok }
+	if v, ok := opt(OptSubformat); ok {
+		if err := validSubformat(v); err != nil {
+			return nil, fmt.Errorf("vmdk: %s: %w", OptSubformat, err)
+		}
+		p.stream = v == SubformatStreamOptimized
+	}
+	if v, ok := opt(OptAdapterType); ok {
+		if err := format.OneOf(adapterTypes...)(v); err != nil {
+			return nil, fmt.Errorf("vmdk: %s: %w", OptAdapterType, err)
+		}
+		p.adapter = v
+	}
+	hwSet := false
+	if v, ok := opt(OptHWVersion); ok && v != "undefined" {
+		if err := validDescValue(v); err != nil {
+			return nil, fmt.Errorf("vmdk: %s: %w", OptHWVersion, err)
+		}
+		p.hw, hwSet = v, true
+	}
+	if v, ok := opt(OptCompat6); ok {
+		on, err := parseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("vmdk: %s: %w", OptCompat6, err)
+		}
+		if on {
+			if hwSet {
+				return nil, fmt.Errorf("vmdk: compat6 cannot be enabled with hwversion set")
+			}
+			p.hw = compat6HWVersion
+		}
+	}
+	if v, ok := opt(OptZeroedGrain); ok {
+		on, err := parseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("vmdk: %s: %w", OptZeroedGrain, err)
+		}
+		p.zeroed = on
+	}
+	if v, ok := opt(OptToolsVersion); ok {
+		if err := validDescValue(v); err != nil {
+			return nil, fmt.Errorf("vmdk: %s: %w", OptToolsVersion, err)
+		}
+		p.tools = v
+	}
+	for _, k := range []string{OptBackingFile, OptBackingFmt} {
+		if _, ok := opt(k); ok {
+			return nil, fmt.Errorf("vmdk: %s: %w", k, unsupported(""))
+		}
+	}
+	p.sectors = (o.Size + sectorSize - 1) / sectorSize
+	p.grains = (p.sectors + writerGrainSectors - 1) / writerGrainSectors
+	p.gtCount = (p.grains + writerGTEs - 1) / writerGTEs
+	p.gdSectors = (p.gtCount*4 + sectorSize - 1) / sectorSize
+	tables := p.gdSectors + p.gtCount*gtSectors
+	p.gdSector = rgdSector + tables
+	p.grainSector = (p.gdSector + tables + writerGrainSectors - 1) / writerGrainSectors * writerGrainSectors
+	return p, nil
+}
+
+// descriptor returns the embedded descriptor text as qemu writes it.
+func (p *params) descriptor(cid uint32, file string) string {
+	createType := SubformatMonolithicSparse
+	if p.stream {
+		createType = SubformatStreamOptimized
+	}
+	heads := int64(ideHeads)
+	if p.adapter != "ide" {
+		heads = scsiHeads
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Disk DescriptorFile\nversion=1\nCID=%08x\nparentCID=%08x\ncreateType=%q\n\n", cid, uint32(noParentCID), createType)
+	fmt.Fprintf(&b, "# Extent description\nRW %d SPARSE %q\n\n", p.sectors, file)
+	fmt.Fprintf(&b, "# The Disk Data Base\n#DDB\n\n")
+	fmt.Fprintf(&b, "ddb.virtualHWVersion = %q\n", p.hw)
+	fmt.Fprintf(&b, "ddb.geometry.cylinders = \"%d\"\n", p.sectors*sectorSize/(geomSecs*heads*sectorSize))
+	fmt.Fprintf(&b, "ddb.geometry.heads = \"%d\"\n", heads)
+	fmt.Fprintf(&b, "ddb.geometry.sectors = \"%d\"\n", geomSecs)
+	fmt.Fprintf(&b, "ddb.adapterType = %q\n", p.adapter)
+	fmt.Fprintf(&b, "ddb.toolsVersion = %q\n", p.tools)
+	return b.String()
+}
+
+// header returns a sparse extent header sector with the given grain
+// directory placement.
+func (p *params) header(rgd int64, gd uint64, overhead int64) []byte {
+	h := make([]byte, sectorSize)
+	copy(h, magicKDMV)
+	version := uint32(versionPlain)
+	flags := uint32(flagValidNewLineTest)
+	if p.zeroed {
+		version = versionZeroGrain
+		flags |= flagZeroGrain
+	}
+	if p.stream {
+		// No redundant directory: a stream has one copy of everything.
+		version = versionCompressed
+		flags |= flagCompressed | flagMarkers
+		le.PutUint16(h[hdrCompressAlgo:], compressDeflate)
+	} else {
+		flags |= flagRedundantGT
+	}
+	le.PutUint32(h[hdrVersion:], version)
+	le.PutUint32(h[hdrFlags:], flags)
+	le.PutUint64(h[hdrCapacity:], uint64(p.sectors))
+	le.PutUint64(h[hdrGrainSize:], writerGrainSectors)
+	le.PutUint64(h[hdrDescriptorOffset:], descSector)
+	le.PutUint64(h[hdrDescriptorSize:], descSectors)
+	le.PutUint32(h[hdrNumGTEsPerGT:], writerGTEs)
+	le.PutUint64(h[hdrRGDOffset:], uint64(rgd))
+	le.PutUint64(h[hdrGDOffset:], gd)
+	le.PutUint64(h[hdrOverHead:], uint64(overhead))
+	copy(h[hdrCheckBytes:], checkBytes)
+	return h
+}
+
+// prologue returns the header and descriptor sectors.
+func (p *params) prologue(rgd int64, gd uint64, overhead int64, file string) []byte {
+	b := make([]byte, (1+descSectors)*sectorSize)
+	copy(b, p.header(rgd, gd, overhead))
+	copy(b[descSector*sectorSize:], p.descriptor(newCID(), file))
+	return b
+}
+
+// newCID makes a descriptor's content ID: random, as qemu's; tests fix it.
+var newCID = mrand.Uint32
+
+// extentName is the file name the descriptor's extent line gives: the
+// destination's base name when the target has one, as qemu writes it.
+func extentName(dst format.Target) string {
+	n, ok := dst.(interface{ Name() string })
+	if !ok || n.Name() == "" {
+		return "image.vmdk"
+	}
+	base := filepath.Base(n.Name())
+	// diskimg's own temporary name for a destination: ".NAME.diskimg-HEX".
+	if i := strings.LastIndex(base, ".diskimg-"); strings.HasPrefix(base, ".") && i > 1 {
+		base = base[1:i]
+	}
+	return base
+}
+
+// Measure answers qemu-img measure for VMDK output (qemu-img 7.2 itself
+// cannot measure VMDK). For monolithicSparse both figures are exact: the
+// metadata plus a grain per Data grain of the layout (or every grain).
+// For streamOptimized they are upper bounds: every grain stored as it
+// would be if it did not compress at all.
+func Measure(o format.WriteOptions) (format.Measurement, error) {
+	p, err := newParams(o)
+	if err != nil {
+		return format.Measurement{}, err
+	}
+	data, tables := int64(0), int64(0)
+	if o.Layout != nil {
+		var lastGT int64 = -1
+		err := o.Layout.Align(o.Size, WriterGrainSize)(func(e format.Extent) error {
+			if e.Status != format.Data {
+				return nil
+			}
+			first, end := e.Start/WriterGrainSize, (e.End()+WriterGrainSize-1)/WriterGrainSize
+			data += end - first
+			// Grain tables holding data, for streamOptimized.
+			f, l := first/writerGTEs, (end-1)/writerGTEs
+			if f == lastGT {
+				f++
+			}
+			if l >= f {
+				tables += l - f + 1
+			}
+			lastGT = l
+			return nil
+		})
+		if err != nil {
+			return format.Measurement{}, err
+		}
+	}
+	if !p.stream {
+		base := p.grainSector * sectorSize
+		return format.Measurement{Required: base + data*WriterGrainSize, FullyAllocated: base + p.grains*WriterGrainSize}, nil
+	}
+	size := func(grains, gts int64) int64 {
+		return streamOverhead*sectorSize + grains*maxCompressedGrain +
+			gts*(sectorSize+gtBytes) + sectorSize + p.gdSectors*sectorSize + footerBytes
+	}
+	return format.Measurement{Required: size(data, tables), FullyAllocated: size(p.grains, p.gtCount)}, nil
+}
+
+// NewWriter returns a VMDK writer of o.Size bytes on dst; o.Options were
+// validated by the registry. Both subformats stream to a non-seekable dst.
+func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) {
+	p, err := newParams(o)
+	if err != nil {
+		return nil, err
+	}
+	out, err := newWout(dst)
+	if err != nil {
+		return nil, err
+	}
+	if p.stream {
+		return newStreamWriter(out, p, extentName(dst))
+	}
+	layout := o.Layout
+	if layout == nil {
+		layout = format.AllData(o.Size)
+	}
+	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(dst))
+}
+
+// sparseWriter writes monolithicSparse.
+type sparseWriter struct {
+	out *wout
+	p   *params
+
+	// The aligned layout, pulled range by range as blocks arrive.
+	pull *pullState
+	next func() (format.Extent, bool)
+	cur  format.Extent // the layout range holding guest offset done
+	// slot is the grain slot of cur's first grain when cur is Data, else
+	// of the next Data grain; slots are consecutive in guest order.
+	slot  int64
+	slots int64 // slots handed out by the tables
+	done  int64 // guest bytes written
+}
+
+// pullState carries the layout walk's error out of its coroutine; it is
+// apart from the writer so an abandoned writer can be collected.
+type pullState struct{ err error }
+
+var errStopLayout = fmt.Errorf("vmdk: layout walk stopped")
+
+func newSparseWriter(out *wout, p *params, layout format.Layout, file string) (*sparseWriter, error) {
+	w := &sparseWriter{out: out, p: p}
+	tables := p.gdSectors + p.gtCount*gtSectors
+	if err := out.write(p.prologue(rgdSector, uint64(p.gdSector), p.grainSector, file)); err != nil {
+		return nil, err
+	}
+	// Both copies: a directory naming its tables, then the tables.
+	for _, dir := range []int64{rgdSector, p.gdSector} {
+		if err := w.writeGD(dir + p.gdSectors); err != nil {
+			return nil, err
+		}
+		n, err := w.writeGTs(layout)
+		if err != nil {
+			return nil, err
+		}
+		w.slots = n
+	}
+	if err := out.zeros(p.grainSector*sectorSize - (p.gdSector+tables)*sectorSize); err != nil {
+		return nil, err
+	}
+
+	ps := &pullState{}
+	next, stop := iter.Pull(func(yield func(format.Extent) bool) {
+		err := layout(func(e format.Extent) error {
+			if !yield(e) {
+				return errStopLayout
+			}
+			return nil
+		})
+		if err != nil && err != errStopLayout {
+			ps.err = err
+		}
+	})
+	w.pull, w.next = ps, next
+	// The engine never calls Close after an error: end the walk's
+	// coroutine when the writer is dropped.
+	runtime.AddCleanup(w, func(stop func()) { stop() }, stop)
+	return w, nil
+}
+
+// writeGD writes a grain directory whose tables start at sector first.
+func (w *sparseWriter) writeGD(first int64) error {
+	buf := make([]byte, min(w.p.gdSectors*sectorSize, 64<<10))
+	for i := int64(0); i < w.p.gtCount; {
+		n := min(w.p.gtCount-i, int64(len(buf)/4))
+		for k := int64(0); k < n; k++ {
+			le.PutUint32(buf[k*4:], uint32(first+(i+k)*gtSectors))
+		}
+		if err := w.out.write(buf[:n*4]); err != nil {
+			return err
+		}
+		i += n
+	}
+	return w.out.zeros(w.p.gdSectors*sectorSize - w.p.gtCount*4)
+}
+
+// writeGTs writes the grain tables for the layout, giving each Data grain
+// the next slot, and returns the number of slots.
+func (w *sparseWriter) writeGTs(layout format.Layout) (int64, error) {
+	var gt [gtBytes]byte
+	var cur int64 // the table in gt
+	var used bool
+	var slot int64
+	// flush writes tables up to (not including) table upto.
+	flush := func(upto int64) error {
+		for cur < upto {
+			if used {
+				if err := w.out.write(gt[:]); err != nil {
+					return err
+				}
+				clear(gt[:])
+				used = false
+				cur++
+				continue
+			}
+			// A run of empty tables: one hole.
+			if err := w.out.zeros((upto - cur) * gtBytes); err != nil {
+				return err
+			}
+			cur = upto
+		}
+		return nil
+	}
+	err := layout(func(e format.Extent) error {
+		if e.Status != format.Data {
+			return nil
+		}
+		for g := e.Start / WriterGrainSize; g*WriterGrainSize < e.End(); g++ {
+			if t := g / writerGTEs; t != cur {
+				if err := flush(t); err != nil {
+					return err
+				}
+			}
+			host := w.p.grainSector + slot*writerGrainSectors
+			if host > maxHostSector {
+				return fmt.Errorf("vmdk: the data does not fit the 2 TiB a sparse extent can address")
+			}
+			le.PutUint32(gt[(g%writerGTEs)*4:], uint32(host))
+			used = true
+			slot++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return slot, flush(w.p.gtCount)
+}
+
+// BlockSize is the grain.
+func (w *sparseWriter) BlockSize() int64 { return WriterGrainSize }
+
+// Encode does nothing: monolithicSparse grains are stored as they are.
+func (w *sparseWriter) Encode(*format.Block) error { return nil }
+
+// Write stores the block's Data grains in their slots. Blocks without
+// data store nothing; a slot they leave empty becomes a hole or zeros.
+func (w *sparseWriter) Write(b *format.Block) error {
+	if err := checkBlock(b, w.done, w.p.size); err != nil {
+		return err
+	}
+	for off := b.Start; off < b.End(); {
+		for w.cur.End() <= off {
+			if w.cur.Status == format.Data {
+				w.slot += (w.cur.Length + WriterGrainSize - 1) / WriterGrainSize
+			}
+			e, ok := w.next()
+			if !ok {
+				if w.pull.err != nil {
+					return w.pull.err
+				}
+				return fmt.Errorf("vmdk: the layout ends at %d, before the block at %d", w.cur.End(), off)
+			}
+			if e.Start != w.cur.End() {
+				return fmt.Errorf("vmdk: layout range at %d does not follow %d", e.Start, w.cur.End())
+			}
+			w.cur = e
+		}
+		end := min(b.End(), w.cur.End())
+		if w.cur.Status != format.Data {
+			if b.Status == format.Data {
+				return fmt.Errorf("vmdk: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
+			}
+		} else if b.Status == format.Data {
+			host := (w.p.grainSector+w.slot*writerGrainSectors)*sectorSize + (off - w.cur.Start)
+			if err := w.out.zeros(host - w.out.pos()); err != nil {
+				return err
+			}
+			if err := w.out.write(b.Data[off-b.Start : end-b.Start]); err != nil {
+				return err
+			}
+		}
+		off = end
+	}
+	w.done = b.End()
+	return nil
+}
+
+// Close pads the last grain and sets the file's length.
+func (w *sparseWriter) Close() error {
+	if w.done != w.p.size {
+		return fmt.Errorf("vmdk: closed after %d of %d bytes", w.done, w.p.size)
+	}
+	return w.out.finish((w.p.grainSector + w.slots*writerGrainSectors) * sectorSize)
+}
+
+// checkBlock checks that b follows done, ends inside the disk and carries
+// its data.
+func checkBlock(b *format.Block, done, size int64) error {
+	switch {
+	case b.Start != done:
+		return fmt.Errorf("vmdk: block at %d arrived when %d bytes were written", b.Start, done)
+	case b.Length <= 0 || b.End() > size:
+		return fmt.Errorf("vmdk: block [%d,+%d) outside the disk of %d bytes", b.Start, b.Length, size)
+	case b.Status == format.Data && int64(len(b.Data)) != b.Length:
+		return fmt.Errorf("vmdk: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
+	}
+	return nil
+}

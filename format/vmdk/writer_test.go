@@ -1,0 +1,560 @@
+package vmdk
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskimg/diskimg/convert"
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+	_ "github.com/diskimg/diskimg/format/qcow2"
+	_ "github.com/diskimg/diskimg/format/raw"
+	_ "github.com/diskimg/diskimg/format/vhd"
+	_ "github.com/diskimg/diskimg/format/vhdx"
+)
+
+// wVariant is one way of writing a VMDK: our options and the qemu-img
+// arguments that ask for the same.
+type wVariant struct {
+	name     string
+	opts     map[string]string
+	compress bool
+	qemu     []string
+}
+
+var wVariants = []wVariant{
+	{"default", nil, false, nil},
+	{"stream", map[string]string{"subformat": "streamOptimized"}, false, []string{"-o", "subformat=streamOptimized"}},
+	{"lsilogic-hw6", map[string]string{"adapter_type": "lsilogic", "hwversion": "6", "toolsversion": "10304"}, false,
+		[]string{"-o", "adapter_type=lsilogic,hwversion=6,toolsversion=10304"}},
+	{"compat6-zeroed", map[string]string{"compat6": "on", "zeroed_grain": "on", "adapter_type": "legacyESX"}, false,
+		[]string{"-o", "compat6=on,zeroed_grain=on,adapter_type=legacyESX"}},
+	{"compressed", nil, true, []string{"-c"}},
+	{"stream-buslogic", map[string]string{"subformat": "streamOptimized", "adapter_type": "buslogic"}, true,
+		[]string{"-c", "-o", "subformat=streamOptimized,adapter_type=buslogic"}},
+}
+
+func vmdkWriter(t testing.TB) *format.WriterFormat {
+	t.Helper()
+	w, err := format.LookupWriter(Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func wOpen(t testing.TB, path, fmtName string) format.Image {
+	t.Helper()
+	img, err := format.Open(path, fmtName, format.Policy{})
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img
+}
+
+// wConvert converts src to a VMDK at dst, checking that the streamed
+// checksum is the file's.
+func wConvert(t testing.TB, src format.Image, dst string, v wVariant, co convert.Options) *convert.Result {
+	t.Helper()
+	f, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	co.WriterOptions, co.Compress, co.Checksum = v.opts, v.compress, true
+	res, err := convert.Convert(context.Background(), src, vmdkWriter(t), f, co)
+	if err != nil {
+		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
+	}
+	data, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(data); !bytes.Equal(sum[:], res.SHA256) {
+		t.Errorf("streamed checksum %x, file %x", res.SHA256, sum)
+	}
+	return res
+}
+
+// convertFile converts src to a VMDK at dst, for benchmarks: no checks.
+func convertFile(b testing.TB, src format.Image, dst string, v wVariant) {
+	f, err := os.Create(dst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	co := convert.Options{WriterOptions: v.opts, Compress: v.compress}
+	if _, err := convert.Convert(context.Background(), src, vmdkWriter(b), f, co); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// wQemu runs qemu-img on files the test made, returning exit code and
+// output.
+func wQemu(t testing.TB, args ...string) (int, string) {
+	t.Helper()
+	formattest.RequireQemu(t)
+	out, err := exec.Command("qemu-img", args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &ee):
+		return ee.ExitCode(), string(out)
+	}
+	t.Fatalf("qemu-img %v: %v", args, err)
+	return -1, ""
+}
+
+// wVerify asserts qemu-img check is clean, qemu-img compare finds the
+// output identical to the source, and our reader reads the source's bytes.
+func wVerify(t testing.TB, src format.Image, srcPath, srcFmt, out string) {
+	t.Helper()
+	if rc, msg := wQemu(t, "check", "-f", Name, out); rc != 0 || !strings.Contains(msg, "No errors") {
+		t.Errorf("qemu-img check %s: exit %d: %s", filepath.Base(out), rc, msg)
+	}
+	if rc, msg := wQemu(t, "compare", "-f", srcFmt, "-F", Name, srcPath, out); rc != 0 {
+		t.Errorf("qemu-img compare %s %s: exit %d: %s", filepath.Base(srcPath), filepath.Base(out), rc, msg)
+	}
+	img := wOpen(t, out, Name)
+	if img.Size() != (src.Size()+sectorSize-1)/sectorSize*sectorSize {
+		t.Fatalf("our reader: size %d, source %d", img.Size(), src.Size())
+	}
+	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); off < src.Size(); off += int64(len(a)) {
+		n := min(int64(len(a)), src.Size()-off)
+		if _, err := io.ReadFull(io.NewSectionReader(src, off, n), a[:n]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(io.NewSectionReader(img, off, n), b[:n]); err != nil {
+			t.Fatalf("our reader at %d: %v", off, err)
+		}
+		if !bytes.Equal(a[:n], b[:n]) {
+			t.Fatalf("our reader: bytes differ in [%d,+%d)", off, n)
+		}
+	}
+}
+
+// wSources makes raw sources and qemu-img conversions of them to every
+// readable format.
+type wSource struct {
+	name, path, fmt string
+}
+
+func wSources(t *testing.T, dir string, size int64, c formattest.Content, formats []string) []wSource {
+	raw := filepath.Join(dir, fmt.Sprintf("%d-%s.raw", size, c))
+	formattest.MakeRaw(t, raw, size, c)
+	list := []wSource{{"raw", raw, "raw"}}
+	for _, f := range formats {
+		dst := strings.TrimSuffix(raw, ".raw") + "." + f
+		formattest.Convert(t, raw, dst, f)
+		list = append(list, wSource{f, dst, f})
+	}
+	return list
+}
+
+// TestWriterMatrix converts sources of every readable format, contents
+// and odd sizes to every variant, and checks each output with qemu-img and
+// our reader.
+func TestWriterMatrix(t *testing.T) {
+	formattest.RequireQemu(t)
+	type size struct {
+		n        int64
+		contents []formattest.Content
+	}
+	for _, sz := range []size{
+		{9<<20 + 1536, []formattest.Content{formattest.Empty, formattest.Sparse, formattest.Dense, formattest.Zeros}},
+		{33<<20 + 4096, []formattest.Content{formattest.Sparse, formattest.Dense}},
+	} {
+		for _, c := range sz.contents {
+			dir := t.TempDir()
+			for _, s := range wSources(t, dir, sz.n, c, []string{"qcow2", "vmdk", "vpc", "vhdx"}) {
+				variants := wVariants
+				if s.fmt != "raw" {
+					variants = wVariants[:2] // every option on raw, the subformats on the rest
+				}
+				for _, v := range variants {
+					t.Run(fmt.Sprintf("%d/%s/%s/%s", sz.n, c, s.name, v.name), func(t *testing.T) {
+						src := wOpen(t, s.path, s.fmt)
+						out := filepath.Join(t.TempDir(), "out.vmdk")
+						wConvert(t, src, out, v, convert.Options{})
+						wVerify(t, src, s.path, s.fmt, out)
+					})
+				}
+			}
+		}
+	}
+}
+
+// maskDescriptor blanks what legitimately differs between two outputs'
+// descriptors: the CID and the extent's file name.
+var cidLine = regexp.MustCompile(`(?m)^CID=[0-9a-f]+$`)
+var extentLineRE = regexp.MustCompile(`(?m)^(RW \d+ SPARSE) "[^"]*"$`)
+
+func descriptorText(t testing.TB, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := data[descSector*sectorSize : (descSector+descSectors)*sectorSize]
+	if i := bytes.IndexByte(d, 0); i >= 0 {
+		d = d[:i]
+	}
+	s := cidLine.ReplaceAllString(string(d), "CID=*")
+	return extentLineRE.ReplaceAllString(s, `$1 "*"`)
+}
+
+// TestWriterLikeQemu compares each variant's output with qemu-img's own
+// conversion of the same source: info (virtual size, cluster size,
+// format-specific data but the CID), the descriptor, the sizes, and for
+// monolithicSparse every byte outside the descriptor.
+func TestWriterLikeQemu(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	for _, c := range []formattest.Content{formattest.Sparse, formattest.Dense} {
+		raw := filepath.Join(dir, string(c)+".raw")
+		formattest.MakeRaw(t, raw, 33<<20+4096, c)
+		// qemu-img drops all-zero grains; a qcow2 source made by it has
+		// none, so the Layout allocates what qemu-img allocates.
+		q2 := filepath.Join(dir, string(c)+".qcow2")
+		formattest.Convert(t, raw, q2, "qcow2")
+		for _, v := range wVariants {
+			t.Run(string(c)+"/"+v.name, func(t *testing.T) {
+				ours := filepath.Join(t.TempDir(), "ours.vmdk")
+				theirs := filepath.Join(t.TempDir(), "theirs.vmdk")
+				wConvert(t, wOpen(t, q2, "qcow2"), ours, v, convert.Options{})
+				formattest.Qemu(t, append(append([]string{"convert", "-f", "qcow2", "-O", Name}, v.qemu...), q2, theirs)...)
+				oi, qi := formattest.QemuInfo(t, ours), formattest.QemuInfo(t, theirs)
+				for _, k := range []string{"virtual-size", "cluster-size", "format", "dirty-flag"} {
+					if fmt.Sprint(oi[k]) != fmt.Sprint(qi[k]) {
+						t.Errorf("%s: ours %v, qemu-img's %v", k, oi[k], qi[k])
+					}
+				}
+				spec := func(m map[string]any) string {
+					d := m["format-specific"].(map[string]any)["data"].(map[string]any)
+					delete(d, "cid")
+					for _, e := range d["extents"].([]any) {
+						delete(e.(map[string]any), "filename")
+					}
+					return fmt.Sprint(d)
+				}
+				if o, q := spec(oi), spec(qi); o != q {
+					t.Errorf("format-specific:\nours  %s\nqemu's %s", o, q)
+				}
+				if o, q := descriptorText(t, ours), descriptorText(t, theirs); o != q {
+					t.Errorf("descriptor:\nours:\n%s\nqemu-img's:\n%s", o, q)
+				}
+				a, _ := os.ReadFile(ours)
+				b, _ := os.ReadFile(theirs)
+				t.Logf("%s %s: ours %d bytes, qemu-img's %d bytes", c, v.name, len(a), len(b))
+				if v.opts["subformat"] == SubformatStreamOptimized {
+					// Our stream is VMware's layout (tables after the grains),
+					// qemu's keeps them in front: sizes only need to be close.
+					if len(a) > len(b)+64<<10 {
+						t.Errorf("stream of %d bytes, qemu-img's %d", len(a), len(b))
+					}
+					return
+				}
+				if len(a) != len(b) {
+					t.Fatalf("monolithicSparse of %d bytes, qemu-img's %d", len(a), len(b))
+				}
+				clear(a[descSector*sectorSize : (descSector+descSectors)*sectorSize])
+				clear(b[descSector*sectorSize : (descSector+descSectors)*sectorSize])
+				if !bytes.Equal(a, b) {
+					for i := range a {
+						if a[i] != b[i] {
+							t.Fatalf("first difference from qemu-img's file at offset %d", i)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// pipeConvert converts src to a pipe and returns the bytes.
+func pipeConvert(t testing.TB, src format.Image, v wVariant, co convert.Options) []byte {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	done := make(chan struct{})
+	go func() { io.Copy(&got, r); close(done) }()
+	co.WriterOptions, co.Compress = v.opts, v.compress
+	_, err = convert.Convert(context.Background(), src, vmdkWriter(t), w, co)
+	w.Close()
+	<-done
+	r.Close()
+	if err != nil {
+		t.Fatalf("convert to a pipe: %v", err)
+	}
+	return got.Bytes()
+}
+
+// TestWriterPipe streams every variant to a pipe: the bytes must be the
+// seekable output's. With a raw source holding written zeros the
+// monolithicSparse layout keeps slots for those grains, holes in a file
+// and zeros on a pipe: the same bytes.
+func TestWriterPipe(t *testing.T) {
+	formattest.RequireQemu(t)
+	saved := newCID
+	newCID = func() uint32 { return 0x1234abcd }
+	defer func() { newCID = saved }()
+	dir := t.TempDir()
+	for _, c := range []formattest.Content{formattest.Sparse, formattest.Zeros, formattest.Empty} {
+		raw := filepath.Join(dir, string(c)+".raw")
+		formattest.MakeRaw(t, raw, 33<<20+4096, c)
+		for _, v := range wVariants {
+			t.Run(string(c)+"/"+v.name, func(t *testing.T) {
+				src := wOpen(t, raw, "raw")
+				file := filepath.Join(t.TempDir(), "image.vmdk")
+				wConvert(t, src, file, v, convert.Options{})
+				want, _ := os.ReadFile(file)
+				got := pipeConvert(t, src, v, convert.Options{})
+				if !bytes.Equal(got, want) {
+					t.Fatalf("pipe output (%d bytes) differs from the file (%d bytes)", len(got), len(want))
+				}
+				piped := filepath.Join(t.TempDir(), "piped.vmdk")
+				os.WriteFile(piped, got, 0o644)
+				wVerify(t, src, raw, "raw", piped)
+			})
+		}
+	}
+}
+
+// TestWriterMeasure checks Measure against what the writer writes:
+// exact for monolithicSparse, an upper bound for streamOptimized. (qemu-img
+// 7.2 cannot measure VMDK: "does not support size measurement".)
+func TestWriterMeasure(t *testing.T) {
+	formattest.RequireQemu(t)
+	if rc, msg := wQemu(t, "measure", "-O", Name, "--size", "1G"); rc == 0 {
+		t.Logf("qemu-img now measures vmdk: %s", msg)
+	}
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "s.raw")
+	formattest.MakeRaw(t, raw, 33<<20+4096, formattest.Sparse)
+	q2 := filepath.Join(dir, "s.qcow2")
+	formattest.Convert(t, raw, q2, "qcow2")
+	src := wOpen(t, q2, "qcow2")
+	wf := vmdkWriter(t)
+	for _, v := range wVariants[:2] {
+		m, err := wf.Measure(format.WriteOptions{Size: src.Size(), Layout: format.LayoutOf(src), Options: v.opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, v.name+".vmdk")
+		wConvert(t, src, out, v, convert.Options{})
+		full := filepath.Join(dir, v.name+"-full.vmdk")
+		wConvert(t, src, full, v, convert.Options{SparseSize: convert.NoSparse})
+		fi, _ := os.Stat(out)
+		ff, _ := os.Stat(full)
+		t.Logf("%s: measure %+v, output %d, fully allocated output %d", v.name, m, fi.Size(), ff.Size())
+		if v.opts == nil {
+			if m.Required != fi.Size() || m.FullyAllocated != ff.Size() {
+				t.Errorf("%s: measure %+v, outputs %d and %d", v.name, m, fi.Size(), ff.Size())
+			}
+		} else if m.Required < fi.Size() || m.FullyAllocated < ff.Size() {
+			t.Errorf("%s: measure %+v below the outputs %d and %d", v.name, m, fi.Size(), ff.Size())
+		}
+	}
+	// qemu-img measure --size: no layout, metadata only.
+	// qemu-img create's file is exactly that metadata.
+	created := filepath.Join(dir, "created.vmdk")
+	formattest.Create(t, created, Name, "1G")
+	fi, _ := os.Stat(created)
+	m, err := wf.Measure(format.WriteOptions{Size: 1 << 30})
+	if err != nil || m.Required != fi.Size() || m.FullyAllocated != fi.Size()+1<<30 {
+		t.Errorf("measure --size 1G: %+v, %v; qemu-img create makes %d bytes", m, err, fi.Size())
+	}
+}
+
+// TestWriterOptions checks option validation happens before any byte.
+func TestWriterOptions(t *testing.T) {
+	wf := vmdkWriter(t)
+	for _, c := range []struct {
+		opts     map[string]string
+		compress bool
+		want     string
+	}{
+		{map[string]string{"cluster_size": "65536"}, false, "valid options: subformat, adapter_type"},
+		{map[string]string{"subformat": "monolithicFlat"}, false, "writes several files"},
+		{map[string]string{"subformat": "fixed"}, false, "must be one of monolithicSparse, streamOptimized"},
+		{map[string]string{"adapter_type": "scsi"}, false, "must be one of ide, lsilogic"},
+		{map[string]string{"compat6": "on", "hwversion": "7"}, false, "compat6 cannot be enabled with hwversion set"},
+		{map[string]string{"zeroed_grain": "maybe"}, false, "must be on or off"},
+		{map[string]string{"hwversion": `4"`}, false, "without quotes"},
+		{map[string]string{"backing_file": "base.vmdk"}, false, "not supported"},
+		{map[string]string{"subformat": "streamOptimized"}, true, ""},
+		{nil, true, ""},
+		{map[string]string{"compat6": "on", "hwversion": "undefined"}, false, ""},
+	} {
+		err := wf.Validate(format.WriteOptions{Size: 1 << 20, Options: c.opts, Compress: c.compress})
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: %v", c.opts, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: error %v, want %q", c.opts, err, c.want)
+		}
+	}
+	if err := wf.Validate(format.WriteOptions{Size: WriterMaxSize + 512}); err == nil {
+		t.Error("a disk over 2 TiB accepted")
+	}
+}
+
+// TestWriterErrors feeds the writer blocks out of contract.
+func TestWriterErrors(t *testing.T) {
+	for _, v := range wVariants[:2] {
+		var buf bytes.Buffer
+		w, err := NewWriter(&buf, format.WriteOptions{Size: 1 << 20, Layout: format.AllData(1 << 20), Options: v.opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Write(&format.Block{Start: 65536, Length: 65536, Status: format.Zero}); err == nil || !strings.Contains(err.Error(), "arrived when 0 bytes") {
+			t.Errorf("%s: out of order: %v", v.name, err)
+		}
+		if err := w.Write(&format.Block{Start: 0, Length: 65536, Status: format.Data, Data: make([]byte, 10)}); err == nil || !strings.Contains(err.Error(), "carries 10 bytes") {
+			t.Errorf("%s: short data: %v", v.name, err)
+		}
+		if err := w.Write(&format.Block{Start: 0, Length: 2 << 20, Status: format.Zero}); err == nil || !strings.Contains(err.Error(), "outside the disk") {
+			t.Errorf("%s: past the end: %v", v.name, err)
+		}
+		if err := w.Close(); err == nil || !strings.Contains(err.Error(), "closed after 0") {
+			t.Errorf("%s: early close: %v", v.name, err)
+		}
+	}
+	// Data where the layout said there is none.
+	var buf bytes.Buffer
+	lay := format.LayoutOfExtents([]format.Extent{{Start: 0, Length: 1 << 20, Status: format.Unallocated}})
+	w, err := NewWriter(&buf, format.WriteOptions{Size: 1 << 20, Layout: lay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(&format.Block{Start: 0, Length: 65536, Status: format.Data, Data: make([]byte, 65536)}); err == nil || !strings.Contains(err.Error(), "outside the layout") {
+		t.Errorf("data outside the layout: %v", err)
+	}
+}
+
+// semiCompressible fills p with data that deflates to about half: runs of
+// random bytes and of repeated text.
+func semiCompressible(p []byte, seed int64) {
+	rng := rand.New(rand.NewSource(seed))
+	text := []byte("the quick brown fox jumps over the lazy dog; 0123456789 ")
+	for off := 0; off < len(p); {
+		n := min(len(p)-off, 512+rng.Intn(2048))
+		if rng.Intn(2) == 0 {
+			rng.Read(p[off : off+n])
+		} else {
+			for i := 0; i < n; i++ {
+				p[off+i] = text[(off+i)%len(text)]
+			}
+		}
+		off += n
+	}
+}
+
+// writeSource writes a raw file of size bytes of random or
+// semi-compressible data.
+func writeSource(b testing.TB, path string, size int64, semi bool) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	rng := rand.New(rand.NewSource(1))
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if semi {
+			semiCompressible(buf, off)
+		} else {
+			rng.Read(buf)
+		}
+		if _, err := f.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkConvert256MiB converts 256 MiB raw to each subformat and, in
+// the same run, times qemu-img convert on the same input: the metric
+// qemu-x is qemu-img's time over ours.
+func BenchmarkConvert256MiB(b *testing.B) {
+	formattest.RequireQemu(b)
+	dir := b.TempDir()
+	for _, c := range []struct {
+		name string
+		semi bool
+		v    wVariant
+	}{
+		{"monolithicSparse/random", false, wVariants[0]},
+		{"streamOptimized/semi", true, wVariants[1]},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			raw := filepath.Join(dir, fmt.Sprint(c.semi)+".raw")
+			if _, err := os.Stat(raw); err != nil {
+				writeSource(b, raw, 256<<20, c.semi)
+			}
+			src := wOpen(b, raw, "raw")
+			out := filepath.Join(dir, "ours.vmdk")
+			theirs := filepath.Join(dir, "theirs.vmdk")
+			var qemu time.Duration
+			b.SetBytes(256 << 20)
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				os.Remove(out)
+				os.Remove(theirs)
+				start := time.Now()
+				formattest.Qemu(b, append(append([]string{"convert", "-f", "raw", "-O", Name}, c.v.qemu...), raw, theirs)...)
+				qemu += time.Since(start)
+				b.StartTimer()
+				convertFile(b, src, out, c.v)
+			}
+			b.StopTimer()
+			ours := b.Elapsed()
+			b.ReportMetric(qemu.Seconds()/ours.Seconds(), "qemu-x")
+			a, _ := os.Stat(out)
+			q, _ := os.Stat(theirs)
+			b.ReportMetric(float64(a.Size())/float64(q.Size()), "size-vs-qemu")
+		})
+	}
+}
+
+// BenchmarkConvertEmpty1TiB converts an empty 1 TiB raw image: metadata
+// only.
+func BenchmarkConvertEmpty1TiB(b *testing.B) {
+	dir := b.TempDir()
+	raw := filepath.Join(dir, "empty.raw")
+	f, err := os.Create(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f.Truncate(1 << 40)
+	f.Close()
+	src := wOpen(b, raw, "raw")
+	for _, v := range wVariants[:2] {
+		b.Run(v.name, func(b *testing.B) {
+			b.ReportAllocs()
+			out := filepath.Join(dir, "out.vmdk")
+			for range b.N {
+				os.Remove(out)
+				convertFile(b, src, out, v)
+			}
+		})
+	}
+}
