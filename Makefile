@@ -10,10 +10,14 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/diskimg
 
-# The default job on the bundled image: what is it, and what is inside.
+# The main job on the bundled image: what it is, what is inside, whether
+# Huawei Cloud IMS takes it, and a conversion to VHD for upload (verified).
 demo: build
 	$(BIN) info testdata/demo.qcow2
-	$(BIN) map testdata/demo.qcow2
+	$(BIN) inspect testdata/demo.qcow2
+	$(BIN) plan --cloud huawei-ims testdata/demo.qcow2
+	$(BIN) convert -O vpc --force --verify --checksum sha256 testdata/demo.qcow2 bin/demo.vhd
+	$(BIN) info bin/demo.vhd
 
 # Installs the Debian packages the tests use (qemu-utils, gdisk, mkfs tools) when missing.
 setup:
