@@ -35,7 +35,9 @@ fmt-check:
 
 # Go benchmarks of the inner loops (reading extents, zero detection, compression).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./format/... ./convert/...
+	$(GO) build -o $(BIN) ./cmd/diskimg
+	$(BIN) bench --quick
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200ms ./format/... ./convert/...
 
 # Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).
 fuzz:

@@ -47,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			compareCommand(),
 			measureCommand(),
 			planCommand(),
+			checkCommand(),
+			benchCommand(),
 		},
 		// Errors are printed once, by main, with the exit code they carry.
 		ExitErrHandler: func(*cli.Context, error) {},

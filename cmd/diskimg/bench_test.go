@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/diskimg/diskimg/format/formattest"
+)
+
+// The bench harness runs os.Executable() as diskimg; in tests that is the
+// test binary, which then acts as the CLI when this variable is set.
+const asCLI = "DISKIMG_TEST_AS_CLI"
+
+func init() {
+	if os.Getenv(asCLI) == "1" {
+		os.Exit(run(os.Args, os.Stdout, os.Stderr))
+	}
+}
+
+func runBenchCLI(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(append([]string{"diskimg", "bench"}, args...), &out, &errOut)
+	return out.String(), errOut.String(), code
+}
+
+func TestBenchErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--output=xml"}, `"xml" is not human or json`},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"--runs", "-1"}, "runs must be 1 to 100"},
+		{[]string{"--tiny", "--formats", "qcow2,bogus", "--dir", t.TempDir()}, `unknown format "bogus"`},
+	} {
+		_, stderr, code := runBenchCLI(t, tc.args...)
+		if code != 1 || !strings.Contains(stderr, tc.msg) {
+			t.Errorf("bench %v: exit %d, stderr %q; want 1 and %q", tc.args, code, stderr, tc.msg)
+		}
+	}
+}
+
+func TestBenchTinyJSON(t *testing.T) {
+	formattest.RequireQemu(t)
+	t.Setenv(asCLI, "1")
+	dir := t.TempDir()
+	out, stderr, code := runBenchCLI(t, "--tiny", "--quick", "--runs", "1", "--formats", "qcow2", "--output", "json", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Cases []struct {
+			Corpus, Input, Output string
+			Ratio                 float64
+		}
+		Targets []struct{ Name string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(rep.Cases) != 12 || len(rep.Targets) != 5 {
+		t.Fatalf("%d cases and %d targets, want 12 and 5: %s", len(rep.Cases), len(rep.Targets), out)
+	}
+	for _, c := range rep.Cases {
+		if c.Ratio <= 0 {
+			t.Errorf("%s %s->%s: no ratio", c.Corpus, c.Input, c.Output)
+		}
+	}
+	if !strings.Contains(stderr, "corpus random") {
+		t.Errorf("no progress on stderr: %q", stderr)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("work directory left behind: %v", entries)
+	}
+}

@@ -1,0 +1,460 @@
+package qcow2_test
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/qcow2"
+)
+
+// qemuCheckCounts runs `qemu-img check --output=json` on an image the test made
+// itself (no backing file) and returns its counts and exit code.
+func qemuCheckCounts(t *testing.T, path string) (map[string]int64, int) {
+	t.Helper()
+	formattest.RequireQemu(t)
+	cmd := exec.Command("qemu-img", "check", "-f", "qcow2", "--output=json", path)
+	out, err := cmd.Output()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("qemu-img check output %q: %v", out, err)
+	}
+	counts := map[string]int64{}
+	for k, v := range m {
+		if f, ok := v.(float64); ok {
+			counts[k] = int64(f)
+		}
+	}
+	return counts, code
+}
+
+// ourCheck runs the qcow2 checker and returns its counts, keyed as qemu's
+// JSON, and the exit code qemu-img would give them.
+func ourCheck(t *testing.T, path string) (map[string]int64, *format.CheckResult) {
+	t.Helper()
+	img, err := format.Open(path, "qcow2", format.Policy{Untrusted: true})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer img.Close()
+	ch, ok := img.(format.Checker)
+	if !ok {
+		t.Fatal("qcow2 image does not implement format.Checker")
+	}
+	r, err := ch.Check(context.Background())
+	if err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	js, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(js, &m)
+	counts := map[string]int64{}
+	for k, v := range m {
+		if f, ok := v.(float64); ok {
+			counts[k] = int64(f)
+		}
+	}
+	return counts, r
+}
+
+func exitCode(r map[string]int64) int {
+	switch {
+	case r["check-errors"] != 0:
+		return 1
+	case r["corruptions"] != 0:
+		return 2
+	case r["leaks"] != 0:
+		return 3
+	}
+	return 0
+}
+
+// agree asserts our check gives qemu-img's counts and verdict on path and
+// returns the verdict's exit code.
+func agree(t *testing.T, path string) int {
+	t.Helper()
+	want, code := qemuCheckCounts(t, path)
+	got, r := ourCheck(t, path)
+	if exitCode(want) != code {
+		t.Fatalf("qemu-img exit code %d does not follow from its counts %v", code, want)
+	}
+	if len(got) != len(want) {
+		t.Errorf("keys: got %v, qemu-img %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: got %d, qemu-img %d", k, got[k], v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("our problems: %s", strings.Join(r.Problems, "\n"))
+	}
+	return code
+}
+
+func TestCheckClean(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	for _, v := range []struct {
+		name    string
+		content formattest.Content
+		args    []string
+	}{
+		{"default-sparse", formattest.Sparse, nil},
+		{"default-dense", formattest.Dense, nil},
+		{"empty", formattest.Empty, nil},
+		{"v2", formattest.Sparse, []string{"-o", "compat=0.10"}},
+		{"c512", formattest.Sparse, []string{"-o", "cluster_size=512"}},
+		{"c2M", formattest.Sparse, []string{"-o", "cluster_size=2M"}},
+		{"zlib", formattest.Sparse, []string{"-c"}},
+		{"zstd-dense", formattest.Dense, []string{"-c", "-o", "compression_type=zstd"}},
+		{"zlib-512", formattest.Sparse, []string{"-c", "-o", "cluster_size=512"}},
+		{"rc1", formattest.Sparse, []string{"-o", "refcount_bits=1"}},
+		{"rc2", formattest.Sparse, []string{"-o", "refcount_bits=2"}},
+		{"rc4", formattest.Sparse, []string{"-o", "refcount_bits=4"}},
+		{"rc8", formattest.Sparse, []string{"-o", "refcount_bits=8"}},
+		{"rc32", formattest.Sparse, []string{"-o", "refcount_bits=32"}},
+		{"rc64", formattest.Sparse, []string{"-o", "refcount_bits=64"}},
+		{"extl2", formattest.Sparse, []string{"-o", "extended_l2=on"}},
+		{"zeros", formattest.Zeros, nil},
+		{"prealloc-metadata", formattest.Sparse, []string{"-o", "preallocation=metadata"}},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			p := formattest.Generate(t, dir, v.name, "qcow2", 9<<20+512, v.content, v.args...)
+			if code := agree(t, p); code != 0 {
+				t.Errorf("exit code %d on a clean image", code)
+			}
+		})
+	}
+}
+
+// TestCheckWritten checks images written by our own qcow2 writer.
+func TestCheckWritten(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, 7<<20, formattest.Sparse)
+	for _, v := range writerVariants {
+		t.Run(v.name, func(t *testing.T) {
+			dst := filepath.Join(dir, v.name+".qcow2")
+			convertFile(t, src, "raw", dst, v)
+			if code := agree(t, dst); code != 0 {
+				t.Errorf("exit code %d on our own image", code)
+			}
+		})
+	}
+}
+
+func qemuIOCheck(t *testing.T, path string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+}
+
+func TestCheckSnapshotsAndBitmaps(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	for _, opts := range []string{"cluster_size=65536", "cluster_size=512", "compat=0.10", "refcount_bits=8", "extended_l2=on"} {
+		t.Run(opts, func(t *testing.T) {
+			p := filepath.Join(dir, strings.NewReplacer("=", "-", ",", "-").Replace(opts)+".qcow2")
+			formattest.Create(t, p, "qcow2", "8M", "-o", opts)
+			qemuIOCheck(t, p, "write -P 1 0 300k", "write -P 2 5M 64k")
+			formattest.Qemu(t, "snapshot", "-c", "s1", p)
+			qemuIOCheck(t, p, "write -P 3 100k 8k", "write -P 4 7M 4k")
+			formattest.Qemu(t, "snapshot", "-c", "s2", p)
+			qemuIOCheck(t, p, "write -c -P 5 2M 64k", "discard 5M 64k")
+			if !strings.Contains(opts, "compat") {
+				formattest.Qemu(t, "bitmap", "--add", p, "b0")
+				formattest.Qemu(t, "bitmap", "--add", "-g", "512k", p, "b1")
+			}
+			if code := agree(t, p); code != 0 {
+				t.Errorf("exit code %d on a clean image", code)
+			}
+			// Deleting a snapshot frees clusters and keeps the counts right.
+			formattest.Qemu(t, "snapshot", "-d", "s1", p)
+			agree(t, p)
+		})
+	}
+}
+
+// layout locates the structures a patch needs in a small image.
+type layout struct {
+	data          []byte
+	cs            int64
+	l2, refblock  int64 // offsets of L2 table 0 and refcount block 0
+	refOrder      uint
+	firstData     int64 // host offset of the cluster of guest offset 0
+	secondL2Entry int64 // file offset of L2 entry 1
+}
+
+func readLayout(t *testing.T, path string) *layout {
+	t.Helper()
+	d, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := binary.BigEndian
+	l := &layout{data: d, cs: 1 << be.Uint32(d[20:]), refOrder: 4}
+	if be.Uint32(d[4:]) == 3 {
+		l.refOrder = uint(be.Uint32(d[96:]))
+	}
+	l1 := int64(be.Uint64(d[40:]))
+	l.l2 = int64(be.Uint64(d[l1:]) & 0x00fffffffffffe00)
+	reft := int64(be.Uint64(d[48:]))
+	l.refblock = int64(be.Uint64(d[reft:]) &^ 0x1ff)
+	l.firstData = int64(be.Uint64(d[l.l2:]) & 0x00fffffffffffe00)
+	l.secondL2Entry = l.l2 + 8
+	if l.l2 == 0 || l.refblock == 0 || l.firstData == 0 {
+		t.Fatal("sample image lacks an L2 table, refcount block or data cluster")
+	}
+	return l
+}
+
+// setRef sets the stored 16-bit refcount of the cluster at host offset off.
+func (l *layout) setRef(off int64, v uint16) {
+	binary.BigEndian.PutUint16(l.data[l.refblock+2*(off/l.cs):], v)
+}
+
+func TestCheckDamaged(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	formattest.Create(t, base, "qcow2", "4M", "-o", "cluster_size=4k")
+	qemuIOCheck(t, base, "write -P 1 0 16k", "write -P 2 1M 8k")
+	be := binary.BigEndian
+	cases := []struct {
+		name  string
+		code  int
+		patch func(l *layout) []byte
+	}{
+		{"clean", 0, func(l *layout) []byte { return l.data }},
+		{"leak-refcount-up", 3, func(l *layout) []byte {
+			// A data cluster counted twice, its copied flag cleared to
+			// match: only a leak.
+			l.setRef(l.firstData, 2)
+			be.PutUint64(l.data[l.l2:], be.Uint64(l.data[l.l2:])&^(1<<63))
+			return l.data
+		}},
+		{"leak-refcount-up-copied", 2, func(l *layout) []byte {
+			// The same with the copied flag left set, which qemu counts
+			// as a corruption.
+			l.setRef(l.firstData, 2)
+			return l.data
+		}},
+		{"leak-unused-cluster", 3, func(l *layout) []byte {
+			// A cluster appended at the end and marked used by nothing.
+			end := int64(len(l.data))
+			d := append(l.data, make([]byte, l.cs)...)
+			be.PutUint16(d[l.refblock+2*(end/l.cs):], 1)
+			return d
+		}},
+		{"corrupt-refcount-down", 2, func(l *layout) []byte {
+			l.setRef(l.firstData, 0)
+			return l.data
+		}},
+		{"corrupt-refcount-l2", 2, func(l *layout) []byte {
+			l.setRef(l.l2, 0)
+			return l.data
+		}},
+		{"corrupt-shared-cluster", 2, func(l *layout) []byte {
+			// Two L2 entries pointing at the same cluster.
+			copy(l.data[l.secondL2Entry:], l.data[l.l2:l.l2+8])
+			return l.data
+		}},
+		{"corrupt-l2-entry-past-eof", 2, func(l *layout) []byte {
+			be.PutUint64(l.data[l.secondL2Entry:], 1<<63|1<<40)
+			return l.data
+		}},
+		{"corrupt-l2-entry-unaligned", 2, func(l *layout) []byte {
+			be.PutUint64(l.data[l.secondL2Entry:], be.Uint64(l.data[l.secondL2Entry:])+512)
+			return l.data
+		}},
+		{"corrupt-reserved-bits", 2, func(l *layout) []byte {
+			be.PutUint64(l.data[l.secondL2Entry:], be.Uint64(l.data[l.secondL2Entry:])|1<<57)
+			return l.data
+		}},
+		{"corrupt-copied-flag", 2, func(l *layout) []byte {
+			be.PutUint64(l.data[l.l2:], be.Uint64(l.data[l.l2:])&^(1<<63))
+			return l.data
+		}},
+		{"corrupt-bit", 0, func(l *layout) []byte {
+			// qemu-img check counts nothing for the bit itself.
+			l.data[79] |= 2
+			return l.data
+		}},
+		{"dirty-bit", 0, func(l *layout) []byte {
+			l.data[79] |= 1
+			return l.data
+		}},
+		{"refblock-outside", 2, func(l *layout) []byte {
+			reft := int64(be.Uint64(l.data[48:]))
+			be.PutUint64(l.data[reft+8:], 1<<40)
+			return l.data
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(dir, c.name+".qcow2")
+			if err := os.WriteFile(p, c.patch(readLayout(t, base)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if code := agree(t, p); code != c.code {
+				t.Errorf("exit code %d, want %d", code, c.code)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("check took %v", d)
+			}
+			if c.name == "corrupt-bit" {
+				_, r := ourCheck(t, p)
+				if !strings.Contains(strings.Join(r.Problems, "\n"), "corrupt bit") {
+					t.Errorf("problems %q do not report the corrupt bit", r.Problems)
+				}
+			}
+		})
+	}
+}
+
+// TestCheckHostile runs the check on patched images qemu-img never sees:
+// it must finish quickly with counts, never panic or allocate per header
+// field.
+func TestCheckHostile(t *testing.T) {
+	formattest.RequireQemu(t)
+	orig, l1e, l2e := sample(t, "cluster_size=512")
+	be := binary.BigEndian
+	reft := int64(be.Uint64(orig[48:]))
+	cases := []struct {
+		name  string
+		want  string // in the problems, or in the error
+		patch func(d []byte) []byte
+	}{
+		{"l1-all-same-l2", "", func(d []byte) []byte {
+			// Every L1 entry names the same L2 table: read once.
+			e := be.Uint64(d[l1e:])
+			for i := int64(0); i < 4; i++ {
+				be.PutUint64(d[l1e+8*i:], e)
+			}
+			return d
+		}},
+		{"l2-all-same-cluster", "ERROR cluster", func(d []byte) []byte {
+			e := be.Uint64(d[l2e:])
+			for i := int64(0); i < 64; i++ {
+				be.PutUint64(d[l2e+8*i:], e)
+			}
+			return d
+		}},
+		{"refcount-table-huge", "exceeding the end of the file", func(d []byte) []byte {
+			be.PutUint32(d[56:], 0xffffffff)
+			return d
+		}},
+		{"refcount-table-past-eof", "exceeding the end of the file", func(d []byte) []byte {
+			be.PutUint64(d[48:], 1<<50)
+			return d
+		}},
+		{"refblock-reserved-bits", "reserved bits", func(d []byte) []byte {
+			be.PutUint64(d[reft:], be.Uint64(d[reft:])+8)
+			return d
+		}},
+		{"snapshots-absurd", "nb_snapshots", func(d []byte) []byte {
+			be.PutUint32(d[60:], 0xffffffff)
+			be.PutUint64(d[64:], 512)
+			return d
+		}},
+		{"snapshots-past-eof", "outside the file", func(d []byte) []byte {
+			be.PutUint32(d[60:], 3)
+			be.PutUint64(d[64:], 1<<40)
+			return d
+		}},
+		{"l2-table-past-eof", "exceeding the end of the file", func(d []byte) []byte {
+			be.PutUint64(d[l1e:], 1<<63|1<<45)
+			return d
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := c.patch(append([]byte(nil), orig...))
+			f := &formattest.MemFile{Data: d, Path: "/nonexistent/hostile.qcow2"}
+			img, err := qcow2.Open(f, format.NewOpener(format.Policy{Untrusted: true}))
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer img.Close()
+			start := time.Now()
+			r, err := img.Check(context.Background())
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("check took %v", d)
+			}
+			if err != nil {
+				t.Fatalf("check: %v", err)
+			}
+			text := strings.Join(r.Problems, "\n")
+			if c.want != "" && !strings.Contains(text, c.want) {
+				t.Errorf("problems %q do not mention %q", text, c.want)
+			}
+			if c.want != "" && r.Corruptions+r.CheckErrors+r.Leaks == 0 {
+				t.Errorf("no corruption, leak or check error counted: %+v", r)
+			}
+		})
+	}
+}
+
+// FuzzQcow2Check runs the check on arbitrary files: it must return
+// without panicking or hanging.
+func FuzzQcow2Check(f *testing.F) {
+	formattest.AddSeeds(f, "../../testdata/qcow2")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		mf := &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.qcow2"}
+		img, err := qcow2.Open(mf, format.NewOpener(format.Policy{Untrusted: true}))
+		if err != nil {
+			return
+		}
+		defer img.Close()
+		r, err := img.Check(context.Background())
+		if err == nil && (r.Corruptions < 0 || r.Leaks < 0 || r.ImageEndOffset < 0) {
+			t.Fatalf("negative counts: %+v", r)
+		}
+	})
+}
+
+// BenchmarkCheckEmpty1TiB shows a check's cost follows the file, not the
+// virtual size.
+func BenchmarkCheckEmpty1TiB(b *testing.B) {
+	formattest.RequireQemu(b)
+	p := filepath.Join(b.TempDir(), "empty.qcow2")
+	formattest.Create(b, p, "qcow2", "1T")
+	img, err := format.Open(p, "qcow2", format.Policy{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer img.Close()
+	for b.Loop() {
+		r, err := img.(format.Checker).Check(context.Background())
+		if err != nil || r.Corruptions+r.Leaks+r.CheckErrors != 0 {
+			b.Fatalf("%v %+v", err, r)
+		}
+	}
+}
