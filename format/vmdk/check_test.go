@@ -1,0 +1,320 @@
+package vmdk_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskimg/diskimg/convert"
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+	_ "github.com/diskimg/diskimg/format/raw"
+)
+
+// qemuCheck runs qemu-img check on an image the test made (no backing
+// file) and returns its exit code, JSON output and standard error.
+func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
+	t.Helper()
+	formattest.RequireQemu(t)
+	cmd := exec.Command("qemu-img", "check", "--output=json", "-f", "vmdk", path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	rc := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		rc = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]any{}
+	if len(out) > 0 {
+		if err := json.Unmarshal(out, &m); err != nil {
+			t.Fatalf("qemu-img check output %q: %v", out, err)
+		}
+	}
+	return rc, m, stderr.String()
+}
+
+// ourCheck runs our Checker and returns qemu-img's exit code for the
+// verdict and the result as qemu's JSON keys.
+func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
+	t.Helper()
+	img, err := format.Open(path, "vmdk", format.Policy{})
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	defer img.Close()
+	r, err := img.(format.Checker).Check(context.Background())
+	if err != nil {
+		t.Fatalf("check %s: %v", path, err)
+	}
+	b, _ := json.Marshal(r)
+	m := map[string]any{}
+	json.Unmarshal(b, &m)
+	rc := 0
+	switch {
+	case r.CheckErrors > 0:
+		rc = 1
+	case r.Corruptions > 0:
+		rc = 2
+	case r.Leaks > 0:
+		rc = 3
+	}
+	return rc, m, r
+}
+
+// compareCheck asserts that qemu-img and diskimg agree on the verdict and
+// on every count qemu-img reports.
+func compareCheck(t *testing.T, path string) *format.CheckResult {
+	t.Helper()
+	qrc, qm, _ := qemuCheck(t, path)
+	rc, m, r := ourCheck(t, path)
+	if rc != qrc {
+		t.Errorf("%s: exit code %d, qemu-img %d (ours %+v)", filepath.Base(path), rc, qrc, r)
+	}
+	for k, v := range qm {
+		if k == "filename" || k == "format" {
+			continue
+		}
+		if m[k] != v {
+			t.Errorf("%s: %s = %v, qemu-img %v", filepath.Base(path), k, m[k], v)
+		}
+	}
+	for k := range m {
+		if _, ok := qm[k]; !ok && k != "problems" && k != "filename" {
+			t.Errorf("%s: key %s = %v that qemu-img does not report", filepath.Base(path), k, m[k])
+		}
+	}
+	return r
+}
+
+// ourConvert writes the raw image src as "vmdk" at dst with diskimg's writer.
+func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
+	t.Helper()
+	in, err := format.Open(src, "raw", format.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	w, err := format.LookupWriter("vmdk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := convert.Convert(context.Background(), in, w, f, convert.Options{WriterOptions: opts}); err != nil {
+		t.Fatalf("convert to %s: %v", dst, err)
+	}
+}
+
+// patched writes data with patch applied to a new file in dir.
+func patched(t *testing.T, dir, name string, data []byte, patch func([]byte) []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, patch(append([]byte(nil), data...)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckClean(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name string
+		size int64
+		cont formattest.Content
+		args []string
+	}{
+		{"empty", 64 << 20, formattest.Empty, nil},
+		{"sparse", 16 << 20, formattest.Sparse, nil},
+		{"dense", 5 << 20, formattest.Dense, nil},
+		{"stream", 16 << 20, formattest.Sparse, []string{"-o", "subformat=streamOptimized"}},
+		{"zeroed-grain", 8 << 20, formattest.Zeros, []string{"-o", "zeroed_grain=on"}},
+		{"compat6", 8 << 20, formattest.Sparse, []string{"-o", "compat6=on"}},
+		{"flat", 8 << 20, formattest.Sparse, []string{"-o", "subformat=monolithicFlat"}},
+		{"two-gb-sparse", 8 << 20, formattest.Sparse, []string{"-o", "subformat=twoGbMaxExtentSparse"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := formattest.Generate(t, t.TempDir(), c.name, "vmdk", c.size, c.cont, c.args...)
+			if r := compareCheck(t, p); r.Corruptions != 0 || len(r.Problems) != 0 {
+				t.Errorf("clean image: %+v", r)
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		opts map[string]string
+	}{
+		{"ours-sparse", nil},
+		{"ours-stream", map[string]string{"subformat": "streamOptimized"}},
+		{"ours-zeroed", map[string]string{"zeroed_grain": "on"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := filepath.Join(dir, c.name+".raw")
+			formattest.MakeRaw(t, src, 9<<20, formattest.Sparse)
+			p := filepath.Join(dir, c.name+".vmdk")
+			ourConvert(t, src, p, c.opts)
+			if r := compareCheck(t, p); r.Corruptions != 0 || len(r.Problems) != 0 {
+				t.Errorf("clean image: %+v", r)
+			}
+		})
+	}
+}
+
+// TestCheckCorrupt patches grain directory and grain table entries of a
+// qemu-made monolithicSparse image.
+func TestCheckCorrupt(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	base := formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense)
+	data, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	gd := int(le.Uint64(data[56:])) * 512
+	gt := int(le.Uint32(data[gd:])) * 512
+	eofSector := uint32(len(data)/512 + 100)
+
+	t.Run("grain-past-eof", func(t *testing.T) {
+		p := patched(t, dir, "grain.vmdk", data, func(d []byte) []byte {
+			le.PutUint32(d[gt+4:], eofSector)
+			le.PutUint32(d[gt+12:], eofSector+128)
+			return d
+		})
+		// qemu-img stops at the first such grain and fails the check
+		// (exit 1); diskimg reports each as a corruption.
+		qrc, _, qerr := qemuCheck(t, p)
+		if qrc != 1 || !strings.Contains(qerr, "cluster offset for sector 128 points after EOF") {
+			t.Errorf("qemu-img check: exit %d, %q", qrc, qerr)
+		}
+		rc, _, r := ourCheck(t, p)
+		if rc != 2 || r.Corruptions != 2 {
+			t.Errorf("ours: exit %d, %+v", rc, r)
+		}
+		want := fmt.Sprintf("grain table entry 1 of grain table 0 at offset %d: grain 1 at sector %d starts past the end of the file", gt+4, eofSector)
+		if !strings.Contains(strings.Join(r.Problems, "\n"), want) {
+			t.Errorf("problems %q do not name %q", r.Problems, want)
+		}
+	})
+	t.Run("grain-across-eof", func(t *testing.T) {
+		p := patched(t, dir, "across.vmdk", data, func(d []byte) []byte {
+			le.PutUint32(d[gt+8:], uint32(len(d)/512-1))
+			return d
+		})
+		// qemu only asks where a grain starts: clean for qemu-img.
+		if qrc, _, qerr := qemuCheck(t, p); qrc != 0 {
+			t.Errorf("qemu-img check: exit %d, %q", qrc, qerr)
+		}
+		rc, _, r := ourCheck(t, p)
+		want := fmt.Sprintf("grain table entry 2 of grain table 0 at offset %d: grain 2 at sector %d extends past the end of the file", gt+8, len(data)/512-1)
+		if rc != 2 || !strings.Contains(strings.Join(r.Problems, "\n"), want) {
+			t.Errorf("ours: exit %d, problems %q, want %q", rc, r.Problems, want)
+		}
+	})
+	t.Run("table-past-eof", func(t *testing.T) {
+		p := patched(t, dir, "table.vmdk", data, func(d []byte) []byte {
+			le.PutUint32(d[gd:], eofSector)
+			return d
+		})
+		// qemu reads a grain table past the end of the file as zeros and
+		// calls the image clean; for diskimg it is a corruption.
+		if qrc, _, qerr := qemuCheck(t, p); qrc != 0 {
+			t.Errorf("qemu-img check: exit %d, %q", qrc, qerr)
+		}
+		rc, _, r := ourCheck(t, p)
+		want := fmt.Sprintf("grain directory entry 0 at offset %d: grain table at sector %d extends past the end of the file", gd, eofSector)
+		if rc != 2 || r.Corruptions != 1 || !strings.Contains(strings.Join(r.Problems, "\n"), want) {
+			t.Errorf("ours: exit %d, %+v, want %q", rc, r, want)
+		}
+	})
+	t.Run("duplicate-grain", func(t *testing.T) {
+		p := patched(t, dir, "dup.vmdk", data, func(d []byte) []byte {
+			le.PutUint32(d[gt+4:], le.Uint32(d[gt:]))
+			return d
+		})
+		// Neither qemu-img nor diskimg looks for grains used twice.
+		compareCheck(t, p)
+	})
+}
+
+// exerciseCheck opens data as vmdk under the strictest policy and, when
+// it opens, runs Check: no panic, no error but I/O, sane counts.
+func exerciseCheck(t *testing.T, data []byte) {
+	// No directory: whatever the image names cannot be opened.
+	mf := &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.img"}
+	img, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(mf, "vmdk")
+	if err != nil {
+		return
+	}
+	defer img.Close()
+	r, err := img.(format.Checker).Check(context.Background())
+	if err != nil {
+		return
+	}
+	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 ||
+		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors {
+		t.Fatalf("check result %+v", r)
+	}
+}
+
+// FuzzCheck runs Check on mutations of the seeds in testdata.
+func FuzzCheck(f *testing.F) {
+	formattest.AddSeeds(f, "../../testdata/vmdk")
+	f.Fuzz(exerciseCheck)
+}
+
+// TestCheckMutatedSeeds runs Check on seeds with random bytes changed: a
+// deterministic complement to FuzzCheck.
+func TestCheckMutatedSeeds(t *testing.T) {
+	dir := "../../testdata/vmdk"
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) == 0 {
+		t.Fatalf("no seeds in %s: %v", dir, err)
+	}
+	rng := rand.New(rand.NewSource(8))
+	for i := 0; i < 3000; i++ {
+		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; k < 1+rng.Intn(4); k++ {
+			d[rng.Intn(len(d))] = byte(rng.Intn(256))
+		}
+		exerciseCheck(t, d)
+	}
+}
+
+// TestCheckEmptyHuge checks an empty 256G image (qemu-img preallocates
+// its grain tables, 128 MiB of them at 2T, which qemu-img check takes
+// seconds to walk): clean, as for qemu-img,
+// and quick, since an empty image has next to no metadata.
+func TestCheckEmptyHuge(t *testing.T) {
+	formattest.RequireQemu(t)
+	p := filepath.Join(t.TempDir(), "huge.vmdk")
+	formattest.Create(t, p, "vmdk", "256G")
+	t0 := time.Now()
+	rc, _, r := ourCheck(t, p)
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("check took %v", d)
+	}
+	if rc != 0 || len(r.Problems) != 0 {
+		t.Errorf("exit %d, %+v", rc, r)
+	}
+	compareCheck(t, p)
+}
