@@ -1,6 +1,7 @@
 package format
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,10 @@ type Format struct {
 	// ErrWrongType when f has no such signature. On success the image owns
 	// f: if f is an io.Closer, the image's Close closes it.
 	Open func(f File, o *Opener) (Image, error)
+	// CheckFile, when set, checks a file whose structure Open refuses
+	// (a BAT pointing past the end of the file), so `check` can report
+	// the corruption as qemu-img does instead of failing to open.
+	CheckFile func(ctx context.Context, f File) (*CheckResult, error)
 }
 
 var (

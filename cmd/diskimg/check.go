@@ -56,27 +56,31 @@ func runCheck(c *cli.Context) error {
 	untrusted := c.Bool(untrustedFlag.Name)
 	w, ew := c.App.Writer, c.App.ErrWriter
 
+	var r *format.CheckResult
 	img, err := format.Open(path, c.String(formatFlag.Name), p)
 	if err != nil {
-		if untrusted {
-			writeFindings(w, mode, format.Findings(path, nil, p))
+		// A corruption that stops Open may still be what check reports.
+		if r = checkUnopenable(c, path, err); r == nil {
+			if untrusted {
+				writeFindings(w, mode, format.Findings(path, nil, p))
+			}
+			return err
 		}
-		return err
-	}
-	defer img.Close()
-	ch, ok := img.(format.Checker)
-	if !ok {
-		if untrusted {
-			writeFindings(w, mode, format.Findings(path, img, p))
+	} else {
+		defer img.Close()
+		ch, ok := img.(format.Checker)
+		if !ok {
+			if untrusted {
+				writeFindings(w, mode, format.Findings(path, img, p))
+			}
+			return &exitError{checkUnsupported, errors.New("This image format does not support checks")}
 		}
-		return &exitError{checkUnsupported, errors.New("This image format does not support checks")}
-	}
-	r, err := ch.Check(c.Context)
-	if err != nil {
-		return fmt.Errorf("%s: check failed: %w", path, err)
+		if r, err = ch.Check(c.Context); err != nil {
+			return fmt.Errorf("%s: check failed: %w", path, err)
+		}
+		r.Format = img.Info().Format
 	}
 	r.Filename = path
-	r.Format = img.Info().Format
 	// qemu-img prints each problem on standard error.
 	for _, line := range r.Problems {
 		fmt.Fprintln(ew, line)
@@ -201,4 +205,32 @@ func writeFindings(w io.Writer, mode string, findings []format.Finding) {
 	for _, f := range findings {
 		fmt.Fprintf(w, "  %s\n", f)
 	}
+}
+
+// checkUnopenable checks a file Open refused for a malformed structure,
+// when its format can check such files (format.Format.CheckFile); nil
+// otherwise.
+func checkUnopenable(c *cli.Context, path string, openErr error) *format.CheckResult {
+	var fe *format.FormatError
+	if !errors.As(openErr, &fe) {
+		return nil
+	}
+	f, err := format.OpenFile(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	ft, err := format.Probe(f)
+	if name := c.String(formatFlag.Name); name != "" {
+		ft, err = format.Lookup(name)
+	}
+	if err != nil || ft.CheckFile == nil || ft.Name != fe.Format {
+		return nil
+	}
+	r, err := ft.CheckFile(c.Context, f)
+	if err != nil {
+		return nil
+	}
+	r.Format = ft.Name
+	return r
 }

@@ -298,3 +298,24 @@ func TestMalformedDirectory(t *testing.T) {
 	}
 	t.Logf("%d files, %d command runs", len(files), runs)
 }
+
+// TestCheckTruncatedVHDX: a truncated VHDX is refused by Open, yet check
+// reports its corruptions with qemu-img's verdict, through CheckFile.
+func TestCheckTruncatedVHDX(t *testing.T) {
+	formattest.RequireQemu(t)
+	path := filepath.Join(t.TempDir(), "t.vhdx")
+	formattest.Create(t, path, "vhdx", "64M")
+	cmd := exec.Command("qemu-io", "-f", "vhdx", "-c", "write -P 7 0 4M", "-c", "write -P 8 40M 1M", path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	if err := os.Truncate(path, 9<<20); err != nil {
+		t.Fatal(err)
+	}
+	out, _, code := runCLI(t, "check", "--output=json", path)
+	qemu := exec.Command("qemu-img", "check", "--output=json", path)
+	want, _ := qemu.Output()
+	if code != 2 || qemu.ProcessState.ExitCode() != 2 || compactJSON(t, out) != compactJSON(t, string(want)) {
+		t.Errorf("diskimg exit %d %s; qemu-img exit %d %s", code, out, qemu.ProcessState.ExitCode(), want)
+	}
+}

@@ -28,10 +28,11 @@ const Priority = 30
 
 func init() {
 	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    Probe,
-		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+		Name:      Name,
+		Priority:  Priority,
+		Probe:     Probe,
+		Open:      func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+		CheckFile: CheckFile,
 	})
 }
 
