@@ -1,13 +1,9 @@
 package vdi_test
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
-	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,79 +13,20 @@ import (
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
-// qemuCheck runs qemu-img check on an image the test made (no backing
-// file) and returns its exit code and JSON output.
+// qemuCheck runs qemu-img check on an image the test made.
 func qemuCheck(t *testing.T, path string) (int, map[string]any) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	out, err := exec.Command("qemu-img", "check", "--output=json", "-f", "vdi", path).Output()
-	rc := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		rc = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]any{}
-	if len(out) > 0 {
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatalf("qemu-img check output %q: %v", out, err)
-		}
-	}
+	rc, m, _ := formattest.QemuCheck(t, "vdi", path)
 	return rc, m
 }
 
-// ourCheck runs our Checker and returns qemu-img's exit code for the
-// verdict and the result as qemu's JSON keys.
+// ourCheck runs diskimg's check on an image of this format.
 func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
-	t.Helper()
-	img, err := format.Open(path, "vdi", format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		t.Fatalf("check %s: %v", path, err)
-	}
-	b, _ := json.Marshal(r)
-	m := map[string]any{}
-	json.Unmarshal(b, &m)
-	rc := 0
-	switch {
-	case r.CheckErrors > 0:
-		rc = 1
-	case r.Corruptions > 0:
-		rc = 2
-	case r.Leaks > 0:
-		rc = 3
-	}
-	return rc, m, r
+	return formattest.OurCheck(t, "vdi", path)
 }
 
-// compareCheck asserts that qemu-img and diskimg agree on the verdict and
-// on every count qemu-img reports.
+// compareCheck asserts diskimg and qemu-img agree on the image.
 func compareCheck(t *testing.T, path string) *format.CheckResult {
-	t.Helper()
-	qrc, qm := qemuCheck(t, path)
-	rc, m, r := ourCheck(t, path)
-	if rc != qrc {
-		t.Errorf("%s: exit code %d, qemu-img %d (ours %+v)", filepath.Base(path), rc, qrc, r)
-	}
-	for k, v := range qm {
-		if k == "filename" || k == "format" {
-			continue
-		}
-		if m[k] != v {
-			t.Errorf("%s: %s = %v, qemu-img %v", filepath.Base(path), k, m[k], v)
-		}
-	}
-	for k := range m {
-		if _, ok := qm[k]; !ok && k != "problems" && k != "filename" {
-			t.Errorf("%s: key %s = %v that qemu-img does not report", filepath.Base(path), k, m[k])
-		}
-	}
-	return r
+	return formattest.CompareCheck(t, "vdi", path)
 }
 
 func TestCheckClean(t *testing.T) {
@@ -167,25 +104,8 @@ func itoa(n int) string {
 	return string(b)
 }
 
-// exerciseCheck opens data as vdi under the strictest policy and, when
-// it opens, runs Check: no panic, no error but I/O, sane counts.
-func exerciseCheck(t *testing.T, data []byte) {
-	// No directory: whatever the image names cannot be opened.
-	mf := &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.img"}
-	img, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(mf, "vdi")
-	if err != nil {
-		return
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		return
-	}
-	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 ||
-		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors {
-		t.Fatalf("check result %+v", r)
-	}
-}
+// exerciseCheck runs the check on untrusted bytes (see formattest.ExerciseCheck).
+func exerciseCheck(t *testing.T, data []byte) { formattest.ExerciseCheck(t, "vdi", data) }
 
 // FuzzCheck runs Check on mutations of the seeds in testdata.
 func FuzzCheck(f *testing.F) {
@@ -193,25 +113,10 @@ func FuzzCheck(f *testing.F) {
 	f.Fuzz(exerciseCheck)
 }
 
-// TestCheckMutatedSeeds runs Check on seeds with random bytes changed: a
-// deterministic complement to FuzzCheck.
+// TestCheckMutatedSeeds runs the check on seeds with random bytes
+// changed: a deterministic complement to FuzzCheck.
 func TestCheckMutatedSeeds(t *testing.T) {
-	dir := "../../testdata/vdi"
-	ents, err := os.ReadDir(dir)
-	if err != nil || len(ents) == 0 {
-		t.Fatalf("no seeds in %s: %v", dir, err)
-	}
-	rng := rand.New(rand.NewSource(8))
-	for i := 0; i < 3000; i++ {
-		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := 0; k < 1+rng.Intn(4); k++ {
-			d[rng.Intn(len(d))] = byte(rng.Intn(256))
-		}
-		exerciseCheck(t, d)
-	}
+	formattest.MutateSeeds(t, "../../testdata/vdi", 3000, 8, func(d []byte) { exerciseCheck(t, d) })
 }
 
 // TestCheckEmptyHuge checks an empty 2T image: clean, as for qemu-img,

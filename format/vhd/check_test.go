@@ -1,15 +1,10 @@
 package vhd_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,57 +16,14 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 )
 
-// qemuCheck runs qemu-img check on an image the test made (no backing
-// file) and returns its exit code, JSON output and standard error.
+// qemuCheck runs qemu-img check on an image the test made.
 func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	cmd := exec.Command("qemu-img", "check", "--output=json", "-f", "vpc", path)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	rc := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		rc = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]any{}
-	if len(out) > 0 {
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatalf("qemu-img check output %q: %v", out, err)
-		}
-	}
-	return rc, m, stderr.String()
+	return formattest.QemuCheck(t, "vpc", path)
 }
 
-// ourCheck runs our Checker and returns qemu-img's exit code for the
-// verdict and the result as qemu's JSON keys.
+// ourCheck runs diskimg's check on an image of this format.
 func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
-	t.Helper()
-	img, err := format.Open(path, "vpc", format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		t.Fatalf("check %s: %v", path, err)
-	}
-	b, _ := json.Marshal(r)
-	m := map[string]any{}
-	json.Unmarshal(b, &m)
-	rc := 0
-	switch {
-	case r.CheckErrors > 0:
-		rc = 1
-	case r.Corruptions > 0:
-		rc = 2
-	case r.Leaks > 0:
-		rc = 3
-	}
-	return rc, m, r
+	return formattest.OurCheck(t, "vpc", path)
 }
 
 // ourConvert writes the raw image src as "vpc" at dst with diskimg's writer.
@@ -96,24 +48,8 @@ func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
 	}
 }
 
-// patched writes data with patch applied to a new file in dir.
-func patched(t *testing.T, dir, name string, data []byte, patch func([]byte) []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, patch(append([]byte(nil), data...)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// assertNoQemuCheck asserts that qemu-img cannot check the image (exit 63),
-// which is why diskimg's verdict stands alone for this format.
-func assertNoQemuCheck(t *testing.T, path string) {
-	t.Helper()
-	if rc, _, stderr := qemuCheck(t, path); rc != 63 || !strings.Contains(stderr, "does not support checks") {
-		t.Errorf("qemu-img check: exit %d, %q; want 63", rc, stderr)
-	}
-}
+// assertNoQemuCheck asserts qemu-img cannot check this format.
+func assertNoQemuCheck(t *testing.T, path string) { formattest.AssertNoQemuCheck(t, "vpc", path) }
 
 func TestCheckClean(t *testing.T) {
 	formattest.RequireQemu(t)
@@ -207,7 +143,7 @@ func TestCheckCorrupt(t *testing.T) {
 		}, fmt.Sprintf("bat entry 2 at offset %d: block at offset %d overlaps the BAT at offset %d", bat+8, bat, bat)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := patched(t, dir, c.name+".vhd", data, c.patch)
+			p := formattest.Patched(t, dir, c.name+".vhd", data, c.patch)
 			assertNoQemuCheck(t, p)
 			rc, _, r := ourCheck(t, p)
 			if rc != 2 || !strings.Contains(strings.Join(r.Problems, "\n"), c.want) {
@@ -217,25 +153,8 @@ func TestCheckCorrupt(t *testing.T) {
 	}
 }
 
-// exerciseCheck opens data as vhd under the strictest policy and, when
-// it opens, runs Check: no panic, no error but I/O, sane counts.
-func exerciseCheck(t *testing.T, data []byte) {
-	// No directory: whatever the image names cannot be opened.
-	mf := &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.img"}
-	img, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(mf, "vpc")
-	if err != nil {
-		return
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		return
-	}
-	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 ||
-		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors {
-		t.Fatalf("check result %+v", r)
-	}
-}
+// exerciseCheck runs the check on untrusted bytes (see formattest.ExerciseCheck).
+func exerciseCheck(t *testing.T, data []byte) { formattest.ExerciseCheck(t, "vpc", data) }
 
 // FuzzCheck runs Check on mutations of the seeds in testdata.
 func FuzzCheck(f *testing.F) {
@@ -243,25 +162,10 @@ func FuzzCheck(f *testing.F) {
 	f.Fuzz(exerciseCheck)
 }
 
-// TestCheckMutatedSeeds runs Check on seeds with random bytes changed: a
-// deterministic complement to FuzzCheck.
+// TestCheckMutatedSeeds runs the check on seeds with random bytes
+// changed: a deterministic complement to FuzzCheck.
 func TestCheckMutatedSeeds(t *testing.T) {
-	dir := "../../testdata/vhd"
-	ents, err := os.ReadDir(dir)
-	if err != nil || len(ents) == 0 {
-		t.Fatalf("no seeds in %s: %v", dir, err)
-	}
-	rng := rand.New(rand.NewSource(8))
-	for i := 0; i < 3000; i++ {
-		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := 0; k < 1+rng.Intn(4); k++ {
-			d[rng.Intn(len(d))] = byte(rng.Intn(256))
-		}
-		exerciseCheck(t, d)
-	}
+	formattest.MutateSeeds(t, "../../testdata/vhd", 3000, 8, func(d []byte) { exerciseCheck(t, d) })
 }
 
 // TestCheckEmptyHuge checks an empty 2000G image: clean, as for qemu-img,

@@ -1,15 +1,11 @@
 package vhdx
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,82 +17,19 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 )
 
-// qemuCheck runs qemu-img check on an image the test made (no backing
-// file) and returns its exit code, JSON output and standard error.
+// qemuCheck runs qemu-img check on an image the test made.
 func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	cmd := exec.Command("qemu-img", "check", "--output=json", "-f", "vhdx", path)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	rc := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		rc = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]any{}
-	if len(out) > 0 {
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatalf("qemu-img check output %q: %v", out, err)
-		}
-	}
-	return rc, m, stderr.String()
+	return formattest.QemuCheck(t, "vhdx", path)
 }
 
-// ourCheck runs our Checker and returns qemu-img's exit code for the
-// verdict and the result as qemu's JSON keys.
+// ourCheck runs diskimg's check on an image of this format.
 func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
-	t.Helper()
-	img, err := format.Open(path, "vhdx", format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		t.Fatalf("check %s: %v", path, err)
-	}
-	b, _ := json.Marshal(r)
-	m := map[string]any{}
-	json.Unmarshal(b, &m)
-	rc := 0
-	switch {
-	case r.CheckErrors > 0:
-		rc = 1
-	case r.Corruptions > 0:
-		rc = 2
-	case r.Leaks > 0:
-		rc = 3
-	}
-	return rc, m, r
+	return formattest.OurCheck(t, "vhdx", path)
 }
 
-// compareCheck asserts that qemu-img and diskimg agree on the verdict and
-// on every count qemu-img reports.
+// compareCheck asserts diskimg and qemu-img agree on the image.
 func compareCheck(t *testing.T, path string) *format.CheckResult {
-	t.Helper()
-	qrc, qm, _ := qemuCheck(t, path)
-	rc, m, r := ourCheck(t, path)
-	if rc != qrc {
-		t.Errorf("%s: exit code %d, qemu-img %d (ours %+v)", filepath.Base(path), rc, qrc, r)
-	}
-	for k, v := range qm {
-		if k == "filename" || k == "format" {
-			continue
-		}
-		if m[k] != v {
-			t.Errorf("%s: %s = %v, qemu-img %v", filepath.Base(path), k, m[k], v)
-		}
-	}
-	for k := range m {
-		if _, ok := qm[k]; !ok && k != "problems" && k != "filename" {
-			t.Errorf("%s: key %s = %v that qemu-img does not report", filepath.Base(path), k, m[k])
-		}
-	}
-	return r
+	return formattest.CompareCheck(t, "vhdx", path)
 }
 
 // ourConvert writes the raw image src as "vhdx" at dst with diskimg's writer.
@@ -119,16 +52,6 @@ func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
 	if _, err := convert.Convert(context.Background(), in, w, f, convert.Options{WriterOptions: opts}); err != nil {
 		t.Fatalf("convert to %s: %v", dst, err)
 	}
-}
-
-// patched writes data with patch applied to a new file in dir.
-func patched(t *testing.T, dir, name string, data []byte, patch func([]byte) []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, patch(append([]byte(nil), data...)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // checkFile runs vhdx.CheckFile on path, for files Open refuses.
@@ -228,7 +151,7 @@ func TestCheckCorrupt(t *testing.T) {
 
 	t.Run("truncated", func(t *testing.T) {
 		// qemu-img check's case: "Image has probably been truncated".
-		p := patched(t, dir, "trunc.vhdx", data, func(d []byte) []byte { return d[:len(d)-(1<<20)] })
+		p := formattest.Patched(t, dir, "trunc.vhdx", data, func(d []byte) []byte { return d[:len(d)-(1<<20)] })
 		qrc, qm, qerr := qemuCheck(t, p)
 		if _, err := format.Open(p, "vhdx", format.Policy{}); err == nil {
 			t.Error("Open accepted a truncated image")
@@ -243,7 +166,7 @@ func TestCheckCorrupt(t *testing.T) {
 		}
 	})
 	t.Run("overlaps-metadata", func(t *testing.T) {
-		p := patched(t, dir, "overlap.vhdx", data, func(d []byte) []byte {
+		p := formattest.Patched(t, dir, "overlap.vhdx", data, func(d []byte) []byte {
 			le.PutUint64(d[bat+8:], uint64(meta)|6)
 			return d
 		})
@@ -265,7 +188,7 @@ func TestCheckCorrupt(t *testing.T) {
 			t.Fatal(err)
 		}
 		bat, _ := batLayout(t, d)
-		p = patched(t, dir, "bitmap.vhdx", d, func(d []byte) []byte {
+		p = formattest.Patched(t, dir, "bitmap.vhdx", d, func(d []byte) []byte {
 			le.PutUint64(d[bat+16*8:], uint64(len(d))<<1&^(1<<20-1)|6)
 			return d
 		})
@@ -276,7 +199,7 @@ func TestCheckCorrupt(t *testing.T) {
 		}
 	})
 	t.Run("region-table-1", func(t *testing.T) {
-		p := patched(t, dir, "rt1.vhdx", data, func(d []byte) []byte {
+		p := formattest.Patched(t, dir, "rt1.vhdx", data, func(d []byte) []byte {
 			d[192<<10+100] ^= 0xff
 			return d
 		})
@@ -295,7 +218,7 @@ func TestCheckCorrupt(t *testing.T) {
 		off  int
 	}{{"header-1", 64<<10 + 100}, {"header-2", 128<<10 + 100}, {"region-table-2", 256<<10 + 100}} {
 		t.Run(c.name, func(t *testing.T) {
-			p := patched(t, dir, c.name+".vhdx", data, func(d []byte) []byte {
+			p := formattest.Patched(t, dir, c.name+".vhdx", data, func(d []byte) []byte {
 				d[c.off] ^= 0xff
 				return d
 			})
@@ -308,23 +231,8 @@ func TestCheckCorrupt(t *testing.T) {
 	}
 }
 
-// exerciseCheck runs CheckFile on data (a sparse seed's file, or data
-// itself): no panic, no error but I/O, sane counts. CheckFile needs no
-// Open first, so it sees the BATs Open refuses.
-func exerciseCheck(t *testing.T, data []byte) {
-	var f format.File = &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.vhdx"}
-	if sf := parseSparse(data); sf != nil {
-		f = sf
-	}
-	r, err := CheckFile(context.Background(), f)
-	if err != nil {
-		return
-	}
-	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 ||
-		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors {
-		t.Fatalf("check result %+v", r)
-	}
-}
+// exerciseCheck runs the check on untrusted bytes (see formattest.ExerciseCheck).
+func exerciseCheck(t *testing.T, data []byte) { formattest.ExerciseCheck(t, "vhdx", data) }
 
 // FuzzCheck runs Check on mutations of the seeds in testdata.
 func FuzzCheck(f *testing.F) {

@@ -1,15 +1,10 @@
 package vmdk_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,82 +16,19 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 )
 
-// qemuCheck runs qemu-img check on an image the test made (no backing
-// file) and returns its exit code, JSON output and standard error.
+// qemuCheck runs qemu-img check on an image the test made.
 func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	cmd := exec.Command("qemu-img", "check", "--output=json", "-f", "vmdk", path)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	rc := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		rc = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]any{}
-	if len(out) > 0 {
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatalf("qemu-img check output %q: %v", out, err)
-		}
-	}
-	return rc, m, stderr.String()
+	return formattest.QemuCheck(t, "vmdk", path)
 }
 
-// ourCheck runs our Checker and returns qemu-img's exit code for the
-// verdict and the result as qemu's JSON keys.
+// ourCheck runs diskimg's check on an image of this format.
 func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
-	t.Helper()
-	img, err := format.Open(path, "vmdk", format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		t.Fatalf("check %s: %v", path, err)
-	}
-	b, _ := json.Marshal(r)
-	m := map[string]any{}
-	json.Unmarshal(b, &m)
-	rc := 0
-	switch {
-	case r.CheckErrors > 0:
-		rc = 1
-	case r.Corruptions > 0:
-		rc = 2
-	case r.Leaks > 0:
-		rc = 3
-	}
-	return rc, m, r
+	return formattest.OurCheck(t, "vmdk", path)
 }
 
-// compareCheck asserts that qemu-img and diskimg agree on the verdict and
-// on every count qemu-img reports.
+// compareCheck asserts diskimg and qemu-img agree on the image.
 func compareCheck(t *testing.T, path string) *format.CheckResult {
-	t.Helper()
-	qrc, qm, _ := qemuCheck(t, path)
-	rc, m, r := ourCheck(t, path)
-	if rc != qrc {
-		t.Errorf("%s: exit code %d, qemu-img %d (ours %+v)", filepath.Base(path), rc, qrc, r)
-	}
-	for k, v := range qm {
-		if k == "filename" || k == "format" {
-			continue
-		}
-		if m[k] != v {
-			t.Errorf("%s: %s = %v, qemu-img %v", filepath.Base(path), k, m[k], v)
-		}
-	}
-	for k := range m {
-		if _, ok := qm[k]; !ok && k != "problems" && k != "filename" {
-			t.Errorf("%s: key %s = %v that qemu-img does not report", filepath.Base(path), k, m[k])
-		}
-	}
-	return r
+	return formattest.CompareCheck(t, "vmdk", path)
 }
 
 // ourConvert writes the raw image src as "vmdk" at dst with diskimg's writer.
@@ -119,16 +51,6 @@ func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
 	if _, err := convert.Convert(context.Background(), in, w, f, convert.Options{WriterOptions: opts}); err != nil {
 		t.Fatalf("convert to %s: %v", dst, err)
 	}
-}
-
-// patched writes data with patch applied to a new file in dir.
-func patched(t *testing.T, dir, name string, data []byte, patch func([]byte) []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, patch(append([]byte(nil), data...)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 func TestCheckClean(t *testing.T) {
@@ -192,7 +114,7 @@ func TestCheckCorrupt(t *testing.T) {
 	eofSector := uint32(len(data)/512 + 100)
 
 	t.Run("grain-past-eof", func(t *testing.T) {
-		p := patched(t, dir, "grain.vmdk", data, func(d []byte) []byte {
+		p := formattest.Patched(t, dir, "grain.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gt+4:], eofSector)
 			le.PutUint32(d[gt+12:], eofSector+128)
 			return d
@@ -213,7 +135,7 @@ func TestCheckCorrupt(t *testing.T) {
 		}
 	})
 	t.Run("grain-across-eof", func(t *testing.T) {
-		p := patched(t, dir, "across.vmdk", data, func(d []byte) []byte {
+		p := formattest.Patched(t, dir, "across.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gt+8:], uint32(len(d)/512-1))
 			return d
 		})
@@ -228,7 +150,7 @@ func TestCheckCorrupt(t *testing.T) {
 		}
 	})
 	t.Run("table-past-eof", func(t *testing.T) {
-		p := patched(t, dir, "table.vmdk", data, func(d []byte) []byte {
+		p := formattest.Patched(t, dir, "table.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gd:], eofSector)
 			return d
 		})
@@ -244,7 +166,7 @@ func TestCheckCorrupt(t *testing.T) {
 		}
 	})
 	t.Run("duplicate-grain", func(t *testing.T) {
-		p := patched(t, dir, "dup.vmdk", data, func(d []byte) []byte {
+		p := formattest.Patched(t, dir, "dup.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gt+4:], le.Uint32(d[gt:]))
 			return d
 		})
@@ -253,25 +175,8 @@ func TestCheckCorrupt(t *testing.T) {
 	})
 }
 
-// exerciseCheck opens data as vmdk under the strictest policy and, when
-// it opens, runs Check: no panic, no error but I/O, sane counts.
-func exerciseCheck(t *testing.T, data []byte) {
-	// No directory: whatever the image names cannot be opened.
-	mf := &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.img"}
-	img, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(mf, "vmdk")
-	if err != nil {
-		return
-	}
-	defer img.Close()
-	r, err := img.(format.Checker).Check(context.Background())
-	if err != nil {
-		return
-	}
-	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 ||
-		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors {
-		t.Fatalf("check result %+v", r)
-	}
-}
+// exerciseCheck runs the check on untrusted bytes (see formattest.ExerciseCheck).
+func exerciseCheck(t *testing.T, data []byte) { formattest.ExerciseCheck(t, "vmdk", data) }
 
 // FuzzCheck runs Check on mutations of the seeds in testdata.
 func FuzzCheck(f *testing.F) {
@@ -279,25 +184,10 @@ func FuzzCheck(f *testing.F) {
 	f.Fuzz(exerciseCheck)
 }
 
-// TestCheckMutatedSeeds runs Check on seeds with random bytes changed: a
-// deterministic complement to FuzzCheck.
+// TestCheckMutatedSeeds runs the check on seeds with random bytes
+// changed: a deterministic complement to FuzzCheck.
 func TestCheckMutatedSeeds(t *testing.T) {
-	dir := "../../testdata/vmdk"
-	ents, err := os.ReadDir(dir)
-	if err != nil || len(ents) == 0 {
-		t.Fatalf("no seeds in %s: %v", dir, err)
-	}
-	rng := rand.New(rand.NewSource(8))
-	for i := 0; i < 3000; i++ {
-		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := 0; k < 1+rng.Intn(4); k++ {
-			d[rng.Intn(len(d))] = byte(rng.Intn(256))
-		}
-		exerciseCheck(t, d)
-	}
+	formattest.MutateSeeds(t, "../../testdata/vmdk", 3000, 8, func(d []byte) { exerciseCheck(t, d) })
 }
 
 // TestCheckEmptyHuge checks an empty 256G image (qemu-img preallocates
