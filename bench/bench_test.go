@@ -80,9 +80,13 @@ func TestMedian(t *testing.T) {
 }
 
 func TestSummarize(t *testing.T) {
-	r := summarize([]sample{{2, 100}, {1, 300}, {4, 200}}, 1e9)
-	if r.Seconds != 2 || r.MBps != 500 || r.MaxRSS != 300 || len(r.Runs) != 3 {
+	r := summarize([]sample{{seconds: 2, maxRSS: 100}, {seconds: 1, maxRSS: 300}, {seconds: 4, maxRSS: 200}}, 1e9)
+	if r.Seconds != 2 || r.MBps != 500 || r.MaxRSS != 300 || len(r.Runs) != 3 || r.AtLeast {
 		t.Errorf("summarize = %+v; want median 2s, 500 MB/s, peak 300 KiB, 3 runs", r)
+	}
+	// A run stopped at the time limit makes the median a lower bound.
+	if r := summarize([]sample{{seconds: 12, capped: true}}, 1e9); !r.AtLeast || r.Seconds != 12 {
+		t.Errorf("summarize of a stopped run = %+v", r)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 type sample struct {
 	seconds float64
 	maxRSS  int64 // KiB
+	capped  bool  // stopped at the time limit: seconds is a lower bound
 }
 
 // A child's rusage Maxrss starts at its parent's peak RSS: the kernel

@@ -49,6 +49,9 @@ type Result struct {
 	MaxRSS  int64     `json:"peak-rss-kib"` // largest over the runs
 	Runs    []float64 `json:"runs,omitempty"`
 	Error   string    `json:"error,omitempty"`
+	// AtLeast marks a run stopped at Config.QemuLimit: Seconds is a lower
+	// bound, and so is the case's ratio.
+	AtLeast bool `json:"at-least,omitempty"`
 }
 
 // Reference is a plain copy of the raw disk: the physical limit.
@@ -90,6 +93,7 @@ func summarize(samples []sample, size int64) *Result {
 	for _, s := range samples {
 		r.Runs = append(r.Runs, s.seconds)
 		r.MaxRSS = max(r.MaxRSS, s.maxRSS)
+		r.AtLeast = r.AtLeast || s.capped
 	}
 	r.Seconds = median(r.Runs)
 	if r.Seconds > 0 {
@@ -261,11 +265,18 @@ func (c *Case) logLine() string {
 		case r.Error != "":
 			return " " + tool + " failed: " + r.Error
 		}
+		if r.AtLeast {
+			return fmt.Sprintf(" %s >%s (stopped)", tool, secs(r.Seconds))
+		}
 		return fmt.Sprintf(" %s %s %s MB/s %s", tool, secs(r.Seconds), rate(r.MBps), human(r.MaxRSS<<10))
 	}
 	s += part("diskimg", c.Diskimg, "") + ";" + part("qemu-img", c.Qemu, c.QemuNote)
 	if c.Ratio > 0 {
-		s += fmt.Sprintf("; %.2fx", c.Ratio)
+		at := ""
+		if c.Qemu != nil && c.Qemu.AtLeast {
+			at = ">"
+		}
+		s += fmt.Sprintf("; %s%.2fx", at, c.Ratio)
 	}
 	return s
 }
@@ -283,6 +294,8 @@ func (c *Case) line() string {
 			return note, "", ""
 		case r.Error != "":
 			return "failed: " + r.Error, "", ""
+		case r.AtLeast:
+			return ">" + secs(r.Seconds) + " (stopped)", "", ""
 		}
 		return secs(r.Seconds), rate(r.MBps), human(r.MaxRSS << 10)
 	}
@@ -291,6 +304,9 @@ func (c *Case) line() string {
 	ratio := "n/a"
 	if c.Ratio > 0 {
 		ratio = fmt.Sprintf("%.2fx", c.Ratio)
+		if c.Qemu != nil && c.Qemu.AtLeast {
+			ratio = ">" + ratio
+		}
 	}
 	return strings.Join([]string{c.Corpus, c.Input, c.Output, human(c.Size), dt, dr, qt, qr, ratio, drss, qrss}, "\t") + "\t"
 }
