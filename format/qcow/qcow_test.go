@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -236,22 +235,7 @@ func seed(t *testing.T, name string) []byte {
 }
 
 func openMem(t *testing.T, data []byte) (format.Image, error) {
-	f := &formattest.MemFile{Data: data, Path: filepath.Join(t.TempDir(), "x.qcow")}
-	return format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "qcow")
-}
-
-// readAll reads the whole guest disk and walks its map, returning the
-// first error.
-func readAll(img format.Image) error {
-	if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
-		return err
-	}
-	buf := make([]byte, img.Size())
-	_, err := img.ReadAt(buf, 0)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
+	return formattest.OpenMem(t, "qcow", data)
 }
 
 // Offsets in data.qcow (made by qemu-img from the seed's raw data).
@@ -259,48 +243,45 @@ func l1Entry0(data []byte) int64 {
 	return int64(binary.BigEndian.Uint64(data[binary.BigEndian.Uint64(data[40:]):]))
 }
 
+// hostile lets the case table below list its fields unkeyed.
+type hostile formattest.Hostile
+
 // TestHostile opens patched images; each must fail with an error naming
 // the field at fault.
 func TestHostile(t *testing.T) {
-	cases := []struct {
-		name   string
-		seed   string
-		patch  func(d []byte) []byte
-		want   string
-		onRead bool // the error comes from the map or a read, not Open
-	}{
-		{"wrong magic", "data.qcow", func(d []byte) []byte { d[0] = 'X'; return d }, "wrong image type", false},
-		{"qcow2 version", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint32(d[4:], 2); return d }, "wrong image type", false},
-		{"truncated header", "data.qcow", func(d []byte) []byte { return d[:30] }, "header", false},
-		{"size too small", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[24:], 1); return d }, "size at offset 24", false},
-		{"size absurd", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[24:], 1<<62); return d }, "size at offset 24", false},
-		{"cluster bits", "data.qcow", func(d []byte) []byte { d[32] = 17; return d }, "cluster_bits", false},
-		{"l2 bits", "data.qcow", func(d []byte) []byte { d[33] = 5; return d }, "l2_bits", false},
-		{"crypt method", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint32(d[36:], 2); return d }, "crypt_method", false},
-		{"L1 past EOF", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[40:], 1<<40); return d }, "l1_table_offset", false},
+	cases := []hostile{
+		{"wrong magic", "data.qcow", func(d []byte) []byte { d[0] = 'X'; return d }, "wrong image type", formattest.AtOpen},
+		{"qcow2 version", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint32(d[4:], 2); return d }, "wrong image type", formattest.AtOpen},
+		{"truncated header", "data.qcow", func(d []byte) []byte { return d[:30] }, "header", formattest.AtOpen},
+		{"size too small", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[24:], 1); return d }, "size at offset 24", formattest.AtOpen},
+		{"size absurd", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[24:], 1<<62); return d }, "size at offset 24", formattest.AtOpen},
+		{"cluster bits", "data.qcow", func(d []byte) []byte { d[32] = 17; return d }, "cluster_bits", formattest.AtOpen},
+		{"l2 bits", "data.qcow", func(d []byte) []byte { d[33] = 5; return d }, "l2_bits", formattest.AtOpen},
+		{"crypt method", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint32(d[36:], 2); return d }, "crypt_method", formattest.AtOpen},
+		{"L1 past EOF", "data.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[40:], 1<<40); return d }, "l1_table_offset", formattest.AtOpen},
 		{"L1 table cut", "data.qcow", func(d []byte) []byte {
 			binary.BigEndian.PutUint64(d[40:], uint64(len(d)-4))
 			return d
-		}, "l1_table_offset", false},
+		}, "l1_table_offset", formattest.AtOpen},
 		{"huge L1", "data.qcow", func(d []byte) []byte {
 			// 2^56 bytes of 512-byte clusters with 64-entry L2 tables:
 			// an L1 table of 2^41 entries, far more than the file.
 			d[32], d[33] = 9, 6
 			binary.BigEndian.PutUint64(d[24:], 1<<56)
 			return d
-		}, "l1_table_offset", false},
+		}, "l1_table_offset", formattest.AtOpen},
 		{"L2 table past EOF", "data.qcow", func(d []byte) []byte {
 			binary.BigEndian.PutUint64(d[binary.BigEndian.Uint64(d[40:]):], uint64(len(d))-100)
 			return d
-		}, "L1 table entry 0", false},
+		}, "L1 table entry 0", formattest.AtOpen},
 		{"data cluster past EOF", "data.qcow", func(d []byte) []byte {
 			binary.BigEndian.PutUint64(d[l1Entry0(d):], 1<<40)
 			return d
-		}, "L2 table entry 0 of L1 entry 0", true},
+		}, "L2 table entry 0 of L1 entry 0", formattest.OnRead},
 		{"data cluster cut", "data.qcow", func(d []byte) []byte {
 			binary.BigEndian.PutUint64(d[l1Entry0(d):], uint64(len(d))-100)
 			return d
-		}, "L2 table entry 0 of L1 entry 0", true},
+		}, "L2 table entry 0 of L1 entry 0", formattest.OnRead},
 		{"compressed cluster past EOF", "compressed.qcow", func(d []byte) []byte {
 			e := binary.BigEndian.Uint64(d[l1Entry0(d):])
 			if e>>63 == 0 {
@@ -308,7 +289,7 @@ func TestHostile(t *testing.T) {
 			}
 			binary.BigEndian.PutUint64(d[l1Entry0(d):], e|uint64(1)<<40)
 			return d
-		}, "L2 table entry 0 of L1 entry 0", true},
+		}, "L2 table entry 0 of L1 entry 0", formattest.OnRead},
 		{"compressed garbage", "compressed.qcow", func(d []byte) []byte {
 			e := binary.BigEndian.Uint64(d[l1Entry0(d):])
 			host := e & (1<<(63-12) - 1)
@@ -316,34 +297,11 @@ func TestHostile(t *testing.T) {
 				d[i] = 0xff
 			}
 			return d
-		}, "compressed cluster", true},
-		{"backing name too long", "overlay.qcow", func(d []byte) []byte { binary.BigEndian.PutUint32(d[16:], 1024); return d }, "backing_file_size", false},
-		{"backing name past EOF", "overlay.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[8:], uint64(len(d))-2); return d }, "backing_file_offset", false},
+		}, "compressed cluster", formattest.OnRead},
+		{"backing name too long", "overlay.qcow", func(d []byte) []byte { binary.BigEndian.PutUint32(d[16:], 1024); return d }, "backing_file_size", formattest.AtOpen},
+		{"backing name past EOF", "overlay.qcow", func(d []byte) []byte { binary.BigEndian.PutUint64(d[8:], uint64(len(d))-2); return d }, "backing_file_offset", formattest.AtOpen},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			d := c.patch(seed(t, c.seed))
-			img, err := openMem(t, d)
-			if err == nil {
-				defer img.Close()
-				if !c.onRead {
-					t.Fatalf("Open succeeded, want an error containing %q", c.want)
-				}
-				err = readAll(img)
-			} else if c.onRead {
-				t.Fatalf("Open: %v; want it to succeed and the read to fail", err)
-			}
-			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %v, want one containing %q", err, c.want)
-			}
-			if c.want != "wrong image type" {
-				var fe *format.FormatError
-				if !errors.As(err, &fe) {
-					t.Errorf("error %v is not a *format.FormatError", err)
-				}
-			}
-		})
-	}
+	formattest.RunHostile(t, "qcow", "../../testdata/qcow", cases)
 }
 
 func TestProbe(t *testing.T) {

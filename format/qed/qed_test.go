@@ -3,11 +3,9 @@ package qed_test
 import (
 	"encoding/binary"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
@@ -159,23 +157,6 @@ func seed(t *testing.T, name string) []byte {
 	return data
 }
 
-func openMem(t *testing.T, data []byte) (format.Image, error) {
-	f := &formattest.MemFile{Data: data, Path: filepath.Join(t.TempDir(), "x.qed")}
-	return format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "qed")
-}
-
-func readAll(img format.Image) error {
-	if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
-		return err
-	}
-	buf := make([]byte, img.Size())
-	_, err := img.ReadAt(buf, 0)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
-}
-
 func put32(d []byte, off int, v uint32) { binary.LittleEndian.PutUint32(d[off:], v) }
 func put64(d []byte, off int, v uint64) { binary.LittleEndian.PutUint64(d[off:], v) }
 
@@ -184,26 +165,23 @@ func l2Of(d []byte) uint64 {
 	return binary.LittleEndian.Uint64(d[binary.LittleEndian.Uint64(d[40:]):])
 }
 
+// hostile lets the case table below list its fields unkeyed.
+type hostile formattest.Hostile
+
 // TestHostile opens patched copies of data.qed (4 KiB clusters, 4-cluster
 // tables); each must fail with an error naming the field at fault.
 func TestHostile(t *testing.T) {
-	cases := []struct {
-		name   string
-		seed   string
-		patch  func(d []byte) []byte
-		want   string
-		onRead bool
-	}{
-		{"wrong magic", "data.qed", func(d []byte) []byte { d[0] = 'q'; return d }, "wrong image type", false},
-		{"truncated header", "data.qed", func(d []byte) []byte { return d[:40] }, "header", false},
-		{"unknown feature", "data.qed", func(d []byte) []byte { put64(d, 16, 1<<10); return d }, "features at offset 16", false},
-		{"cluster size", "data.qed", func(d []byte) []byte { put32(d, 4, 3000); return d }, "cluster_size", false},
-		{"cluster size huge", "data.qed", func(d []byte) []byte { put32(d, 4, 1<<31); return d }, "cluster_size", false},
-		{"table size", "data.qed", func(d []byte) []byte { put32(d, 8, 32); return d }, "table_size", false},
-		{"header size 0", "data.qed", func(d []byte) []byte { put32(d, 12, 0); return d }, "header_size", false},
-		{"header size absurd", "data.qed", func(d []byte) []byte { put32(d, 12, 1<<20); return d }, "header_size", false},
-		{"image size odd", "data.qed", func(d []byte) []byte { put64(d, 48, 131072+1); return d }, "image_size", false},
-		{"image size absurd", "data.qed", func(d []byte) []byte { put64(d, 48, 1<<60); return d }, "image_size", false},
+	cases := []hostile{
+		{"wrong magic", "data.qed", func(d []byte) []byte { d[0] = 'q'; return d }, "wrong image type", formattest.AtOpen},
+		{"truncated header", "data.qed", func(d []byte) []byte { return d[:40] }, "header", formattest.AtOpen},
+		{"unknown feature", "data.qed", func(d []byte) []byte { put64(d, 16, 1<<10); return d }, "features at offset 16", formattest.AtOpen},
+		{"cluster size", "data.qed", func(d []byte) []byte { put32(d, 4, 3000); return d }, "cluster_size", formattest.AtOpen},
+		{"cluster size huge", "data.qed", func(d []byte) []byte { put32(d, 4, 1<<31); return d }, "cluster_size", formattest.AtOpen},
+		{"table size", "data.qed", func(d []byte) []byte { put32(d, 8, 32); return d }, "table_size", formattest.AtOpen},
+		{"header size 0", "data.qed", func(d []byte) []byte { put32(d, 12, 0); return d }, "header_size", formattest.AtOpen},
+		{"header size absurd", "data.qed", func(d []byte) []byte { put32(d, 12, 1<<20); return d }, "header_size", formattest.AtOpen},
+		{"image size odd", "data.qed", func(d []byte) []byte { put64(d, 48, 131072+1); return d }, "image_size", formattest.AtOpen},
+		{"image size absurd", "data.qed", func(d []byte) []byte { put64(d, 48, 1<<60); return d }, "image_size", formattest.AtOpen},
 		{"largest tables", "data.qed", func(d []byte) []byte {
 			// 64 MiB clusters, 16-cluster tables: the size limit is 2^80
 			// bytes and must not wrap; the L1 offset is what is wrong.
@@ -211,45 +189,22 @@ func TestHostile(t *testing.T) {
 			put32(d, 8, 16)
 			put64(d, 48, 1<<50)
 			return d
-		}, "l1_table_offset", false},
-		{"L1 past EOF", "data.qed", func(d []byte) []byte { put64(d, 40, 1<<40); return d }, "l1_table_offset", false},
-		{"L1 unaligned", "data.qed", func(d []byte) []byte { put64(d, 40, 4097); return d }, "l1_table_offset", false},
-		{"L1 in header", "data.qed", func(d []byte) []byte { put64(d, 40, 0); return d }, "l1_table_offset", false},
-		{"L1 table cut", "data.qed", func(d []byte) []byte { put64(d, 40, uint64(len(d)-4096)); return d }, "l1_table_offset", false},
+		}, "l1_table_offset", formattest.AtOpen},
+		{"L1 past EOF", "data.qed", func(d []byte) []byte { put64(d, 40, 1<<40); return d }, "l1_table_offset", formattest.AtOpen},
+		{"L1 unaligned", "data.qed", func(d []byte) []byte { put64(d, 40, 4097); return d }, "l1_table_offset", formattest.AtOpen},
+		{"L1 in header", "data.qed", func(d []byte) []byte { put64(d, 40, 0); return d }, "l1_table_offset", formattest.AtOpen},
+		{"L1 table cut", "data.qed", func(d []byte) []byte { put64(d, 40, uint64(len(d)-4096)); return d }, "l1_table_offset", formattest.AtOpen},
 		{"L2 past EOF", "data.qed", func(d []byte) []byte {
 			put64(d, int(binary.LittleEndian.Uint64(d[40:])), 1<<40)
 			return d
-		}, "L1 table entry 0", false},
-		{"data past EOF", "data.qed", func(d []byte) []byte { put64(d, int(l2Of(d)), 1<<40); return d }, "L2 table entry 0 of L1 entry 0", true},
-		{"data unaligned", "data.qed", func(d []byte) []byte { put64(d, int(l2Of(d)), l2Of(d)+7); return d }, "L2 table entry 0 of L1 entry 0", true},
-		{"file cut", "data.qed", func(d []byte) []byte { return d[:len(d)-4096] }, "L2 table entry", true},
-		{"backing name outside header", "overlay.qed", func(d []byte) []byte { put32(d, 56, 4093); return d }, "backing_filename_offset", false},
-		{"backing name too long", "overlay.qed", func(d []byte) []byte { put32(d, 60, 5000); return d }, "backing_filename_size", false},
+		}, "L1 table entry 0", formattest.AtOpen},
+		{"data past EOF", "data.qed", func(d []byte) []byte { put64(d, int(l2Of(d)), 1<<40); return d }, "L2 table entry 0 of L1 entry 0", formattest.OnRead},
+		{"data unaligned", "data.qed", func(d []byte) []byte { put64(d, int(l2Of(d)), l2Of(d)+7); return d }, "L2 table entry 0 of L1 entry 0", formattest.OnRead},
+		{"file cut", "data.qed", func(d []byte) []byte { return d[:len(d)-4096] }, "L2 table entry", formattest.OnRead},
+		{"backing name outside header", "overlay.qed", func(d []byte) []byte { put32(d, 56, 4093); return d }, "backing_filename_offset", formattest.AtOpen},
+		{"backing name too long", "overlay.qed", func(d []byte) []byte { put32(d, 60, 5000); return d }, "backing_filename_size", formattest.AtOpen},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			d := c.patch(seed(t, c.seed))
-			img, err := openMem(t, d)
-			if err == nil {
-				defer img.Close()
-				if !c.onRead {
-					t.Fatalf("Open succeeded, want an error containing %q", c.want)
-				}
-				err = readAll(img)
-			} else if c.onRead {
-				t.Fatalf("Open: %v; want it to succeed and the read to fail", err)
-			}
-			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %v, want one containing %q", err, c.want)
-			}
-			if c.want != "wrong image type" {
-				var fe *format.FormatError
-				if !errors.As(err, &fe) {
-					t.Errorf("error %v is not a *format.FormatError", err)
-				}
-			}
-		})
-	}
+	formattest.RunHostile(t, "qed", "../../testdata/qed", cases)
 }
 
 func TestProbe(t *testing.T) {

@@ -3,11 +3,8 @@ package vdi_test
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
@@ -59,8 +56,7 @@ func seed(t *testing.T, name string) []byte {
 }
 
 func openMem(t *testing.T, data []byte) (format.Image, error) {
-	f := &formattest.MemFile{Data: data, Path: filepath.Join(t.TempDir(), "x.vdi")}
-	return format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "vdi")
+	return formattest.OpenMem(t, "vdi", data)
 }
 
 func put32(d []byte, off int, v uint32) { binary.LittleEndian.PutUint32(d[off:], v) }
@@ -112,73 +108,39 @@ func TestDiscarded(t *testing.T) {
 	}
 }
 
-func readAll(img format.Image) error {
-	if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
-		return err
-	}
-	buf := make([]byte, img.Size())
-	_, err := img.ReadAt(buf, 0)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
-}
+// hostile lets the case table below list its fields unkeyed.
+type hostile formattest.Hostile
 
 // TestHostile opens patched images; each must fail with an error naming
 // the field at fault.
 func TestHostile(t *testing.T) {
-	cases := []struct {
-		name  string
-		seed  string
-		patch func(d []byte) []byte
-		want  string
-	}{
-		{"wrong signature", "data.vdi", func(d []byte) []byte { d[0x40] = 0; return d }, "wrong image type"},
-		{"truncated header", "data.vdi", func(d []byte) []byte { return d[:0x100] }, "header"},
-		{"version", "data.vdi", func(d []byte) []byte { put32(d, 0x44, 0x00010000); return d }, "version at offset 68"},
-		{"header size", "data.vdi", func(d []byte) []byte { put32(d, 0x48, 16); return d }, "header size"},
-		{"image type", "data.vdi", func(d []byte) []byte { put32(d, 0x4c, 4); return d }, "image type"},
-		{"sector size", "data.vdi", func(d []byte) []byte { put32(d, 0x168, 4096); return d }, "sector size"},
-		{"block size", "data.vdi", func(d []byte) []byte { put32(d, 0x178, 4096); return d }, "block size"},
-		{"block extra", "data.vdi", func(d []byte) []byte { put32(d, 0x17c, 512); return d }, "block extra"},
-		{"link uuid", "data.vdi", func(d []byte) []byte { d[0x1a8] = 1; return d }, "link UUID"},
-		{"parent uuid", "data.vdi", func(d []byte) []byte { d[0x1c7] = 1; return d }, "parent UUID"},
-		{"too many blocks", "data.vdi", func(d []byte) []byte { put32(d, 0x180, 0x40000000); return d }, "blocks in image"},
-		{"blocks allocated", "data.vdi", func(d []byte) []byte { put32(d, 0x184, 2); return d }, "blocks allocated"},
-		{"disk size vs blocks", "data.vdi", func(d []byte) []byte { binary.LittleEndian.PutUint64(d[0x170:], 2<<20); return d }, "disk size"},
-		{"disk size absurd", "data.vdi", func(d []byte) []byte { binary.LittleEndian.PutUint64(d[0x170:], 1<<62); return d }, "disk size"},
+	cases := []hostile{
+		{"wrong signature", "data.vdi", func(d []byte) []byte { d[0x40] = 0; return d }, "wrong image type", formattest.AtOpenOrRead},
+		{"truncated header", "data.vdi", func(d []byte) []byte { return d[:0x100] }, "header", formattest.AtOpenOrRead},
+		{"version", "data.vdi", func(d []byte) []byte { put32(d, 0x44, 0x00010000); return d }, "version at offset 68", formattest.AtOpenOrRead},
+		{"header size", "data.vdi", func(d []byte) []byte { put32(d, 0x48, 16); return d }, "header size", formattest.AtOpenOrRead},
+		{"image type", "data.vdi", func(d []byte) []byte { put32(d, 0x4c, 4); return d }, "image type", formattest.AtOpenOrRead},
+		{"sector size", "data.vdi", func(d []byte) []byte { put32(d, 0x168, 4096); return d }, "sector size", formattest.AtOpenOrRead},
+		{"block size", "data.vdi", func(d []byte) []byte { put32(d, 0x178, 4096); return d }, "block size", formattest.AtOpenOrRead},
+		{"block extra", "data.vdi", func(d []byte) []byte { put32(d, 0x17c, 512); return d }, "block extra", formattest.AtOpenOrRead},
+		{"link uuid", "data.vdi", func(d []byte) []byte { d[0x1a8] = 1; return d }, "link UUID", formattest.AtOpenOrRead},
+		{"parent uuid", "data.vdi", func(d []byte) []byte { d[0x1c7] = 1; return d }, "parent UUID", formattest.AtOpenOrRead},
+		{"too many blocks", "data.vdi", func(d []byte) []byte { put32(d, 0x180, 0x40000000); return d }, "blocks in image", formattest.AtOpenOrRead},
+		{"blocks allocated", "data.vdi", func(d []byte) []byte { put32(d, 0x184, 2); return d }, "blocks allocated", formattest.AtOpenOrRead},
+		{"disk size vs blocks", "data.vdi", func(d []byte) []byte { binary.LittleEndian.PutUint64(d[0x170:], 2<<20); return d }, "disk size", formattest.AtOpenOrRead},
+		{"disk size absurd", "data.vdi", func(d []byte) []byte { binary.LittleEndian.PutUint64(d[0x170:], 1<<62); return d }, "disk size", formattest.AtOpenOrRead},
 		{"huge block map", "data.vdi", func(d []byte) []byte {
 			put32(d, 0x180, 0x3fffffff) // 4 GiB of block map, claimed
 			return d
-		}, "offset blocks"},
-		{"block map unaligned", "data.vdi", func(d []byte) []byte { put32(d, 0x154, 0x201); return d }, "offset blocks"},
-		{"block map past EOF", "data.vdi", func(d []byte) []byte { put32(d, 0x154, 1<<30); return d }, "offset blocks"},
-		{"data offset unaligned", "data.vdi", func(d []byte) []byte { put32(d, 0x158, 0x401); return d }, "offset data"},
-		{"block past EOF", "data.vdi", func(d []byte) []byte { put32(d, 0x200, 7); return d }, "block map entry 0"},
-		{"block cut", "data.vdi", func(d []byte) []byte { return d[:len(d)-1] }, "block map entry 0"},
-		{"static cut", "static-truncated.vdi", func(d []byte) []byte { return d }, "block map entry 0"},
+		}, "offset blocks", formattest.AtOpenOrRead},
+		{"block map unaligned", "data.vdi", func(d []byte) []byte { put32(d, 0x154, 0x201); return d }, "offset blocks", formattest.AtOpenOrRead},
+		{"block map past EOF", "data.vdi", func(d []byte) []byte { put32(d, 0x154, 1<<30); return d }, "offset blocks", formattest.AtOpenOrRead},
+		{"data offset unaligned", "data.vdi", func(d []byte) []byte { put32(d, 0x158, 0x401); return d }, "offset data", formattest.AtOpenOrRead},
+		{"block past EOF", "data.vdi", func(d []byte) []byte { put32(d, 0x200, 7); return d }, "block map entry 0", formattest.AtOpenOrRead},
+		{"block cut", "data.vdi", func(d []byte) []byte { return d[:len(d)-1] }, "block map entry 0", formattest.AtOpenOrRead},
+		{"static cut", "static-truncated.vdi", func(d []byte) []byte { return d }, "block map entry 0", formattest.AtOpenOrRead},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			d := c.patch(seed(t, c.seed))
-			img, err := openMem(t, d)
-			if err == nil {
-				defer img.Close()
-				if err = readAll(img); err == nil {
-					t.Fatalf("open and read succeeded, want an error containing %q", c.want)
-				}
-			}
-			if !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %v, want one containing %q", err, c.want)
-			}
-			if c.want != "wrong image type" {
-				var fe *format.FormatError
-				if !errors.As(err, &fe) {
-					t.Errorf("error %v is not a *format.FormatError", err)
-				}
-			}
-		})
-	}
+	formattest.RunHostile(t, "vdi", "../../testdata/vdi", cases)
 }
 
 func TestProbe(t *testing.T) {
