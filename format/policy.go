@@ -73,6 +73,17 @@ func (p Policy) Resolve(imagePath, ref string) (string, error) {
 	return path, nil
 }
 
+// FullName is how qemu shows a file name an image stores (its
+// full-backing-filename): absolute names as they are, relative ones
+// joined to the image's directory. It is only a string; whether the file
+// may be opened is Resolve's decision.
+func FullName(imagePath, ref string) string {
+	if filepath.IsAbs(ref) {
+		return ref
+	}
+	return filepath.Join(filepath.Dir(imagePath), ref)
+}
+
 // isProtocol reports names qemu would treat as a protocol ("nbd://…",
 // "json:{…}", "http:…"), which must never be followed.
 func isProtocol(ref string) bool {

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
@@ -204,10 +203,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 // opener's policy; qcow stores no backing format, so it is probed.
 func (img *Image) openBacking(name string, o *format.Opener) error {
 	img.info.BackingFile = name
-	img.info.FullBackingFile = name
-	if !filepath.IsAbs(name) {
-		img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), name)
-	}
+	img.info.FullBackingFile = format.FullName(img.f.Name(), name)
 	b, err := o.OpenBacking(img.f.Name(), name, "")
 	if err != nil {
 		return err

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"sync"
 
@@ -542,10 +541,7 @@ func (img *Image) openRelated(o *format.Opener) error {
 	}
 	// qemu shows the name joined to the image's directory; this is only
 	// a string, whether policy lets the file be opened is OpenBacking's call.
-	img.info.FullBackingFile = img.info.BackingFile
-	if !filepath.IsAbs(img.info.BackingFile) {
-		img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), img.info.BackingFile)
-	}
+	img.info.FullBackingFile = format.FullName(img.f.Name(), img.info.BackingFile)
 	b, err := o.OpenBacking(img.f.Name(), img.info.BackingFile, img.info.BackingFormat)
 	if err != nil {
 		return fmt.Errorf("qcow2: %w", err)

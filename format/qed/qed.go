@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"path/filepath"
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
@@ -251,10 +250,7 @@ func (img *Image) openBacking(hdr []byte, features uint64, o *format.Opener) err
 		return format.Errorf(Name, "backing_filename_size", hdrBackingNameSize, "the backing file feature is set but the name is empty")
 	}
 	img.info.BackingFile = string(name)
-	img.info.FullBackingFile = string(name)
-	if !filepath.IsAbs(img.info.BackingFile) {
-		img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), img.info.BackingFile)
-	}
+	img.info.FullBackingFile = format.FullName(img.f.Name(), img.info.BackingFile)
 	if features&featBackingNoProbe != 0 {
 		img.info.BackingFormat = "raw"
 	}

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"sync"
 	"unicode/utf16"
@@ -355,7 +354,7 @@ func (img *Image) openParent(hdr []byte, hdrOff int64, o *format.Opener) error {
 		}
 		return fmt.Errorf("vpc: differencing disk with parent %q opened without a file name", names[0])
 	}
-	img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), names[0])
+	img.info.FullBackingFile = format.FullName(img.f.Name(), names[0])
 	var firstErr error
 	for _, name := range names {
 		parent, err := o.OpenBacking(img.f.Name(), name, "")
@@ -366,7 +365,7 @@ func (img *Image) openParent(hdr []byte, hdrOff int64, o *format.Opener) error {
 			continue
 		}
 		img.info.BackingFile = name
-		img.info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), name)
+		img.info.FullBackingFile = format.FullName(img.f.Name(), name)
 		if parent == nil { // the policy opens no backing files
 			return nil
 		}

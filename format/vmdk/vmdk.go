@@ -458,10 +458,7 @@ func (img *Image) Info() *format.Info {
 	}
 	if img.parentHint != "" {
 		info.BackingFile = img.parentHint
-		info.FullBackingFile = img.parentHint
-		if !filepath.IsAbs(img.parentHint) {
-			info.FullBackingFile = filepath.Join(filepath.Dir(img.f.Name()), img.parentHint)
-		}
+		info.FullBackingFile = format.FullName(img.f.Name(), img.parentHint)
 		info.BackingFormat = Name
 		info.Backing = img.backing
 	}
