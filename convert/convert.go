@@ -167,40 +167,17 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	}
 	inflight = max(2, min(inflight, int(maxBufferBytes/chunk)))
 
-	e := &engine{
-		src: src, w: wr, size: size, unit: unit, chunk: chunk, sparse: sparse > 0,
-		buffers: inflight,
-		free:    make(chan []byte, inflight),
-		work:    make(chan *job, inflight),
-		order:   make(chan *job, inflight),
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	e.ctx = ctx
-
-	var wg sync.WaitGroup
-	wg.Add(1 + workers)
+	e := &engine{src: src, w: wr, size: size, unit: unit, chunk: chunk, sparse: sparse > 0, inflight: inflight, workers: workers}
 	plan := srcLayout.Align(size, bs)
-	go func() {
-		defer wg.Done()
-		defer close(e.order)
-		defer close(e.work)
-		if err := e.produce(plan, sparse == 0); err != nil {
-			cancel(err)
-		}
-	}()
-	for range workers {
-		go func() {
-			defer wg.Done()
-			e.worker()
-		}()
-	}
 	res := &Result{Size: size}
-	err = e.consume(res, opts.Progress)
-	if err != nil {
-		cancel(err)
+	if zs, ok := wr.(format.ZeroScanner); ok && sparse > 0 && zs.WantsZeroScan() {
+		// A first pass finds the data blocks that are all zero, so the
+		// writer's up-front tables leave them out as a file's would.
+		if err := e.pass(ctx, plan, false, zs, &Result{}, nil); err != nil {
+			return res, err
+		}
 	}
-	wg.Wait()
+	err = e.pass(ctx, plan, sparse == 0, nil, res, opts.Progress)
 	if err == nil {
 		if err = wr.Close(); err != nil {
 			err = fmt.Errorf("%s writer: %w", w.Name, err)
@@ -243,16 +220,58 @@ func hashFile(dst format.Target) ([]byte, error) {
 }
 
 type engine struct {
-	ctx         context.Context
 	src         format.Image
 	w           format.Writer
 	size        int64
 	unit, chunk int64
 	sparse      bool
-	buffers     int         // buffers still to allocate, on demand
-	free        chan []byte // buffers written out, for reuse
-	work        chan *job
-	order       chan *job
+	inflight    int // buffers per pass
+	workers     int
+
+	// Per pass.
+	ctx     context.Context
+	scan    format.ZeroScanner // set in a zero-scan pass: no Encode, no Write
+	buffers int                // buffers still to allocate, on demand
+	free    chan []byte        // buffers written out, for reuse
+	work    chan *job
+	order   chan *job
+}
+
+// pass runs the plan through the workers once: reading, zero detection
+// and Encode in parallel, then in order Write (or, with scan set, only
+// MarkZero for the zero blocks found).
+func (e *engine) pass(ctx context.Context, plan format.Layout, fill bool, scan format.ZeroScanner, res *Result, progress func(done, total int64)) error {
+	e.scan = scan
+	e.buffers = e.inflight
+	e.free = make(chan []byte, e.inflight)
+	e.work = make(chan *job, e.inflight)
+	e.order = make(chan *job, e.inflight)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	e.ctx = ctx
+
+	var wg sync.WaitGroup
+	wg.Add(1 + e.workers)
+	go func() {
+		defer wg.Done()
+		defer close(e.order)
+		defer close(e.work)
+		if err := e.produce(plan, fill); err != nil {
+			cancel(err)
+		}
+	}()
+	for range e.workers {
+		go func() {
+			defer wg.Done()
+			e.worker()
+		}()
+	}
+	err := e.consume(res, progress)
+	if err != nil {
+		cancel(err)
+	}
+	wg.Wait()
+	return err
 }
 
 // produce turns the plan into jobs, in order: each data range in chunks
@@ -377,7 +396,7 @@ func (e *engine) process(j *job) error {
 	}
 	for i := range j.blocks {
 		b := &j.blocks[i]
-		if b.Status != format.Data {
+		if b.Status != format.Data || e.scan != nil {
 			continue
 		}
 		b.Data = j.buf[b.Start-j.start : b.End()-j.start]
@@ -398,6 +417,17 @@ func (e *engine) consume(res *Result, progress func(done, total int64)) error {
 		}
 		if j.err != nil {
 			return j.err
+		}
+		if e.scan != nil {
+			for i := range j.blocks {
+				if b := &j.blocks[i]; b.Status == format.Zero && j.buf != nil {
+					e.scan.MarkZero(b.Start, b.Length)
+				}
+			}
+			if j.buf != nil {
+				e.free <- j.buf[:cap(j.buf)]
+			}
+			continue
 		}
 		if j.buf == nil {
 			res.SkippedBytes += j.length

@@ -21,7 +21,10 @@ package format
 // seek. On such a destination a block the Layout called Data may still
 // arrive as Zero (the engine found it all zero); a writer whose tables are
 // already written stores it as data zeros. On a seekable destination a
-// writer may allocate lazily and leave such blocks unallocated.
+// writer may allocate lazily and leave such blocks unallocated. A writer
+// whose output would then differ between the two destinations implements
+// ZeroScanner: the engine first reads the data once to tell it which
+// blocks are zero, so a pipe gets the same bytes as a file.
 
 import (
 	"errors"
@@ -255,6 +258,19 @@ type Writer interface {
 	// close the Target. After an error the engine calls neither Write nor
 	// Close; the output is discarded.
 	Close() error
+}
+
+// ZeroScanner is a Writer that wants to know, before its first Write,
+// which Data blocks of the Layout the engine will send as Zero.
+type ZeroScanner interface {
+	Writer
+	// WantsZeroScan reports whether the scan is needed (typically: the
+	// destination cannot seek). The engine asks once, after New.
+	WantsZeroScan() bool
+	// MarkZero notes that [start, start+length), on the BlockSize grid,
+	// will arrive as a Zero block. Calls come from one goroutine, in
+	// increasing order, all before the first Write.
+	MarkZero(start, length int64)
 }
 
 // WriteOptions are what a Writer is created with.

@@ -404,6 +404,8 @@ type plainWriter struct {
 	pos     int64 // file offset of the next byte
 	next    int64 // guest offset of the next block
 	written int64 // data clusters written
+	// metaDone: the tables are written (on a pipe, before the first Write).
+	metaDone bool
 	scratch []byte
 
 	// The layout, sized for every Data cluster of the Layout.
@@ -458,13 +460,53 @@ func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layo
 		w.pos = w.dataOff
 		return w, nil
 	}
-	if err := w.writeMeta(w.bw, w.tables, w.data); err != nil {
-		return nil, err
-	}
-	if w.pos+int64(w.bw.Buffered()) != w.dataOff {
-		return nil, fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", w.pos+int64(w.bw.Buffered()), w.dataOff)
-	}
+	// On a pipe the tables go first, at the first Write: until then the
+	// engine may report clusters of the layout that are zero (MarkZero),
+	// which then stay unallocated exactly as on a file.
 	return w, nil
+}
+
+// WantsZeroScan is true on a pipe, where the tables precede the data.
+func (w *plainWriter) WantsZeroScan() bool { return w.rt == nil }
+
+// MarkZero leaves the clusters of a zero block out of the tables.
+func (w *plainWriter) MarkZero(start, length int64) {
+	if w.metaDone || start < 0 || length <= 0 || start+length > w.size {
+		return
+	}
+	for c := start / w.p.cs; c < (start+length+w.p.cs-1)/w.p.cs; c++ {
+		w.alloc.unset(c)
+	}
+}
+
+// streamMeta writes the tables on a pipe, for the clusters still in the
+// layout, with the file layout's offsets: slots of tables not needed are
+// zeros where a file has a hole.
+func (w *plainWriter) streamMeta() error {
+	w.metaDone = true
+	tables, data := w.inUse()
+	if err := w.writeMeta(w.bw, tables, data); err != nil {
+		return err
+	}
+	if err := writeZeros(w.bw, (w.tables-tables)*w.p.cs); err != nil {
+		return err
+	}
+	if at := w.pos + int64(w.bw.Buffered()); at != w.dataOff {
+		return fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", at, w.dataOff)
+	}
+	w.data = data
+	return nil
+}
+
+// inUse counts the L2 tables and data clusters still in the layout.
+func (w *plainWriter) inUse() (tables, data int64) {
+	for i, b := range w.alloc.spans {
+		if anySet(b) {
+			tables++
+			data += w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)
+		}
+	}
+	return tables, data
 }
 
 // writeMeta writes everything before dataOff: the header, the refcount
@@ -597,6 +639,11 @@ func (w *plainWriter) Write(b *format.Block) error {
 	if b.Start != w.next || b.Length <= 0 || b.End() > w.size {
 		return fmt.Errorf("qcow2: block [%d,+%d) out of order or outside the disk (next %d, size %d)", b.Start, b.Length, w.next, w.size)
 	}
+	if w.rt == nil && !w.metaDone {
+		if err := w.streamMeta(); err != nil {
+			return err
+		}
+	}
 	w.next = b.End()
 	cs := w.p.cs
 	c0, c1 := b.Start/cs, (b.End()+cs-1)/cs
@@ -633,6 +680,11 @@ func (w *plainWriter) Close() error {
 	if w.next != w.size {
 		return fmt.Errorf("qcow2: blocks end at %d, the disk at %d", w.next, w.size)
 	}
+	if w.rt == nil && !w.metaDone {
+		if err := w.streamMeta(); err != nil {
+			return err
+		}
+	}
 	if err := w.bw.Flush(); err != nil {
 		return err
 	}
@@ -642,12 +694,7 @@ func (w *plainWriter) Close() error {
 		}
 		return nil
 	}
-	var tables int64
-	for _, b := range w.alloc.spans {
-		if anySet(b) {
-			tables++
-		}
-	}
+	tables, _ := w.inUse()
 	mw := bufio.NewWriterSize(io.NewOffsetWriter(w.rt, 0), writeBufSize)
 	if err := w.writeMeta(mw, tables, w.written); err != nil {
 		return err
