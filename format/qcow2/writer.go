@@ -406,7 +406,7 @@ type plainWriter struct {
 	written int64 // data clusters written
 	// metaDone: the tables are written (on a pipe, before the first Write).
 	metaDone bool
-	scratch []byte
+	scratch  []byte
 
 	// The layout, sized for every Data cluster of the Layout.
 	tables, data               int64 // L2 tables and data clusters
