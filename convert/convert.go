@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
@@ -493,6 +495,20 @@ func newCountingTarget(dst format.Target, checksum bool) (*countingTarget, forma
 		return c, &seekTarget{c}
 	}
 	return c, &streamTarget{c}
+}
+
+// Name returns the destination file's path when it has one (a writer such
+// as VMDK's records its own file name); "" for a pipe or a terminal.
+func (c *countingTarget) Name() string {
+	n, ok := c.dst.(interface{ Name() string })
+	if !ok {
+		return ""
+	}
+	name := n.Name()
+	if !filepath.IsAbs(name) || strings.HasPrefix(name, "/dev/") {
+		return ""
+	}
+	return name
 }
 
 // note records that p was written at off.

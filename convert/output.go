@@ -54,6 +54,22 @@ type stream struct{ w io.Writer }
 
 func (s stream) Write(p []byte) (int, error) { return s.w.Write(p) }
 
+// Name is the file standard output is redirected to, if any, so a VMDK
+// streamed into "> disk.vmdk" names disk.vmdk in its descriptor.
+func (s stream) Name() string {
+	sc, ok := s.w.(syscall.Conn)
+	if !ok {
+		return ""
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return ""
+	}
+	var p string
+	raw.Control(func(fd uintptr) { p, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) })
+	return p // "pipe:[123]" for a pipe, which is not a path
+}
+
 // CreateOutput prepares the output at path ("-" for standard output). It
 // refuses an existing file without Force, and a path that is one of the
 // sources (also through symlinks or hard links) in any case. Nothing is

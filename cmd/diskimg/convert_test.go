@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,5 +132,39 @@ func TestConvertToStdout(t *testing.T) {
 	want, _ := os.ReadFile(src)
 	if string(got) != string(want) {
 		t.Errorf("stdout stream differs from the source (%d vs %d bytes)", len(got), len(want))
+	}
+}
+
+// TestVMDKExtentName checks that a VMDK's descriptor names its own file,
+// as qemu-img's does, also when streamed into a redirected standard output.
+func TestVMDKExtentName(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, 1<<20, formattest.Sparse)
+	for _, sub := range []string{"monolithicSparse", "streamOptimized"} {
+		dst := filepath.Join(dir, sub+"-disk.vmdk")
+		if _, stderr, code := runCLI(t, "convert", "-O", "vmdk", "-o", "subformat="+sub, src, dst); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		redirected := filepath.Join(dir, sub+"-stdout.vmdk")
+		f, err := os.Create(redirected)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := os.Stdout
+		os.Stdout = f
+		_, stderr, code := runCLI(t, "convert", "-O", "vmdk", "-o", "subformat="+sub, src, "-")
+		os.Stdout = old
+		f.Close()
+		if code != 0 {
+			t.Fatalf("stdout: exit %d: %s", code, stderr)
+		}
+		for _, p := range []string{dst, redirected} {
+			data, _ := os.ReadFile(p)
+			want := fmt.Sprintf(" SPARSE %q\n", filepath.Base(p))
+			if !strings.Contains(string(data[:min(len(data), 4096)]), want) {
+				t.Errorf("%s: descriptor lacks the extent line %q", filepath.Base(p), want)
+			}
+		}
 	}
 }
