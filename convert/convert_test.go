@@ -701,3 +701,40 @@ func TestMapErrorMidway(t *testing.T) {
 		t.Fatal("Compare ignored the map error")
 	}
 }
+
+// TestOpenStdinSpool checks that a stream is spooled byte for byte into
+// an unlinked file whose zero blocks are holes.
+func TestOpenStdinSpool(t *testing.T) {
+	want := make([]byte, 8<<20+100)
+	rand.New(rand.NewSource(3)).Read(want[1<<20 : 2<<20])
+	want[len(want)-1] = 7
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.Write(want); w.Close() }()
+	dir := t.TempDir()
+	f, err := convert.OpenStdin(r, dir)
+	r.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Size() != int64(len(want)) || f.Name() != "" {
+		t.Fatalf("size %d name %q, want %d and no name", f.Size(), f.Name(), len(want))
+	}
+	got := make([]byte, len(want))
+	if _, err := f.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("spooled bytes differ from the stream")
+	}
+	fi, _ := f.Stat()
+	if blocks := fi.Sys().(*syscall.Stat_t).Blocks * 512; blocks > 2<<20 {
+		t.Errorf("spool allocates %d bytes for 1 MiB of data", blocks)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("spool left %d entries in its directory", len(ents))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/diskimg/diskimg/format"
@@ -144,6 +145,9 @@ func notSource(stat func() (os.FileInfo, error), name string, sources []string) 
 	for _, s := range sources {
 		sfi, err := os.Stat(s)
 		if err == nil && os.SameFile(fi, sfi) {
+			if strings.HasPrefix(s, "/proc/self/fd/") {
+				s = "(standard input)"
+			}
 			return fmt.Errorf("output %s is the same file as input %s", name, s)
 		}
 	}

@@ -22,7 +22,7 @@ func convertCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "convert",
 		Usage:     "convert an image to another format, copying only its data (like qemu-img convert)",
-		ArgsUsage: "SRC DST|-   or   --cloud NAME SRC OUTDIR",
+		ArgsUsage: "SRC|- DST|-   or   --cloud NAME SRC OUTDIR",
 		Flags: append(imageFlags(),
 			&cli.StringFlag{Name: "O", Usage: "output `FMT`: raw, qcow2, vmdk, vpc (vhd), vhdx, zvhd2, zvhd, …"},
 			&cli.StringFlag{Name: "cloud", Usage: "plan the upload for cloud `NAME` (see plan), convert to what it needs into OUTDIR, then re-check the output"},
@@ -106,7 +106,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := format.Open(job.src, c.String(formatFlag.Name), policyOf(c))
+	img, err := openSource(job.src, job.dst, c)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +121,12 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err := convert.Check(in, w, job.opts); err != nil {
 		return nil, err
 	}
-	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(job.src, img)})
+	srcPath := job.src
+	if srcPath == convert.Stdin {
+		// A redirected file must not be the output.
+		srcPath = fmt.Sprintf("/proc/self/fd/%d", os.Stdin.Fd())
+	}
+	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(srcPath, img)})
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +163,31 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		fmt.Fprintf(report, "%s  %s\n", hex.EncodeToString(res.SHA256), job.dst)
 	}
 	return res, nil
+}
+
+// openSource opens the image to convert; "-" reads standard input, spooled
+// next to the output when it is not a file. An image from a stream may name
+// no other file, whatever the policy flags say.
+func openSource(src, dst string, c *cli.Context) (format.Image, error) {
+	if src != convert.Stdin {
+		return format.Open(src, c.String(formatFlag.Name), policyOf(c))
+	}
+	dir := ""
+	if dst != convert.Stdout {
+		dir = filepath.Dir(dst)
+	}
+	f, err := convert.OpenStdin(os.Stdin, dir)
+	if err != nil {
+		return nil, err
+	}
+	policy := policyOf(c)
+	policy.Untrusted = true
+	img, err := format.NewOpener(policy).OpenImage(f, c.String(formatFlag.Name))
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("standard input: %w", err)
+	}
+	return img, nil
 }
 
 // verifyOutput re-reads what was written and compares it with the source.

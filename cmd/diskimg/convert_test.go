@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -166,5 +167,83 @@ func TestVMDKExtentName(t *testing.T) {
 				t.Errorf("%s: descriptor lacks the extent line %q", filepath.Base(p), want)
 			}
 		}
+	}
+}
+
+// withStdin runs fn with standard input reading from a pipe fed with the
+// file at path, or, when redirect is set, from the file itself.
+func withStdin(t *testing.T, path string, redirect bool, fn func()) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old := os.Stdin
+	defer func() { os.Stdin = old }()
+	if redirect {
+		os.Stdin = f
+		fn()
+		return
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() { io.Copy(w, f); w.Close() }()
+	os.Stdin = r
+	fn()
+}
+
+// TestConvertFromStdin reads images from standard input, through a pipe
+// (spooled to an unlinked file) and redirected from a file (used in
+// place), and checks the output against the input with qemu-img.
+func TestConvertFromStdin(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, 5<<20+512, formattest.Sparse)
+	inputs := map[string]string{"raw": src}
+	for name, args := range map[string][]string{
+		"qcow2": {"qcow2"}, "vpc": {"vpc"}, "vhdx": {"vhdx"},
+		"vmdk-stream": {"vmdk", "-o", "subformat=streamOptimized"},
+	} {
+		p := filepath.Join(dir, "src-"+name)
+		formattest.Convert(t, src, p, args[0], args[1:]...)
+		inputs[name] = p
+	}
+	outDir := t.TempDir()
+	for name, in := range inputs {
+		for _, redirect := range []bool{false, true} {
+			out := filepath.Join(outDir, fmt.Sprintf("%s-%v.qcow2", name, redirect))
+			var stderr string
+			var code int
+			withStdin(t, in, redirect, func() { _, stderr, code = runCLI(t, "convert", "-O", "qcow2", "-", out) })
+			if code != 0 {
+				t.Fatalf("%s (redirect %v): exit %d: %s", name, redirect, code, stderr)
+			}
+			if cmp := formattest.QemuCompareOutput(t, in, out); !strings.Contains(string(cmp), "identical") {
+				t.Errorf("%s (redirect %v): %s", name, redirect, cmp)
+			}
+		}
+	}
+	if ents, _ := os.ReadDir(outDir); len(ents) != 2*len(inputs) {
+		t.Errorf("output directory holds %d files, want %d (a spool file left behind?)", len(ents), 2*len(inputs))
+	}
+
+	// A stream names no other file: a backing file is refused.
+	child := filepath.Join(dir, "child.qcow2")
+	formattest.Qemu(t, "create", "-f", "qcow2", "-b", "src.raw", "-F", "raw", child)
+	var stderr string
+	var code int
+	withStdin(t, child, false, func() { _, stderr, code = runCLI(t, "convert", "-O", "raw", "-", filepath.Join(outDir, "child.raw")) })
+	if code != 1 || !strings.Contains(stderr, "standard input") || !strings.Contains(stderr, "src.raw") {
+		t.Errorf("backing file through stdin: exit %d, %q", code, stderr)
+	}
+	// A redirected file is still a source: it cannot be the output.
+	withStdin(t, inputs["qcow2"], true, func() { _, stderr, code = runCLI(t, "convert", "-O", "qcow2", "--force", "-", inputs["qcow2"]) })
+	if code != 1 || !strings.Contains(stderr, "same file as input (standard input)") {
+		t.Errorf("output = redirected input: exit %d, %q", code, stderr)
 	}
 }
