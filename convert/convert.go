@@ -146,6 +146,7 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	}
 
 	out, tgt := newCountingTarget(dst, opts.Checksum)
+	defer out.wb.stop()
 	wr, err := w.New(tgt, wo)
 	if err != nil {
 		return nil, err
@@ -470,7 +471,8 @@ type countingTarget struct {
 	rt      format.RandomTarget
 	h       hashState
 	written int64
-	pos     int64 // current file position, for Write
+	pos     int64      // current file position, for Write
+	wb      *writeback // on a file: early writeback
 }
 
 type hashState struct {
@@ -490,6 +492,7 @@ func newCountingTarget(dst format.Target, checksum bool) (*countingTarget, forma
 	if rt, ok := format.Seekable(dst); ok {
 		c.rt = rt
 		if f, ok := dst.(interface{ Fd() uintptr }); ok {
+			c.wb = newWriteback(f.Fd())
 			return c, &fileTarget{seekTarget: &seekTarget{c}, fd: f}
 		}
 		return c, &seekTarget{c}
@@ -514,6 +517,7 @@ func (c *countingTarget) Name() string {
 // note records that p was written at off.
 func (c *countingTarget) note(p []byte, off int64) {
 	c.written += int64(len(p))
+	c.wb.wrote(len(p))
 	if !c.h.on || c.h.broken != "" {
 		return
 	}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package convert
+
+const writebackSupported = false
+
+func startWriteback(uintptr) {}
