@@ -23,6 +23,10 @@ type CheckResult struct {
 	// line each, naming the structure and its file offset (qemu-img prints
 	// these on stderr).
 	Problems []string `json:"problems,omitempty"`
+	// Warnings are findings that do not change qemu-img's verdict (it
+	// reads zeros there and calls the image clean) but that a careful
+	// reader wants to know. diskimg only; printed on stderr.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Checker is implemented by images whose format can check its own
@@ -44,6 +48,13 @@ func (r *CheckResult) Corruptf(format string, args ...any) {
 func (r *CheckResult) Leakf(format string, args ...any) {
 	r.Leaks++
 	r.Problems = append(r.Problems, "Leaked "+fmt.Sprintf(format, args...))
+}
+
+// Warnf records a warning, keeping at most max lines.
+func (r *CheckResult) Warnf(max int, format string, args ...any) {
+	if len(r.Warnings) < max {
+		r.Warnings = append(r.Warnings, "Warning: "+fmt.Sprintf(format, args...))
+	}
 }
 
 // Errorf records a check error: something the check could not verify.

@@ -85,6 +85,9 @@ func runCheck(c *cli.Context) error {
 	for _, line := range r.Problems {
 		fmt.Fprintln(ew, line)
 	}
+	for _, line := range r.Warnings {
+		fmt.Fprintln(ew, line)
+	}
 	var findings []format.Finding
 	if untrusted {
 		findings = format.Findings(path, img, p)

@@ -138,7 +138,7 @@ func ExerciseCheck(t testing.TB, fmtName string, data []byte) {
 	if err != nil {
 		return
 	}
-	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 ||
+	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > 1001 || len(r.Warnings) > 1000 ||
 		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors {
 		t.Fatalf("check result %+v", r)
 	}

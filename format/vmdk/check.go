@@ -2,6 +2,7 @@ package vmdk
 
 import (
 	"context"
+	"errors"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -13,18 +14,20 @@ var _ format.Checker = (*Image)(nil)
 
 // Check verifies every extent's grain directory and grain tables.
 //
-// qemu's vmdk_co_check asks, for every grain, whether the grain it maps
-// starts inside the extent file, and stops at the first that does not
-// (exiting 1 with "points after EOF" on stderr). diskimg reports each such
-// grain as a corruption instead, and goes further where qemu silently
-// reads zeros: a grain table that lies past the end of the file, and an
-// uncompressed grain that starts inside the file but ends past it, are
-// corruptions too. qemu does not look for grains used twice, and neither
-// does this check, so a clean verdict means what it means to qemu.
+// The verdict is qemu's. vmdk_co_check asks, for every grain, whether
+// the grain it maps starts inside the extent file, and stops at the first
+// that does not with a check error (exit 1, "points after EOF"); so does
+// this check. Where qemu silently reads zeros and calls the image clean, a
+// grain table past the end of the file and an uncompressed grain that
+// starts inside the file but ends past it, this check warns and keeps the
+// clean verdict. qemu does not look for grains used twice, and neither
+// does this check.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
 	for _, x := range img.extents {
-		if err := x.check(ctx, r); err != nil {
+		if err := x.check(ctx, r); errors.Is(err, errStop) {
+			break
+		} else if err != nil {
 			return nil, err
 		}
 	}
@@ -39,7 +42,8 @@ func (x *extent) check(ctx context.Context, r *format.CheckResult) error {
 		// Open refuses a flat extent past the end of its file; the file
 		// may have shrunk since.
 		if size := x.f.Size(); x.flatOffset >= size {
-			corrupt(r, "flat extent %s: data at offset %d starts past the end of the file (%d bytes)", x.name, x.flatOffset, size)
+			r.Errorf("flat extent %s: data at offset %d starts past the end of the file (%d bytes)", x.name, x.flatOffset, size)
+			return errStop
 		}
 		return nil
 	}
@@ -61,7 +65,7 @@ func (x *extent) check(ctx context.Context, r *format.CheckResult) error {
 		gdAt := x.gdOffset + int64(gdi)*4
 		off := int64(sec) * sectorSize
 		if off > x.fileSize || gtBytes > x.fileSize-off {
-			corrupt(r, "%s: grain directory entry %d at offset %d: grain table at sector %d extends past the end of the file (%d bytes)",
+			r.Warnf(maxProblems, "%s: grain directory entry %d at offset %d: grain table at sector %d extends past the end of the file (%d bytes); it reads as zeros",
 				x.name, gdi, gdAt, sec, x.fileSize)
 			continue
 		}
@@ -82,27 +86,19 @@ func (x *extent) check(ctx context.Context, r *format.CheckResult) error {
 			if !x.compressed {
 				need = min(x.grain, x.size-g*x.grain)
 			}
-			if host >= x.fileSize || need > x.fileSize-host {
-				corrupt(r, "%s: grain table entry %d of grain table %d at offset %d: grain %d at sector %d %s the end of the file (%d bytes)",
-					x.name, k, gdi, off+k*4, g, gte, pastOrAcross(host, x.fileSize), x.fileSize)
+			if host >= x.fileSize {
+				r.Errorf("%s: grain table entry %d of grain table %d at offset %d: grain %d at sector %d starts past the end of the file (%d bytes)",
+					x.name, k, gdi, off+k*4, g, gte, x.fileSize)
+				return errStop
+			}
+			if need > x.fileSize-host {
+				r.Warnf(maxProblems, "%s: grain table entry %d of grain table %d at offset %d: grain %d at sector %d extends past the end of the file (%d bytes); the rest reads as zeros",
+					x.name, k, gdi, off+k*4, g, gte, x.fileSize)
 			}
 		}
 	}
 	return nil
 }
 
-func pastOrAcross(host, fileSize int64) string {
-	if host >= fileSize {
-		return "starts past"
-	}
-	return "extends past"
-}
-
-// corrupt records a corruption, keeping at most maxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
-}
+// errStop ends a check at a check error, as qemu's does.
+var errStop = errors.New("check stopped")
