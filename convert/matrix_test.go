@@ -114,7 +114,7 @@ func TestMatrix(t *testing.T) {
 						}
 						return
 					}
-					src, got := matrixOpen(t, paths[in.name], in.fmt), matrixOpen(t, dst, out.fmt)
+					src, got := formattest.Open(t, paths[in.name], in.fmt), formattest.Open(t, dst, out.fmt)
 					if same, off, err := convert.Compare(context.Background(), src, got); err != nil || !same {
 						t.Errorf("compare with the input: identical %v at %d, %v", same, off, err)
 					}
@@ -131,16 +131,6 @@ func TestMatrix(t *testing.T) {
 	}
 }
 
-func matrixOpen(t *testing.T, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 // matrixPipe converts src into a pipe and compares the stream with the
 // file at want.
 func matrixPipe(t *testing.T, src, srcFmt, want string, o matrixOutput) {
@@ -148,7 +138,7 @@ func matrixPipe(t *testing.T, src, srcFmt, want string, o matrixOutput) {
 	w, _ := format.LookupWriter(o.fmt)
 	opts := convert.Options{Compress: o.compress}
 	opts.WriterOptions, _ = format.ParseOptions(o.opts)
-	img := matrixOpen(t, src, srcFmt)
+	img := formattest.Open(t, src, srcFmt)
 	r, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/diskimg/diskimg/format"
 )
 
 // RequireQemu skips t when qemu-img is not installed; under CI=true it
@@ -86,4 +88,16 @@ func QemuCompareOutput(t testing.TB, a, b string) []byte {
 		}
 	}
 	return out
+}
+
+// Open opens the image at path with the default policy (fmtName "" to
+// probe) and closes it when the test ends; a failure fails the test.
+func Open(t testing.TB, path, fmtName string) format.Image {
+	t.Helper()
+	img, err := format.Open(path, fmtName, format.Policy{})
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img
 }

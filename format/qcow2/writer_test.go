@@ -49,16 +49,6 @@ func qcow2Writer(t testing.TB) *format.WriterFormat {
 	return w
 }
 
-func openImage(t testing.TB, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 // convertTo converts the image at src (format srcFmt) to qcow2 on dst.
 func convertTo(t testing.TB, src, srcFmt string, dst format.Target, v writerVariant) *convert.Result {
 	t.Helper()
@@ -66,7 +56,7 @@ func convertTo(t testing.TB, src, srcFmt string, dst format.Target, v writerVari
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := convert.Convert(context.Background(), openImage(t, src, srcFmt), qcow2Writer(t), dst,
+	res, err := convert.Convert(context.Background(), formattest.Open(t, src, srcFmt), qcow2Writer(t), dst,
 		convert.Options{WriterOptions: opts, Compress: v.compress, Workers: 2})
 	if err != nil {
 		t.Fatalf("convert %s -> qcow2 %s: %v", filepath.Base(src), v.name, err)
@@ -129,7 +119,7 @@ func qemuCompare(t *testing.T, a, b string) {
 // raw reference.
 func roundTrip(t *testing.T, path string, want []byte) {
 	t.Helper()
-	img := openImage(t, path, "qcow2")
+	img := formattest.Open(t, path, "qcow2")
 	if img.Size() != int64(len(want)) {
 		t.Fatalf("our reader: size %d, want %d", img.Size(), len(want))
 	}
@@ -203,7 +193,7 @@ func TestWriterMatrix(t *testing.T) {
 // whose virtual size qemu rounds (vpc's geometry).
 func roundTripSized(t *testing.T, path string, want []byte, srcFmt string) {
 	t.Helper()
-	img := openImage(t, path, "qcow2")
+	img := formattest.Open(t, path, "qcow2")
 	if srcFmt != "raw" && img.Size() != int64(len(want)) {
 		w := make([]byte, img.Size())
 		copy(w, want)
@@ -283,7 +273,7 @@ func TestWriterMeasure(t *testing.T) {
 		srcFmt := strings.TrimPrefix(filepath.Ext(s), ".")
 		for _, opts := range []string{"", "cluster_size=512", "cluster_size=2M", "refcount_bits=64", "compat=0.10", "cluster_size=4k,refcount_bits=8"} {
 			o, _ := format.ParseOptions(opts)
-			m, err := convert.Measure(openImage(t, s, srcFmt), 0, wf, convert.Options{WriterOptions: o})
+			m, err := convert.Measure(formattest.Open(t, s, srcFmt), 0, wf, convert.Options{WriterOptions: o})
 			if err != nil {
 				t.Fatal(err)
 			}

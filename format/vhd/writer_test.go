@@ -51,17 +51,6 @@ func vpcWriter(t testing.TB) *format.WriterFormat {
 	return w
 }
 
-// wOpen opens a source image the test made.
-func wOpen(t testing.TB, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 // convertVHD converts src to a VHD file at dst, checking the streamed
 // checksum against the file.
 func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]string, co convert.Options) *convert.Result {
@@ -232,7 +221,7 @@ func TestWriterMatrix(t *testing.T) {
 				srcPath = filepath.Join(dir, "src."+s.fmt)
 				formattest.Convert(t, rawPath, srcPath, s.fmt)
 			}
-			src := wOpen(t, srcPath, s.fmt)
+			src := formattest.Open(t, srcPath, s.fmt)
 			for _, v := range writerVariants {
 				out := filepath.Join(dir, v.name+".vhd")
 				convertVHD(t, src, out, v.opts, convert.Options{})
@@ -314,7 +303,7 @@ func TestWriterFullyAllocated(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Empty)
-	img := wOpen(t, src, "raw")
+	img := formattest.Open(t, src, "raw")
 	for _, v := range writerVariants {
 		m, err := convert.Measure(img, 0, vpcWriter(t), convert.Options{WriterOptions: v.opts})
 		if err != nil {
@@ -445,7 +434,7 @@ func TestWriterPipe(t *testing.T) {
 	for _, c := range []formattest.Content{formattest.Sparse, formattest.Zeros, formattest.Empty} {
 		src := filepath.Join(dir, string(c)+".raw")
 		formattest.MakeRaw(t, src, 9<<20+1536, c)
-		img := wOpen(t, src, "raw")
+		img := formattest.Open(t, src, "raw")
 		for _, v := range writerVariants {
 			path := filepath.Join(dir, string(c)+"-"+v.name+".vhd")
 			convertVHD(t, img, path, v.opts, convert.Options{})
@@ -485,7 +474,7 @@ func TestWriterAzure(t *testing.T) {
 	for _, size := range []int64{9<<20 + 1536, 4 << 20, 1000} {
 		src := filepath.Join(dir, "src.raw")
 		formattest.MakeRaw(t, src, size, formattest.Dense)
-		img := wOpen(t, src, "raw")
+		img := formattest.Open(t, src, "raw")
 		out := filepath.Join(dir, fmt.Sprintf("azure-%d.vhd", size))
 		convertVHD(t, img, out, map[string]string{"azure": "on"}, convert.Options{})
 		foot := checkStructure(t, out)
@@ -502,7 +491,7 @@ func TestWriterAzure(t *testing.T) {
 		}
 		qemuCompare(t, src, "raw", out)
 		// Our reader agrees, and the tail is zeros.
-		v := wOpen(t, out, Name)
+		v := formattest.Open(t, out, Name)
 		got := make([]byte, v.Size())
 		if _, err := v.ReadAt(got, 0); err != nil {
 			t.Fatal(err)
@@ -591,10 +580,10 @@ func TestWriterReadBack(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 33<<20+4096, formattest.Sparse)
-	img := wOpen(t, src, "raw")
+	img := formattest.Open(t, src, "raw")
 	out := filepath.Join(dir, "out.vhd")
 	convertVHD(t, img, out, nil, convert.Options{})
-	v := wOpen(t, out, Name)
+	v := formattest.Open(t, out, Name)
 	want, _ := os.ReadFile(src)
 	got := make([]byte, len(want))
 	if _, err := v.ReadAt(got, 0); err != nil {

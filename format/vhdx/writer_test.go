@@ -60,21 +60,11 @@ func optionMap(t testing.TB, s string) map[string]string {
 	return m
 }
 
-func openImage(t testing.TB, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 // convertTo converts the image at src (format fmtName) to a VHDX file at
 // dst with our writer.
 func convertTo(t testing.TB, src, fmtName, dst string, opts convert.Options) *convert.Result {
 	t.Helper()
-	img := openImage(t, src, fmtName)
+	img := formattest.Open(t, src, fmtName)
 	f, err := os.Create(dst)
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +180,7 @@ func TestWriterMatrix(t *testing.T) {
 				formattest.Qemu(t, "check", "-q", out)
 				formattest.Qemu(t, "compare", "-q", "-f", s.format, "-F", Name, s.path, out)
 
-				img := openImage(t, s.path, s.format)
+				img := formattest.Open(t, s.path, s.format)
 				m, err := convert.Measure(img, img.Size(), writerFormat(t), opts)
 				if err != nil {
 					t.Fatal(err)
@@ -276,7 +266,7 @@ func TestWriterPipe(t *testing.T) {
 				var got bytes.Buffer
 				done := make(chan error)
 				go func() { _, err := io.Copy(&got, r); done <- err }()
-				img := openImage(t, s.path, s.format)
+				img := formattest.Open(t, s.path, s.format)
 				_, err = convert.Convert(context.Background(), img, writerFormat(t), w, opts)
 				w.Close()
 				if cerr := <-done; err == nil {
@@ -352,7 +342,7 @@ func TestWriterEmptyHuge(t *testing.T) {
 			if info["virtual-size"] != float64(1<<40) || info["cluster-size"] != wantCluster {
 				t.Errorf("info: %v", info)
 			}
-			img := openImage(t, out, Name)
+			img := formattest.Open(t, out, Name)
 			var n int
 			format.Walk(img, 0, func(e format.Extent) error {
 				n++
@@ -462,7 +452,7 @@ func TestWriterMeasure(t *testing.T) {
 	wf := writerFormat(t)
 	for _, s := range srcs[:3] {
 		for _, v := range []string{"", "subformat=fixed", "block_size=1M"} {
-			img := openImage(t, s.path, s.format)
+			img := formattest.Open(t, s.path, s.format)
 			opts := convert.Options{WriterOptions: optionMap(t, v), SparseSize: convert.NoSparse}
 			m, err := convert.Measure(img, img.Size(), wf, opts)
 			if err != nil {
@@ -594,7 +584,7 @@ func TestWriterRoundTrip(t *testing.T) {
 // dynamic VHDX file.
 func BenchmarkConvertRandom256M(b *testing.B) {
 	dir, src := randomRaw(b)
-	img := openImage(b, src, "raw")
+	img := formattest.Open(b, src, "raw")
 	wf := writerFormat(b)
 	dst := filepath.Join(dir, "dst.vhdx")
 	b.SetBytes(benchSize)
@@ -618,7 +608,7 @@ func BenchmarkConvertRandom256M(b *testing.B) {
 func BenchmarkVsQemu256M(b *testing.B) {
 	formattest.RequireQemu(b)
 	dir, src := randomRaw(b)
-	img := openImage(b, src, "raw")
+	img := formattest.Open(b, src, "raw")
 	wf := writerFormat(b)
 	dst, qdst := filepath.Join(dir, "dst.vhdx"), filepath.Join(dir, "qemu.vhdx")
 	chunk, _ := strconv.ParseInt(os.Getenv("DISKIMG_BENCH_CHUNK"), 10, 64) // to tune the engine's read unit
@@ -655,7 +645,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
-	img := openImage(b, src, "raw")
+	img := formattest.Open(b, src, "raw")
 	wf := writerFormat(b)
 	dst := filepath.Join(dir, "dst.vhdx")
 	b.ReportAllocs()

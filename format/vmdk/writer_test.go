@@ -55,16 +55,6 @@ func vmdkWriter(t testing.TB) *format.WriterFormat {
 	return w
 }
 
-func wOpen(t testing.TB, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 // wConvert converts src to a VMDK at dst, checking that the streamed
 // checksum is the file's.
 func wConvert(t testing.TB, src format.Image, dst string, v wVariant, co convert.Options) *convert.Result {
@@ -129,7 +119,7 @@ func wVerify(t testing.TB, src format.Image, srcPath, srcFmt, out string) {
 	if rc, msg := wQemu(t, "compare", "-f", srcFmt, "-F", Name, srcPath, out); rc != 0 {
 		t.Errorf("qemu-img compare %s %s: exit %d: %s", filepath.Base(srcPath), filepath.Base(out), rc, msg)
 	}
-	img := wOpen(t, out, Name)
+	img := formattest.Open(t, out, Name)
 	if img.Size() != (src.Size()+sectorSize-1)/sectorSize*sectorSize {
 		t.Fatalf("our reader: size %d, source %d", img.Size(), src.Size())
 	}
@@ -188,7 +178,7 @@ func TestWriterMatrix(t *testing.T) {
 				}
 				for _, v := range variants {
 					t.Run(fmt.Sprintf("%d/%s/%s/%s", sz.n, c, s.name, v.name), func(t *testing.T) {
-						src := wOpen(t, s.path, s.fmt)
+						src := formattest.Open(t, s.path, s.fmt)
 						out := filepath.Join(t.TempDir(), "out.vmdk")
 						wConvert(t, src, out, v, convert.Options{})
 						wVerify(t, src, s.path, s.fmt, out)
@@ -236,7 +226,7 @@ func TestWriterLikeQemu(t *testing.T) {
 			t.Run(string(c)+"/"+v.name, func(t *testing.T) {
 				ours := filepath.Join(t.TempDir(), "ours.vmdk")
 				theirs := filepath.Join(t.TempDir(), "theirs.vmdk")
-				wConvert(t, wOpen(t, q2, "qcow2"), ours, v, convert.Options{})
+				wConvert(t, formattest.Open(t, q2, "qcow2"), ours, v, convert.Options{})
 				formattest.Qemu(t, append(append([]string{"convert", "-f", "qcow2", "-O", Name}, v.qemu...), q2, theirs)...)
 				oi, qi := formattest.QemuInfo(t, ours), formattest.QemuInfo(t, theirs)
 				for _, k := range []string{"virtual-size", "cluster-size", "format", "dirty-flag"} {
@@ -322,7 +312,7 @@ func TestWriterPipe(t *testing.T) {
 		formattest.MakeRaw(t, raw, 33<<20+4096, c)
 		for _, v := range wVariants {
 			t.Run(string(c)+"/"+v.name, func(t *testing.T) {
-				src := wOpen(t, raw, "raw")
+				src := formattest.Open(t, raw, "raw")
 				file := filepath.Join(t.TempDir(), "image.vmdk")
 				wConvert(t, src, file, v, convert.Options{})
 				want, _ := os.ReadFile(file)
@@ -351,7 +341,7 @@ func TestWriterMeasure(t *testing.T) {
 	formattest.MakeRaw(t, raw, 33<<20+4096, formattest.Sparse)
 	q2 := filepath.Join(dir, "s.qcow2")
 	formattest.Convert(t, raw, q2, "qcow2")
-	src := wOpen(t, q2, "qcow2")
+	src := formattest.Open(t, q2, "qcow2")
 	wf := vmdkWriter(t)
 	for _, v := range wVariants[:2] {
 		m, err := wf.Measure(format.WriteOptions{Size: src.Size(), Layout: format.LayoutOf(src), Options: v.opts})
@@ -509,7 +499,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 			if _, err := os.Stat(raw); err != nil {
 				writeSource(b, raw, 256<<20, c.semi)
 			}
-			src := wOpen(b, raw, "raw")
+			src := formattest.Open(b, raw, "raw")
 			out := filepath.Join(dir, "ours.vmdk")
 			theirs := filepath.Join(dir, "theirs.vmdk")
 			var qemu time.Duration
@@ -546,7 +536,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	}
 	f.Truncate(1 << 40)
 	f.Close()
-	src := wOpen(b, raw, "raw")
+	src := formattest.Open(b, raw, "raw")
 	for _, v := range wVariants[:2] {
 		b.Run(v.name, func(b *testing.B) {
 			b.ReportAllocs()

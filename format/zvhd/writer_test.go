@@ -140,16 +140,6 @@ func (p *zParsed) disk(size int64) []byte {
 	return out
 }
 
-func openImage(t testing.TB, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 func writerFormat(t testing.TB, name string) *format.WriterFormat {
 	t.Helper()
 	w, err := format.LookupWriter(name)
@@ -173,7 +163,7 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	convertTo(t, openImage(t, src, srcFmt), wf, f, convert.Options{})
+	convertTo(t, formattest.Open(t, src, srcFmt), wf, f, convert.Options{})
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -268,11 +258,11 @@ func TestWriterRoundTrip(t *testing.T) {
 			convertFile(t, s.path, s.fmt, out, Name)
 			data, _ := os.ReadFile(out)
 			p := parseZVHD(t, data, true)
-			srcImg := openImage(t, s.path, s.fmt)
+			srcImg := formattest.Open(t, s.path, s.fmt)
 			if got := p.disk(int64(len(want))); !bytes.Equal(got, want) {
 				t.Fatalf("parsed data differs at %d", firstDiff(got, want))
 			}
-			img := openImage(t, out, Name)
+			img := formattest.Open(t, out, Name)
 			if same, at, err := convert.Compare(context.Background(), srcImg, img); err != nil || !same {
 				t.Fatalf("compare: same=%v at %d, %v", same, at, err)
 			}
@@ -303,7 +293,7 @@ func TestWriterOver64GiB(t *testing.T) {
 	}
 	f.Close()
 	var out bytes.Buffer
-	convertTo(t, openImage(t, src, "raw"), Name, &out, convert.Options{})
+	convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{})
 	p := parseZVHD(t, out.Bytes(), true)
 	if len(p.records) != 4 {
 		t.Fatalf("%d records", len(p.records))
@@ -318,7 +308,7 @@ func TestWriterOver64GiB(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	if same, at, err := convert.Compare(context.Background(), openImage(t, src, "raw"), img); err != nil || !same {
+	if same, at, err := convert.Compare(context.Background(), formattest.Open(t, src, "raw"), img); err != nil || !same {
 		t.Errorf("compare: same=%v at %d, %v", same, at, err)
 	}
 }
@@ -338,7 +328,7 @@ func TestWriterPipe(t *testing.T) {
 	var got bytes.Buffer
 	done := make(chan error)
 	go func() { _, err := io.Copy(&got, r); done <- err }()
-	convertTo(t, openImage(t, src, "raw"), Name, w, convert.Options{})
+	convertTo(t, formattest.Open(t, src, "raw"), Name, w, convert.Options{})
 	w.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -382,7 +372,7 @@ func BenchmarkWriterRandom256M(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(b, src, size, formattest.Dense)
-	img := openImage(b, src, "raw")
+	img := formattest.Open(b, src, "raw")
 	wf := writerFormat(b, Name)
 	_, qerr := exec.LookPath("qemu-img")
 	var ours, qemu time.Duration
@@ -424,7 +414,7 @@ func TestWriterSeeds(t *testing.T) {
 	}
 	f.Close()
 	var out bytes.Buffer
-	convertTo(t, openImage(t, src, "raw"), Name, &out, convert.Options{})
+	convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{})
 	if err := os.WriteFile("../../testdata/zvhd/writer.zvhd", out.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}

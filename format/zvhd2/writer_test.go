@@ -331,16 +331,6 @@ func parseZVHD2(t testing.TB, file []byte, strict pStrict) *pFile {
 // Helpers.
 // ---------------------------------------------------------------------
 
-func openImage(t testing.TB, path, fmtName string) format.Image {
-	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
-	t.Cleanup(func() { img.Close() })
-	return img
-}
-
 func writerFormat(t testing.TB, name string) *format.WriterFormat {
 	t.Helper()
 	w, err := format.LookupWriter(name)
@@ -368,7 +358,7 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string, opts convert.Options
 		t.Fatal(err)
 	}
 	defer f.Close()
-	convertTo(t, openImage(t, src, srcFmt), wf, f, opts)
+	convertTo(t, formattest.Open(t, src, srcFmt), wf, f, opts)
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -546,7 +536,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 		t.Fatal(err)
 	}
 	p := parseZVHD2(t, data, true)
-	srcImg := openImage(t, src, srcFmt)
+	srcImg := formattest.Open(t, src, srcFmt)
 	if got, w := p.trailer.u("orig_size"), roundUp(uint64(srcImg.Size()), 512); got != w {
 		t.Errorf("orig_size %d, want %d", got, w)
 	}
@@ -554,7 +544,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 		t.Fatalf("parsed data differs at %d", firstDiff(got, want))
 	}
 	// The reader under test.
-	img := openImage(t, out, Name)
+	img := formattest.Open(t, out, Name)
 	if img.Size() != int64(p.trailer.u("orig_size")) {
 		t.Errorf("reader size %d, orig_size %d", img.Size(), p.trailer.u("orig_size"))
 	}
@@ -593,8 +583,8 @@ func TestFullyAllocated(t *testing.T) {
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
 	var sparse, full bytes.Buffer
 	fixedIdentity(t)
-	convertTo(t, openImage(t, src, "raw"), Name, &sparse, convert.Options{})
-	convertTo(t, openImage(t, src, "raw"), Name, &full, convert.Options{SparseSize: convert.NoSparse, ChunkSize: 8 << 20})
+	convertTo(t, formattest.Open(t, src, "raw"), Name, &sparse, convert.Options{})
+	convertTo(t, formattest.Open(t, src, "raw"), Name, &full, convert.Options{SparseSize: convert.NoSparse, ChunkSize: 8 << 20})
 	if !bytes.Equal(sparse.Bytes(), full.Bytes()) {
 		t.Errorf("-S 0 output differs from the sparse conversion (%d vs %d bytes)", full.Len(), sparse.Len())
 	}
@@ -620,7 +610,7 @@ func TestPipe(t *testing.T) {
 		var got bytes.Buffer
 		done := make(chan error)
 		go func() { _, err := io.Copy(&got, r); done <- err }()
-		res := convertTo(t, openImage(t, src, "raw"), Name, w, convert.Options{WriterOptions: methodOpts(m), Checksum: true})
+		res := convertTo(t, formattest.Open(t, src, "raw"), Name, w, convert.Options{WriterOptions: methodOpts(m), Checksum: true})
 		w.Close()
 		if err := <-done; err != nil {
 			t.Fatal(err)
@@ -690,8 +680,8 @@ func TestOver64GiB(t *testing.T) {
 				t.Errorf("%s: block %d differs", m, b)
 			}
 		}
-		img := openImage(t, out, Name)
-		same, diff, err := convert.Compare(context.Background(), openImage(t, src, "raw"), img)
+		img := formattest.Open(t, out, Name)
+		same, diff, err := convert.Compare(context.Background(), formattest.Open(t, src, "raw"), img)
 		if err != nil || !same {
 			t.Errorf("%s: compare: same=%v at %d, %v", m, same, diff, err)
 		}
@@ -721,7 +711,7 @@ func TestOptions(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "src.raw")
 	formattest.MakeRaw(t, src, 1<<20, formattest.Dense)
 	var buf bytes.Buffer
-	_, err := convert.Convert(context.Background(), openImage(t, src, "raw"), wf, &buf,
+	_, err := convert.Convert(context.Background(), formattest.Open(t, src, "raw"), wf, &buf,
 		convert.Options{WriterOptions: map[string]string{"compression_type": "none"}})
 	if err == nil || buf.Len() != 0 {
 		t.Errorf("bad option: %v, %d bytes written", err, buf.Len())
@@ -792,7 +782,7 @@ func TestMeasure(t *testing.T) {
 	const size = 9<<20 + 1536
 	src := filepath.Join(t.TempDir(), "dense.raw")
 	formattest.MakeRaw(t, src, size, formattest.Dense)
-	img := openImage(t, src, "raw")
+	img := formattest.Open(t, src, "raw")
 	for _, m := range []string{CompressionZstd, CompressionZlib} {
 		var buf bytes.Buffer
 		convertTo(t, img, Name, &buf, convert.Options{WriterOptions: methodOpts(m)})
@@ -863,7 +853,7 @@ func benchSource(b *testing.B, compressible bool) string {
 func benchConvert(b *testing.B, compressible bool, opts map[string]string) {
 	src := benchSource(b, compressible)
 	dir := filepath.Dir(src)
-	img := openImage(b, src, "raw")
+	img := formattest.Open(b, src, "raw")
 	wf := writerFormat(b, Name)
 	dst := filepath.Join(dir, "dst.zvhd2")
 	_, qerr := exec.LookPath("qemu-img")
@@ -925,7 +915,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
-	img := openImage(b, src, "raw")
+	img := formattest.Open(b, src, "raw")
 	wf := writerFormat(b, Name)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -966,7 +956,7 @@ func TestWriterSeeds(t *testing.T) {
 	fixedIdentity(t)
 	for _, m := range []string{CompressionZstd, CompressionZlib} {
 		var out bytes.Buffer
-		convertTo(t, openImage(t, src, "raw"), Name, &out, convert.Options{WriterOptions: methodOpts(m)})
+		convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{WriterOptions: methodOpts(m)})
 		if err := os.WriteFile("../../testdata/zvhd2/writer-"+m+".sparse", compact(out.Bytes()), 0o644); err != nil {
 			t.Fatal(err)
 		}
