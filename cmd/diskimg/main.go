@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
 
@@ -31,6 +32,43 @@ func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
+// buildVersion is set by the Makefile (-ldflags -X) from git describe.
+var buildVersion string
+
+// version is the Makefile's version stamp, else the module version of a
+// released build, else the VCS revision Go recorded.
+func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return "devel-" + rev
+}
+
 // run executes the command line args and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := &cli.App{
@@ -38,7 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ErrWriter:       stderr,
 		Name:            "diskimg",
 		Usage:           "inspect, convert and check virtual disk images",
-		HideHelpCommand: true,
+		Version:         version(),
 		Commands: []*cli.Command{
 			infoCommand(),
 			mapCommand(),

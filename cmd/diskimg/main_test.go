@@ -89,3 +89,13 @@ func compactJSON(t *testing.T, s string) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// TestVersionAndHelp checks --version and the help command.
+func TestVersionAndHelp(t *testing.T) {
+	if out, _, code := runCLI(t, "--version"); code != 0 || !strings.HasPrefix(out, "diskimg version ") {
+		t.Errorf("--version: exit %d, %q", code, out)
+	}
+	if out, _, code := runCLI(t, "help", "convert"); code != 0 || !strings.Contains(out, "diskimg convert - ") {
+		t.Errorf("help convert: exit %d, %q", code, out)
+	}
+}
