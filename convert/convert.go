@@ -173,10 +173,10 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	e := &engine{src: src, w: wr, size: size, unit: unit, chunk: chunk, sparse: sparse > 0, inflight: inflight, workers: workers}
 	plan := srcLayout.Align(size, bs)
 	res := &Result{Size: size}
-	if zs, ok := wr.(format.ZeroScanner); ok && sparse > 0 && zs.WantsZeroScan() {
-		// A first pass finds the data blocks that are all zero, so the
-		// writer's up-front tables leave them out as a file's would.
-		if err := e.pass(ctx, plan, false, zs, &Result{}, nil); err != nil {
+	if ds, ok := wr.(format.DataScanner); ok && sparse > 0 && ds.NeedsDataScan() {
+		// A first pass finds the blocks that hold data, so the writer's
+		// up-front tables leave the zero ones out as a file's would.
+		if err := e.pass(ctx, plan, false, ds, &Result{}, nil); err != nil {
 			return res, err
 		}
 	}
@@ -233,7 +233,7 @@ type engine struct {
 
 	// Per pass.
 	ctx     context.Context
-	scan    format.ZeroScanner // set in a zero-scan pass: no Encode, no Write
+	scan    format.DataScanner // set in a data-scan pass: no Encode, no Write
 	buffers int                // buffers still to allocate, on demand
 	free    chan []byte        // buffers written out, for reuse
 	work    chan *job
@@ -242,8 +242,8 @@ type engine struct {
 
 // pass runs the plan through the workers once: reading, zero detection
 // and Encode in parallel, then in order Write (or, with scan set, only
-// MarkZero for the zero blocks found).
-func (e *engine) pass(ctx context.Context, plan format.Layout, fill bool, scan format.ZeroScanner, res *Result, progress func(done, total int64)) error {
+// MarkData for the data blocks found).
+func (e *engine) pass(ctx context.Context, plan format.Layout, fill bool, scan format.DataScanner, res *Result, progress func(done, total int64)) error {
 	e.scan = scan
 	e.buffers = e.inflight
 	e.free = make(chan []byte, e.inflight)
@@ -423,8 +423,8 @@ func (e *engine) consume(res *Result, progress func(done, total int64)) error {
 		}
 		if e.scan != nil {
 			for i := range j.blocks {
-				if b := &j.blocks[i]; b.Status == format.Zero && j.buf != nil {
-					e.scan.MarkZero(b.Start, b.Length)
+				if b := &j.blocks[i]; b.Status == format.Data && j.buf != nil {
+					e.scan.MarkData(b.Start, b.Length)
 				}
 			}
 			if j.buf != nil {

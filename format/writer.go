@@ -21,10 +21,10 @@ package format
 // seek. On such a destination a block the Layout called Data may still
 // arrive as Zero (the engine found it all zero); a writer whose tables are
 // already written stores it as data zeros. On a seekable destination a
-// writer may allocate lazily and leave such blocks unallocated. A writer
+// writer allocates lazily and leaves such blocks unallocated. A writer
 // whose output would then differ between the two destinations implements
-// ZeroScanner: the engine first reads the data once to tell it which
-// blocks are zero, so a pipe gets the same bytes as a file.
+// DataScanner: the engine first reads the data once to tell it which
+// blocks hold data, so a pipe gets the same bytes as a file.
 
 import (
 	"errors"
@@ -260,17 +260,22 @@ type Writer interface {
 	Close() error
 }
 
-// ZeroScanner is a Writer that wants to know, before its first Write,
-// which Data blocks of the Layout the engine will send as Zero.
-type ZeroScanner interface {
+// DataScanner is a Writer whose tables precede the data on a destination
+// that cannot seek, and which would otherwise have to allocate every block
+// the Layout calls Data, zero or not. The engine reads the data once
+// before the first Write and tells it which blocks will really carry data,
+// so a pipe gets the same compact image as a file.
+type DataScanner interface {
 	Writer
-	// WantsZeroScan reports whether the scan is needed (typically: the
-	// destination cannot seek). The engine asks once, after New.
-	WantsZeroScan() bool
-	// MarkZero notes that [start, start+length), on the BlockSize grid,
-	// will arrive as a Zero block. Calls come from one goroutine, in
+	// NeedsDataScan reports whether the writer wants the scan (typically:
+	// the destination cannot seek). The engine calls it at most once,
+	// after New, and only when it detects zeros. A writer that answers
+	// true decides its allocation from the MarkData calls alone.
+	NeedsDataScan() bool
+	// MarkData notes that [start, start+length), on the BlockSize grid,
+	// will arrive as a Data block. Calls come from one goroutine, in
 	// increasing order, all before the first Write.
-	MarkZero(start, length int64)
+	MarkData(start, length int64)
 }
 
 // WriteOptions are what a Writer is created with.

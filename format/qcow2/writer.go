@@ -461,21 +461,30 @@ func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layo
 		return w, nil
 	}
 	// On a pipe the tables go first, at the first Write: until then the
-	// engine may report clusters of the layout that are zero (MarkZero),
-	// which then stay unallocated exactly as on a file.
+	// engine may report which clusters of the layout hold data (MarkData);
+	// the zero ones then stay unallocated exactly as on a file.
 	return w, nil
 }
 
-// WantsZeroScan is true on a pipe, where the tables precede the data.
-func (w *plainWriter) WantsZeroScan() bool { return w.rt == nil }
+// NeedsDataScan is true on a pipe, where the tables precede the data:
+// the clusters to allocate then come from MarkData, not the layout.
+func (w *plainWriter) NeedsDataScan() bool {
+	if w.rt != nil {
+		return false
+	}
+	for i := range w.alloc.spans {
+		w.alloc.spans[i] = nil
+	}
+	return true
+}
 
-// MarkZero leaves the clusters of a zero block out of the tables.
-func (w *plainWriter) MarkZero(start, length int64) {
+// MarkData allocates the clusters of a block that will carry data.
+func (w *plainWriter) MarkData(start, length int64) {
 	if w.metaDone || start < 0 || length <= 0 || start+length > w.size {
 		return
 	}
 	for c := start / w.p.cs; c < (start+length+w.p.cs-1)/w.p.cs; c++ {
-		w.alloc.unset(c)
+		w.alloc.set(c)
 	}
 }
 
