@@ -72,11 +72,11 @@ func version() string {
 // run executes the command line args and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := &cli.App{
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		Name:            "diskimg",
-		Usage:           "inspect, convert and check virtual disk images",
-		Version:         version(),
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Name:      "diskimg",
+		Usage:     "inspect, convert and check virtual disk images",
+		Version:   version(),
 		Commands: []*cli.Command{
 			infoCommand(),
 			mapCommand(),
