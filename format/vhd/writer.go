@@ -233,8 +233,8 @@ func allocation(p plan, o format.WriteOptions) (set []uint64, count int64, err e
 // cannot ("Block driver 'vpc' does not support size measurement"), so the
 // figures are this writer's exact output sizes: a fixed disk is its data
 // and a footer; a dynamic disk holds the headers, the BAT, one block per
-// block of the layout holding data (the writer allocates them all, zero
-// or not, so it can stream) and the footer.
+// block of the layout holding data and the footer (blocks that turn out
+// all zero are left out, so Required is an upper bound then).
 func Measure(o format.WriteOptions) (format.Measurement, error) {
 	p, err := planOf(o)
 	if err != nil {
@@ -268,12 +268,13 @@ var (
 	}
 )
 
-// Writer writes a VHD image. It writes strictly front to back, on a file
-// or a pipe alike, and the two get the same bytes: the BAT is laid out
-// from the Layout before any data, so a block the layout calls data is
-// allocated even when the engine finds it all zero (on a file its data
-// area is then a hole). On a file, 4 KiB zero pages inside data blocks are
-// holes too.
+// Writer writes a VHD image. A dynamic disk allocates a block only for
+// blocks that arrive as data, packed in guest order after the BAT; the
+// rest stay unused in the BAT, as qemu-img leaves them. On a file the
+// headers and the BAT are written at Close; on a pipe they must come
+// first, so the engine's data scan (MarkData) tells the writer the blocks
+// beforehand, and a pipe gets the file's bytes. On a file, 4 KiB zero
+// pages inside data blocks are holes too.
 type Writer struct {
 	p      plan
 	size   int64 // source size: blocks arrive for [0, size)
@@ -281,17 +282,17 @@ type Writer struct {
 	footer []byte
 
 	// Dynamic disks.
-	alloc     []uint64 // allocated blocks
-	count     int64    // allocated blocks in all
-	written   int64    // allocated blocks begun so far
+	layout    []uint64 // blocks the layout calls data: the most that may be allocated
+	used      []uint64 // blocks allocated: on a pipe from MarkData, on a file as data arrives
+	written   int64    // blocks begun so far
 	blockEnd  int64    // file offset where the current block's data ends
 	next      int64    // guest offset of the next block expected
+	headers   bool     // the headers and BAT are written
 	holePages bool     // scan data blocks for zero pages (seekable target)
 }
 
 // NewWriter returns a VHD writer on dst, which must be new and empty. It
-// writes the footer copy, the dynamic header and the BAT at once (nothing
-// for a fixed disk). A non-seekable dst is supported.
+// writes nothing yet. A non-seekable dst is supported.
 func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	p, err := planOf(o)
 	if err != nil {
@@ -315,16 +316,42 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if p.fixed {
 		return w, nil
 	}
-	if w.alloc, w.count, err = allocation(p, o); err != nil {
+	var count int64
+	if w.layout, count, err = allocation(p, o); err != nil {
 		return nil, err
 	}
-	if last := p.dataStart + w.count*blockStride; last/sectorSize > batUnused-1 {
-		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", w.count)
+	if last := p.dataStart + count*blockStride; last/sectorSize > batUnused-1 {
+		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", count)
 	}
-	if err := w.writeHeaders(); err != nil {
-		return nil, err
+	w.used = make([]uint64, len(w.layout))
+	if w.out.rt != nil {
+		// Blocks from dataStart on; the headers and BAT in Close.
+		w.out.at, w.out.wpos = p.dataStart, -1
+		return w, nil
 	}
+	// On a pipe without a data scan every block of the layout is used.
+	copy(w.used, w.layout)
 	return w, nil
+}
+
+// NeedsDataScan is true for a dynamic disk on a pipe: the BAT precedes
+// the data, so the blocks to allocate come from MarkData.
+func (w *Writer) NeedsDataScan() bool {
+	if w.p.fixed || w.out.rt != nil {
+		return false
+	}
+	clear(w.used)
+	return true
+}
+
+// MarkData notes blocks that will carry data.
+func (w *Writer) MarkData(start, length int64) {
+	if w.headers || start < 0 || length <= 0 || start+length > w.size {
+		return
+	}
+	for b := start / WriterBlockSize; b*WriterBlockSize < start+length; b++ {
+		w.used[b/64] |= 1 << (b % 64)
+	}
 }
 
 // makeFooter builds the 512-byte footer for plan p.
@@ -377,9 +404,11 @@ func sum(b []byte) uint32 {
 }
 
 // writeHeaders writes the footer copy, the dynamic disk header and the
-// BAT, padded with unused entries to whole sectors as qemu does.
-func (w *Writer) writeHeaders() error {
-	if err := w.out.write(w.footer); err != nil {
+// BAT for the used blocks, padded with unused entries to whole sectors as
+// qemu does, to o (the output on a pipe, a buffer on a file).
+func (w *Writer) writeHeaders(o *out) error {
+	w.headers = true
+	if err := o.write(w.footer); err != nil {
 		return err
 	}
 	h := make([]byte, dynHeaderSize)
@@ -391,7 +420,7 @@ func (w *Writer) writeHeaders() error {
 	be.PutUint32(h[dynMaxEntries:], uint32(w.p.entries))
 	be.PutUint32(h[dynBlockSize:], WriterBlockSize)
 	be.PutUint32(h[dynChecksum:], sum(h))
-	if err := w.out.write(h); err != nil {
+	if err := o.write(h); err != nil {
 		return err
 	}
 	chunk := make([]byte, 0, 64<<10)
@@ -399,28 +428,28 @@ func (w *Writer) writeHeaders() error {
 	batEnd := w.p.dataStart - batOffset
 	for i := int64(0); i*4 < batEnd; i++ {
 		e := uint32(batUnused)
-		if i < w.p.entries && w.allocated(i) {
+		if i < w.p.entries && isSet(w.used, i) {
 			e = uint32(host)
 			host += blockStride / sectorSize
 		}
 		chunk = be.AppendUint32(chunk, e)
 		if len(chunk) == cap(chunk) {
-			if err := w.out.write(chunk); err != nil {
+			if err := o.write(chunk); err != nil {
 				return err
 			}
 			chunk = chunk[:0]
 		}
 	}
-	return w.out.write(chunk)
+	return o.write(chunk)
 }
 
-func (w *Writer) allocated(b int64) bool { return w.alloc[b/64]&(1<<(b%64)) != 0 }
+func isSet(bits []uint64, b int64) bool { return bits[b/64]&(1<<(b%64)) != 0 }
 
-// nextAllocated returns the first allocated block at or after b, or
+// nextSet returns the first block at or after b set in bits, or
 // p.entries.
-func (w *Writer) nextAllocated(b int64) int64 {
+func (w *Writer) nextSet(set []uint64, b int64) int64 {
 	for b < w.p.entries {
-		word := w.alloc[b/64] >> (b % 64)
+		word := set[b/64] >> (b % 64)
 		if word != 0 {
 			return min(b+int64(bits.TrailingZeros64(word)), w.p.entries)
 		}
@@ -481,14 +510,26 @@ func (w *Writer) Write(b *format.Block) error {
 	if w.p.fixed {
 		return w.writeData(b, 0, b.Length)
 	}
+	if w.out.rt == nil && !w.headers {
+		if err := w.writeHeaders(&w.out); err != nil {
+			return err
+		}
+	}
 	for off := b.Start; off < b.End(); {
 		bi := off / WriterBlockSize
-		if !w.allocated(bi) {
+		if b.Status == format.Data && !isSet(w.layout, bi) {
+			return fmt.Errorf("vpc: data at guest offset %d, in block %d that the layout left unallocated", off, bi)
+		}
+		if b.Status == format.Data && w.out.rt != nil && off == bi*WriterBlockSize {
+			// On a file a block is allocated when data arrives for it.
+			w.used[bi/64] |= 1 << (bi % 64)
+		}
+		if !isSet(w.used, bi) {
 			if b.Status == format.Data {
-				return fmt.Errorf("vpc: data at guest offset %d, in block %d that the layout left unallocated", off, bi)
+				return fmt.Errorf("vpc: data at guest offset %d, in block %d that the data scan left unallocated", off, bi)
 			}
-			// Jump to the next allocated block, or the block's end.
-			off = min(w.nextAllocated(bi)*WriterBlockSize, b.End())
+			// Jump to the next used block, or the block's end.
+			off = min(w.nextSet(w.used, bi)*WriterBlockSize, b.End())
 			continue
 		}
 		end := min((bi+1)*WriterBlockSize, b.End())
@@ -516,9 +557,6 @@ func (w *Writer) beginBlock() error {
 	}
 	if want := w.p.dataStart + w.written*blockStride; w.out.pos() != want {
 		return fmt.Errorf("vpc: block %d would start at file offset %d, its BAT entry says %d", w.written, w.out.pos(), want)
-	}
-	if w.written == w.count {
-		return fmt.Errorf("vpc: more blocks than the %d laid out", w.count)
 	}
 	w.written++
 	if err := w.out.write(fullBitmap); err != nil {
@@ -575,8 +613,13 @@ func (w *Writer) Close() error {
 			return err
 		}
 	} else {
-		if w.written != w.count {
-			return fmt.Errorf("vpc: %d blocks written, %d laid out", w.written, w.count)
+		if w.out.rt == nil && !w.headers {
+			if err := w.writeHeaders(&w.out); err != nil {
+				return err
+			}
+		}
+		if used := countSet(w.used); w.written != used {
+			return fmt.Errorf("vpc: %d blocks written, %d allocated", w.written, used)
 		}
 		if err := w.out.skip(max(w.blockEnd, w.p.dataStart) - w.out.pos()); err != nil {
 			return err
@@ -585,7 +628,34 @@ func (w *Writer) Close() error {
 	if err := w.out.write(w.footer); err != nil {
 		return err
 	}
-	return w.out.flush()
+	if err := w.out.flush(); err != nil {
+		return err
+	}
+	if w.p.fixed || w.out.rt == nil {
+		return nil
+	}
+	// On a file: the headers and the BAT, now that the blocks are known.
+	var hb bytes.Buffer
+	head := out{dst: &hb, buf: make([]byte, 0, outBufBytes)}
+	if err := w.writeHeaders(&head); err != nil {
+		return err
+	}
+	if err := head.flush(); err != nil {
+		return err
+	}
+	if int64(hb.Len()) != w.p.dataStart {
+		return fmt.Errorf("vpc: internal error: headers of %d bytes, data at %d", hb.Len(), w.p.dataStart)
+	}
+	_, err := w.out.rt.WriteAt(hb.Bytes(), 0)
+	return err
+}
+
+func countSet(set []uint64) int64 {
+	var n int
+	for _, x := range set {
+		n += bits.OnesCount64(x)
+	}
+	return int64(n)
 }
 
 // out writes the image front to back, buffering small writes. On a
