@@ -249,8 +249,10 @@ func (p *params) dataBlocks(l format.Layout, size int64) (int64, error) {
 
 // Measure answers qemu-img measure for VHDX output (qemu 7.2 itself
 // cannot measure VHDX): the metadata ahead of the payload plus one whole
-// block per block with data, or per block of the disk when fully
-// allocated. Fixed images are always fully allocated.
+// block per block the layout has data in, or per block of the disk when
+// fully allocated. Fixed images are always fully allocated. Blocks whose
+// data turns out all zero are not allocated, so Required is an upper
+// bound when the source stores zeros as data.
 func Measure(o format.WriteOptions) (format.Measurement, error) {
 	p, err := plan(o)
 	if err != nil {
@@ -286,18 +288,27 @@ func newGUID() (guid, error) {
 var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, 1<<20) })
 
 // Writer writes a VHDX image. Everything ahead of the payload (header
-// section, log, BAT, metadata) is laid out from the Layout and written by
-// NewWriter, and payload blocks follow in guest order, so the file is
-// written strictly front to back and streams to a pipe. A payload block is
-// allocated when the Layout has any data in it; parts of it that arrive as
-// zeros are holes on a seekable destination and written zeros on a pipe.
-// The output is the same byte for byte either way.
+// section, log, BAT, metadata) has a fixed size, so the payload blocks
+// start at the same offset whatever holds data, and follow one another in
+// guest order. A dynamic payload block is allocated when any Data block
+// arrives for it; parts of it that arrive as zeros are holes on a seekable
+// destination and written zeros on a pipe. The output is the same byte
+// for byte either way:
+//
+//   - fixed: every block is allocated; the metadata is written by
+//     NewWriter and the file front to back.
+//   - dynamic, on a file: blocks are allocated as their data arrives and
+//     the metadata, BAT included, is written at Close.
+//   - dynamic, on a pipe: the engine's data scan (MarkData) says which
+//     blocks get data, or, without a scan, every block the Layout has
+//     data in is allocated; the metadata is written at the first Write.
 type Writer struct {
 	p    *params
 	dst  format.Target
 	rt   format.RandomTarget // nil when dst cannot seek
+	lazy bool                // dynamic on a file: blocks allocated by Write, metadata by Close
+	meta bool                // everything ahead of the payload is written
 	pos  int64               // file offset where the next byte goes
-	end  int64               // file length: the payload's end
 	disk int64               // disk size: blocks end here
 	next int64               // guest offset the next block must start at
 
@@ -307,8 +318,7 @@ type Writer struct {
 	cb, cr int64
 }
 
-// NewWriter lays out a VHDX image of o.Size bytes from o.Layout and writes
-// everything ahead of the payload to dst. dst may be a pipe.
+// NewWriter lays out a VHDX image of o.Size bytes. dst may be a pipe.
 func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	p, err := plan(o)
 	if err != nil {
@@ -328,31 +338,54 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		}
 		w.rt = rt
 	}
-	allocated := p.blocks
-	if !p.fixed {
-		w.alloc = make([]uint64, (p.blocks+63)/64)
-		allocated = 0
-		err := o.Layout.Align(o.Size, p.blockSize)(func(e format.Extent) error {
-			if e.Status != format.Data {
-				return nil
-			}
-			first, last := e.Start/p.blockSize, (e.End()-1)/p.blockSize
-			if e.Start < 0 || e.Length <= 0 || last >= p.blocks {
-				return fmt.Errorf("vhdx: layout range [%d,+%d) outside the %d-byte disk", e.Start, e.Length, o.Size)
-			}
-			setBits(w.alloc, first, last+1)
-			allocated += last + 1 - first
-			return nil
-		})
-		if err != nil {
+	if p.fixed {
+		if err := w.writeMetadata(w.writeAt); err != nil {
 			return nil, err
 		}
+		w.meta = true
+		return w, nil
 	}
-	w.end = p.dataOff + allocated*p.blockSize
-	if err := w.writeMetadata(); err != nil {
+	w.alloc = make([]uint64, (p.blocks+63)/64)
+	if w.rt != nil {
+		w.lazy = true
+		return w, nil
+	}
+	// A pipe: until a data scan says otherwise, every block the layout
+	// has data in is allocated.
+	err = o.Layout.Align(o.Size, p.blockSize)(func(e format.Extent) error {
+		if e.Status != format.Data {
+			return nil
+		}
+		first, last := e.Start/p.blockSize, (e.End()-1)/p.blockSize
+		if e.Start < 0 || e.Length <= 0 || last >= p.blocks {
+			return fmt.Errorf("vhdx: layout range [%d,+%d) outside the %d-byte disk", e.Start, e.Length, o.Size)
+		}
+		setBits(w.alloc, first, last+1)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	return w, nil
+}
+
+// NeedsDataScan is true for a dynamic image on a pipe, whose BAT precedes
+// the payload: the blocks to allocate then come from MarkData alone.
+func (w *Writer) NeedsDataScan() bool {
+	if w.rt != nil || w.p.fixed || w.meta {
+		return false
+	}
+	clear(w.alloc)
+	return true
+}
+
+// MarkData allocates the payload blocks that [start, start+length) will
+// carry data in.
+func (w *Writer) MarkData(start, length int64) {
+	if w.rt != nil || w.p.fixed || w.meta || start < 0 || length <= 0 || start+length > w.disk {
+		return
+	}
+	setBits(w.alloc, start/w.p.blockSize, (start+length-1)/w.p.blockSize+1)
 }
 
 // setBits sets bits [from, to) of b.
@@ -372,6 +405,21 @@ func setBits(b []uint64, from, to int64) {
 func (w *Writer) allocated(b int64) bool {
 	return w.p.fixed || w.alloc[b/64]&(1<<(b%64)) != 0
 }
+
+// count returns the number of allocated payload blocks.
+func (w *Writer) count() int64 {
+	if w.p.fixed {
+		return w.p.blocks
+	}
+	var n int
+	for _, x := range w.alloc {
+		n += bits.OnesCount64(x)
+	}
+	return int64(n)
+}
+
+// end returns the file's length: the end of the last payload block.
+func (w *Writer) end() int64 { return w.p.dataOff + w.count()*w.p.blockSize }
 
 // rank returns the number of allocated blocks before block b: block b's
 // index among the payload blocks in the file. Calls with increasing b
@@ -418,6 +466,13 @@ func (w *Writer) writeAt(off int64, p []byte) error {
 	return err
 }
 
+// patchAt writes p at file offset off of a file, anywhere: the metadata
+// written at Close.
+func (w *Writer) patchAt(off int64, p []byte) error {
+	_, err := w.rt.WriteAt(p, off)
+	return err
+}
+
 // skipTo moves the position forward to off.
 func (w *Writer) skipTo(off int64) error {
 	if off < w.pos {
@@ -445,8 +500,9 @@ func (w *Writer) skipTo(off int64) error {
 }
 
 // writeMetadata writes the header section, the log (empty), the BAT and
-// the metadata region.
-func (w *Writer) writeMetadata() error {
+// the metadata region through put, in increasing file offset order, for
+// the payload blocks allocated now.
+func (w *Writer) writeMetadata(put func(off int64, b []byte) error) error {
 	p := w.p
 	var ids [3]guid // file write, data write, page 83: fresh for a new disk
 	for i := range ids {
@@ -464,7 +520,7 @@ func (w *Writer) writeMetadata() error {
 			binary.LittleEndian.PutUint16(buf[8+2*i:], u)
 		}
 	}
-	if err := w.writeAt(0, buf[:4096]); err != nil {
+	if err := put(0, buf[:4096]); err != nil {
 		return err
 	}
 
@@ -483,7 +539,7 @@ func (w *Writer) writeMetadata() error {
 		binary.LittleEndian.PutUint32(h[hdrLogLength:], uint32(p.logSize))
 		binary.LittleEndian.PutUint64(h[hdrLogOffset:], logOffset)
 		binary.LittleEndian.PutUint32(h[hdrChecksum:], checksum(h, hdrChecksum))
-		if err := w.writeAt(off, h); err != nil {
+		if err := put(off, h); err != nil {
 			return err
 		}
 	}
@@ -504,12 +560,12 @@ func (w *Writer) writeMetadata() error {
 	}
 	binary.LittleEndian.PutUint32(buf[rtChecksum:], checksum(buf, rtChecksum))
 	for _, off := range []int64{regionTable1Offset, regionTable2Offset} {
-		if err := w.writeAt(off, buf[:4096]); err != nil {
+		if err := put(off, buf[:4096]); err != nil {
 			return err
 		}
 	}
 
-	if err := w.writeBAT(); err != nil {
+	if err := w.writeBAT(put); err != nil {
 		return err
 	}
 
@@ -537,10 +593,10 @@ func (w *Writer) writeMetadata() error {
 		binary.LittleEndian.PutUint32(e[mteFlags:], it.flags)
 		data = append(data, it.data...)
 	}
-	if err := w.writeAt(p.metaOff, buf[:4096]); err != nil {
+	if err := put(p.metaOff, buf[:4096]); err != nil {
 		return err
 	}
-	return w.writeAt(p.metaOff+metaItemsOffset, data)
+	return put(p.metaOff+metaItemsOffset, data)
 }
 
 func le32s(v ...uint32) []byte {
@@ -558,11 +614,11 @@ func fileParamFlags(p *params) uint32 {
 	return 0
 }
 
-// writeBAT writes the BAT in chunks: present blocks point at their place
-// in the payload, the rest are ZERO or NOT_PRESENT, and the sector bitmap
-// entries (every chunkRatio+1-th) are NOT_PRESENT: there is no parent.
-// All-zero chunks are skipped on a file.
-func (w *Writer) writeBAT() error {
+// writeBAT writes the BAT in chunks through put: allocated blocks point
+// at their place in the payload, the rest are ZERO or NOT_PRESENT, and
+// the sector bitmap entries (every chunkRatio+1-th) are NOT_PRESENT:
+// there is no parent. All-zero chunks are skipped on a file.
+func (w *Writer) writeBAT(put func(off int64, b []byte) error) error {
 	p := w.p
 	const chunk = 256 << 10
 	buf := make([]byte, min(p.entries*batEntrySize, chunk))
@@ -590,7 +646,7 @@ func (w *Writer) writeBAT() error {
 			binary.LittleEndian.PutUint64(buf[k*batEntrySize:], e)
 		}
 		if nonzero || w.rt == nil {
-			if err := w.writeAt(p.batOff+i*batEntrySize, buf[:n*batEntrySize]); err != nil {
+			if err := put(p.batOff+i*batEntrySize, buf[:n*batEntrySize]); err != nil {
 				return err
 			}
 		}
@@ -602,19 +658,27 @@ func (w *Writer) writeBAT() error {
 	return nil
 }
 
-// BlockSize is the zero-detection grid, 4 KiB; payload blocks are
-// allocated whole from the Layout.
+// BlockSize is the zero-detection grid, 4 KiB: a payload block is
+// allocated whole when any 4 KiB of it carries data.
 func (w *Writer) BlockSize() int64 { return writeUnit }
 
 // Encode does nothing: payload data is stored as it is.
 func (w *Writer) Encode(*format.Block) error { return nil }
 
-// Write stores a Data block in its payload block. Zero and unallocated
-// blocks need nothing: inside allocated payload blocks they become the gap
-// before the next write, zeros either way.
+// Write stores a Data block in its payload block, allocating the block on
+// a file. Zero and unallocated blocks need nothing: inside allocated
+// payload blocks they become the gap before the next write, zeros either
+// way.
 func (w *Writer) Write(b *format.Block) error {
 	if b.Start != w.next || b.Length <= 0 || b.End() > w.disk {
 		return fmt.Errorf("vhdx: block [%d,+%d) out of order or outside the %d-byte disk (next is %d)", b.Start, b.Length, w.disk, w.next)
+	}
+	if !w.meta && !w.lazy {
+		// A pipe: the allocation is settled, the metadata goes first.
+		if err := w.writeMetadata(w.writeAt); err != nil {
+			return err
+		}
+		w.meta = true
 	}
 	w.next = b.End()
 	if b.Status != format.Data {
@@ -623,25 +687,42 @@ func (w *Writer) Write(b *format.Block) error {
 	if int64(len(b.Data)) != b.Length {
 		return fmt.Errorf("vhdx: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
 	}
+	if w.lazy {
+		// Blocks arrive in guest order, so the ones allocated here follow
+		// every block allocated before.
+		setBits(w.alloc, b.Start/w.p.blockSize, (b.End()-1)/w.p.blockSize+1)
+	}
 	off, ok := w.host(b.Start)
 	last, okLast := w.host(b.End() - 1)
 	if !ok || !okLast || last-off != b.Length-1 {
-		return fmt.Errorf("vhdx: data block [%d,+%d) lies in a payload block the layout left without data", b.Start, b.Length)
+		return fmt.Errorf("vhdx: data block [%d,+%d) lies in a payload block allocated without data", b.Start, b.Length)
 	}
 	return w.writeAt(off, b.Data)
 }
 
-// Close writes (or, on a file, sets the length over) the zeros that end
-// the last payload block.
+// Close writes the metadata if it is not written yet (on a file, now that
+// the allocation is known), and writes (or, on a file, sets the length
+// over) the zeros that end the last payload block.
 func (w *Writer) Close() error {
 	if w.next != w.disk {
 		return fmt.Errorf("vhdx: closed after %d of %d bytes", w.next, w.disk)
 	}
+	if !w.meta {
+		put := w.writeAt
+		if w.lazy {
+			put = w.patchAt
+		}
+		if err := w.writeMetadata(put); err != nil {
+			return err
+		}
+		w.meta = true
+	}
+	end := w.end()
 	if w.rt == nil {
-		return w.skipTo(w.end)
+		return w.skipTo(end)
 	}
-	if w.pos > w.end {
-		return fmt.Errorf("vhdx: wrote %d bytes into a file of %d", w.pos, w.end)
+	if w.pos > end {
+		return fmt.Errorf("vhdx: wrote %d bytes into a file of %d", w.pos, end)
 	}
-	return w.rt.Truncate(w.end)
+	return w.rt.Truncate(end)
 }

@@ -2,16 +2,17 @@ package vmdk
 
 // The VMDK writer: a single hosted sparse extent file, monolithicSparse
 // (qemu's default) or streamOptimized, with the embedded descriptor qemu
-// writes. Both are written strictly front to back, so the output streams
-// to a pipe and the engine's --checksum is one pass.
+// writes. Both stream to a pipe.
 //
 // monolithicSparse is laid out exactly as qemu lays it out: header,
-// descriptor, redundant grain directory and tables, grain directory and
-// tables, then the grains in guest order from the first 64 KiB boundary.
-// qemu allocates grains as data arrives; here the tables are written first,
-// from the source's Layout, and every grain the Layout calls Data gets the
-// next slot. A grain that arrives all zero keeps its slot: a hole in a
-// file, written zeros on a pipe.
+// descriptor, redundant grain directory and tables (every table, as qemu
+// preallocates them), grain directory and tables, then the grains in guest
+// order from the first 64 KiB boundary. As in qemu only grains that arrive
+// with data are allocated, each in the next slot. On a file the grains are
+// written first and the header and tables at Close, over the hole left for
+// them (the engine's --checksum then reads the file back); on a pipe the
+// engine's data scan (MarkData) tells the writer the grains up front, and
+// it writes the same bytes front to back.
 //
 // streamOptimized is VMware's streaming layout: header (with the grain
 // directory "at end"), descriptor, compressed grains each behind a grain
@@ -22,10 +23,9 @@ package vmdk
 
 import (
 	"fmt"
-	"iter"
+	"math/bits"
 	mrand "math/rand/v2"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/diskimg/diskimg/format"
@@ -336,7 +336,9 @@ func extentName(dst format.Target) string {
 
 // Measure answers qemu-img measure for VMDK output (qemu-img 7.2 itself
 // cannot measure VMDK). For monolithicSparse both figures are exact: the
-// metadata plus a grain per Data grain of the layout (or every grain).
+// metadata plus a grain per Data grain of the layout (or every grain);
+// Required is an upper bound when some of those grains hold only zeros,
+// which the writer leaves unallocated.
 // For streamOptimized they are upper bounds: every grain stored as it
 // would be if it did not compress at all.
 func Measure(o format.WriteOptions) (format.Measurement, error) {
@@ -400,66 +402,102 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(dst))
 }
 
-// sparseWriter writes monolithicSparse.
+// sparseWriter writes monolithicSparse. On a file the grains go first,
+// packed from grainSector as Data blocks arrive, and the header and tables
+// are written at Close over the hole left for them. On a pipe the header
+// and tables go first, at the first Write, for the grains the engine's
+// data scan found (MarkData); the grains then follow in the same places.
 type sparseWriter struct {
-	out *wout
-	p   *params
+	out  *wout
+	p    *params
+	file string
 
-	// The aligned layout, pulled range by range as blocks arrive.
-	pull *pullState
-	next func() (format.Extent, bool)
-	cur  format.Extent // the layout range holding guest offset done
-	// slot is the grain slot of cur's first grain when cur is Data, else
-	// of the next Data grain; slots are consecutive in guest order.
-	slot  int64
-	slots int64 // slots handed out by the tables
-	done  int64 // guest bytes written
+	// alloc holds the grains that get a slot, in guest order. It starts
+	// as the layout's Data grains, which bound what may arrive as data; on
+	// a pipe the data scan replaces it, on a file a block that arrives
+	// without data drops its grains.
+	alloc grainBits
+	// metaDone: the header and tables are written (on a pipe).
+	metaDone bool
+	slots    int64 // slots filled (a file) or laid out (a pipe)
+	done     int64 // guest bytes written
 }
 
-// pullState carries the layout walk's error out of its coroutine; it is
-// apart from the writer so an abandoned writer can be collected.
-type pullState struct{ err error }
-
-var errStopLayout = fmt.Errorf("vmdk: layout walk stopped")
-
 func newSparseWriter(out *wout, p *params, layout format.Layout, file string) (*sparseWriter, error) {
-	w := &sparseWriter{out: out, p: p}
-	tables := p.gdSectors + p.gtCount*gtSectors
-	if err := out.write(p.prologue(rgdSector, uint64(p.gdSector), p.grainSector, file)); err != nil {
+	w := &sparseWriter{out: out, p: p, file: file, alloc: newGrainBits(p.gtCount)}
+	err := layout(func(e format.Extent) error {
+		if e.Status != format.Data {
+			return nil
+		}
+		if e.Start < 0 || e.End() > p.size {
+			return fmt.Errorf("vmdk: layout range [%d,+%d) outside the disk", e.Start, e.Length)
+		}
+		w.alloc.set(e.Start/WriterGrainSize, (e.End()+WriterGrainSize-1)/WriterGrainSize, true)
+		return nil
+	})
+	if err != nil {
 		return nil, err
+	}
+	if out.rt != nil {
+		// The header and tables come last: leave their place.
+		return w, out.zeros(p.grainSector * sectorSize)
+	}
+	return w, nil
+}
+
+// NeedsDataScan is true on a pipe, where the tables precede the grains:
+// the grains to allocate then come from MarkData, not the layout.
+func (w *sparseWriter) NeedsDataScan() bool {
+	if w.out.rt != nil || w.metaDone {
+		return false
+	}
+	w.alloc.reset()
+	return true
+}
+
+// MarkData allocates the grains of a block that will carry data.
+func (w *sparseWriter) MarkData(start, length int64) {
+	if w.metaDone || start < 0 || length <= 0 || start+length > w.p.size {
+		return
+	}
+	w.alloc.set(start/WriterGrainSize, (start+length+WriterGrainSize-1)/WriterGrainSize, true)
+}
+
+// checkSlots fails when slots grains would not all be addressable.
+func (w *sparseWriter) checkSlots(slots int64) error {
+	if slots > 0 && w.p.grainSector+(slots-1)*writerGrainSectors > maxHostSector {
+		return fmt.Errorf("vmdk: the data does not fit the 2 TiB a sparse extent can address")
+	}
+	return nil
+}
+
+// writeMeta writes everything before the first grain, front to back from
+// the output's current offset 0: header, descriptor, the redundant grain
+// directory and tables, the grain directory and tables, with a slot for
+// each grain of alloc.
+func (w *sparseWriter) writeMeta() error {
+	p := w.p
+	slots := w.alloc.count(0, p.grains)
+	if err := w.checkSlots(slots); err != nil {
+		return err
+	}
+	if err := w.out.write(p.prologue(rgdSector, uint64(p.gdSector), p.grainSector, w.file)); err != nil {
+		return err
 	}
 	// Both copies: a directory naming its tables, then the tables.
 	for _, dir := range []int64{rgdSector, p.gdSector} {
 		if err := w.writeGD(dir + p.gdSectors); err != nil {
-			return nil, err
+			return err
 		}
-		n, err := w.writeGTs(layout)
+		n, err := w.writeGTs()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		w.slots = n
-	}
-	if err := out.zeros(p.grainSector*sectorSize - (p.gdSector+tables)*sectorSize); err != nil {
-		return nil, err
-	}
-
-	ps := &pullState{}
-	next, stop := iter.Pull(func(yield func(format.Extent) bool) {
-		err := layout(func(e format.Extent) error {
-			if !yield(e) {
-				return errStopLayout
-			}
-			return nil
-		})
-		if err != nil && err != errStopLayout {
-			ps.err = err
+		if n != slots {
+			return fmt.Errorf("vmdk: internal error: tables map %d grains of %d", n, slots)
 		}
-	})
-	w.pull, w.next = ps, next
-	// The engine never calls Close after an error: end the walk's
-	// coroutine when the writer is dropped.
-	runtime.AddCleanup(w, func(stop func()) { stop() }, stop)
-	return w, nil
+	}
+	return w.out.zeros(p.grainSector*sectorSize - w.out.pos())
 }
 
 // writeGD writes a grain directory whose tables start at sector first.
@@ -478,57 +516,38 @@ func (w *sparseWriter) writeGD(first int64) error {
 	return w.out.zeros(w.p.gdSectors*sectorSize - w.p.gtCount*4)
 }
 
-// writeGTs writes the grain tables for the layout, giving each Data grain
-// the next slot, and returns the number of slots.
-func (w *sparseWriter) writeGTs(layout format.Layout) (int64, error) {
+// writeGTs writes every grain table, giving each grain of alloc the next
+// slot, and returns the number of slots. Empty tables are holes on a
+// file.
+func (w *sparseWriter) writeGTs() (int64, error) {
 	var gt [gtBytes]byte
-	var cur int64 // the table in gt
-	var used bool
 	var slot int64
-	// flush writes tables up to (not including) table upto.
-	flush := func(upto int64) error {
-		for cur < upto {
-			if used {
-				if err := w.out.write(gt[:]); err != nil {
-					return err
-				}
-				clear(gt[:])
-				used = false
-				cur++
-				continue
+	for _, tab := range w.alloc.tabs {
+		if tab == nil || *tab == [writerGTEs / 64]uint64{} {
+			if err := w.out.zeros(gtBytes); err != nil {
+				return 0, err
 			}
-			// A run of empty tables: one hole.
-			if err := w.out.zeros((upto - cur) * gtBytes); err != nil {
-				return err
-			}
-			cur = upto
+			continue
 		}
-		return nil
+		clear(gt[:])
+		for i := range writerGTEs {
+			if tab[i/64]&(1<<(i%64)) != 0 {
+				le.PutUint32(gt[i*4:], uint32(w.p.grainSector+slot*writerGrainSectors))
+				slot++
+			}
+		}
+		if err := w.out.write(gt[:]); err != nil {
+			return 0, err
+		}
 	}
-	err := layout(func(e format.Extent) error {
-		if e.Status != format.Data {
-			return nil
-		}
-		for g := e.Start / WriterGrainSize; g*WriterGrainSize < e.End(); g++ {
-			if t := g / writerGTEs; t != cur {
-				if err := flush(t); err != nil {
-					return err
-				}
-			}
-			host := w.p.grainSector + slot*writerGrainSectors
-			if host > maxHostSector {
-				return fmt.Errorf("vmdk: the data does not fit the 2 TiB a sparse extent can address")
-			}
-			le.PutUint32(gt[(g%writerGTEs)*4:], uint32(host))
-			used = true
-			slot++
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	return slot, flush(w.p.gtCount)
+	return slot, nil
+}
+
+// streamMeta writes the header and tables on a pipe.
+func (w *sparseWriter) streamMeta() error {
+	w.metaDone = true
+	w.slots = w.alloc.count(0, w.p.grains)
+	return w.writeMeta()
 }
 
 // BlockSize is the grain.
@@ -537,55 +556,135 @@ func (w *sparseWriter) BlockSize() int64 { return WriterGrainSize }
 // Encode does nothing: monolithicSparse grains are stored as they are.
 func (w *sparseWriter) Encode(*format.Block) error { return nil }
 
-// Write stores the block's Data grains in their slots. Blocks without
-// data store nothing; a slot they leave empty becomes a hole or zeros.
+// Write stores the block's Data grains in the next slots. A block without
+// data stores nothing on a file; on a pipe it fills the slots laid out
+// for its grains, if any, with zeros (there are none after a data scan).
 func (w *sparseWriter) Write(b *format.Block) error {
 	if err := checkBlock(b, w.done, w.p.size); err != nil {
 		return err
 	}
-	for off := b.Start; off < b.End(); {
-		for w.cur.End() <= off {
-			if w.cur.Status == format.Data {
-				w.slot += (w.cur.Length + WriterGrainSize - 1) / WriterGrainSize
-			}
-			e, ok := w.next()
-			if !ok {
-				if w.pull.err != nil {
-					return w.pull.err
-				}
-				return fmt.Errorf("vmdk: the layout ends at %d, before the block at %d", w.cur.End(), off)
-			}
-			if e.Start != w.cur.End() {
-				return fmt.Errorf("vmdk: layout range at %d does not follow %d", e.Start, w.cur.End())
-			}
-			w.cur = e
+	if w.out.rt == nil && !w.metaDone {
+		if err := w.streamMeta(); err != nil {
+			return err
 		}
-		end := min(b.End(), w.cur.End())
-		if w.cur.Status != format.Data {
-			if b.Status == format.Data {
-				return fmt.Errorf("vmdk: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
-			}
-		} else if b.Status == format.Data {
-			host := (w.p.grainSector+w.slot*writerGrainSectors)*sectorSize + (off - w.cur.Start)
-			if err := w.out.zeros(host - w.out.pos()); err != nil {
-				return err
-			}
-			if err := w.out.write(b.Data[off-b.Start : end-b.Start]); err != nil {
-				return err
-			}
+	}
+	g0, g1 := b.Start/WriterGrainSize, (b.End()+WriterGrainSize-1)/WriterGrainSize
+	if b.Status != format.Data {
+		w.done = b.End()
+		if w.out.rt == nil {
+			return w.out.zeros(w.alloc.count(g0, g1) * WriterGrainSize)
 		}
-		off = end
+		w.alloc.set(g0, g1, false)
+		return nil
+	}
+	if w.alloc.count(g0, g1) != g1-g0 {
+		return fmt.Errorf("vmdk: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
+	}
+	if w.out.rt != nil {
+		if err := w.checkSlots(w.slots + g1 - g0); err != nil {
+			return err
+		}
+		w.slots += g1 - g0
+	}
+	if err := w.out.write(b.Data); err != nil {
+		return err
 	}
 	w.done = b.End()
-	return nil
+	// The last grain of the disk is stored whole.
+	return w.out.zeros((g1-g0)*WriterGrainSize - b.Length)
 }
 
-// Close pads the last grain and sets the file's length.
+// Close sets the file's length; on a file it then writes the header and
+// tables.
 func (w *sparseWriter) Close() error {
 	if w.done != w.p.size {
 		return fmt.Errorf("vmdk: closed after %d of %d bytes", w.done, w.p.size)
 	}
-	return w.out.finish((w.p.grainSector + w.slots*writerGrainSectors) * sectorSize)
+	if w.out.rt == nil && !w.metaDone {
+		if err := w.streamMeta(); err != nil {
+			return err
+		}
+	}
+	if err := w.out.finish((w.p.grainSector + w.slots*writerGrainSectors) * sectorSize); err != nil {
+		return err
+	}
+	if w.out.rt == nil {
+		return nil
+	}
+	if n := w.alloc.count(0, w.p.grains); n != w.slots {
+		return fmt.Errorf("vmdk: internal error: %d grains written, %d allocated", w.slots, n)
+	}
+	if err := w.out.rewind(); err != nil {
+		return err
+	}
+	if err := w.writeMeta(); err != nil {
+		return err
+	}
+	return w.out.endRewrite()
+}
+
+// grainBits is a set of grains: a bitmap per grain table, allocated when
+// the table gets its first grain.
+type grainBits struct {
+	tabs []*[writerGTEs / 64]uint64
+}
+
+func newGrainBits(tables int64) grainBits {
+	return grainBits{tabs: make([]*[writerGTEs / 64]uint64, tables)}
+}
+
+// reset empties the set.
+func (s *grainBits) reset() { clear(s.tabs) }
+
+// wordMask returns how many grains from g on, before g1, share g's bitmap
+// word, and their mask in it.
+func wordMask(g, g1 int64) (int64, uint64) {
+	b := g % 64
+	n := min(64-b, g1-g)
+	if n == 64 {
+		return n, ^uint64(0)
+	}
+	return n, (1<<n - 1) << b
+}
+
+// set adds (on) or removes grains [g0, g1).
+func (s *grainBits) set(g0, g1 int64, on bool) {
+	for g := g0; g < g1; {
+		t := g / writerGTEs
+		tab := s.tabs[t]
+		if tab == nil {
+			if !on {
+				g = (t + 1) * writerGTEs
+				continue
+			}
+			tab = new([writerGTEs / 64]uint64)
+			s.tabs[t] = tab
+		}
+		n, mask := wordMask(g, g1)
+		if on {
+			tab[g%writerGTEs/64] |= mask
+		} else {
+			tab[g%writerGTEs/64] &^= mask
+		}
+		g += n
+	}
+}
+
+// count returns how many grains of [g0, g1) are in the set.
+func (s *grainBits) count(g0, g1 int64) int64 {
+	var c int64
+	for g := g0; g < g1; {
+		t := g / writerGTEs
+		tab := s.tabs[t]
+		if tab == nil {
+			g = (t + 1) * writerGTEs
+			continue
+		}
+		n, mask := wordMask(g, g1)
+		c += int64(bits.OnesCount64(tab[g%writerGTEs/64] & mask))
+		g += n
+	}
+	return c
 }
 
 // checkBlock checks that b follows done, ends inside the disk and carries

@@ -153,3 +153,24 @@ func (o *wout) finish(length int64) error {
 	}
 	return nil
 }
+
+// rewind starts writing again at offset 0 of a file whose bytes were all
+// written (finish), over a region left as a hole: a header and tables
+// written last.
+func (o *wout) rewind() error {
+	if o.rt == nil {
+		return format.ErrNotSeekable
+	}
+	if err := o.flush(); err != nil {
+		return err
+	}
+	o.end, o.zpend, o.seek = 0, 0, true
+	return nil
+}
+
+// endRewrite flushes what rewind's caller wrote; zeros still owed stay
+// the hole they fall in.
+func (o *wout) endRewrite() error {
+	o.zpend = 0
+	return o.flush()
+}
