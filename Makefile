@@ -44,18 +44,14 @@ bench:
 	$(BIN) bench --quick
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200ms ./format/... ./convert/...
 
-# Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m).
-# FUZZJOBS targets run side by side, each with FUZZPARALLEL workers.
+# Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m), FUZZJOBS
+# targets side by side with FUZZPARALLEL workers each; FUZZSKIP is a regex
+# of "package target" lines to leave out. See .ci/fuzz.
 FUZZJOBS     ?= 1
 FUZZPARALLEL ?= $(shell nproc)
+FUZZSKIP     ?= ^$$
 fuzz:
-	@for pkg in $$($(GO) list ./...); do \
-	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do echo "$$pkg $$t"; done; \
-	done | xargs -P $(FUZZJOBS) -L 1 sh -c 'echo "== $$0 $$1"; \
-	  $(GO) test -run "^$$" -fuzz "^$$1$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) -parallel $(FUZZPARALLEL) $$0 \
-	  > /tmp/diskimg-fuzz-$$(basename $$0)-$$1.log 2>&1; rc=$$?; \
-	  if [ $$rc = 0 ]; then tail -n 3 /tmp/diskimg-fuzz-$$(basename $$0)-$$1.log | sed "s|^|$$1: |"; rm -f /tmp/diskimg-fuzz-$$(basename $$0)-$$1.log; exit 0; fi; \
-	  tail -n 40 /tmp/diskimg-fuzz-$$(basename $$0)-$$1.log | sed "s|^|$$1: |"; exit 255'
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZE=$(FUZZMINIMIZE) FUZZJOBS=$(FUZZJOBS) FUZZPARALLEL=$(FUZZPARALLEL) FUZZSKIP='$(FUZZSKIP)' .ci/fuzz
 
 clean:
 	rm -rf bin
