@@ -136,7 +136,7 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	sparse, _ := sparseSize(opts.SparseSize)
 	size := src.Size()
 	srcLayout := format.LayoutOf(src)
-	wo := format.WriteOptions{Size: size, Layout: srcLayout, Options: opts.WriterOptions, Compress: opts.Compress}
+	wo := format.WriteOptions{Size: size, Layout: srcLayout, Options: opts.WriterOptions, Compress: opts.Compress, FrontToBack: opts.Checksum}
 	if sparse == 0 {
 		wo.Layout = format.AllData(size)
 	}

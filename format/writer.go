@@ -290,6 +290,12 @@ type WriteOptions struct {
 	Options map[string]string
 	// Compress is -c.
 	Compress bool
+	// FrontToBack asks a writer on a seekable destination to write it
+	// strictly front to back as on a pipe (tables first, from the data
+	// scan; holes by seeking forward are fine, going back is not), so the
+	// engine can hash the output as it is written (--checksum) without
+	// reading it back. Writers that always write front to back ignore it.
+	FrontToBack bool
 }
 
 // Measurement is qemu-img measure's answer: file bytes needed for the

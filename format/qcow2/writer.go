@@ -345,7 +345,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 	if o.Compress {
 		return newCompressedWriter(dst, p, o.Size)
 	}
-	return newPlainWriter(dst, p, o.Size, layout.Align(o.Size, p.cs))
+	return newPlainWriter(dst, p, o.Size, layout.Align(o.Size, p.cs), o.FrontToBack)
 }
 
 // spanBits records which clusters of each L2 span the layout calls Data:
@@ -398,6 +398,7 @@ type plainWriter struct {
 	p       *params
 	dst     format.Target
 	rt      format.RandomTarget // a file: data is compacted, tables come last
+	hole    format.RandomTarget // a file written front to back: gaps are seeks
 	bw      *bufio.Writer
 	size    int64 // guest size the blocks cover
 	alloc   spanBits
@@ -415,7 +416,7 @@ type plainWriter struct {
 	dataOff                    int64
 }
 
-func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layout) (*plainWriter, error) {
+func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layout, frontToBack bool) (*plainWriter, error) {
 	w := &plainWriter{p: p, dst: dst, size: size}
 	w.alloc = spanBits{perSpan: p.l2Entries(), spans: make([][]uint64, p.l1Size)}
 	// Count the data clusters and the L2 tables, and note which clusters
@@ -451,7 +452,10 @@ func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layo
 	w.dataOff = w.l2Off + w.tables*p.cs
 	w.scratch = make([]byte, p.cs)
 	w.bw = bufio.NewWriterSize(&posWriter{w: dst, pos: &w.pos}, writeBufSize)
-	if rt, ok := format.Seekable(dst); ok {
+	if rt, ok := format.Seekable(dst); ok && frontToBack {
+		// Tables first as on a pipe, but the gap after them is a hole.
+		w.hole = rt
+	} else if ok {
 		// Data first, from dataOff on; the tables in Close.
 		w.rt = rt
 		if _, err := rt.Seek(w.dataOff, io.SeekStart); err != nil {
@@ -497,13 +501,28 @@ func (w *plainWriter) streamMeta() error {
 	if err := w.writeMeta(w.bw, tables, data); err != nil {
 		return err
 	}
-	if err := writeZeros(w.bw, (w.tables-tables)*w.p.cs); err != nil {
+	if err := w.gap((w.tables - tables) * w.p.cs); err != nil {
 		return err
 	}
 	if at := w.pos + int64(w.bw.Buffered()); at != w.dataOff {
 		return fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", at, w.dataOff)
 	}
 	w.data = data
+	return nil
+}
+
+// gap writes n zero bytes, or on a file skips them (a hole).
+func (w *plainWriter) gap(n int64) error {
+	if w.hole == nil || n == 0 {
+		return writeZeros(w.bw, n)
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	if _, err := w.hole.Seek(n, io.SeekCurrent); err != nil {
+		return err
+	}
+	w.pos += n
 	return nil
 }
 
@@ -698,8 +717,13 @@ func (w *plainWriter) Close() error {
 		return err
 	}
 	if w.rt == nil {
-		if end := w.dataOff + w.data*w.p.cs; w.pos != end {
+		end := w.dataOff + w.data*w.p.cs
+		if w.pos != end {
 			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.pos, end)
+		}
+		if w.hole != nil {
+			// The hole before the data may end the file.
+			return w.hole.Truncate(end)
 		}
 		return nil
 	}

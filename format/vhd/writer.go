@@ -288,6 +288,7 @@ type Writer struct {
 	blockEnd  int64    // file offset where the current block's data ends
 	next      int64    // guest offset of the next block expected
 	headers   bool     // the headers and BAT are written
+	lazy      bool     // a file: blocks allocated as data arrives, headers and BAT at Close
 	holePages bool     // scan data blocks for zero pages (seekable target)
 }
 
@@ -324,20 +325,22 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", count)
 	}
 	w.used = make([]uint64, len(w.layout))
-	if w.out.rt != nil {
+	if w.lazy = w.out.rt != nil && !o.FrontToBack; w.lazy {
 		// Blocks from dataStart on; the headers and BAT in Close.
 		w.out.at, w.out.wpos = p.dataStart, -1
 		return w, nil
 	}
-	// On a pipe without a data scan every block of the layout is used.
+	// On a pipe (or a file written front to back) without a data scan
+	// every block of the layout is used.
 	copy(w.used, w.layout)
 	return w, nil
 }
 
-// NeedsDataScan is true for a dynamic disk on a pipe: the BAT precedes
-// the data, so the blocks to allocate come from MarkData.
+// NeedsDataScan is true for a dynamic disk on a pipe or written front to
+// back: the BAT precedes the data, so the blocks to allocate come from
+// MarkData.
 func (w *Writer) NeedsDataScan() bool {
-	if w.p.fixed || w.out.rt != nil {
+	if w.p.fixed || w.lazy {
 		return false
 	}
 	clear(w.used)
@@ -510,7 +513,7 @@ func (w *Writer) Write(b *format.Block) error {
 	if w.p.fixed {
 		return w.writeData(b, 0, b.Length)
 	}
-	if w.out.rt == nil && !w.headers {
+	if !w.lazy && !w.headers {
 		if err := w.writeHeaders(&w.out); err != nil {
 			return err
 		}
@@ -520,7 +523,7 @@ func (w *Writer) Write(b *format.Block) error {
 		if b.Status == format.Data && !isSet(w.layout, bi) {
 			return fmt.Errorf("vpc: data at guest offset %d, in block %d that the layout left unallocated", off, bi)
 		}
-		if b.Status == format.Data && w.out.rt != nil && off == bi*WriterBlockSize {
+		if b.Status == format.Data && w.lazy && off == bi*WriterBlockSize {
 			// On a file a block is allocated when data arrives for it.
 			w.used[bi/64] |= 1 << (bi % 64)
 		}
@@ -613,7 +616,7 @@ func (w *Writer) Close() error {
 			return err
 		}
 	} else {
-		if w.out.rt == nil && !w.headers {
+		if !w.lazy && !w.headers {
 			if err := w.writeHeaders(&w.out); err != nil {
 				return err
 			}
@@ -631,7 +634,7 @@ func (w *Writer) Close() error {
 	if err := w.out.flush(); err != nil {
 		return err
 	}
-	if w.p.fixed || w.out.rt == nil {
+	if w.p.fixed || !w.lazy {
 		return nil
 	}
 	// On a file: the headers and the BAT, now that the blocks are known.

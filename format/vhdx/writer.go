@@ -299,14 +299,17 @@ var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, 1<<20) })
 //     NewWriter and the file front to back.
 //   - dynamic, on a file: blocks are allocated as their data arrives and
 //     the metadata, BAT included, is written at Close.
-//   - dynamic, on a pipe: the engine's data scan (MarkData) says which
+//   - dynamic, on a pipe, or on a file with WriteOptions.FrontToBack (a
+//     streamed checksum): the engine's data scan (MarkData) says which
 //     blocks get data, or, without a scan, every block the Layout has
-//     data in is allocated; the metadata is written at the first Write.
+//     data in is allocated; the metadata is written at the first Write
+//     (or at Close). On a file the gaps are sought over, never written,
+//     and nothing is written below an offset already written.
 type Writer struct {
 	p    *params
 	dst  format.Target
 	rt   format.RandomTarget // nil when dst cannot seek
-	lazy bool                // dynamic on a file: blocks allocated by Write, metadata by Close
+	lazy bool                // dynamic on a file, not FrontToBack: blocks allocated by Write, metadata by Close
 	meta bool                // everything ahead of the payload is written
 	pos  int64               // file offset where the next byte goes
 	disk int64               // disk size: blocks end here
@@ -346,12 +349,12 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return w, nil
 	}
 	w.alloc = make([]uint64, (p.blocks+63)/64)
-	if w.rt != nil {
+	if w.rt != nil && !o.FrontToBack {
 		w.lazy = true
 		return w, nil
 	}
-	// A pipe: until a data scan says otherwise, every block the layout
-	// has data in is allocated.
+	// A pipe, or a file written front to back: until a data scan says
+	// otherwise, every block the layout has data in is allocated.
 	err = o.Layout.Align(o.Size, p.blockSize)(func(e format.Extent) error {
 		if e.Status != format.Data {
 			return nil
@@ -369,10 +372,11 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	return w, nil
 }
 
-// NeedsDataScan is true for a dynamic image on a pipe, whose BAT precedes
-// the payload: the blocks to allocate then come from MarkData alone.
+// NeedsDataScan is true for a dynamic image written front to back (on a
+// pipe, or on a file with FrontToBack), whose BAT precedes the payload:
+// the blocks to allocate then come from MarkData alone.
 func (w *Writer) NeedsDataScan() bool {
-	if w.rt != nil || w.p.fixed || w.meta {
+	if w.lazy || w.p.fixed || w.meta {
 		return false
 	}
 	clear(w.alloc)
@@ -382,7 +386,7 @@ func (w *Writer) NeedsDataScan() bool {
 // MarkData allocates the payload blocks that [start, start+length) will
 // carry data in.
 func (w *Writer) MarkData(start, length int64) {
-	if w.rt != nil || w.p.fixed || w.meta || start < 0 || length <= 0 || start+length > w.disk {
+	if w.lazy || w.p.fixed || w.meta || start < 0 || length <= 0 || start+length > w.disk {
 		return
 	}
 	setBits(w.alloc, start/w.p.blockSize, (start+length-1)/w.p.blockSize+1)
@@ -674,7 +678,8 @@ func (w *Writer) Write(b *format.Block) error {
 		return fmt.Errorf("vhdx: block [%d,+%d) out of order or outside the %d-byte disk (next is %d)", b.Start, b.Length, w.disk, w.next)
 	}
 	if !w.meta && !w.lazy {
-		// A pipe: the allocation is settled, the metadata goes first.
+		// Front to back: the allocation is settled, the metadata goes
+		// first.
 		if err := w.writeMetadata(w.writeAt); err != nil {
 			return err
 		}

@@ -305,34 +305,7 @@ func convertPipe(t *testing.T, src, fmtName string, opts convert.Options) []byte
 // is no larger than qemu-img's; fixed images stay fully allocated.
 func TestWriterWrittenZeros(t *testing.T) {
 	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	writeRaw := func(name string, size int64, fill func(b []byte)) string {
-		b := make([]byte, size)
-		fill(b)
-		p := filepath.Join(dir, name+".raw")
-		if err := os.WriteFile(p, b, 0o644); err != nil { // every byte written: all data to SEEK_DATA
-			t.Fatal(err)
-		}
-		return p
-	}
-	rng := rand.New(rand.NewSource(7))
-	zeros := filepath.Join(dir, "zeros.raw")
-	formattest.MakeRaw(t, zeros, oddSmall, formattest.Zeros)
-	srcs := []struct{ name, path string }{
-		{"zeros", zeros},
-		// 64 MiB of zeros with 1 MiB of random data at 10 MiB.
-		{"zeros64M+1M", writeRaw("zeros64M", 64<<20, func(b []byte) { rng.Read(b[10<<20 : 11<<20]) })},
-		// 4 KiB units of data and of zeros alternating through the first
-		// 2 MiB (inside one payload block), then zeros, a data unit just
-		// before a block boundary and a last odd sector.
-		{"alternating", writeRaw("alternating", 9<<20+512, func(b []byte) {
-			for off := 0; off < 2<<20; off += 8192 {
-				rng.Read(b[off : off+4096])
-			}
-			rng.Read(b[4<<20-4096 : 4<<20])
-			rng.Read(b[len(b)-512:])
-		})},
-	}
+	srcs := writtenZeroSources(t)
 	for _, s := range srcs {
 		for _, v := range []string{"", "block_size=1M", "block_size=32M,block_state_zero=off", "subformat=fixed"} {
 			t.Run(s.name+"/"+strings.ReplaceAll(v, ",", "+"), func(t *testing.T) {
@@ -377,6 +350,40 @@ func TestWriterWrittenZeros(t *testing.T) {
 	}
 }
 
+// writtenZeroSources makes raw images whose data ranges hold written
+// zeros: every byte written, so all of each is data to SEEK_DATA.
+func writtenZeroSources(t *testing.T) []source {
+	t.Helper()
+	dir := t.TempDir()
+	writeRaw := func(name string, size int64, fill func(b []byte)) string {
+		b := make([]byte, size)
+		fill(b)
+		p := filepath.Join(dir, name+".raw")
+		if err := os.WriteFile(p, b, 0o644); err != nil { // every byte written: all data to SEEK_DATA
+			t.Fatal(err)
+		}
+		return p
+	}
+	rng := rand.New(rand.NewSource(7))
+	zeros := filepath.Join(dir, "zeros.raw")
+	formattest.MakeRaw(t, zeros, oddSmall, formattest.Zeros)
+	return []source{
+		{"zeros", zeros, "raw"},
+		// 64 MiB of zeros with 1 MiB of random data at 10 MiB.
+		{"zeros64M+1M", writeRaw("zeros64M", 64<<20, func(b []byte) { rng.Read(b[10<<20 : 11<<20]) }), "raw"},
+		// 4 KiB units of data and of zeros alternating through the first
+		// 2 MiB (inside one payload block), then zeros, a data unit just
+		// before a block boundary and a last odd sector.
+		{"alternating", writeRaw("alternating", 9<<20+512, func(b []byte) {
+			for off := 0; off < 2<<20; off += 8192 {
+				rng.Read(b[off : off+4096])
+			}
+			rng.Read(b[4<<20-4096 : 4<<20])
+			rng.Read(b[len(b)-512:])
+		}), "raw"},
+	}
+}
+
 func firstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
@@ -386,9 +393,9 @@ func firstDiff(a, b []byte) int {
 	return min(len(a), len(b))
 }
 
-// TestWriterChecksum checks the engine's SHA-256 works: streamed for a
-// fixed image (written front to back), read back from the file for a
-// dynamic one (its BAT is written last).
+// TestWriterChecksum checks the engine's SHA-256 of a file output: with
+// --checksum both subformats are written front to back and hashed as they
+// are written.
 func TestWriterChecksum(t *testing.T) {
 	srcs := sources(t)
 	for _, v := range []string{"", "subformat=fixed"} {
@@ -781,4 +788,72 @@ func randomRaw(b *testing.B) (dir, src string) {
 	f.Close()
 	os.ReadFile(src)
 	return dir, src
+}
+
+// seekOnlyFile is a destination that can seek, write at offsets and set
+// its length, but cannot be read back (no ReadAt) and has no descriptor
+// (no Fd): the engine's --checksum must then be streamed.
+type seekOnlyFile struct{ f *os.File }
+
+func (s seekOnlyFile) Write(p []byte) (int, error)              { return s.f.Write(p) }
+func (s seekOnlyFile) WriteAt(p []byte, off int64) (int, error) { return s.f.WriteAt(p, off) }
+func (s seekOnlyFile) Seek(off int64, whence int) (int64, error) {
+	return s.f.Seek(off, whence)
+}
+func (s seekOnlyFile) Truncate(size int64) error { return s.f.Truncate(size) }
+
+// TestWriterFrontToBack converts sources holding written zeros (and a
+// sparse one) with --checksum into a file that cannot be read back, in
+// every variant: the checksum must be streamed (the writer writes front to
+// back, as on a pipe, seeking over holes), match the file, and the file
+// must equal the output of the same conversion without --checksum.
+func TestWriterFrontToBack(t *testing.T) {
+	formattest.RequireQemu(t)
+	srcs := writtenZeroSources(t)
+	for _, s := range sources(t) {
+		if s.name == "sparse-"+sizeName(oddLarge) && (s.format == "raw" || s.format == "qcow2") {
+			srcs = append(srcs, s)
+		}
+	}
+	for _, s := range srcs {
+		for _, v := range writerVariants {
+			t.Run(s.format+"-"+s.name+"/"+strings.ReplaceAll(v, ",", "+"), func(t *testing.T) {
+				d := t.TempDir()
+				plain, ftb := filepath.Join(d, "plain.vhdx"), filepath.Join(d, "ftb.vhdx")
+				opts := convert.Options{WriterOptions: optionMap(t, v)}
+				deterministic(t)
+				convertTo(t, s.path, s.format, plain, opts)
+
+				f, err := os.Create(ftb)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				opts.Checksum = true
+				deterministic(t)
+				res, err := convert.Convert(context.Background(), formattest.Open(t, s.path, s.format), writerFormat(t), seekOnlyFile{f}, opts)
+				if err != nil {
+					t.Fatalf("convert with --checksum to a file that cannot be read back: %v", err)
+				}
+
+				got, err := os.ReadFile(ftb)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sum := sha256.Sum256(got); !bytes.Equal(res.SHA256, sum[:]) {
+					t.Errorf("checksum %x, the file's is %x", res.SHA256, sum)
+				}
+				want, err := os.ReadFile(plain)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("front-to-back output (%d bytes) differs from the file output (%d bytes) at %d",
+						len(got), len(want), firstDiff(got, want))
+				}
+				formattest.Qemu(t, "check", "-q", ftb)
+				formattest.Qemu(t, "compare", "-q", "-f", s.format, "-F", Name, s.path, ftb)
+			})
+		}
+	}
 }

@@ -10,9 +10,10 @@ package vmdk
 // order from the first 64 KiB boundary. As in qemu only grains that arrive
 // with data are allocated, each in the next slot. On a file the grains are
 // written first and the header and tables at Close, over the hole left for
-// them (the engine's --checksum then reads the file back); on a pipe the
-// engine's data scan (MarkData) tells the writer the grains up front, and
-// it writes the same bytes front to back.
+// them; on a pipe, or on a file written front to back (WriteOptions.
+// FrontToBack, the engine's streamed --checksum), the engine's data scan
+// (MarkData) tells the writer the grains up front, and it writes the same
+// bytes front to back, leaving holes on a file by seeking forward.
 //
 // streamOptimized is VMware's streaming layout: header (with the grain
 // directory "at end"), descriptor, compressed grains each behind a grain
@@ -399,32 +400,37 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 	if layout == nil {
 		layout = format.AllData(o.Size)
 	}
-	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(dst))
+	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(dst), out.rt == nil || o.FrontToBack)
 }
 
 // sparseWriter writes monolithicSparse. On a file the grains go first,
 // packed from grainSector as Data blocks arrive, and the header and tables
-// are written at Close over the hole left for them. On a pipe the header
-// and tables go first, at the first Write, for the grains the engine's
-// data scan found (MarkData); the grains then follow in the same places.
+// are written at Close over the hole left for them. Up front (on a pipe,
+// or on a file asked to be written front to back) the header and tables
+// go first, at the first Write, for the grains the engine's data scan
+// found (MarkData); the grains then follow in the same places. Both ways
+// give the same bytes.
 type sparseWriter struct {
 	out  *wout
 	p    *params
 	file string
+	// upfront: the header and tables precede the grains, the output is
+	// written strictly front to back.
+	upfront bool
 
 	// alloc holds the grains that get a slot, in guest order. It starts
-	// as the layout's Data grains, which bound what may arrive as data; on
-	// a pipe the data scan replaces it, on a file a block that arrives
+	// as the layout's Data grains, which bound what may arrive as data; up
+	// front the data scan replaces it, otherwise a block that arrives
 	// without data drops its grains.
 	alloc grainBits
-	// metaDone: the header and tables are written (on a pipe).
+	// metaDone: the header and tables are written (up front).
 	metaDone bool
-	slots    int64 // slots filled (a file) or laid out (a pipe)
+	slots    int64 // slots filled (a file) or laid out (up front)
 	done     int64 // guest bytes written
 }
 
-func newSparseWriter(out *wout, p *params, layout format.Layout, file string) (*sparseWriter, error) {
-	w := &sparseWriter{out: out, p: p, file: file, alloc: newGrainBits(p.gtCount)}
+func newSparseWriter(out *wout, p *params, layout format.Layout, file string, upfront bool) (*sparseWriter, error) {
+	w := &sparseWriter{out: out, p: p, file: file, upfront: upfront, alloc: newGrainBits(p.gtCount)}
 	err := layout(func(e format.Extent) error {
 		if e.Status != format.Data {
 			return nil
@@ -438,17 +444,18 @@ func newSparseWriter(out *wout, p *params, layout format.Layout, file string) (*
 	if err != nil {
 		return nil, err
 	}
-	if out.rt != nil {
+	if !upfront {
 		// The header and tables come last: leave their place.
 		return w, out.zeros(p.grainSector * sectorSize)
 	}
 	return w, nil
 }
 
-// NeedsDataScan is true on a pipe, where the tables precede the grains:
-// the grains to allocate then come from MarkData, not the layout.
+// NeedsDataScan is true up front (on a pipe, or front to back on a file),
+// where the tables precede the grains: the grains to allocate then come
+// from MarkData, not the layout.
 func (w *sparseWriter) NeedsDataScan() bool {
-	if w.out.rt != nil || w.metaDone {
+	if !w.upfront || w.metaDone {
 		return false
 	}
 	w.alloc.reset()
@@ -543,7 +550,7 @@ func (w *sparseWriter) writeGTs() (int64, error) {
 	return slot, nil
 }
 
-// streamMeta writes the header and tables on a pipe.
+// streamMeta writes the header and tables up front.
 func (w *sparseWriter) streamMeta() error {
 	w.metaDone = true
 	w.slots = w.alloc.count(0, w.p.grains)
@@ -557,13 +564,13 @@ func (w *sparseWriter) BlockSize() int64 { return WriterGrainSize }
 func (w *sparseWriter) Encode(*format.Block) error { return nil }
 
 // Write stores the block's Data grains in the next slots. A block without
-// data stores nothing on a file; on a pipe it fills the slots laid out
-// for its grains, if any, with zeros (there are none after a data scan).
+// data stores nothing on a file; up front it fills the slots laid out for
+// its grains, if any, with zeros (there are none after a data scan).
 func (w *sparseWriter) Write(b *format.Block) error {
 	if err := checkBlock(b, w.done, w.p.size); err != nil {
 		return err
 	}
-	if w.out.rt == nil && !w.metaDone {
+	if w.upfront && !w.metaDone {
 		if err := w.streamMeta(); err != nil {
 			return err
 		}
@@ -571,7 +578,7 @@ func (w *sparseWriter) Write(b *format.Block) error {
 	g0, g1 := b.Start/WriterGrainSize, (b.End()+WriterGrainSize-1)/WriterGrainSize
 	if b.Status != format.Data {
 		w.done = b.End()
-		if w.out.rt == nil {
+		if w.upfront {
 			return w.out.zeros(w.alloc.count(g0, g1) * WriterGrainSize)
 		}
 		w.alloc.set(g0, g1, false)
@@ -580,7 +587,7 @@ func (w *sparseWriter) Write(b *format.Block) error {
 	if w.alloc.count(g0, g1) != g1-g0 {
 		return fmt.Errorf("vmdk: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
 	}
-	if w.out.rt != nil {
+	if !w.upfront {
 		if err := w.checkSlots(w.slots + g1 - g0); err != nil {
 			return err
 		}
@@ -594,13 +601,13 @@ func (w *sparseWriter) Write(b *format.Block) error {
 	return w.out.zeros((g1-g0)*WriterGrainSize - b.Length)
 }
 
-// Close sets the file's length; on a file it then writes the header and
-// tables.
+// Close sets the file's length; when they come last it then writes the
+// header and tables.
 func (w *sparseWriter) Close() error {
 	if w.done != w.p.size {
 		return fmt.Errorf("vmdk: closed after %d of %d bytes", w.done, w.p.size)
 	}
-	if w.out.rt == nil && !w.metaDone {
+	if w.upfront && !w.metaDone {
 		if err := w.streamMeta(); err != nil {
 			return err
 		}
@@ -608,7 +615,7 @@ func (w *sparseWriter) Close() error {
 	if err := w.out.finish((w.p.grainSector + w.slots*writerGrainSectors) * sectorSize); err != nil {
 		return err
 	}
-	if w.out.rt == nil {
+	if w.upfront {
 		return nil
 	}
 	if n := w.alloc.count(0, w.p.grains); n != w.slots {

@@ -343,6 +343,41 @@ func writtenRaw(t testing.TB, path string, size int64, data [][2]int64) {
 	}
 }
 
+// writtenZeroCase is a raw source whose data holds written zeros; data
+// nil means formattest.Zeros.
+type writtenZeroCase struct {
+	name string
+	size int64
+	data [][2]int64
+}
+
+// writtenZeroCases are the sources of TestWriterWrittenZeros.
+func writtenZeroCases() []writtenZeroCase {
+	const g = WriterGrainSize
+	var alternating [][2]int64
+	for i := int64(0); i < 64; i += 2 { // every other grain of the first table
+		alternating = append(alternating, [2]int64{i * g, g})
+	}
+	for i := int64(512); i < 640; i += 3 { // every third of the second, one byte each
+		alternating = append(alternating, [2]int64{i*g + g/2, 1})
+	}
+	return []writtenZeroCase{
+		{"zeros", 33<<20 + 4096, nil}, // formattest.Zeros
+		{"dd", 64 << 20, [][2]int64{{10 << 20, 1 << 20}}},
+		{"alternating", 40<<20 + 1536, append(alternating, [2]int64{40<<20 + 1535, 1})},
+	}
+}
+
+// makeWrittenZeros writes c's raw source at path.
+func makeWrittenZeros(t testing.TB, path string, c writtenZeroCase) {
+	t.Helper()
+	if c.data == nil {
+		formattest.MakeRaw(t, path, c.size, formattest.Zeros)
+	} else {
+		writtenRaw(t, path, c.size, c.data)
+	}
+}
+
 // TestWriterWrittenZeros converts raw sources whose data holds written
 // zeros: the grains that hold only zeros must stay unallocated, as qemu-img
 // leaves them, in a file and on a pipe alike. Outputs are no larger than
@@ -355,29 +390,9 @@ func TestWriterWrittenZeros(t *testing.T) {
 	newCID = func() uint32 { return 0x1234abcd }
 	defer func() { newCID = saved }()
 	dir := t.TempDir()
-	const g = WriterGrainSize
-	var alternating [][2]int64
-	for i := int64(0); i < 64; i += 2 { // every other grain of the first table
-		alternating = append(alternating, [2]int64{i * g, g})
-	}
-	for i := int64(512); i < 640; i += 3 { // every third of the second, one byte each
-		alternating = append(alternating, [2]int64{i*g + g/2, 1})
-	}
-	for _, c := range []struct {
-		name string
-		size int64
-		data [][2]int64
-	}{
-		{"zeros", 33<<20 + 4096, nil}, // formattest.Zeros, below
-		{"dd", 64 << 20, [][2]int64{{10 << 20, 1 << 20}}},
-		{"alternating", 40<<20 + 1536, append(alternating, [2]int64{40<<20 + 1535, 1})},
-	} {
+	for _, c := range writtenZeroCases() {
 		raw := filepath.Join(dir, c.name+".raw")
-		if c.data == nil {
-			formattest.MakeRaw(t, raw, c.size, formattest.Zeros)
-		} else {
-			writtenRaw(t, raw, c.size, c.data)
-		}
+		makeWrittenZeros(t, raw, c)
 		for _, v := range wVariants {
 			t.Run(c.name+"/"+v.name, func(t *testing.T) {
 				src := formattest.Open(t, raw, "raw")
@@ -410,6 +425,121 @@ func TestWriterWrittenZeros(t *testing.T) {
 				if i := firstDiff(got, a); i >= 0 {
 					t.Fatalf("pipe output (%d bytes) differs from the file (%d bytes) at offset %d", len(got), len(a), i)
 				}
+			})
+		}
+	}
+}
+
+// writeOnlyFile is a destination that can seek but cannot be read back
+// (no ReadAt, no Fd): the engine's --checksum must then be streamed. It
+// fails a write below an offset already written, the front-to-back rule.
+type writeOnlyFile struct {
+	f       *os.File
+	pos, hi int64
+	back    bool // a write went back
+}
+
+func (w *writeOnlyFile) note(off int64, n int) {
+	if n > 0 && off < w.hi {
+		w.back = true
+	}
+	w.hi = max(w.hi, off+int64(n))
+}
+
+func (w *writeOnlyFile) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.note(w.pos, n)
+	w.pos += int64(n)
+	return n, err
+}
+
+func (w *writeOnlyFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.f.WriteAt(p, off)
+	w.note(off, n)
+	return n, err
+}
+
+func (w *writeOnlyFile) Seek(off int64, whence int) (int64, error) {
+	pos, err := w.f.Seek(off, whence)
+	if err == nil {
+		w.pos = pos
+	}
+	return pos, err
+}
+
+func (w *writeOnlyFile) Truncate(size int64) error { return w.f.Truncate(size) }
+
+// writeOnlyConvert converts src into a writeOnlyFile at path.
+func writeOnlyConvert(t testing.TB, src format.Image, path string, v wVariant, co convert.Options) (*convert.Result, *writeOnlyFile) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := &writeOnlyFile{f: f}
+	co.WriterOptions, co.Compress = v.opts, v.compress
+	res, err := convert.Convert(context.Background(), src, vmdkWriter(t), w, co)
+	if err != nil {
+		t.Fatalf("convert to %s (checksum %v): %v", filepath.Base(path), co.Checksum, err)
+	}
+	return res, w
+}
+
+// TestWriterFrontToBack converts sources holding written zeros (and a
+// sparse one) with --checksum into a file that cannot be read back: the
+// writer must write it front to back (the checksum streamed, no read-back
+// pass), the checksum must be the file's, and the bytes those of the same
+// conversion without --checksum, where monolithicSparse writes its header
+// and tables last.
+func TestWriterFrontToBack(t *testing.T) {
+	formattest.RequireQemu(t)
+	saved := newCID
+	newCID = func() uint32 { return 0x1234abcd }
+	defer func() { newCID = saved }()
+	dir := t.TempDir()
+	var raws []string
+	for _, c := range writtenZeroCases() {
+		raw := filepath.Join(dir, c.name+".raw")
+		makeWrittenZeros(t, raw, c)
+		raws = append(raws, raw)
+	}
+	sparse := filepath.Join(dir, "sparse.raw")
+	formattest.MakeRaw(t, sparse, 70<<20+512, formattest.Sparse)
+	raws = append(raws, sparse)
+	for _, raw := range raws {
+		for _, v := range wVariants {
+			name := strings.TrimSuffix(filepath.Base(raw), ".raw")
+			t.Run(name+"/"+v.name, func(t *testing.T) {
+				src := formattest.Open(t, raw, "raw")
+				tmp := t.TempDir()
+				ftb := filepath.Join(tmp, "ftb.vmdk")
+				res, w := writeOnlyConvert(t, src, ftb, v, convert.Options{Checksum: true})
+				if w.back {
+					t.Errorf("with --checksum the writer went back over written bytes")
+				}
+				got, err := os.ReadFile(ftb)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sum := sha256.Sum256(got); !bytes.Equal(sum[:], res.SHA256) {
+					t.Errorf("streamed checksum %x, file %x", res.SHA256, sum)
+				}
+				plain := filepath.Join(tmp, "plain.vmdk")
+				_, pw := writeOnlyConvert(t, src, plain, v, convert.Options{})
+				if v.opts["subformat"] != SubformatStreamOptimized && !pw.back {
+					// Without data grains there is nothing to write before
+					// the header, so the plain output is front to back too.
+					t.Logf("the plain output was written front to back as well")
+				}
+				want, err := os.ReadFile(plain)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i := firstDiff(got, want); i >= 0 {
+					t.Fatalf("front-to-back output (%d bytes) differs from the plain one (%d bytes) at offset %d", len(got), len(want), i)
+				}
+				wVerify(t, src, raw, "raw", ftb)
 			})
 		}
 	}
