@@ -57,8 +57,10 @@ type Options struct {
 	Compress bool
 	// Checksum asks for the SHA-256 of the bytes written to dst, computed
 	// as they are written. Holes are hashed as zeros, so the cost grows
-	// with the output's length, not its data. It needs a writer that
-	// writes front to back (see format.Writer).
+	// with the output's length, not its data. Writers are asked to write
+	// front to back (format.WriteOptions.FrontToBack); one that cannot
+	// (compressed qcow2, whose header is written last) is hashed by
+	// reading the finished output back once.
 	Checksum bool
 	// Progress, when set, is called from one goroutine as the output
 	// advances: done of total guest bytes (total is the virtual size).
