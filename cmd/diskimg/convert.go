@@ -172,6 +172,9 @@ func openSource(src, dst string, c *cli.Context) (format.Image, error) {
 	if src != convert.Stdin {
 		return format.Open(src, c.String(formatFlag.Name), policyOf(c))
 	}
+	if term.IsTerminal(int(os.Stdin.Fd())) {
+		return nil, errors.New("standard input is a terminal: pipe or redirect an image into it")
+	}
 	dir := ""
 	if dst != convert.Stdout {
 		dir = filepath.Dir(dst)
