@@ -199,25 +199,14 @@ func TestStreamToPipe(t *testing.T) {
 		file := filepath.Join(dir, string(c)+".out")
 		fres := convertFile(t, img, file, convert.Options{Checksum: true})
 
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got bytes.Buffer
-		done := make(chan error)
-		go func() { _, err := io.Copy(&got, r); done <- err }()
-		pres, err := convert.Convert(context.Background(), img, rawWriter(t), w, convert.Options{Checksum: true})
-		w.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-		r.Close()
+		var pres *convert.Result
+		got := formattest.Piped(t, func(w *os.File) (err error) {
+			pres, err = convert.Convert(context.Background(), img, rawWriter(t), w, convert.Options{Checksum: true})
+			return err
+		})
 		want, _ := os.ReadFile(file)
-		if !bytes.Equal(got.Bytes(), want) {
-			t.Fatalf("%s: pipe output (%d bytes) differs from file output (%d bytes)", c, got.Len(), len(want))
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: pipe output (%d bytes) differs from file output (%d bytes)", c, len(got), len(want))
 		}
 		if !bytes.Equal(pres.SHA256, fres.SHA256) {
 			t.Errorf("%s: pipe checksum %x, file checksum %x", c, pres.SHA256, fres.SHA256)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,23 +139,15 @@ func matrixPipe(t *testing.T, src, srcFmt, want string, o matrixOutput) {
 	opts := convert.Options{Compress: o.compress}
 	opts.WriterOptions, _ = format.ParseOptions(o.opts)
 	img := formattest.Open(t, src, srcFmt)
-	r, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	var got bytes.Buffer
-	done := make(chan struct{})
-	go func() { io.Copy(&got, r); close(done) }()
-	_, err = convert.Convert(context.Background(), img, w, pw, opts)
-	pw.Close()
-	<-done
-	if err != nil {
-		t.Fatalf("convert to a pipe: %v", err)
-	}
+	got := formattest.Piped(t, func(pw *os.File) error {
+		if _, err := convert.Convert(context.Background(), img, w, pw, opts); err != nil {
+			return fmt.Errorf("convert to a pipe: %w", err)
+		}
+		return nil
+	})
 	file, _ := os.ReadFile(want)
-	if !bytes.Equal(got.Bytes(), file) {
-		t.Errorf("pipe output (%d bytes) differs from the file (%d bytes)", got.Len(), len(file))
+	if !bytes.Equal(got, file) {
+		t.Errorf("pipe output (%d bytes) differs from the file (%d bytes)", len(got), len(file))
 	}
 }
 

@@ -104,29 +104,15 @@ func TestConvertToStdout(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 3<<20+512, formattest.Sparse)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan []byte)
-	go func() {
-		var buf []byte
-		tmp := make([]byte, 1<<16)
-		for {
-			n, err := r.Read(tmp)
-			buf = append(buf, tmp[:n]...)
-			if err != nil {
-				done <- buf
-				return
-			}
-		}
-	}()
-	old := os.Stdout
-	os.Stdout = w
-	_, stderr, code := runCLI(t, "convert", "-O", "raw", src, "-")
-	os.Stdout = old
-	w.Close()
-	got := <-done
+	var stderr string
+	var code int
+	got := formattest.Piped(t, func(w *os.File) error {
+		old := os.Stdout
+		os.Stdout = w
+		defer func() { os.Stdout = old }()
+		_, stderr, code = runCLI(t, "convert", "-O", "raw", src, "-")
+		return nil
+	})
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}

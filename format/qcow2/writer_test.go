@@ -231,23 +231,16 @@ func TestWriterPipe(t *testing.T) {
 			t.Run(filepath.Base(s)+"/"+v.name, func(t *testing.T) {
 				file := filepath.Join(t.TempDir(), "file.qcow2")
 				convertFile(t, s, srcFmt, file, v)
-				r, w, err := os.Pipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				var got bytes.Buffer
-				done := make(chan struct{})
-				go func() { io.Copy(&got, r); close(done) }()
-				convertTo(t, s, srcFmt, w, v)
-				w.Close()
-				<-done
-				r.Close()
+				got := formattest.Piped(t, func(w *os.File) error {
+					convertTo(t, s, srcFmt, w, v)
+					return nil
+				})
 				want, _ := os.ReadFile(file)
-				if !bytes.Equal(got.Bytes(), want) {
-					t.Errorf("pipe output (%d bytes) differs from file output (%d bytes)", got.Len(), len(want))
+				if !bytes.Equal(got, want) {
+					t.Errorf("pipe output (%d bytes) differs from file output (%d bytes)", len(got), len(want))
 				}
 				piped := filepath.Join(t.TempDir(), "piped.qcow2")
-				os.WriteFile(piped, got.Bytes(), 0o644)
+				os.WriteFile(piped, got, 0o644)
 				qemuCheck(t, piped)
 				qemuCompare(t, s, piped)
 			})

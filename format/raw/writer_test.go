@@ -2,7 +2,6 @@ package raw_test
 
 import (
 	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/raw"
 )
 
@@ -95,18 +95,12 @@ func TestWriterFile(t *testing.T) {
 
 func TestWriterPipe(t *testing.T) {
 	_, want := blocks()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got bytes.Buffer
-	done := make(chan struct{})
-	go func() { io.Copy(&got, r); close(done) }()
-	writeAll(t, w, nil)
-	w.Close()
-	<-done
-	if !bytes.Equal(got.Bytes(), want) {
-		t.Fatalf("pipe content differs (%d vs %d bytes)", got.Len(), len(want))
+	got := formattest.Piped(t, func(w *os.File) error {
+		writeAll(t, w, nil)
+		return nil
+	})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("pipe content differs (%d vs %d bytes)", len(got), len(want))
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -412,22 +411,17 @@ func TestWriterPipe(t *testing.T) {
 			convertVHD(t, img, path, v.opts, convert.Options{})
 			want, _ := os.ReadFile(path)
 
-			r, pw, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got bytes.Buffer
-			done := make(chan struct{})
-			go func() { io.Copy(&got, r); r.Close(); close(done) }()
-			res, err := convert.Convert(context.Background(), img, vpcWriter(t), pw,
-				convert.Options{WriterOptions: v.opts, Checksum: true})
-			pw.Close()
-			<-done
-			if err != nil {
-				t.Fatalf("%s %s: convert to a pipe: %v", c, v.name, err)
-			}
-			if i := diffAt(got.Bytes(), want); i >= 0 {
-				t.Fatalf("%s %s: piped output differs from the file at byte %d (%d vs %d bytes)", c, v.name, i, got.Len(), len(want))
+			var res *convert.Result
+			got := formattest.Piped(t, func(pw *os.File) (err error) {
+				res, err = convert.Convert(context.Background(), img, vpcWriter(t), pw,
+					convert.Options{WriterOptions: v.opts, Checksum: true})
+				if err != nil {
+					return fmt.Errorf("%s %s: convert to a pipe: %w", c, v.name, err)
+				}
+				return nil
+			})
+			if i := diffAt(got, want); i >= 0 {
+				t.Fatalf("%s %s: piped output differs from the file at byte %d (%d vs %d bytes)", c, v.name, i, len(got), len(want))
 			}
 			if sum := sha256.Sum256(want); !bytes.Equal(res.SHA256, sum[:]) {
 				t.Errorf("%s %s: piped checksum differs", c, v.name)

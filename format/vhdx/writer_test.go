@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -279,24 +278,11 @@ func TestWriterPipe(t *testing.T) {
 // a pipe and returns the bytes that came out of it.
 func convertPipe(t *testing.T, src, fmtName string, opts convert.Options) []byte {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got bytes.Buffer
-	done := make(chan error)
-	go func() { _, err := io.Copy(&got, r); done <- err }()
 	img := formattest.Open(t, src, fmtName)
-	_, err = convert.Convert(context.Background(), img, writerFormat(t), w, opts)
-	w.Close()
-	if cerr := <-done; err == nil {
-		err = cerr
-	}
-	r.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return got.Bytes()
+	return formattest.Piped(t, func(w *os.File) error {
+		_, err := convert.Convert(context.Background(), img, writerFormat(t), w, opts)
+		return err
+	})
 }
 
 // TestWriterWrittenZeros converts raw sources whose data ranges hold

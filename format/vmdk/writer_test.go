@@ -279,22 +279,13 @@ func TestWriterLikeQemu(t *testing.T) {
 // pipeConvert converts src to a pipe and returns the bytes.
 func pipeConvert(t testing.TB, src format.Image, v wVariant, co convert.Options) []byte {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got bytes.Buffer
-	done := make(chan struct{})
-	go func() { io.Copy(&got, r); close(done) }()
 	co.WriterOptions, co.Compress = v.opts, v.compress
-	_, err = convert.Convert(context.Background(), src, vmdkWriter(t), w, co)
-	w.Close()
-	<-done
-	r.Close()
-	if err != nil {
-		t.Fatalf("convert to a pipe: %v", err)
-	}
-	return got.Bytes()
+	return formattest.Piped(t, func(w *os.File) error {
+		if _, err := convert.Convert(context.Background(), src, vmdkWriter(t), w, co); err != nil {
+			return fmt.Errorf("convert to a pipe: %w", err)
+		}
+		return nil
+	})
 }
 
 // TestWriterPipe streams every variant to a pipe: the bytes must be the

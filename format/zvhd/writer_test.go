@@ -321,19 +321,10 @@ func TestWriterPipe(t *testing.T) {
 	formattest.MakeRaw(t, src, 33<<20+4096, formattest.Sparse)
 	file := filepath.Join(dir, "out.zvhd")
 	convertFile(t, src, "raw", file, Name)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got bytes.Buffer
-	done := make(chan error)
-	go func() { _, err := io.Copy(&got, r); done <- err }()
-	convertTo(t, formattest.Open(t, src, "raw"), Name, w, convert.Options{})
-	w.Close()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
+	got := formattest.Piped(t, func(w *os.File) error {
+		convertTo(t, formattest.Open(t, src, "raw"), Name, w, convert.Options{})
+		return nil
+	})
 	want, _ := os.ReadFile(file)
 	mask := func(b []byte) []byte {
 		b = bytes.Clone(b)
@@ -343,10 +334,10 @@ func TestWriterPipe(t *testing.T) {
 		}
 		return b
 	}
-	if len(want) < 8192 || !bytes.Equal(mask(got.Bytes()), mask(want)) {
-		t.Errorf("piped output differs from the file at %d (%d vs %d bytes)", firstDiff(mask(got.Bytes()), mask(want)), got.Len(), len(want))
+	if len(want) < 8192 || !bytes.Equal(mask(got), mask(want)) {
+		t.Errorf("piped output differs from the file at %d (%d vs %d bytes)", firstDiff(mask(got), mask(want)), len(got), len(want))
 	}
-	parseZVHD(t, got.Bytes(), true)
+	parseZVHD(t, got, true)
 }
 
 // TestWriterOptions: no -o options; -c accepted; checked before writing.

@@ -603,22 +603,14 @@ func TestPipe(t *testing.T) {
 	for _, m := range []string{CompressionZstd, CompressionZlib} {
 		file := filepath.Join(dir, m+".zvhd2")
 		convertFile(t, src, "raw", file, Name, convert.Options{WriterOptions: methodOpts(m)})
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got bytes.Buffer
-		done := make(chan error)
-		go func() { _, err := io.Copy(&got, r); done <- err }()
-		res := convertTo(t, formattest.Open(t, src, "raw"), Name, w, convert.Options{WriterOptions: methodOpts(m), Checksum: true})
-		w.Close()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-		r.Close()
+		var res *convert.Result
+		got := formattest.Piped(t, func(w *os.File) error {
+			res = convertTo(t, formattest.Open(t, src, "raw"), Name, w, convert.Options{WriterOptions: methodOpts(m), Checksum: true})
+			return nil
+		})
 		want, _ := os.ReadFile(file)
-		if !bytes.Equal(got.Bytes(), want) {
-			t.Errorf("%s: piped output differs from the file at %d (%d vs %d bytes)", m, firstDiff(got.Bytes(), want), got.Len(), len(want))
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s: piped output differs from the file at %d (%d vs %d bytes)", m, firstDiff(got, want), len(got), len(want))
 		}
 		if len(res.SHA256) == 0 {
 			t.Errorf("%s: no streamed checksum", m)
