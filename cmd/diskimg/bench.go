@@ -28,6 +28,7 @@ func benchCommand() *cli.Command {
 			outputFlag,
 			&cli.StringFlag{Name: "formats", Usage: "comma-separated `FMTS` to limit inputs and outputs to (raw is always included)"},
 			&cli.BoolFlag{Name: "keep", Usage: "keep the work directory and its corpus"},
+			&cli.DurationFlag{Name: "qemu-limit", Usage: "stop a qemu-img run after `DURATION` and report its time as a lower bound (default: 8s with --quick, else none)"},
 			&cli.BoolFlag{Name: "drop-caches", Usage: "empty the page cache before each run (root) instead of reading the input first"},
 			&cli.BoolFlag{Name: "tiny", Hidden: true, Usage: "a corpus of a few MiB, for tests"},
 		},
@@ -54,6 +55,7 @@ func runBenchCmd(c *cli.Context) error {
 		Quick:      c.Bool("quick"),
 		Keep:       c.Bool("keep"),
 		DropCaches: c.Bool("drop-caches"),
+		QemuLimit:  c.Duration("qemu-limit"),
 		Log:        c.App.ErrWriter,
 	}
 	if cfg.Runs == 0 {
