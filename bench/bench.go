@@ -345,7 +345,10 @@ func (h *harness) makeCorpora(ctx context.Context, inputs, writers []string) ([]
 }
 
 // prepare puts the page cache in the state every timed run starts from,
-// and removes the previous output.
+// and removes the previous output. It also flushes every dirty page of
+// the system (sync, untimed), so no run pays for writeback left over from
+// the corpus or a previous run: without it, times of the same case swung
+// by 3x on this machine's virtual disk.
 func (h *harness) prepare(src, dst string) error {
 	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -353,7 +356,11 @@ func (h *harness) prepare(src, dst string) error {
 	if h.c.DropCaches {
 		return dropCaches()
 	}
-	return warm(src)
+	if err := warm(src); err != nil {
+		return err
+	}
+	syscall.Sync()
+	return nil
 }
 
 // durable flushes the output a tool wrote and adds the time to s: a
