@@ -8,7 +8,7 @@ FUZZTIME ?= 60s
 # running nothing meanwhile (0 execs/s for most of a short run).
 FUZZMINIMIZE ?= 2s
 
-.PHONY: all build setup demo test vet fmt-check bench fuzz clean
+.PHONY: all build setup demo test vet fmt-check bench bench-go fuzz clean
 
 all: build
 
@@ -38,10 +38,14 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# Go benchmarks of the inner loops (reading extents, zero detection, compression).
+# The quick diskimg-vs-qemu-img benchmark (a few minutes); bench-go runs the
+# Go benchmarks of the inner loops (reading extents, zero detection,
+# compression) with -benchmem.
 bench:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/diskimg
 	$(BIN) bench --quick
+
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200ms ./format/... ./convert/...
 
 # Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m), FUZZJOBS
