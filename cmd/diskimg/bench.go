@@ -23,7 +23,7 @@ func benchCommand() *cli.Command {
 			"and cp --sparse of the same bytes as reference. Without qemu-img, diskimg alone is timed.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", Usage: "make the work directory in `DIR` (default: the system temp dir)"},
-			&cli.IntFlag{Name: "runs", Usage: "timed runs per tool and case; the median is reported (default 3 with --quick, else 5)"},
+			&cli.IntFlag{Name: "runs", Usage: "timed runs per tool and case; the median is reported (default 2 with --quick, else 5)"},
 			&cli.BoolFlag{Name: "quick", Usage: "smaller corpus, every input to raw and raw to every output (a few minutes)"},
 			outputFlag,
 			&cli.StringFlag{Name: "formats", Usage: "comma-separated `FMTS` to limit inputs and outputs to (raw is always included)"},
@@ -61,7 +61,7 @@ func runBenchCmd(c *cli.Context) error {
 	if cfg.Runs == 0 {
 		cfg.Runs = 5
 		if cfg.Quick {
-			cfg.Runs = 3
+			cfg.Runs = 2
 		}
 	}
 	if c.Bool("tiny") {
