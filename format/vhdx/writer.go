@@ -315,8 +315,10 @@ type Writer struct {
 	disk int64               // disk size: blocks end here
 	next int64               // guest offset the next block must start at
 
-	// Allocated payload blocks (dynamic only): a bit per block, and a
-	// cursor that counts set bits before block cb, for monotonic lookups.
+	// Payload blocks (dynamic only), a bit per block: those the layout
+	// has data in, and those allocated, with a cursor that counts set bits
+	// of alloc before block cb, for monotonic lookups.
+	layout []uint64
 	alloc  []uint64
 	cb, cr int64
 }
@@ -348,13 +350,8 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		w.meta = true
 		return w, nil
 	}
-	w.alloc = make([]uint64, (p.blocks+63)/64)
-	if w.rt != nil && !o.FrontToBack {
-		w.lazy = true
-		return w, nil
-	}
-	// A pipe, or a file written front to back: until a data scan says
-	// otherwise, every block the layout has data in is allocated.
+	// The blocks the layout has data in: the most that may be allocated.
+	w.layout = make([]uint64, (p.blocks+63)/64)
 	err = o.Layout.Align(o.Size, p.blockSize)(func(e format.Extent) error {
 		if e.Status != format.Data {
 			return nil
@@ -363,12 +360,20 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		if e.Start < 0 || e.Length <= 0 || last >= p.blocks {
 			return fmt.Errorf("vhdx: layout range [%d,+%d) outside the %d-byte disk", e.Start, e.Length, o.Size)
 		}
-		setBits(w.alloc, first, last+1)
+		setBits(w.layout, first, last+1)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	w.alloc = make([]uint64, len(w.layout))
+	if w.rt != nil && !o.FrontToBack {
+		w.lazy = true
+		return w, nil
+	}
+	// A pipe, or a file written front to back: until a data scan says
+	// otherwise, every block the layout has data in is allocated.
+	copy(w.alloc, w.layout)
 	return w, nil
 }
 
@@ -695,7 +700,13 @@ func (w *Writer) Write(b *format.Block) error {
 	if w.lazy {
 		// Blocks arrive in guest order, so the ones allocated here follow
 		// every block allocated before.
-		setBits(w.alloc, b.Start/w.p.blockSize, (b.End()-1)/w.p.blockSize+1)
+		first, last := b.Start/w.p.blockSize, (b.End()-1)/w.p.blockSize
+		for i := first; i <= last; i++ {
+			if w.layout[i/64]&(1<<(i%64)) == 0 {
+				return fmt.Errorf("vhdx: data block [%d,+%d) lies in a payload block the layout left without data", b.Start, b.Length)
+			}
+		}
+		setBits(w.alloc, first, last+1)
 	}
 	off, ok := w.host(b.Start)
 	last, okLast := w.host(b.End() - 1)

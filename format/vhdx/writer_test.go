@@ -596,6 +596,20 @@ func TestWriterErrors(t *testing.T) {
 	if err := w.Write(&format.Block{Start: 1 << 20, Length: 1 << 20, Status: format.Data, Data: data}); err == nil || !strings.Contains(err.Error(), "without data") {
 		t.Errorf("data in an unallocated block: %v", err)
 	}
+	// On a file, where blocks are allocated as data arrives, too.
+	ff, err := os.Create(filepath.Join(t.TempDir(), "lazy.vhdx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ff.Close()
+	lw, err := NewWriter(ff, format.WriteOptions{Size: size, Layout: layout, Options: map[string]string{OptBlockSize: "1M"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw.Write(&format.Block{Start: 0, Length: 1 << 20, Status: format.Zero})
+	if err := lw.Write(&format.Block{Start: 1 << 20, Length: 1 << 20, Status: format.Data, Data: data}); err == nil || !strings.Contains(err.Error(), "the layout left without data") {
+		t.Errorf("data in a block the layout has no data in, on a file: %v", err)
+	}
 	w = newW()
 	if err := w.Write(&format.Block{Start: 0, Length: size + 4096, Status: format.Zero}); err == nil || !strings.Contains(err.Error(), "outside") {
 		t.Errorf("block past the end: %v", err)
