@@ -424,8 +424,9 @@ func (e *engine) consume(res *Result, progress func(done, total int64)) error {
 			return j.err
 		}
 		if e.scan != nil {
+			// Only data jobs have blocks and a buffer.
 			for i := range j.blocks {
-				if b := &j.blocks[i]; b.Status == format.Data && j.buf != nil {
+				if b := &j.blocks[i]; b.Status == format.Data {
 					e.scan.MarkData(b.Start, b.Length)
 				}
 			}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/diskimg/diskimg/format"
@@ -145,7 +144,7 @@ func notSource(stat func() (os.FileInfo, error), name string, sources []string) 
 	for _, s := range sources {
 		sfi, err := os.Stat(s)
 		if err == nil && os.SameFile(fi, sfi) {
-			if strings.HasPrefix(s, "/proc/self/fd/") {
+			if s == stdinPath() {
 				s = "(standard input)"
 			}
 			return fmt.Errorf("output %s is the same file as input %s", name, s)
@@ -244,9 +243,13 @@ func syncDir(dir string) {
 }
 
 // SourceFiles lists the host files an image opened from path reads: the
-// image itself, its extent files and its backing chain. Pass them as
-// OutputOptions.Sources.
+// image itself, its extent files and its backing chain; for Stdin, the
+// file open as standard input. Pass them as OutputOptions.Sources.
 func SourceFiles(path string, img format.Image) []string {
+	if path == Stdin {
+		// A redirected file must not be the output either.
+		return []string{stdinPath()}
+	}
 	files := []string{path}
 	for img != nil {
 		info := img.Info()

@@ -61,6 +61,10 @@ func OpenStdin(r *os.File, dir string) (*StdinFile, error) {
 	return &StdinFile{File: f, size: size}, nil
 }
 
+// stdinPath names the file open as standard input, for comparing it with
+// the output.
+func stdinPath() string { return fmt.Sprintf("/proc/self/fd/%d", os.Stdin.Fd()) }
+
 // spool copies r into f, leaving holes for zero blocks, and returns the
 // number of bytes copied.
 func spool(f *os.File, r io.Reader) (int64, error) {

@@ -121,12 +121,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err := convert.Check(in, w, job.opts); err != nil {
 		return nil, err
 	}
-	srcPath := job.src
-	if srcPath == convert.Stdin {
-		// A redirected file must not be the output.
-		srcPath = fmt.Sprintf("/proc/self/fd/%d", os.Stdin.Fd())
-	}
-	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(srcPath, img)})
+	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(job.src, img)})
 	if err != nil {
 		return nil, err
 	}
