@@ -492,10 +492,14 @@ func (w *plainWriter) MarkData(start, length int64) {
 	}
 }
 
-// streamMeta writes the tables on a pipe, for the clusters still in the
+// streamMeta writes the tables on a pipe (or a file written front to
+// back), once, before the first data, for the clusters still in the
 // layout, with the file layout's offsets: slots of tables not needed are
 // zeros where a file has a hole.
 func (w *plainWriter) streamMeta() error {
+	if w.rt != nil || w.metaDone {
+		return nil // tables last, or written already
+	}
 	w.metaDone = true
 	tables, data := w.inUse()
 	if err := w.writeMeta(w.bw, tables, data); err != nil {
@@ -667,10 +671,8 @@ func (w *plainWriter) Write(b *format.Block) error {
 	if b.Start != w.next || b.Length <= 0 || b.End() > w.size {
 		return fmt.Errorf("qcow2: block [%d,+%d) out of order or outside the disk (next %d, size %d)", b.Start, b.Length, w.next, w.size)
 	}
-	if w.rt == nil && !w.metaDone {
-		if err := w.streamMeta(); err != nil {
-			return err
-		}
+	if err := w.streamMeta(); err != nil {
+		return err
 	}
 	w.next = b.End()
 	cs := w.p.cs
@@ -708,10 +710,8 @@ func (w *plainWriter) Close() error {
 	if w.next != w.size {
 		return fmt.Errorf("qcow2: blocks end at %d, the disk at %d", w.next, w.size)
 	}
-	if w.rt == nil && !w.metaDone {
-		if err := w.streamMeta(); err != nil {
-			return err
-		}
+	if err := w.streamMeta(); err != nil {
+		return err
 	}
 	if err := w.bw.Flush(); err != nil {
 		return err

@@ -353,7 +353,7 @@ func (w *Writer) MarkData(start, length int64) {
 		return
 	}
 	for b := start / WriterBlockSize; b*WriterBlockSize < start+length; b++ {
-		w.used[b/64] |= 1 << (b % 64)
+		setBit(w.used, b)
 	}
 }
 
@@ -406,6 +406,16 @@ func sum(b []byte) uint32 {
 	return ^s
 }
 
+// headersFirst writes the headers and BAT before the first block on a
+// pipe (or a file written front to back), once; on a lazy file they come
+// at Close.
+func (w *Writer) headersFirst() error {
+	if w.lazy || w.headers {
+		return nil
+	}
+	return w.writeHeaders(&w.out)
+}
+
 // writeHeaders writes the footer copy, the dynamic disk header and the
 // BAT for the used blocks, padded with unused entries to whole sectors as
 // qemu does, to o (the output on a pipe, a buffer on a file).
@@ -446,7 +456,8 @@ func (w *Writer) writeHeaders(o *out) error {
 	return o.write(chunk)
 }
 
-func isSet(bits []uint64, b int64) bool { return bits[b/64]&(1<<(b%64)) != 0 }
+func isSet(set []uint64, b int64) bool { return set[b/64]&(1<<(b%64)) != 0 }
+func setBit(set []uint64, b int64)     { set[b/64] |= 1 << (b % 64) }
 
 // nextSet returns the first block at or after b set in bits, or
 // p.entries.
@@ -513,10 +524,8 @@ func (w *Writer) Write(b *format.Block) error {
 	if w.p.fixed {
 		return w.writeData(b, 0, b.Length)
 	}
-	if !w.lazy && !w.headers {
-		if err := w.writeHeaders(&w.out); err != nil {
-			return err
-		}
+	if err := w.headersFirst(); err != nil {
+		return err
 	}
 	for off := b.Start; off < b.End(); {
 		bi := off / WriterBlockSize
@@ -525,7 +534,7 @@ func (w *Writer) Write(b *format.Block) error {
 		}
 		if b.Status == format.Data && w.lazy && off == bi*WriterBlockSize {
 			// On a file a block is allocated when data arrives for it.
-			w.used[bi/64] |= 1 << (bi % 64)
+			setBit(w.used, bi)
 		}
 		if !isSet(w.used, bi) {
 			if b.Status == format.Data {
@@ -616,10 +625,8 @@ func (w *Writer) Close() error {
 			return err
 		}
 	} else {
-		if !w.lazy && !w.headers {
-			if err := w.writeHeaders(&w.out); err != nil {
-				return err
-			}
+		if err := w.headersFirst(); err != nil {
+			return err
 		}
 		if used := countSet(w.used); w.written != used {
 			return fmt.Errorf("vpc: %d blocks written, %d allocated", w.written, used)
