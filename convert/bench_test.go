@@ -10,37 +10,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/diskimg/diskimg/convert"
 )
-
-// BenchmarkIsZero measures zero detection on zero buffers (the worst
-// case: every byte is looked at); ns/GiB is reported.
-func BenchmarkIsZero(b *testing.B) {
-	buf := make([]byte, 1<<20)
-	b.SetBytes(int64(len(buf)))
-	for b.Loop() {
-		if !convert.IsZero(buf) {
-			b.Fatal("not zero")
-		}
-	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)*1024, "ns/GiB")
-}
-
-// BenchmarkOrWords is the pure Go word loop IsZero was measured against.
-func BenchmarkOrWords(b *testing.B) {
-	buf := make([]byte, 1<<20)
-	b.SetBytes(int64(len(buf)))
-	for b.Loop() {
-		w := unsafe.Slice((*uint64)(unsafe.Pointer(&buf[0])), len(buf)/8)
-		for i := 0; i < len(w); i += 8 {
-			if w[i]|w[i+1]|w[i+2]|w[i+3]|w[i+4]|w[i+5]|w[i+6]|w[i+7] != 0 {
-				b.Fatal("not zero")
-			}
-		}
-	}
-}
 
 const benchSize = 256 << 20
 

@@ -92,7 +92,7 @@ func Compare(ctx context.Context, a, b format.Image) (identical bool, firstDiff 
 		if err := readFull(big, bufA[:n], pos, which); err != nil {
 			return false, -1, err
 		}
-		if !IsZero(bufA[:n]) {
+		if !format.IsZero(bufA[:n]) {
 			i := int64(0)
 			for bufA[i] == 0 {
 				i++

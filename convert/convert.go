@@ -392,7 +392,7 @@ func (e *engine) process(j *job) error {
 		for off := j.start; off < end; {
 			ue := min((off/e.unit+1)*e.unit, end)
 			st := format.Data
-			if IsZero(j.buf[off-j.start : ue-j.start]) {
+			if format.IsZero(j.buf[off-j.start : ue-j.start]) {
 				st = format.Zero
 			}
 			add(off, ue, st)
@@ -544,12 +544,10 @@ func (c *countingTarget) sum() ([]byte, error) {
 	return c.h.get(), nil
 }
 
-var zeroPage = make([]byte, 64<<10)
-
 func hashZeros(h io.Writer, n int64) {
 	for n > 0 {
-		k := min(n, int64(len(zeroPage)))
-		h.Write(zeroPage[:k])
+		k := min(n, format.ZerosLen)
+		h.Write(format.Zeros(k))
 		n -= k
 	}
 }

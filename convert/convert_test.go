@@ -75,7 +75,7 @@ func allocated(t testing.TB, path string) int64 {
 func dataBytes(t testing.TB, data []byte) int64 {
 	var n int64
 	for off := 0; off < len(data); off += 4096 {
-		if !convert.IsZero(data[off:min(off+4096, len(data))]) {
+		if !format.IsZero(data[off:min(off+4096, len(data))]) {
 			n += 4096
 		}
 	}
@@ -463,7 +463,7 @@ func (w *fakeWriter) Write(b *format.Block) error {
 			delete(w.inFlight, k)
 		}
 		w.mu.Unlock()
-	} else if !convert.IsZero(want) {
+	} else if !format.IsZero(want) {
 		w.t.Fatalf("block [%d,+%d) reported %v but holds data", b.Start, b.Length, b.Status)
 	}
 	return nil
@@ -631,22 +631,6 @@ func TestEmptyHuge(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Join(dir, "dst.raw")); fi.Size() != 1<<40 {
 		t.Errorf("output size %d", fi.Size())
-	}
-}
-
-func TestIsZero(t *testing.T) {
-	for n := 0; n < 300; n++ {
-		b := make([]byte, n)
-		if !convert.IsZero(b) {
-			t.Fatalf("%d zeros not zero", n)
-		}
-		for i := 0; i < n; i++ {
-			b[i] = 1
-			if convert.IsZero(b) {
-				t.Fatalf("len %d with byte %d set is zero", n, i)
-			}
-			b[i] = 0
-		}
 	}
 }
 

@@ -74,7 +74,7 @@ func spool(f *os.File, r io.Reader) (int64, error) {
 		n, err := io.ReadFull(r, buf)
 		for i := 0; i < n; i += spoolBlock {
 			b := buf[i:min(i+spoolBlock, n)]
-			if !IsZero(b) {
+			if !format.IsZero(b) {
 				if _, err := f.WriteAt(b, off+int64(i)); err != nil {
 					return 0, err
 				}

@@ -82,15 +82,6 @@ func uuidBE(b []byte) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // cstr returns b up to its first NUL, with trailing spaces removed.
 func cstr(b []byte) string {
 	if i := strings.IndexByte(string(b), 0); i >= 0 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
@@ -28,7 +29,7 @@ func sparseEncode(data []byte) []byte {
 	ff := bytes.Repeat([]byte{0xff}, 512)
 	for i := 0; i+512 <= len(data); i += 512 {
 		s := data[i : i+512]
-		if isZero(s) || bytes.Equal(s, ff) {
+		if format.IsZero(s) || bytes.Equal(s, ff) {
 			continue
 		}
 		out = binary.LittleEndian.AppendUint32(out, uint32(i/512))

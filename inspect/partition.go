@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"strings"
+
+	"github.com/diskimg/diskimg/format"
 )
 
 // sectorSize is the logical block size MBR tables are read with. GPT
@@ -127,7 +129,7 @@ func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
 	}
 	for i := int64(0); i < n; i++ {
 		e := arr[i*esize : (i+1)*esize]
-		if isZero(e[gptEntryType : gptEntryType+16]) {
+		if format.IsZero(e[gptEntryType : gptEntryType+16]) {
 			continue
 		}
 		num := int(i + 1)

@@ -29,6 +29,14 @@ func (e *exitError) Error() string { return e.err.Error() }
 func asExit(err error, target **exitError) bool { return errors.As(err, target) }
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// Go's first collection comes at 4 MiB of heap, which opening
+		// a 1 TiB image's block table alone reaches: about 2 ms of a
+		// 15 ms conversion. The converter's buffers are reused, so a
+		// later first collection does not raise its peak much (41 MiB
+		// against 22 MiB at most, compressed qcow2 of dense data).
+		debug.SetGCPercent(300)
+	}
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 

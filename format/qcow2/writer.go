@@ -646,12 +646,10 @@ func (p *posWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-var zeroCluster = make([]byte, 1<<maxClusterBits)
-
 func writeZeros(w io.Writer, n int64) error {
 	for n > 0 {
-		k := min(n, int64(len(zeroCluster)))
-		if _, err := w.Write(zeroCluster[:k]); err != nil {
+		k := min(n, format.ZerosLen)
+		if _, err := w.Write(format.Zeros(k)); err != nil {
 			return err
 		}
 		n -= k

@@ -41,9 +41,6 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 	return format.Measurement{Required: n, FullyAllocated: n}, nil
 }
 
-// zeroBuf is written for holes on a destination that cannot seek.
-var zeroBuf = make([]byte, 1<<20)
-
 // Writer writes a raw image of the virtual size rounded up to a whole
 // sector, as qemu-img does. On a seekable destination (a new, empty
 // regular file) it seeks over zero and unallocated blocks and sets the
@@ -124,8 +121,8 @@ func (w *Writer) Write(b *format.Block) error {
 // zeros writes n zero bytes at pos.
 func (w *Writer) zeros(n int64) error {
 	for n > 0 {
-		k := min(n, int64(len(zeroBuf)))
-		m, err := w.dst.Write(zeroBuf[:k])
+		k := min(n, format.ZerosLen)
+		m, err := w.dst.Write(format.Zeros(k))
 		w.pos += int64(m)
 		n -= int64(m)
 		if err != nil {

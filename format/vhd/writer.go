@@ -484,8 +484,6 @@ func (w *Writer) BlockSize() int64 {
 // set when page i of the block is all zero.
 type zeroPages []uint64
 
-var zeroPage = make([]byte, pageBytes)
-
 // Encode finds the zero pages of a data block on a seekable target, so
 // Write can leave them as holes.
 func (w *Writer) Encode(b *format.Block) error {
@@ -496,7 +494,7 @@ func (w *Writer) Encode(b *format.Block) error {
 	n := (len(b.Data) + pageBytes - 1) / pageBytes
 	for i := 0; i < n; i++ {
 		pg := b.Data[i*pageBytes : min((i+1)*pageBytes, len(b.Data))]
-		if bytes.Equal(pg, zeroPage[:len(pg)]) {
+		if format.IsZero(pg) {
 			if zp == nil {
 				zp = make(zeroPages, (n+63)/64)
 			}
@@ -678,8 +676,6 @@ type out struct {
 	wpos int64 // the target's own offset
 }
 
-var zeroBuf = make([]byte, 1<<20)
-
 func (o *out) pos() int64 { return o.at + int64(len(o.buf)) }
 
 func (o *out) write(p []byte) error {
@@ -742,8 +738,8 @@ func (o *out) skip(n int64) error {
 		return nil
 	}
 	for n > 0 {
-		k := min(n, int64(len(zeroBuf)))
-		if err := o.write(zeroBuf[:k]); err != nil {
+		k := min(n, format.ZerosLen)
+		if err := o.write(format.Zeros(k)); err != nil {
 			return err
 		}
 		n -= k

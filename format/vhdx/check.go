@@ -51,7 +51,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 	logGUID := hdr[hdrLogGUID : hdrLogGUID+16]
 	logLen := int64(binary.LittleEndian.Uint32(hdr[hdrLogLength:]))
 	logOff := binary.LittleEndian.Uint64(hdr[hdrLogOffset:])
-	if logLen > 0 || !allZero(logGUID) {
+	if logLen > 0 || !format.IsZero(logGUID) {
 		if logOff%alignment != 0 || logOff > uint64(fileSize) || logLen%alignment != 0 {
 			return nil, errorf("LogOffset", hdrOff+hdrLogOffset, "log at %d of %d bytes is not MiB-aligned or lies past the end of the file", logOff, logLen)
 		}
@@ -59,7 +59,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 			return nil, err
 		}
 	}
-	if !allZero(logGUID) {
+	if !format.IsZero(logGUID) {
 		if v := binary.LittleEndian.Uint16(hdr[hdrLogVer:]); v != 0 {
 			return nil, errorf("LogVersion", hdrOff+hdrLogVer, "unsupported log version %d", v)
 		}

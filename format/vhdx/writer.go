@@ -10,7 +10,6 @@ import (
 	"math/bits"
 	"strconv"
 	"strings"
-	"sync"
 	"unicode/utf16"
 
 	"github.com/diskimg/diskimg/format"
@@ -283,10 +282,6 @@ func newGUID() (guid, error) {
 	return g, nil
 }
 
-// zeroBuf supplies the zeros written into gaps on a destination that
-// cannot seek.
-var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, 1<<20) })
-
 // Writer writes a VHDX image. Everything ahead of the payload (header
 // section, log, BAT, metadata) has a fixed size, so the payload blocks
 // start at the same offset whatever holds data, and follow one another in
@@ -497,9 +492,8 @@ func (w *Writer) skipTo(off int64) error {
 		w.pos = off
 		return nil
 	}
-	z := zeroBuf()
 	for w.pos < off {
-		n, err := w.dst.Write(z[:min(off-w.pos, int64(len(z)))])
+		n, err := w.dst.Write(format.Zeros(min(off-w.pos, format.ZerosLen)))
 		w.pos += int64(n)
 		if err != nil {
 			return err

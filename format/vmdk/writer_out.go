@@ -28,8 +28,6 @@ type wout struct {
 	seek  bool  // the file position is not at end-len(buf)
 }
 
-var zeroChunk = make([]byte, 64<<10)
-
 func newWout(dst format.Target) (*wout, error) {
 	o := &wout{dst: dst, buf: make([]byte, 0, outBufBytes)}
 	if rt, ok := format.Seekable(dst); ok {
@@ -72,8 +70,8 @@ func (o *wout) settle() error {
 		return nil
 	}
 	for o.zpend > 0 {
-		k := min(o.zpend, int64(len(zeroChunk)))
-		if err := o.append(zeroChunk[:k]); err != nil {
+		k := min(o.zpend, format.ZerosLen)
+		if err := o.append(format.Zeros(k)); err != nil {
 			return err
 		}
 		o.zpend -= k

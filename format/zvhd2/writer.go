@@ -2,9 +2,7 @@ package zvhd2
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -356,7 +354,7 @@ func EncodeBlocks(b *format.Block, compress func(dst, block []byte) ([]byte, err
 	var recs []Record
 	for off := int64(0); off < b.Length; off += BlockSize {
 		block := b.Data[off:min(off+BlockSize, b.Length)]
-		if IsZero(block) {
+		if format.IsZero(block) {
 			continue
 		}
 		num := (b.Start + off) / BlockSize
@@ -409,25 +407,6 @@ func FinishRecord(rec []byte, block uint32) []byte {
 	copy(rec[l-RecordEndLen:], RecordEnd)
 	EncodeRecordHeader(rec, RecordHeader{PayloadLen: uint32(p), Block: block})
 	return rec
-}
-
-// zeroRef is what IsZero compares against, a slice at a time.
-var zeroRef = make([]byte, 64<<10)
-
-// IsZero reports whether b is all zero bytes. Data usually fails on the
-// first word, so that is checked alone before the vectorised compare.
-func IsZero(b []byte) bool {
-	if len(b) >= 8 && binary.NativeEndian.Uint64(b) != 0 {
-		return false
-	}
-	for len(b) > 0 {
-		n := min(len(b), len(zeroRef))
-		if !bytes.Equal(b[:n], zeroRef[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
 }
 
 // zstdEncoder is shared by all writers: EncodeAll is safe for concurrent

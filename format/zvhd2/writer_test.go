@@ -917,7 +917,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	}
 }
 
-func allZero(b []byte) bool { return IsZero(b) }
+func allZero(b []byte) bool { return format.IsZero(b) }
 
 // firstDiff returns the first offset where a and b differ, or the shorter
 // length.
