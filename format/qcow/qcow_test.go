@@ -322,7 +322,9 @@ func FuzzQcow(f *testing.F) {
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
 // empty 1 TiB image: metadata time only.
-func BenchmarkOpenEmpty1TiB(b *testing.B) { formattest.BenchOpenEmpty(b, "qcow", "1T") }
+func BenchmarkOpenEmpty1TiB(b *testing.B) {
+	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "qcow", "1T"), "", 1)
+}
 
 // TestSharedL2Table checks a hand-made image whose 2000 L1 entries all
 // point at one empty L2 table (1000 GiB of 64 KiB clusters): the map is

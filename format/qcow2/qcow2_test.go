@@ -426,24 +426,7 @@ func FuzzQcow2(f *testing.F) {
 }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "empty.qcow2")
-	formattest.Create(b, path, "qcow2", "1T")
-	b.ResetTimer()
-	for b.Loop() {
-		img, err := format.Open(path, "", format.Policy{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		img.Info()
-		calls := 0
-		if err := format.Walk(img, 0, func(format.Extent) error { calls++; return nil }); err != nil {
-			b.Fatal(err)
-		}
-		if calls > 4 {
-			b.Fatalf("%d extents for an empty image", calls)
-		}
-		img.Close()
-	}
+	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "qcow2", "1T"), "", 4)
 }
 
 // makeCompressible writes a raw image of size bytes that compresses about

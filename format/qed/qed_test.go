@@ -224,4 +224,6 @@ func FuzzQed(f *testing.F) {
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
 // empty 1 TiB image: metadata time only.
-func BenchmarkOpenEmpty1TiB(b *testing.B) { formattest.BenchOpenEmpty(b, "qed", "1T") }
+func BenchmarkOpenEmpty1TiB(b *testing.B) {
+	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "qed", "1T"), "", 1)
+}

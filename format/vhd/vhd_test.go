@@ -492,19 +492,7 @@ func firstDiff(a, b []byte) int {
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
-	path := filepath.Join(b.TempDir(), "img.vhd")
-	formattest.Create(b, path, Name, "1T")
-	b.ResetTimer()
-	for b.Loop() {
-		img := openPath(b, path, format.Policy{})
-		img.Info()
-		n := 0
-		format.Walk(img, 0, func(format.Extent) error { n++; return nil })
-		if n != 1 {
-			b.Fatalf("%d extents in an empty image", n)
-		}
-		img.Close()
-	}
+	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, Name, "1T"), "", 1)
 }
 
 // TestSeeds opens the fuzz seeds: hand-patched images with 4 KiB blocks

@@ -1,10 +1,8 @@
 package vhdx
 
 import (
-	"path/filepath"
 	"testing"
 
-	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
@@ -16,24 +14,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 		{"1M-blocks", "subformat=dynamic,block_size=1M,block_state_zero=off"},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			path := filepath.Join(b.TempDir(), "empty.vhdx")
-			formattest.Create(b, path, Name, "1T", "-o", v.opts)
-			b.ResetTimer()
-			for b.Loop() {
-				img, err := format.Open(path, Name, format.Policy{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				img.Info()
-				calls := 0
-				if err := format.Walk(img, 0, func(format.Extent) error { calls++; return nil }); err != nil {
-					b.Fatal(err)
-				}
-				if calls != 1 {
-					b.Fatalf("%d extents for an empty image, want 1", calls)
-				}
-				img.Close()
-			}
+			formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, Name, "1T", "-o", v.opts), Name, 1)
 		})
 	}
 }

@@ -239,22 +239,5 @@ func FuzzVMDK(f *testing.F) {
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
-	p := filepath.Join(b.TempDir(), "empty.vmdk")
-	formattest.Create(b, p, "vmdk", "1T")
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		img, err := format.Open(p, "vmdk", format.Policy{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		img.Info()
-		calls := 0
-		if err := format.Walk(img, 0, func(format.Extent) error { calls++; return nil }); err != nil {
-			b.Fatal(err)
-		}
-		if calls > 4 {
-			b.Fatalf("%d extents for an empty disk", calls)
-		}
-		img.Close()
-	}
+	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "vmdk", "1T"), "vmdk", 4)
 }

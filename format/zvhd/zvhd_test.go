@@ -395,21 +395,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	if err := os.WriteFile(path, build(b, 1<<40, nil), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		img, err := format.Open(path, Name, format.Policy{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		img.Info()
-		calls := 0
-		if err := format.Walk(img, 0, func(format.Extent) error { calls++; return nil }); err != nil {
-			b.Fatal(err)
-		}
-		if calls != 1 {
-			b.Fatalf("%d extents, want 1", calls)
-		}
-		img.Close()
-	}
+	formattest.BenchOpenEmpty(b, path, Name, 1)
 }
 
 // BenchmarkT1 opens t1.zvhd, walks its map and reads every stored block.

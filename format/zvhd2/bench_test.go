@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // BenchmarkOpenEmpty1TiB opens an empty 1 TiB image (16 bitmap segments,
@@ -16,21 +17,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	if err := os.WriteFile(path, spec{origSize: 1 << 40, method: MethodZstd}.build(b), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	for b.Loop() {
-		img, err := format.Open(path, Name, format.Policy{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		img.Info()
-		calls := 0
-		if err := format.Walk(img, 0, func(format.Extent) error { calls++; return nil }); err != nil {
-			b.Fatal(err)
-		}
-		if calls != 1 {
-			b.Fatalf("%d extents for an empty image, want 1", calls)
-		}
-		img.Close()
-	}
+	formattest.BenchOpenEmpty(b, path, Name, 1)
 }
 
 // BenchmarkT2 opens the 64 GiB reference image t2.zvhd2, walks its extent
