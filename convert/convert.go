@@ -531,7 +531,7 @@ func (c *countingTarget) note(p []byte, off int64) {
 	case off > c.h.hashed:
 		// The gap was skipped (a hole) and nothing can be written into it
 		// later without breaking the hash: it is zeros.
-		hashZeros(c.h.sha, off-c.h.hashed)
+		format.WriteZeros(c.h.sha, off-c.h.hashed)
 	}
 	c.h.sha.Write(p)
 	c.h.hashed = off + int64(len(p))
@@ -542,14 +542,6 @@ func (c *countingTarget) sum() ([]byte, error) {
 		return nil, fmt.Errorf("checksum: the output was not written front to back (%s)", c.h.broken)
 	}
 	return c.h.get(), nil
-}
-
-func hashZeros(h io.Writer, n int64) {
-	for n > 0 {
-		k := min(n, format.ZerosLen)
-		h.Write(format.Zeros(k))
-		n -= k
-	}
 }
 
 // streamTarget is a counting Target that cannot seek.
@@ -594,7 +586,7 @@ func (s *seekTarget) Truncate(size int64) error {
 		if size < s.h.hashed {
 			s.h.broken = fmt.Sprintf("the output was truncated to %d", size)
 		} else {
-			hashZeros(s.h.sha, size-s.h.hashed)
+			format.WriteZeros(s.h.sha, size-s.h.hashed)
 			s.h.hashed = size
 		}
 	}

@@ -3,6 +3,7 @@ package format
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"sync"
 )
 
@@ -17,6 +18,19 @@ var zeroBytes = sync.OnceValue(func() []byte { return make([]byte, ZerosLen) })
 // Zeros returns n zero bytes, n <= ZerosLen, shared by every caller: they
 // must not be modified.
 func Zeros(n int64) []byte { return zeroBytes()[:n] }
+
+// WriteZeros writes n zero bytes to w and returns how many it wrote.
+func WriteZeros(w io.Writer, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		k, err := w.Write(Zeros(min(n-done, ZerosLen)))
+		done += int64(k)
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
 
 // IsZero reports whether b is all zero bytes. Data blocks usually fail on
 // the first word, so that is checked alone first; the bulk compare goes

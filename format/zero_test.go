@@ -1,6 +1,7 @@
 package format
 
 import (
+	"bytes"
 	"testing"
 	"unsafe"
 )
@@ -45,6 +46,16 @@ func TestZeros(t *testing.T) {
 		z := Zeros(n)
 		if int64(len(z)) != n || !IsZero(z) {
 			t.Fatalf("Zeros(%d): %d bytes, zero %v", n, len(z), IsZero(z))
+		}
+	}
+}
+
+func TestWriteZeros(t *testing.T) {
+	for _, n := range []int64{0, 1, ZerosLen, 2*ZerosLen + 5} {
+		var buf bytes.Buffer
+		m, err := WriteZeros(&buf, n)
+		if err != nil || m != n || int64(buf.Len()) != n || !IsZero(buf.Bytes()) {
+			t.Fatalf("WriteZeros(%d): %d, %v; %d bytes, zero %v", n, m, err, buf.Len(), IsZero(buf.Bytes()))
 		}
 	}
 }

@@ -647,14 +647,8 @@ func (p *posWriter) Write(b []byte) (int, error) {
 }
 
 func writeZeros(w io.Writer, n int64) error {
-	for n > 0 {
-		k := min(n, format.ZerosLen)
-		if _, err := w.Write(format.Zeros(k)); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
+	_, err := format.WriteZeros(w, n)
+	return err
 }
 
 // BlockSize is the cluster size.

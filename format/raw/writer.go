@@ -120,16 +120,9 @@ func (w *Writer) Write(b *format.Block) error {
 
 // zeros writes n zero bytes at pos.
 func (w *Writer) zeros(n int64) error {
-	for n > 0 {
-		k := min(n, format.ZerosLen)
-		m, err := w.dst.Write(format.Zeros(k))
-		w.pos += int64(m)
-		n -= int64(m)
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	m, err := format.WriteZeros(w.dst, n)
+	w.pos += m
+	return err
 }
 
 // Close sets the file's length (making a trailing hole) or writes the

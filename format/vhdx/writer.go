@@ -492,14 +492,9 @@ func (w *Writer) skipTo(off int64) error {
 		w.pos = off
 		return nil
 	}
-	for w.pos < off {
-		n, err := w.dst.Write(format.Zeros(min(off-w.pos, format.ZerosLen)))
-		w.pos += int64(n)
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	n, err := format.WriteZeros(w.dst, off-w.pos)
+	w.pos += n
+	return err
 }
 
 // writeMetadata writes the header section, the log (empty), the BAT and
