@@ -585,23 +585,25 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	}
 	// Extend over following runs that the image does not store either.
 	end := off + r.length
-	if img.diskType != typeDifferencing && end < img.size {
-		// end is at a block boundary: skip whole unused blocks.
-		bi, last := end/img.blockSize, (img.size-1)/img.blockSize
-		for bi <= last && img.bat[bi] == batUnused {
+	if img.diskType != typeDifferencing {
+		// end is at a block boundary (or the disk's end): skip whole
+		// unused blocks.
+		bi, blocks := end/img.blockSize, (img.size+img.blockSize-1)/img.blockSize
+		for bi < blocks && img.bat[bi] == batUnused {
 			bi++
 		}
 		end = min(bi*img.blockSize, img.size)
-	}
-	for img.diskType == typeDifferencing && end < img.size {
-		next, err := img.runAt(end)
-		if err != nil {
-			return format.Extent{}, err
+	} else {
+		for end < img.size {
+			next, err := img.runAt(end)
+			if err != nil {
+				return format.Extent{}, err
+			}
+			if next.host >= 0 {
+				break
+			}
+			end += next.length
 		}
-		if next.host >= 0 {
-			break
-		}
-		end += next.length
 	}
 	e := format.Extent{Start: off, Length: end - off, Status: format.Unallocated, Offset: -1}
 	switch {
