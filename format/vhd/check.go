@@ -57,7 +57,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	meta := []span{
 		{0, footerSize, "footer copy at offset 0"},
 		{hdrOff, hdrOff + dynHeaderSize, fmt.Sprintf("dynamic disk header at offset %d", hdrOff)},
-		{img.batOffset, img.batOffset + roundUp(int64(len(img.bat))*4, sectorSize), fmt.Sprintf("BAT at offset %d", img.batOffset)},
+		{img.batOffset, img.batOffset + roundUp(img.entries*4, sectorSize), fmt.Sprintf("BAT at offset %d", img.batOffset)},
 		{tailOff, tailOff + footerSize, fmt.Sprintf("footer at offset %d", tailOff)},
 	}
 	type block struct {
@@ -68,15 +68,13 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	// Blocks that do not overlap fit in the file; more than that many
 	// must overlap, and are not kept, so memory stays bounded by the file.
 	limit := int(img.fileSize/(img.bitmapSize+img.blockSize)) + 1
-	for i, e := range img.bat {
-		if i%(1<<20) == 0 {
+	for k, u := range img.used {
+		if k%(1<<20) == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 		}
-		if e == batUnused {
-			continue
-		}
+		i, e := int(u.index), u.sector
 		b := block{int64(e) * sectorSize, int64(e)*sectorSize + img.bitmapSize + img.blockSize, i}
 		for _, m := range meta {
 			if b.start < m.end && m.start < b.end {

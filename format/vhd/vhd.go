@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync"
 	"unicode/utf16"
@@ -151,7 +152,8 @@ type Image struct {
 	// Dynamic and differencing disks.
 	blockSize  int64
 	bitmapSize int64
-	bat        []uint32
+	entries    int64       // BAT entries
+	used       []usedBlock // the BAT's entries in use, by block index
 	batOffset  int64
 	parent     format.Image // differencing disks; nil when not opened
 
@@ -235,15 +237,11 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 func len64(s string) int64 { return int64(len(s)) }
 
 // unusedOnly reports whether a piece of the BAT (a multiple of 4 bytes)
-// holds only batUnused entries, all bits set.
+// holds only batUnused entries, all bits set: the first entry is, and
+// every byte equals the one 4 bytes before it. The overlapping compare
+// runs at memcmp speed, several times faster than a loop over entries.
 func unusedOnly(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.NativeEndian.Uint64(b) != ^uint64(0) {
-			return false
-		}
-		b = b[8:]
-	}
-	return len(b) == 0 || be32(b) == batUnused
+	return len(b) < 4 || be32(b) == batUnused && bytes.Equal(b[4:], b[:len(b)-4])
 }
 
 func usesCurrentSize(app []byte) bool {
@@ -296,9 +294,10 @@ func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
 	if err := format.CheckTable(Name, "table offset (BAT)", img.batOffset, entries*4, img.fileSize); err != nil {
 		return err
 	}
-	// Read in pieces: a whole-table buffer beside the decoded table
-	// would double the memory a fresh process must fault in.
-	img.bat = make([]uint32, entries)
+	img.entries = entries
+	// Read in pieces and keep only the entries in use: a fresh process
+	// pays for every page it faults in, and a whole table (2 MiB for an
+	// empty 1 TiB disk) cost more than the rest of the open.
 	raw := make([]byte, min(entries*4, 64<<10))
 	for first := int64(0); first < entries; first += int64(len(raw) / 4) {
 		chunk := raw[:min(int64(len(raw)), (entries-first)*4)]
@@ -306,20 +305,18 @@ func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
 			return err
 		}
 		if unusedOnly(chunk) {
-			// The common case in a sparse disk, several times faster.
-			bat := img.bat[first : first+int64(len(chunk)/4)]
-			for i := range bat {
-				bat[i] = batUnused
-			}
-			continue
+			continue // the common case in a sparse disk
 		}
 		for k := range int64(len(chunk) / 4) {
 			i, e := first+k, be32(chunk[4*k:])
-			img.bat[i] = e
+			if e == batUnused {
+				continue
+			}
+			img.used = append(img.used, usedBlock{index: uint32(i), sector: e})
 			// qemu refuses an image any of whose blocks ends past the
 			// end of the file, used or not: it means the file was
 			// truncated.
-			if e != batUnused && int64(e)*sectorSize+img.bitmapSize+bs > img.padSize {
+			if int64(e)*sectorSize+img.bitmapSize+bs > img.padSize {
 				return format.Errorf(Name, fmt.Sprintf("bat entry %d", i), img.batOffset+4*i,
 					"block at sector %d (offset %d) ends past the end of the file (%d bytes)", e, int64(e)*sectorSize, img.fileSize)
 			}
@@ -502,6 +499,23 @@ func (img *Image) Close() error {
 
 // run is a stretch of guest bytes inside the image: stored in the file at
 // host (when host >= 0), or not stored here at all.
+// usedBlock is a BAT entry in use: block index starts at sector.
+type usedBlock struct{ index, sector uint32 }
+
+// nextUsed returns the position in img.used of the first block at or
+// after block bi, len(img.used) when there is none.
+func (img *Image) nextUsed(bi int64) int {
+	return sort.Search(len(img.used), func(k int) bool { return int64(img.used[k].index) >= bi })
+}
+
+// sector returns the BAT entry of block bi: where it starts, or batUnused.
+func (img *Image) sector(bi int64) uint32 {
+	if k := img.nextUsed(bi); k < len(img.used) && int64(img.used[k].index) == bi {
+		return img.used[k].sector
+	}
+	return batUnused
+}
+
 type run struct {
 	length int64
 	host   int64 // -1 when the image stores nothing for the run
@@ -514,7 +528,7 @@ func (img *Image) runAt(off int64) (run, error) {
 	bi := off / img.blockSize
 	inBlock := off % img.blockSize
 	end := min(img.blockSize-inBlock, img.size-off)
-	e := img.bat[bi]
+	e := img.sector(bi)
 	if e == batUnused {
 		return run{length: end, host: -1}, nil
 	}
@@ -553,7 +567,7 @@ func (img *Image) bitmap(bi uint32) ([]byte, error) {
 		return bm, nil
 	}
 	bm := make([]byte, img.bitmapSize)
-	if err := img.readPadded(bm, int64(img.bat[bi])*sectorSize, fmt.Sprintf("sector bitmap of block %d", bi)); err != nil {
+	if err := img.readPadded(bm, int64(img.sector(int64(bi)))*sectorSize, fmt.Sprintf("sector bitmap of block %d", bi)); err != nil {
 		return nil, err
 	}
 	if img.cached+img.bitmapSize > bitmapCacheBytes {
@@ -586,13 +600,13 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	// Extend over following runs that the image does not store either.
 	end := off + r.length
 	if img.diskType != typeDifferencing {
-		// end is at a block boundary (or the disk's end): skip whole
-		// unused blocks.
-		bi, blocks := end/img.blockSize, (img.size+img.blockSize-1)/img.blockSize
-		for bi < blocks && img.bat[bi] == batUnused {
-			bi++
+		// end is at a block boundary (or the disk's end): skip to the
+		// next block in use.
+		k := img.nextUsed(end / img.blockSize)
+		end = img.size
+		if k < len(img.used) {
+			end = min(int64(img.used[k].index)*img.blockSize, img.size)
 		}
-		end = min(bi*img.blockSize, img.size)
 	} else {
 		for end < img.size {
 			next, err := img.runAt(end)

@@ -590,3 +590,22 @@ func TestProbe(t *testing.T) {
 		}
 	}
 }
+
+func TestUnusedOnly(t *testing.T) {
+	ff := bytes.Repeat([]byte{0xff}, 64)
+	if !unusedOnly(nil) || !unusedOnly(ff[:4]) || !unusedOnly(ff) {
+		t.Error("all-unused pieces not recognised")
+	}
+	// Any entry in use, wherever it is, even one differing in a single
+	// bit, makes the piece not unused.
+	for i := range ff {
+		b := bytes.Clone(ff)
+		b[i] = 0xfe
+		if unusedOnly(b) {
+			t.Errorf("entry %d in use not seen", i/4)
+		}
+	}
+	if unusedOnly(make([]byte, 64)) {
+		t.Error("zero entries seen as unused")
+	}
+}

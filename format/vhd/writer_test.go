@@ -628,12 +628,7 @@ func TestWriterLongBlocks(t *testing.T) {
 		// On a pipe without a data scan the layout's data makes blocks
 		// 0-3 (7 MiB ends in block 3) and 5 allocated; block 4 is not. On
 		// a file only blocks that data arrived for: 0-3.
-		var n int
-		for _, e := range img.bat {
-			if e != batUnused {
-				n++
-			}
-		}
+		n := len(img.used)
 		if want := map[bool]int{false: 5, true: 4}[seekable]; n != want {
 			t.Errorf("seekable=%v: %d blocks allocated, want %d", seekable, n, want)
 		}
