@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/klauspost/compress/zlib"
+	"github.com/klauspost/compress/flate"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/zlibfast"
 )
 
 // maxCompressedGrain is the most file bytes a grain takes in a stream:
@@ -34,7 +35,7 @@ type encoded struct {
 
 var (
 	encPool  = sync.Pool{New: func() any { return &encoded{buf: make([]byte, 0, 2*maxCompressedGrain)} }}
-	zipPool  = sync.Pool{New: func() any { w, _ := zlib.NewWriterLevel(nil, zlib.DefaultCompression); return w }}
+	zipPool  = sync.Pool{New: func() any { w, _ := zlibfast.NewWriter(nil, flate.DefaultCompression); return w }}
 	padPool  = sync.Pool{New: func() any { b := make([]byte, WriterGrainSize); return &b }}
 	zeroSect [sectorSize]byte
 )
@@ -61,7 +62,7 @@ func (w *streamWriter) Encode(b *format.Block) error {
 	enc := encPool.Get().(*encoded)
 	enc.offs = enc.offs[:0]
 	a := appender{b: enc.buf[:0]}
-	zw := zipPool.Get().(*zlib.Writer)
+	zw := zipPool.Get().(*zlibfast.Writer)
 	defer zipPool.Put(zw)
 	for off := int64(0); off < b.Length; off += WriterGrainSize {
 		data := b.Data[off:min(off+WriterGrainSize, b.Length)]

@@ -1,0 +1,158 @@
+// Package zlibfast writes zlib streams (RFC 1950) with a faster Adler-32.
+//
+// The stream writers of VMDK (streamOptimized), ZVHD and ZVHD2 compress
+// every grain or block as a zlib stream. Go's hash/adler32 adds one byte
+// at a time in a single dependency chain; on incompressible data it took
+// a third of a streamOptimized conversion's CPU, more than deflate. Update
+// computes the same sums eight bytes at a time, in 16-bit lanes of a
+// 64-bit word.
+package zlibfast
+
+import (
+	"encoding/binary"
+	"io"
+
+	"github.com/klauspost/compress/flate"
+)
+
+const (
+	mod = 65521 // the largest prime below 2^16
+
+	cmfDeflate32K = 0x78 // CM 8 (deflate), CINFO 7 (32 KiB window)
+)
+
+// Checksum returns the Adler-32 checksum of p.
+func Checksum(p []byte) uint32 { return Update(1, p) }
+
+const (
+	// lanes picks bytes 0, 2, 4 and 6 of a little-endian word into four
+	// 16-bit lanes.
+	lanes = 0x00ff00ff00ff00ff
+	// sumLanes multiplied by four lanes puts their sum in the top lane.
+	sumLanes = 0x0001000100010001
+	// blockWords is how many words the lanes sum before they could
+	// overflow (256 * 255 < 2^16).
+	blockWords = 256
+)
+
+// Update returns the Adler-32 checksum of the bytes summed in adler
+// followed by p.
+func Update(adler uint32, p []byte) uint32 {
+	s1, s2 := uint64(adler&0xffff), uint64(adler>>16)
+	for len(p) > 0 {
+		q := p[:min(len(p), 8*blockWords)]
+		p = p[len(q):]
+		// Over n words of 8 bytes, where b(j,i) is byte i of word j and
+		// S(j) the sum of word j's bytes:
+		//   s1 += sum of all S(j)
+		//   s2 += 8n*s1 + sum of (8(n-j) - i) * b(j,i)
+		//       = 8n*s1 + 8 * sum of (n-j)*S(j) - sum of i * b(j,i)
+		// t sums S, u sums t after each word, which is the sum of
+		// (n-j)*S(j); even and odd sum each byte position over the words.
+		var even, odd, t, u uint64
+		n := uint64(len(q) / 8)
+		for len(q) >= 16 {
+			// Two words a step: u gains t+S(j), then t+S(j)+S(j+1).
+			x, y := binary.LittleEndian.Uint64(q), binary.LittleEndian.Uint64(q[8:])
+			xs, ys := x&lanes+x>>8&lanes, y&lanes+y>>8&lanes
+			even += x&lanes + y&lanes
+			odd += x>>8&lanes + y>>8&lanes
+			u += 2*t + (2*xs+ys)*sumLanes>>48
+			t += (xs + ys) * sumLanes >> 48
+			q = q[16:]
+		}
+		if len(q) >= 8 {
+			x := binary.LittleEndian.Uint64(q)
+			even += x & lanes
+			odd += x >> 8 & lanes
+			t += (x&lanes + x>>8&lanes) * sumLanes >> 48
+			u += t
+			q = q[8:]
+		}
+		lane := func(v uint64, k uint) uint64 { return v >> (16 * k) & 0xffff }
+		byPos := 2*lane(even, 1) + 4*lane(even, 2) + 6*lane(even, 3) +
+			lane(odd, 0) + 3*lane(odd, 1) + 5*lane(odd, 2) + 7*lane(odd, 3)
+		s2 += 8*n*s1 + 8*u - byPos
+		s1 += t
+		for _, c := range q {
+			s1 += uint64(c)
+			s2 += s1
+		}
+		s1 %= mod
+		s2 %= mod
+	}
+	return uint32(s2<<16 | s1)
+}
+
+// Writer compresses to a zlib stream: a two-byte header, raw deflate,
+// and the Adler-32 of the uncompressed bytes. Reset starts a new stream,
+// so one Writer (and its deflate state) serves many.
+type Writer struct {
+	fw     *flate.Writer
+	w      io.Writer
+	level  int
+	adler  uint32
+	header bool // written for the current stream
+}
+
+// NewWriter returns a Writer at a flate compression level.
+func NewWriter(w io.Writer, level int) (*Writer, error) {
+	fw, err := flate.NewWriter(w, level)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{fw: fw, w: w, level: level, adler: 1}, nil
+}
+
+// Reset discards the current stream and starts a new one to w.
+func (z *Writer) Reset(w io.Writer) {
+	z.fw.Reset(w)
+	z.w, z.adler, z.header = w, 1, false
+}
+
+func (z *Writer) writeHeader() error {
+	z.header = true
+	// FLEVEL is advice to a decompressor; zlib's mapping of levels.
+	var flevel byte
+	switch {
+	case z.level == flate.DefaultCompression || z.level == 6:
+		flevel = 2
+	case z.level >= 7:
+		flevel = 3
+	case z.level >= 2:
+		flevel = 1
+	}
+	h := [2]byte{cmfDeflate32K, flevel << 6}
+	h[1] += byte(31 - (uint(h[0])<<8+uint(h[1]))%31) // FCHECK
+	_, err := z.w.Write(h[:])
+	return err
+}
+
+// Write compresses p.
+func (z *Writer) Write(p []byte) (int, error) {
+	if !z.header {
+		if err := z.writeHeader(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := z.fw.Write(p)
+	z.adler = Update(z.adler, p[:n])
+	return n, err
+}
+
+// Close ends the stream: the last deflate block and the checksum. It does
+// not close the underlying writer.
+func (z *Writer) Close() error {
+	if !z.header {
+		if err := z.writeHeader(); err != nil {
+			return err
+		}
+	}
+	if err := z.fw.Close(); err != nil {
+		return err
+	}
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], z.adler)
+	_, err := z.w.Write(sum[:])
+	return err
+}

@@ -1,0 +1,103 @@
+package zlibfast
+
+import (
+	"bytes"
+	"compress/zlib"
+	"hash/adler32"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	kzlib "github.com/klauspost/compress/zlib"
+)
+
+func TestChecksum(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	random := make([]byte, 3*2048+37)
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	// All 0xff is the worst case for overflow between reductions.
+	ones := bytes.Repeat([]byte{0xff}, 5*2048+15)
+	for _, data := range [][]byte{random, ones, make([]byte, 100000)} {
+		for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 2048 - 1, 2048, 2048 + 1, 2*2048 + 16, len(data)} {
+			p := data[:min(n, len(data))]
+			if got, want := Checksum(p), adler32.Checksum(p); got != want {
+				t.Errorf("Checksum of %d bytes = %#08x, hash/adler32 says %#08x", len(p), got, want)
+			}
+			// In two pieces, split off the 16-byte grid.
+			k := len(p) / 3
+			if got, want := Update(Checksum(p[:k]), p[k:]), adler32.Checksum(p); got != want {
+				t.Errorf("Update over %d+%d bytes = %#08x, hash/adler32 says %#08x", k, len(p)-k, got, want)
+			}
+		}
+	}
+}
+
+// The stream is what the zlib package of the deflate library writes, byte
+// for byte, and decodes with Go's own zlib.
+func TestWriter(t *testing.T) {
+	text := bytes.Repeat([]byte("a grain of a streamOptimized disk "), 4000)
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := make([]byte, 70000)
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	for _, level := range []int{1, 5, 6, 9, -1} {
+		var got bytes.Buffer
+		z, err := NewWriter(io.Discard, level)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, data := range [][]byte{text, random, nil} {
+			got.Reset()
+			z.Reset(&got) // a reused writer, as the stream writers do
+			if _, err := z.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			if err := z.Close(); err != nil {
+				t.Fatal(err)
+			}
+			var want bytes.Buffer
+			kw, _ := kzlib.NewWriterLevel(&want, level)
+			kw.Write(data)
+			kw.Close()
+			if !bytes.Equal(got.Bytes(), want.Bytes()) {
+				t.Errorf("level %d, %d bytes: stream differs from the zlib package's", level, len(data))
+			}
+			r, err := zlib.NewReader(bytes.NewReader(got.Bytes()))
+			if err != nil {
+				t.Fatalf("level %d: %v", level, err)
+			}
+			back, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(back, data) {
+				t.Errorf("level %d, %d bytes: decoded %d bytes, err %v", level, len(data), len(back), err)
+			}
+		}
+	}
+}
+
+func benchData() []byte {
+	rng := rand.New(rand.NewPCG(5, 6))
+	p := make([]byte, 64<<10) // a VMDK grain
+	for i := range p {
+		p[i] = byte(rng.Uint32())
+	}
+	return p
+}
+
+func BenchmarkChecksum(b *testing.B) {
+	p := benchData()
+	b.SetBytes(int64(len(p)))
+	for b.Loop() {
+		Checksum(p)
+	}
+}
+
+func BenchmarkChecksumStdlib(b *testing.B) {
+	p := benchData()
+	b.SetBytes(int64(len(p)))
+	for b.Loop() {
+		adler32.Checksum(p)
+	}
+}
