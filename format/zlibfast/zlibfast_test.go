@@ -101,3 +101,25 @@ func BenchmarkChecksumStdlib(b *testing.B) {
 		adler32.Checksum(p)
 	}
 }
+
+// serial is Adler-32 by its definition, one byte at a time, from any
+// running sum.
+func serial(adler uint32, p []byte) uint32 {
+	s1, s2 := adler&0xffff, adler>>16
+	for _, c := range p {
+		s1 = (s1 + uint32(c)) % mod
+		s2 = (s2 + s1) % mod
+	}
+	return s2<<16 | s1
+}
+
+func FuzzChecksum(f *testing.F) {
+	f.Add([]byte{}, uint32(1))
+	f.Add(bytes.Repeat([]byte{0xff}, 3000), uint32(0xfff0fff0))
+	f.Fuzz(func(t *testing.T, p []byte, adler uint32) {
+		adler = adler>>16%mod<<16 | adler&0xffff%mod // a sum Update can return
+		if got, want := Update(adler, p), serial(adler, p); got != want {
+			t.Fatalf("Update(%#08x, %d bytes) = %#08x, want %#08x", adler, len(p), got, want)
+		}
+	})
+}
