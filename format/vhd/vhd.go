@@ -497,8 +497,6 @@ func (img *Image) Close() error {
 	return err
 }
 
-// run is a stretch of guest bytes inside the image: stored in the file at
-// host (when host >= 0), or not stored here at all.
 // usedBlock is a BAT entry in use: block index starts at sector.
 type usedBlock struct{ index, sector uint32 }
 
@@ -516,6 +514,8 @@ func (img *Image) sector(bi int64) uint32 {
 	return batUnused
 }
 
+// run is a stretch of guest bytes inside the image: stored in the file at
+// host (when host >= 0), or not stored here at all.
 type run struct {
 	length int64
 	host   int64 // -1 when the image stores nothing for the run
