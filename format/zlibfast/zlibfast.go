@@ -1,11 +1,10 @@
 // Package zlibfast writes zlib streams (RFC 1950) with a faster Adler-32.
 //
-// The stream writers of VMDK (streamOptimized), ZVHD and ZVHD2 compress
-// every grain or block as a zlib stream. Go's hash/adler32 adds one byte
-// at a time in a single dependency chain; on incompressible data it took
-// a third of a streamOptimized conversion's CPU, more than deflate. Update
-// computes the same sums eight bytes at a time, in 16-bit lanes of a
-// 64-bit word.
+// The streamOptimized VMDK writer compresses every grain as a zlib
+// stream. Go's hash/adler32 adds one byte at a time in a single dependency
+// chain; on incompressible data it took a third of that writer's CPU, more
+// than deflate. Update computes the same sums a 64-bit word at a time, in
+// 16-bit lanes.
 package zlibfast
 
 import (
@@ -19,12 +18,7 @@ const (
 	mod = 65521 // the largest prime below 2^16
 
 	cmfDeflate32K = 0x78 // CM 8 (deflate), CINFO 7 (32 KiB window)
-)
 
-// Checksum returns the Adler-32 checksum of p.
-func Checksum(p []byte) uint32 { return Update(1, p) }
-
-const (
 	// lanes picks bytes 0, 2, 4 and 6 of a little-endian word into four
 	// 16-bit lanes.
 	lanes = 0x00ff00ff00ff00ff
@@ -34,6 +28,9 @@ const (
 	// overflow (256 * 255 < 2^16).
 	blockWords = 256
 )
+
+// Checksum returns the Adler-32 checksum of p.
+func Checksum(p []byte) uint32 { return Update(1, p) }
 
 // Update returns the Adler-32 checksum of the bytes summed in adler
 // followed by p.
@@ -50,24 +47,16 @@ func Update(adler uint32, p []byte) uint32 {
 		// t sums S, u sums t after each word, which is the sum of
 		// (n-j)*S(j); even and odd sum each byte position over the words.
 		var even, odd, t, u uint64
-		n := uint64(len(q) / 8)
+		n := uint64(len(q) / 16 * 2) // words in the lanes; the last 0-15 bytes go one at a time
 		for len(q) >= 16 {
 			// Two words a step: u gains t+S(j), then t+S(j)+S(j+1).
 			x, y := binary.LittleEndian.Uint64(q), binary.LittleEndian.Uint64(q[8:])
-			xs, ys := x&lanes+x>>8&lanes, y&lanes+y>>8&lanes
-			even += x&lanes + y&lanes
-			odd += x>>8&lanes + y>>8&lanes
-			u += 2*t + (2*xs+ys)*sumLanes>>48
-			t += (xs + ys) * sumLanes >> 48
+			xe, xo, ye, yo := x&lanes, x>>8&lanes, y&lanes, y>>8&lanes
+			even += xe + ye
+			odd += xo + yo
+			u += 2*t + (2*(xe+xo)+ye+yo)*sumLanes>>48
+			t += (xe + xo + ye + yo) * sumLanes >> 48
 			q = q[16:]
-		}
-		if len(q) >= 8 {
-			x := binary.LittleEndian.Uint64(q)
-			even += x & lanes
-			odd += x >> 8 & lanes
-			t += (x&lanes + x>>8&lanes) * sumLanes >> 48
-			u += t
-			q = q[8:]
 		}
 		lane := func(v uint64, k uint) uint64 { return v >> (16 * k) & 0xffff }
 		byPos := 2*lane(even, 1) + 4*lane(even, 2) + 6*lane(even, 3) +
@@ -88,11 +77,11 @@ func Update(adler uint32, p []byte) uint32 {
 // and the Adler-32 of the uncompressed bytes. Reset starts a new stream,
 // so one Writer (and its deflate state) serves many.
 type Writer struct {
-	fw     *flate.Writer
-	w      io.Writer
-	level  int
-	adler  uint32
-	header bool // written for the current stream
+	fw      *flate.Writer
+	w       io.Writer
+	head    [2]byte // the stream header, from the level
+	started bool    // the header is written for the current stream
+	adler   uint32
 }
 
 // NewWriter returns a Writer at a flate compression level.
@@ -101,39 +90,41 @@ func NewWriter(w io.Writer, level int) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{fw: fw, w: w, level: level, adler: 1}, nil
+	// FLEVEL is advice to a decompressor; zlib's mapping of levels.
+	var flevel byte
+	switch {
+	case level == flate.DefaultCompression || level == 6:
+		flevel = 2
+	case level >= 7:
+		flevel = 3
+	case level >= 2:
+		flevel = 1
+	}
+	z := &Writer{fw: fw, w: w, head: [2]byte{cmfDeflate32K, flevel << 6}, adler: 1}
+	z.head[1] += byte(31 - (uint(z.head[0])<<8+uint(z.head[1]))%31) // FCHECK
+	return z, nil
 }
 
 // Reset discards the current stream and starts a new one to w.
 func (z *Writer) Reset(w io.Writer) {
 	z.fw.Reset(w)
-	z.w, z.adler, z.header = w, 1, false
+	z.w, z.adler, z.started = w, 1, false
 }
 
-func (z *Writer) writeHeader() error {
-	z.header = true
-	// FLEVEL is advice to a decompressor; zlib's mapping of levels.
-	var flevel byte
-	switch {
-	case z.level == flate.DefaultCompression || z.level == 6:
-		flevel = 2
-	case z.level >= 7:
-		flevel = 3
-	case z.level >= 2:
-		flevel = 1
+// start writes the header before the stream's first bytes.
+func (z *Writer) start() error {
+	if z.started {
+		return nil
 	}
-	h := [2]byte{cmfDeflate32K, flevel << 6}
-	h[1] += byte(31 - (uint(h[0])<<8+uint(h[1]))%31) // FCHECK
-	_, err := z.w.Write(h[:])
+	z.started = true
+	_, err := z.w.Write(z.head[:])
 	return err
 }
 
 // Write compresses p.
 func (z *Writer) Write(p []byte) (int, error) {
-	if !z.header {
-		if err := z.writeHeader(); err != nil {
-			return 0, err
-		}
+	if err := z.start(); err != nil {
+		return 0, err
 	}
 	n, err := z.fw.Write(p)
 	z.adler = Update(z.adler, p[:n])
@@ -143,10 +134,8 @@ func (z *Writer) Write(p []byte) (int, error) {
 // Close ends the stream: the last deflate block and the checksum. It does
 // not close the underlying writer.
 func (z *Writer) Close() error {
-	if !z.header {
-		if err := z.writeHeader(); err != nil {
-			return err
-		}
+	if err := z.start(); err != nil {
+		return err
 	}
 	if err := z.fw.Close(); err != nil {
 		return err

@@ -12,15 +12,16 @@ import (
 )
 
 func TestChecksum(t *testing.T) {
+	const block = 8 * blockWords // bytes between reductions
 	rng := rand.New(rand.NewPCG(1, 2))
-	random := make([]byte, 3*2048+37)
+	random := make([]byte, 3*block+37)
 	for i := range random {
 		random[i] = byte(rng.Uint32())
 	}
 	// All 0xff is the worst case for overflow between reductions.
-	ones := bytes.Repeat([]byte{0xff}, 5*2048+15)
+	ones := bytes.Repeat([]byte{0xff}, 5*block+15)
 	for _, data := range [][]byte{random, ones, make([]byte, 100000)} {
-		for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 2048 - 1, 2048, 2048 + 1, 2*2048 + 16, len(data)} {
+		for _, n := range []int{0, 1, 15, 16, 17, 31, 32, block - 1, block, block + 1, 2*block + 16, len(data)} {
 			p := data[:min(n, len(data))]
 			if got, want := Checksum(p), adler32.Checksum(p); got != want {
 				t.Errorf("Checksum of %d bytes = %#08x, hash/adler32 says %#08x", len(p), got, want)
