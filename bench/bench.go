@@ -452,9 +452,12 @@ func (h *harness) slow(s []sample) bool {
 }
 
 // runCase times one conversion with both tools, alternating which goes
-// first, and records it.
+// first, and records it. The tool that opens a case alternates from case
+// to case too: a case's first run follows another case's work, and with
+// an odd number of runs the opener also gets one more first slot.
 func (h *harness) runCase(ctx context.Context, cp *corpus, in string, o output, writers []string) error {
 	row := &Case{Corpus: cp.name, Input: in, Output: o.name, Size: cp.size, Compressed: o.compressed}
+	opener := len(h.rep.Cases) % 2 // 0: diskimg opens, 1: qemu-img
 	h.rep.Cases = append(h.rep.Cases, row)
 	src := cp.inputs[in]
 	if !slices.Contains(writers, o.format) {
@@ -476,7 +479,7 @@ func (h *harness) runCase(ctx context.Context, cp *corpus, in string, o output, 
 	var derr, qerr error
 	for r := range h.c.Runs {
 		tools := []string{"diskimg", "qemu-img"}
-		if r%2 == 1 {
+		if (r+opener)%2 == 1 {
 			tools[0], tools[1] = tools[1], tools[0]
 		}
 		for _, t := range tools {
