@@ -2,13 +2,13 @@ package vmdk
 
 import (
 	"bytes"
-	"compress/zlib"
+	"errors"
 	"fmt"
-	"io"
 	"math/bits"
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/zlibfast"
 )
 
 // Hosted sparse extent header ("KDMV"), little-endian, in the first sector
@@ -423,77 +423,127 @@ func (x *extent) run(off, limit int64) (format.Extent, error) {
 // readCompressed reads guest bytes at extent offset off from compressed
 // grains.
 func (x *extent) readCompressed(p []byte, off int64) error {
-	x.mu.Lock()
-	defer x.mu.Unlock()
 	for len(p) > 0 {
-		g := off / x.grain
-		data, err := x.grainData(g)
-		if err != nil {
+		g, in := off/x.grain, off%x.grain
+		n := min(int64(len(p)), x.grain-in)
+		if err := x.readGrain(p[:n], g, in); err != nil {
 			return err
 		}
-		in := off % x.grain
-		n := min(int64(len(p)), x.grain-in)
-		if in+n > int64(len(data)) {
-			return format.Errorf(Name, "compressed grain", -1, "grain %d inflates to %d bytes, reading needs %d", g, len(data), in+n)
-		}
-		copy(p[:n], data[in:in+n])
 		p, off = p[n:], off+n
 	}
 	return nil
 }
 
-// grainData returns compressed grain g inflated, keeping the last one so
-// sequential reads inflate each grain once. The caller holds x.mu.
-func (x *extent) grainData(g int64) ([]byte, error) {
+// readGrain fills p from compressed grain g, from byte in of the grain. A
+// whole grain inflates straight into p. A part of one is inflated into a
+// grain of its own, kept as the last grain, so reading a grain in pieces
+// inflates it once. Only the lookups hold x.mu: workers reading different
+// grains inflate side by side.
+func (x *extent) readGrain(p []byte, g, in int64) error {
+	x.mu.Lock()
 	if g == x.lastG {
-		return x.lastData, nil
+		data := x.lastData
+		x.mu.Unlock()
+		return copyGrain(p, data, g, in)
 	}
+	host, err := x.grainHost(g)
+	x.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	whole := in == 0 && int64(len(p)) == x.grain
+	dst := p
+	if !whole {
+		dst = make([]byte, x.grain)
+	}
+	n, err := x.inflate(dst, g, host)
+	if err != nil {
+		return err
+	}
+	if whole {
+		return copyGrain(nil, dst[:n], g, x.grain) // checks the length only
+	}
+	x.mu.Lock()
+	x.lastG, x.lastData = g, dst[:n]
+	x.mu.Unlock()
+	return copyGrain(p, dst[:n], g, in)
+}
+
+// copyGrain copies grain g's inflated data from byte in to p, which must
+// not reach past the data.
+func copyGrain(p, data []byte, g, in int64) error {
+	if need := in + int64(len(p)); need > int64(len(data)) {
+		return format.Errorf(Name, "compressed grain", -1, "grain %d inflates to %d bytes, reading needs %d", g, len(data), need)
+	}
+	copy(p, data[in:])
+	return nil
+}
+
+// grainHost returns where compressed grain g's stream (or its marker)
+// starts in the file. The caller holds x.mu.
+func (x *extent) grainHost(g int64) (int64, error) {
 	gdi := g / x.gtes
 	t, err := x.table(gdi)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if t == nil {
-		return nil, fmt.Errorf("vmdk: grain %d is not allocated", g)
+		return 0, fmt.Errorf("vmdk: grain %d is not allocated", g)
 	}
 	st, host, err := x.grainEntry(g, t, gdi)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if st != format.Data {
-		return nil, fmt.Errorf("vmdk: grain %d holds no data", g)
+		return 0, fmt.Errorf("vmdk: grain %d holds no data", g)
 	}
-	var src io.Reader
+	return host, nil
+}
+
+var (
+	// streamPool holds buffers for compressed grains, which are at most
+	// two grains long (checked per grain).
+	streamPool  sync.Pool // *[]byte
+	decoderPool = sync.Pool{New: func() any { return new(zlibfast.Decoder) }}
+)
+
+// inflate reads compressed grain g at host and inflates it into dst,
+// returning the inflated length.
+func (x *extent) inflate(dst []byte, g, host int64) (int, error) {
+	size := min(2*x.grain, x.fileSize-host)
+	at := host
 	if x.markers {
 		var m [grainMarkerBytes]byte
 		if err := format.ReadFull(x.f, m[:], host, Name, "grain marker"); err != nil {
-			return nil, err
+			return 0, err
 		}
-		size := int64(le.Uint32(m[8:]))
+		size = int64(le.Uint32(m[8:]))
 		if size == 0 || size > 2*x.grain {
-			return nil, format.Errorf(Name, "grain marker size", host+8, "%d bytes for a grain of %d", size, x.grain)
+			return 0, format.Errorf(Name, "grain marker size", host+8, "%d bytes for a grain of %d", size, x.grain)
 		}
 		if size > x.fileSize-host-grainMarkerBytes {
-			return nil, format.Errorf(Name, "grain marker size", host+8, "compressed grain of %d bytes extends past the end of the file (%d bytes)", size, x.fileSize)
+			return 0, format.Errorf(Name, "grain marker size", host+8, "compressed grain of %d bytes extends past the end of the file (%d bytes)", size, x.fileSize)
 		}
-		src = io.NewSectionReader(x.f, host+grainMarkerBytes, size)
-	} else {
-		src = io.NewSectionReader(x.f, host, min(2*x.grain, x.fileSize-host))
+		at += grainMarkerBytes
 	}
-	zr, err := zlib.NewReader(src)
-	if err != nil {
-		return nil, format.Errorf(Name, "compressed grain", host, "grain %d: %v", g, err)
+	bp, _ := streamPool.Get().(*[]byte)
+	if bp == nil || int64(cap(*bp)) < size {
+		b := make([]byte, size)
+		bp = &b
 	}
-	defer zr.Close()
-	// Grow with the output, so a lying header cannot make us allocate a
-	// whole grain's worth for a few bytes of input.
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(io.LimitReader(zr, x.grain+1)); err != nil {
-		return nil, format.Errorf(Name, "compressed grain", host, "grain %d: %v", g, err)
+	defer streamPool.Put(bp)
+	src := (*bp)[:size]
+	if err := format.ReadFull(x.f, src, at, Name, fmt.Sprintf("compressed grain %d", g)); err != nil {
+		return 0, err
 	}
-	if int64(buf.Len()) > x.grain {
-		return nil, format.Errorf(Name, "compressed grain", host, "grain %d inflates beyond the grain size %d", g, x.grain)
+	d := decoderPool.Get().(*zlibfast.Decoder)
+	defer decoderPool.Put(d)
+	n, err := d.Decode(dst, src)
+	switch {
+	case errors.Is(err, zlibfast.ErrTooLong):
+		return 0, format.Errorf(Name, "compressed grain", host, "grain %d inflates beyond the grain size %d", g, x.grain)
+	case err != nil:
+		return 0, format.Errorf(Name, "compressed grain", host, "grain %d: %v", g, err)
 	}
-	x.lastG, x.lastData = g, buf.Bytes()
-	return x.lastData, nil
+	return n, nil
 }

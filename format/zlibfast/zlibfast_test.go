@@ -124,3 +124,103 @@ func FuzzChecksum(f *testing.F) {
 		}
 	})
 }
+
+// zlibStream compresses p with Go's own zlib writer.
+func zlibStream(p []byte, level int) []byte {
+	var b bytes.Buffer
+	w, _ := zlib.NewWriterLevel(&b, level)
+	w.Write(p)
+	w.Close()
+	return b.Bytes()
+}
+
+func TestDecoder(t *testing.T) {
+	text := bytes.Repeat([]byte("a grain of a streamOptimized disk "), 2000)
+	rng := rand.New(rand.NewPCG(7, 8))
+	random := make([]byte, 64<<10)
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	var d Decoder // one decoder for every stream, as the VMDK reader uses it
+	for _, data := range [][]byte{text, random, nil, text[:1]} {
+		for _, level := range []int{0, 1, 9} {
+			stream := zlibStream(data, level)
+			for _, room := range []int{len(data), len(data) + 100} {
+				dst := make([]byte, room)
+				n, err := d.Decode(dst, append(stream, "trailing"...))
+				if err != nil || !bytes.Equal(dst[:n], data) {
+					t.Errorf("%d bytes at level %d into %d: got %d bytes, err %v", len(data), level, room, n, err)
+				}
+			}
+			if len(data) > 0 {
+				if _, err := d.Decode(make([]byte, len(data)-1), stream); err != ErrTooLong {
+					t.Errorf("%d bytes into one less: err %v, want ErrTooLong", len(data), err)
+				}
+			}
+		}
+	}
+
+	good := zlibStream(text, 6)
+	mutate := func(i int, b byte) []byte {
+		s := bytes.Clone(good)
+		s[i] = b
+		return s
+	}
+	for _, c := range []struct {
+		name   string
+		stream []byte
+		want   error
+	}{
+		{"empty", nil, ErrHeader},
+		{"one byte", good[:1], ErrHeader},
+		{"method 7", mutate(0, 0x77), ErrHeader},
+		{"window 64 KiB", mutate(0, 0x88), ErrHeader},
+		{"header check", mutate(1, good[1]+1), ErrHeader},
+		{"preset dictionary", []byte{0x78, 0xbb}, ErrDictionary},
+		{"checksum", mutate(len(good)-1, good[len(good)-1]^1), ErrChecksum},
+		{"no checksum", good[:len(good)-4], ErrTruncated},
+		{"deflate cut short", good[:len(good)/2], io.ErrUnexpectedEOF},
+	} {
+		_, err := d.Decode(make([]byte, len(text)), c.stream)
+		if err != c.want {
+			t.Errorf("%s: err %v, want %v", c.name, err, c.want)
+		}
+	}
+	// After a failure the decoder still decodes.
+	if n, err := d.Decode(make([]byte, len(text)), good); err != nil || n != len(text) {
+		t.Errorf("after failures: %d bytes, err %v", n, err)
+	}
+}
+
+// The decoder accepts exactly the streams Go's compress/zlib accepts (up
+// to the buffer's size), with the same output.
+func FuzzDecode(f *testing.F) {
+	f.Add(zlibStream([]byte("hello, grain"), 6), uint16(100))
+	f.Add(zlibStream(bytes.Repeat([]byte{0}, 5000), 9), uint16(4999))
+	f.Add(zlibStream(nil, 1), uint16(0))
+	f.Add([]byte{0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01}, uint16(1))
+	f.Fuzz(func(t *testing.T, stream []byte, room uint16) {
+		var d Decoder
+		dst := make([]byte, room)
+		n, err := d.Decode(dst, stream)
+
+		var want []byte
+		r, werr := zlib.NewReader(bytes.NewReader(stream))
+		if werr == nil {
+			want, werr = io.ReadAll(io.LimitReader(r, int64(room)+1))
+		}
+		switch {
+		case werr == nil && len(want) > int(room):
+			// Too long, or broken further on than compress/zlib read.
+			if err == nil {
+				t.Fatalf("compress/zlib gives %d+ bytes for a %d-byte buffer; Decode gives %d bytes", len(want), room, n)
+			}
+		case werr == nil:
+			if err != nil || !bytes.Equal(dst[:n], want) {
+				t.Fatalf("compress/zlib gives %d bytes; Decode: %d bytes, err %v", len(want), n, err)
+			}
+		case err == nil:
+			t.Fatalf("compress/zlib fails (%v); Decode gives %d bytes", werr, n)
+		}
+	})
+}
