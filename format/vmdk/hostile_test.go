@@ -205,6 +205,18 @@ func TestHostile(t *testing.T) {
 	fs, _ := sample(true, true)
 	goodF := fs.build()
 	gt := func(b []byte, g int) int { return int(le.Uint32(b[tGDSector*512+g/tGTEs*4:]))*512 + g%tGTEs*4 }
+	// restream replaces compressed grain g's stream with one of payload
+	// (short enough to fit where the old one was).
+	restream := func(b []byte, g int, payload []byte) []byte {
+		var z bytes.Buffer
+		w := zlib.NewWriter(&z)
+		w.Write(payload)
+		w.Close()
+		off := int(le.Uint32(b[gt(b, g):])) * 512
+		le.PutUint32(b[off+8:], uint32(z.Len()))
+		copy(b[off+12:], z.Bytes())
+		return b
+	}
 	cases := []struct {
 		name  string
 		base  []byte
@@ -247,6 +259,15 @@ func TestHostile(t *testing.T) {
 			copy(b[off:], "garbage!")
 			return b
 		}, "compressed grain", true},
+		{"grain inflates short", goodC, func(b []byte) []byte { return restream(b, 1, make([]byte, 100)) }, "inflates to 100 bytes", true},
+		{"last grain inflates short", goodC, func(b []byte) []byte { return restream(b, 99, make([]byte, 100)) }, "inflates to 100 bytes", true},
+		{"grain inflates long", goodC, func(b []byte) []byte { return restream(b, 2, make([]byte, tGrain+1)) }, "inflates beyond", true},
+		{"grain checksum", goodC, func(b []byte) []byte {
+			b = restream(b, 9, make([]byte, tGrain))
+			off := int(le.Uint32(b[gt(b, 9):])) * 512
+			b[off+12+int(le.Uint32(b[off+8:]))-1] ^= 1
+			return b
+		}, "checksum", true},
 		{"footer marker", goodF, func(b []byte) []byte { le.PutUint32(b[len(b)-1536+12:], 2); return b }, "footer marker", false},
 		{"footer magic", goodF, func(b []byte) []byte { copy(b[len(b)-1024:], "XXXX"); return b }, "footer magic", false},
 		{"footer eos", goodF, func(b []byte) []byte { b[len(b)-500] = 0; b[len(b)-512] = 1; return b }, "end-of-stream", false},

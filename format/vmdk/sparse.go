@@ -461,7 +461,7 @@ func (x *extent) readGrain(p []byte, g, in int64) error {
 		return err
 	}
 	if whole {
-		return copyGrain(nil, dst[:n], g, x.grain) // checks the length only
+		return checkGrain(g, n, x.grain)
 	}
 	x.mu.Lock()
 	x.lastG, x.lastData = g, dst[:n]
@@ -472,10 +472,19 @@ func (x *extent) readGrain(p []byte, g, in int64) error {
 // copyGrain copies grain g's inflated data from byte in to p, which must
 // not reach past the data.
 func copyGrain(p, data []byte, g, in int64) error {
-	if need := in + int64(len(p)); need > int64(len(data)) {
-		return format.Errorf(Name, "compressed grain", -1, "grain %d inflates to %d bytes, reading needs %d", g, len(data), need)
+	if err := checkGrain(g, len(data), in+int64(len(p))); err != nil {
+		return err
 	}
 	copy(p, data[in:])
+	return nil
+}
+
+// checkGrain reports a grain that inflated to fewer bytes than a read
+// needs.
+func checkGrain(g int64, inflated int, need int64) error {
+	if need > int64(inflated) {
+		return format.Errorf(Name, "compressed grain", -1, "grain %d inflates to %d bytes, reading needs %d", g, inflated, need)
+	}
 	return nil
 }
 
