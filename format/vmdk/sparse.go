@@ -452,21 +452,21 @@ func (x *extent) readGrain(p []byte, g, in int64) error {
 		return err
 	}
 	whole := in == 0 && int64(len(p)) == x.grain
-	dst := p
-	if !whole {
-		dst = make([]byte, x.grain)
+	var dst []byte
+	if whole {
+		dst = p
 	}
-	n, err := x.inflate(dst, g, host)
+	data, err := x.inflate(dst, g, host)
 	if err != nil {
 		return err
 	}
 	if whole {
-		return checkGrain(g, n, x.grain)
+		return checkGrain(g, len(data), x.grain)
 	}
 	x.mu.Lock()
-	x.lastG, x.lastData = g, dst[:n]
+	x.lastG, x.lastData = g, data
 	x.mu.Unlock()
-	return copyGrain(p, dst[:n], g, in)
+	return copyGrain(p, data, g, in)
 }
 
 // copyGrain copies grain g's inflated data from byte in to p, which must
@@ -516,22 +516,28 @@ var (
 	decoderPool = sync.Pool{New: func() any { return new(zlibfast.Decoder) }}
 )
 
-// inflate reads compressed grain g at host and inflates it into dst,
-// returning the inflated length.
-func (x *extent) inflate(dst []byte, g, host int64) (int, error) {
+// maxDeflateRatio bounds how many bytes deflate makes of one: a 258-byte
+// match coded in two bits.
+const maxDeflateRatio = 1032
+
+// inflate reads compressed grain g at host and inflates it into dst and
+// returns the bytes it filled. With dst nil it inflates into a buffer of
+// its own, no bigger than the stream can fill, so a lying grain size does
+// not make a few bytes of input allocate a whole grain (up to 1 GiB).
+func (x *extent) inflate(dst []byte, g, host int64) ([]byte, error) {
 	size := min(2*x.grain, x.fileSize-host)
 	at := host
 	if x.markers {
 		var m [grainMarkerBytes]byte
 		if err := format.ReadFull(x.f, m[:], host, Name, "grain marker"); err != nil {
-			return 0, err
+			return nil, err
 		}
 		size = int64(le.Uint32(m[8:]))
 		if size == 0 || size > 2*x.grain {
-			return 0, format.Errorf(Name, "grain marker size", host+8, "%d bytes for a grain of %d", size, x.grain)
+			return nil, format.Errorf(Name, "grain marker size", host+8, "%d bytes for a grain of %d", size, x.grain)
 		}
 		if size > x.fileSize-host-grainMarkerBytes {
-			return 0, format.Errorf(Name, "grain marker size", host+8, "compressed grain of %d bytes extends past the end of the file (%d bytes)", size, x.fileSize)
+			return nil, format.Errorf(Name, "grain marker size", host+8, "compressed grain of %d bytes extends past the end of the file (%d bytes)", size, x.fileSize)
 		}
 		at += grainMarkerBytes
 	}
@@ -543,16 +549,19 @@ func (x *extent) inflate(dst []byte, g, host int64) (int, error) {
 	defer streamPool.Put(bp)
 	src := (*bp)[:size]
 	if err := format.ReadFull(x.f, src, at, Name, fmt.Sprintf("compressed grain %d", g)); err != nil {
-		return 0, err
+		return nil, err
+	}
+	if dst == nil {
+		dst = make([]byte, min(x.grain, maxDeflateRatio*size))
 	}
 	d := decoderPool.Get().(*zlibfast.Decoder)
 	defer decoderPool.Put(d)
 	n, err := d.Decode(dst, src)
 	switch {
 	case errors.Is(err, zlibfast.ErrTooLong):
-		return 0, format.Errorf(Name, "compressed grain", host, "grain %d inflates beyond the grain size %d", g, x.grain)
+		return nil, format.Errorf(Name, "compressed grain", host, "grain %d inflates beyond the grain size %d", g, x.grain)
 	case err != nil:
-		return 0, format.Errorf(Name, "compressed grain", host, "grain %d: %v", g, err)
+		return nil, format.Errorf(Name, "compressed grain", host, "grain %d: %v", g, err)
 	}
-	return n, nil
+	return dst[:n], nil
 }

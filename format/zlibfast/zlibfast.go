@@ -21,6 +21,9 @@ const (
 	mod = 65521 // the largest prime below 2^16
 
 	cmfDeflate32K = 0x78 // CM 8 (deflate), CINFO 7 (32 KiB window)
+	cmDeflate     = 8    // CMF low nibble: the compression method
+	maxCINFO      = 7    // CMF high nibble: log2(window) - 8, at most 32 KiB
+	flagDict      = 0x20 // FLG: a preset dictionary follows the header
 
 	// lanes picks bytes 0, 2, 4 and 6 of a little-endian word into four
 	// 16-bit lanes.
@@ -176,10 +179,10 @@ func (d *Decoder) Decode(dst, src []byte) (int, error) {
 		return 0, ErrHeader
 	}
 	cmf, flg := src[0], src[1]
-	if cmf&0x0f != 8 || cmf>>4 > 7 || (uint(cmf)<<8|uint(flg))%31 != 0 {
+	if cmf&0x0f != cmDeflate || cmf>>4 > maxCINFO || (uint(cmf)<<8|uint(flg))%31 != 0 {
 		return 0, ErrHeader
 	}
-	if flg&0x20 != 0 {
+	if flg&flagDict != 0 {
 		return 0, ErrDictionary
 	}
 	d.src.Reset(src[2:])
