@@ -33,14 +33,22 @@ func RequireQemu(t testing.TB) {
 func Qemu(t testing.TB, args ...string) []byte {
 	t.Helper()
 	RequireQemu(t)
-	cmd := exec.Command("qemu-img", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
+	for try := 1; ; try++ {
+		cmd := exec.Command("qemu-img", args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err == nil {
+			return out
+		}
+		// qemu times its LUKS key derivation by the thread's CPU clock,
+		// which on a virtual machine may not move during the first probe
+		// run; qemu then gives up. Another attempt measures again.
+		if try < 10 && strings.Contains(stderr.String(), "Unable to get accurate CPU usage") {
+			continue
+		}
 		t.Fatalf("qemu-img %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
-	return out
 }
 
 // QemuInfo returns `qemu-img info --output=json` of path, decoded.
