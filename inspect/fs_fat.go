@@ -41,13 +41,69 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	if err != nil {
 		return nil, err
 	}
-	if bs[0] != 0xeb && bs[0] != 0xe9 || le.Uint16(bs[mbrBootSig:]) != mbrSignature {
+	v, fs, err := parseFATBoot(d, bs)
+	if fs == nil {
 		return nil, nil
+	}
+	if err != nil {
+		r.addf(Error, "%s: vfat boot sector: %v", where, err)
+		return fs, nil
+	}
+	// The root directory's volume label entry wins over the boot
+	// sector's, as blkid does.
+	if root, err := d.read(v.rootOff, int(min(v.rootLen, fatChunk))); err == nil {
+		for i := 0; i+fatDirEntSize <= len(root); i += fatDirEntSize {
+			e := root[i : i+fatDirEntSize]
+			if e[0] == 0 {
+				break
+			}
+			if e[0] != 0xe5 && e[11]&fatAttrLongName != fatAttrLongName && e[11]&fatAttrVolumeID != 0 {
+				fs.Label = cstr(e[:11])
+				break
+			}
+		}
+	} else if isImageErr(err) {
+		return nil, err
+	}
+
+	free, err := fatFree(d, v.fatOff, v.clusters, v.bits)
+	if err != nil {
+		if isImageErr(err) {
+			return nil, err
+		}
+		r.addf(Warning, "%s: vfat: counting free clusters: %v", where, err)
+		return fs, nil
+	}
+	fs.Free = free * v.cs
+	fs.Used = (v.clusters - free) * v.cs
+	return fs, nil
+}
+
+// fatVol is the layout of a FAT12/16/32 volume.
+type fatVol struct {
+	d        dev
+	cs       int64 // cluster size
+	fatOff   int64 // the first FAT
+	dataOff  int64 // cluster 2
+	clusters int64
+	bits     int64 // FAT entry width: 12, 16 or 32
+	// rootOff and rootLen place the root directory: the fixed area of
+	// FAT12/16, or the first cluster of FAT32's (rootClus).
+	rootOff, rootLen int64
+	rootClus         int64
+}
+
+// parseFATBoot validates the FAT boot sector bs of the volume on d. fs is
+// nil when bs carries no FAT signature; err says what is wrong with one
+// that does.
+func parseFATBoot(d dev, bs []byte) (*fatVol, *Filesystem, error) {
+	if bs[0] != 0xeb && bs[0] != 0xe9 || le.Uint16(bs[mbrBootSig:]) != mbrSignature {
+		return nil, nil, nil
 	}
 	fat32Layout := le.Uint16(bs[fatFATSz16:]) == 0
 	if fat32Layout && !strings.HasPrefix(string(bs[fatFSType32:fatFSType32+8]), "FAT") ||
 		!fat32Layout && !strings.HasPrefix(string(bs[fatFSType16:fatFSType16+8]), "FAT") && !strings.HasPrefix(string(bs[fatFSType16:fatFSType16+8]), "MSDOS") {
-		return nil, nil
+		return nil, nil, nil
 	}
 	fs := &Filesystem{Type: "vfat"}
 	idOff, labOff := fatVolID16, fatVolLab16
@@ -72,78 +128,43 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	if fatsz == 0 {
 		fatsz = int64(le.Uint32(bs[fatFATSz32:]))
 	}
-	bad := func(f string, a ...any) (*Filesystem, error) {
-		r.addf(Error, "%s: vfat boot sector: "+f, append([]any{where}, a...)...)
-		return fs, nil
-	}
 	switch {
 	case bps < 512 || bps > 4096 || bps&(bps-1) != 0:
-		return bad("BPB_BytsPerSec %d is not a power of two in 512..4096", bps)
+		return nil, fs, fmt.Errorf("BPB_BytsPerSec %d is not a power of two in 512..4096", bps)
 	case spc == 0 || spc&(spc-1) != 0:
-		return bad("BPB_SecPerClus %d is not a power of two", spc)
+		return nil, fs, fmt.Errorf("BPB_SecPerClus %d is not a power of two", spc)
 	case rsvd == 0 || nfats == 0:
-		return bad("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", rsvd, nfats)
+		return nil, fs, fmt.Errorf("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", rsvd, nfats)
 	case tot*bps > d.size:
-		return bad("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", tot, bps, d.size)
+		return nil, fs, fmt.Errorf("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", tot, bps, d.size)
 	}
 	rootSecs := (rootEnt*fatDirEntSize + bps - 1) / bps
 	meta := rsvd + nfats*fatsz + rootSecs
 	if fatsz == 0 || meta >= tot {
-		return bad("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
+		return nil, fs, fmt.Errorf("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
 	}
-	clusters := (tot - meta) / spc
-	entryBits := int64(32)
+	v := &fatVol{d: d, cs: spc * bps, fatOff: rsvd * bps, dataOff: meta * bps, clusters: (tot - meta) / spc, bits: 32}
 	switch {
-	case clusters < fatMaxFAT12:
-		fs.Version, entryBits = "FAT12", 12
-	case clusters < fatMaxFAT16:
-		fs.Version, entryBits = "FAT16", 16
+	case v.clusters < fatMaxFAT12:
+		fs.Version, v.bits = "FAT12", 12
+	case v.clusters < fatMaxFAT16:
+		fs.Version, v.bits = "FAT16", 16
 	default:
 		fs.Version = "FAT32"
 	}
-	if (clusters+2)*entryBits > fatsz*bps*8 {
-		return bad("BPB_FATSz %d sectors cannot hold %d clusters", fatsz, clusters)
+	if (v.clusters+2)*v.bits > fatsz*bps*8 {
+		return nil, fs, fmt.Errorf("BPB_FATSz %d sectors cannot hold %d clusters", fatsz, v.clusters)
 	}
-	cs := spc * bps
-	fs.BlockSize = cs
+	fs.BlockSize = v.cs
 	fs.Size = tot * bps
-
-	// The root directory's volume label entry wins over the boot
-	// sector's, as blkid does.
-	rootOff := (rsvd + nfats*fatsz) * bps
-	rootLen := rootSecs * bps
+	v.rootOff, v.rootLen = (rsvd+nfats*fatsz)*bps, rootSecs*bps
 	if fs.Version == "FAT32" {
 		rc := int64(le.Uint32(bs[fatRootClus32:]))
-		if rc >= 2 && rc < clusters+2 {
-			rootOff, rootLen = meta*bps+(rc-2)*cs, cs
+		if rc >= 2 && rc < v.clusters+2 {
+			v.rootOff, v.rootLen, v.rootClus = v.dataOff+(rc-2)*v.cs, v.cs, rc
 		}
 	}
-	if root, err := d.read(rootOff, int(min(rootLen, fatChunk))); err == nil {
-		for i := 0; i+fatDirEntSize <= len(root); i += fatDirEntSize {
-			e := root[i : i+fatDirEntSize]
-			if e[0] == 0 {
-				break
-			}
-			if e[0] != 0xe5 && e[11]&fatAttrLongName != fatAttrLongName && e[11]&fatAttrVolumeID != 0 {
-				fs.Label = cstr(e[:11])
-				break
-			}
-		}
-	} else if isImageErr(err) {
-		return nil, err
-	}
-
-	free, err := fatFree(d, rsvd*bps, clusters, entryBits)
-	if err != nil {
-		if isImageErr(err) {
-			return nil, err
-		}
-		r.addf(Warning, "%s: vfat: counting free clusters: %v", where, err)
-		return fs, nil
-	}
-	fs.Free = free * cs
-	fs.Used = (clusters - free) * cs
-	return fs, nil
+	return v, fs, nil
 }
 
 // fatFree counts the free (zero) entries for clusters 2..clusters+1 of
