@@ -6,7 +6,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,8 +44,11 @@ func memReader(b []byte) func(off int64, n int) ([]byte, error) {
 func TestRegistryHive(t *testing.T) {
 	b := softwareHive()
 	if *update {
-		if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", "software-hive.seed"), b, 0o644); err != nil {
-			t.Fatal(err)
+		sys := inspecttest.Server2019("SEED").System()
+		for name, data := range map[string][]byte{"software-hive.seed": b, "system-hive.seed": sys} {
+			if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	h, err := openHive(memReader(b), int64(len(b)))
@@ -292,5 +297,155 @@ func writeNTFSSeed(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"), sparseEncode(data), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWindowsRegistryFacts reads edition, role, computer name, drivers
+// and version from SOFTWARE and SYSTEM hives the way Windows variants
+// leave them, including hives missing the usual values.
+func TestWindowsRegistryFacts(t *testing.T) {
+	dc := inspecttest.Server2019("DC01")
+	dc.ProductType = "LanmanNT"
+	ntds := inspecttest.Server2019("DC02") // ServerNT, but NTDS configured
+	ntds.NTDS = true
+	cs2 := inspecttest.Server2019("APP02") // the current control set is ControlSet002
+	cs2.ControlSet = 2
+	old := inspecttest.Windows{ProductName: "Windows Server 2008 R2 Standard", EditionID: "ServerStandard", CurrentVersion: "6.1",
+		CurrentBuildNumber: "7601", ProductType: "ServerNT", Services: map[string]uint32{"xenvbd": 0, "xennet": 4}}
+	bare := inspecttest.Windows{EditionID: "ServerDatacenter", CurrentVersion: "6.3", CurrentBuild: "20348", ProductType: "ServerNT", Arch: "ARM64"}
+	win11 := win10
+	win11.CurrentBuild = "22631"
+	for _, tc := range []struct {
+		name string
+		w    inspecttest.Windows
+		want OS
+	}{
+		{"dc", dc, OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809", Edition: "ServerStandard",
+			InstallationType: "Server", Role: "domain controller", Hostname: "DC01", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		{"ntds", ntds, OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809", Edition: "ServerStandard",
+			InstallationType: "Server", Role: "domain controller", Hostname: "DC02", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		{"member", inspecttest.Server2019("APP01"), OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809",
+			Edition: "ServerStandard", InstallationType: "Server", Role: "server", Hostname: "APP01", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		{"controlset002", cs2, OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809",
+			Edition: "ServerStandard", InstallationType: "Server", Role: "server", Hostname: "APP02", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		// No CurrentMajorVersionNumber, CurrentBuild or InstallationType: the older values and ProductType stand in.
+		{"2008r2", old, OS{PrettyName: "Windows Server 2008 R2 Standard", Version: "6.1", Build: "7601", Edition: "ServerStandard",
+			InstallationType: "Server", Role: "server"}},
+		// No ProductName: the name is made from what is known.
+		{"no-product-name", bare, OS{PrettyName: "Windows Server 6.3 (ServerDatacenter)", Version: "6.3", Build: "20348", Edition: "ServerDatacenter",
+			InstallationType: "Server", Role: "server", Arch: "aarch64", Bits: 64}},
+		// Windows 11 still says Windows 10 in ProductName.
+		{"win11", win11, OS{PrettyName: "Windows 11 Pro", Version: "10.0", Build: "22631", DisplayVersion: testDisplay, Edition: "Professional",
+			InstallationType: "Client", Role: "workstation", Hostname: "DESKTOP-21", Arch: "x86_64", Bits: 64}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &OS{PrettyName: winUnknown}
+			for _, b := range []struct {
+				data []byte
+				read func(*hive, *OS) error
+			}{{tc.w.Software(), hiveVersion}, {tc.w.System(), hiveSystem}} {
+				h, err := openHive(memReader(b.data), int64(len(b.data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.read(h, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			windowsName(o)
+			o.Drivers = nil
+			if !reflect.DeepEqual(*o, tc.want) {
+				t.Errorf("os\n%+v\nwant\n%+v", *o, tc.want)
+			}
+		})
+	}
+	// Drivers and their start types.
+	o := &OS{}
+	b := old.System()
+	h, _ := openHive(memReader(b), int64(len(b)))
+	if err := hiveSystem(h, o); err != nil {
+		t.Fatal(err)
+	}
+	if want := []Driver{{"xenvbd", "xen", "storage", "boot", ""}, {"xennet", "xen", "network", "disabled", ""}}; !slices.Equal(o.Drivers, want) || o.Virtio {
+		t.Errorf("drivers %+v", o.Drivers)
+	}
+	// A hive without Select cannot name its control set.
+	b = inspecttest.Hive(&inspecttest.Key{Name: "ROOT", Subkeys: []*inspecttest.Key{{Name: "ControlSet001"}}})
+	h, _ = openHive(memReader(b), int64(len(b)))
+	if err := hiveSystem(h, &OS{}); err == nil || !strings.Contains(err.Error(), "Select") {
+		t.Errorf("no Select: %v", err)
+	}
+}
+
+// TestPEVersion reads the version from a kernel's version resource,
+// and from the optional header without one.
+func TestPEVersion(t *testing.T) {
+	b := inspecttest.PE(peMachineAMD, peOptMagic64, [4]uint16{10, 0, 17763, 5830})
+	o := &OS{}
+	peVersion(memReader(b), int64(len(b)), o)
+	if o.Version != "10.0" || o.Build != "17763" {
+		t.Errorf("version %q build %q", o.Version, o.Build)
+	}
+	o = &OS{Version: "6.3"}
+	peVersion(memReader(b), int64(len(b)), o)
+	if o.Version != "6.3" || o.Build != "17763" {
+		t.Errorf("kept version %q build %q", o.Version, o.Build)
+	}
+	b = inspecttest.PE(peMachineAMD, peOptMagic64, [4]uint16{})
+	binary.LittleEndian.PutUint16(b[0x80+24+40:], 6)
+	binary.LittleEndian.PutUint16(b[0x80+24+42:], 1)
+	o = &OS{}
+	peVersion(memReader(b), int64(len(b)), o)
+	if o.Version != "6.1" || o.Build != "" {
+		t.Errorf("header version %q build %q", o.Version, o.Build)
+	}
+}
+
+// TestWindowsDisks inspects Windows system disks made with mkntfs and an
+// ntfs-3g mount: a domain controller, a member server whose SOFTWARE
+// hive names no version (ntoskrnl.exe's resource does), and a server
+// whose Windows volume is BitLocker-encrypted.
+func TestWindowsDisks(t *testing.T) {
+	dc := inspecttest.Server2019("DC01")
+	dc.ProductType = "LanmanNT"
+	member := inspecttest.Server2019("APP01")
+	member.Major, member.CurrentVersion, member.CurrentBuild, member.CurrentBuildNumber, member.ProductName = 0, "", "", "", ""
+	kernel := [4]uint16{10, 0, 17763, 1}
+	for _, tc := range []struct {
+		name  string
+		disk  inspecttest.WindowsDisk
+		check func(t *testing.T, r *Report)
+	}{
+		{"dc", inspecttest.WindowsDisk{Windows: dc, KernelVersion: kernel}, func(t *testing.T, r *Report) {
+			if o := r.OS; o == nil || o.Role != "domain controller" || o.PrettyName != "Windows Server 2019 Standard" || o.Hostname != "DC01" ||
+				o.Boot != "bios" || !o.Virtio || !o.CloudInit || o.Partition != 1 {
+				t.Errorf("os %+v", o)
+			}
+		}},
+		{"member", inspecttest.WindowsDisk{Windows: member, KernelVersion: kernel}, func(t *testing.T, r *Report) {
+			if o := r.OS; o == nil || o.Role != "server" || o.PrettyName != "Windows Server 10.0 (ServerStandard)" || o.Version != "10.0" ||
+				o.Build != "17763" || o.InstallationType != "Server" {
+				t.Errorf("os %+v", o)
+			}
+		}},
+		{"bitlocker", inspecttest.WindowsDisk{Windows: dc, KernelVersion: kernel, BitLocker: true}, func(t *testing.T, r *Report) {
+			p := r.PartitionTable.Partitions
+			if r.OS != nil || len(p) != 2 || p[1].Filesystem == nil || p[1].Filesystem.Type != "BitLocker" || !p[1].Filesystem.Encrypted ||
+				p[0].Filesystem == nil || p[0].Filesystem.Type != "ntfs" {
+				t.Errorf("os %+v partitions %+v", r.OS, p)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := tc.disk.Build(t, t.TempDir(), tc.name+".raw")
+			r := inspectFile(t, disk)
+			if b := r.Boot; b == nil || !slices.Equal(b.Modes, []string{"bios"}) || b.BIOS.Loader != "windows" {
+				t.Errorf("boot %+v", r.Boot)
+			}
+			if len(r.Findings) != 0 {
+				t.Errorf("findings %v", r.Findings)
+			}
+			tc.check(t, r)
+		})
 	}
 }

@@ -33,6 +33,9 @@ type LinuxDisk struct {
 	// UEFI adds an EFI System partition with \EFI\BOOT\BOOTX64.EFI and
 	// \EFI\debian\grubx64.efi, mounted at /boot/efi.
 	UEFI bool
+	// ESPFiles are added to the EFI System partition (a systemd-boot
+	// layout keeps the kernels there).
+	ESPFiles map[string][]byte
 	// SeparateBoot puts /boot on its own ext4 partition.
 	SeparateBoot bool
 	Linux        Linux
@@ -76,11 +79,15 @@ func (d LinuxDisk) Build(t testing.TB, dir, name string) string {
 	}
 	if d.UEFI {
 		esp := filepath.Join(work, "esp.fs")
-		ESP(t, esp, 16*MiB, map[string][]byte{
+		files := map[string][]byte{
 			`EFI/BOOT/BOOTX64.EFI`:   PE(MachineAMD64, PE32Plus, [4]uint16{}),
 			`EFI/debian/grubx64.efi`: PE(MachineAMD64, PE32Plus, [4]uint16{}),
 			`EFI/debian/grub.cfg`:    []byte("search.fs_uuid " + RootUUID + " root\n"),
-		})
+		}
+		for n, b := range d.ESPFiles {
+			files[n] = b
+		}
+		ESP(t, esp, 16*MiB, files)
 		parts = append(parts, part{name: "EFI System", size: 16, gptType: "ef00", mbrType: "ef", file: esp})
 	}
 	if d.SeparateBoot {
