@@ -56,6 +56,22 @@ type Image struct {
 	InodesUsed     int64
 	InodesTotal    int64
 	Filesystems    int // how many filesystems were read
+
+	// What decides whether the image boots on the cloud, from inspect.
+	BootModes []string // boot modes a loader was found for: bios, uefi
+	// Unsearched names the volumes that may hold an OS inspect does not
+	// look into ("partition 2 (xfs)"), EncryptedVolumes those encrypted.
+	Unsearched       []string
+	EncryptedVolumes []string
+	BitLocker        bool
+	WindowsRole      string   // workstation, server, domain controller; "" when unknown
+	CloudInit        bool     // cloud-init (Linux) or Cloudbase-Init (Windows)
+	Drivers          []string // paravirtual drivers installed and enabled: virtio_blk, netkvm, …
+	Kernels          int      // Linux kernels installed
+	// FstabDevices are the fstab entries naming kernel devices
+	// ("/home on /dev/sdb1").
+	FstabDevices       []string
+	PersistentNetRules bool
 }
 
 // Request is what the user intends to do with the image.
@@ -69,6 +85,10 @@ type Request struct {
 	// Quotas the request mentions, by rule id suffix ("private-images",
 	// "shared-tenants", …): the number the user intends.
 	Quotas map[string]int64
+	// BootMode is how the image boots, bios or uefi, when the user knows
+	// better than inspect (or must choose, for a hybrid image); "" takes
+	// the modes inspect found.
+	BootMode string
 }
 
 // Finding is one rule's verdict on the image and request.
@@ -102,6 +122,9 @@ func Check(img Image, p *Profile, req Request) []Finding {
 			continue
 		}
 		if r.Disk != "" && r.Disk != req.disk() {
+			continue
+		}
+		if r.OS != "" && r.OS != img.OSType {
 			continue
 		}
 		if msg, sev, hit := r.Kind.eval(r, img, req); hit {

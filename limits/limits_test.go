@@ -116,7 +116,21 @@ func hasRule(fs []Finding, id string) bool {
 // breaks it, and stays quiet on one that does not.
 func TestRules(t *testing.T) {
 	ok := Image{Format: "qcow2", VirtualSize: 20 * GiB, FileSize: 5 * GiB, AllocatedSize: 5 * GiB, Inspected: true,
-		PartitionTable: "gpt", OSType: "linux", Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 5 * GiB, InodesUsed: 1000, Filesystems: 1}
+		PartitionTable: "gpt", OSType: "linux", Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 5 * GiB, InodesUsed: 1000, Filesystems: 1,
+		BootModes: []string{"bios"}, Kernels: 1, CloudInit: true, Drivers: []string{"virtio_blk", "virtio_scsi", "virtio_net", "hv_storvsc", "hv_netvsc"}}
+	uefi := func(i *Image) { i.BootModes = []string{"uefi"} }
+	noLoader := func(i *Image) { i.BootModes = nil }
+	noOS := func(i *Image) { i.OSType = "" }
+	noTable := func(i *Image) { i.PartitionTable = "none" }
+	fstabDev := func(i *Image) { i.FstabDevices = []string{"/ on /dev/sda1"} }
+	bitlocker := func(i *Image) { i.BitLocker, i.EncryptedVolumes = true, []string{"partition 2 (BitLocker)"} }
+	noCloudInit := func(i *Image) { i.CloudInit = false }
+	persistentNet := func(i *Image) { i.PersistentNetRules = true }
+	noVirtio := func(i *Image) { i.Drivers = []string{"hv_storvsc", "hv_netvsc"} }
+	windows := func(drivers ...string) func(i *Image) {
+		return func(i *Image) { i.OSType, i.Drivers, i.WindowsRole = "windows", drivers, "server" }
+	}
+	winNoInit := func(i *Image) { windows("viostor", "netkvm")(i); i.CloudInit = false }
 	for _, tc := range []struct {
 		cloud, rule string
 		sev         Severity
@@ -145,7 +159,8 @@ func TestRules(t *testing.T) {
 		{"rackspace", "rackspace.inodes", Warning, Request{}, func(i *Image) { i.InodesUsed = 6_000_000 }, nil},
 		{"rackspace", "rackspace.virtual-slack", Info, Request{}, func(i *Image) { i.AllocatedSize = 15 * GiB }, nil},
 		{"rackspace", "rackspace.windows-flavor-disk", Error, Request{FlavorDisk: 10 * GiB}, func(i *Image) { i.OSType = "windows" }, nil},
-		{"rackspace", "rackspace.windows-domain-controller", Info, Request{}, func(i *Image) { i.OSType = "windows" }, nil},
+		{"rackspace", "rackspace.windows-domain-controller", Error, Request{}, func(i *Image) { windows()(i); i.WindowsRole = "domain controller" }, windows()},
+		{"rackspace", "rackspace.windows-domain-controller", Info, Request{}, func(i *Image) { windows()(i); i.WindowsRole = "" }, windows()},
 		{"aws", "aws.format", Error, Request{}, func(i *Image) {}, nil},
 		{"aws", "aws.64-bit", Error, Request{}, func(i *Image) { i.Bits = 32 }, nil},
 		{"aws", "aws.partition-table", Error, Request{}, func(i *Image) { i.PartitionTable = "none" }, nil},
@@ -164,6 +179,62 @@ func TestRules(t *testing.T) {
 		{"rackspace", "rackspace.block-volumes", Info, Request{}, func(i *Image) {}, nil},
 		{"rackspace", "rackspace.system-disk-only", Info, Request{}, func(i *Image) {}, nil},
 		{"rackspace", "rackspace.prepared", Info, Request{}, func(i *Image) {}, nil},
+		// Will it boot there?
+		{"huawei-ims", "huawei-ims.system-disk.partition-table", Error, Request{}, noTable, nil},
+		{"huawei-ims", "huawei-ims.system-disk.bootloader", Error, Request{}, noLoader, nil},
+		{"huawei-ims", "huawei-ims.system-disk.bootloader", Warning, Request{BootMode: "bios"}, noLoader, nil},
+		{"huawei-ims", "huawei-ims.system-disk.os", Error, Request{}, noOS, nil},
+		{"huawei-ims", "huawei-ims.system-disk.os", Info, Request{}, func(i *Image) { noOS(i); i.Unsearched = []string{"partition 2 (xfs)"} }, nil},
+		{"huawei-ims", "huawei-ims.fstab-device", Warning, Request{}, fstabDev, nil},
+		{"huawei-ims", "huawei-ims.bitlocker", Warning, Request{}, bitlocker, nil},
+		{"huawei-ims", "huawei-ims.boot-mode", Warning, Request{}, uefi, nil},
+		{"huawei-ims", "huawei-ims.linux-virtio", Warning, Request{}, noVirtio, nil},
+		{"huawei-ims", "huawei-ims.linux-virtio", Warning, Request{}, func(i *Image) { i.Kernels = 0 }, nil},
+		{"huawei-ims", "huawei-ims.windows-virtio", Warning, Request{}, windows("storvsc", "netvsc"), windows("viostor", "netkvm")},
+		{"huawei-ims", "huawei-ims.cloud-init", Warning, Request{}, noCloudInit, nil},
+		{"huawei-ims", "huawei-ims.cloudbase-init", Warning, Request{}, winNoInit, windows("viostor", "netkvm")},
+		{"huawei-ims", "huawei-ims.persistent-net", Warning, Request{}, persistentNet, nil},
+		{"rackspace", "rackspace.system-disk.partition-table", Error, Request{}, noTable, nil},
+		{"rackspace", "rackspace.system-disk.bootloader", Error, Request{}, noLoader, nil},
+		{"rackspace", "rackspace.system-disk.os", Error, Request{}, noOS, nil},
+		{"rackspace", "rackspace.fstab-device", Warning, Request{}, fstabDev, nil},
+		{"rackspace", "rackspace.bitlocker", Warning, Request{}, bitlocker, nil},
+		{"rackspace", "rackspace.boot-mode", Error, Request{}, uefi, nil},
+		{"aws", "aws.encrypted", Error, Request{}, bitlocker, nil},
+		{"aws", "aws.system-disk.bootloader", Error, Request{}, noLoader, nil},
+		{"aws", "aws.system-disk.os", Error, Request{}, noOS, nil},
+		{"aws", "aws.boot-mode", Warning, Request{}, func(i *Image) { i.BootModes = []string{"bios", "uefi"} }, nil},
+		{"aws", "aws.boot-mode", Info, Request{}, uefi, nil},
+		{"aws", "aws.boot-mode", Info, Request{BootMode: "uefi"}, func(i *Image) { i.BootModes = []string{"bios", "uefi"} }, nil},
+		{"aws", "aws.fstab-device", Warning, Request{}, fstabDev, nil},
+		{"azure", "azure.system-disk.partition-table", Error, Request{}, noTable, nil},
+		{"azure", "azure.system-disk.bootloader", Error, Request{}, noLoader, nil},
+		{"azure", "azure.system-disk.os", Error, Request{}, noOS, nil},
+		{"azure", "azure.fstab-device", Warning, Request{}, fstabDev, nil},
+		{"azure", "azure.bitlocker", Warning, Request{}, bitlocker, nil},
+		{"azure", "azure.boot-mode", Warning, Request{}, uefi, nil},
+		{"azure", "azure.linux-hyperv", Warning, Request{}, func(i *Image) { i.Drivers = []string{"virtio_blk", "virtio_net"} }, nil},
+		{"azure", "azure.cloud-init", Warning, Request{}, noCloudInit, nil},
+		{"gcp", "gcp.system-disk.partition-table", Error, Request{}, noTable, nil},
+		{"gcp", "gcp.system-disk.bootloader", Error, Request{}, noLoader, nil},
+		{"gcp", "gcp.system-disk.os", Error, Request{}, noOS, nil},
+		{"gcp", "gcp.fstab-device", Warning, Request{}, fstabDev, nil},
+		{"gcp", "gcp.bitlocker", Warning, Request{}, bitlocker, nil},
+		{"gcp", "gcp.boot-mode", Warning, Request{}, uefi, nil},
+		{"gcp", "gcp.linux-virtio", Warning, Request{}, func(i *Image) { i.Drivers = []string{"virtio_blk", "virtio_net"} }, nil},
+		{"gcp", "gcp.windows-virtio", Warning, Request{}, windows("viostor", "netkvm"), windows("vioscsi", "netkvm")},
+		{"gcp", "gcp.persistent-net", Warning, Request{}, persistentNet, nil},
+		{"openstack", "openstack.system-disk.partition-table", Error, Request{}, noTable, nil},
+		{"openstack", "openstack.system-disk.bootloader", Error, Request{}, noLoader, nil},
+		{"openstack", "openstack.system-disk.os", Error, Request{}, noOS, nil},
+		{"openstack", "openstack.fstab-device", Warning, Request{}, fstabDev, nil},
+		{"openstack", "openstack.bitlocker", Warning, Request{}, bitlocker, nil},
+		{"openstack", "openstack.boot-mode", Warning, Request{}, uefi, nil},
+		{"openstack", "openstack.linux-virtio", Warning, Request{}, noVirtio, nil},
+		{"openstack", "openstack.windows-virtio", Warning, Request{}, windows("viostor"), windows("vioscsi", "netkvm")},
+		{"openstack", "openstack.cloud-init", Warning, Request{}, noCloudInit, nil},
+		{"openstack", "openstack.cloudbase-init", Warning, Request{}, winNoInit, windows("viostor", "netkvm")},
+		{"openstack", "openstack.persistent-net", Warning, Request{}, persistentNet, nil},
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			p, err := Lookup(tc.cloud)
@@ -177,7 +248,7 @@ func TestRules(t *testing.T) {
 				t.Errorf("rule %s on the breaking image: %+v, want severity %s", tc.rule, f, tc.sev)
 			}
 			// Quota rules speak whenever the request mentions them.
-			if r := ruleOf(p, tc.rule); r.Kind != KindNote && r.Kind != KindQuota && r.Kind != KindFormat && r.Kind != KindFixedVHD && r.Kind != KindWindowsNote && r.Kind != Kind32BitMemory {
+			if r := ruleOf(p, tc.rule); r.Kind != KindNote && r.Kind != KindQuota && r.Kind != KindFormat && r.Kind != KindFixedVHD && r.Kind != Kind32BitMemory && r.Kind != KindBootModeStated {
 				good := ok
 				if tc.good != nil {
 					tc.good(&good)
@@ -239,7 +310,8 @@ func indexOf(s, sub string) int {
 func TestPlanGolden(t *testing.T) {
 	img := Image{Filename: "vm.vmdk", Format: "vmdk", Subformat: "monolithicSparse", VirtualSize: 20*GiB + 3*MiB + 512,
 		FileSize: 3 * GiB, AllocatedSize: 3 * GiB, Inspected: true, PartitionTable: "gpt", OSType: "linux",
-		Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 2 * GiB, InodesUsed: 80000, InodesTotal: 1310720, Filesystems: 2}
+		Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 2 * GiB, InodesUsed: 80000, InodesTotal: 1310720, Filesystems: 2,
+		BootModes: []string{"bios"}, Kernels: 1, CloudInit: true, Drivers: []string{"virtio_blk", "virtio_scsi", "virtio_net", "hv_storvsc", "hv_netvsc"}}
 	for _, name := range Profiles() {
 		p, _ := Lookup(name)
 		d := Plan(img, p, Request{})
@@ -256,6 +328,23 @@ func TestPlanGolden(t *testing.T) {
 		}
 		if string(want) != string(got)+"\n" {
 			t.Errorf("%s differs (go test -update rewrites it):\n%s", path, got)
+		}
+	}
+}
+
+// TestBootModeOverride: --boot-mode says how the image boots when the
+// user knows better than inspect, or must choose for a hybrid image.
+func TestBootModeOverride(t *testing.T) {
+	p, _ := Lookup("rackspace")
+	img := Image{Inspected: true, PartitionTable: "gpt", OSType: "linux", BootModes: []string{"bios", "uefi"}}
+	for _, tc := range []struct {
+		modes []string
+		mode  string
+		fires bool
+	}{{[]string{"bios", "uefi"}, "", false}, {[]string{"bios", "uefi"}, "uefi", true}, {[]string{"uefi"}, "", true}, {[]string{"uefi"}, "bios", false}, {nil, "uefi", true}} {
+		img.BootModes = tc.modes
+		if f := find(Check(img, p, Request{BootMode: tc.mode}), "rackspace.boot-mode"); (f != nil) != tc.fires {
+			t.Errorf("modes %v --boot-mode %q: %+v", tc.modes, tc.mode, f)
 		}
 	}
 }

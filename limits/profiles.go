@@ -2,6 +2,7 @@ package limits
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -14,7 +15,52 @@ const (
 	srcAzure     = "Azure: prepare a VHD for upload (fixed VHD, whole MiB)"
 	srcGCP       = "Google Compute Engine: import a raw disk image (disk.raw in tar.gz)"
 	srcOpenStack = "OpenStack Glance: disk formats"
+
+	srcHuaweiLinux   = "Huawei Cloud IMS: Preparing an Image File (Linux) (https://support.huaweicloud.com/intl/en-us/usermanual-ims/ims_01_0209.html)"
+	srcHuaweiWindows = "Huawei Cloud IMS: Preparing an Image File (Windows) (https://support.huaweicloud.com/intl/en-us/usermanual-ims/ims_01_0204.html)"
+	srcHuaweiUEFI    = "Huawei Cloud IMS: OSs Supporting UEFI Boot Mode; register the image with boot mode UEFI"
+	srcRackspaceBoot = "Rackspace Cloud Images: an imported VHD must be prepared for XenServer, whose HVM guests start with BIOS"
+	srcAWSLimits     = "AWS VM Import/Export: Limitations for resources being imported (https://docs.aws.amazon.com/vm-import/latest/userguide/limitations-image-importing.html)"
+	srcAWSBootMode   = "AWS CLI: aws ec2 import-image --boot-mode legacy-bios|uefi (https://docs.aws.amazon.com/cli/latest/reference/ec2/import-image.html)"
+	srcAzureGen2     = "Azure: Support for generation 2 VMs (https://learn.microsoft.com/azure/virtual-machines/generation-2)"
+	srcAzureLinux    = "Azure: Information for non-endorsed distributions (https://learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic)"
+	srcGCPImport     = "Google Compute Engine: Manually import boot disks (https://cloud.google.com/compute/docs/import/import-existing-image)"
+	srcGCPCustomOS   = "Google Compute Engine: Requirements to build custom images (https://cloud.google.com/compute/docs/images/building-custom-os)"
+	srcGCPGuestOS    = "Google Compute Engine: guest OS features, UEFI_COMPATIBLE (https://cloud.google.com/compute/docs/images/create-custom#guest-os-features)"
+	srcOpenStackReq  = "OpenStack Virtual Machine Image Guide: Image requirements (https://docs.openstack.org/image-guide/openstack-images.html)"
+	srcOpenStackProp = "OpenStack Glance: Useful image properties, hw_disk_bus, hw_vif_model, hw_firmware_type (https://docs.openstack.org/glance/latest/admin/useful-image-properties.html)"
+	srcFstab         = "fstab(5): name filesystems by UUID=, LABEL= or PARTUUID=, which do not change with the disk bus (https://man7.org/linux/man-pages/man5/fstab.5.html)"
+	srcBitLocker     = "Microsoft: BitLocker recovery overview, a changed boot environment asks for the recovery key (https://learn.microsoft.com/windows/security/operating-system-security/data-protection/bitlocker/recovery-overview)"
 )
+
+// Paravirtual drivers the KVM clouds attach disks and NICs with.
+var (
+	linuxVirtio   = []string{"virtio_blk|virtio_scsi", "virtio_net"}
+	windowsVirtio = []string{"viostor|vioscsi", "netkvm"}
+)
+
+// systemDisk are the rules every profile has for a system disk: a
+// partition table, a boot loader and an OS.
+func systemDisk(cloud, src string) []Rule {
+	return []Rule{
+		{ID: cloud + ".system-disk.partition-table", Kind: KindPartitionTable, Severity: Error, Direction: Import, Disk: "system", Source: src,
+			Message: "a system disk must have an MBR or GPT partition table"},
+		{ID: cloud + ".system-disk.bootloader", Kind: KindBootLoader, Severity: Error, Direction: Import, Disk: "system", Source: src,
+			Message: "a system disk must have a boot loader"},
+		{ID: cloud + ".system-disk.os", Kind: KindOS, Severity: Error, Direction: Import, Disk: "system", Source: src,
+			Message: "a system disk must hold an operating system"},
+	}
+}
+
+// guest are the rules on the guest's configuration every profile has.
+func guest(cloud string) []Rule {
+	return []Rule{
+		{ID: cloud + ".fstab-device", Kind: KindFstabDevice, Severity: Warning, Direction: Import, OS: "linux", Source: srcFstab,
+			Message: "/etc/fstab should name filesystems by UUID or LABEL: kernel device names change with the hypervisor's disk bus"},
+		{ID: cloud + ".bitlocker", Kind: KindBitLocker, Severity: Warning, Direction: Import, Source: srcBitLocker,
+			Message: "a BitLocker volume asks for its recovery key when it starts on new hardware, and the cloud cannot adapt it"},
+	}
+}
 
 // Huawei's import formats, as qemu names them.
 var huaweiImportFormats = []string{"vmdk", "vpc", "qcow2", "raw", "vhdx", "qed", "vdi", "qcow", "zvhd2", "zvhd"}
@@ -30,7 +76,7 @@ var profiles = []*Profile{
 			{Name: "normal", MaxSize: 128 * GiB, Formats: []string{"vmdk", "vpc", "qcow2", "zvhd"}, Convert: "qcow2"},
 			{Name: "fast", MaxSize: 1 * TiB, Formats: []string{"zvhd2"}, Convert: "zvhd2"},
 		},
-		Rules: []Rule{
+		Rules: slices.Concat([]Rule{
 			{ID: "huawei-ims.import.format", Kind: KindFormat, Severity: Error, Direction: Import, Formats: huaweiImportFormats,
 				Message: "IMS imports VMDK, VHD, QCOW2, RAW, VHDX, QED, VDI, QCOW, ZVHD2 and ZVHD files"},
 			{ID: "huawei-ims.import.system-disk-size", Kind: KindVirtualRange, Severity: Error, Direction: Import, Disk: "system", Limit: 1 * TiB,
@@ -61,12 +107,25 @@ var profiles = []*Profile{
 				Message: "at most 100 servers created concurrently from one system disk image (recommended)"},
 			{ID: "huawei-ims.export.restrictions", Kind: KindNote, Severity: Info, Direction: Export,
 				Message: "full-ECS images, ISO images, images made from Windows, SUSE, Red Hat, Ubuntu or Oracle Linux public images, and Marketplace images cannot be exported; export goes to a Standard bucket in the image's region"},
-		},
+		}, systemDisk("huawei-ims", srcHuaweiLinux), guest("huawei-ims"), []Rule{
+			{ID: "huawei-ims.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcHuaweiUEFI,
+				Message: "IMS starts an image with BIOS unless it is registered with boot mode UEFI"},
+			{ID: "huawei-ims.linux-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: linuxVirtio, Source: srcHuaweiLinux,
+				Message: "ECSs attach disks and NICs through virtio: install the native KVM drivers"},
+			{ID: "huawei-ims.windows-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "windows", Drivers: windowsVirtio, Source: srcHuaweiWindows,
+				Message: "ECSs attach disks and NICs through virtio: install the Guest OS drivers (without a virtio storage driver Windows stops with INACCESSIBLE_BOOT_DEVICE)"},
+			{ID: "huawei-ims.cloud-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "linux", Source: srcHuaweiLinux,
+				Message: "install Cloud-Init, or passwords and user data cannot be injected into new ECSs"},
+			{ID: "huawei-ims.cloudbase-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "windows", Source: srcHuaweiWindows,
+				Message: "install Cloudbase-Init, or passwords and user data cannot be injected into new ECSs"},
+			{ID: "huawei-ims.persistent-net", Kind: KindPersistentNet, Severity: Warning, Direction: Import, OS: "linux", Source: srcHuaweiLinux,
+				Message: "delete the network rule files, or the ECS's NIC is renamed and its network does not come up"},
+		}),
 	},
 	{
 		Name: "rackspace", Title: "Rackspace Cloud Servers", Source: srcRackspace,
 		Import: []Path{{Name: "normal", Formats: []string{"vpc"}, Convert: "vpc:dynamic"}},
-		Rules: []Rule{
+		Rules: slices.Concat([]Rule{
 			{ID: "rackspace.system-volume-40g", Kind: KindVirtualRange, Severity: Warning, Limit: 40 * GiB,
 				Message: "General Purpose and I/O-optimized servers cannot be built from images with system volumes larger than 40 GB"},
 			{ID: "rackspace.near-full", Kind: KindNearFull, Severity: Warning, Limit: 90,
@@ -77,7 +136,7 @@ var profiles = []*Profile{
 				Message: "the virtual disk includes space that tracked changes and deleted files once used"},
 			{ID: "rackspace.windows-flavor-disk", Kind: KindWindowsFlavor, Severity: Error,
 				Message: "a Windows server cannot be built from an image whose volume is larger than the flavor's disk"},
-			{ID: "rackspace.windows-domain-controller", Kind: KindWindowsNote, Severity: Info,
+			{ID: "rackspace.windows-domain-controller", Kind: KindDomainController, Severity: Error,
 				Message: "an image of a Windows domain controller cannot be restored: demote it before imaging"},
 			{ID: "rackspace.database", Kind: KindNote, Severity: Info,
 				Message: "images are not a reliable backup of a live database: stop the database (or dump it) before imaging"},
@@ -87,7 +146,9 @@ var profiles = []*Profile{
 				Message: "I/O-optimized server images capture only the system disk, not attached data disks"},
 			{ID: "rackspace.prepared", Kind: KindNote, Severity: Info, Direction: Import,
 				Message: "an imported image boots only if it was prepared for the Rackspace open cloud"},
-		},
+			{ID: "rackspace.boot-mode", Kind: KindBootMode, Severity: Error, Direction: Import, Modes: []string{"bios"}, Source: srcRackspaceBoot,
+				Message: "Cloud Servers start images with BIOS"},
+		}, systemDisk("rackspace", srcRackspace), guest("rackspace")),
 	},
 	{
 		Name: "aws", Title: "AWS VM Import", Source: srcAWS,
@@ -97,39 +158,73 @@ var profiles = []*Profile{
 				Message: "VM Import takes OVA, streamOptimized VMDK, VHD, VHDX and raw files"},
 			{ID: "aws.64-bit", Kind: KindBits64, Severity: Error, Message: "VM Import needs a 64-bit OS"},
 			{ID: "aws.partition-table", Kind: KindPartitionTable, Severity: Error, Message: "VM Import needs an MBR or GPT partitioned disk"},
-			{ID: "aws.encrypted", Kind: KindEncrypted, Severity: Error, Message: "VM Import does not take encrypted volumes"},
+			{ID: "aws.encrypted", Kind: KindEncrypted, Severity: Error, Source: srcAWSLimits, Message: "VM Import does not take encrypted volumes"},
 			{ID: "aws.self-contained", Kind: KindNoBacking, Severity: Error, Message: "the uploaded file must be self-contained"},
+			{ID: "aws.system-disk.bootloader", Kind: KindBootLoader, Severity: Error, Direction: Import, Disk: "system", Source: srcAWSLimits,
+				Message: "a system disk must have a boot loader on the disk holding the root partition"},
+			{ID: "aws.system-disk.os", Kind: KindOS, Severity: Error, Direction: Import, Disk: "system", Source: srcAWSLimits,
+				Message: "a system disk must hold an operating system"},
+			{ID: "aws.boot-mode", Kind: KindBootModeStated, Severity: Warning, Direction: Import, Disk: "system", Source: srcAWSBootMode,
+				Message: "VM Import boots the image with the boot mode the import names"},
+			{ID: "aws.fstab-device", Kind: KindFstabDevice, Severity: Warning, Direction: Import, OS: "linux", Source: srcFstab,
+				Message: "/etc/fstab should name filesystems by UUID or LABEL: EC2 instances see their disks as NVMe or xvd devices"},
 		},
 	},
 	{
 		Name: "azure", Title: "Azure managed disks", Source: srcAzure,
 		Import: []Path{{Name: "normal", Formats: []string{"vpc:fixed"}, Convert: "vpc:fixed", RoundTo: MiB}},
-		Rules: []Rule{
+		Rules: slices.Concat([]Rule{
 			{ID: "azure.fixed-vhd", Kind: KindFixedVHD, Severity: Error, Direction: Import, Message: "Azure takes only fixed VHD files"},
 			{ID: "azure.size-mib", Kind: KindVirtualMultiple, Severity: Error, Limit: MiB, Message: "the virtual size must be a whole number of MiB"},
 			{ID: "azure.size-range", Kind: KindVirtualRange, Severity: Error, Min: 20 * MiB, Limit: 32 * TiB, Message: "the virtual size must be 20 MiB–32 TiB"},
 			{ID: "azure.self-contained", Kind: KindNoBacking, Severity: Error, Message: "the uploaded file must be self-contained"},
-		},
+			{ID: "azure.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcAzureGen2,
+				Message: "generation 1 VMs start with BIOS: a UEFI image needs a generation 2 disk and image (--hyper-v-generation V2)"},
+			{ID: "azure.linux-hyperv", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: []string{"hv_storvsc", "hv_netvsc"}, Source: srcAzureLinux,
+				Message: "Azure attaches disks and NICs through Hyper-V: the kernel needs the hv_storvsc and hv_netvsc drivers"},
+			{ID: "azure.cloud-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "linux", Source: srcAzureLinux,
+				Message: "cloud-init or the Azure Linux Agent must provision the VM"},
+		}, systemDisk("azure", srcAzureLinux), guest("azure")),
 	},
 	{
 		Name: "gcp", Title: "Google Compute Engine", Source: srcGCP,
 		Import: []Path{{Name: "normal", Formats: []string{"raw"}, Convert: "raw", RoundTo: GiB, Package: "tar.gz"}},
-		Rules: []Rule{
+		Rules: slices.Concat([]Rule{
 			{ID: "gcp.format", Kind: KindFormat, Severity: Error, Direction: Import, Formats: []string{"raw"},
 				Message: "Compute Engine imports a raw disk named disk.raw in a gzip'd tar"},
 			{ID: "gcp.size-gib", Kind: KindVirtualMultiple, Severity: Error, Limit: GiB, Message: "the virtual size must be a whole number of GiB"},
 			{ID: "gcp.self-contained", Kind: KindNoBacking, Severity: Error, Message: "the uploaded file must be self-contained"},
-		},
+			{ID: "gcp.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcGCPGuestOS,
+				Message: "Compute Engine starts a UEFI image only when the image is created with --guest-os-features=UEFI_COMPATIBLE"},
+			{ID: "gcp.linux-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: []string{"virtio_scsi", "virtio_net"}, Source: srcGCPCustomOS,
+				Message: "Compute Engine attaches disks through virtio-SCSI and NICs through virtio-net"},
+			{ID: "gcp.windows-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "windows", Drivers: []string{"vioscsi", "netkvm"}, Source: srcGCPCustomOS,
+				Message: "Compute Engine attaches disks through virtio-SCSI and NICs through virtio-net"},
+			{ID: "gcp.persistent-net", Kind: KindPersistentNet, Severity: Warning, Direction: Import, OS: "linux", Source: srcGCPImport,
+				Message: "remove udev's persistent network rules, which pin interface names to the old machine's MAC addresses"},
+		}, systemDisk("gcp", srcGCPImport), guest("gcp")),
 	},
 	{
 		Name: "openstack", Title: "OpenStack Glance", Source: srcOpenStack,
 		Import: []Path{{Name: "normal", Formats: glanceFormats, Convert: "qcow2"}},
-		Rules: []Rule{
+		Rules: slices.Concat([]Rule{
 			{ID: "openstack.format", Kind: KindFormat, Severity: Error, Direction: Import, Formats: glanceFormats,
 				Message: "Glance takes raw, qcow2, vmdk, vhd (vpc), vhdx, vdi, qed and ploop disk formats"},
 			{ID: "openstack.self-contained", Kind: KindNoBacking, Severity: Error,
 				Message: "Glance refuses images with backing files or external data files"},
-		},
+			{ID: "openstack.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcOpenStackProp,
+				Message: "Nova starts an image with BIOS unless its hw_firmware_type property is uefi"},
+			{ID: "openstack.linux-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: linuxVirtio, Source: srcOpenStackProp,
+				Message: "KVM compute nodes attach disks and NICs through virtio unless hw_disk_bus and hw_vif_model say otherwise"},
+			{ID: "openstack.windows-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "windows", Drivers: windowsVirtio, Source: srcOpenStackProp,
+				Message: "KVM compute nodes attach disks and NICs through virtio unless hw_disk_bus and hw_vif_model say otherwise"},
+			{ID: "openstack.cloud-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "linux", Source: srcOpenStackReq,
+				Message: "cloud-init fetches the SSH key, user data and hostname from the metadata service"},
+			{ID: "openstack.cloudbase-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "windows", Source: srcOpenStackReq,
+				Message: "Cloudbase-Init fetches the password, user data and hostname from the metadata service"},
+			{ID: "openstack.persistent-net", Kind: KindPersistentNet, Severity: Warning, Direction: Import, OS: "linux", Source: srcOpenStackReq,
+				Message: "an image must not hard-code MAC addresses: remove udev's persistent network rules"},
+		}, systemDisk("openstack", srcOpenStackReq), guest("openstack")),
 	},
 }
 

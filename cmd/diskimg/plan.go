@@ -29,6 +29,7 @@ func planCommand() *cli.Command {
 			&cli.StringFlag{Name: "flavor-disk", Usage: "disk `SIZE` of the target flavor (e.g. 40G)"},
 			&cli.StringFlag{Name: "upload-format", Usage: "upload in this `FMT` instead of the one plan chooses"},
 			&cli.StringSliceFlag{Name: "quota", Usage: "a count the request involves, `NAME=N` (private-images, creation-tasks, shared-tenants, tags, replications, servers)"},
+			&cli.StringFlag{Name: "boot-mode", Usage: "the image boots with `MODE` bios or uefi (overrides what inspect found; chooses for a hybrid image)"},
 		),
 		Action: runPlan,
 	}
@@ -41,6 +42,10 @@ func planRequest(c *cli.Context) (limits.Request, error) {
 		Arch:         c.String("arch"),
 		MemoryGiB:    c.Int64("memory"),
 		UploadFormat: c.String("upload-format"),
+		BootMode:     c.String("boot-mode"),
+	}
+	if req.BootMode != "" && req.BootMode != "bios" && req.BootMode != "uefi" {
+		return req, fmt.Errorf("--boot-mode: %q is not bios or uefi", req.BootMode)
 	}
 	if req.Direction != limits.Import && req.Direction != limits.Export {
 		return req, fmt.Errorf("--direction: %q is not import or export", req.Direction)
