@@ -27,7 +27,7 @@ func Inspect(img format.Image, opts Options) (*Report, error) {
 		r.AllocatedSize = n
 	}
 	budget := int64(maxReadBudget)
-	disk := dev{r: img, size: img.Size(), budget: &budget}
+	disk := dev{r: newBlockCache(img, img.Size()), size: img.Size(), budget: &budget}
 	err := inspectDisk(disk, r, opts)
 	if err != nil {
 		return nil, err
