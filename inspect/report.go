@@ -245,7 +245,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		b.WriteString("\n")
 		writeOSText(&b, o, r.Boot)
 	} else if r.Boot != nil {
-		fmt.Fprintf(&b, "\nboot:            %s (%s)\n", bootModes(r.Boot), bootText(r.Boot))
+		fmt.Fprintf(&b, "\nboot:            %s\n", bootText(r.Boot))
 	}
 	if len(r.Findings) > 0 {
 		b.WriteString("\nfindings:\n")
@@ -290,9 +290,7 @@ func writeOSText(b *strings.Builder, o *OS, boot *Boot) {
 		line("arch", "%s, %d-bit", o.Arch, o.Bits)
 	}
 	if boot != nil {
-		line("boot", "%s (%s)", o.Boot, bootText(boot))
-	} else {
-		line("boot", "%s", o.Boot)
+		line("boot", "%s", bootText(boot))
 	}
 	if o.Type == "linux" {
 		where := "partition %d"

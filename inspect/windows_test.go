@@ -218,7 +218,7 @@ func TestWindowsNTFS(t *testing.T) {
 	r.WriteText(&txt)
 	if !strings.Contains(txt.String(), "os:              windows (Windows 10 Pro)\nversion:         10.0 build 19045 (22H2)\nedition:         Professional (Client)\n"+
 		"role:            workstation\nhostname:        DESKTOP-21\narch:            x86_64, 64-bit\n"+
-		"boot:            uefi (uefi: partition 1, \\EFI\\Boot\\bootx64.efi \\EFI\\Microsoft\\Boot\\bootmgfw.efi)\n"+
+		"boot:            uefi: partition 1, \\EFI\\Boot\\bootx64.efi \\EFI\\Microsoft\\Boot\\bootmgfw.efi\n"+
 		"drivers:         storvsc (boot), netvsc (demand)\ncloudbase-init:  no\nvirtio drivers:  no\n") {
 		t.Errorf("text output:\n%s", txt.String())
 	}
