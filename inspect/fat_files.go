@@ -239,11 +239,6 @@ func (v *fatVol) readDir(p string, max int) ([]string, error) {
 	return names, nil
 }
 
-func (v *fatVol) exists(p string) bool {
-	_, err := v.open(p)
-	return err == nil
-}
-
 func (v *fatVol) readPath(p string, max int64) ([]byte, error) {
 	e, err := v.open(p)
 	if err != nil {
@@ -260,4 +255,9 @@ func (v *fatVol) readPath(p string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+func (v *fatVol) exists(p string) bool {
+	_, err := v.open(p)
+	return err == nil
 }

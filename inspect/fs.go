@@ -466,12 +466,17 @@ const (
 	bdeFVEHeader    = 12
 )
 
-func probeBitLocker(d dev, where string, r *Report) (*Filesystem, error) {
+// bootSector reads the first 512 bytes of d; nil when d is smaller.
+func bootSector(d dev) ([]byte, error) {
 	if d.size < 512 {
 		return nil, nil
 	}
-	bs, err := d.read(0, 512)
-	if err != nil {
+	return d.read(0, 512)
+}
+
+func probeBitLocker(d dev, where string, r *Report) (*Filesystem, error) {
+	bs, err := bootSector(d)
+	if bs == nil {
 		return nil, err
 	}
 	var metaAt int

@@ -34,11 +34,8 @@ const (
 )
 
 func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < 512 {
-		return nil, nil
-	}
-	bs, err := d.read(0, 512)
-	if err != nil {
+	bs, err := bootSector(d)
+	if bs == nil {
 		return nil, err
 	}
 	v, fs, err := parseFATBoot(d, bs)
@@ -67,15 +64,21 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	}
 
 	free, err := fatFree(d, v.fatOff, v.clusters, v.bits)
+	return withUsage(fs, v.clusters-free, v.clusters, v.cs, err, r, where+": vfat: counting free clusters")
+}
+
+// withUsage sets fs's used and free bytes from its count of used
+// clusters, or, when counting failed, reports why (prefixed with what)
+// and returns fs without them.
+func withUsage(fs *Filesystem, used, clusters, cs int64, err error, r *Report, what string) (*Filesystem, error) {
 	if err != nil {
 		if isImageErr(err) {
 			return nil, err
 		}
-		r.addf(Warning, "%s: vfat: counting free clusters: %v", where, err)
+		r.addf(Warning, "%s: %v", what, err)
 		return fs, nil
 	}
-	fs.Free = free * v.cs
-	fs.Used = (v.clusters - free) * v.cs
+	fs.Used, fs.Free = used*cs, (clusters-used)*cs
 	return fs, nil
 }
 

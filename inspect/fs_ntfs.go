@@ -85,18 +85,8 @@ func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
 		r.addf(Warning, "%s: ntfs $Volume: %v", where, err)
 	}
 
-	clusters := v.clusters
-	used, err := v.bitmapUsed(clusters)
-	if err != nil {
-		if isImageErr(err) {
-			return nil, err
-		}
-		r.addf(Warning, "%s: ntfs $Bitmap: %v", where, err)
-		return fs, nil
-	}
-	fs.Used = used * v.cs
-	fs.Free = (clusters - used) * v.cs
-	return fs, nil
+	used, err := v.bitmapUsed(v.clusters)
+	return withUsage(fs, used, v.clusters, v.cs, err, r, where+": ntfs $Bitmap")
 }
 
 // parseNTFSBoot validates the boot sector bs of the NTFS volume on d.

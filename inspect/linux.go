@@ -34,15 +34,15 @@ const (
 	maxModuleDir    = 4096
 )
 
-// linuxDrivers are the paravirtual drivers looked for, by module name.
-var linuxDrivers = []struct{ name, bus, class string }{
-	{"virtio_blk", "virtio", "storage"},
-	{"virtio_scsi", "virtio", "storage"},
-	{"virtio_net", "virtio", "network"},
-	{"xen_blkfront", "xen", "storage"},
-	{"xen_netfront", "xen", "network"},
-	{"hv_storvsc", "hyperv", "storage"},
-	{"hv_netvsc", "hyperv", "network"},
+// pvDrivers are the paravirtual drivers looked for: Linux modules and
+// Windows services.
+var pvDrivers = []struct{ os, name, bus, class string }{
+	{"linux", "virtio_blk", "virtio", "storage"}, {"linux", "virtio_scsi", "virtio", "storage"}, {"linux", "virtio_net", "virtio", "network"},
+	{"linux", "xen_blkfront", "xen", "storage"}, {"linux", "xen_netfront", "xen", "network"},
+	{"linux", "hv_storvsc", "hyperv", "storage"}, {"linux", "hv_netvsc", "hyperv", "network"},
+	{"windows", "viostor", "virtio", "storage"}, {"windows", "vioscsi", "virtio", "storage"}, {"windows", "netkvm", "virtio", "network"},
+	{"windows", "xenvbd", "xen", "storage"}, {"windows", "xennet", "xen", "network"},
+	{"windows", "storvsc", "hyperv", "storage"}, {"windows", "netvsc", "hyperv", "network"},
 }
 
 // moduleDirs are where those drivers' .ko files live, relative to a
@@ -218,8 +218,8 @@ func kernelDrivers(root *extFS, dir, version string) []Driver {
 		}
 	}
 	var out []Driver
-	for _, d := range linuxDrivers {
-		if l := load[d.name]; l != "" {
+	for _, d := range pvDrivers {
+		if l := load[d.name]; l != "" && d.os == "linux" {
 			out = append(out, Driver{Name: d.name, Bus: d.bus, Class: d.class, Load: l, Kernel: version})
 		}
 	}

@@ -158,17 +158,6 @@ func hiveVersion(h *hive, o *OS) error {
 	return nil
 }
 
-// winDrivers are the paravirtual drivers looked for among the services.
-var winDrivers = []struct{ name, bus, class string }{
-	{"viostor", "virtio", "storage"},
-	{"vioscsi", "virtio", "storage"},
-	{"netkvm", "virtio", "network"},
-	{"xenvbd", "xen", "storage"},
-	{"xennet", "xen", "network"},
-	{"storvsc", "hyperv", "storage"},
-	{"netvsc", "hyperv", "network"},
-}
-
 // winStart names a service's Start value.
 var winStart = []string{"boot", "system", "auto", "demand", "disabled"}
 
@@ -231,7 +220,10 @@ func hiveSystem(h *hive, o *OS) error {
 	if _, err := h.subkey(services, "cloudbase-init"); err == nil {
 		o.CloudInit = true
 	}
-	for _, d := range winDrivers {
+	for _, d := range pvDrivers {
+		if d.os != "windows" {
+			continue
+		}
 		k, err := h.subkey(services, d.name)
 		if err != nil {
 			continue

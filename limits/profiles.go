@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sort"
@@ -33,12 +34,6 @@ const (
 	srcBitLocker     = "Microsoft: BitLocker recovery overview, a changed boot environment asks for the recovery key (https://learn.microsoft.com/windows/security/operating-system-security/data-protection/bitlocker/recovery-overview)"
 )
 
-// Paravirtual drivers the KVM clouds attach disks and NICs with.
-var (
-	linuxVirtio   = []string{"virtio_blk|virtio_scsi", "virtio_net"}
-	windowsVirtio = []string{"viostor|vioscsi", "netkvm"}
-)
-
 // systemDisk are the rules every profile has for a system disk: a
 // partition table, a boot loader and an OS.
 func systemDisk(cloud, src string) []Rule {
@@ -51,6 +46,43 @@ func systemDisk(cloud, src string) []Rule {
 			Message: "a system disk must hold an operating system"},
 	}
 }
+
+// kvmGuide is what a KVM cloud's image-preparation guide asks of the
+// guest: its boot mode, virtio drivers, cloud-init (Cloudbase-Init) and
+// no persistent net rules. Its fields are the rules' sources and
+// messages.
+type kvmGuide struct {
+	cloud string
+	// driversSrc, when set, is the virtio rules' source for both OSs.
+	bootSrc, linuxSrc, windowsSrc, driversSrc string
+	boot, virtio, initMsg, net                string
+}
+
+func (g kvmGuide) rules() []Rule {
+	r := func(id string, k Kind, os, src, msg string) Rule {
+		return Rule{ID: g.cloud + "." + id, Kind: k, Severity: Warning, Direction: Import, OS: os, Source: src, Message: msg}
+	}
+	return []Rule{biosUnlessTold(g.cloud, g.bootSrc, g.boot),
+		needsDrivers(g.cloud+".linux-virtio", "linux", cmp.Or(g.driversSrc, g.linuxSrc), g.virtio, "virtio_blk|virtio_scsi", "virtio_net"),
+		needsDrivers(g.cloud+".windows-virtio", "windows", cmp.Or(g.driversSrc, g.windowsSrc), g.virtio, "viostor|vioscsi", "netkvm"),
+		r("cloud-init", KindCloudInit, "linux", g.linuxSrc, "install cloud-init, "+g.initMsg),
+		r("cloudbase-init", KindCloudInit, "windows", g.windowsSrc, "install Cloudbase-Init, "+g.initMsg),
+		r("persistent-net", KindPersistentNet, "linux", g.linuxSrc, g.net),
+	}
+}
+
+// biosUnlessTold is the rule of a cloud that starts images with BIOS
+// unless the image says UEFI: msg says how.
+func biosUnlessTold(cloud, src, msg string) Rule {
+	return Rule{ID: cloud + ".boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: src, Message: msg}
+}
+
+// needsDrivers is a warning when the OS lacks drivers ("a|b" for either).
+func needsDrivers(id, os, src, msg string, drivers ...string) Rule {
+	return Rule{ID: id, Kind: KindDrivers, Severity: Warning, Direction: Import, OS: os, Drivers: drivers, Source: src, Message: msg}
+}
+
+const gcpVirtio = "Compute Engine attaches disks through virtio-SCSI and NICs through virtio-net"
 
 // guest are the rules on the guest's configuration every profile has.
 func guest(cloud string) []Rule {
@@ -107,20 +139,13 @@ var profiles = []*Profile{
 				Message: "at most 100 servers created concurrently from one system disk image (recommended)"},
 			{ID: "huawei-ims.export.restrictions", Kind: KindNote, Severity: Info, Direction: Export,
 				Message: "full-ECS images, ISO images, images made from Windows, SUSE, Red Hat, Ubuntu or Oracle Linux public images, and Marketplace images cannot be exported; export goes to a Standard bucket in the image's region"},
-		}, systemDisk("huawei-ims", srcHuaweiLinux), guest("huawei-ims"), []Rule{
-			{ID: "huawei-ims.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcHuaweiUEFI,
-				Message: "IMS starts an image with BIOS unless it is registered with boot mode UEFI"},
-			{ID: "huawei-ims.linux-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: linuxVirtio, Source: srcHuaweiLinux,
-				Message: "ECSs attach disks and NICs through virtio: install the native KVM drivers"},
-			{ID: "huawei-ims.windows-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "windows", Drivers: windowsVirtio, Source: srcHuaweiWindows,
-				Message: "ECSs attach disks and NICs through virtio: install the Guest OS drivers (without a virtio storage driver Windows stops with INACCESSIBLE_BOOT_DEVICE)"},
-			{ID: "huawei-ims.cloud-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "linux", Source: srcHuaweiLinux,
-				Message: "install Cloud-Init, or passwords and user data cannot be injected into new ECSs"},
-			{ID: "huawei-ims.cloudbase-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "windows", Source: srcHuaweiWindows,
-				Message: "install Cloudbase-Init, or passwords and user data cannot be injected into new ECSs"},
-			{ID: "huawei-ims.persistent-net", Kind: KindPersistentNet, Severity: Warning, Direction: Import, OS: "linux", Source: srcHuaweiLinux,
-				Message: "delete the network rule files, or the ECS's NIC is renamed and its network does not come up"},
-		}),
+		}, systemDisk("huawei-ims", srcHuaweiLinux), guest("huawei-ims"), kvmGuide{
+			cloud: "huawei-ims", bootSrc: srcHuaweiUEFI, linuxSrc: srcHuaweiLinux, windowsSrc: srcHuaweiWindows,
+			boot:    "IMS starts an image with BIOS unless it is registered with boot mode UEFI",
+			virtio:  "ECSs attach disks and NICs through virtio: install the native KVM drivers (Windows: the Guest OS drivers; without a virtio storage driver it stops with INACCESSIBLE_BOOT_DEVICE)",
+			initMsg: "or passwords and user data cannot be injected into new ECSs",
+			net:     "delete the network rule files, or the ECS's NIC is renamed and its network does not come up",
+		}.rules()),
 	},
 	{
 		Name: "rackspace", Title: "Rackspace Cloud Servers", Source: srcRackspace,
@@ -178,10 +203,9 @@ var profiles = []*Profile{
 			{ID: "azure.size-mib", Kind: KindVirtualMultiple, Severity: Error, Limit: MiB, Message: "the virtual size must be a whole number of MiB"},
 			{ID: "azure.size-range", Kind: KindVirtualRange, Severity: Error, Min: 20 * MiB, Limit: 32 * TiB, Message: "the virtual size must be 20 MiB–32 TiB"},
 			{ID: "azure.self-contained", Kind: KindNoBacking, Severity: Error, Message: "the uploaded file must be self-contained"},
-			{ID: "azure.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcAzureGen2,
-				Message: "generation 1 VMs start with BIOS: a UEFI image needs a generation 2 disk and image (--hyper-v-generation V2)"},
-			{ID: "azure.linux-hyperv", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: []string{"hv_storvsc", "hv_netvsc"}, Source: srcAzureLinux,
-				Message: "Azure attaches disks and NICs through Hyper-V: the kernel needs the hv_storvsc and hv_netvsc drivers"},
+			biosUnlessTold("azure", srcAzureGen2, "generation 1 VMs start with BIOS: a UEFI image needs a generation 2 disk and image (--hyper-v-generation V2)"),
+			needsDrivers("azure.linux-hyperv", "linux", srcAzureLinux, "Azure attaches disks and NICs through Hyper-V: the kernel needs the hv_storvsc and hv_netvsc drivers",
+				"hv_storvsc", "hv_netvsc"),
 			{ID: "azure.cloud-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "linux", Source: srcAzureLinux,
 				Message: "cloud-init or the Azure Linux Agent must provision the VM"},
 		}, systemDisk("azure", srcAzureLinux), guest("azure")),
@@ -194,12 +218,9 @@ var profiles = []*Profile{
 				Message: "Compute Engine imports a raw disk named disk.raw in a gzip'd tar"},
 			{ID: "gcp.size-gib", Kind: KindVirtualMultiple, Severity: Error, Limit: GiB, Message: "the virtual size must be a whole number of GiB"},
 			{ID: "gcp.self-contained", Kind: KindNoBacking, Severity: Error, Message: "the uploaded file must be self-contained"},
-			{ID: "gcp.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcGCPGuestOS,
-				Message: "Compute Engine starts a UEFI image only when the image is created with --guest-os-features=UEFI_COMPATIBLE"},
-			{ID: "gcp.linux-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: []string{"virtio_scsi", "virtio_net"}, Source: srcGCPCustomOS,
-				Message: "Compute Engine attaches disks through virtio-SCSI and NICs through virtio-net"},
-			{ID: "gcp.windows-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "windows", Drivers: []string{"vioscsi", "netkvm"}, Source: srcGCPCustomOS,
-				Message: "Compute Engine attaches disks through virtio-SCSI and NICs through virtio-net"},
+			biosUnlessTold("gcp", srcGCPGuestOS, "Compute Engine starts a UEFI image only when the image is created with --guest-os-features=UEFI_COMPATIBLE"),
+			needsDrivers("gcp.linux-virtio", "linux", srcGCPCustomOS, gcpVirtio, "virtio_scsi", "virtio_net"),
+			needsDrivers("gcp.windows-virtio", "windows", srcGCPCustomOS, gcpVirtio, "vioscsi", "netkvm"),
 			{ID: "gcp.persistent-net", Kind: KindPersistentNet, Severity: Warning, Direction: Import, OS: "linux", Source: srcGCPImport,
 				Message: "remove udev's persistent network rules, which pin interface names to the old machine's MAC addresses"},
 		}, systemDisk("gcp", srcGCPImport), guest("gcp")),
@@ -212,19 +233,13 @@ var profiles = []*Profile{
 				Message: "Glance takes raw, qcow2, vmdk, vhd (vpc), vhdx, vdi, qed and ploop disk formats"},
 			{ID: "openstack.self-contained", Kind: KindNoBacking, Severity: Error,
 				Message: "Glance refuses images with backing files or external data files"},
-			{ID: "openstack.boot-mode", Kind: KindBootMode, Severity: Warning, Direction: Import, Modes: []string{"bios"}, Source: srcOpenStackProp,
-				Message: "Nova starts an image with BIOS unless its hw_firmware_type property is uefi"},
-			{ID: "openstack.linux-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "linux", Drivers: linuxVirtio, Source: srcOpenStackProp,
-				Message: "KVM compute nodes attach disks and NICs through virtio unless hw_disk_bus and hw_vif_model say otherwise"},
-			{ID: "openstack.windows-virtio", Kind: KindDrivers, Severity: Warning, Direction: Import, OS: "windows", Drivers: windowsVirtio, Source: srcOpenStackProp,
-				Message: "KVM compute nodes attach disks and NICs through virtio unless hw_disk_bus and hw_vif_model say otherwise"},
-			{ID: "openstack.cloud-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "linux", Source: srcOpenStackReq,
-				Message: "cloud-init fetches the SSH key, user data and hostname from the metadata service"},
-			{ID: "openstack.cloudbase-init", Kind: KindCloudInit, Severity: Warning, Direction: Import, OS: "windows", Source: srcOpenStackReq,
-				Message: "Cloudbase-Init fetches the password, user data and hostname from the metadata service"},
-			{ID: "openstack.persistent-net", Kind: KindPersistentNet, Severity: Warning, Direction: Import, OS: "linux", Source: srcOpenStackReq,
-				Message: "an image must not hard-code MAC addresses: remove udev's persistent network rules"},
-		}, systemDisk("openstack", srcOpenStackReq), guest("openstack")),
+		}, systemDisk("openstack", srcOpenStackReq), guest("openstack"), kvmGuide{
+			cloud: "openstack", bootSrc: srcOpenStackProp, linuxSrc: srcOpenStackReq, windowsSrc: srcOpenStackReq, driversSrc: srcOpenStackProp,
+			boot:    "Nova starts an image with BIOS unless its hw_firmware_type property is uefi",
+			virtio:  "KVM compute nodes attach disks and NICs through virtio unless hw_disk_bus and hw_vif_model say otherwise",
+			initMsg: "to fetch the SSH key or password, user data and hostname from the metadata service",
+			net:     "an image must not hard-code MAC addresses: remove udev's persistent network rules",
+		}.rules()),
 	},
 }
 
