@@ -237,6 +237,15 @@ func TestBitLocker(t *testing.T) {
 	}
 }
 
+func TestPrintable(t *testing.T) {
+	r := &Report{Format: "raw", PartitionTable: &PartitionTable{Type: "none"}, OS: &OS{Type: "linux", PrettyName: "evil\x1b]0;title\x07\u009b31m", Hostname: "a\rb"}}
+	var b strings.Builder
+	r.WriteText(&b)
+	if strings.ContainsAny(b.String(), "\x1b\x07\r\u009b") || !strings.Contains(b.String(), "evil?]0;title??31m") {
+		t.Errorf("text report carries control characters:\n%q", b.String())
+	}
+}
+
 func TestFstab(t *testing.T) {
 	got := fstabEntries([]byte("# comment\n\nUUID=abc / ext4 defaults 0 1\nLABEL=My\\040Disk /mnt/my\\040disk ext4 defaults\n" +
 		"PARTUUID=12345678-02 /boot ext2 defaults\n/dev/disk/by-uuid/x /x xfs defaults\n/dev/xvda1 /a ext4\n/dev/nvme0n1p3 /b ext4\n" +

@@ -287,10 +287,11 @@ func fstabEntries(b []byte) []FstabEntry {
 	return out
 }
 
-// fstabUnescape undoes fstab's octal escapes (\040 for a space).
+// fstabUnescape undoes fstab's octal escapes (\040 for a space); control
+// characters become '?', as plan prints these names.
 func fstabUnescape(s string) string {
 	if !strings.Contains(s, `\`) {
-		return s
+		return printable(s)
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
@@ -303,7 +304,7 @@ func fstabUnescape(s string) string {
 		}
 		b.WriteByte(s[i])
 	}
-	return strings.ToValidUTF8(b.String(), "?")
+	return printable(strings.ToValidUTF8(b.String(), "?"))
 }
 
 // kernelDevice matches kernel block device names, whose letters and

@@ -253,8 +253,20 @@ func (r *Report) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  %-7s  %s\n", f.Severity, f.Message)
 		}
 	}
-	_, err := io.WriteString(w, b.String())
+	_, err := io.WriteString(w, printable(b.String()))
 	return err
+}
+
+// printable replaces the control characters a guest's names may carry
+// (an escape sequence in a hostname or file name) so the text report
+// cannot drive the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' || r >= ' ' && r != 0x7f && (r < 0x80 || r > 0x9f) {
+			return r
+		}
+		return '?'
+	}, s)
 }
 
 // writeOSText writes the OS lines of the text report.
