@@ -59,3 +59,47 @@ func (g *grown) Info() *format.Info {
 	info.VirtualSize = g.size
 	return &info
 }
+
+// Head presents the first size bytes of img: a target larger than the
+// image written into it in place (-n), for verifying what was written.
+func Head(img format.Image, size int64) format.Image {
+	if size >= img.Size() {
+		return img
+	}
+	return &head{Image: img, size: size}
+}
+
+type head struct {
+	format.Image
+	size int64
+}
+
+func (h *head) Size() int64 { return h.size }
+
+func (h *head) ReadAt(p []byte, off int64) (int, error) {
+	n, clipErr := format.ClipRead(p, off, h.size)
+	if n == 0 {
+		return 0, clipErr
+	}
+	if m, err := h.Image.ReadAt(p[:n], off); m < n {
+		return m, err
+	}
+	return n, clipErr
+}
+
+func (h *head) Extent(off int64) (format.Extent, error) {
+	if off >= h.size {
+		return format.Extent{}, fmt.Errorf("extent offset %d outside the %d-byte disk", off, h.size)
+	}
+	e, err := h.Image.Extent(off)
+	if err == nil && e.End() > h.size {
+		e.Length = h.size - e.Start
+	}
+	return e, err
+}
+
+func (h *head) Info() *format.Info {
+	info := *h.Image.Info()
+	info.VirtualSize = h.size
+	return &info
+}
