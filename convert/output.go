@@ -92,6 +92,12 @@ func (s stream) Name() string {
 // sources (also through symlinks or hard links) in any case. Nothing is
 // created under path until Commit.
 func CreateOutput(path string, o OutputOptions) (*Output, error) {
+	if o.InPlace {
+		if path == Stdout {
+			return nil, errors.New("-n writes into an existing file or block device, not standard output")
+		}
+		return openInPlace(path, o)
+	}
 	if path == Stdout {
 		if err := notSource(os.Stdout.Stat, "standard output", o.Sources); err != nil {
 			return nil, err
@@ -100,9 +106,6 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 	}
 	if path == "" {
 		return nil, errors.New("empty output file name")
-	}
-	if o.InPlace {
-		return openInPlace(path, o)
 	}
 	final := path
 	out := &Output{force: o.Force, noFlush: o.Cache.NoFlush}
@@ -159,6 +162,9 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 	}
 	return nil, fmt.Errorf("creating output in %s: no free temporary name", dir)
 }
+
+// syncFile flushes a finished output; tests count the calls.
+var syncFile = (*os.File).Sync
 
 func syncFlag(c Cache) int {
 	if c.Sync {
@@ -241,7 +247,7 @@ func (o *Output) Commit() error {
 		}
 	}
 	if !o.noFlush {
-		if err := o.f.Sync(); err != nil {
+		if err := syncFile(o.f); err != nil {
 			return fail(fmt.Errorf("syncing output: %w", err))
 		}
 	}

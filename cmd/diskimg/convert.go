@@ -174,9 +174,14 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// From here an interrupt cleans up and exits with 128 + its number;
+	// reading a pipe into its spool file stops too.
+	ctx, interrupted, stop := notifyInterrupt(c.Context)
+	defer stop()
+	c.Context = ctx
 	img, err := openImage(c, job.src, c.String(formatFlag.Name), spoolDirFor(job.dst))
 	if err != nil {
-		return nil, err
+		return nil, interruptedOr(interrupted, job.dst+" not written", err)
 	}
 	defer img.Close()
 	in := img
@@ -197,8 +202,6 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	}
 	defer out.Abort()
 
-	ctx, interrupted, stop := notifyInterrupt(c.Context)
-	defer stop()
 	opts := job.opts
 	var bar *progressbar.ProgressBar
 	if !c.Bool(quietFlag.Name) && (c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd()))) {
@@ -218,15 +221,12 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 			bar.Exit() // where it stopped, not 100%
 		}
 	}
-	if sig := interrupted(); sig != 0 {
+	if err != nil {
 		what := job.dst + " not written"
 		if oo.InPlace {
 			what = job.dst + " partly written"
 		}
-		return nil, &exitError{code: 128 + int(sig), err: fmt.Errorf("convert: interrupted (%v); %s", sig, what)}
-	}
-	if err != nil {
-		return nil, err
+		return nil, interruptedOr(interrupted, what, err)
 	}
 	if err := out.Commit(); err != nil {
 		return nil, err
@@ -239,6 +239,16 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		fmt.Fprintf(report, "%s  %s\n", hex.EncodeToString(res.SHA256), job.dst)
 	}
 	return res, nil
+}
+
+// interruptedOr returns err, or, after an interrupt, the error that exits
+// with 128 + the signal's number, saying what became of the output.
+func interruptedOr(interrupted func() syscall.Signal, what string, err error) error {
+	sig := interrupted()
+	if sig == 0 {
+		return err
+	}
+	return &exitError{code: 128 + int(sig), err: fmt.Errorf("convert: interrupted (%v); %s", sig, what)}
 }
 
 // notifyInterrupt returns a context cancelled by SIGINT or SIGTERM and a

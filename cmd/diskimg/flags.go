@@ -88,7 +88,7 @@ func openImage(c *cli.Context, path, fmtName, spoolDir string) (format.Image, er
 	if term.IsTerminal(int(os.Stdin.Fd())) {
 		return nil, errors.New("standard input is a terminal: pipe or redirect an image into it")
 	}
-	f, err := convert.OpenStdin(os.Stdin, spoolDir)
+	f, err := convert.OpenStdin(c.Context, os.Stdin, spoolDir)
 	if err != nil {
 		return nil, err
 	}

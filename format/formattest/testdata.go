@@ -2,6 +2,7 @@ package formattest
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"io"
 	"os"
@@ -25,7 +26,7 @@ type archive struct {
 }
 
 // ArchiveFile returns the bytes of the file name in the tar.zst archive
-// at path.
+// at path: a copy, which the caller may change.
 func ArchiveFile(t testing.TB, path, name string) []byte {
 	t.Helper()
 	v, _ := archives.LoadOrStore(path, &archive{})
@@ -38,7 +39,7 @@ func ArchiveFile(t testing.TB, path, name string) []byte {
 	if !ok {
 		t.Fatalf("test data %s holds no %s", path, name)
 	}
-	return b
+	return bytes.Clone(b)
 }
 
 // Extract writes the named files of the archive at path into a new
