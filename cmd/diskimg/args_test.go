@@ -15,7 +15,7 @@ func TestPermute(t *testing.T) {
 	cmds := []*cli.Command{convertCommand(), planCommand(), infoCommand()}
 	for _, tc := range []struct {
 		in, want string // space-separated; want "" for an error
-		err        string
+		err      string
 	}{
 		{"convert -O qcow2 a b --force", "convert -O qcow2 --force -- a b", ""},
 		{"convert a -O qcow2 b -p", "convert -O qcow2 -p -- a b", ""},
