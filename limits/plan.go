@@ -80,14 +80,19 @@ func PackageCommand(c *Conversion, dir string) string {
 	}
 	rename := ""
 	if c.Output != gcpDiskName {
-		// The archive member must be disk.raw whatever the file is called.
-		rename = " " + quote("--transform=s|^"+c.Output+"$|"+gcpDiskName+"|")
+		// The archive member must be disk.raw whatever the file is called
+		// (a disk.raw of the user's may be beside it).
+		rename = " " + quote("--transform=s|^"+bre.Replace(c.Output)+"$|"+gcpDiskName+"|")
 	}
 	return fmt.Sprintf("tar --format=oldgnu -Sczf %s%s -C %s %s", quote(filepath.Join(dir, "image.tar.gz")), rename, quote(dir), quote(c.Output))
 }
 
 // gcpDiskName is the name Compute Engine wants inside its tar.gz.
 const gcpDiskName = "disk.raw"
+
+// bre escapes a name for a sed basic regular expression (tar's
+// --transform); "|" delimits it.
+var bre = strings.NewReplacer(`\`, `\\`, ".", `\.`, "[", `\[`, "]", `\]`, "*", `\*`, "^", `\^`, "$", `\$`, "|", `\|`)
 
 // Refused is the Path of a decision that cannot go.
 const Refused = "refused"
@@ -350,19 +355,16 @@ func ext(f string) string {
 }
 
 // uploadName is the file name of the conversion's output: the image's
-// base name with the upload format's extension (disk.raw for a GCP
-// package), or, where that is the image's own name (a qcow2 overlay
-// flattened to qcow2, a raw disk.raw for GCP), the base name with
-// "-CLOUD" added.
+// base name with the upload format's extension, or, where that is the
+// image's own name (a qcow2 overlay flattened to qcow2, a raw disk
+// rounded up for GCP), the base name with "-CLOUD" added. (A GCP package
+// names its member disk.raw whatever the file is called.)
 func uploadName(img Image, u Image, p *Profile, path *Path) string {
 	base := "image"
 	if img.Filename != "" && img.Filename != "-" {
 		base = strings.TrimSuffix(filepath.Base(img.Filename), filepath.Ext(img.Filename))
 	}
 	name := base + "." + ext(u.Format)
-	if path.Package == "tar.gz" {
-		name = gcpDiskName
-	}
 	if img.Filename != "" && name == filepath.Base(img.Filename) {
 		name = strings.TrimSuffix(name, filepath.Ext(name)) + "-" + p.Name + filepath.Ext(name)
 	}

@@ -186,3 +186,16 @@ func sameInfo(t *testing.T, a, b string) bool {
 	}
 	return fmt.Sprint(x) == fmt.Sprint(y)
 }
+
+// TestInspectRowsTrimmed: no line of inspect's table ends with spaces.
+func TestInspectRowsTrimmed(t *testing.T) {
+	out, _, code := runCLI(t, "inspect", "../../testdata/demo.qcow2")
+	if code != 0 || !strings.Contains(out, "#  START") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.TrimRight(l, " ") != l {
+			t.Errorf("trailing spaces: %q", l)
+		}
+	}
+}

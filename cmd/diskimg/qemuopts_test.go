@@ -354,3 +354,26 @@ func TestPreallocation(t *testing.T) {
 		t.Errorf("-c with preallocation: exit %d, %q", code, stderr)
 	}
 }
+
+// TestMapCompressed: the human map of a compressed image lists its data
+// as compressed (qemu-img prints nothing and fails).
+func TestMapCompressed(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "src.raw")
+	if err := os.WriteFile(raw, bytes.Repeat([]byte("compressible "), 200000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "c.qcow2")
+	formattest.Convert(t, raw, img, "qcow2", "-c")
+	out, stderr, code := runCLI(t, "map", img)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) < 2 {
+		t.Fatalf("exit %d: %q %s", code, out, stderr)
+	}
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); len(f) != 4 || f[2] != "compressed" || f[3] != img {
+			t.Errorf("line %q: want OFFSET LENGTH compressed FILE", l)
+		}
+	}
+}
