@@ -21,7 +21,7 @@ TAGS     := urfave_cli_no_docs
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/diskimg
 
-# Installs bin/diskimg as $(DESTDIR)$(PREFIX)/bin/diskimg (PREFIX=~/.local
+# Installs bin/diskimg as $(DESTDIR)$(PREFIX)/bin/diskimg (PREFIX=$HOME/.local
 # for a user install).
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -44,16 +44,8 @@ func TestPlanCommandsRun(t *testing.T) {
 		t.Fatal("tar is needed for the GCP package command")
 	}
 	cliOnPath(t)
-	root := t.TempDir()
-	dir := filepath.Join(root, "imgs")
-	os.Mkdir(dir, 0o755)
-	base := filepath.Join(t.TempDir(), "base.raw") // outside dir
-	formattest.MakeRaw(t, base, 21<<20+512, formattest.Sparse)
-	formattest.Convert(t, base, filepath.Join(dir, "disk.raw"), "raw")
-	formattest.Convert(t, base, filepath.Join(dir, "fixed.vhd"), "vpc", "-o", "subformat=fixed")
-	formattest.Convert(t, base, filepath.Join(dir, "dynamic.vhd"), "vpc")
-	formattest.Convert(t, base, filepath.Join(dir, "vm.vhdx"), "vhdx")
-	formattest.Qemu(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", filepath.Join(dir, "overlay.qcow2"))
+	dir := planImages(t)
+	root := filepath.Dir(dir)
 	images := map[string][]string{
 		"disk.raw": nil, "overlay.qcow2": {"--allow-backing-outside"},
 		"fixed.vhd": nil, "dynamic.vhd": nil, "vm.vhdx": nil,
@@ -97,6 +89,23 @@ func TestPlanCommandsRun(t *testing.T) {
 	}
 }
 
+// planImages makes, in a new directory imgs, a raw disk.raw, fixed.vhd,
+// dynamic.vhd, vm.vhdx and overlay.qcow2, whose backing file is outside
+// imgs, all of one 21 MiB disk holding a little data.
+func planImages(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "imgs")
+	os.Mkdir(dir, 0o755)
+	base := filepath.Join(t.TempDir(), "base.raw")
+	formattest.MakeRaw(t, base, 21<<20+512, formattest.Sparse)
+	formattest.Convert(t, base, filepath.Join(dir, "disk.raw"), "raw")
+	formattest.Convert(t, base, filepath.Join(dir, "fixed.vhd"), "vpc", "-o", "subformat=fixed")
+	formattest.Convert(t, base, filepath.Join(dir, "dynamic.vhd"), "vpc")
+	formattest.Convert(t, base, filepath.Join(dir, "vm.vhdx"), "vhdx")
+	formattest.Qemu(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", filepath.Join(dir, "overlay.qcow2"))
+	return dir
+}
+
 // removeNew removes the files of dir not in before.
 func removeNew(t *testing.T, dir string, before []string) {
 	had := map[string]bool{}
@@ -114,22 +123,15 @@ func removeNew(t *testing.T, dir string, before []string) {
 // commands repeat what opening it needed.
 func TestPlanNames(t *testing.T) {
 	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	base := filepath.Join(t.TempDir(), "base.raw")
-	formattest.MakeRaw(t, base, 21<<20+512, formattest.Sparse)
-	raw := filepath.Join(dir, "disk.raw")
-	formattest.Convert(t, base, raw, "raw")
-	vhd := filepath.Join(dir, "x.vhd")
-	formattest.Convert(t, base, vhd, "vpc", "-o", "subformat=fixed")
-	overlay := filepath.Join(dir, "overlay.qcow2")
-	formattest.Qemu(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", overlay)
+	dir := planImages(t)
+	raw, vhd, overlay := filepath.Join(dir, "disk.raw"), filepath.Join(dir, "dynamic.vhd"), filepath.Join(dir, "overlay.qcow2")
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"--cloud", "gcp", raw}, "disk-gcp.raw"},
 		{[]string{"--cloud", "openstack", "--allow-backing-outside", overlay}, "--allow-backing-outside -f qcow2 -O qcow2 " + overlay + " " + filepath.Join(dir, "overlay-openstack.qcow2")},
-		{[]string{"--cloud", "azure", vhd}, filepath.Join(dir, "x-azure.vhd")},
+		{[]string{"--cloud", "azure", vhd}, filepath.Join(dir, "dynamic-azure.vhd")},
 		{[]string{"--cloud", "openstack", "--no-backing", overlay}, "--no-backing -f qcow2"},
 	} {
 		d, _ := planJSON(t, tc.args...)
@@ -147,16 +149,13 @@ func TestPlanNames(t *testing.T) {
 // and leaves none behind when it writes nothing.
 func TestCloudConvertMakesOutdir(t *testing.T) {
 	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	vhd := filepath.Join(dir, "x.vhd")
-	raw := filepath.Join(dir, "x.raw")
-	formattest.MakeRaw(t, raw, 21<<20+512, formattest.Sparse)
-	formattest.Convert(t, raw, vhd, "vpc")
+	dir := planImages(t)
+	vhd := filepath.Join(dir, "dynamic.vhd")
 	out := filepath.Join(dir, "new", "azure")
 	if stdout, stderr, code := runCLI(t, "convert", "--cloud", "azure", vhd, out); code != 0 {
 		t.Fatalf("exit %d: %s%s", code, stdout, stderr)
 	}
-	if got := listDir(t, out); len(got) != 1 || got[0] != "x-azure.vhd" {
+	if got := listDir(t, out); len(got) != 1 || got[0] != "dynamic-azure.vhd" {
 		t.Errorf("OUTDIR holds %v", got)
 	}
 	huge := sparseRaw(t, dir, "huge.raw", 1<<40+1<<20)

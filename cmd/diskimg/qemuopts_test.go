@@ -46,6 +46,15 @@ func allocated(t *testing.T, path string) int64 {
 	return fi.Sys().(*syscall.Stat_t).Blocks * 512
 }
 
+// rawSource makes dir/src.raw, a sparse raw disk of size bytes holding a
+// few runs of data.
+func rawSource(t *testing.T, dir string, size int64) string {
+	t.Helper()
+	src := filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, size, formattest.Sparse)
+	return src
+}
+
 func mustConvert(t *testing.T, args ...string) {
 	t.Helper()
 	if out, stderr, code := runCLI(t, append([]string{"convert"}, args...)...); code != 0 {
@@ -57,8 +66,7 @@ func mustConvert(t *testing.T, args ...string) {
 // and -W are accepted.
 func TestQuietAndAccepted(t *testing.T) {
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 3<<20, formattest.Sparse)
+	src := rawSource(t, dir, 3<<20)
 	out, stderr, code := runCLI(t, "convert", "-q", "-p", "-U", "-W", src, filepath.Join(dir, "a.raw"))
 	if code != 0 || out != "" || stderr != "" {
 		t.Errorf("convert -q -p -U -W: exit %d, stdout %q, stderr %q", code, out, stderr)
@@ -82,8 +90,7 @@ func TestQuietAndAccepted(t *testing.T) {
 func TestCacheModes(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	src := rawSource(t, dir, 9<<20+1536)
 	for _, mode := range []string{"none", "writeback", "writethrough", "directsync", "unsafe"} {
 		for _, f := range []string{"raw", "qcow2", "vpc"} {
 			dst := filepath.Join(dir, mode+"."+f)
@@ -115,10 +122,7 @@ func TestCacheModes(t *testing.T) {
 func TestConvertInPlace(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.qcow2")
-	raw := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, raw, 5<<20+700, formattest.Sparse)
-	formattest.Convert(t, raw, src, "qcow2")
+	src := formattest.Generate(t, dir, "src", "qcow2", 5<<20+700, formattest.Sparse)
 	const target = 8 << 20
 	for _, extra := range [][]string{nil, {"--target-is-zero"}} {
 		name := strings.Join(append([]string{"n"}, extra...), " ")
@@ -178,10 +182,7 @@ func TestConvertInPlaceBlockDevice(t *testing.T) {
 		t.Skip("losetup not installed (util-linux)")
 	}
 	dir := t.TempDir()
-	raw := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, raw, 5<<20+700, formattest.Sparse)
-	src := filepath.Join(dir, "src.vhdx")
-	formattest.Convert(t, raw, src, "vhdx")
+	src := formattest.Generate(t, dir, "src", "vhdx", 5<<20+700, formattest.Sparse)
 	backing := filepath.Join(dir, "volume.img")
 	fill(t, backing, 8<<20, 0xaa)
 	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
@@ -302,8 +303,7 @@ func TestOptionsHelp(t *testing.T) {
 func TestPreallocation(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	src := rawSource(t, dir, 9<<20+1536)
 	for _, f := range []string{"raw", "qcow2"} {
 		for _, mode := range []string{"off", "metadata", "falloc", "full"} {
 			name := f + "-" + mode
