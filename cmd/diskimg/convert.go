@@ -77,7 +77,7 @@ func runConvert(c *cli.Context) error {
 		if writerOpts, err = format.ParseOptions(s); err != nil {
 			return fmt.Errorf("-o: %w", err)
 		}
-		if _, ok := writerOpts["help"]; ok || writerOpts["?"] != "" {
+		if wantsHelp(writerOpts) {
 			return writeOptionsHelp(c.App.Writer, c.String("O"))
 		}
 	}
@@ -139,6 +139,14 @@ func outputOptions(c *cli.Context) (convert.OutputOptions, error) {
 		return o, fmt.Errorf("-t: %w", err)
 	}
 	return o, nil
+}
+
+// wantsHelp reports "-o help" (or "-o ?"), which lists the options
+// instead of converting.
+func wantsHelp(opts map[string]string) bool {
+	_, help := opts["help"]
+	_, q := opts["?"]
+	return help || q
 }
 
 // writeOptionsHelp lists the -o options of an output format, as qemu-img

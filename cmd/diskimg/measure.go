@@ -38,7 +38,7 @@ func runMeasure(c *cli.Context) error {
 		if opts.WriterOptions, err = format.ParseOptions(s); err != nil {
 			return fmt.Errorf("-o: %w", err)
 		}
-		if _, ok := opts.WriterOptions["help"]; ok || opts.WriterOptions["?"] != "" {
+		if wantsHelp(opts.WriterOptions) {
 			return writeOptionsHelp(c.App.Writer, w.Name)
 		}
 	}
