@@ -184,9 +184,11 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	}
 	// From here an interrupt cleans up and exits with 128 + its number;
 	// reading a pipe into its spool file stops too.
-	ctx, interrupted, stop := notifyInterrupt(c.Context)
+	parent := c.Context
+	ctx, interrupted, stop := notifyInterrupt(parent)
 	defer stop()
-	c.Context = ctx
+	c.Context = ctx // for openImage's spooling of standard input
+	defer func() { c.Context = parent }()
 	img, err := openImage(c, job.src, c.String(formatFlag.Name), spoolDirFor(job.dst))
 	if err != nil {
 		return nil, interruptedOr(interrupted, job.dst+" not written", err)

@@ -3,7 +3,7 @@
 // Exit codes: 0 success; 1 error (bad input, I/O, refused option); other
 // codes are command-specific and documented in each command's help and in
 // README.md (compare: 1 different, 2 error; check: qemu-img's codes; plan:
-// 3 refused).
+// 3 refused); convert interrupted by SIGINT or SIGTERM: 130 or 143.
 package main
 
 import (
