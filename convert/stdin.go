@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -37,8 +38,9 @@ func (f *StdinFile) Name() string { return "" }
 // tables anywhere in the file (a streamOptimized VMDK at its end), and a
 // writer needs the source's map before its first byte. Zero blocks become
 // holes, so the copy takes the disk space of the input's data; memory is
-// one buffer. The caller closes the file.
-func OpenStdin(r *os.File, dir string) (*StdinFile, error) {
+// one buffer. The caller closes the file. Cancelling ctx stops the copy
+// between reads.
+func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) {
 	if fi, err := r.Stat(); err == nil && fi.Mode().IsRegular() {
 		size, err := r.Seek(0, io.SeekEnd)
 		if err == nil {
@@ -53,7 +55,7 @@ func OpenStdin(r *os.File, dir string) (*StdinFile, error) {
 		f.Close()
 		return nil, fmt.Errorf("standard input: %w", err)
 	}
-	size, err := spool(f, r)
+	size, err := spool(ctx, f, r)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("standard input: %w", err)
@@ -67,10 +69,13 @@ func stdinPath() string { return fmt.Sprintf("/proc/self/fd/%d", os.Stdin.Fd()) 
 
 // spool copies r into f, leaving holes for zero blocks, and returns the
 // number of bytes copied.
-func spool(f *os.File, r io.Reader) (int64, error) {
+func spool(ctx context.Context, f *os.File, r io.Reader) (int64, error) {
 	buf := make([]byte, 1<<20)
 	var off int64
 	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
 		n, err := io.ReadFull(r, buf)
 		for i := 0; i < n; i += spoolBlock {
 			b := buf[i:min(i+spoolBlock, n)]

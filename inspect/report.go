@@ -211,7 +211,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if pt != nil && len(pt.Partitions) > 0 {
 		b.WriteString("\n")
-		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		var table strings.Builder
+		tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "#\tSTART\tSIZE\tTYPE\tNAME\tFS\tLABEL\tUUID\tUSED\tFREE\t")
 		for _, p := range pt.Partitions {
 			boot := ""
@@ -226,6 +227,13 @@ func (r *Report) WriteText(w io.Writer) error {
 				p.TypeName, p.Name, fsType, label, uuid, used, free)
 		}
 		tw.Flush()
+		// Padding of the last columns would end the rows with spaces.
+		for _, line := range strings.SplitAfter(table.String(), "\n") {
+			b.WriteString(strings.TrimRight(line, " \n"))
+			if strings.HasSuffix(line, "\n") {
+				b.WriteString("\n")
+			}
+		}
 	}
 	if f := r.Filesystem; f != nil {
 		fmt.Fprintf(&b, "\nfilesystem:      %s", fsLabel(f))

@@ -45,6 +45,10 @@ type Image struct {
 	Encrypted     bool
 	Backing       bool // has a backing file
 	DataFile      bool // qcow2 external data file
+	// OpenFlags are the diskimg options that open the image as it was
+	// planned (--allow-backing-outside when its chain leaves its
+	// directory, --no-backing); the plan's commands repeat them.
+	OpenFlags []string
 
 	Inspected      bool   // partitions and filesystems could be read
 	PartitionTable string // "mbr", "gpt", "none"

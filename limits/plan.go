@@ -78,8 +78,21 @@ func PackageCommand(c *Conversion, dir string) string {
 	if c == nil || c.Package != "tar.gz" {
 		return ""
 	}
-	return fmt.Sprintf("tar --format=oldgnu -Sczf %s -C %s %s", quote(filepath.Join(dir, "image.tar.gz")), quote(dir), quote(c.Output))
+	rename := ""
+	if c.Output != gcpDiskName {
+		// The archive member must be disk.raw whatever the file is called
+		// (a disk.raw of the user's may be beside it).
+		rename = " " + quote("--transform=s|^"+bre.Replace(c.Output)+"$|"+gcpDiskName+"|")
+	}
+	return fmt.Sprintf("tar --format=oldgnu -Sczf %s%s -C %s %s", quote(filepath.Join(dir, "image.tar.gz")), rename, quote(dir), quote(c.Output))
 }
+
+// gcpDiskName is the name Compute Engine wants inside its tar.gz.
+const gcpDiskName = "disk.raw"
+
+// bre escapes a name for a sed basic regular expression (tar's
+// --transform); "|" delimits it.
+var bre = strings.NewReplacer(`\`, `\\`, ".", `\.`, "[", `\[`, "]", `\]`, "*", `\*`, "^", `\^`, "$", `\$`, "|", `\|`)
 
 // Refused is the Path of a decision that cannot go.
 const Refused = "refused"
@@ -140,8 +153,8 @@ func Plan(img Image, p *Profile, req Request) Decision {
 	d.Findings = append(d.Findings, Check(upload, p, req)...)
 	d.Findings = append(d.Findings, pathFinding(p, chosen, upload, converted))
 	if converted {
-		d.Conversion = conversionFor(img, chosen, upload)
-		d.Commands = convertCommands(img, chosen, d.Conversion)
+		d.Conversion = conversionFor(img, p, chosen, upload)
+		d.Commands = convertCommands(img, d.Conversion)
 	}
 	if chosen.MaxSize > 0 && upload.FileSize > chosen.MaxSize {
 		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.compressed-size", Severity: Warning,
@@ -153,7 +166,11 @@ func Plan(img Image, p *Profile, req Request) Decision {
 			Message: "fast import of a RAW file needs its bitmap (.mf) file, whose format is not public: make it with Huawei's tool " +
 				"(java -jar CreateMF.jar image.raw image.mf), give it the image's base name and upload both to the same bucket",
 			Source: p.Source})
-		d.Commands = append(d.Commands, fmt.Sprintf("java -jar CreateMF.jar %s %s", uploadName(img, upload, chosen), strings.TrimSuffix(uploadName(img, upload, chosen), ".raw")+".mf"))
+		file := img.Filename
+		if d.Conversion != nil {
+			file = outputPath(img, d.Conversion)
+		}
+		d.Commands = append(d.Commands, fmt.Sprintf("java -jar CreateMF.jar %s %s", quote(file), quote(strings.TrimSuffix(file, filepath.Ext(file))+".mf")))
 	}
 	d.Path = chosen.Name
 	for _, f := range d.Findings {
@@ -337,20 +354,26 @@ func ext(f string) string {
 	return f
 }
 
-func uploadName(img Image, u Image, path *Path) string {
-	if path.Package == "tar.gz" {
-		return "disk.raw"
-	}
+// uploadName is the file name of the conversion's output: the image's
+// base name with the upload format's extension, or, where that is the
+// image's own name (a qcow2 overlay flattened to qcow2, a raw disk
+// rounded up for GCP), the base name with "-CLOUD" added. (A GCP package
+// names its member disk.raw whatever the file is called.)
+func uploadName(img Image, u Image, p *Profile, path *Path) string {
 	base := "image"
-	if img.Filename != "" {
+	if img.Filename != "" && img.Filename != "-" {
 		base = strings.TrimSuffix(filepath.Base(img.Filename), filepath.Ext(img.Filename))
 	}
-	return base + "." + ext(u.Format)
+	name := base + "." + ext(u.Format)
+	if img.Filename != "" && name == filepath.Base(img.Filename) {
+		name = strings.TrimSuffix(name, filepath.Ext(name)) + "-" + p.Name + filepath.Ext(name)
+	}
+	return name
 }
 
 // conversionFor describes the conversion to the upload u.
-func conversionFor(img Image, path *Path, u Image) *Conversion {
-	c := &Conversion{Format: u.Format, Output: uploadName(img, u, path), Package: path.Package}
+func conversionFor(img Image, p *Profile, path *Path, u Image) *Conversion {
+	c := &Conversion{Format: u.Format, Output: uploadName(img, u, p, path), Package: path.Package}
 	if u.Subformat != "" {
 		c.Options = append(c.Options, "subformat="+u.Subformat)
 	}
@@ -363,17 +386,27 @@ func conversionFor(img Image, path *Path, u Image) *Conversion {
 	return c
 }
 
-// convertCommands are the diskimg commands that make the upload.
-func convertCommands(img Image, path *Path, c *Conversion) []string {
+// outputPath is where the plan's commands write the conversion: next to
+// the image.
+func outputPath(img Image, c *Conversion) string {
+	if dir := filepath.Dir(img.Filename); img.Filename != "" && dir != "." {
+		return filepath.Join(dir, c.Output)
+	}
+	return c.Output
+}
+
+// convertCommands are the commands that make the upload, as they run on
+// the planned file.
+func convertCommands(img Image, c *Conversion) []string {
 	src := img.Filename
 	if src == "" {
 		src = "SRC"
 	}
-	dst := c.Output
-	if filepath.Dir(src) != "." {
-		dst = filepath.Join(filepath.Dir(src), dst)
-	}
+	dst := outputPath(img, c)
 	cmd := "diskimg convert"
+	for _, f := range img.OpenFlags {
+		cmd += " " + quote(f)
+	}
 	if img.Format != "" {
 		cmd += " -f " + img.Format
 	}

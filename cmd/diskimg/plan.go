@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/limits"
 )
@@ -21,7 +23,7 @@ func planCommand() *cli.Command {
 		Usage:     "check an image against a cloud's import/export limits and choose the path (exit 3: refused)",
 		ArgsUsage: "FILE",
 		Flags: append(imageFlags(), outputFlag,
-			&cli.StringFlag{Name: "cloud", Required: true, Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
+			&cli.StringFlag{Name: "cloud", Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
 			&cli.StringFlag{Name: "direction", Value: "import", Usage: "import or export"},
 			&cli.StringFlag{Name: "disk", Value: "system", Usage: "the image is a system or data disk"},
 			&cli.StringFlag{Name: "arch", Usage: "architecture of the servers to create (x86_64, aarch64)"},
@@ -79,6 +81,9 @@ func runPlan(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.String("cloud") == "" {
+		return fmt.Errorf("plan: --cloud NAME is required (%s)", strings.Join(limits.Profiles(), ", "))
+	}
 	profile, err := limits.Lookup(c.String("cloud"))
 	if err != nil {
 		return err
@@ -113,12 +118,17 @@ func imageFacts(path string, img format.Image) (limits.Image, error) {
 		return limits.Image{}, err
 	}
 	info := img.Info()
-	f, err := format.OpenFile(path)
-	if err != nil {
-		return limits.Image{}, err
+	var fileSize int64
+	if path == convert.Stdin && stdinImage != nil {
+		fileSize = stdinImage.Size()
+	} else {
+		f, err := format.OpenFile(path)
+		if err != nil {
+			return limits.Image{}, err
+		}
+		fileSize = f.Size()
+		f.Close()
 	}
-	fileSize := f.Size()
-	f.Close()
 	return limits.Image{
 		Filename:      path,
 		Format:        info.Format,
@@ -129,6 +139,39 @@ func imageFacts(path string, img format.Image) (limits.Image, error) {
 		Encrypted:     info.Encrypted,
 		Backing:       info.BackingFile != "",
 	}, nil
+}
+
+// openFlags are the options the plan's commands need to open the image as
+// plan did.
+func openFlags(c *cli.Context, path string, img format.Image) []string {
+	var flags []string
+	if c.Bool(noBackingFlag.Name) {
+		flags = append(flags, "--"+noBackingFlag.Name)
+	}
+	if c.Bool(outsideFlag.Name) && leavesDirectory(path, img) {
+		flags = append(flags, "--"+outsideFlag.Name)
+	}
+	return flags
+}
+
+// leavesDirectory reports whether the image's chain names a file (backing
+// file, extent) outside the directory of the image naming it, which only
+// --allow-backing-outside opens.
+func leavesDirectory(path string, img format.Image) bool {
+	for img != nil {
+		info := img.Info()
+		refs := info.ExtentFiles
+		if info.BackingFile != "" {
+			refs = append(refs[:len(refs):len(refs)], info.BackingFile)
+		}
+		for _, ref := range refs {
+			if _, err := (format.Policy{}).Resolve(path, ref); errors.Is(err, format.ErrOutsideDirectory) {
+				return true
+			}
+		}
+		path, img = info.FullBackingFile, info.Backing
+	}
+	return false
 }
 
 func writePlanText(w io.Writer, d limits.Decision) {
