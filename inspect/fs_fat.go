@@ -59,54 +59,16 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	if l := cstr(bs[labOff : labOff+11]); l != fatNoName {
 		fs.Label = l
 	}
-	bps := int64(le.Uint16(bs[fatBytesPerSec:]))
-	spc := int64(bs[fatSecPerClus])
-	rsvd := int64(le.Uint16(bs[fatReserved:]))
-	nfats := int64(bs[fatNumFATs])
-	rootEnt := int64(le.Uint16(bs[fatRootEntries:]))
-	tot := int64(le.Uint16(bs[fatTotSec16:]))
-	if tot == 0 {
-		tot = int64(le.Uint32(bs[fatTotSec32:]))
-	}
-	fatsz := int64(le.Uint16(bs[fatFATSz16:]))
-	if fatsz == 0 {
-		fatsz = int64(le.Uint32(bs[fatFATSz32:]))
-	}
-	bad := func(f string, a ...any) (*Filesystem, error) {
-		r.addf(Error, "%s: vfat boot sector: "+f, append([]any{where}, a...)...)
+	g, err := parseFATBoot(bs, d.size)
+	if err != nil {
+		r.addf(Error, "%s: vfat boot sector: %v", where, err)
 		return fs, nil
 	}
-	switch {
-	case bps < 512 || bps > 4096 || bps&(bps-1) != 0:
-		return bad("BPB_BytsPerSec %d is not a power of two in 512..4096", bps)
-	case spc == 0 || spc&(spc-1) != 0:
-		return bad("BPB_SecPerClus %d is not a power of two", spc)
-	case rsvd == 0 || nfats == 0:
-		return bad("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", rsvd, nfats)
-	case tot*bps > d.size:
-		return bad("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", tot, bps, d.size)
-	}
-	rootSecs := (rootEnt*fatDirEntSize + bps - 1) / bps
-	meta := rsvd + nfats*fatsz + rootSecs
-	if fatsz == 0 || meta >= tot {
-		return bad("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
-	}
-	clusters := (tot - meta) / spc
-	entryBits := int64(32)
-	switch {
-	case clusters < fatMaxFAT12:
-		fs.Version, entryBits = "FAT12", 12
-	case clusters < fatMaxFAT16:
-		fs.Version, entryBits = "FAT16", 16
-	default:
-		fs.Version = "FAT32"
-	}
-	if (clusters+2)*entryBits > fatsz*bps*8 {
-		return bad("BPB_FATSz %d sectors cannot hold %d clusters", fatsz, clusters)
-	}
+	bps, spc, rsvd, nfats, fatsz, rootSecs, meta, clusters := g.bps, g.spc, g.rsvd, g.nfats, g.fatsz, g.rootSecs, g.meta, g.clusters
+	fs.Version = g.version
 	cs := spc * bps
 	fs.BlockSize = cs
-	fs.Size = tot * bps
+	fs.Size = g.tot * bps
 
 	// The root directory's volume label entry wins over the boot
 	// sector's, as blkid does.
@@ -133,7 +95,7 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 		return nil, err
 	}
 
-	free, err := fatFree(d, rsvd*bps, clusters, entryBits)
+	free, err := fatFree(d, rsvd*bps, clusters, g.entryBits)
 	if err != nil {
 		if isImageErr(err) {
 			return nil, err
@@ -146,47 +108,108 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	return fs, nil
 }
 
+// fatGeom is a FAT volume's layout, in sectors unless named otherwise.
+type fatGeom struct {
+	bps, spc, rsvd, nfats, fatsz, rootSecs, tot int64
+	meta                                        int64 // first data sector
+	clusters                                    int64
+	entryBits                                   int64
+	version                                     string
+}
+
+// parseFATBoot checks the BIOS parameter block of boot sector bs against
+// a device of devSize bytes.
+func parseFATBoot(bs []byte, devSize int64) (*fatGeom, error) {
+	g := &fatGeom{
+		bps: int64(le.Uint16(bs[fatBytesPerSec:])), spc: int64(bs[fatSecPerClus]),
+		rsvd: int64(le.Uint16(bs[fatReserved:])), nfats: int64(bs[fatNumFATs]),
+		tot: int64(le.Uint16(bs[fatTotSec16:])), fatsz: int64(le.Uint16(bs[fatFATSz16:])),
+	}
+	rootEnt := int64(le.Uint16(bs[fatRootEntries:]))
+	if g.tot == 0 {
+		g.tot = int64(le.Uint32(bs[fatTotSec32:]))
+	}
+	if g.fatsz == 0 {
+		g.fatsz = int64(le.Uint32(bs[fatFATSz32:]))
+	}
+	switch {
+	case g.bps < 512 || g.bps > 4096 || g.bps&(g.bps-1) != 0:
+		return nil, fmt.Errorf("BPB_BytsPerSec %d is not a power of two in 512..4096", g.bps)
+	case g.spc == 0 || g.spc&(g.spc-1) != 0:
+		return nil, fmt.Errorf("BPB_SecPerClus %d is not a power of two", g.spc)
+	case g.rsvd == 0 || g.nfats == 0:
+		return nil, fmt.Errorf("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", g.rsvd, g.nfats)
+	case g.tot*g.bps > devSize:
+		return nil, fmt.Errorf("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", g.tot, g.bps, devSize)
+	}
+	g.rootSecs = (rootEnt*fatDirEntSize + g.bps - 1) / g.bps
+	g.meta = g.rsvd + g.nfats*g.fatsz + g.rootSecs
+	if g.fatsz == 0 || g.meta >= g.tot {
+		return nil, fmt.Errorf("BPB_FATSz %d leaves no data sectors in %d", g.fatsz, g.tot)
+	}
+	g.clusters = (g.tot - g.meta) / g.spc
+	g.entryBits = 32
+	switch {
+	case g.clusters < fatMaxFAT12:
+		g.version, g.entryBits = "FAT12", 12
+	case g.clusters < fatMaxFAT16:
+		g.version, g.entryBits = "FAT16", 16
+	default:
+		g.version = "FAT32"
+	}
+	if (g.clusters+2)*g.entryBits > g.fatsz*g.bps*8 {
+		return nil, fmt.Errorf("BPB_FATSz %d sectors cannot hold %d clusters", g.fatsz, g.clusters)
+	}
+	return g, nil
+}
+
 // fatFree counts the free (zero) entries for clusters 2..clusters+1 of
-// the FAT at off, reading it in bounded chunks.
+// the FAT at off.
 func fatFree(d dev, off, clusters, entryBits int64) (int64, error) {
 	var free int64
-	if entryBits == 12 {
-		b, err := d.read(off, int((clusters+2)*3/2+1))
-		if err != nil {
-			return 0, err
+	err := fatEntries(d, off, 2, clusters+2, entryBits, func(_ int64, v uint32) {
+		if v == 0 {
+			free++
 		}
-		for c := int64(2); c < clusters+2; c++ {
-			v := le.Uint16(b[c*3/2:])
+	})
+	return free, err
+}
+
+// fatEntries calls fn with the entries of clusters [from, to) of the FAT
+// at off, reading it in bounded chunks.
+func fatEntries(d dev, off, from, to, entryBits int64, fn func(c int64, v uint32)) error {
+	if entryBits == 12 {
+		lo := from * 3 / 2
+		b, err := d.read(off+lo, int(to*3/2+1-lo))
+		if err != nil {
+			return err
+		}
+		for c := from; c < to; c++ {
+			v := le.Uint16(b[c*3/2-lo:])
 			if c&1 == 1 {
 				v >>= 4
 			}
-			if v&0xfff == 0 {
-				free++
-			}
+			fn(c, uint32(v&0xfff))
 		}
-		return free, nil
+		return nil
 	}
 	esize := entryBits / 8
-	for c := int64(2); c < clusters+2; {
-		n := min(clusters+2-c, fatChunk/esize)
+	for c := from; c < to; {
+		n := min(to-c, fatChunk/esize)
 		b, err := d.read(off+c*esize, int(n*esize))
 		if err != nil {
-			return 0, err
+			return err
 		}
 		for i := int64(0); i < n; i++ {
-			var v uint32
 			if esize == 2 {
-				v = uint32(le.Uint16(b[i*2:]))
+				fn(c+i, uint32(le.Uint16(b[i*2:])))
 			} else {
-				v = le.Uint32(b[i*4:]) & 0x0fffffff
-			}
-			if v == 0 {
-				free++
+				fn(c+i, le.Uint32(b[i*4:])&0x0fffffff)
 			}
 		}
 		c += n
 	}
-	return free, nil
+	return nil
 }
 
 // exFAT boot sector.
@@ -197,6 +220,8 @@ const (
 	exfatClusterHeap  = 88  // u32 sectors
 	exfatClusterCount = 92  // u32
 	exfatRootCluster  = 96  // u32
+	exfatVolumeFlags  = 106 // u16: 1 second FAT active, 2 dirty, 4 media failure
+	exfatNumFATs      = 110 // u8
 	exfatSerial       = 100 // u32
 	exfatBPSShift     = 108 // u8, 9..12
 	exfatSPCShift     = 109 // u8, bps shift + this ≤ 25
@@ -216,27 +241,16 @@ func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	fs := &Filesystem{Type: "exfat"}
 	id := le.Uint32(bs[exfatSerial:])
 	fs.UUID = fmt.Sprintf("%04X-%04X", id>>16, id&0xffff)
-	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
-	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
-		r.addf(Error, "%s: exfat boot sector: BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", where, bpsShift, spcShift)
+	g, err := parseExFATBoot(bs, d.size)
+	if g != nil {
+		fs.Size = g.size
+	}
+	if err != nil {
+		r.addf(Error, "%s: exfat boot sector: %v", where, err)
 		return fs, nil
 	}
-	bps := int64(1) << bpsShift
-	cs := bps << spcShift
-	vol := le.Uint64(bs[exfatVolumeLength:])
-	heap := int64(le.Uint32(bs[exfatClusterHeap:])) * bps
-	count := int64(le.Uint32(bs[exfatClusterCount:]))
-	if vol > uint64(d.size/bps) {
-		r.addf(Error, "%s: exfat boot sector: VolumeLength %d sectors does not fit the %d-byte device", where, vol, d.size)
-		return fs, nil
-	}
-	fs.Size = int64(vol) * bps
-	if heap > fs.Size || count > (fs.Size-heap)/cs {
-		r.addf(Error, "%s: exfat boot sector: ClusterHeapOffset or ClusterCount %d is past the volume", where, count)
-		return fs, nil
-	}
-	fs.BlockSize = cs
-	clusterOff := func(c int64) (int64, bool) { return heap + (c-2)*cs, c >= 2 && c < count+2 }
+	fs.BlockSize = g.cs
+	cs, count, clusterOff := g.cs, g.count, g.clusterOff
 	rootOff, ok := clusterOff(int64(le.Uint32(bs[exfatRootCluster:])))
 	if !ok {
 		r.addf(Error, "%s: exfat boot sector: FirstClusterOfRootDirectory is outside the cluster heap", where)
@@ -285,4 +299,42 @@ func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
 		fs.Free = (count - used) * cs
 	}
 	return fs, nil
+}
+
+// exfatGeom is an exFAT volume's layout, in bytes.
+type exfatGeom struct {
+	bps, cs     int64
+	size        int64 // volume length
+	fat         int64 // first FAT
+	heap, count int64 // cluster heap and its clusters
+	rootOff     int64
+	fats        int64
+	flags       uint16 // VolumeFlags
+}
+
+// parseExFATBoot checks exFAT boot sector bs against a device of devSize
+// bytes; g carries the volume size once that is known to fit.
+func parseExFATBoot(bs []byte, devSize int64) (g *exfatGeom, err error) {
+	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
+	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
+		return nil, fmt.Errorf("BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", bpsShift, spcShift)
+	}
+	bps := int64(1) << bpsShift
+	vol := le.Uint64(bs[exfatVolumeLength:])
+	if vol > uint64(devSize/bps) {
+		return nil, fmt.Errorf("VolumeLength %d sectors does not fit the %d-byte device", vol, devSize)
+	}
+	g = &exfatGeom{bps: bps, cs: bps << spcShift, size: int64(vol) * bps,
+		fat:  int64(le.Uint32(bs[exfatFATOffset:])) * bps,
+		heap: int64(le.Uint32(bs[exfatClusterHeap:])) * bps, count: int64(le.Uint32(bs[exfatClusterCount:])),
+		fats: int64(bs[exfatNumFATs]), flags: le.Uint16(bs[exfatVolumeFlags:])}
+	if g.heap > g.size || g.count > (g.size-g.heap)/g.cs {
+		return g, fmt.Errorf("ClusterHeapOffset or ClusterCount %d is past the volume", g.count)
+	}
+	return g, nil
+}
+
+// clusterOff returns the offset of cluster c and whether it is in the heap.
+func (g *exfatGeom) clusterOff(c int64) (int64, bool) {
+	return g.heap + (c-2)*g.cs, c >= 2 && c < g.count+2
 }

@@ -372,18 +372,12 @@ func probeLVM(d dev, where string, r *Report) (*Filesystem, error) {
 // lvmVolumes reads the first metadata area named after the data areas in
 // the PV header and lists its logical volumes.
 func lvmVolumes(d dev, l []byte, p int, where string, r *Report) []LogicalVolume {
-	// Data area list, then metadata area list, each ended by a zero pair.
 	var mdaOff int64 = -1
-	for list := 0; list < 2; list++ {
-		for ; p+16 <= sectorSize; p += 16 {
-			o := le.Uint64(l[p:])
-			if o == 0 && le.Uint64(l[p+8:]) == 0 {
-				p += 16
-				break
-			}
-			if list == 1 && mdaOff < 0 && o < uint64(d.size) {
-				mdaOff = int64(o)
-			}
+	_, mdas := lvmAreas(l, p)
+	for _, m := range mdas {
+		if m.start < d.size {
+			mdaOff = m.start
+			break
 		}
 	}
 	if mdaOff < 0 {

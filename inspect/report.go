@@ -39,6 +39,9 @@ type PartitionTable struct {
 	// for a 4Kn disk.
 	SectorSize int64       `json:"sector-size,omitempty"`
 	Partitions []Partition `json:"partitions"`
+	// meta are the table's own sectors (and, for GPT, everything outside
+	// the usable LBAs): no filesystem's free space may cover them.
+	meta []span
 }
 
 // Partition is one entry of the table. Start and Size are in bytes.
