@@ -68,27 +68,20 @@ type lvmPV struct {
 }
 
 func readLVMPV(d dev) (*lvmPV, error) {
-	head, err := d.read(0, lvmLabelSectors*sectorSize)
-	if err != nil {
-		return nil, err
+	l, s, err := lvmLabel(d)
+	if err != nil || l == nil {
+		return nil, errors.Join(err, errors.New("no LVM2 label"))
 	}
-	for s := 0; s < lvmLabelSectors; s++ {
-		l := head[s*sectorSize : (s+1)*sectorSize]
-		if string(l[:8]) != lvmLabelID || string(l[lvmLabelTypeOff:lvmLabelTypeOff+8]) != lvmLabelType {
-			continue
-		}
-		if le.Uint64(l[lvmLabelSector:]) != uint64(s) || le.Uint32(l[lvmLabelCRC:]) != lvmCRC(lvmInitialCRC, l[lvmLabelCRCStart:]) {
-			return nil, errors.New("LVM2 label checksum mismatch")
-		}
-		off := int(le.Uint32(l[lvmLabelOffsetXL:]))
-		if off < 32 || off+lvmPVUUIDLen+8 > sectorSize {
-			return nil, fmt.Errorf("LVM2 label: offset_xl %d is invalid", off)
-		}
-		pv := &lvmPV{uuid: string(l[off : off+lvmPVUUIDLen])}
-		pv.data, pv.mdas = lvmAreas(l, off+lvmPVUUIDLen+8)
-		return pv, pv.readMetadata(d)
+	if le.Uint64(l[lvmLabelSector:]) != uint64(s) || le.Uint32(l[lvmLabelCRC:]) != lvmCRC(lvmInitialCRC, l[lvmLabelCRCStart:]) {
+		return nil, errors.New("LVM2 label checksum mismatch")
 	}
-	return nil, errors.New("no LVM2 label")
+	off := int(le.Uint32(l[lvmLabelOffsetXL:]))
+	if off < 32 || off+lvmPVUUIDLen+8 > sectorSize {
+		return nil, fmt.Errorf("LVM2 label: offset_xl %d is invalid", off)
+	}
+	pv := &lvmPV{uuid: string(l[off : off+lvmPVUUIDLen])}
+	pv.data, pv.mdas = lvmAreas(l, off+lvmPVUUIDLen+8)
+	return pv, pv.readMetadata(d)
 }
 
 // readMetadata parses the VG metadata of every metadata area; all must

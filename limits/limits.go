@@ -56,6 +56,9 @@ type Image struct {
 	InodesUsed     int64
 	InodesTotal    int64
 	Filesystems    int // how many filesystems were read
+	// SparsifyFree are the data bytes that lie in free filesystem space:
+	// what `convert --sparsify` leaves out.
+	SparsifyFree int64
 }
 
 // Request is what the user intends to do with the image.
@@ -69,6 +72,9 @@ type Request struct {
 	// Quotas the request mentions, by rule id suffix ("private-images",
 	// "shared-tenants", …): the number the user intends.
 	Quotas map[string]int64
+	// Sparsify converts the upload with --sparsify, leaving out
+	// Image.SparsifyFree.
+	Sparsify bool
 }
 
 // Finding is one rule's verdict on the image and request.

@@ -29,7 +29,7 @@ func runCloudConvert(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format")}
+	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format"), Sparsify: sparsifyOptions(c) != nil}
 	d, err := planFile(c, src, c.String(formatFlag.Name), profile, req)
 	if err != nil {
 		return err
@@ -49,6 +49,9 @@ func runCloudConvert(c *cli.Context) error {
 		resize: d.Conversion.VirtualSize,
 		verify: true,
 		opts:   convert.Options{Workers: c.Int("m"), Checksum: c.String("checksum") == "sha256"},
+	}
+	if d.Conversion.Sparsify {
+		job.sparsify = sparsifyOptions(c)
 	}
 	if len(d.Conversion.Options) > 0 {
 		opts, err := format.ParseOptions(strings.Join(d.Conversion.Options, ","))
@@ -99,6 +102,13 @@ func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limit
 	}
 	if rep, err := inspect.Inspect(img, inspect.Options{NoAllocated: true}); err == nil {
 		limits.AddInspection(&facts, rep)
+	}
+	opts := inspect.SparsifyOptions{}
+	if o := sparsifyOptions(c); o != nil {
+		opts = *o
+	}
+	if _, rep, err := inspect.Sparsify(img, opts); err == nil {
+		facts.SparsifyFree = rep.SavedBytes
 	}
 	return limits.Plan(facts, p, req), nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/inspect"
 )
 
 func convertCommand() *cli.Command {
@@ -37,6 +38,7 @@ func convertCommand() *cli.Command {
 			&cli.StringFlag{Name: "checksum", Usage: "print the `ALGO` (sha256) digest of the written file"},
 			&cli.BoolFlag{Name: "verify", Usage: "re-read the output and compare it with the source"},
 			&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
+			sparsifyFlag(),
 		),
 		Action: runConvert,
 	}
@@ -49,6 +51,7 @@ type conversion struct {
 	opts     convert.Options
 	resize   int64 // grow the disk to this size; 0 keeps it
 	verify   bool
+	sparsify *inspect.SparsifyOptions // nil: copy free filesystem space too
 }
 
 func runConvert(c *cli.Context) error {
@@ -61,7 +64,7 @@ func runConvert(c *cli.Context) error {
 	if c.String("O") == "" {
 		return errors.New("convert: -O FMT is required")
 	}
-	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify")}
+	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify"), sparsify: sparsifyOptions(c)}
 	job.opts = convert.Options{Workers: c.Int("m"), Compress: c.Bool("c")}
 	var err error
 	if s := c.String("o"); s != "" {
@@ -112,8 +115,14 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	}
 	defer img.Close()
 	in := img
+	if job.sparsify != nil {
+		// --verify compares with this: free space reads as zeros.
+		if in, err = sparsifySource(c, img, *job.sparsify); err != nil {
+			return nil, err
+		}
+	}
 	if job.resize != 0 {
-		if in, err = convert.Grow(img, job.resize); err != nil {
+		if in, err = convert.Grow(in, job.resize); err != nil {
 			return nil, err
 		}
 	}
