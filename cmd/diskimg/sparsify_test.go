@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"crypto/rand"
 	"os"
 	"os/exec"
@@ -126,5 +127,29 @@ func TestCloudConvertSparsify(t *testing.T) {
 	b, _ := os.Stat(filepath.Join(out, "vm-sparse.qcow2"))
 	if a.Size()-b.Size() < 7<<20 {
 		t.Errorf("sparsified upload is %d bytes, the source %d", b.Size(), a.Size())
+	}
+}
+
+// TestBenchSparsifyJSON runs `bench --sparsify` on a tiny disk, with a
+// stand-in for virt-sparsify first on PATH.
+func TestBenchSparsifyJSON(t *testing.T) {
+	formattest.RequireQemu(t)
+	extWithDeleted(t, t.TempDir()) // skips without e2fsprogs
+	t.Setenv(asCLI, "1")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	os.WriteFile(filepath.Join(bin, "virt-sparsify"), []byte("#!/bin/sh\nexec qemu-img convert -f raw -O qcow2 \"$6\" \"$7\"\n"), 0o755)
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	out, stderr, code := runBenchCLI(t, "--sparsify", "--tiny", "--runs", "1", "--output", "json", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Ratio   float64
+		Targets []struct{ Name string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Ratio <= 0 || len(rep.Targets) != 2 {
+		t.Fatalf("%v: %s", err, out)
 	}
 }
