@@ -102,7 +102,10 @@ func Sparsify(img format.Image, opts SparsifyOptions) (format.Image, *SparsifyRe
 	if err := inspectDisk(disk, r, Options{NoOS: true}); err != nil {
 		return nil, nil, err
 	}
-	vols, protect := volumesOf(r, disk.size)
+	vols, protect, err := volumesOf(r, disk)
+	if err != nil {
+		return nil, nil, err
+	}
 	rep := &SparsifyReport{Filesystems: []SparsifiedFS{}}
 	var free []span
 	perFS := max(maxFreeSpans/max(len(vols), 1), 1024)
@@ -143,15 +146,32 @@ type volume struct {
 // volumesOf lists the filesystem windows Inspect found and the bytes no
 // filesystem may free: partition tables and, for each window, the other
 // partitions overlapping it.
-func volumesOf(r *Report, size int64) ([]volume, []span) {
+func volumesOf(r *Report, disk dev) ([]volume, []span, error) {
 	var vols []volume
 	var protect []span
 	if r.Filesystem != nil {
-		return []volume{{where: "disk", win: span{start: 0, end: size}, fs: r.Filesystem}}, nil
+		// A filesystem on the whole disk wins over an MBR in its first
+		// sector; the partitions that MBR lists keep their bytes.
+		v := volume{where: "disk", win: span{start: 0, end: disk.size}, fs: r.Filesystem}
+		s0, err := disk.read(0, sectorSize)
+		if err != nil {
+			return nil, nil, err
+		}
+		if mbrLooksValid(s0) {
+			pt, err := readMBR(disk, s0, &Report{})
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, p := range pt.Partitions {
+				v.others = append(v.others, span{start: p.Start, end: p.Start + p.Size})
+			}
+			protect = pt.meta
+		}
+		return []volume{v}, protect, nil
 	}
 	pt := r.PartitionTable
 	if pt == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	protect = append(protect, pt.meta...)
 	var parts []span
@@ -169,7 +189,7 @@ func volumesOf(r *Report, size int64) ([]volume, []span) {
 			}
 		}
 	}
-	return vols, protect
+	return vols, protect, nil
 }
 
 // disjoint drops the parts of each range of the sorted list s that an
@@ -214,6 +234,21 @@ func (v volume) freeSpans(disk dev, force bool, limit int, out *[]SparsifiedFS) 
 // runParser runs the parser for typ on d. kept says why nothing is
 // freed; err is only an image read error.
 func runParser(d dev, typ string, force bool, limit int) (spans []span, kept string, err error) {
+	// Two signatures (swap left under a newer filesystem, say) leave
+	// open which one is in use.
+	var types []string
+	for _, p := range probes {
+		fs, err := p(d, "", &Report{})
+		if isImageErr(err) {
+			return nil, "", err
+		}
+		if fs != nil && err == nil {
+			types = append(types, fs.Type)
+		}
+	}
+	if len(types) > 1 {
+		return nil, "ambiguous: signatures of " + strings.Join(types, " and "), nil
+	}
 	parse, ok := freeParsers[typ]
 	if !ok {
 		if kept = keptReasons[typ]; kept == "" {

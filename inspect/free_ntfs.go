@@ -32,6 +32,7 @@ const (
 	ntfsRaClean      = 0x0002
 	ntfsNoClient     = 0xffff
 	ntfsHiberfil     = "hiberfil.sys"
+	ntfsLogEmpty     = 8192 // both restart pages all 0xff: a reset log
 )
 
 func ntfsFree(d dev, force bool, l *freeList) error {
@@ -134,12 +135,12 @@ func (v *ntfsVol) checkLogFile() error {
 	if err != nil {
 		return fmt.Errorf("$LogFile: %w", err)
 	}
-	head, err := s.readAt(0, int(min(s.size, ntfsSectorStride)))
+	head, err := s.readAt(0, int(min(s.size, ntfsLogEmpty)))
 	if err != nil {
 		return fmt.Errorf("$LogFile: %w", err)
 	}
 	switch {
-	case len(head) == ntfsSectorStride && strings.Count(string(head), "\xff") == ntfsSectorStride:
+	case len(head) == ntfsLogEmpty && strings.Count(string(head), "\xff") == ntfsLogEmpty:
 		return nil
 	case string(head[:4]) == ntfsChkdMagic:
 		return dirty("chkdsk rewrote $LogFile")

@@ -319,6 +319,20 @@ func TestSparsifyOverlap(t *testing.T) {
 	if !bytes.Equal(out[p2:p2+1<<20], disk[p2:p2+1<<20]) || !bytes.Equal(out[:512], disk[:512]) {
 		t.Fatal("the overlapping partition or the MBR lost bytes")
 	}
+
+	// A filesystem on the whole disk whose boot sector is also an MBR:
+	// the partition it lists keeps its bytes.
+	whole := bytes.Clone(fsData)
+	copy(whole[:512], s0)
+	le.PutUint32(whole[mbrTable+8:], uint32((len(whole)-1<<20)/512))
+	le.PutUint32(whole[mbrTable+12:], 1<<20/512)
+	clear(whole[mbrTable+16 : mbrTable+32])
+	tail := len(whole) - 1<<20
+	copy(whole[tail:], bytes.Repeat([]byte("partition 1 "), 1<<20/12))
+	out, rep = sparsifyBytes(t, whole, SparsifyOptions{})
+	if rep.Filesystems[0].Where != "disk" || rep.SavedBytes == 0 || !bytes.Equal(out[tail:], whole[tail:]) || !bytes.Equal(out[:512], whole[:512]) {
+		t.Fatalf("whole-disk filesystem under an MBR: %+v", rep.Filesystems)
+	}
 }
 
 // TestSparsifyUnsure: group descriptors pointing outside the filesystem,
@@ -344,6 +358,26 @@ func TestSparsifyUnsure(t *testing.T) {
 		if !strings.HasPrefix(rep.Filesystems[0].Kept, "unsure") || !bytes.Equal(out, data) {
 			t.Errorf("%s: %+v", tc.name, rep.Filesystems[0])
 		}
+	}
+	// A swap signature left in the ext4's first block: which is in use?
+	data4k, _ := os.ReadFile(extImage(t, t.TempDir(), 16<<20, "mkfs.ext4", "-b", "4096"))
+	copy(data4k[4096-10:], "SWAPSPACE2")
+	if out, rep := sparsifyBytes(t, data4k, SparsifyOptions{}); rep.Filesystems[0].Kept != "ambiguous: signatures of swap and ext4" || !bytes.Equal(out, data4k) {
+		t.Errorf("swap and ext4: %+v", rep.Filesystems[0])
+	}
+	big := extImage(t, t.TempDir(), 16<<20, "mkfs.ext4", "-O", "bigalloc", "-C", "16384")
+	data, _ := os.ReadFile(big)
+	if _, rep := sparsifyBytes(t, data, SparsifyOptions{}); !strings.Contains(rep.Filesystems[0].Kept, "bigalloc") {
+		t.Errorf("bigalloc: %+v", rep.Filesystems[0])
+	}
+	// Btrfs is copied whole: its free space is not read.
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "inspect", "btrfs.seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = fuzzBytes(b)
+	if _, rep := sparsifyBytes(t, b, SparsifyOptions{}); rep.Filesystems[0].Type != "btrfs" || !strings.Contains(rep.Filesystems[0].Kept, "copied whole") {
+		t.Errorf("btrfs: %+v", rep.Filesystems)
 	}
 }
 
@@ -759,5 +793,60 @@ func TestSparsifyXFSLog(t *testing.T) {
 	}
 	if rep := sparsifyFile(t, img, out, SparsifyOptions{Force: true}); rep.Filesystems[0].Kept != "" {
 		t.Fatalf("dirty log, forced: %+v", rep.Filesystems)
+	}
+}
+
+// TestSparsifyXFSProto sparsifies XFS v4 and v5 filesystems that mkfs
+// fills from a prototype file (no mount, so no root): xfs_repair passes
+// and the blocks of eight files, found with xfs_db, still hold their bytes.
+func TestSparsifyXFSProto(t *testing.T) {
+	if testing.Short() {
+		t.Skip("not in -short")
+	}
+	requireTool(t, "mkfs.xfs", "xfsprogs")
+	requireTool(t, "xfs_db", "xfsprogs")
+	dir := t.TempDir()
+	c := newChurn(5)
+	add, _ := c.stage(24 << 20)
+	proto := []string{"/dev/null", "0 0", "d--755 0 0"}
+	names := sortedKeys(add)
+	for i, n := range names {
+		p := filepath.Join(dir, fmt.Sprintf("src%d", i))
+		os.WriteFile(p, add[n], 0o644)
+		proto = append(proto, fmt.Sprintf("f%d ---644 0 0 %s", i, p))
+	}
+	proto = append(proto, "$", "$")
+	os.WriteFile(filepath.Join(dir, "proto"), []byte(strings.Join(proto, "\n")+"\n"), 0o644)
+	for _, crc := range []string{"1", "0"} {
+		img := filepath.Join(dir, "xfs"+crc)
+		garbageFile(t, img, 320<<20, 12)
+		run(t, "mkfs.xfs", "-q", "-f", "-m", "crc="+crc, "-p", filepath.Join(dir, "proto"), img)
+		out := img + ".out"
+		rep := sparsifyFile(t, img, out, SparsifyOptions{})
+		if rep.Filesystems[0].Kept != "" || rep.SavedBytes < 200<<20 {
+			t.Fatalf("crc=%s: %+v", crc, rep.Filesystems)
+		}
+		fsckOK("xfs_repair", "-n", "-f")(t, out)
+		sb := readRange(t, out, 0, 512)
+		bs, agblocks := int64(be.Uint32(sb[xfsBlockSize:])), int64(be.Uint32(sb[xfsAGBlocks:]))
+		ls := run(t, "xfs_db", "-r", "-c", "ls /", out)
+		for i, n := range names[:min(len(names), 8)] {
+			var ino int64
+			for _, l := range strings.Split(ls, "\n") {
+				if f := strings.Fields(l); len(f) >= 6 && f[5] == fmt.Sprintf("f%d", i) {
+					ino, _ = strconv.ParseInt(f[1], 10, 64)
+				}
+			}
+			var got []byte
+			for _, l := range strings.Split(run(t, "xfs_db", "-r", "-c", fmt.Sprintf("inode %d", ino), "-c", "bmap", out), "\n") {
+				var off, start, ag, agbno, count int64
+				if _, err := fmt.Sscanf(l, "data offset %d startblock %d (%d/%d) count %d", &off, &start, &ag, &agbno, &count); err == nil {
+					got = append(got, readRange(t, out, (ag*agblocks+agbno)*bs, count*bs)...)
+				}
+			}
+			if len(got) < len(add[n]) || !bytes.Equal(got[:len(add[n])], add[n]) {
+				t.Fatalf("crc=%s: f%d (%s, inode %d) differs after sparsifying", crc, i, n, ino)
+			}
+		}
 	}
 }
