@@ -850,3 +850,11 @@ func TestSparsifyXFSProto(t *testing.T) {
 		}
 	}
 }
+
+func TestHuman(t *testing.T) {
+	for n, want := range map[int64]string{1000 << 20: "1000 MiB", 1023 << 20: "1023 MiB", 1 << 30: "1 GiB", 1536 << 20: "1.5 GiB", 999 << 10: "999 KiB", 100: "100 B"} {
+		if got := human(n); got != want {
+			t.Errorf("human(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

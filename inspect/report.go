@@ -251,5 +251,8 @@ func human(n int64) string {
 		v /= 1024
 		i++
 	}
+	if v >= 999.5 {
+		return fmt.Sprintf("%.0f %ciB", v, units[i]) // %.3g would say 1e+03
+	}
 	return fmt.Sprintf("%.3g %ciB", v, units[i])
 }
