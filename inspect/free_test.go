@@ -760,7 +760,7 @@ func TestSparsifyXFSLog(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wrapped = c >= 3
+		wrapped = c >= 2 // block 0 written again: the log went round
 	}
 	if !wrapped {
 		t.Fatal("the log did not wrap")
