@@ -43,6 +43,12 @@ const (
 	extJournalInode       = 8
 	extMaxGroups          = 1 << 22
 	extMaxJournalRuns     = 1 << 16
+	jbdMagic              = 0xc03b3998 // jbd2 journal superblock, big-endian
+	jbdBlockType          = 4
+	jbdSuperV1            = 3
+	jbdSuperV2            = 4
+	jbdStart              = 0x1c // u32 first block of the log; 0: nothing to replay
+	jbdSuperSize          = 1024
 	extIncompatUnderstood = 0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000
 	extROUnderstood       = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000
 )
@@ -94,7 +100,7 @@ func extFree(d dev, force bool, l *freeList) error {
 			return err
 		}
 	}
-	protect, err := g.metadata(d, groups)
+	protect, err := g.metadata(d, groups, force)
 	if err != nil {
 		return err
 	}
@@ -278,7 +284,7 @@ func crc16(c uint16, p []byte) uint16 {
 // block, superblocks with their GDT and reserved GDT blocks, meta_bg
 // descriptor blocks, every group's bitmaps and inode table, and the
 // journal.
-func (g *extGeom) metadata(d dev, groups []extGroup) ([]span, error) {
+func (g *extGeom) metadata(d dev, groups []extGroup, force bool) ([]span, error) {
 	bs := g.blockSize
 	blocks := func(from, n int64) span { return span{start: from * bs, end: (from + n) * bs} }
 	out := []span{{end: max(extSuperOff+extSuperSize, (g.firstDataBlock+1)*bs)}}
@@ -300,12 +306,13 @@ func (g *extGeom) metadata(d dev, groups []extGroup) ([]span, error) {
 		gr := groups[n]
 		out = append(out, blocks(gr.blockBitmap, 1), blocks(gr.inodeBitmap, 1), blocks(gr.inodeTable, g.inodeTableBlocks))
 	}
-	j, err := g.journal(d)
+	j, err := g.journal(d, force)
 	return append(out, j...), err
 }
 
-// journal returns the blocks of an internal journal.
-func (g *extGeom) journal(d dev) ([]span, error) {
+// journal returns the blocks of an internal journal and, unless force,
+// fails when the journal still holds transactions.
+func (g *extGeom) journal(d dev, force bool) ([]span, error) {
 	inum := le.Uint32(g.sb[extJournalInum:])
 	if le.Uint32(g.sb[extFeatureCompat:])&extCompatHasJournal == 0 || inum == 0 {
 		return nil, nil
@@ -338,6 +345,19 @@ func (g *extGeom) journal(d dev) ([]span, error) {
 			out = append(out, span{start: phys * g.blockSize, end: (phys + run) * g.blockSize})
 		}
 		lb += run
+	}
+	if force || len(out) == 0 {
+		return out, nil
+	}
+	jsb, err := d.read(out[0].start, jbdSuperSize)
+	if err != nil {
+		return nil, err
+	}
+	switch t := be.Uint32(jsb[jbdBlockType:]); {
+	case be.Uint32(jsb) != jbdMagic || t != jbdSuperV1 && t != jbdSuperV2:
+		return nil, errors.New("the journal has no superblock")
+	case be.Uint32(jsb[jbdStart:]) != 0:
+		return nil, dirty("the journal holds transactions to replay")
 	}
 	return out, nil
 }

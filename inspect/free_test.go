@@ -137,15 +137,25 @@ func TestSparsifyDirty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The journal's first block, whose superblock says what to replay.
+	var jblk int64
+	fmt.Sscan(strings.TrimSpace(run(t, "debugfs", "-R", "bmap <8> 0", img)), &jblk)
+	bs := int64(1024) << le.Uint32(clean[extSuperOff+extLogBlockSize:])
 	for _, tc := range []struct{ name, cmd, why string }{
 		{"state", "ssv state 0", "not cleanly unmounted"},
 		{"errors", "ssv state 3", "records errors"},
 		{"recovery", "feature needs_recovery", "needs recovery"},
+		{"journal", "", "transactions to replay"},
 	} {
 		p := filepath.Join(dir, tc.name)
-		os.WriteFile(p, clean, 0o644)
-		run(t, "debugfs", "-w", "-R", tc.cmd, p)
-		data, _ := os.ReadFile(p)
+		data := bytes.Clone(clean)
+		if tc.cmd == "" {
+			be.PutUint32(data[jblk*bs+jbdStart:], 1)
+		} else {
+			os.WriteFile(p, clean, 0o644)
+			run(t, "debugfs", "-w", "-R", tc.cmd, p)
+			data, _ = os.ReadFile(p)
+		}
 		out, rep := sparsifyBytes(t, data, SparsifyOptions{})
 		if k := rep.Filesystems[0].Kept; !strings.Contains(k, "dirty") || !strings.Contains(k, tc.why) || !bytes.Equal(out, data) {
 			t.Errorf("%s: kept %q", tc.name, k)
