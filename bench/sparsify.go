@@ -129,7 +129,7 @@ func RunSparsify(ctx context.Context, c Config) (rep *SparsifyReport, err error)
 		os.Remove(plain)
 	}
 	rep.LoadBefore = loadAvg()
-	rep.Diskimg = h.timeSparsify(ctx, disk, c.Diskimg, "convert", "--sparsify", "-f", "raw", "-O", "qcow2", disk)
+	rep.Diskimg = h.timeSparsify(ctx, disk, size, c.Diskimg, "convert", "--sparsify", "-f", "raw", "-O", "qcow2", disk)
 	vs := c.VirtSparsify
 	if vs == "" {
 		vs, _ = exec.LookPath("virt-sparsify")
@@ -137,7 +137,7 @@ func RunSparsify(ctx context.Context, c Config) (rep *SparsifyReport, err error)
 	if vs == "" {
 		rep.VirtSparsify = &SparsifyResult{Skipped: "virt-sparsify not installed (libguestfs-tools)"}
 	} else {
-		rep.VirtSparsify = h.timeSparsify(ctx, disk, vs, "--quiet", "--format", "raw", "--convert", "qcow2", disk)
+		rep.VirtSparsify = h.timeSparsify(ctx, disk, size, vs, "--quiet", "--format", "raw", "--convert", "qcow2", disk)
 	}
 	rep.LoadAfter = loadAvg()
 	if strings.Contains(rep.VirtSparsify.Error, "guestfs_launch failed") && rep.Settings["LIBGUESTFS_BACKEND_SETTINGS"] == "" {
@@ -156,8 +156,8 @@ func RunSparsify(ctx context.Context, c Config) (rep *SparsifyReport, err error)
 
 // timeSparsify runs bin with args and the output path last, Runs times
 // unless a run is slow (virt-sparsify boots a VM), and records the median
-// time and the output's size.
-func (h *harness) timeSparsify(ctx context.Context, src, bin string, args ...string) *SparsifyResult {
+// time, MB/s of the disk's size bytes and the output's size.
+func (h *harness) timeSparsify(ctx context.Context, src string, size int64, bin string, args ...string) *SparsifyResult {
 	out := filepath.Join(h.work, "out.qcow2")
 	defer os.Remove(out)
 	var samples []sample
@@ -183,7 +183,7 @@ func (h *harness) timeSparsify(ctx context.Context, src, bin string, args ...str
 		res.OutputBytes, _ = allocated(out)
 		h.logf("sparsify: %s %s, output %s", filepath.Base(bin), secs(s.seconds), human(res.OutputBytes))
 	}
-	res.Result = *summarize(samples, 0)
+	res.Result = *summarize(samples, size)
 	return res
 }
 
