@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -235,19 +236,11 @@ func (r *SparsifyReport) WriteTable(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w)
-	for _, t := range r.Targets {
-		mark := "met "
-		if !t.Met {
-			mark = "MISS"
-		}
-		fmt.Fprintf(w, "%s  %s: %s\n", mark, t.Name, t.Measured)
-	}
+	notes := slices.Clone(r.Notes)
 	for k, v := range r.Settings {
-		fmt.Fprintf(w, "note: %s=%s\n", k, v)
+		notes = append(notes, k+"="+v)
 	}
-	for _, n := range r.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
-	}
+	writeTargets(w, r.Targets, notes)
 	return nil
 }
 
