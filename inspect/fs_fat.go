@@ -90,6 +90,9 @@ type fatVol struct {
 	dataOff  int64 // cluster 2
 	clusters int64
 	bits     int64 // FAT entry width: 12, 16 or 32
+	nfats    int64 // copies of the FAT, each fatBytes long
+	fatBytes int64
+	size     int64 // the volume's bytes (BPB_TotSec)
 	// rootOff and rootLen place the root directory: the fixed area of
 	// FAT12/16, or the first cluster of FAT32's (rootClus).
 	rootOff, rootLen int64
@@ -146,7 +149,8 @@ func parseFATBoot(d dev, bs []byte) (*fatVol, *Filesystem, error) {
 	if fatsz == 0 || meta >= tot {
 		return nil, fs, fmt.Errorf("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
 	}
-	v := &fatVol{d: d, cs: spc * bps, fatOff: rsvd * bps, dataOff: meta * bps, clusters: (tot - meta) / spc, bits: 32}
+	v := &fatVol{d: d, cs: spc * bps, fatOff: rsvd * bps, dataOff: meta * bps, clusters: (tot - meta) / spc, bits: 32,
+		nfats: nfats, fatBytes: fatsz * bps, size: tot * bps}
 	switch {
 	case v.clusters < fatMaxFAT12:
 		fs.Version, v.bits = "FAT12", 12
@@ -171,46 +175,52 @@ func parseFATBoot(d dev, bs []byte) (*fatVol, *Filesystem, error) {
 }
 
 // fatFree counts the free (zero) entries for clusters 2..clusters+1 of
-// the FAT at off, reading it in bounded chunks.
+// the FAT at off.
 func fatFree(d dev, off, clusters, entryBits int64) (int64, error) {
 	var free int64
-	if entryBits == 12 {
-		b, err := d.read(off, int((clusters+2)*3/2+1))
-		if err != nil {
-			return 0, err
+	err := fatEntries(d, off, 2, clusters+2, entryBits, func(_ int64, v uint32) {
+		if v == 0 {
+			free++
 		}
-		for c := int64(2); c < clusters+2; c++ {
-			v := le.Uint16(b[c*3/2:])
+	})
+	return free, err
+}
+
+// fatEntries calls fn with the entries of clusters [from, to) of the FAT
+// at off, reading it in bounded chunks.
+func fatEntries(d dev, off, from, to, entryBits int64, fn func(c int64, v uint32)) error {
+	if entryBits == 12 {
+		lo := from * 3 / 2
+		b, err := d.read(off+lo, int(to*3/2+1-lo))
+		if err != nil {
+			return err
+		}
+		for c := from; c < to; c++ {
+			v := le.Uint16(b[c*3/2-lo:])
 			if c&1 == 1 {
 				v >>= 4
 			}
-			if v&0xfff == 0 {
-				free++
-			}
+			fn(c, uint32(v&0xfff))
 		}
-		return free, nil
+		return nil
 	}
 	esize := entryBits / 8
-	for c := int64(2); c < clusters+2; {
-		n := min(clusters+2-c, fatChunk/esize)
+	for c := from; c < to; {
+		n := min(to-c, fatChunk/esize)
 		b, err := d.read(off+c*esize, int(n*esize))
 		if err != nil {
-			return 0, err
+			return err
 		}
 		for i := int64(0); i < n; i++ {
-			var v uint32
 			if esize == 2 {
-				v = uint32(le.Uint16(b[i*2:]))
+				fn(c+i, uint32(le.Uint16(b[i*2:])))
 			} else {
-				v = le.Uint32(b[i*4:]) & 0x0fffffff
-			}
-			if v == 0 {
-				free++
+				fn(c+i, le.Uint32(b[i*4:])&0x0fffffff)
 			}
 		}
 		c += n
 	}
-	return free, nil
+	return nil
 }
 
 // exFAT boot sector.
@@ -221,6 +231,8 @@ const (
 	exfatClusterHeap  = 88  // u32 sectors
 	exfatClusterCount = 92  // u32
 	exfatRootCluster  = 96  // u32
+	exfatVolumeFlags  = 106 // u16: 1 second FAT active, 2 dirty, 4 media failure
+	exfatNumFATs      = 110 // u8
 	exfatSerial       = 100 // u32
 	exfatBPSShift     = 108 // u8, 9..12
 	exfatSPCShift     = 109 // u8, bps shift + this ≤ 25
@@ -240,27 +252,16 @@ func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	fs := &Filesystem{Type: "exfat"}
 	id := le.Uint32(bs[exfatSerial:])
 	fs.UUID = fmt.Sprintf("%04X-%04X", id>>16, id&0xffff)
-	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
-	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
-		r.addf(Error, "%s: exfat boot sector: BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", where, bpsShift, spcShift)
+	g, err := parseExFATBoot(bs, d.size)
+	if g != nil {
+		fs.Size = g.size
+	}
+	if err != nil {
+		r.addf(Error, "%s: exfat boot sector: %v", where, err)
 		return fs, nil
 	}
-	bps := int64(1) << bpsShift
-	cs := bps << spcShift
-	vol := le.Uint64(bs[exfatVolumeLength:])
-	heap := int64(le.Uint32(bs[exfatClusterHeap:])) * bps
-	count := int64(le.Uint32(bs[exfatClusterCount:]))
-	if vol > uint64(d.size/bps) {
-		r.addf(Error, "%s: exfat boot sector: VolumeLength %d sectors does not fit the %d-byte device", where, vol, d.size)
-		return fs, nil
-	}
-	fs.Size = int64(vol) * bps
-	if heap > fs.Size || count > (fs.Size-heap)/cs {
-		r.addf(Error, "%s: exfat boot sector: ClusterHeapOffset or ClusterCount %d is past the volume", where, count)
-		return fs, nil
-	}
-	fs.BlockSize = cs
-	clusterOff := func(c int64) (int64, bool) { return heap + (c-2)*cs, c >= 2 && c < count+2 }
+	fs.BlockSize = g.cs
+	cs, count, clusterOff := g.cs, g.count, g.clusterOff
 	rootOff, ok := clusterOff(int64(le.Uint32(bs[exfatRootCluster:])))
 	if !ok {
 		r.addf(Error, "%s: exfat boot sector: FirstClusterOfRootDirectory is outside the cluster heap", where)
@@ -309,4 +310,42 @@ func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
 		fs.Free = (count - used) * cs
 	}
 	return fs, nil
+}
+
+// exfatGeom is an exFAT volume's layout, in bytes.
+type exfatGeom struct {
+	bps, cs     int64
+	size        int64 // volume length
+	fat         int64 // first FAT
+	heap, count int64 // cluster heap and its clusters
+	rootOff     int64
+	fats        int64
+	flags       uint16 // VolumeFlags
+}
+
+// parseExFATBoot checks exFAT boot sector bs against a device of devSize
+// bytes; g carries the volume size once that is known to fit.
+func parseExFATBoot(bs []byte, devSize int64) (g *exfatGeom, err error) {
+	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
+	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
+		return nil, fmt.Errorf("BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", bpsShift, spcShift)
+	}
+	bps := int64(1) << bpsShift
+	vol := le.Uint64(bs[exfatVolumeLength:])
+	if vol > uint64(devSize/bps) {
+		return nil, fmt.Errorf("VolumeLength %d sectors does not fit the %d-byte device", vol, devSize)
+	}
+	g = &exfatGeom{bps: bps, cs: bps << spcShift, size: int64(vol) * bps,
+		fat:  int64(le.Uint32(bs[exfatFATOffset:])) * bps,
+		heap: int64(le.Uint32(bs[exfatClusterHeap:])) * bps, count: int64(le.Uint32(bs[exfatClusterCount:])),
+		fats: int64(bs[exfatNumFATs]), flags: le.Uint16(bs[exfatVolumeFlags:])}
+	if g.heap > g.size || g.count > (g.size-g.heap)/g.cs {
+		return g, fmt.Errorf("ClusterHeapOffset or ClusterCount %d is past the volume", g.count)
+	}
+	return g, nil
+}
+
+// clusterOff returns the offset of cluster c and whether it is in the heap.
+func (g *exfatGeom) clusterOff(c int64) (int64, bool) {
+	return g.heap + (c-2)*g.cs, c >= 2 && c < g.count+2
 }

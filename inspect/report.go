@@ -42,6 +42,9 @@ type PartitionTable struct {
 	// for a 4Kn disk.
 	SectorSize int64       `json:"sector-size,omitempty"`
 	Partitions []Partition `json:"partitions"`
+	// meta are the table's own sectors (and, for GPT, everything outside
+	// the usable LBAs): no filesystem's free space may cover them.
+	meta []span
 }
 
 // Partition is one entry of the table. Start and Size are in bytes.
@@ -432,6 +435,9 @@ func human(n int64) string {
 	for v >= 1024 && i < len(units)-1 {
 		v /= 1024
 		i++
+	}
+	if v >= 999.5 {
+		return fmt.Sprintf("%.0f %ciB", v, units[i]) // %.3g would say 1e+03
 	}
 	return fmt.Sprintf("%.3g %ciB", v, units[i])
 }

@@ -76,6 +76,9 @@ type Image struct {
 	// ("/home on /dev/sdb1").
 	FstabDevices       []string
 	PersistentNetRules bool
+	// SparsifyFree are the data bytes that lie in free filesystem space:
+	// what `convert --sparsify` leaves out.
+	SparsifyFree int64
 }
 
 // Request is what the user intends to do with the image.
@@ -93,6 +96,9 @@ type Request struct {
 	// better than inspect (or must choose, for a hybrid image); "" takes
 	// the modes inspect found.
 	BootMode string
+	// Sparsify converts the upload with --sparsify, leaving out
+	// Image.SparsifyFree.
+	Sparsify bool
 }
 
 // Finding is one rule's verdict on the image and request.

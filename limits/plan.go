@@ -55,6 +55,9 @@ type Decision struct {
 	// Conversion is what diskimg converts the image to before upload; nil
 	// when the image goes as it is.
 	Conversion *Conversion `json:"conversion,omitempty"`
+	// SparsifyCommands make the upload with --sparsify, when that takes
+	// a better path than Commands (see the ".sparsify" finding).
+	SparsifyCommands []string `json:"sparsify-commands,omitempty"`
 }
 
 // Conversion describes the conversion that makes the upload.
@@ -70,6 +73,8 @@ type Conversion struct {
 	// Package is how the output is wrapped for upload ("tar.gz"), "" for
 	// none; PackageCommand gives the command.
 	Package string `json:"package,omitempty"`
+	// Sparsify leaves out the free space of the image's filesystems.
+	Sparsify bool `json:"sparsify,omitempty"`
 }
 
 // PackageCommand returns the command that wraps a conversion's output,
@@ -115,12 +120,15 @@ func Plan(img Image, p *Profile, req Request) Decision {
 	if dir == Export {
 		return planExport(img, p, req, paths, d)
 	}
+	if req.Sparsify {
+		img = sparsified(img)
+	}
 	var chosen *Path
 	var upload Image
 	for i := range paths {
 		path := &paths[i]
 		// The smallest upload that fits wins; the image as it is wins ties.
-		for _, u := range uploadsFor(img, path, req.UploadFormat) {
+		for _, u := range uploadsFor(img, path, req) {
 			fits := path.MaxSize == 0 || u.FileSize <= path.MaxSize || compressedFits(u, path)
 			if fits && (chosen == nil || u.FileSize < upload.FileSize) {
 				chosen, upload = path, u
@@ -133,7 +141,7 @@ func Plan(img Image, p *Profile, req Request) Decision {
 	if chosen == nil {
 		// Report against the largest path, with the smallest upload diskimg could make.
 		last := &paths[len(paths)-1]
-		us := uploadsFor(img, last, req.UploadFormat)
+		us := uploadsFor(img, last, req)
 		if len(us) == 0 {
 			d.Findings = append(d.Findings, Finding{Rule: p.Name + ".upload-format", Severity: Error,
 				Message: fmt.Sprintf("%s is not an upload format of %s", displayFormat(req.UploadFormat), p.Title), Source: p.Source})
@@ -144,16 +152,19 @@ func Plan(img Image, p *Profile, req Request) Decision {
 		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.size", Severity: Error,
 			Message: fmt.Sprintf("the file to upload is %s, more than the %s any import path takes", size(u.FileSize), size(last.MaxSize)), Source: p.Source})
 		d.Findings = append(d.Findings, Check(u, p, req)...)
-		return d
+		return suggestSparsify(img, p, req, d)
 	}
 	d.UploadFormat, d.UploadSize = upload.Format, upload.FileSize
 	converted := upload.Format != img.Format || upload.Subformat != img.Subformat && upload.Subformat != "" ||
-		upload.VirtualSize != img.VirtualSize || img.Backing || chosen.Package != ""
+		upload.VirtualSize != img.VirtualSize || img.Backing || chosen.Package != "" || req.Sparsify
 	d.UploadSizeEstimated = converted && !exactSize(upload)
 	d.Findings = append(d.Findings, Check(upload, p, req)...)
 	d.Findings = append(d.Findings, pathFinding(p, chosen, upload, converted))
 	if converted {
 		d.Conversion = conversionFor(img, p, chosen, upload)
+		if req.Sparsify {
+			sparsifyOutput(img, d.Conversion)
+		}
 		d.Commands = convertCommands(img, d.Conversion)
 	}
 	if chosen.MaxSize > 0 && upload.FileSize > chosen.MaxSize {
@@ -178,7 +189,7 @@ func Plan(img Image, p *Profile, req Request) Decision {
 			d.Path = Refused
 		}
 	}
-	return d
+	return suggestSparsify(img, p, req, d)
 }
 
 func planExport(img Image, p *Profile, req Request, paths []Path, d Decision) Decision {
@@ -250,9 +261,11 @@ func pathFinding(p *Profile, path *Path, u Image, converted bool) Finding {
 }
 
 // uploadsFor returns the images that could be uploaded on path, best
-// first: the image itself when the path takes it, then the conversion
-// diskimg would make. want forces the upload format.
-func uploadsFor(img Image, path *Path, want string) []Image {
+// first: the image itself when the path takes it (and is not to be
+// sparsified), then the conversion diskimg would make. The request's
+// upload format forces the format.
+func uploadsFor(img Image, path *Path, req Request) []Image {
+	want := req.UploadFormat
 	target := path.Convert
 	if want != "" {
 		target = matchFormat(append(path.Formats, path.OnRequest...), want)
@@ -264,7 +277,7 @@ func uploadsFor(img Image, path *Path, want string) []Image {
 	var out []Image
 	// A path that packages its upload (GCP's disk.raw in a tar.gz) always
 	// writes the file under the name the package needs.
-	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0) && path.Package == ""
+	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0) && path.Package == "" && !req.Sparsify
 	if selfContained && (want == "" && accepts(path.Formats, img) || want != "" && img.Format == f && (sub == "" || sub == img.Subformat)) {
 		out = append(out, img)
 	}
@@ -406,6 +419,9 @@ func convertCommands(img Image, c *Conversion) []string {
 	cmd := "diskimg convert"
 	for _, f := range img.OpenFlags {
 		cmd += " " + quote(f)
+	}
+	if c.Sparsify {
+		cmd += " --sparsify"
 	}
 	if img.Format != "" {
 		cmd += " -f " + img.Format

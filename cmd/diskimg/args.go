@@ -116,6 +116,13 @@ func optionSpec(cmd *cli.Command) map[string]bool {
 		if v, ok := f.(interface{ TakesValue() bool }); ok {
 			takesValue = v.TakesValue()
 		}
+		// A generic flag whose value stands alone (--sparsify, or
+		// --sparsify=force) takes no separate argument.
+		if g, ok := f.(*cli.GenericFlag); ok {
+			if b, ok := g.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				takesValue = false
+			}
+		}
 		for _, n := range f.Names() {
 			spec[n] = takesValue
 		}

@@ -37,7 +37,7 @@ func runCloudConvert(c *cli.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format"), BootMode: c.String("boot-mode")}
+	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format"), BootMode: c.String("boot-mode"), Sparsify: sparsifyOptions(c) != nil}
 	if req.BootMode != "" && req.BootMode != "bios" && req.BootMode != "uefi" {
 		return fmt.Errorf("--boot-mode: %q is not bios or uefi", req.BootMode)
 	}
@@ -68,6 +68,9 @@ func runCloudConvert(c *cli.Context) (err error) {
 		verify: true,
 		opts:   convert.Options{Workers: c.Int("m"), Checksum: c.String("checksum") == "sha256"},
 		out:    out,
+	}
+	if d.Conversion.Sparsify {
+		job.sparsify = sparsifyOptions(c)
 	}
 	if len(d.Conversion.Options) > 0 {
 		opts, err := format.ParseOptions(strings.Join(d.Conversion.Options, ","))
@@ -160,6 +163,13 @@ func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limit
 	facts.OpenFlags = openFlags(c, path, img)
 	if rep, err := inspect.Inspect(img, inspect.Options{NoAllocated: true}); err == nil {
 		limits.AddInspection(&facts, rep)
+	}
+	opts := inspect.SparsifyOptions{}
+	if o := sparsifyOptions(c); o != nil {
+		opts = *o
+	}
+	if _, rep, err := inspect.Sparsify(img, opts); err == nil {
+		facts.SparsifyFree = rep.SavedBytes
 	}
 	return limits.Plan(facts, p, req), nil
 }

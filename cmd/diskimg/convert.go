@@ -19,6 +19,7 @@ import (
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/inspect"
 )
 
 func convertCommand() *cli.Command {
@@ -47,6 +48,7 @@ func convertCommand() *cli.Command {
 			&cli.StringFlag{Name: "checksum", Usage: "print the `ALGO` (sha256) digest of the written file"},
 			&cli.BoolFlag{Name: "verify", Usage: "re-read the output and compare it with the source"},
 			&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
+			sparsifyFlag(),
 		),
 		Action: runConvert,
 	}
@@ -68,7 +70,8 @@ type conversion struct {
 	opts     convert.Options
 	resize   int64 // grow the disk to this size; 0 keeps it
 	verify   bool
-	out      convert.OutputOptions // Force, Cache, InPlace, TargetIsZero
+	out      convert.OutputOptions    // Force, Cache, InPlace, TargetIsZero
+	sparsify *inspect.SparsifyOptions // nil: copy free filesystem space too
 }
 
 func runConvert(c *cli.Context) error {
@@ -88,7 +91,7 @@ func runConvert(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return fmt.Errorf("convert: expected SRC and DST, got %d arguments", c.NArg())
 	}
-	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify")}
+	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify"), sparsify: sparsifyOptions(c)}
 	job.opts = convert.Options{Workers: c.Int("m"), Compress: c.Bool("c"), WriterOptions: writerOpts}
 	var err error
 	if job.out, err = outputOptions(c); err != nil {
@@ -196,8 +199,14 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	}
 	defer img.Close()
 	in := img
+	if job.sparsify != nil {
+		// --verify compares with this: free space reads as zeros.
+		if in, err = sparsifySource(c, img, *job.sparsify); err != nil {
+			return nil, err
+		}
+	}
 	if job.resize != 0 {
-		if in, err = convert.Grow(img, job.resize); err != nil {
+		if in, err = convert.Grow(in, job.resize); err != nil {
 			return nil, err
 		}
 	}
