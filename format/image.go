@@ -44,6 +44,9 @@ type Extent struct {
 	Offset int64
 	// Compressed is set when the run is stored compressed.
 	Compressed bool
+	// File is the host file Offset refers to: the layer's own file, a
+	// VMDK extent, a qcow2 external data file. Nil when Offset is -1.
+	File File
 }
 
 // End returns the guest offset just past the extent.
@@ -101,3 +104,23 @@ type Info struct {
 	// (VMDK extents); actual-size counts them as qemu-img does.
 	ExtentFiles []string
 }
+
+// Base is embedded by drivers for the methods every image has alike.
+type Base struct {
+	// File is the image's file; Close closes it.
+	File File
+	// Meta is what Info returns; Meta.VirtualSize is what Size returns.
+	Meta Info
+}
+
+// Size returns the virtual disk size in bytes.
+func (b *Base) Size() int64 { return b.Meta.VirtualSize }
+
+// Info returns a copy of the image's metadata.
+func (b *Base) Info() *Info {
+	info := b.Meta
+	return &info
+}
+
+// Close closes the image's file.
+func (b *Base) Close() error { return CloseFile(b.File) }

@@ -167,14 +167,12 @@ type Bitmap struct {
 	Granularity int64    `json:"granularity"`
 }
 
-// Image is an open qcow2 image.
+// Image is an open qcow2 image: this file's layer of a backing chain.
 type Image struct {
-	f         format.File
-	data      format.File // holds guest clusters: f, or the external data file
+	format.Base
+	data      format.File // holds guest clusters: File, or the external data file
 	dataClose io.Closer   // the external data file, closed with the image
-	backing   format.Image
-	size      int64
-	info      format.Info
+	backing   *format.Backing
 
 	clusterBits uint
 	clusterSize int64
@@ -195,8 +193,8 @@ func errorf(field string, off int64, reason string, args ...any) error {
 	return format.Errorf(Name, field, off, reason, args...)
 }
 
-// Open opens f as a qcow2 image; its backing file and external data file
-// come from o, under o's policy.
+// Open opens f as a qcow2 image; its external data file comes from o,
+// under o's policy. The backing file is the chain's (format.Layer).
 func Open(f format.File, o *format.Opener) (*Image, error) {
 	if !Probe(f) {
 		return nil, fmt.Errorf("qcow2: no %q magic: %w", magic, format.ErrWrongType)
@@ -208,8 +206,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := img.openRelated(o); err != nil {
-		img.closeRelated()
+	if err := img.openDataFile(o); err != nil {
 		return nil, err
 	}
 	return img, nil
@@ -234,7 +231,7 @@ func parse(f format.File) (*Image, error) {
 		return nil, errorf("cluster_bits", offClusterBits, "%d is outside %d..%d", v2.ClusterBits, minClusterBits, maxClusterBits)
 	}
 	img := &Image{
-		f:           f,
+		Base:        format.Base{File: f},
 		data:        f,
 		clusterBits: uint(v2.ClusterBits),
 		clusterSize: 1 << v2.ClusterBits,
@@ -243,7 +240,7 @@ func parse(f format.File) (*Image, error) {
 	if v2.Size > format.MaxVirtualSize {
 		return nil, errorf("size", offSize, "virtual size %d exceeds the %d-byte limit", v2.Size, int64(format.MaxVirtualSize))
 	}
-	img.size = int64(v2.Size)
+	img.Meta.VirtualSize = int64(v2.Size)
 
 	v3 := lib.HeaderFieldsV3{RefcountOrder: v2RefcountOrder, HeaderLength: headerLenV2}
 	if v2.Version == 3 {
@@ -283,7 +280,7 @@ func parse(f format.File) (*Image, error) {
 	switch v2.CryptMethod {
 	case cryptNone:
 	case cryptAES, cryptLUKS:
-		img.info.Encrypted = true
+		img.Meta.Encrypted = true
 	default:
 		return nil, errorf("crypt_method", offCryptMethod, "unknown encryption method %d", v2.CryptMethod)
 	}
@@ -332,19 +329,18 @@ func parse(f format.File) (*Image, error) {
 		if err := format.ReadFull(f, name, int64(v2.BackingFileOffset), Name, "backing_file_offset"); err != nil {
 			return nil, err
 		}
-		img.info.BackingFile = string(name)
-		img.info.BackingFormat = exts.backingFormat
+		img.backing = &format.Backing{Names: []string{string(name)}, Format: exts.backingFormat}
 	}
 
 	// L1 table: it must cover the virtual size, and qemu refuses more
 	// than 32 MiB of it.
 	l1Cover := img.l2Entries * img.clusterSize
-	need := (img.size + l1Cover - 1) / l1Cover
+	need := (img.Size() + l1Cover - 1) / l1Cover
 	switch {
 	case int64(v2.L1Size)*8 > maxL1Bytes:
 		return nil, errorf("l1_size", offL1Size, "%d entries exceed qemu's %d-byte L1 table limit", v2.L1Size, maxL1Bytes)
 	case int64(v2.L1Size) < need:
-		return nil, errorf("l1_size", offL1Size, "%d entries cannot map a virtual size of %d bytes (need %d)", v2.L1Size, img.size, need)
+		return nil, errorf("l1_size", offL1Size, "%d entries cannot map a virtual size of %d bytes (need %d)", v2.L1Size, img.Size(), need)
 	}
 	if need > 0 {
 		img.l1Offset = int64(v2.L1TableOffset)
@@ -365,10 +361,9 @@ func parse(f format.File) (*Image, error) {
 	}
 
 	img.l2.max = max(2, int(l2CacheBytes/img.clusterSize))
-	img.info.Format = Name
-	img.info.VirtualSize = img.size
-	img.info.ClusterSize = img.clusterSize
-	img.info.Dirty = inc&incDirty != 0
+	img.Meta.Format = Name
+	img.Meta.ClusterSize = img.clusterSize
+	img.Meta.Dirty = inc&incDirty != 0
 	spec := img.specific(v2.Version, v3, exts)
 	// qemu ignores the bitmaps extension unless the autoclear bit vouches
 	// for it.
@@ -377,7 +372,7 @@ func parse(f format.File) (*Image, error) {
 			return nil, err
 		}
 	}
-	img.info.Specific = spec
+	img.Meta.Specific = spec
 	return img, nil
 }
 
@@ -526,61 +521,35 @@ func (x *extensions) featureNames(mask uint64) string {
 	return " (" + strings.Join(names, ", ") + ")"
 }
 
-// openRelated opens the external data file and the backing image.
-func (img *Image) openRelated(o *format.Opener) error {
-	if img.hasDataFile {
-		name := img.info.Specific.(*Specific).DataFile
-		df, err := o.OpenRelated(img.f.Name(), name)
-		if err != nil {
-			return fmt.Errorf("qcow2: external data file %q: %w", name, err)
-		}
-		img.data, img.dataClose = df, df
-	}
-	if img.info.BackingFile == "" {
+// openDataFile opens the external data file.
+func (img *Image) openDataFile(o *format.Opener) error {
+	if !img.hasDataFile {
 		return nil
 	}
-	// qemu shows the name joined to the image's directory; this is only
-	// a string, whether policy lets the file be opened is OpenBacking's call.
-	img.info.FullBackingFile = format.FullName(img.f.Name(), img.info.BackingFile)
-	b, err := o.OpenBacking(img.f.Name(), img.info.BackingFile, img.info.BackingFormat)
+	name := img.Meta.Specific.(*Specific).DataFile
+	df, err := o.OpenRelated(img.File.Name(), name)
 	if err != nil {
-		return fmt.Errorf("qcow2: %w", err)
+		return fmt.Errorf("qcow2: external data file %q: %w", name, err)
 	}
-	img.backing = b
-	img.info.Backing = b
+	img.data, img.dataClose = df, df
 	return nil
 }
 
-func (img *Image) closeRelated() error {
-	var errs []error
-	if img.backing != nil {
-		errs = append(errs, img.backing.Close())
-		img.backing = nil
-	}
+// Backing names the backing file; nil when there is none.
+func (img *Image) Backing() *format.Backing { return img.backing }
+
+// Close closes the image and its data file.
+func (img *Image) Close() error {
+	var err error
 	if img.dataClose != nil {
-		errs = append(errs, img.dataClose.Close())
+		err = img.dataClose.Close()
 		img.dataClose = nil
 	}
-	return errors.Join(errs...)
-}
-
-// Close closes the image, its backing chain and its data file.
-func (img *Image) Close() error {
-	err := img.closeRelated()
 	img.mu.Lock()
 	if img.zcache.zstd != nil {
 		img.zcache.zstd.Close()
 		img.zcache.zstd = nil
 	}
 	img.mu.Unlock()
-	return errors.Join(err, format.CloseFile(img.f))
-}
-
-// Size returns the virtual disk size.
-func (img *Image) Size() int64 { return img.size }
-
-// Info describes the image as qemu-img info does.
-func (img *Image) Info() *format.Info {
-	info := img.info
-	return &info
+	return errors.Join(err, img.Base.Close())
 }

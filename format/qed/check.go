@@ -21,8 +21,8 @@ var _ format.Checker = (*Image)(nil)
 // an L2 table could not be read.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	cs := img.clusterSize
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name(),
-		TotalClusters: (img.size + cs - 1) / cs}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name(),
+		TotalClusters: (img.Size() + cs - 1) / cs}
 	n := img.fileSize / cs // img.fileSize is whole clusters
 	used := make([]uint64, (n+63)/64)
 	// mark sets the bits of count clusters from off and reports whether
@@ -62,7 +62,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		if !mark(e, tableClusters, what) {
 			continue // an L2 table inside another structure: not read
 		}
-		if err := format.ReadFull(img.f, raw, int64(e), Name, "L2 table"); err != nil {
+		if err := format.ReadFull(img.File, raw, int64(e), Name, "L2 table"); err != nil {
 			r.Errorf("%s: %v", what, err)
 			readFailed = true
 			continue

@@ -25,7 +25,7 @@ var _ format.Checker = (*Image)(nil)
 // offset 0; and no block may overlap another block, the footer copies,
 // the dynamic disk header or the BAT.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	if img.diskType == typeFixed {
 		return r, nil // one footer, verified by Open; no tables
 	}

@@ -585,7 +585,7 @@ func TestProbe(t *testing.T) {
 		if Probe(&formattest.MemFile{Data: data}) {
 			t.Errorf("Probe matched %d bytes without a footer", len(data))
 		}
-		if _, err := Open(&formattest.MemFile{Data: data}, format.NewOpener(format.Policy{})); !errors.Is(err, format.ErrWrongType) {
+		if _, err := Open(&formattest.MemFile{Data: data}); !errors.Is(err, format.ErrWrongType) {
 			t.Errorf("Open of %d bytes: %v, want ErrWrongType", len(data), err)
 		}
 	}

@@ -614,7 +614,7 @@ func TestWriterLongBlocks(t *testing.T) {
 		} else {
 			data = dst.(*bytes.Buffer).Bytes()
 		}
-		img, err := Open(&formattest.MemFile{Data: data}, format.NewOpener(format.Policy{}))
+		img, err := Open(&formattest.MemFile{Data: data})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -23,7 +23,7 @@ var _ format.Checker = (*Image)(nil)
 // clean verdict. qemu does not look for grains used twice, and neither
 // does this check.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	for _, x := range img.extents {
 		if err := x.check(ctx, r); errors.Is(err, errStop) {
 			break
