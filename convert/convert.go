@@ -494,7 +494,7 @@ func newCountingTarget(dst format.Target, checksum bool) (*countingTarget, forma
 	}
 	if rt, ok := format.Seekable(dst); ok {
 		c.rt = rt
-		if f, ok := dst.(interface{ Fd() uintptr }); ok {
+		if f, ok := dst.(format.FileDescriptor); ok {
 			c.wb = newWriteback(f.Fd())
 			return c, &fileTarget{seekTarget: &seekTarget{c}, fd: f}
 		}
@@ -597,7 +597,7 @@ func (s *seekTarget) Truncate(size int64) error {
 // fallocate and the like).
 type fileTarget struct {
 	*seekTarget
-	fd interface{ Fd() uintptr }
+	fd format.FileDescriptor
 }
 
 // Fd returns the destination's file descriptor.

@@ -87,9 +87,11 @@ type Info struct {
 	ClusterSize int64
 	// Dirty reports the format's dirty or in-use flag.
 	Dirty bool
-	// BackingFile is the backing file name as stored in the image.
+	// BackingFile is the backing file name as stored in the image (of
+	// several, the one that opened). The chain sets it and the two below
+	// from the top layer's Backing, whether or not the file is opened.
 	BackingFile string
-	// FullBackingFile is BackingFile resolved against the image's directory.
+	// FullBackingFile is BackingFile joined to the image's directory.
 	FullBackingFile string
 	// BackingFormat is the backing file's format as stored in the image.
 	BackingFormat string
@@ -124,3 +126,10 @@ func (b *Base) Info() *Info {
 
 // Close closes the image's file.
 func (b *Base) Close() error { return CloseFile(b.File) }
+
+// FileDescriptor is implemented by files and targets that have an
+// operating system file descriptor (an *os.File), for the system calls
+// that need one: lseek's SEEK_DATA, fallocate, sync_file_range.
+type FileDescriptor interface {
+	Fd() uintptr
+}

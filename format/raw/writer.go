@@ -138,7 +138,7 @@ func (w *Writer) Close() error {
 		return err
 	}
 	if w.prealloc == PreallocFalloc && w.fileSize > 0 {
-		f, ok := w.dst.(interface{ Fd() uintptr })
+		f, ok := w.dst.(format.FileDescriptor)
 		if !ok {
 			return fmt.Errorf("raw: preallocation=falloc needs a file destination")
 		}

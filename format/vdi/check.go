@@ -19,9 +19,9 @@ var _ format.Checker = (*Image)(nil)
 // Like qemu it reports nothing else (qemu's JSON carries check-errors and
 // corruptions only).
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	var hdr [hdrBlocksAlloc + 4]byte
-	if err := format.ReadFull(img.f, hdr[:], 0, Name, "header"); err != nil {
+	if err := format.ReadFull(img.File, hdr[:], 0, Name, "header"); err != nil {
 		return nil, err
 	}
 	offBmap := int64(binary.LittleEndian.Uint32(hdr[hdrOffsetBmap:]))

@@ -16,7 +16,7 @@ var _ format.Checker = (*Image)(nil)
 
 // Check re-reads the image's metadata and checks it as CheckFile does.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	return CheckFile(ctx, img.f)
+	return CheckFile(ctx, img.File)
 }
 
 // CheckFile checks the structure of the VHDX file f as qemu-img check
@@ -74,18 +74,18 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{f: f}
+	img := &Image{Base: format.Base{File: f}}
 	if err := img.readMetadata(metaRegion); err != nil {
 		return nil, err
 	}
-	blocks := (img.size + img.blockSize - 1) / img.blockSize
+	blocks := (img.Size() + img.blockSize - 1) / img.blockSize
 	var entries int64
 	if blocks > 0 {
 		entries = blocks + (blocks-1)/img.chunkRatio
 	}
 	length := entries * batEntrySize
 	if length > batRegion.end-batRegion.start {
-		return nil, errorf("BAT region", batRegion.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.size, length, batRegion.end-batRegion.start)
+		return nil, errorf("BAT region", batRegion.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.Size(), length, batRegion.end-batRegion.start)
 	}
 	if err := format.CheckTable(Name, "BAT", batRegion.start, length, fileSize); err != nil {
 		return nil, err
