@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math/bits"
 	"time"
 
@@ -72,16 +71,9 @@ const (
 	optAzure         = "azure"
 )
 
-// Output buffering: small writes (footers, headers, bitmaps, table
-// chunks) gather in a buffer; data of at least directBytes goes straight
-// to the target.
-const (
-	outBufBytes = 256 << 10
-	directBytes = 64 << 10
-	// pageBytes is the unit of holes inside a data block on a file:
-	// qemu-img's default -S.
-	pageBytes = 4 << 10
-)
+// pageBytes is the unit of holes inside a data block on a file:
+// qemu-img's default -S.
+const pageBytes = 4 << 10
 
 func init() {
 	format.RegisterWriter(&format.WriterFormat{
@@ -278,7 +270,7 @@ var (
 type Writer struct {
 	p      plan
 	size   int64 // source size: blocks arrive for [0, size)
-	out    out
+	out    *format.Output
 	footer []byte
 
 	// Dynamic disks.
@@ -299,18 +291,11 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{p: p, size: o.Size, out: out{dst: dst, buf: make([]byte, 0, outBufBytes)}}
-	if rt, ok := format.Seekable(dst); ok {
-		pos, err := rt.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return nil, err
-		}
-		if pos != 0 {
-			return nil, fmt.Errorf("vpc: destination is at offset %d, not at its start", pos)
-		}
-		w.out.rt = rt
-		w.holePages = true
+	out, err := format.NewOutput(dst, Name)
+	if err != nil {
+		return nil, err
 	}
+	w := &Writer{p: p, size: o.Size, out: out, holePages: out.Seekable()}
 	if w.footer, err = makeFooter(p); err != nil {
 		return nil, err
 	}
@@ -325,10 +310,9 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", count)
 	}
 	w.used = make([]uint64, len(w.layout))
-	if w.lazy = w.out.rt != nil && !o.FrontToBack; w.lazy {
+	if w.lazy = out.Seekable() && !o.FrontToBack; w.lazy {
 		// Blocks from dataStart on; the headers and BAT in Close.
-		w.out.at, w.out.wpos = p.dataStart, -1
-		return w, nil
+		return w, out.Skip(p.dataStart)
 	}
 	// On a pipe (or a file written front to back) without a data scan
 	// every block of the layout is used.
@@ -413,15 +397,15 @@ func (w *Writer) headersFirst() error {
 	if w.lazy || w.headers {
 		return nil
 	}
-	return w.writeHeaders(&w.out)
+	return w.writeHeaders(w.out)
 }
 
 // writeHeaders writes the footer copy, the dynamic disk header and the
 // BAT for the used blocks, padded with unused entries to whole sectors as
-// qemu does, to o (the output on a pipe, a buffer on a file).
-func (w *Writer) writeHeaders(o *out) error {
+// qemu does, to o, at its offset 0.
+func (w *Writer) writeHeaders(o *format.Output) error {
 	w.headers = true
-	if err := o.write(w.footer); err != nil {
+	if _, err := o.Write(w.footer); err != nil {
 		return err
 	}
 	h := make([]byte, dynHeaderSize)
@@ -433,7 +417,7 @@ func (w *Writer) writeHeaders(o *out) error {
 	be.PutUint32(h[dynMaxEntries:], uint32(w.p.entries))
 	be.PutUint32(h[dynBlockSize:], WriterBlockSize)
 	be.PutUint32(h[dynChecksum:], sum(h))
-	if err := o.write(h); err != nil {
+	if _, err := o.Write(h); err != nil {
 		return err
 	}
 	chunk := make([]byte, 0, 64<<10)
@@ -447,13 +431,14 @@ func (w *Writer) writeHeaders(o *out) error {
 		}
 		chunk = be.AppendUint32(chunk, e)
 		if len(chunk) == cap(chunk) {
-			if err := o.write(chunk); err != nil {
+			if _, err := o.Write(chunk); err != nil {
 				return err
 			}
 			chunk = chunk[:0]
 		}
 	}
-	return o.write(chunk)
+	_, err := o.Write(chunk)
+	return err
 }
 
 func isSet(set []uint64, b int64) bool { return set[b/64]&(1<<(b%64)) != 0 }
@@ -560,19 +545,19 @@ func (w *Writer) Write(b *format.Block) error {
 // allocated block's sector bitmap, every sector marked present as qemu
 // does.
 func (w *Writer) beginBlock() error {
-	if w.blockEnd > w.out.pos() {
-		if err := w.out.skip(w.blockEnd - w.out.pos()); err != nil {
+	if w.blockEnd > w.out.Pos() {
+		if err := w.out.SkipTo(w.blockEnd); err != nil {
 			return err
 		}
 	}
-	if want := w.p.dataStart + w.written*blockStride; w.out.pos() != want {
-		return fmt.Errorf("vpc: block %d would start at file offset %d, its BAT entry says %d", w.written, w.out.pos(), want)
+	if want := w.p.dataStart + w.written*blockStride; w.out.Pos() != want {
+		return fmt.Errorf("vpc: block %d would start at file offset %d, its BAT entry says %d", w.written, w.out.Pos(), want)
 	}
 	w.written++
-	if err := w.out.write(fullBitmap); err != nil {
+	if _, err := w.out.Write(fullBitmap); err != nil {
 		return err
 	}
-	w.blockEnd = w.out.pos() + WriterBlockSize
+	w.blockEnd = w.out.Pos() + WriterBlockSize
 	return nil
 }
 
@@ -582,12 +567,13 @@ var fullBitmap = bytes.Repeat([]byte{0xFF}, bitmapBytes)
 // as holes, or zeros.
 func (w *Writer) writeData(b *format.Block, at, n int64) error {
 	if b.Status != format.Data {
-		return w.out.skip(n)
+		return w.out.Skip(n)
 	}
 	data := b.Data[at : at+n]
 	zp, _ := b.Encoded.(zeroPages)
 	if zp == nil {
-		return w.out.write(data)
+		_, err := w.out.Write(data)
+		return err
 	}
 	// Pages are counted from the block's start; at is a multiple of
 	// pageBytes (a VHD block boundary inside the block).
@@ -600,9 +586,9 @@ func (w *Writer) writeData(b *format.Block, at, n int64) error {
 		}
 		var err error
 		if zero {
-			err = w.out.skip(j - i)
+			err = w.out.Skip(j - i)
 		} else {
-			err = w.out.write(data[i:j])
+			_, err = w.out.Write(data[i:j])
 		}
 		if err != nil {
 			return err
@@ -619,7 +605,7 @@ func (w *Writer) Close() error {
 		return fmt.Errorf("vpc: closed after %d of %d bytes", w.next, w.size)
 	}
 	if w.p.fixed {
-		if err := w.out.skip(w.p.size - w.out.pos()); err != nil {
+		if err := w.out.SkipTo(w.p.size); err != nil {
 			return err
 		}
 	} else {
@@ -629,33 +615,31 @@ func (w *Writer) Close() error {
 		if used := countSet(w.used); w.written != used {
 			return fmt.Errorf("vpc: %d blocks written, %d allocated", w.written, used)
 		}
-		if err := w.out.skip(max(w.blockEnd, w.p.dataStart) - w.out.pos()); err != nil {
+		if err := w.out.SkipTo(max(w.blockEnd, w.p.dataStart)); err != nil {
 			return err
 		}
 	}
-	if err := w.out.write(w.footer); err != nil {
+	if _, err := w.out.Write(w.footer); err != nil {
 		return err
 	}
-	if err := w.out.flush(); err != nil {
+	if err := w.out.Flush(); err != nil {
 		return err
 	}
 	if w.p.fixed || !w.lazy {
 		return nil
 	}
-	// On a file: the headers and the BAT, now that the blocks are known.
-	var hb bytes.Buffer
-	head := out{dst: &hb, buf: make([]byte, 0, outBufBytes)}
-	if err := w.writeHeaders(&head); err != nil {
+	// On a file: the headers and the BAT, now that the blocks are known,
+	// over the hole left for them.
+	if err := w.out.Rewind(); err != nil {
 		return err
 	}
-	if err := head.flush(); err != nil {
+	if err := w.writeHeaders(w.out); err != nil {
 		return err
 	}
-	if int64(hb.Len()) != w.p.dataStart {
-		return fmt.Errorf("vpc: internal error: headers of %d bytes, data at %d", hb.Len(), w.p.dataStart)
+	if w.out.Pos() != w.p.dataStart {
+		return fmt.Errorf("vpc: internal error: headers of %d bytes, data at %d", w.out.Pos(), w.p.dataStart)
 	}
-	_, err := w.out.rt.WriteAt(hb.Bytes(), 0)
-	return err
+	return w.out.EndRewrite()
 }
 
 func countSet(set []uint64) int64 {
@@ -664,85 +648,4 @@ func countSet(set []uint64) int64 {
 		n += bits.OnesCount64(x)
 	}
 	return int64(n)
-}
-
-// out writes the image front to back, buffering small writes. On a
-// seekable target, skipped ranges are holes (a seek); on a stream, zeros.
-type out struct {
-	dst  format.Target
-	rt   format.RandomTarget // nil on a stream
-	buf  []byte              // bytes for file offset at onward
-	at   int64
-	wpos int64 // the target's own offset
-}
-
-func (o *out) pos() int64 { return o.at + int64(len(o.buf)) }
-
-func (o *out) write(p []byte) error {
-	if len(o.buf)+len(p) <= cap(o.buf) && len(p) < directBytes {
-		o.buf = append(o.buf, p...)
-		return nil
-	}
-	if err := o.flush(); err != nil {
-		return err
-	}
-	if len(p) < directBytes {
-		o.buf = append(o.buf, p...)
-		return nil
-	}
-	return o.put(p)
-}
-
-// put writes p at o.at, seeking there first after a hole.
-func (o *out) put(p []byte) error {
-	if o.wpos != o.at {
-		if o.rt == nil {
-			return fmt.Errorf("vpc: internal error: seek on a stream")
-		}
-		if _, err := o.rt.Seek(o.at, io.SeekStart); err != nil {
-			return err
-		}
-		o.wpos = o.at
-	}
-	n, err := o.dst.Write(p)
-	o.wpos += int64(n)
-	o.at += int64(n)
-	if err == nil && n < len(p) {
-		err = io.ErrShortWrite
-	}
-	return err
-}
-
-func (o *out) flush() error {
-	if len(o.buf) == 0 {
-		return nil
-	}
-	err := o.put(o.buf)
-	o.buf = o.buf[:0]
-	return err
-}
-
-// skip advances n bytes that read as zeros.
-func (o *out) skip(n int64) error {
-	if n < 0 {
-		return fmt.Errorf("vpc: internal error: skip of %d bytes", n)
-	}
-	if n == 0 {
-		return nil
-	}
-	if o.rt != nil {
-		if err := o.flush(); err != nil {
-			return err
-		}
-		o.at += n
-		return nil
-	}
-	for n > 0 {
-		k := min(n, format.ZerosLen)
-		if err := o.write(format.Zeros(k)); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
 }

@@ -3,7 +3,6 @@ package zvhd
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
@@ -89,10 +88,8 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if o.Size < 0 || o.Size > zvhd2.MaxSize {
 		return nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", Name, o.Size, int64(zvhd2.MaxSize))
 	}
-	if rt, ok := format.Seekable(dst); ok {
-		if pos, err := rt.Seek(0, io.SeekCurrent); err != nil || pos != 0 {
-			return nil, fmt.Errorf("%s: destination is not at its start (offset %d, %v)", Name, pos, err)
-		}
+	if _, _, err := format.StartTarget(dst, Name); err != nil {
+		return nil, err
 	}
 	d, err := zvhd2.NewDescriptor(zvhd2.CookieZVHD, o.Size)
 	if err != nil {

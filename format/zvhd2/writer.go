@@ -175,10 +175,8 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	default:
 		return nil, fmt.Errorf("%s: %s=%s: must be %s or %s", Name, OptCompressionType, c, CompressionZstd, CompressionZlib)
 	}
-	if rt, ok := format.Seekable(dst); ok {
-		if pos, err := rt.Seek(0, io.SeekCurrent); err != nil || pos != 0 {
-			return nil, fmt.Errorf("%s: destination is not at its start (offset %d, %v)", Name, pos, err)
-		}
+	if _, _, err := format.StartTarget(dst, Name); err != nil {
+		return nil, err
 	}
 	d, err := NewDescriptor(CookieZVHD2, o.Size)
 	if err != nil {
