@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // maxProblems bounds the problem lines a check keeps; the counts go on.
@@ -29,16 +30,16 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	if img.diskType == typeFixed {
 		return r, nil // one footer, verified by Open; no tables
 	}
-	head := make([]byte, footerSize)
+	head := make([]byte, vhdspec.FooterSize)
 	if err := img.readPadded(head, 0, "footer copy"); err != nil {
 		return nil, err
 	}
 	tailOff := footerPos(img.fileSize)
-	tail := make([]byte, footerSize)
+	tail := make([]byte, vhdspec.FooterSize)
 	if err := img.readPadded(tail, tailOff, "footer"); err != nil {
 		return nil, err
 	}
-	sumErr := checkSum(tail, footerChecksum, tailOff, "footer checksum")
+	sumErr := checkSum(tail, vhdspec.OffChecksum, tailOff, "footer checksum")
 	switch {
 	case string(tail[:len(cookie)]) != cookie:
 		corrupt(r, "footer at offset %d: no %q cookie (the footer at the end of the file is missing)", tailOff, cookie)
@@ -53,12 +54,12 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		start, end int64
 		what       string
 	}
-	hdrOff := int64(be64(head[footerDataOffset:]))
+	hdrOff := int64(be64(head[vhdspec.OffDataOffset:]))
 	meta := []span{
-		{0, footerSize, "footer copy at offset 0"},
+		{0, vhdspec.FooterSize, "footer copy at offset 0"},
 		{hdrOff, hdrOff + dynHeaderSize, fmt.Sprintf("dynamic disk header at offset %d", hdrOff)},
 		{img.batOffset, img.batOffset + roundUp(img.entries*4, sectorSize), fmt.Sprintf("BAT at offset %d", img.batOffset)},
-		{tailOff, tailOff + footerSize, fmt.Sprintf("footer at offset %d", tailOff)},
+		{tailOff, tailOff + vhdspec.FooterSize, fmt.Sprintf("footer at offset %d", tailOff)},
 	}
 	type block struct {
 		start, end int64

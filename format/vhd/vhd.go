@@ -18,6 +18,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Name is qemu's name for the format.
@@ -26,21 +27,14 @@ const Name = "vpc"
 // Priority orders probing among the registered formats.
 const Priority = 40
 
-// Footer ("hard disk footer"): 512 bytes, big-endian, at the end of every
-// image and also at offset 0 of dynamic and differencing disks.
+// The footer ("hard disk footer", fields in vhdspec): 512 bytes,
+// big-endian, at the end of every image and also at offset 0 of dynamic
+// and differencing disks. Its geometry is cylinders (u16), heads (u8)
+// and sectors per track (u8).
 const (
-	footerSize = 512
-	cookie     = "conectix"
-
-	footerDataOffset = 16 // uint64: file offset of the dynamic disk header
-	footerCreatorApp = 28 // [4]byte: application that made the image
-	footerCurSize    = 48 // uint64: current size of the disk in bytes
-	footerCylinders  = 56 // uint16: CHS geometry, cylinders
-	footerHeads      = 58 // uint8: CHS geometry, heads
-	footerSectors    = 59 // uint8: CHS geometry, sectors per track
-	footerDiskType   = 60 // uint32: one of the disk types below
-	footerChecksum   = 64 // uint32: one's complement of the byte sum
-	footerUniqueID   = 68 // [16]byte: identifies the disk to its children
+	cookie        = "conectix"
+	footerHeads   = vhdspec.OffGeometry + 2
+	footerSectors = vhdspec.OffGeometry + 3
 )
 
 // Disk types.
@@ -88,9 +82,6 @@ const (
 	batUnused = 0xFFFFFFFF
 	// maxSectors is qemu's limit of 2040 GiB.
 	maxSectors = 0xff000000
-	// maxGeometry is the largest CHS geometry (65535×16×255); an image
-	// with it uses the footer's current size instead, as qemu does.
-	maxGeometry = 65535 * 16 * 255
 	// maxLocatorBytes caps a parent locator: a Windows path holds at most
 	// 32767 UTF-16 units.
 	maxLocatorBytes = 65536
@@ -133,7 +124,7 @@ func Probe(f format.File) bool {
 // padded with zeros to whole sectors, so an image whose last sector is cut
 // short (the 511-byte footer of old Virtual PC images) still has one.
 func footerPos(size int64) int64 {
-	return roundUp(size, sectorSize) - footerSize
+	return roundUp(size, sectorSize) - vhdspec.FooterSize
 }
 
 func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
@@ -167,7 +158,7 @@ func Open(f format.File) (*Image, error) {
 	if img.fileSize < len64(cookie) {
 		return nil, fmt.Errorf("vpc: file of %d bytes: %w", img.fileSize, format.ErrWrongType)
 	}
-	footer := make([]byte, footerSize)
+	footer := make([]byte, vhdspec.FooterSize)
 	footerOff := int64(0)
 	if err := img.readPadded(footer, 0, "footer"); err != nil {
 		return nil, err
@@ -185,29 +176,29 @@ func Open(f format.File) (*Image, error) {
 			return nil, fmt.Errorf("vpc: no %q cookie at offset 0 or %d: %w", cookie, footerOff, format.ErrWrongType)
 		}
 	}
-	if err := checkSum(footer, footerChecksum, footerOff, "footer checksum"); err != nil {
+	if err := checkSum(footer, vhdspec.OffChecksum, footerOff, "footer checksum"); err != nil {
 		return nil, err
 	}
-	img.diskType = be32(footer[footerDiskType:])
+	img.diskType = be32(footer[vhdspec.OffDiskType:])
 	switch {
 	case footerOff > 0 && img.diskType != typeFixed:
-		return nil, format.Errorf(Name, "footer disk type", footerOff+footerDiskType,
+		return nil, format.Errorf(Name, "footer disk type", footerOff+vhdspec.OffDiskType,
 			"type %d in the footer at the end of a file with no footer copy at offset 0 (only fixed disks, type %d, have none)", img.diskType, typeFixed)
 	case footerOff == 0 && img.diskType != typeDynamic && img.diskType != typeDifferencing:
-		return nil, format.Errorf(Name, "footer disk type", footerDiskType,
+		return nil, format.Errorf(Name, "footer disk type", vhdspec.OffDiskType,
 			"type %d in the footer at offset 0 (want dynamic %d or differencing %d)", img.diskType, typeDynamic, typeDifferencing)
 	}
-	copy(img.uniqueID[:], footer[footerUniqueID:])
+	copy(img.uniqueID[:], footer[vhdspec.OffUniqueID:])
 
 	// The size rule of qemu's vpc_open: the CHS geometry, unless the
 	// creator is known to use the current size or the geometry is the
 	// maximum one (which cannot describe the real size).
-	sectors := int64(be16(footer[footerCylinders:])) * int64(footer[footerHeads]) * int64(footer[footerSectors])
-	sizeField, sizeOff := "footer disk geometry", footerOff+footerCylinders
-	if sectors == maxGeometry || usesCurrentSize(footer[footerCreatorApp:footerCreatorApp+4]) {
-		cur := binary.BigEndian.Uint64(footer[footerCurSize:])
+	sectors := int64(be16(footer[vhdspec.OffGeometry:])) * int64(footer[footerHeads]) * int64(footer[footerSectors])
+	sizeField, sizeOff := "footer disk geometry", footerOff+vhdspec.OffGeometry
+	if sectors == vhdspec.MaxGeometry || usesCurrentSize(footer[vhdspec.OffCreatorApp:vhdspec.OffCreatorApp+4]) {
+		cur := binary.BigEndian.Uint64(footer[vhdspec.OffCurrentSize:])
 		sectors = int64(min(cur/sectorSize, maxSectors+1))
-		sizeField, sizeOff = "footer current size", footerOff+footerCurSize
+		sizeField, sizeOff = "footer current size", footerOff+vhdspec.OffCurrentSize
 	}
 	if sectors > maxSectors {
 		return nil, format.Errorf(Name, sizeField, sizeOff, "disk of %d sectors exceeds the 2040 GiB limit", sectors)
@@ -249,9 +240,9 @@ func usesCurrentSize(app []byte) bool {
 // openDynamic reads the dynamic disk header and the BAT, and the parent
 // locators of a differencing disk.
 func (img *Image) openDynamic(footer []byte) error {
-	hdrOff64 := binary.BigEndian.Uint64(footer[footerDataOffset:])
+	hdrOff64 := binary.BigEndian.Uint64(footer[vhdspec.OffDataOffset:])
 	if hdrOff64 > uint64(img.fileSize) || uint64(img.fileSize)-hdrOff64 < dynHeaderSize {
-		return format.Errorf(Name, "footer data offset", footerDataOffset,
+		return format.Errorf(Name, "footer data offset", vhdspec.OffDataOffset,
 			"dynamic disk header at %d does not fit in a file of %d bytes", hdrOff64, img.fileSize)
 	}
 	hdrOff := int64(hdrOff64)
@@ -414,17 +405,10 @@ func decodeUTF16(b []byte, order binary.ByteOrder) string {
 	return string(utf16.Decode(u))
 }
 
-// checkSum verifies a footer or header checksum: the one's complement of
-// the sum of all its bytes, the checksum field itself counted as zero.
+// checkSum verifies a footer or header checksum.
 func checkSum(b []byte, field int, base int64, name string) error {
-	var sum uint32
-	for i, c := range b {
-		if i < field || i >= field+4 {
-			sum += uint32(c)
-		}
-	}
-	if want := be32(b[field:]); ^sum != want {
-		return format.Errorf(Name, name, base+int64(field), "stored %#08x, computed %#08x", want, ^sum)
+	if want, got := be32(b[field:]), vhdspec.Checksum(b, field); got != want {
+		return format.Errorf(Name, name, base+int64(field), "stored %#08x, computed %#08x", want, got)
 	}
 	return nil
 }

@@ -15,20 +15,14 @@ import (
 	"time"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Footer fields the writer sets beyond those the reader needs.
 const (
-	footerFeatures    = 8  // uint32: feature flags
-	footerVersion     = 12 // uint32: file format version
-	footerTimestamp   = 24 // uint32: seconds since vhdEpoch
-	footerCreatorVer  = 32 // uint32: version of the creator application
-	footerCreatorOS   = 36 // [4]byte: host OS of the creator
-	footerOrigSize    = 40 // uint64: size of the disk at creation
-	featureReserved   = 2  // the spec's "reserved" feature bit, always set
+	featureReserved   = 2 // the spec's "reserved" feature bit, always set
 	formatVersion     = 0x00010000
 	noDataOffset      = 0xFFFFFFFFFFFFFFFF // footer data offset of a fixed disk
-	vhdEpoch          = 946684800          // 2000-01-01 00:00:00 UTC in Unix time
 	creatorVersion    = 0x00050003         // Virtual PC 2007, as qemu writes it
 	creatorOS         = "Wi2k"
 	creatorQemu       = "qemu" // size from the CHS geometry
@@ -49,7 +43,7 @@ const (
 	// bitmapBytes is a block's sector bitmap: one bit per sector of a
 	// 2 MiB block, 512 bytes, exactly one sector.
 	bitmapBytes  = WriterBlockSize / sectorSize / 8
-	headerOffset = footerSize                   // the dynamic header follows the footer copy
+	headerOffset = vhdspec.FooterSize           // the dynamic header follows the footer copy
 	batOffset    = headerOffset + dynHeaderSize // the BAT follows the header
 	// chsMaxCylinders, chsMaxHeads and chsMaxSectors are the largest
 	// geometry; force_size writes it so readers use the current size.
@@ -149,12 +143,12 @@ func planOf(o format.WriteOptions) (plan, error) {
 		// The smallest geometry holding the disk, found as qemu does:
 		// the spec's formula rounds down, so ask for one more sector
 		// until it does not.
-		want := min(size/sectorSize, maxGeometry)
+		want := min(size/sectorSize, vhdspec.MaxGeometry)
 		for n := want; p.cyl*p.heads*p.spt < want; n++ {
-			p.cyl, p.heads, p.spt = geometry(min(n, maxGeometry))
+			p.cyl, p.heads, p.spt = vhdspec.Geometry(min(n, vhdspec.MaxGeometry))
 		}
 		p.size = p.cyl * p.heads * p.spt * sectorSize
-		if p.cyl*p.heads*p.spt == maxGeometry {
+		if p.cyl*p.heads*p.spt == vhdspec.MaxGeometry {
 			// The largest geometry means "use the current size".
 			p.size = size
 		}
@@ -167,29 +161,6 @@ func planOf(o format.WriteOptions) (plan, error) {
 		p.dataStart = batOffset + roundUp(4*p.entries, sectorSize)
 	}
 	return p, nil
-}
-
-// geometry is the specification's CHS computation for a disk of n
-// sectors (n at most maxGeometry); the product may fall short of n.
-func geometry(n int64) (cyl, heads, spt int64) {
-	var cylTimesHeads int64
-	if n >= 65535*16*63 {
-		spt, heads = 255, 16
-		cylTimesHeads = n / spt
-	} else {
-		spt = 17
-		cylTimesHeads = n / spt
-		heads = max((cylTimesHeads+1023)/1024, 4)
-		if cylTimesHeads >= heads*1024 || heads > 16 {
-			spt, heads = 31, 16
-			cylTimesHeads = n / spt
-		}
-		if cylTimesHeads >= heads*1024 {
-			spt, heads = 63, 16
-			cylTimesHeads = n / spt
-		}
-	}
-	return cylTimesHeads / heads, heads, spt
 }
 
 // blockStride is the file bytes of one allocated block.
@@ -233,7 +204,7 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 		return format.Measurement{}, err
 	}
 	if p.fixed {
-		n := p.size + footerSize
+		n := p.size + vhdspec.FooterSize
 		return format.Measurement{Required: n, FullyAllocated: n}, nil
 	}
 	_, count, err := allocation(p, o)
@@ -241,8 +212,8 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 		return format.Measurement{}, err
 	}
 	return format.Measurement{
-		Required:       p.dataStart + count*blockStride + footerSize,
-		FullyAllocated: p.dataStart + p.entries*blockStride + footerSize,
+		Required:       p.dataStart + count*blockStride + vhdspec.FooterSize,
+		FullyAllocated: p.dataStart + p.entries*blockStride + vhdspec.FooterSize,
 	}, nil
 }
 
@@ -343,51 +314,41 @@ func (w *Writer) MarkData(start, length int64) {
 
 // makeFooter builds the 512-byte footer for plan p.
 func makeFooter(p plan) ([]byte, error) {
-	f := make([]byte, footerSize)
+	f := make([]byte, vhdspec.FooterSize)
 	copy(f, cookie)
 	be := binary.BigEndian
-	be.PutUint32(f[footerFeatures:], featureReserved)
-	be.PutUint32(f[footerVersion:], formatVersion)
+	be.PutUint32(f[vhdspec.OffFeatures:], featureReserved)
+	be.PutUint32(f[vhdspec.OffFormatVersion:], formatVersion)
 	if p.fixed {
-		be.PutUint64(f[footerDataOffset:], noDataOffset)
+		be.PutUint64(f[vhdspec.OffDataOffset:], noDataOffset)
 	} else {
-		be.PutUint64(f[footerDataOffset:], headerOffset)
+		be.PutUint64(f[vhdspec.OffDataOffset:], headerOffset)
 	}
-	be.PutUint32(f[footerTimestamp:], uint32(now().Unix()-vhdEpoch))
+	be.PutUint32(f[vhdspec.OffTimestamp:], uint32(now().Unix()-vhdspec.Epoch.Unix()))
 	app := creatorQemu
 	if p.force {
 		app = creatorQemuForced
 	}
-	copy(f[footerCreatorApp:], app)
-	be.PutUint32(f[footerCreatorVer:], creatorVersion)
-	copy(f[footerCreatorOS:], creatorOS)
-	be.PutUint64(f[footerOrigSize:], uint64(p.size))
-	be.PutUint64(f[footerCurSize:], uint64(p.size))
-	be.PutUint16(f[footerCylinders:], uint16(p.cyl))
+	copy(f[vhdspec.OffCreatorApp:], app)
+	be.PutUint32(f[vhdspec.OffCreatorVersion:], creatorVersion)
+	copy(f[vhdspec.OffCreatorOS:], creatorOS)
+	be.PutUint64(f[vhdspec.OffOriginalSize:], uint64(p.size))
+	be.PutUint64(f[vhdspec.OffCurrentSize:], uint64(p.size))
+	be.PutUint16(f[vhdspec.OffGeometry:], uint16(p.cyl))
 	f[footerHeads] = byte(p.heads)
 	f[footerSectors] = byte(p.spt)
 	typ := uint32(typeDynamic)
 	if p.fixed {
 		typ = typeFixed
 	}
-	be.PutUint32(f[footerDiskType:], typ)
+	be.PutUint32(f[vhdspec.OffDiskType:], typ)
 	u, err := newUUID()
 	if err != nil {
 		return nil, fmt.Errorf("vpc: unique id: %w", err)
 	}
-	copy(f[footerUniqueID:], u[:])
-	be.PutUint32(f[footerChecksum:], sum(f))
+	copy(f[vhdspec.OffUniqueID:], u[:])
+	be.PutUint32(f[vhdspec.OffChecksum:], vhdspec.Checksum(f, vhdspec.OffChecksum))
 	return f, nil
-}
-
-// sum is the one's complement of the byte sum, with the checksum field
-// still zero.
-func sum(b []byte) uint32 {
-	var s uint32
-	for _, c := range b {
-		s += uint32(c)
-	}
-	return ^s
 }
 
 // headersFirst writes the headers and BAT before the first block on a
@@ -416,7 +377,7 @@ func (w *Writer) writeHeaders(o *format.Output) error {
 	be.PutUint32(h[dynVersion:], formatVersion)
 	be.PutUint32(h[dynMaxEntries:], uint32(w.p.entries))
 	be.PutUint32(h[dynBlockSize:], WriterBlockSize)
-	be.PutUint32(h[dynChecksum:], sum(h))
+	be.PutUint32(h[dynChecksum:], vhdspec.Checksum(h, dynChecksum))
 	if _, err := o.Write(h); err != nil {
 		return err
 	}

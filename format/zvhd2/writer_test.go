@@ -20,6 +20,7 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
@@ -366,10 +367,10 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string, opts convert.Options
 
 // fixedIdentity makes the descriptor's timestamp and uuid constant.
 func fixedIdentity(t testing.TB) {
-	oldClock, oldUUID := clock, uuidSource
-	clock = func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }
-	uuidSource = zeroReader{}
-	t.Cleanup(func() { clock, uuidSource = oldClock, oldUUID })
+	oldClock, oldUUID := vhdspec.Clock, vhdspec.UUIDSource
+	vhdspec.Clock = func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }
+	vhdspec.UUIDSource = zeroReader{}
+	t.Cleanup(func() { vhdspec.Clock, vhdspec.UUIDSource = oldClock, oldUUID })
 }
 
 type zeroReader struct{}
@@ -475,7 +476,7 @@ func TestVectorsFieldByField(t *testing.T) {
 				t.Errorf("file size %d, driver's %d", len(data), len(readVector(t, v.ref)))
 			}
 			// Identity fields are fresh: a recent timestamp, a v4 uuid.
-			ts := epoch.Add(time.Duration(ours.trailer.u("timestamp")) * time.Second)
+			ts := vhdspec.Epoch.Add(time.Duration(ours.trailer.u("timestamp")) * time.Second)
 			if d := time.Since(ts); d < -time.Minute || d > time.Hour {
 				t.Errorf("timestamp %v is not now", ts)
 			}
@@ -635,7 +636,7 @@ func TestOver64GiB(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, b := range []int64{0, 32767, 32768, 32770} {
-		if _, err := f.WriteAt(chunks[i*16384:(i+1)*16384], b*BlockSize); err != nil {
+		if _, err := f.WriteAt(chunks[i*16384:(i+1)*16384], b*vhdspec.BlockSize); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -667,7 +668,7 @@ func TestOver64GiB(t *testing.T) {
 		}
 		for i, b := range []uint32{0, 32767, 32768, 32770} {
 			blk := p.blocks[b]
-			n := min(16384, size-int64(b)*BlockSize)
+			n := min(16384, size-int64(b)*vhdspec.BlockSize)
 			if !bytes.Equal(blk[:n], chunks[int64(i)*16384:int64(i)*16384+n]) || !allZero(blk[n:]) {
 				t.Errorf("%s: block %d differs", m, b)
 			}
@@ -694,7 +695,7 @@ func TestOptions(t *testing.T) {
 			t.Errorf("%v: %v, want %q", c.opts, err, c.want)
 		}
 	}
-	if err := wf.Validate(format.WriteOptions{Size: MaxSize + 1}); err == nil {
+	if err := wf.Validate(format.WriteOptions{Size: vhdspec.MaxSize + 1}); err == nil {
 		t.Error("a disk past the last u32 block number was accepted")
 	}
 	if err := wf.Validate(format.WriteOptions{Size: 1 << 20, Compress: true}); err != nil {
@@ -768,7 +769,7 @@ func TestMeasure(t *testing.T) {
 	if want := int64(3*4096 + 16*4096); m.Required != want {
 		t.Errorf("empty 1 TiB: required %d, want %d", m.Required, want)
 	}
-	if want := int64(3*4096+16*4096+16*524288) + 524288*RecordLen(PayloadBound); m.FullyAllocated != want {
+	if want := int64(3*4096+16*4096+16*524288) + 524288*vhdspec.RecordLen(vhdspec.PayloadBound); m.FullyAllocated != want {
 		t.Errorf("1 TiB: fully allocated %d, want %d", m.FullyAllocated, want)
 	}
 	const size = 9<<20 + 1536
