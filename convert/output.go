@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/diskimg/diskimg/format"
@@ -54,20 +55,18 @@ type stream struct{ w io.Writer }
 
 func (s stream) Write(p []byte) (int, error) { return s.w.Write(p) }
 
-// Name is the file standard output is redirected to, if any, so a VMDK
-// streamed into "> disk.vmdk" names disk.vmdk in its descriptor.
-func (s stream) Name() string {
-	sc, ok := s.w.(syscall.Conn)
-	if !ok {
-		return ""
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return ""
-	}
+// redirectedTo is the file standard output is redirected to, if any, so
+// a VMDK streamed into "> disk.vmdk" names disk.vmdk in its descriptor;
+// "" for a pipe or a terminal.
+func redirectedTo(f *os.File) string {
 	var p string
-	raw.Control(func(fd uintptr) { p, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) })
-	return p // "pipe:[123]" for a pipe, which is not a path
+	if raw, err := f.SyscallConn(); err == nil {
+		raw.Control(func(fd uintptr) { p, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) })
+	}
+	if !filepath.IsAbs(p) || strings.HasPrefix(p, "/dev/") {
+		return "" // "pipe:[123]" is not a path
+	}
+	return p
 }
 
 // CreateOutput prepares the output at path ("-" for standard output). It
@@ -230,6 +229,16 @@ func (o *Output) Abort() error {
 // TempName returns the temporary file's name ("" for standard output),
 // for messages and tests.
 func (o *Output) TempName() string { return o.tmp }
+
+// Name returns the output's final file name, for a writer that records it
+// (format.WriteOptions.Name): the path, or the file standard output is
+// redirected to; "" for a pipe.
+func (o *Output) Name() string {
+	if o.tmp != "" {
+		return o.final
+	}
+	return redirectedTo(os.Stdout)
+}
 
 func syncDir(dir string) {
 	d, err := os.Open(dir)

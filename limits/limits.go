@@ -45,6 +45,13 @@ type Image struct {
 	Encrypted     bool
 	Backing       bool // has a backing file
 	DataFile      bool // qcow2 external data file
+	// Measure returns the length of the file diskimg writes when it
+	// converts the image to format, with the -o options given (qemu-img
+	// style, "subformat=fixed"), at virtualSize: the writer's own Measure
+	// (its Required size). limits imports no format package, so the caller
+	// supplies it; without it, or when it fails, a conversion is taken to
+	// be as large as the disk.
+	Measure func(format string, options []string, virtualSize int64) (int64, error) `json:"-"`
 
 	Inspected      bool   // partitions and filesystems could be read
 	PartitionTable string // "mbr", "gpt", "none"

@@ -130,6 +130,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts := job.opts
+	opts.Name = out.Name()
 	if c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd())) {
 		bar := newBar(in.Size(), filepath.Base(job.dst), c)
 		defer bar.Finish()

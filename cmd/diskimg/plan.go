@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/limits"
 )
@@ -123,7 +124,31 @@ func imageFacts(path string, img format.Image) (limits.Image, error) {
 		AllocatedSize: rep.AllocatedSize,
 		Encrypted:     info.Encrypted,
 		Backing:       info.BackingFile != "",
+		Measure:       measurer(img),
 	}, nil
+}
+
+// measurer measures a conversion of img with the writers' own Measure,
+// for the sizes limits plans with.
+func measurer(img format.Image) func(string, []string, int64) (int64, error) {
+	return func(f string, options []string, size int64) (int64, error) {
+		w, err := format.LookupWriter(f)
+		if err != nil {
+			return 0, err
+		}
+		opts, err := format.ParseOptions(strings.Join(options, ","))
+		if err != nil {
+			return 0, err
+		}
+		src := img
+		if size > img.Size() {
+			if src, err = convert.Grow(img, size); err != nil {
+				return 0, err
+			}
+		}
+		m, err := convert.Measure(src, size, w, convert.Options{WriterOptions: opts})
+		return m.Required, err
+	}
 }
 
 func writePlanText(w io.Writer, d limits.Decision) {

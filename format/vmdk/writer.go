@@ -323,18 +323,12 @@ func (p *params) prologue(rgd int64, gd uint64, overhead int64, file string) []b
 var newCID = mrand.Uint32
 
 // extentName is the file name the descriptor's extent line gives: the
-// destination's base name when the target has one, as qemu writes it.
-func extentName(dst format.Target) string {
-	n, ok := dst.(interface{ Name() string })
-	if !ok || n.Name() == "" {
+// output's final name, or qemu's default for a nameless one.
+func extentName(name string) string {
+	if name == "" {
 		return "image.vmdk"
 	}
-	base := filepath.Base(n.Name())
-	// diskimg's own temporary name for a destination: ".NAME.diskimg-HEX".
-	if i := strings.LastIndex(base, ".diskimg-"); strings.HasPrefix(base, ".") && i > 1 {
-		base = base[1:i]
-	}
-	return base
+	return filepath.Base(name)
 }
 
 // Measure answers qemu-img measure for VMDK output (qemu-img 7.2 itself
@@ -397,13 +391,13 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 	}
 	out.MinHole = minHole
 	if p.stream {
-		return newStreamWriter(out, p, extentName(dst))
+		return newStreamWriter(out, p, extentName(o.Name))
 	}
 	layout := o.Layout
 	if layout == nil {
 		layout = format.AllData(o.Size)
 	}
-	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(dst), !out.Seekable() || o.FrontToBack)
+	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(o.Name), !out.Seekable() || o.FrontToBack)
 }
 
 // sparseWriter writes monolithicSparse. On a file the grains go first,
