@@ -313,7 +313,6 @@ func writerOptions(f, sub string) []string {
 	return opts
 }
 
-
 func ext(f string) string {
 	switch f {
 	case "vpc":
