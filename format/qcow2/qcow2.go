@@ -1,14 +1,8 @@
-// Package qcow2 reads QEMU copy-on-write version 2 and 3 images
-// (docs/interop/qcow2.txt in the qemu tree).
-//
-// The header is decoded with the header types of
-// github.com/lima-vm/go-qcow2reader, but every field is validated here
-// before use, and the cluster mapping, backing chain, external data file
-// and compressed clusters are handled by this package: the library opens
-// backing files with os.Open, sizes its L1 table straight from the header,
-// re-reads extended L2 tables on every cluster and re-decompresses a
-// compressed cluster on every partial read, none of which a reader of
-// untrusted images can accept.
+// Package qcow2 reads and writes QEMU copy-on-write version 2 and 3
+// images (docs/interop/qcow2.txt in the qemu tree). Every header field and
+// table entry is validated before use; the backing file is the chain's
+// (format.Layer). Why this is not go-qcow2reader: see the README,
+// "Dependencies".
 package qcow2
 
 import (
@@ -19,8 +13,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-
-	lib "github.com/lima-vm/go-qcow2reader/image/qcow2"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -74,19 +66,19 @@ const (
 
 // incompatible_features bits.
 const (
-	incDirty      = 1 << lib.IncompatibleFeaturesDirtyBit
-	incCorrupt    = 1 << lib.IncompatibleFeaturesCorruptBit
-	incDataFile   = 1 << lib.IncompatibleFeaturesExternalDataFileBit
-	incCompress   = 1 << lib.IncompatibleFeaturesCompressionTypeBit
-	incExtendedL2 = 1 << lib.IncompatibleFeaturesExtendedL2EntriesBit
+	incDirty      = 1 << 0
+	incCorrupt    = 1 << 1
+	incDataFile   = 1 << 2
+	incCompress   = 1 << 3
+	incExtendedL2 = 1 << 4
 	incKnown      = incDirty | incCorrupt | incDataFile | incCompress | incExtendedL2
 )
 
 // compatible_features and autoclear_features bits.
 const (
-	compatLazyRefcounts = 1 << lib.CompatibleFeaturesLazyRefcountsBit
-	autoclearBitmaps    = 1 << lib.AutoclearFeaturesBitmapsExtensionBit
-	autoclearRawData    = 1 << lib.AutoclearFeaturesRawExternalBit
+	compatLazyRefcounts = 1 << 0
+	autoclearBitmaps    = 1 << 0
+	autoclearRawData    = 1 << 1
 )
 
 // Bitmaps extension and bitmap directory layout.
@@ -167,6 +159,32 @@ type Bitmap struct {
 	Granularity int64    `json:"granularity"`
 }
 
+// headerV2 is the version 2 header, the first 72 bytes of every image;
+// headerV3 the 32 bytes version 3 adds after it. binary.Read decodes them.
+type headerV2 struct {
+	Magic                 [4]byte
+	Version               uint32
+	BackingFileOffset     uint64
+	BackingFileSize       uint32
+	ClusterBits           uint32
+	Size                  uint64
+	CryptMethod           uint32
+	L1Size                uint32
+	L1TableOffset         uint64
+	RefcountTableOffset   uint64
+	RefcountTableClusters uint32
+	NbSnapshots           uint32
+	SnapshotsOffset       uint64
+}
+
+type headerV3 struct {
+	IncompatibleFeatures uint64
+	CompatibleFeatures   uint64
+	AutoclearFeatures    uint64
+	RefcountOrder        uint32
+	HeaderLength         uint32
+}
+
 // Image is an open qcow2 image: this file's layer of a backing chain.
 type Image struct {
 	format.Base
@@ -220,7 +238,7 @@ func parse(f format.File) (*Image, error) {
 	if err := format.ReadFull(f, hdr, 0, Name, "header"); err != nil {
 		return nil, err
 	}
-	var v2 lib.HeaderFieldsV2
+	var v2 headerV2
 	if err := binary.Read(bytes.NewReader(hdr), binary.BigEndian, &v2); err != nil {
 		return nil, errorf("header", 0, "%v", err)
 	}
@@ -242,7 +260,7 @@ func parse(f format.File) (*Image, error) {
 	}
 	img.Meta.VirtualSize = int64(v2.Size)
 
-	v3 := lib.HeaderFieldsV3{RefcountOrder: v2RefcountOrder, HeaderLength: headerLenV2}
+	v3 := headerV3{RefcountOrder: v2RefcountOrder, HeaderLength: headerLenV2}
 	if v2.Version == 3 {
 		hdr = fixed[:]
 		if err := format.ReadFull(f, hdr, 0, Name, "header"); err != nil {
@@ -376,7 +394,7 @@ func parse(f format.File) (*Image, error) {
 	return img, nil
 }
 
-func (img *Image) specific(version uint32, v3 lib.HeaderFieldsV3, exts *extensions) *Specific {
+func (img *Image) specific(version uint32, v3 headerV3, exts *extensions) *Specific {
 	s := &Specific{Compat: "0.10", CompressionType: "zlib", RefcountBits: 1 << v3.RefcountOrder}
 	if img.compression == compressZstd {
 		s.CompressionType = "zstd"
