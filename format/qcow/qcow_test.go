@@ -355,3 +355,9 @@ func TestSharedL2Table(t *testing.T) {
 	}
 	formattest.Exercise(t, d, "qcow")
 }
+
+// TestMutatedSeeds exercises the reader on seeds with random bytes changed,
+// mostly in the header.
+func TestMutatedSeeds(t *testing.T) {
+	formattest.ExerciseMutatedHeaders(t, "qcow", "../../testdata/qcow")
+}
