@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // layerFile is a test format for the chain: a text file of lines
@@ -160,6 +161,9 @@ func TestChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
+	if err := formattest.Validate(img); err != nil {
+		t.Error(err)
+	}
 	want := []span{
 		{0, 256, format.Data, 0},
 		{256, 256, format.Data, 2},

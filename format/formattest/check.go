@@ -49,6 +49,9 @@ func Check(t *testing.T, path string, o Options) {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	defer img.Close()
+	if err := Validate(img); err != nil {
+		t.Errorf("%s: %v", filepath.Base(path), err)
+	}
 	CheckInfo(t, path, img, o)
 	CheckMap(t, path, img, o)
 	CheckBytes(t, path, img, o)
@@ -64,6 +67,9 @@ func CheckEmpty(t *testing.T, path string, o Options) {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	defer img.Close()
+	if err := Validate(img); err != nil {
+		t.Errorf("%s: %v", filepath.Base(path), err)
+	}
 	CheckInfo(t, path, img, o)
 	var total int64
 	err = format.Walk(img, 0, func(e format.Extent) error {
