@@ -265,6 +265,9 @@ func TestDirtyCorrupt(t *testing.T) {
 }
 
 func TestEncrypted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: qemu-img's LUKS key derivation takes seconds")
+	}
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "enc.qcow2")

@@ -126,11 +126,14 @@ func sources(t *testing.T) []source {
 			{formattest.Zeros, oddSmall}, {formattest.Sparse, oddLarge}, {formattest.Dense, oddLarge},
 		}
 		for _, r := range raws {
+			if testing.Short() && r.size == oddLarge {
+				continue // -short: the small raw sources only
+			}
 			name := string(r.c) + "-" + sizeName(r.size)
 			p := filepath.Join(dir, name+".raw")
 			formattest.MakeRaw(t, p, r.size, r.c)
 			sourcesList = append(sourcesList, source{name, p, "raw"})
-			if r.c != formattest.Sparse && !(r.c == formattest.Dense && r.size == oddLarge) {
+			if testing.Short() || r.c != formattest.Sparse && !(r.c == formattest.Dense && r.size == oddLarge) {
 				continue
 			}
 			for _, f := range []string{"qcow2", "vmdk", "vpc", "vhdx"} {
@@ -168,6 +171,9 @@ func sizeName(n int64) string {
 func TestWriterMatrix(t *testing.T) {
 	srcs := sources(t)
 	for _, s := range srcs {
+		if testing.Short() && s.format != "raw" {
+			continue // -short: every variant from raw sources
+		}
 		for _, v := range writerVariants {
 			if s.format != "raw" && v != "" && v != "subformat=fixed" {
 				continue

@@ -170,6 +170,9 @@ func TestWriterMatrix(t *testing.T) {
 		{33<<20 + 4096, []formattest.Content{formattest.Sparse, formattest.Dense}},
 	} {
 		for _, c := range sz.contents {
+			if testing.Short() && (sz.n > 10<<20 || c != formattest.Sparse && c != formattest.Dense) {
+				continue // -short: one size, sparse and dense
+			}
 			dir := t.TempDir()
 			for _, s := range wSources(t, dir, sz.n, c, []string{"qcow2", "vmdk", "vpc", "vhdx"}) {
 				variants := wVariants
@@ -178,6 +181,7 @@ func TestWriterMatrix(t *testing.T) {
 				}
 				for _, v := range variants {
 					t.Run(fmt.Sprintf("%d/%s/%s/%s", sz.n, c, s.name, v.name), func(t *testing.T) {
+						t.Parallel()
 						src := formattest.Open(t, s.path, s.fmt)
 						out := filepath.Join(t.TempDir(), "out.vmdk")
 						wConvert(t, src, out, v, convert.Options{})
