@@ -44,7 +44,11 @@ func TestConformanceCompressed(t *testing.T) {
 	formattest.RequireQemu(t)
 	for _, size := range formattest.Sizes {
 		for _, c := range formattest.Contents {
+			if testing.Short() && (size != formattest.Sizes[1] || c != formattest.Sparse) {
+				continue // -short: one size and content, as formattest.Run
+			}
 			t.Run(fmt.Sprintf("compressed/%d/%s", size, c), func(t *testing.T) {
+				t.Parallel()
 				dir := t.TempDir()
 				src := filepath.Join(dir, "src.raw")
 				formattest.MakeRaw(t, src, size, c)
