@@ -10,7 +10,7 @@ import (
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
-// The ZVHD writer follows §3 of the spec: the descriptor slot, one record
+// The ZVHD writer follows §3 of docs/ZVHD2.md: the descriptor slot, one record
 // per non-zero 2 MiB block in ascending order, and a byte-identical copy of
 // the descriptor slot. Everything is known up front, so it streams.
 //

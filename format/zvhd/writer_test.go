@@ -30,7 +30,7 @@ type zParsed struct {
 	first2  [2][]byte  // the first two payloads
 }
 
-// parseZVHD checks a ZVHD file against §3 of the spec with literal
+// parseZVHD checks a ZVHD file against §3 of docs/ZVHD2.md with literal
 // offsets and the standard library's zlib, sharing no code with the
 // package: header and trailer slots equal, cookie, checksum, the ZVHD2-only
 // bytes zero, records framed and ascending, and the payloads one zlib

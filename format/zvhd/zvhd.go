@@ -1,5 +1,5 @@
 // Package zvhd reads ZVHD images, the older Huawei Cloud IMS format that
-// ZVHD2 replaced.
+// ZVHD2 replaced (docs/ZVHD2.md, §3).
 //
 // A ZVHD file is a descriptor slot, one record per non-zero 2 MiB block in
 // ascending order, and a copy of the descriptor slot. Unlike ZVHD2, the

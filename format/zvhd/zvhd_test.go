@@ -37,7 +37,7 @@ func openBytes(b []byte) (*Image, error) {
 	return Open(&formattest.MemFile{Data: b, Path: "/nonexistent/x.zvhd"})
 }
 
-// build writes a ZVHD file as the driver does (§3 of the spec): header,
+// build writes a ZVHD file as the driver does (§3 of docs/ZVHD2.md): header,
 // one record per non-zero block cut from a single sync-flushed zlib
 // stream, header copy. A test-only writer.
 func build(t testing.TB, origSize int64, blocks map[int64][]byte) []byte {

@@ -11,7 +11,7 @@ import (
 )
 
 // spec builds a ZVHD2 file in memory for tests, laid out as the driver
-// writes it (§2.1 of the spec): a test-only writer, so that images the
+// writes it (§2.1 of docs/ZVHD2.md): a test-only writer, so that images the
 // reference vectors do not cover (1 TiB empty, dense zlib, payloads that
 // inflate too far) can be made.
 type spec struct {

@@ -13,7 +13,7 @@ import (
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
-// The ZVHD2 writer follows §2.7 of the spec: a header descriptor, one
+// The ZVHD2 writer follows §2.7 of docs/ZVHD2.md: a header descriptor, one
 // record per non-zero 2 MiB block in ascending order, a mid-footer, the
 // index, the bitmap and the trailer. Nothing is ever written twice or out
 // of order, so the output streams into a pipe; the same bytes go to a file.

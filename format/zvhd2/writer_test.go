@@ -27,12 +27,12 @@ import (
 )
 
 // ---------------------------------------------------------------------
-// An independent parser, written from the spec (§1, §2, §5) with literal
+// An independent parser, written from docs/ZVHD2.md (§1, §2, §5) with literal
 // offsets and its own decoders: it shares no code with the package, so
 // it checks the writer without trusting the reader's constants.
 // ---------------------------------------------------------------------
 
-// pField is one descriptor field: name as in the spec, offset, size.
+// pField is one descriptor field: name as in docs/ZVHD2.md, offset, size.
 type pField struct {
 	name      string
 	off, size int

@@ -13,6 +13,9 @@
 // extents: the format has no "unallocated" state distinct from "all zero"
 // (a writer drops every all-zero block), and qemu-img has no driver for it
 // to compare with. Stored blocks are Data, Compressed, with no host offset.
+//
+// The format is described in docs/ZVHD2.md, whose section numbers the
+// comments cite.
 package zvhd2
 
 import (

@@ -129,7 +129,7 @@ func checkReadAtEnd(t *testing.T, img format.Image) {
 }
 
 // TestT1Descriptor checks every trailer field of t1.zvhd2 against the
-// values the spec gives for the driver's output, and the index entries.
+// values docs/ZVHD2.md gives for the driver's output, and the index entries.
 func TestT1Descriptor(t *testing.T) {
 	file := readVector(t, "t1.zvhd2")
 	img := openVector(t, "t1.zvhd2")
