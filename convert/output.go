@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -275,4 +276,32 @@ func SourceFiles(path string, img format.Image) []string {
 		files = append(files, path)
 	}
 	return files
+}
+
+// File converts the image at src (format srcFormat, "" to probe; opened
+// under the default policy) to a new file dst in format dstFormat, which
+// appears under its name only when complete.
+func File(ctx context.Context, src, srcFormat, dst, dstFormat string, opts Options) error {
+	in, err := format.Open(src, srcFormat, format.Policy{})
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	w, err := format.LookupWriter(dstFormat)
+	if err != nil {
+		return err
+	}
+	if err := Check(in, w, opts); err != nil {
+		return err
+	}
+	out, err := CreateOutput(dst, OutputOptions{Sources: SourceFiles(src, in)})
+	if err != nil {
+		return err
+	}
+	defer out.Abort()
+	opts.Name = out.Name()
+	if _, err := Convert(ctx, in, w, out.Target, opts); err != nil {
+		return err
+	}
+	return out.Commit()
 }

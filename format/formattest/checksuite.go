@@ -25,15 +25,25 @@ type CheckSuite struct {
 	// must check clean within 2 s.
 	Huge  string
 	Clean []CleanImage
+	// Convert writes the raw image src as the format at dst with
+	// diskimg's writer and these -o options (convert.File), for the clean
+	// images that are Ours.
+	Convert func(src, dst string, options map[string]string) error
+	// Mutations, when set, replaces the default run of ExerciseCheck on
+	// mutated seeds.
+	Mutations func(t *testing.T)
 }
 
 // CleanImage is an image that must check clean: made by qemu-img with
-// Args, or by Make (diskimg's own writer) in dir.
+// Args, by diskimg's writer with Options when Ours is set (from a raw image
+// of Size and Content), or by Make in dir.
 type CleanImage struct {
 	Name    string
 	Size    int64
 	Content Content
 	Args    []string
+	Ours    bool
+	Options map[string]string
 	Make    func(t *testing.T, dir string) string
 }
 
@@ -74,6 +84,10 @@ func (s CheckSuite) Run(t *testing.T) {
 		}
 	})
 	t.Run("mutated-seeds", func(t *testing.T) {
+		if s.Mutations != nil {
+			s.Mutations(t)
+			return
+		}
 		n := 3000
 		if testing.Short() {
 			n = 300
@@ -99,6 +113,15 @@ func (s CheckSuite) Run(t *testing.T) {
 func (s CheckSuite) make(t *testing.T, c CleanImage) string {
 	if c.Make != nil {
 		return c.Make(t, t.TempDir())
+	}
+	if c.Ours {
+		dir := t.TempDir()
+		src, p := filepath.Join(dir, "src.raw"), filepath.Join(dir, c.Name+".img")
+		MakeRaw(t, src, c.Size, c.Content)
+		if err := s.Convert(src, p, c.Options); err != nil {
+			t.Fatalf("convert to %s: %v", s.Format, err)
+		}
+		return p
 	}
 	return Generate(t, t.TempDir(), c.Name, s.Format, c.Size, c.Content, c.Args...)
 }

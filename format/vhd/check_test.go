@@ -5,11 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/diskimg/diskimg/convert"
-	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
 	_ "github.com/diskimg/diskimg/format/raw"
@@ -23,8 +21,11 @@ var checks = formattest.CheckSuite{
 		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
 		{Name: "fixed", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "subformat=fixed"}},
 		{Name: "force-size", Size: 9<<20 + 512, Content: formattest.Sparse, Args: []string{"-o", "force_size=on"}},
-		{Name: "ours-dynamic", Make: ours(nil)},
-		{Name: "ours-fixed", Make: ours(map[string]string{"subformat": "fixed"})},
+		{Name: "ours-dynamic", Size: 9 << 20, Content: formattest.Sparse, Ours: true},
+		{Name: "ours-fixed", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"subformat": "fixed"}},
+	},
+	Convert: func(src, dst string, o map[string]string) error {
+		return convert.File(context.Background(), src, "raw", dst, "vpc", convert.Options{WriterOptions: o})
 	},
 }
 
@@ -33,38 +34,6 @@ type corruption formattest.Corruption
 func TestCheck(t *testing.T) { checks.Run(t) }
 
 func FuzzCheck(f *testing.F) { checks.Fuzz(f) }
-
-// ours makes an image with diskimg's writer from a sparse raw one.
-func ours(opts map[string]string) func(t *testing.T, dir string) string {
-	return func(t *testing.T, dir string) string {
-		src, p := filepath.Join(dir, "src.raw"), filepath.Join(dir, "img.vhd")
-		formattest.MakeRaw(t, src, 9<<20, formattest.Sparse)
-		ourConvert(t, src, p, opts)
-		return p
-	}
-}
-
-// ourConvert writes the raw image src as "vpc" at dst with diskimg's writer.
-func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
-	t.Helper()
-	in, err := format.Open(src, "raw", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	w, err := format.LookupWriter("vpc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := convert.Convert(context.Background(), in, w, f, convert.Options{WriterOptions: opts}); err != nil {
-		t.Fatalf("convert to %s: %v", dst, err)
-	}
-}
 
 func TestCheckCorrupt(t *testing.T) {
 	formattest.RequireQemu(t)
