@@ -124,18 +124,10 @@ func (w *Writer) Encode(b *format.Block) error {
 // keeps the zlib header in its payload; later ones start 2 bytes on, over
 // it.
 func (w *Writer) Write(b *format.Block) error {
-	if err := vhdspec.CheckOrder(Name, b, w.next, w.size); err != nil {
+	recs, err := vhdspec.Records(Name, b, &w.next, w.size)
+	if err != nil {
 		return err
 	}
-	w.next = b.End()
-	if b.Status != format.Data {
-		return nil
-	}
-	recs, ok := b.Encoded.([]vhdspec.Record)
-	if !ok {
-		return fmt.Errorf("%s: data block at %d was not encoded", Name, b.Start)
-	}
-	b.Encoded = nil
 	for _, r := range recs {
 		buf := r.Buf
 		if w.stored > 0 {

@@ -21,7 +21,6 @@ import (
 	"io"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/klauspost/compress/zlib"
 
@@ -52,7 +51,7 @@ type Image struct {
 	format.Base // Meta holds the size; Info is built on demand
 	d           *vhdspec.Descriptor
 	records     []record
-	runs        []run
+	stored      vhdspec.Stored
 
 	mu     sync.Mutex
 	zr     io.ReadCloser // the inflater; nil before the first read or after an error
@@ -68,8 +67,6 @@ type record struct {
 	payloadLen int64
 	block      int64
 }
-
-type run struct{ start, end int64 }
 
 // Specific is the "format-specific" part of `info`.
 type Specific struct {
@@ -151,11 +148,7 @@ func (img *Image) scan(end int64) error {
 			return format.Errorf(Name, "record end marker", off+l-vhdspec.RecordEndLen, "%q, want %q", tail[:], vhdspec.RecordEnd)
 		}
 		img.records = append(img.records, record{off: off, payloadLen: p, block: b})
-		if r := len(img.runs) - 1; r >= 0 && img.runs[r].end == b {
-			img.runs[r].end = b + 1
-		} else {
-			img.runs = append(img.runs, run{b, b + 1})
-		}
+		img.stored.Add(b)
 		off += l
 	}
 	return nil
@@ -175,8 +168,8 @@ func (img *Image) Info() *format.Info {
 			Compression:    "zlib",
 			StoredBlocks:   int64(len(img.records)),
 			UUID:           vhdspec.FormatUUID(d.UUID),
-			CreatorVersion: fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff),
-			Timestamp:      vhdspec.Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339),
+			CreatorVersion: d.CreatorVersionString(),
+			Timestamp:      d.TimestampString(),
 		},
 	}
 }
@@ -184,24 +177,7 @@ func (img *Image) Info() *format.Info {
 // Extent reports a run of stored blocks as compressed Data and a run of
 // absent blocks as Zero.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.Size() {
-		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", Name, off)
-	}
-	b := off / vhdspec.BlockSize
-	i := sort.Search(len(img.runs), func(i int) bool { return img.runs[i].end > b })
-	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
-	end := img.Size()
-	if i < len(img.runs) {
-		r := img.runs[i]
-		if r.start <= b {
-			e.Status, e.Compressed = format.Data, true
-			end = min(end, r.end*vhdspec.BlockSize)
-		} else {
-			end = min(end, r.start*vhdspec.BlockSize)
-		}
-	}
-	e.Length = end - off
-	return e, nil
+	return img.stored.Extent(Name, off, img.Size())
 }
 
 // ReadAt reads guest bytes. Reading a block before the last one decoded

@@ -156,18 +156,10 @@ func (w *Writer) Encode(b *format.Block) error {
 
 // Write appends b's records, remembering where each went for the index.
 func (w *Writer) Write(b *format.Block) error {
-	if err := vhdspec.CheckOrder(Name, b, w.next, w.size); err != nil {
+	recs, err := vhdspec.Records(Name, b, &w.next, w.size)
+	if err != nil {
 		return err
 	}
-	w.next = b.End()
-	if b.Status != format.Data {
-		return nil
-	}
-	recs, ok := b.Encoded.([]vhdspec.Record)
-	if !ok {
-		return fmt.Errorf("%s: data block at %d was not encoded", Name, b.Start)
-	}
-	b.Encoded = nil
 	for _, r := range recs {
 		if len(w.entries) >= vhdspec.MaxStoredBlocks {
 			return fmt.Errorf("%s: more than %d non-zero blocks do not fit the index", Name, vhdspec.MaxStoredBlocks)

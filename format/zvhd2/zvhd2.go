@@ -26,7 +26,6 @@ import (
 	"math/bits"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
@@ -55,7 +54,7 @@ type Image struct {
 	format.Base                     // Meta holds the size; Info is built on demand
 	d           *vhdspec.Descriptor // the trailer: the descriptor in force
 	entries     []vhdspec.IndexEntry
-	runs        []run // runs of consecutive stored blocks, ascending
+	stored      vhdspec.Stored
 
 	mu         sync.Mutex
 	zstd       *zstd.Decoder
@@ -65,9 +64,6 @@ type Image struct {
 	specific   *Specific
 	trailerOff int64
 }
-
-// run is the stored blocks [start, end).
-type run struct{ start, end int64 }
 
 // Specific is the "format-specific" part of `info`.
 type Specific struct {
@@ -275,11 +271,7 @@ func (img *Image) readMaps() error {
 		next = int64(e.Offset) + int64(e.Length)
 		img.entries = append(img.entries, e)
 		b := int64(e.Block)
-		if r := len(img.runs) - 1; r >= 0 && img.runs[r].end == b {
-			img.runs[r].end = b + 1
-		} else {
-			img.runs = append(img.runs, run{b, b + 1})
-		}
+		img.stored.Add(b)
 	}
 	// With popcount = N, N ascending entries each on a set bit make the
 	// index and bitmap agree exactly.
@@ -312,8 +304,8 @@ func (img *Image) Info() *format.Info {
 			DenseIndex:     d.IndexDense == 1,
 			StoredBlocks:   int64(d.NonZeroBlkNum),
 			UUID:           vhdspec.FormatUUID(d.UUID),
-			CreatorVersion: fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff),
-			Timestamp:      vhdspec.Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339),
+			CreatorVersion: d.CreatorVersionString(),
+			Timestamp:      d.TimestampString(),
 		},
 	}
 }
@@ -321,24 +313,7 @@ func (img *Image) Info() *format.Info {
 // Extent reports a run of stored blocks as compressed Data and a run of
 // absent blocks as Zero.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.Size() {
-		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", Name, off)
-	}
-	b := off / vhdspec.BlockSize
-	i := sort.Search(len(img.runs), func(i int) bool { return img.runs[i].end > b })
-	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
-	end := img.Size()
-	if i < len(img.runs) {
-		r := img.runs[i]
-		if r.start <= b {
-			e.Status, e.Compressed = format.Data, true
-			end = min(end, r.end*vhdspec.BlockSize)
-		} else {
-			end = min(end, r.start*vhdspec.BlockSize)
-		}
-	}
-	e.Length = end - off
-	return e, nil
+	return img.stored.Extent(Name, off, img.Size())
 }
 
 // ReadAt reads guest bytes, decoding each stored block it touches.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 	"time"
 
@@ -370,16 +371,26 @@ func Slot(d *Descriptor) []byte {
 	return b
 }
 
-// CheckOrder checks that b is the block at next of a disk of size bytes,
-// as the writer contract promises.
-func CheckOrder(name string, b *format.Block, next, size int64) error {
+// Records checks that b is the block at *next of a disk of size bytes,
+// as the writer contract promises, advances *next past it and returns the
+// records Encode made for it (none for a block without data).
+func Records(name string, b *format.Block, next *int64, size int64) ([]Record, error) {
 	switch {
-	case b.Start != next:
-		return fmt.Errorf("%s: block at %d arrived, expected %d", name, b.Start, next)
+	case b.Start != *next:
+		return nil, fmt.Errorf("%s: block at %d arrived, expected %d", name, b.Start, *next)
 	case b.Length <= 0 || b.End() > size:
-		return fmt.Errorf("%s: block [%d,+%d) is empty or past the disk size %d", name, b.Start, b.Length, size)
+		return nil, fmt.Errorf("%s: block [%d,+%d) is empty or past the disk size %d", name, b.Start, b.Length, size)
 	}
-	return nil
+	*next = b.End()
+	if b.Status != format.Data {
+		return nil, nil
+	}
+	recs, ok := b.Encoded.([]Record)
+	if !ok {
+		return nil, fmt.Errorf("%s: data block at %d was not encoded", name, b.Start)
+	}
+	b.Encoded = nil
+	return recs, nil
 }
 
 // Record is one encoded record: the bytes to write for a block.
@@ -470,4 +481,53 @@ func FinishRecord(rec []byte, block uint32) []byte {
 	copy(rec[l-RecordEndLen:], RecordEnd)
 	EncodeRecordHeader(rec, RecordHeader{PayloadLen: uint32(p), Block: block})
 	return rec
+}
+
+// Stored is the set of stored blocks, as runs of consecutive blocks
+// [start, end) in ascending order.
+type Stored struct{ runs []blockRun }
+
+type blockRun struct{ start, end int64 }
+
+// Add adds block b, which must follow every block added before.
+func (s *Stored) Add(b int64) {
+	if r := len(s.runs) - 1; r >= 0 && s.runs[r].end == b {
+		s.runs[r].end = b + 1
+		return
+	}
+	s.runs = append(s.runs, blockRun{b, b + 1})
+}
+
+// Extent reports the run at off of a disk of size bytes: stored blocks as
+// compressed Data, absent ones as Zero (the formats drop every zero block,
+// so nothing is unallocated).
+func (s *Stored) Extent(name string, off, size int64) (format.Extent, error) {
+	if off < 0 || off >= size {
+		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", name, off)
+	}
+	b := off / BlockSize
+	i := sort.Search(len(s.runs), func(i int) bool { return s.runs[i].end > b })
+	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
+	end := size
+	if i < len(s.runs) {
+		r := s.runs[i]
+		if r.start <= b {
+			e.Status, e.Compressed = format.Data, true
+			end = min(end, r.end*BlockSize)
+		} else {
+			end = min(end, r.start*BlockSize)
+		}
+	}
+	e.Length = end - off
+	return e, nil
+}
+
+// CreatorVersionString is the creator version as `info` shows it.
+func (d *Descriptor) CreatorVersionString() string {
+	return fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff)
+}
+
+// TimestampString is the descriptor's timestamp in RFC 3339.
+func (d *Descriptor) TimestampString() string {
+	return Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339)
 }
