@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/tablecache"
 )
 
 // Name is qemu's name for the format.
@@ -93,17 +94,16 @@ type Image struct {
 	encrypted   bool
 	backing     *format.Backing
 
-	mu      sync.Mutex
-	l2      map[uint64][]uint64 // L2 tables by file offset
-	l2Bytes int64
-	zIndex  int64 // guest cluster held in zbuf; -1 for none
-	zbuf    []byte
+	mu     sync.Mutex
+	l2     *tablecache.Cache
+	zIndex int64 // guest cluster held in zbuf; -1 for none
+	zbuf   []byte
 }
 
 // Open opens f as a qcow image; its backing file is the chain's
 // (format.Layer).
 func Open(f format.File) (*Image, error) {
-	img := &Image{Base: format.Base{File: f}, fileSize: f.Size(), l2: map[uint64][]uint64{}, zIndex: -1}
+	img := &Image{Base: format.Base{File: f}, fileSize: f.Size(), l2: tablecache.New(l2CacheBytes), zIndex: -1}
 	hdr := make([]byte, headerSize)
 	if n, _ := f.ReadAt(hdr[:8], 0); n < 8 || string(hdr[:4]) != magic {
 		return nil, fmt.Errorf("qcow: no %q magic at offset 0: %w", magic, format.ErrWrongType)
@@ -217,26 +217,7 @@ type cluster struct {
 
 // l2Table returns the L2 table of L1 entry i, which is allocated.
 func (img *Image) l2Table(i int64) ([]uint64, error) {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	if t, ok := img.l2[img.l1[i]]; ok {
-		return t, nil
-	}
-	raw := make([]byte, img.l2Entries*8)
-	if err := format.ReadFull(img.File, raw, int64(img.l1[i]), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
-		return nil, err
-	}
-	t := make([]uint64, img.l2Entries)
-	for j := range t {
-		t[j] = binary.BigEndian.Uint64(raw[8*j:])
-	}
-	if img.l2Bytes+int64(len(raw)) > l2CacheBytes {
-		clear(img.l2)
-		img.l2Bytes = 0
-	}
-	img.l2[img.l1[i]] = t
-	img.l2Bytes += int64(len(raw))
-	return t, nil
+	return img.l2.Get(img.File, int64(img.l1[i]), img.l2Entries*8, binary.BigEndian, Name, func() string { return fmt.Sprintf("L2 table of L1 entry %d", i) })
 }
 
 // clusterAt decodes the L2 entry of guest cluster ci, validating that its

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/tablecache"
 )
 
 // Name is qemu's name for the format.
@@ -94,9 +95,8 @@ type Image struct {
 	l1Offset    int64
 	backing     *format.Backing
 
-	mu      sync.Mutex
-	l2      map[uint64][]uint64 // L2 tables by file offset
-	l2Bytes int64
+	mu sync.Mutex
+	l2 *tablecache.Cache
 }
 
 // Open opens f as a QED image; its backing file is the chain's
@@ -136,7 +136,7 @@ func Open(f format.File) (*Image, error) {
 		tableBytes:  cs * ts,
 		l2Bits:      log2(cs * ts / 8),
 		headerBytes: hs * cs,
-		l2:          map[uint64][]uint64{},
+		l2:          tablecache.New(l2CacheBytes),
 	}
 	entries := img.tableBytes / 8
 	// Two levels of tables address entries² clusters; with the largest
@@ -257,26 +257,7 @@ func (img *Image) Backing() *format.Backing { return img.backing }
 
 // l2Table returns the L2 table of L1 entry i, which is allocated.
 func (img *Image) l2Table(i int64) ([]uint64, error) {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	if t, ok := img.l2[img.l1[i]]; ok {
-		return t, nil
-	}
-	raw := make([]byte, img.tableBytes)
-	if err := format.ReadFull(img.File, raw, int64(img.l1[i]), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
-		return nil, err
-	}
-	t := make([]uint64, len(raw)/8)
-	for j := range t {
-		t[j] = binary.LittleEndian.Uint64(raw[8*j:])
-	}
-	if img.l2Bytes+int64(len(raw)) > l2CacheBytes {
-		clear(img.l2)
-		img.l2Bytes = 0
-	}
-	img.l2[img.l1[i]] = t
-	img.l2Bytes += int64(len(raw))
-	return t, nil
+	return img.l2.Get(img.File, int64(img.l1[i]), img.tableBytes, binary.LittleEndian, Name, func() string { return fmt.Sprintf("L2 table of L1 entry %d", i) })
 }
 
 // entryAt returns the L2 entry of guest cluster ci (entryUnalloc for a
