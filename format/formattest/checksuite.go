@@ -167,3 +167,14 @@ func ExerciseMutatedHeaders(t *testing.T, fmtName, dir string) {
 	}
 	MutateSeedsAt(t, dir, n, 1, 512, func(d []byte) { Exercise(t, d, fmtName) })
 }
+
+// BasicClean is the start of every suite's Clean list: an empty image, a
+// sparse one of sparseSize bytes (an odd size where the format allows
+// one) and a dense one.
+func BasicClean(sparseSize int64) []CleanImage {
+	return []CleanImage{
+		{Name: "empty", Size: 64 << 20, Content: Empty},
+		{Name: "sparse", Size: sparseSize, Content: Sparse},
+		{Name: "dense", Size: 5 << 20, Content: Dense},
+	}
+}

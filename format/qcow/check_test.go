@@ -13,14 +13,11 @@ import (
 
 var checks = formattest.CheckSuite{
 	Format: "qcow", Seeds: "../../testdata/qcow", Huge: "2T",
-	Clean: []formattest.CleanImage{
-		{Name: "empty", Size: 64 << 20, Content: formattest.Empty},
-		{Name: "sparse", Size: 16<<20 + 512, Content: formattest.Sparse},
-		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
+	Clean: append(formattest.BasicClean(16<<20+512), []formattest.CleanImage{
 		{Name: "zeros", Size: 3 << 20, Content: formattest.Zeros},
 		{Name: "compressed", Make: compressed(9<<20, formattest.Sparse)},
 		{Name: "compressed-dense", Make: compressed(3<<20, formattest.Dense)},
-	},
+	}...),
 }
 
 type corruption formattest.Corruption

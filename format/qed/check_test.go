@@ -11,14 +11,11 @@ import (
 
 var checks = formattest.CheckSuite{
 	Format: "qed", QemuChecks: true, Seeds: "../../testdata/qed", Huge: "2T",
-	Clean: []formattest.CleanImage{
-		{Name: "empty", Size: 64 << 20, Content: formattest.Empty},
-		{Name: "sparse", Size: 16 << 20, Content: formattest.Sparse},
-		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
+	Clean: append(formattest.BasicClean(16<<20), []formattest.CleanImage{
 		{Name: "zeros", Size: 3 << 20, Content: formattest.Zeros},
 		{Name: "cluster4k", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "cluster_size=4096"}},
 		{Name: "cluster1m", Size: 40 << 20, Content: formattest.Sparse, Args: []string{"-o", "cluster_size=1M"}},
-	},
+	}...),
 }
 
 type corruption formattest.Corruption

@@ -11,12 +11,9 @@ import (
 
 var checks = formattest.CheckSuite{
 	Format: "vdi", QemuChecks: true, Seeds: "../../testdata/vdi", Huge: "2T",
-	Clean: []formattest.CleanImage{
-		{Name: "empty", Size: 64 << 20, Content: formattest.Empty},
-		{Name: "sparse", Size: 16 << 20, Content: formattest.Sparse},
-		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
+	Clean: append(formattest.BasicClean(16<<20), []formattest.CleanImage{
 		{Name: "static", Size: 5 << 20, Content: formattest.Sparse, Args: []string{"-o", "static=on"}},
-	},
+	}...),
 }
 
 type corruption formattest.Corruption

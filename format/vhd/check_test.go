@@ -15,15 +15,12 @@ import (
 
 var checks = formattest.CheckSuite{
 	Format: "vpc", Seeds: "../../testdata/vhd", Huge: "2000G",
-	Clean: []formattest.CleanImage{
-		{Name: "empty", Size: 64 << 20, Content: formattest.Empty},
-		{Name: "sparse", Size: 16 << 20, Content: formattest.Sparse},
-		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
+	Clean: append(formattest.BasicClean(16<<20), []formattest.CleanImage{
 		{Name: "fixed", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "subformat=fixed"}},
 		{Name: "force-size", Size: 9<<20 + 512, Content: formattest.Sparse, Args: []string{"-o", "force_size=on"}},
 		{Name: "ours-dynamic", Size: 9 << 20, Content: formattest.Sparse, Ours: true},
 		{Name: "ours-fixed", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"subformat": "fixed"}},
-	},
+	}...),
 	Convert: func(src, dst string, o map[string]string) error {
 		return convert.File(context.Background(), src, "raw", dst, "vpc", convert.Options{WriterOptions: o})
 	},

@@ -419,7 +419,7 @@ func TestDifferencing(t *testing.T) {
 		t.Errorf("info %+v", info)
 	}
 	if got := readAll(t, img); !bytes.Equal(got, want) {
-		t.Fatalf("bytes differ from the expected merge at %d", firstDiff(got, want))
+		t.Fatalf("bytes differ from the expected merge at %d", formattest.FirstDiff(got, want))
 	}
 	var got []format.Extent
 	if err := format.Walk(img, 0, func(e format.Extent) error { got = append(got, e); return nil }); err != nil {
@@ -454,7 +454,7 @@ func TestDifferencingPolicy(t *testing.T) {
 	}
 	img0 := openPath(t, child, format.Policy{AllowOutside: true})
 	if got := readAll(t, img0); !bytes.Equal(got, want) {
-		t.Fatalf("absolute parent: bytes differ at %d", firstDiff(got, want))
+		t.Fatalf("absolute parent: bytes differ at %d", formattest.FirstDiff(got, want))
 	}
 	img0.Close()
 	child2, want2 := diffChain(t, map[string]string{platformW2ru: "parent.vpc"})
@@ -480,15 +480,6 @@ func TestDifferencingPolicy(t *testing.T) {
 	if _, err := format.Open(child2, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "parent unique id") {
 		t.Fatalf("mismatched parent: %v", err)
 	}
-}
-
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {

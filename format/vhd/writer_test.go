@@ -378,7 +378,7 @@ func diffAt(a, b []byte) int {
 	if bytes.Equal(a, b) {
 		return -1
 	}
-	return firstDiff(a, b)
+	return formattest.FirstDiff(a, b)
 }
 
 // mask zeroes the footer fields that differ between any two images.

@@ -18,10 +18,7 @@ import (
 
 var checks = formattest.CheckSuite{
 	Format: "vhdx", QemuChecks: true, Seeds: "../../testdata/vhdx", Huge: "2T",
-	Clean: []formattest.CleanImage{
-		{Name: "empty", Size: 64 << 20, Content: formattest.Empty},
-		{Name: "sparse", Size: 16<<20 + 4096, Content: formattest.Sparse},
-		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
+	Clean: append(formattest.BasicClean(16<<20+4096), []formattest.CleanImage{
 		{Name: "block1m", Size: 9 << 20, Content: formattest.Sparse, Args: []string{"-o", "block_size=1M"}},
 		{Name: "fixed", Size: 3<<20 + 512, Content: formattest.Sparse, Args: []string{"-o", "subformat=fixed"}},
 		// 20 blocks of 256 MiB: a sector bitmap entry after the 16th.
@@ -32,7 +29,7 @@ var checks = formattest.CheckSuite{
 		}},
 		{Name: "ours-dynamic", Size: 9 << 20, Content: formattest.Sparse, Ours: true},
 		{Name: "ours-fixed", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"subformat": "fixed"}},
-	},
+	}...),
 	Convert: func(src, dst string, o map[string]string) error {
 		return convert.File(context.Background(), src, "raw", dst, "vhdx", convert.Options{WriterOptions: o})
 	},

@@ -273,7 +273,7 @@ func TestWriterPipe(t *testing.T) {
 				got := convertPipe(t, s.path, s.format, opts)
 				if !bytes.Equal(got, want) {
 					t.Fatalf("piped output (%d bytes) differs from the file output (%d bytes) at %d",
-						len(got), len(want), firstDiff(got, want))
+						len(got), len(want), formattest.FirstDiff(got, want))
 				}
 			})
 		}
@@ -335,7 +335,7 @@ func TestWriterWrittenZeros(t *testing.T) {
 				got := convertPipe(t, s.path, "raw", opts)
 				if !bytes.Equal(got, want) {
 					t.Fatalf("piped output (%d bytes) differs from the file output (%d bytes) at %d",
-						len(got), len(want), firstDiff(got, want))
+						len(got), len(want), formattest.FirstDiff(got, want))
 				}
 			})
 		}
@@ -374,15 +374,6 @@ func writtenZeroSources(t *testing.T) []source {
 			rng.Read(b[len(b)-512:])
 		}), "raw"},
 	}
-}
-
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 // TestWriterChecksum checks the engine's SHA-256 of a file output: with
@@ -680,7 +671,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got, want) {
-			t.Fatalf("-o %s: read back differs at %d", v, firstDiff(got, want))
+			t.Fatalf("-o %s: read back differs at %d", v, formattest.FirstDiff(got, want))
 		}
 		wantFile := int64(4<<20) + 3<<20 // metadata, then blocks 0, 1 and 5
 		if strings.Contains(v, "fixed") {
@@ -855,7 +846,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				}
 				if !bytes.Equal(got, want) {
 					t.Fatalf("front-to-back output (%d bytes) differs from the file output (%d bytes) at %d",
-						len(got), len(want), firstDiff(got, want))
+						len(got), len(want), formattest.FirstDiff(got, want))
 				}
 				formattest.Qemu(t, "check", "-q", ftb)
 				formattest.Qemu(t, "compare", "-q", "-f", s.format, "-F", Name, s.path, ftb)

@@ -19,10 +19,7 @@ var checks = formattest.CheckSuite{
 	// qemu-img preallocates grain tables: 128 MiB of them at 2T, which
 	// qemu-img check takes seconds to walk.
 	Huge: "256G",
-	Clean: []formattest.CleanImage{
-		{Name: "empty", Size: 64 << 20, Content: formattest.Empty},
-		{Name: "sparse", Size: 16 << 20, Content: formattest.Sparse},
-		{Name: "dense", Size: 5 << 20, Content: formattest.Dense},
+	Clean: append(formattest.BasicClean(16<<20), []formattest.CleanImage{
 		{Name: "stream", Size: 16 << 20, Content: formattest.Sparse, Args: []string{"-o", "subformat=streamOptimized"}},
 		{Name: "zeroed-grain", Size: 8 << 20, Content: formattest.Zeros, Args: []string{"-o", "zeroed_grain=on"}},
 		{Name: "compat6", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "compat6=on"}},
@@ -31,7 +28,7 @@ var checks = formattest.CheckSuite{
 		{Name: "ours-sparse", Size: 9 << 20, Content: formattest.Sparse, Ours: true},
 		{Name: "ours-stream", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"subformat": "streamOptimized"}},
 		{Name: "ours-zeroed", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"zeroed_grain": "on"}},
-	},
+	}...),
 	Convert: func(src, dst string, o map[string]string) error {
 		return convert.File(context.Background(), src, "raw", dst, "vmdk", convert.Options{WriterOptions: o})
 	},

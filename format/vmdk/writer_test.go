@@ -414,13 +414,13 @@ func TestWriterWrittenZeros(t *testing.T) {
 					x, y := bytes.Clone(a), bytes.Clone(b)
 					clear(x[descSector*sectorSize : (descSector+descSectors)*sectorSize])
 					clear(y[descSector*sectorSize : (descSector+descSectors)*sectorSize])
-					if i := firstDiff(x, y); i >= 0 {
+					if i := formattest.FirstDiff(x, y); i >= 0 {
 						t.Errorf("first difference from qemu-img's file at offset %d", i)
 					}
 				}
 				wVerify(t, src, raw, "raw", ours)
 				got := pipeConvert(t, src, v, convert.Options{})
-				if i := firstDiff(got, a); i >= 0 {
+				if i := formattest.FirstDiff(got, a); i >= 0 {
 					t.Fatalf("pipe output (%d bytes) differs from the file (%d bytes) at offset %d", len(got), len(a), i)
 				}
 			})
@@ -534,26 +534,13 @@ func TestWriterFrontToBack(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if i := firstDiff(got, want); i >= 0 {
+				if i := formattest.FirstDiff(got, want); i >= 0 {
 					t.Fatalf("front-to-back output (%d bytes) differs from the plain one (%d bytes) at offset %d", len(got), len(want), i)
 				}
 				wVerify(t, src, raw, "raw", ftb)
 			})
 		}
 	}
-}
-
-// firstDiff returns the first offset where a and b differ, -1 for none.
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	if len(a) != len(b) {
-		return min(len(a), len(b))
-	}
-	return -1
 }
 
 // TestWriterMeasure checks Measure against what the writer writes:

@@ -418,7 +418,7 @@ func TestParserOnVectors(t *testing.T) {
 			t.Errorf("%s: %d records, %d bitmap segments", v.name, len(p.records), p.trailer.u("bitmap_seg_num"))
 		}
 		if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
-			t.Errorf("%s: parsed data differs from %s at %d", v.name, v.raw, firstDiff(got, raw))
+			t.Errorf("%s: parsed data differs from %s at %d", v.name, v.raw, formattest.FirstDiff(got, raw))
 		}
 	}
 	p := parseZVHD2(t, readVector(t, "t2.zvhd2"), false)
@@ -485,7 +485,7 @@ func TestVectorsFieldByField(t *testing.T) {
 			}
 			raw := readVector(t, v.raw)
 			if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
-				t.Errorf("data differs at %d", firstDiff(got, raw))
+				t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 			}
 			t.Logf("%s: ours %d bytes, driver's %d", v.ref, len(data), len(readVector(t, v.ref)))
 		})
@@ -542,7 +542,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 		t.Errorf("orig_size %d, want %d", got, w)
 	}
 	if got := p.disk(int64(len(want))); !bytes.Equal(got, want) {
-		t.Fatalf("parsed data differs at %d", firstDiff(got, want))
+		t.Fatalf("parsed data differs at %d", formattest.FirstDiff(got, want))
 	}
 	// The reader under test.
 	img := formattest.Open(t, out, Name)
@@ -564,7 +564,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 	// to its CHS geometry); the rest reads as zeros.
 	padded := append(bytes.Clone(want), make([]byte, int(roundUp(uint64(srcImg.Size()), 512))-len(want))...)
 	if !bytes.Equal(got, padded) {
-		t.Fatalf("raw → zvhd2 → raw differs at %d (%d vs %d bytes)", firstDiff(got, padded), len(got), len(padded))
+		t.Fatalf("raw → zvhd2 → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 	}
 	// Measure is an upper bound of what was written.
 	m, err := convert.Measure(srcImg, 0, writerFormat(t, Name), convert.Options{WriterOptions: methodOpts(method)})
@@ -611,7 +611,7 @@ func TestPipe(t *testing.T) {
 		})
 		want, _ := os.ReadFile(file)
 		if !bytes.Equal(got, want) {
-			t.Errorf("%s: piped output differs from the file at %d (%d vs %d bytes)", m, firstDiff(got, want), len(got), len(want))
+			t.Errorf("%s: piped output differs from the file at %d (%d vs %d bytes)", m, formattest.FirstDiff(got, want), len(got), len(want))
 		}
 		if len(res.SHA256) == 0 {
 			t.Errorf("%s: no streamed checksum", m)
@@ -919,17 +919,6 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 }
 
 func allZero(b []byte) bool { return format.IsZero(b) }
-
-// firstDiff returns the first offset where a and b differ, or the shorter
-// length.
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
-}
 
 // TestWriterSeeds: with ZVHD2_WRITE_SEEDS=1, adds our writer's output (a
 // small sparse disk, both codecs) to the fuzz seeds in compact form.
