@@ -1,6 +1,7 @@
 package formattest
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -177,4 +178,16 @@ func BasicClean(sparseSize int64) []CleanImage {
 		{Name: "sparse", Size: sparseSize, Content: Sparse},
 		{Name: "dense", Size: 5 << 20, Content: Dense},
 	}
+}
+
+// Image makes an image of the suite's format with qemu-img (Args as for
+// Generate) and returns its bytes, for Corrupt to patch.
+func (s CheckSuite) Image(t *testing.T, size int64, c Content, args ...string) []byte {
+	t.Helper()
+	RequireQemu(t)
+	data, err := os.ReadFile(Generate(t, t.TempDir(), "base", s.Format, size, c, args...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }

@@ -9,14 +9,9 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
 // minSpans is the number of used file ranges a check always keeps for the
 // overlap test; beyond it the limit grows with the file (see Check).
 const minSpans = 1 << 20
-
-var _ format.Checker = (*Image)(nil)
 
 // Kinds of span.
 const (
@@ -175,9 +170,9 @@ func overlaps(r *format.CheckResult, spans []span) {
 	}
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

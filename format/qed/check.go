@@ -8,11 +8,6 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check verifies the tables as qemu's qed_check does: every L2 table and
 // data cluster offset is cluster-aligned, after the header and inside the
 // file; no cluster is used twice (the L1 table included); and every
@@ -96,18 +91,18 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	return r, nil
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}
 	r.Corruptions++
 }
 
-// leak records a leaked cluster, keeping at most maxProblems lines.
+// leak records a leaked cluster, keeping at most format.MaxProblems lines.
 func leak(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Leakf(msg, args...)
 		return
 	}

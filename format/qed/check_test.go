@@ -3,7 +3,6 @@ package qed_test
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
@@ -27,13 +26,7 @@ func FuzzCheck(f *testing.F) { checks.Fuzz(f) }
 // TestCheckCorrupt patches L2 entries of a qemu-made image and expects
 // qemu-img's verdict and counts and a problem naming the entry.
 func TestCheckCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "qed", 3<<20, formattest.Dense)
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := checks.Image(t, 3<<20, formattest.Dense)
 	le := binary.LittleEndian
 	cs := uint64(le.Uint32(data[4:]))
 	l1 := le.Uint64(data[40:])

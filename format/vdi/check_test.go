@@ -3,7 +3,6 @@ package vdi_test
 import (
 	"encoding/binary"
 	"encoding/json"
-	"os"
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
@@ -25,13 +24,7 @@ func FuzzCheck(f *testing.F) { checks.Fuzz(f) }
 // TestCheckCorrupt patches the block map and header of qemu-made images
 // and expects qemu-img's verdict and a problem naming the entry.
 func TestCheckCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "vdi", 4<<20, formattest.Dense)
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := checks.Image(t, 4<<20, formattest.Dense)
 	offBmap := int(binary.LittleEndian.Uint32(data[0x154:]))
 	entry := func(d []byte, i int) uint32 { return binary.LittleEndian.Uint32(d[offBmap+4*i:]) }
 	formattest.Corrupt(t, checks, data, []corruption{

@@ -10,11 +10,6 @@ import (
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check verifies the structure of a VHD. qemu-img cannot check this
 // format ("This image format does not support checks", exit 63); this is
 // diskimg's own check, reported with qemu-img check's keys.
@@ -121,9 +116,9 @@ func footerDiff(a, b []byte) int {
 	return -1
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

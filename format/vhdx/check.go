@@ -9,11 +9,6 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check re-reads the image's metadata and checks it as CheckFile does.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	return CheckFile(ctx, img.File)
@@ -145,9 +140,9 @@ func checkRegionTable1(f format.File, r *format.CheckResult) error {
 	return nil
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

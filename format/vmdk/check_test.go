@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
@@ -50,13 +49,8 @@ func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResu
 // TestCheckCorrupt patches grain directory and grain table entries of a
 // qemu-made monolithicSparse image.
 func TestCheckCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense)
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := checks.Image(t, 3<<20, formattest.Dense)
 	le := binary.LittleEndian
 	gd := int(le.Uint64(data[56:])) * 512
 	gt := int(le.Uint32(data[gd:])) * 512
