@@ -41,17 +41,24 @@ func OpenMem(t testing.TB, fmtName string, data []byte) (format.Image, error) {
 	return format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, fmtName)
 }
 
-// ReadAll walks img's extent map and reads every guest byte.
+// ReadAll walks img's extent map and reads every guest byte of its Data
+// extents (in 1 MiB pieces, so a huge sparse image costs its data only),
+// and a sector of every other extent.
 func ReadAll(img format.Image) error {
-	if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
-		return err
-	}
-	buf := make([]byte, img.Size())
-	_, err := img.ReadAt(buf, 0)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
+	buf := make([]byte, 1<<20)
+	return format.Walk(img, 0, func(e format.Extent) error {
+		end := e.End()
+		if e.Status != format.Data {
+			end = min(end, e.Start+512)
+		}
+		for off := e.Start; off < end; off += int64(len(buf)) {
+			n := min(int64(len(buf)), end-off)
+			if _, err := img.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // RunHostile opens each patched seed from seedDir as fmtName and asserts

@@ -11,10 +11,14 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 var le = binary.LittleEndian
+
+// hostile is a patched test vector and the error it must give.
+type hostile formattest.Hostile
 
 // patchTrailer rewrites the trailer of b with fn and fixes its checksum,
 // so that only the field under test is wrong.
@@ -76,6 +80,7 @@ func TestHostile(t *testing.T) {
 	put64 := func(off int, v uint64) func([]byte) []byte {
 		return func(b []byte) []byte { le.PutUint64(b[off:], v); return b }
 	}
+	var cases []hostile
 	for _, c := range []struct {
 		name, field string
 		patch       func([]byte) []byte
@@ -137,10 +142,9 @@ func TestHostile(t *testing.T) {
 			return b
 		}},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			mustFail(t, c.patch(bytes.Clone(t1)), c.field)
-		})
+		cases = append(cases, hostile{c.name, "t1", c.patch, Name + ": " + c.field, formattest.AtOpenOrRead})
 	}
+	formattest.RunHostileOn(t, Name, func(string) []byte { return t1 }, cases)
 }
 
 func TestHostileWrongMagic(t *testing.T) {
@@ -158,6 +162,7 @@ func TestHostileWrongMagic(t *testing.T) {
 // TestHostileDense covers the checks of the dense index (t1d.zvhd2).
 func TestHostileDense(t *testing.T) {
 	t1d := readVector(t, "t1d.zvhd2")
+	var cases []hostile
 	for _, c := range []struct {
 		name, field string
 		patch       func([]byte)
@@ -165,12 +170,10 @@ func TestHostileDense(t *testing.T) {
 		{"entry block mismatch", "index entry block", func(b []byte) { le.PutUint32(b[t1Index+2*vhdspec.EntrySize+8:], 1) }},
 		{"zero entry with bit set", "index entry", func(b []byte) { b[t1Bitmap] = 0x03 }},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			b := bytes.Clone(t1d)
-			c.patch(b)
-			mustFail(t, b, c.field)
-		})
+		patch := c.patch
+		cases = append(cases, hostile{c.name, "t1d", func(b []byte) []byte { patch(b); return b }, Name + ": " + c.field, formattest.AtOpenOrRead})
 	}
+	formattest.RunHostileOn(t, Name, func(string) []byte { return t1d }, cases)
 }
 
 // TestHostilePayloadSize checks that decompression stops at one block:
@@ -209,6 +212,7 @@ func TestHostileT2(t *testing.T) {
 	if t2[seg1] != 0x05 {
 		t.Fatalf("bitmap segment 1 starts %#x", t2[seg1])
 	}
+	var cases []hostile
 	for _, c := range []struct {
 		name, field string
 		patch       func([]byte)
@@ -218,10 +222,8 @@ func TestHostileT2(t *testing.T) {
 		{"entry names an absent block", "bitmap", func(b []byte) { le.PutUint32(b[index+3*vhdspec.EntrySize+8:], 32769) }},
 		{"segment 0 bit cleared", "non_zero_blk_num", func(b []byte) { b[0x86000] = 0 }},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			b := bytes.Clone(t2)
-			c.patch(b)
-			mustFail(t, b, c.field)
-		})
+		patch := c.patch
+		cases = append(cases, hostile{c.name, "t2", func(b []byte) []byte { patch(b); return b }, Name + ": " + c.field, formattest.AtOpenOrRead})
 	}
+	formattest.RunHostileOn(t, Name, func(string) []byte { return t2 }, cases)
 }
