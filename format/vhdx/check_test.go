@@ -178,7 +178,11 @@ func mutatedSeeds(t *testing.T) {
 		t.Fatalf("no seeds in %s: %v", dir, err)
 	}
 	rng := rand.New(rand.NewSource(8))
-	for i := 0; i < 300; i++ { // each expands a seed to megabytes
+	n := 300 // each expands a seed to megabytes
+	if testing.Short() {
+		n = 30
+	}
+	for i := 0; i < n; i++ {
 		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
 		if err != nil {
 			t.Fatal(err)
