@@ -183,30 +183,18 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 // ReadAt reads guest bytes. Reading a block before the last one decoded
 // restarts decoding at the first record.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.Size())
-	if n == 0 {
-		return 0, clipErr
-	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	for done := 0; done < n; {
-		pos := off + int64(done)
-		b := pos / vhdspec.BlockSize
-		in := pos % vhdspec.BlockSize
-		m := int(min(int64(n-done), vhdspec.BlockSize-in))
-		dst := p[done : done+m]
+	return vhdspec.ReadBlocks(p, off, img.Size(), func(b int64) ([]byte, error) {
 		k := sort.Search(len(img.records), func(k int) bool { return img.records[k].block >= b })
-		if k < len(img.records) && img.records[k].block == b {
-			if err := img.decode(k); err != nil {
-				return done, err
-			}
-			copy(dst, img.cache[in:])
-		} else {
-			clear(dst)
+		if k == len(img.records) || img.records[k].block != b {
+			return nil, nil
 		}
-		done += m
-	}
-	return n, clipErr
+		if err := img.decode(k); err != nil {
+			return nil, err
+		}
+		return img.cache, nil
+	})
 }
 
 // decode makes img.cache hold the block of record k, inflating forward

@@ -531,3 +531,26 @@ func (d *Descriptor) CreatorVersionString() string {
 func (d *Descriptor) TimestampString() string {
 	return Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339)
 }
+
+// ReadBlocks fills p with guest bytes from off of a disk of size bytes,
+// block by block: block returns block b's decoded bytes, nil for a block
+// not stored (zeros).
+func ReadBlocks(p []byte, off, size int64, block func(b int64) ([]byte, error)) (int, error) {
+	n, clipErr := format.ClipRead(p, off, size)
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		in := pos % BlockSize
+		dst := p[done : done+int(min(int64(n-done), BlockSize-in))]
+		data, err := block(pos / BlockSize)
+		if err != nil {
+			return done, err
+		}
+		if data == nil {
+			clear(dst)
+		} else {
+			copy(dst, data[in:])
+		}
+		done += len(dst)
+	}
+	return n, clipErr
+}
