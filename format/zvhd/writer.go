@@ -82,16 +82,9 @@ type Writer struct {
 // NewWriter starts a ZVHD image of o.Size bytes on dst and writes its
 // descriptor.
 func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
-	if o.Size < 0 || o.Size > vhdspec.MaxSize {
-		return nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", Name, o.Size, int64(vhdspec.MaxSize))
-	}
-	out, err := format.NewOutput(dst, Name)
+	out, d, err := vhdspec.StartWriter(dst, Name, vhdspec.CookieZVHD, o.Size)
 	if err != nil {
 		return nil, err
-	}
-	d, err := vhdspec.NewDescriptor(vhdspec.CookieZVHD, o.Size)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	w := &Writer{out: out, slot: vhdspec.Slot(d), size: o.Size}
 	if _, err := w.out.Write(w.slot); err != nil {

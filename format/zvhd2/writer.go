@@ -97,9 +97,6 @@ type Writer struct {
 // NewWriter starts a ZVHD2 image of o.Size bytes on dst and writes its
 // header. The codec is o.Options["compression_type"] (zstd by default).
 func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
-	if o.Size < 0 || o.Size > vhdspec.MaxSize {
-		return nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", Name, o.Size, int64(vhdspec.MaxSize))
-	}
 	method := uint8(vhdspec.MethodZstd)
 	switch c := o.Options[OptCompressionType]; c {
 	case "", CompressionZstd:
@@ -108,13 +105,9 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	default:
 		return nil, fmt.Errorf("%s: %s=%s: must be %s or %s", Name, OptCompressionType, c, CompressionZstd, CompressionZlib)
 	}
-	out, err := format.NewOutput(dst, Name)
+	out, d, err := vhdspec.StartWriter(dst, Name, vhdspec.CookieZVHD2, o.Size)
 	if err != nil {
 		return nil, err
-	}
-	d, err := vhdspec.NewDescriptor(vhdspec.CookieZVHD2, o.Size)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	// The header carries what is known before the data (§2.7): sizes,
 	// block size and count, codec. Index and bitmap fields stay zero.

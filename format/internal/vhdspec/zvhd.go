@@ -554,3 +554,20 @@ func ReadBlocks(p []byte, off, size int64, block func(b int64) ([]byte, error)) 
 	}
 	return n, clipErr
 }
+
+// StartWriter checks a writer's disk size and returns its output on dst
+// and a descriptor for the disk with cookie.
+func StartWriter(dst format.Target, name, cookie string, size int64) (*format.Output, *Descriptor, error) {
+	if size < 0 || size > MaxSize {
+		return nil, nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", name, size, int64(MaxSize))
+	}
+	out, err := format.NewOutput(dst, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := NewDescriptor(cookie, size)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, d, nil
+}
