@@ -3,9 +3,7 @@ module github.com/diskimg/diskimg
 go 1.26.8
 
 require (
-	github.com/diskfs/go-diskfs v1.9.4
 	github.com/klauspost/compress v1.18.5
-	github.com/lima-vm/go-qcow2reader v0.7.1
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/urfave/cli/v2 v2.27.7
 	golang.org/x/sys v0.46.0

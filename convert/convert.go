@@ -13,9 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
@@ -58,6 +56,9 @@ type Options struct {
 	SparseSize int64
 	// WriterOptions are the -o options.
 	WriterOptions map[string]string
+	// Name is the output's final file name (Output.Name), which some
+	// writers record (a VMDK descriptor names its extent); "" for none.
+	Name string
 	// Compress is -c.
 	Compress bool
 	// Checksum asks for the SHA-256 of the bytes written to dst, computed
@@ -143,7 +144,7 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	sparse, _ := sparseSize(opts.SparseSize)
 	size := src.Size()
 	srcLayout := format.LayoutOf(src)
-	wo := format.WriteOptions{Size: size, Layout: srcLayout, Options: opts.WriterOptions, Compress: opts.Compress, FrontToBack: opts.Checksum}
+	wo := format.WriteOptions{Size: size, Layout: srcLayout, Options: opts.WriterOptions, Compress: opts.Compress, FrontToBack: opts.Checksum, Name: opts.Name}
 	if sparse == 0 {
 		wo.Layout = format.AllData(size)
 	}
@@ -512,27 +513,13 @@ func newCountingTarget(dst format.Target, checksum bool) (*countingTarget, forma
 	}
 	if rt, ok := format.Seekable(dst); ok {
 		c.rt = rt
-		if f, ok := dst.(interface{ Fd() uintptr }); ok {
+		if f, ok := dst.(format.FileDescriptor); ok {
 			c.wb = newWriteback(f.Fd())
 			return c, &fileTarget{seekTarget: &seekTarget{c}, fd: f}
 		}
 		return c, &seekTarget{c}
 	}
 	return c, &streamTarget{c}
-}
-
-// Name returns the destination file's path when it has one (a writer such
-// as VMDK's records its own file name); "" for a pipe or a terminal.
-func (c *countingTarget) Name() string {
-	n, ok := c.dst.(interface{ Name() string })
-	if !ok {
-		return ""
-	}
-	name := n.Name()
-	if !filepath.IsAbs(name) || strings.HasPrefix(name, "/dev/") {
-		return ""
-	}
-	return name
 }
 
 // note records that p was written at off.
@@ -615,7 +602,7 @@ func (s *seekTarget) Truncate(size int64) error {
 // fallocate and the like).
 type fileTarget struct {
 	*seekTarget
-	fd interface{ Fd() uintptr }
+	fd format.FileDescriptor
 }
 
 // Fd returns the destination's file descriptor.

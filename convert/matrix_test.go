@@ -77,6 +77,9 @@ func qemuReads(f string) bool { return f != "zvhd2" && f != "zvhd" }
 func TestMatrix(t *testing.T) {
 	formattest.RequireQemu(t)
 	for _, c := range []formattest.Content{formattest.Sparse, formattest.Dense} {
+		if testing.Short() && c != formattest.Sparse {
+			continue // -short: one content
+		}
 		dir := t.TempDir()
 		raw := filepath.Join(dir, "src.raw")
 		formattest.MakeRaw(t, raw, 5<<20+1536, c)
@@ -96,6 +99,7 @@ func TestMatrix(t *testing.T) {
 		for _, in := range matrixInputs {
 			for _, out := range matrixOutputs {
 				t.Run(fmt.Sprintf("%s/%s/%s", c, in.name, out.name), func(t *testing.T) {
+					t.Parallel()
 					dst := filepath.Join(t.TempDir(), "out."+out.fmt)
 					matrixConvert(t, paths[in.name], in.fmt, dst, out)
 					if out.fmt == "raw" || out.fmt == "qcow2" {

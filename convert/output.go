@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/diskimg/diskimg/format"
@@ -71,20 +73,18 @@ type stream struct{ w io.Writer }
 
 func (s stream) Write(p []byte) (int, error) { return s.w.Write(p) }
 
-// Name is the file standard output is redirected to, if any, so a VMDK
-// streamed into "> disk.vmdk" names disk.vmdk in its descriptor.
-func (s stream) Name() string {
-	sc, ok := s.w.(syscall.Conn)
-	if !ok {
-		return ""
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return ""
-	}
+// redirectedTo is the file standard output is redirected to, if any, so
+// a VMDK streamed into "> disk.vmdk" names disk.vmdk in its descriptor;
+// "" for a pipe or a terminal.
+func redirectedTo(f *os.File) string {
 	var p string
-	raw.Control(func(fd uintptr) { p, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) })
-	return p // "pipe:[123]" for a pipe, which is not a path
+	if raw, err := f.SyscallConn(); err == nil {
+		raw.Control(func(fd uintptr) { p, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) })
+	}
+	if !filepath.IsAbs(p) || strings.HasPrefix(p, "/dev/") {
+		return "" // "pipe:[123]" is not a path
+	}
+	return p
 }
 
 // CreateOutput prepares the output at path ("-" for standard output). It
@@ -328,6 +328,16 @@ func (o *Output) Path() string {
 	return o.tmp
 }
 
+// Name returns the output's final file name, for a writer that records it
+// (format.WriteOptions.Name): the path, or the file standard output is
+// redirected to; "" for a pipe.
+func (o *Output) Name() string {
+	if o.tmp != "" || o.inPlace {
+		return o.final
+	}
+	return redirectedTo(os.Stdout)
+}
+
 func syncDir(dir string) {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -363,4 +373,32 @@ func SourceFiles(path string, img format.Image) []string {
 		files = append(files, path)
 	}
 	return files
+}
+
+// File converts the image at src (format srcFormat, "" to probe; opened
+// under the default policy) to a new file dst in format dstFormat, which
+// appears under its name only when complete.
+func File(ctx context.Context, src, srcFormat, dst, dstFormat string, opts Options) error {
+	in, err := format.Open(src, srcFormat, format.Policy{})
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	w, err := format.LookupWriter(dstFormat)
+	if err != nil {
+		return err
+	}
+	if err := Check(in, w, opts); err != nil {
+		return err
+	}
+	out, err := CreateOutput(dst, OutputOptions{Sources: SourceFiles(src, in)})
+	if err != nil {
+		return err
+	}
+	defer out.Abort()
+	opts.Name = out.Name()
+	if _, err := Convert(ctx, in, w, out.Target, opts); err != nil {
+		return err
+	}
+	return out.Commit()
 }

@@ -29,6 +29,10 @@ type CheckResult struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
+// MaxProblems bounds the problem lines a check keeps: a hostile table can
+// be wrong in every entry, and the counts say how many there were.
+const MaxProblems = 1000
+
 // Checker is implemented by images whose format can check its own
 // structure: tables inside the file, no overlaps, counts that agree.
 // A check reads metadata only and never writes.

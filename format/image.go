@@ -44,6 +44,9 @@ type Extent struct {
 	Offset int64
 	// Compressed is set when the run is stored compressed.
 	Compressed bool
+	// File is the host file Offset refers to: the layer's own file, a
+	// VMDK extent, a qcow2 external data file. Nil when Offset is -1.
+	File File
 }
 
 // End returns the guest offset just past the extent.
@@ -84,9 +87,11 @@ type Info struct {
 	ClusterSize int64
 	// Dirty reports the format's dirty or in-use flag.
 	Dirty bool
-	// BackingFile is the backing file name as stored in the image.
+	// BackingFile is the backing file name as stored in the image (of
+	// several, the one that opened). The chain sets it and the two below
+	// from the top layer's Backing, whether or not the file is opened.
 	BackingFile string
-	// FullBackingFile is BackingFile resolved against the image's directory.
+	// FullBackingFile is BackingFile joined to the image's directory.
 	FullBackingFile string
 	// BackingFormat is the backing file's format as stored in the image.
 	BackingFormat string
@@ -100,4 +105,31 @@ type Info struct {
 	// ExtentFiles are the other host files that hold this image's data
 	// (VMDK extents); actual-size counts them as qemu-img does.
 	ExtentFiles []string
+}
+
+// Base is embedded by drivers for the methods every image has alike.
+type Base struct {
+	// File is the image's file; Close closes it.
+	File File
+	// Meta is what Info returns; Meta.VirtualSize is what Size returns.
+	Meta Info
+}
+
+// Size returns the virtual disk size in bytes.
+func (b *Base) Size() int64 { return b.Meta.VirtualSize }
+
+// Info returns a copy of the image's metadata.
+func (b *Base) Info() *Info {
+	info := b.Meta
+	return &info
+}
+
+// Close closes the image's file.
+func (b *Base) Close() error { return CloseFile(b.File) }
+
+// FileDescriptor is implemented by files and targets that have an
+// operating system file descriptor (an *os.File), for the system calls
+// that need one: lseek's SEEK_DATA, fallocate, sync_file_range.
+type FileDescriptor interface {
+	Fd() uintptr
 }

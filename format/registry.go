@@ -138,7 +138,8 @@ func (o *Opener) open(path, formatName string) (Image, error) {
 }
 
 // OpenImage opens an already open file as an image; formatName forces a
-// format, "" probes. The image owns f on success.
+// format, "" probes. The image owns f on success. An image that names a
+// backing file comes with it (see Layer), opened under the policy.
 func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 	var ft *Format
 	var err error
@@ -154,17 +155,31 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 	if errors.Is(err, ErrWrongType) {
 		return nil, fmt.Errorf("not a %s image: %w", ft.Name, err)
 	}
-	return img, err
+	if err != nil {
+		return nil, err
+	}
+	l, ok := img.(Layer)
+	if !ok {
+		return img, nil
+	}
+	ref := l.Backing()
+	if ref == nil {
+		return img, nil
+	}
+	c, err := o.withBacking(l, ref, f)
+	if err != nil {
+		// This closes f too, which the caller then closes again: an
+		// *os.File refuses a second close without touching the descriptor.
+		l.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
-// OpenBacking opens the image that the image at imagePath names as ref
-// (a backing file or differencing parent). formatName is the stored
-// backing format, "" to probe. It returns (nil, nil) when the policy says
-// not to open backing files.
-func (o *Opener) OpenBacking(imagePath, ref, formatName string) (Image, error) {
-	if o.NoBacking {
-		return nil, nil
-	}
+// openBacking opens the image that the image at imagePath names as ref
+// (a backing file or differencing parent); formatName is the stored
+// backing format, "" to probe.
+func (o *Opener) openBacking(imagePath, ref, formatName string) (Image, error) {
 	path, err := o.Resolve(imagePath, ref)
 	if err != nil {
 		return nil, fmt.Errorf("backing file: %w", err)

@@ -296,6 +296,11 @@ type WriteOptions struct {
 	// engine can hash the output as it is written (--checksum) without
 	// reading it back. Writers that always write front to back ignore it.
 	FrontToBack bool
+	// Name is the output's final file name, "" for a pipe or when unknown:
+	// a writer that records its own name (a VMDK descriptor names its
+	// extent file) takes it from here, never from the target, which may
+	// be a temporary file.
+	Name string
 }
 
 // Measurement is qemu-img measure's answer: file bytes needed for the

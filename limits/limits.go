@@ -49,6 +49,15 @@ type Image struct {
 	// planned (--allow-backing-outside when its chain leaves its
 	// directory, --no-backing); the plan's commands repeat them.
 	OpenFlags []string
+	// Measure returns the length of the file diskimg writes when it
+	// converts the image to format, with the -o options given (qemu-img
+	// style, "subformat=fixed"), at virtualSize: the writer's own Measure
+	// (its Required size). limits imports no format package, so the caller
+	// supplies it; without it, or when it fails, a conversion is taken to
+	// be as large as the disk.
+	// With sparsify it measures the image with the free space of its
+	// filesystems left out (convert --sparsify).
+	Measure func(format string, options []string, virtualSize int64, sparsify bool) (int64, error) `json:"-"`
 
 	Inspected      bool   // partitions and filesystems could be read
 	PartitionTable string // "mbr", "gpt", "none"
@@ -79,6 +88,9 @@ type Image struct {
 	// SparsifyFree are the data bytes that lie in free filesystem space:
 	// what `convert --sparsify` leaves out.
 	SparsifyFree int64
+	// sparsified: the image as convert --sparsify reads it (see
+	// sparsified); Measure is asked for that image.
+	sparsified bool
 }
 
 // Request is what the user intends to do with the image.

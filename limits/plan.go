@@ -312,7 +312,7 @@ func formatNames(list []string) []string {
 }
 
 // converted describes the image diskimg would write: same guest data,
-// the new format, and an upper bound of the file's size.
+// the new format, and the writer's measure of the file.
 func converted(img Image, f, sub string, roundTo int64) Image {
 	u := img
 	u.Format, u.Subformat = f, sub
@@ -321,41 +321,27 @@ func converted(img Image, f, sub string, roundTo int64) Image {
 	if roundTo > 0 {
 		u.VirtualSize = (img.VirtualSize + roundTo - 1) / roundTo * roundTo
 	}
-	u.FileSize = EstimateSize(u.Format, u.Subformat, u.VirtualSize, img.AllocatedSize)
+	u.FileSize = u.VirtualSize
+	if img.Measure != nil {
+		if n, err := img.Measure(f, writerOptions(f, sub), u.VirtualSize, img.sparsified); err == nil {
+			u.FileSize = n
+		}
+	}
 	return u
 }
 
-// EstimateSize bounds the size of a file diskimg writes in format f
-// holding alloc bytes of data in a disk of virtual bytes. Compressed
-// formats are bounded by their uncompressed size.
-func EstimateSize(f, sub string, virtual, alloc int64) int64 {
-	const cluster = 64 << 10
-	switch f {
-	case "raw":
-		return virtual
-	case "vpc":
-		if sub == "fixed" {
-			return virtual + 512
-		}
-		// Dynamic: 2 MiB blocks, each with a 512-byte bitmap, and the BAT.
-		blocks := (virtual + 2*MiB - 1) / (2 * MiB)
-		data := min(virtual, roundUp(alloc, 2*MiB)*2)
-		return data + data/(2*MiB)*512 + blocks*4 + 3*512 + MiB
-	case "qcow2":
-		// Data, L2 tables (8 bytes a cluster), refcounts, header and L1.
-		return alloc + virtual/cluster*8 + alloc/cluster*2 + 4*cluster + virtual/(cluster*cluster/8)*8
-	case "vmdk":
-		// Grain tables of 4 bytes a 64 KiB grain, plus markers.
-		return alloc + virtual/cluster*4 + alloc/cluster*512 + 128<<10
-	case "vhdx":
-		return min(virtual, roundUp(alloc, 32*MiB)*2) + virtual/(32*MiB)*8 + 4*MiB
-	case "zvhd2", "zvhd":
-		return alloc + virtual/(2*MiB)*64 + MiB
+// writerOptions are the -o options of a conversion to format f, subformat
+// sub: a fixed VHD keeps the exact size (force_size), as clouds require.
+func writerOptions(f, sub string) []string {
+	var opts []string
+	if sub != "" {
+		opts = append(opts, "subformat="+sub)
 	}
-	return virtual
+	if f == "vpc" && sub == "fixed" {
+		opts = append(opts, "force_size=on")
+	}
+	return opts
 }
-
-func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
 
 func ext(f string) string {
 	switch f {
@@ -386,13 +372,8 @@ func uploadName(img Image, u Image, p *Profile, path *Path) string {
 
 // conversionFor describes the conversion to the upload u.
 func conversionFor(img Image, p *Profile, path *Path, u Image) *Conversion {
-	c := &Conversion{Format: u.Format, Output: uploadName(img, u, p, path), Package: path.Package}
-	if u.Subformat != "" {
-		c.Options = append(c.Options, "subformat="+u.Subformat)
-	}
-	if u.Format == "vpc" && u.Subformat == "fixed" {
-		c.Options = append(c.Options, "force_size=on")
-	}
+	c := &Conversion{Format: u.Format, Output: uploadName(img, u, p, path), Package: path.Package,
+		Options: writerOptions(u.Format, u.Subformat)}
 	if u.VirtualSize != img.VirtualSize {
 		c.VirtualSize = u.VirtualSize
 	}

@@ -12,6 +12,7 @@ import (
 func sparsified(img Image) Image {
 	img.AllocatedSize = max(0, img.AllocatedSize-img.SparsifyFree)
 	img.SparsifyFree = 0
+	img.sparsified = true
 	return img
 }
 

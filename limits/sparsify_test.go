@@ -29,7 +29,7 @@ func TestPlanSuggestsSparsify(t *testing.T) {
 			Request{}, "fast", "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := Plan(tc.img, p, tc.req)
+			d := plan(tc.img, p, tc.req)
 			if d.Path != tc.path {
 				t.Fatalf("path %s, want %s (%+v)", d.Path, tc.path, d.Findings)
 			}
@@ -52,7 +52,7 @@ func TestPlanSuggestsSparsify(t *testing.T) {
 			// With --sparsify the plan takes that path and converts.
 			req := tc.req
 			req.Sparsify = true
-			s := Plan(tc.img, p, req)
+			s := plan(tc.img, p, req)
 			if s.Path != tc.suggest || s.Conversion == nil || !s.Conversion.Sparsify || s.UploadSize > tc.uploadGB*GiB+GiB || s.UploadSize < tc.uploadGB*GiB {
 				t.Fatalf("with --sparsify: %s %+v, upload %d", s.Path, s.Conversion, s.UploadSize)
 			}
@@ -64,10 +64,10 @@ func TestPlanSuggestsSparsify(t *testing.T) {
 // when the request sparsifies it.
 func TestPlanSparsifyConverts(t *testing.T) {
 	img := Image{Filename: "vm.qcow2", Format: "qcow2", VirtualSize: 20 * GiB, FileSize: 8 * GiB, AllocatedSize: 8 * GiB, SparsifyFree: 5 * GiB}
-	if d := Plan(img, huawei(t), Request{}); d.Conversion != nil {
+	if d := plan(img, huawei(t), Request{}); d.Conversion != nil {
 		t.Fatalf("converted without --sparsify: %+v", d.Conversion)
 	}
-	d := Plan(img, huawei(t), Request{Sparsify: true})
+	d := plan(img, huawei(t), Request{Sparsify: true})
 	if d.Conversion == nil || !d.Conversion.Sparsify || d.UploadFormat != "qcow2" || d.Commands[0] != "diskimg convert --sparsify -f qcow2 -O qcow2 vm.qcow2 vm-sparse.qcow2" {
 		t.Fatalf("%+v %v", d.Conversion, d.Commands)
 	}

@@ -168,8 +168,9 @@ func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limit
 	if o := sparsifyOptions(c); o != nil {
 		opts = *o
 	}
-	if _, rep, err := inspect.Sparsify(img, opts); err == nil {
+	if sparse, rep, err := inspect.Sparsify(img, opts); err == nil {
 		facts.SparsifyFree = rep.SavedBytes
+		facts.Measure = measurer(img, sparse)
 	}
 	return limits.Plan(facts, p, req), nil
 }

@@ -223,6 +223,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	defer out.Abort()
 
 	opts := job.opts
+	opts.Name = out.Name()
 	var bar *progressbar.ProgressBar
 	if !c.Bool(quietFlag.Name) && (c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd()))) {
 		bar = newBar(in.Size(), filepath.Base(job.dst), c)

@@ -138,6 +138,7 @@ func imageFacts(path string, img format.Image) (limits.Image, error) {
 		AllocatedSize: rep.AllocatedSize,
 		Encrypted:     info.Encrypted,
 		Backing:       info.BackingFile != "",
+		Measure:       measurer(img, nil),
 	}, nil
 }
 
@@ -172,6 +173,33 @@ func leavesDirectory(path string, img format.Image) bool {
 		path, img = info.FullBackingFile, info.Backing
 	}
 	return false
+}
+
+// measurer measures a conversion of img with the writers' own Measure,
+// for the sizes limits plans with; sparse is img as convert --sparsify
+// reads it (nil: img), measured when limits asks for the sparsified image.
+func measurer(img, sparse format.Image) func(string, []string, int64, bool) (int64, error) {
+	return func(f string, options []string, size int64, sparsify bool) (int64, error) {
+		w, err := format.LookupWriter(f)
+		if err != nil {
+			return 0, err
+		}
+		opts, err := format.ParseOptions(strings.Join(options, ","))
+		if err != nil {
+			return 0, err
+		}
+		src := img
+		if sparsify && sparse != nil {
+			src = sparse
+		}
+		if size > src.Size() {
+			if src, err = convert.Grow(src, size); err != nil {
+				return 0, err
+			}
+		}
+		m, err := convert.Measure(src, size, w, convert.Options{WriterOptions: opts})
+		return m.Required, err
+	}
 }
 
 func writePlanText(w io.Writer, d limits.Decision) {

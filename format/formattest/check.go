@@ -49,6 +49,9 @@ func Check(t *testing.T, path string, o Options) {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	defer img.Close()
+	if err := Validate(img); err != nil {
+		t.Errorf("%s: %v", filepath.Base(path), err)
+	}
 	CheckInfo(t, path, img, o)
 	CheckMap(t, path, img, o)
 	CheckBytes(t, path, img, o)
@@ -64,6 +67,9 @@ func CheckEmpty(t *testing.T, path string, o Options) {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	defer img.Close()
+	if err := Validate(img); err != nil {
+		t.Errorf("%s: %v", filepath.Base(path), err)
+	}
 	CheckInfo(t, path, img, o)
 	var total int64
 	err = format.Walk(img, 0, func(e format.Extent) error {
@@ -221,22 +227,24 @@ func CheckBytes(t *testing.T, path string, img format.Image, o Options) {
 			t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, m, err)
 		}
 	}
-	if i := firstDiff(got, want); i >= 0 {
+	if i := FirstDiff(got, want); i >= 0 {
 		t.Fatalf("%s: byte %d differs from qemu-img convert -O raw: diskimg %#x, qemu-img %#x", filepath.Base(path), i, got[i], want[i])
 	}
 	checkReadAtEnd(t, img)
 }
 
-func firstDiff(a, b []byte) int64 {
+// FirstDiff returns the first offset at which a and b differ (the shorter
+// length when one is a prefix of the other), or -1 when they are equal.
+func FirstDiff(a, b []byte) int {
 	if bytes.Equal(a, b) {
 		return -1
 	}
-	for i := range a {
+	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
-			return int64(i)
+			return i
 		}
 	}
-	return int64(len(a))
+	return min(len(a), len(b))
 }
 
 // checkReadAtEnd asserts io.ReaderAt's contract at the end of the disk.

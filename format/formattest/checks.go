@@ -148,6 +148,12 @@ func ExerciseCheck(t testing.TB, fmtName string, data []byte) {
 // one to four random bytes changed; the same seed gives the same inputs,
 // a deterministic complement to a fuzz test.
 func MutateSeeds(t testing.TB, dir string, n int, seed int64, fn func([]byte)) {
+	MutateSeedsAt(t, dir, n, seed, 0, fn)
+}
+
+// MutateSeedsAt is MutateSeeds with two changes in three among the first
+// head bytes (the header) when head is not 0.
+func MutateSeedsAt(t testing.TB, dir string, n int, seed, head int64, fn func([]byte)) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	if err != nil || len(ents) == 0 {
@@ -163,7 +169,13 @@ func MutateSeeds(t testing.TB, dir string, n int, seed int64, fn func([]byte)) {
 			continue
 		}
 		for k := 0; k < 1+rng.Intn(4); k++ {
-			d[rng.Intn(len(d))] = byte(rng.Intn(256))
+			var p int
+			if head == 0 {
+				p = rng.Intn(len(d))
+			} else if p = rng.Intn(min(len(d), int(head))); rng.Intn(3) == 0 {
+				p = rng.Intn(len(d))
+			}
+			d[p] = byte(rng.Intn(256))
 		}
 		fn(d)
 	}

@@ -99,7 +99,8 @@ func QemuCompareOutput(t testing.TB, a, b string) []byte {
 }
 
 // Open opens the image at path with the default policy (fmtName "" to
-// probe) and closes it when the test ends; a failure fails the test.
+// probe), validates it (Validate) and closes it when the test ends; a
+// failure fails the test.
 func Open(t testing.TB, path, fmtName string) format.Image {
 	t.Helper()
 	img, err := format.Open(path, fmtName, format.Policy{})
@@ -107,5 +108,8 @@ func Open(t testing.TB, path, fmtName string) format.Image {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	t.Cleanup(func() { img.Close() })
+	if err := Validate(img); err != nil {
+		t.Errorf("%s: %v", path, err)
+	}
 	return img
 }

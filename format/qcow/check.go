@@ -9,14 +9,9 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
 // minSpans is the number of used file ranges a check always keeps for the
 // overlap test; beyond it the limit grows with the file (see Check).
 const minSpans = 1 << 20
-
-var _ format.Checker = (*Image)(nil)
 
 // Kinds of span.
 const (
@@ -71,9 +66,9 @@ func (s span) String() string {
 // that no two structures share bytes: header, backing file name, L1
 // table, L2 tables and clusters must not overlap.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	var hdr [headerSize]byte
-	if err := format.ReadFull(img.f, hdr[:], 0, Name, "header"); err != nil {
+	if err := format.ReadFull(img.File, hdr[:], 0, Name, "header"); err != nil {
 		return nil, err
 	}
 	spans := []span{{start: 0, end: headerSize, kind: spanHeader}}
@@ -122,7 +117,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		}
 		seenL2[l2] = i
 		add(span{start: int64(l2), end: int64(l2) + l2Size, kind: spanL2, l1i: int64(i)})
-		if err := format.ReadFull(img.f, raw, int64(l2), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
+		if err := format.ReadFull(img.File, raw, int64(l2), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
 			return nil, err
 		}
 		for j := range img.l2Entries {
@@ -131,7 +126,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 				continue
 			}
 			ci := int64(i)<<img.l2Bits + j
-			if ci<<img.clusterBits >= img.size {
+			if ci<<img.clusterBits >= img.Size() {
 				// Past the disk: never read, but qemu's allocator never
 				// writes these either.
 				corrupt(r, "L2 table entry %d of L1 table entry %d at offset %d: allocated past the end of the disk", j, i, int64(l2)+8*j)
@@ -144,7 +139,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 				n = int64(e>>(63-img.clusterBits)) & (img.clusterSize - 1)
 				s.start = int64(e & (1<<(63-img.clusterBits) - 1))
 			} else {
-				n = min(img.clusterSize, img.size-ci<<img.clusterBits)
+				n = min(img.clusterSize, img.Size()-ci<<img.clusterBits)
 				s.start = int64(e) // the flag bit is clear: not negative
 			}
 			if s.start > img.fileSize || n > img.fileSize-s.start {
@@ -175,9 +170,9 @@ func overlaps(r *format.CheckResult, spans []span) {
 	}
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

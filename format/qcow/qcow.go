@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/tablecache"
 )
 
 // Name is qemu's name for the format.
@@ -68,7 +69,7 @@ func init() {
 		Name:     Name,
 		Priority: Priority,
 		Probe:    Probe,
-		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
 	})
 }
 
@@ -79,11 +80,11 @@ func Probe(f format.File) bool {
 	return n == len(b) && string(b[:4]) == magic && binary.BigEndian.Uint32(b[hdrVersion:]) == version1
 }
 
-// Image is an open qcow (version 1) image.
+// Image is an open qcow (version 1) image: this file's layer of a backing
+// chain.
 type Image struct {
-	f           format.File
+	format.Base
 	fileSize    int64
-	size        int64
 	clusterBits uint
 	clusterSize int64
 	l2Bits      uint
@@ -91,19 +92,18 @@ type Image struct {
 	l1          []uint64
 	l1Offset    int64
 	encrypted   bool
-	backing     format.Image // nil when there is none or it was not opened
-	info        format.Info
+	backing     *format.Backing
 
-	mu      sync.Mutex
-	l2      map[uint64][]uint64 // L2 tables by file offset
-	l2Bytes int64
-	zIndex  int64 // guest cluster held in zbuf; -1 for none
-	zbuf    []byte
+	mu     sync.Mutex
+	l2     *tablecache.Cache
+	zIndex int64 // guest cluster held in zbuf; -1 for none
+	zbuf   []byte
 }
 
-// Open opens f as a qcow image; o opens its backing file.
-func Open(f format.File, o *format.Opener) (*Image, error) {
-	img := &Image{f: f, fileSize: f.Size(), l2: map[uint64][]uint64{}, zIndex: -1}
+// Open opens f as a qcow image; its backing file is the chain's
+// (format.Layer).
+func Open(f format.File) (*Image, error) {
+	img := &Image{Base: format.Base{File: f}, fileSize: f.Size(), l2: tablecache.New(l2CacheBytes), zIndex: -1}
 	hdr := make([]byte, headerSize)
 	if n, _ := f.ReadAt(hdr[:8], 0); n < 8 || string(hdr[:4]) != magic {
 		return nil, fmt.Errorf("qcow: no %q magic at offset 0: %w", magic, format.ErrWrongType)
@@ -125,7 +125,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 		return nil, format.Errorf(Name, "size", hdrSize, "%d bytes exceeds the %d-byte limit", rawSize, int64(format.MaxVirtualSize))
 	}
 	// qemu counts whole sectors only.
-	img.size = int64(rawSize) / sectorSize * sectorSize
+	img.Meta.VirtualSize = int64(rawSize) / sectorSize * sectorSize
 
 	cb := uint(hdr[hdrClusterBits])
 	if cb < minClusterBits || cb > maxClusterBits {
@@ -173,7 +173,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 		img.l1[i] = e
 	}
 
-	img.info = format.Info{Format: Name, VirtualSize: img.size, ClusterSize: img.clusterSize, Encrypted: img.encrypted}
+	img.Meta = format.Info{Format: Name, VirtualSize: img.Size(), ClusterSize: img.clusterSize, Encrypted: img.encrypted}
 	if bOff := be64(hdrBackingOffset); bOff != 0 {
 		n := be32(hdrBackingSize)
 		if n > maxBackingName {
@@ -191,48 +191,15 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 			name = name[:i]
 		}
 		if len(name) > 0 {
-			if err := img.openBacking(string(name), o); err != nil {
-				return nil, err
-			}
+			// qcow stores no backing format: it is probed.
+			img.backing = &format.Backing{Names: []string{string(name)}}
 		}
 	}
 	return img, nil
 }
 
-// openBacking records the backing file name and opens it under the
-// opener's policy; qcow stores no backing format, so it is probed.
-func (img *Image) openBacking(name string, o *format.Opener) error {
-	img.info.BackingFile = name
-	img.info.FullBackingFile = format.FullName(img.f.Name(), name)
-	b, err := o.OpenBacking(img.f.Name(), name, "")
-	if err != nil {
-		return err
-	}
-	img.backing = b
-	img.info.Backing = b
-	return nil
-}
-
-// Size returns the virtual disk size in bytes.
-func (img *Image) Size() int64 { return img.size }
-
-// Info returns the image's metadata.
-func (img *Image) Info() *format.Info {
-	info := img.info
-	return &info
-}
-
-// Close closes the image file and its backing file.
-func (img *Image) Close() error {
-	var err error
-	if img.backing != nil {
-		err = img.backing.Close()
-	}
-	if e := format.CloseFile(img.f); err == nil {
-		err = e
-	}
-	return err
-}
+// Backing names the backing file; nil when there is none.
+func (img *Image) Backing() *format.Backing { return img.backing }
 
 // Kinds of cluster.
 const (
@@ -250,26 +217,7 @@ type cluster struct {
 
 // l2Table returns the L2 table of L1 entry i, which is allocated.
 func (img *Image) l2Table(i int64) ([]uint64, error) {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	if t, ok := img.l2[img.l1[i]]; ok {
-		return t, nil
-	}
-	raw := make([]byte, img.l2Entries*8)
-	if err := format.ReadFull(img.f, raw, int64(img.l1[i]), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
-		return nil, err
-	}
-	t := make([]uint64, img.l2Entries)
-	for j := range t {
-		t[j] = binary.BigEndian.Uint64(raw[8*j:])
-	}
-	if img.l2Bytes+int64(len(raw)) > l2CacheBytes {
-		clear(img.l2)
-		img.l2Bytes = 0
-	}
-	img.l2[img.l1[i]] = t
-	img.l2Bytes += int64(len(raw))
-	return t, nil
+	return img.l2.Get(img.File, int64(img.l1[i]), img.l2Entries*8, binary.BigEndian, Name, func() string { return fmt.Sprintf("L2 table of L1 entry %d", i) })
 }
 
 // clusterAt decodes the L2 entry of guest cluster ci, validating that its
@@ -307,7 +255,7 @@ func (img *Image) decode(t []uint64, ci int64) (cluster, error) {
 		return cluster{kind: kindCompressed, host: host, csize: csize}, nil
 	}
 	// The guest part of the cluster must be stored in the file.
-	need := uint64(min(img.clusterSize, img.size-ci<<img.clusterBits))
+	need := uint64(min(img.clusterSize, img.Size()-ci<<img.clusterBits))
 	if e > uint64(img.fileSize) || uint64(img.fileSize)-e < need {
 		name, at := field()
 		return cluster{}, format.Errorf(Name, name, at, "data cluster at %d extends past the end of the file (%d bytes)", e, img.fileSize)
@@ -365,13 +313,17 @@ scan:
 	return first, min(next<<img.clusterBits, limit) - off, nil
 }
 
-// Extent returns the run at off with one status, depth and contiguous host
+// Extent returns the run at off with one status and contiguous host
 // offset, from the cluster tables alone.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("qcow: extent offset %d out of range [0,%d)", off, img.size)
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo is Extent with the run cut at limit; clusters the image does
+// not store are Unallocated.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("qcow: extent offset %d out of range [0,%d)", off, img.Size())
 	}
-	c, n, err := img.runAt(off, img.size)
+	c, n, err := img.runAt(off, min(limit, img.Size()))
 	if err != nil {
 		return format.Extent{}, err
 	}
@@ -380,20 +332,9 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	case c.kind == kindCompressed:
 		e.Compressed = true
 	case c.kind == kindData && !img.encrypted:
-		e.Offset = c.host
+		e.Offset, e.File = c.host, img.File
 	case c.kind == kindUnalloc:
 		e.Status = format.Unallocated
-		if img.backing != nil && off < img.backing.Size() {
-			be, err := img.backing.Extent(off)
-			if err != nil {
-				return format.Extent{}, err
-			}
-			e.Length = min(e.Length, be.Length)
-			e.Status, e.Depth, e.Offset, e.Compressed = be.Status, be.Depth+1, be.Offset, be.Compressed
-			if e.Status == format.Unallocated {
-				e.Depth = 0
-			}
-		}
 	}
 	return e, nil
 }
@@ -403,7 +344,7 @@ var errEncrypted = errors.New("qcow: the image is AES-encrypted; diskimg does no
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
@@ -417,14 +358,12 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		buf := p[done : done+int(length)]
 		switch c.kind {
 		case kindUnalloc:
-			if err := readBacking(img.backing, buf, pos); err != nil {
-				return done, err
-			}
+			clear(buf)
 		case kindData:
 			if img.encrypted {
 				return done, errEncrypted
 			}
-			if err := format.ReadFull(img.f, buf, c.host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
+			if err := format.ReadFull(img.File, buf, c.host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
 				return done, err
 			}
 		case kindCompressed:
@@ -470,7 +409,7 @@ func (img *Image) copyCluster(buf []byte, pos int64) (int, error) {
 	defer img.mu.Unlock()
 	if img.zIndex != ci {
 		in := make([]byte, c.csize)
-		if err := format.ReadFull(img.f, in, c.host, Name, fmt.Sprintf("compressed cluster of guest offset %d", ci<<img.clusterBits)); err != nil {
+		if err := format.ReadFull(img.File, in, c.host, Name, fmt.Sprintf("compressed cluster of guest offset %d", ci<<img.clusterBits)); err != nil {
 			return 0, err
 		}
 		if img.zbuf == nil {
@@ -486,22 +425,4 @@ func (img *Image) copyCluster(buf []byte, pos int64) (int, error) {
 		img.zIndex = ci
 	}
 	return copy(buf, img.zbuf[pos&(img.clusterSize-1):]), nil
-}
-
-// readBacking reads from a backing image that may be smaller than the
-// image or missing: the rest reads as zeros.
-func readBacking(b format.Image, buf []byte, off int64) error {
-	k := 0
-	if b != nil && off < b.Size() {
-		k = int(min(int64(len(buf)), b.Size()-off))
-		m, err := b.ReadAt(buf[:k], off)
-		if m < k {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("qcow: reading backing file at %d: %w", off, err)
-		}
-	}
-	clear(buf[k:])
-	return nil
 }

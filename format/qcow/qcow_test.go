@@ -44,7 +44,11 @@ func TestConformanceCompressed(t *testing.T) {
 	formattest.RequireQemu(t)
 	for _, size := range formattest.Sizes {
 		for _, c := range formattest.Contents {
+			if testing.Short() && (size != formattest.Sizes[1] || c != formattest.Sparse) {
+				continue // -short: one size and content, as formattest.Run
+			}
 			t.Run(fmt.Sprintf("compressed/%d/%s", size, c), func(t *testing.T) {
+				t.Parallel()
 				dir := t.TempDir()
 				src := filepath.Join(dir, "src.raw")
 				formattest.MakeRaw(t, src, size, c)
@@ -354,4 +358,10 @@ func TestSharedL2Table(t *testing.T) {
 		t.Fatalf("Extent(0) = %+v, want the whole %d-byte disk unallocated", e, img.Size())
 	}
 	formattest.Exercise(t, d, "qcow")
+}
+
+// TestMutatedSeeds exercises the reader on seeds with random bytes changed,
+// mostly in the header.
+func TestMutatedSeeds(t *testing.T) {
+	formattest.ExerciseMutatedHeaders(t, "qcow", "../../testdata/qcow")
 }

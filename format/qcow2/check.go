@@ -88,8 +88,8 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	c := &checker{
 		img:      img,
 		ctx:      ctx,
-		res:      &format.CheckResult{Format: Name, Filename: img.f.Name()},
-		fileSize: img.f.Size(),
+		res:      &format.CheckResult{Format: Name, Filename: img.File.Name()},
+		fileSize: img.File.Size(),
 		cs:       img.clusterSize,
 		bits:     img.clusterBits,
 		l2s:      map[int64]*l2Visit{},
@@ -98,7 +98,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	// Every table read is bounded by the file, and all of them together
 	// by a few times its size: a table named twice is read once.
 	c.budget = 4*c.fileSize + 64<<20
-	sectors := (img.size + 511) / 512 * 512
+	sectors := (img.Size() + 511) / 512 * 512
 	c.res.TotalClusters = (sectors + c.cs - 1) / c.cs
 	if err := c.run(); err != nil {
 		return nil, err
@@ -136,7 +136,7 @@ func (c *checker) read(off, n int64, field string) ([]byte, error) {
 	}
 	c.budget -= n
 	buf := make([]byte, n)
-	if err := format.ReadFull(c.img.f, buf, off, Name, field); err != nil {
+	if err := format.ReadFull(c.img.File, buf, off, Name, field); err != nil {
 		return nil, err
 	}
 	return buf, nil
@@ -149,7 +149,7 @@ func (c *checker) run() error {
 	be := binary.BigEndian
 	var hdr [minHeaderLenV3]byte
 	h := hdr[:headerLenV2]
-	if err := format.ReadFull(img.f, h, 0, Name, "header"); err != nil {
+	if err := format.ReadFull(img.File, h, 0, Name, "header"); err != nil {
 		return err
 	}
 	version := be.Uint32(h[offVersion:])
@@ -158,7 +158,7 @@ func (c *checker) run() error {
 	var inc, autoclear uint64
 	if version == 3 {
 		h = hdr[:]
-		if err := format.ReadFull(img.f, h, 0, Name, "header"); err != nil {
+		if err := format.ReadFull(img.File, h, 0, Name, "header"); err != nil {
 			return err
 		}
 		c.refOrder = uint(be.Uint32(h[offRefcountOrder:]))
@@ -348,7 +348,7 @@ func (c *checker) snapshots(n, off int64) (int64, error) {
 			c.checkError("snapshot %d at file offset %d lies outside the file; snapshots not checked further", i, pos)
 			return pos - off, nil
 		}
-		if err := format.ReadFull(c.img.f, e[:], pos, Name, "snapshot table"); err != nil {
+		if err := format.ReadFull(c.img.File, e[:], pos, Name, "snapshot table"); err != nil {
 			return 0, err
 		}
 		l1Off := int64(be.Uint64(e[0:]))

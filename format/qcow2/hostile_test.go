@@ -40,6 +40,9 @@ func open(data []byte) (*qcow2.Image, error) {
 	return qcow2.Open(f, format.NewOpener(format.Policy{Untrusted: true}))
 }
 
+// hostile is a patched sample and the error it must give.
+type hostile formattest.Hostile
+
 func wantField(t *testing.T, err error, field string) {
 	t.Helper()
 	var fe *format.FormatError
@@ -55,76 +58,51 @@ func TestHostileHeader(t *testing.T) {
 	formattest.RequireQemu(t)
 	orig, _, _ := sample(t, "cluster_size=512")
 	be := binary.BigEndian
-	cases := []struct {
-		name, field string
-		patch       func(d []byte) []byte
-	}{
-		{"truncated", "header", func(d []byte) []byte { return d[:40] }},
-		{"version", "version", func(d []byte) []byte { be.PutUint32(d[4:], 4); return d }},
-		{"cluster_bits-small", "cluster_bits", func(d []byte) []byte { be.PutUint32(d[20:], 8); return d }},
-		{"cluster_bits-huge", "cluster_bits", func(d []byte) []byte { be.PutUint32(d[20:], 63); return d }},
-		{"size", "size", func(d []byte) []byte { be.PutUint64(d[24:], 1<<62); return d }},
-		{"crypt_method", "crypt_method", func(d []byte) []byte { be.PutUint32(d[32:], 9); return d }},
-		{"l1_size-huge", "l1_size", func(d []byte) []byte { be.PutUint32(d[36:], 0xffffffff); return d }},
-		{"l1_size-small", "l1_size", func(d []byte) []byte { be.PutUint32(d[36:], 1); return d }},
-		{"l1_table_offset-eof", "l1_table_offset", func(d []byte) []byte { be.PutUint64(d[40:], 1<<40); return d }},
-		{"l1_table_offset-unaligned", "l1_table_offset", func(d []byte) []byte { be.PutUint64(d[40:], 1000); return d }},
-		{"l1_table_offset-zero", "l1_table_offset", func(d []byte) []byte { be.PutUint64(d[40:], 0); return d }},
-		{"l1-past-eof", "l1_table_offset", func(d []byte) []byte {
+	formattest.RunHostileOn(t, "qcow2", func(string) []byte { return orig }, []hostile{
+		{"version", "512", func(d []byte) []byte { be.PutUint32(d[4:], 4); return d }, "version", formattest.AtOpen},
+		{"cluster_bits-small", "512", func(d []byte) []byte { be.PutUint32(d[20:], 8); return d }, "cluster_bits", formattest.AtOpen},
+		{"cluster_bits-huge", "512", func(d []byte) []byte { be.PutUint32(d[20:], 63); return d }, "cluster_bits", formattest.AtOpen},
+		{"size", "512", func(d []byte) []byte { be.PutUint64(d[24:], 1<<62); return d }, "size", formattest.AtOpen},
+		{"crypt_method", "512", func(d []byte) []byte { be.PutUint32(d[32:], 9); return d }, "crypt_method", formattest.AtOpen},
+		{"l1_size-huge", "512", func(d []byte) []byte { be.PutUint32(d[36:], 0xffffffff); return d }, "l1_size", formattest.AtOpen},
+		{"l1_size-small", "512", func(d []byte) []byte { be.PutUint32(d[36:], 1); return d }, "l1_size", formattest.AtOpen},
+		{"l1_table_offset-eof", "512", func(d []byte) []byte { be.PutUint64(d[40:], 1<<40); return d }, "l1_table_offset", formattest.AtOpen},
+		{"l1_table_offset-unaligned", "512", func(d []byte) []byte { be.PutUint64(d[40:], 1000); return d }, "l1_table_offset", formattest.AtOpen},
+		{"l1_table_offset-zero", "512", func(d []byte) []byte { be.PutUint64(d[40:], 0); return d }, "l1_table_offset", formattest.AtOpen},
+		{"l1-past-eof", "512", func(d []byte) []byte {
 			// A 32 GiB disk needs a larger L1 table than the file holds.
 			be.PutUint64(d[24:], 1<<35)
 			be.PutUint32(d[36:], 1<<20)
 			return d
-		}},
-		{"incompatible_features", "incompatible_features", func(d []byte) []byte { be.PutUint64(d[72:], 1<<20); return d }},
-		{"data-file-without-name", "incompatible_features", func(d []byte) []byte { be.PutUint64(d[72:], 1<<2); return d }},
-		{"extended-l2-small-clusters", "cluster_bits", func(d []byte) []byte { be.PutUint64(d[72:], 1<<4); return d }},
-		{"refcount_order", "refcount_order", func(d []byte) []byte { be.PutUint32(d[96:], 7); return d }},
-		{"header_length-small", "header_length", func(d []byte) []byte { be.PutUint32(d[100:], 20); return d }},
-		{"header_length-odd", "header_length", func(d []byte) []byte { be.PutUint32(d[100:], 107); return d }},
-		{"header_length-huge", "header_length", func(d []byte) []byte { be.PutUint32(d[100:], 1<<20); return d }},
-		{"compression_type", "compression_type", func(d []byte) []byte { d[104] = 7; return d }},
-		{"compression_type-no-bit", "compression_type", func(d []byte) []byte { d[104] = 1; return d }},
-		{"compression-bit-zlib", "incompatible_features", func(d []byte) []byte { be.PutUint64(d[72:], 1<<3); return d }},
-		{"extension-length", "header extension length", func(d []byte) []byte {
+		}, "l1_table_offset", formattest.AtOpen},
+		{"incompatible_features", "512", func(d []byte) []byte { be.PutUint64(d[72:], 1<<20); return d }, "incompatible_features", formattest.AtOpen},
+		{"data-file-without-name", "512", func(d []byte) []byte { be.PutUint64(d[72:], 1<<2); return d }, "incompatible_features", formattest.AtOpen},
+		{"extended-l2-small-clusters", "512", func(d []byte) []byte { be.PutUint64(d[72:], 1<<4); return d }, "cluster_bits", formattest.AtOpen},
+		{"refcount_order", "512", func(d []byte) []byte { be.PutUint32(d[96:], 7); return d }, "refcount_order", formattest.AtOpen},
+		{"header_length-small", "512", func(d []byte) []byte { be.PutUint32(d[100:], 20); return d }, "header_length", formattest.AtOpen},
+		{"header_length-odd", "512", func(d []byte) []byte { be.PutUint32(d[100:], 107); return d }, "header_length", formattest.AtOpen},
+		{"header_length-huge", "512", func(d []byte) []byte { be.PutUint32(d[100:], 1<<20); return d }, "header_length", formattest.AtOpen},
+		{"compression_type", "512", func(d []byte) []byte { d[104] = 7; return d }, "compression_type", formattest.AtOpen},
+		{"compression_type-no-bit", "512", func(d []byte) []byte { d[104] = 1; return d }, "compression_type", formattest.AtOpen},
+		{"compression-bit-zlib", "512", func(d []byte) []byte { be.PutUint64(d[72:], 1<<3); return d }, "incompatible_features", formattest.AtOpen},
+		{"extension-length", "512", func(d []byte) []byte {
 			hl := be.Uint32(d[100:])
 			be.PutUint32(d[hl:], 0x12345678)
 			be.PutUint32(d[hl+4:], 0x7fffffff)
 			return d
-		}},
-		{"backing_file_size", "backing_file_size", func(d []byte) []byte {
+		}, "header extension length", formattest.AtOpen},
+		{"backing_file_size", "512", func(d []byte) []byte {
 			be.PutUint64(d[8:], 200)
 			be.PutUint32(d[16:], 5000)
 			return d
-		}},
-		{"backing_file_offset", "backing_file_offset", func(d []byte) []byte {
+		}, "backing_file_size", formattest.AtOpen},
+		{"backing_file_offset", "512", func(d []byte) []byte {
 			be.PutUint64(d[8:], 1<<30)
 			be.PutUint32(d[16:], 10)
 			return d
-		}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			d := tc.patch(append([]byte(nil), orig...))
-			img, err := open(d)
-			if err == nil {
-				img.Close()
-			}
-			wantField(t, err, tc.field)
-		})
-	}
-	t.Run("magic", func(t *testing.T) {
-		d := append([]byte(nil), orig...)
-		d[0] = 'X'
-		if _, err := open(d); !errors.Is(err, format.ErrWrongType) {
-			t.Fatalf("err = %v, want ErrWrongType", err)
-		}
-	})
-	t.Run("unknown-feature-named", func(t *testing.T) {
-		d := append([]byte(nil), orig...)
-		be.PutUint64(d[72:], 1<<5)
-		_, err := open(d)
-		wantField(t, err, "incompatible_features")
+		}, "backing_file_offset", formattest.AtOpen},
+		{"magic", "512", func(d []byte) []byte { d[0] = 'X'; return d }, "wrong image type", formattest.AtOpen},
+		{"unknown-feature-named", "512", func(d []byte) []byte { be.PutUint64(d[72:], 1<<5); return d }, "incompatible_features", formattest.AtOpen},
 	})
 }
 
@@ -134,52 +112,20 @@ func TestHostileTables(t *testing.T) {
 	formattest.RequireQemu(t)
 	orig, l1e, l2e := sample(t, "cluster_size=4k")
 	be := binary.BigEndian
-	cases := []struct {
-		name, field string
-		patch       func(d []byte) []byte
-	}{
-		{"l1-past-eof", "l1_entry", func(d []byte) []byte { be.PutUint64(d[l1e:], 1<<40); return d }},
-		{"l1-unaligned", "l1_entry", func(d []byte) []byte { be.PutUint64(d[l1e:], uint64(l2e)+512); return d }},
-		{"l2-table-truncated", "l1_entry", func(d []byte) []byte { return d[:l2e+100] }},
-		{"l2-data-past-eof", "l2_entry", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<40|1<<63); return d }},
-		{"l2-data-unaligned", "l2_entry", func(d []byte) []byte { be.PutUint64(d[l2e:], 1000); return d }},
-		{"l2-compressed-past-eof", "l2_entry", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<62|1<<40); return d }},
-		{"l2-compressed-zero", "l2_entry", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<62); return d }},
-		{"data-file-truncated", "l2_entry", func(d []byte) []byte {
+	formattest.RunHostileOn(t, "qcow2", func(string) []byte { return orig }, []hostile{
+		{"l1-unaligned", "4k", func(d []byte) []byte { be.PutUint64(d[l1e:], uint64(l2e)+512); return d }, "l1_entry", formattest.AtOpenOrRead},
+		{"l2-table-truncated", "4k", func(d []byte) []byte { return d[:l2e+100] }, "l1_entry", formattest.AtOpenOrRead},
+		{"l2-data-past-eof", "4k", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<40|1<<63); return d }, "l2_entry", formattest.AtOpenOrRead},
+		{"l2-data-unaligned", "4k", func(d []byte) []byte { be.PutUint64(d[l2e:], 1000); return d }, "l2_entry", formattest.AtOpenOrRead},
+		{"l2-compressed-past-eof", "4k", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<62|1<<40); return d }, "l2_entry", formattest.AtOpenOrRead},
+		{"l2-compressed-zero", "4k", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<62); return d }, "l2_entry", formattest.AtOpenOrRead},
+		{"data-file-truncated", "4k", func(d []byte) []byte {
 			// The data cluster of guest offset 0 is the last thing cut off.
 			host := int64(be.Uint64(d[l2e:]) & 0x00fffffffffffe00)
 			return d[:host+100]
-		}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			d := tc.patch(append([]byte(nil), orig...))
-			img, err := open(d)
-			if err != nil {
-				wantField(t, err, tc.field)
-				return
-			}
-			defer img.Close()
-			_, err = img.Extent(0)
-			wantField(t, err, tc.field)
-			_, err = img.ReadAt(make([]byte, 4096), 0)
-			wantField(t, err, tc.field)
-		})
-	}
-	t.Run("compressed-garbage", func(t *testing.T) {
-		d := append([]byte(nil), orig...)
-		// Point cluster 0 at the header, compressed: it is not deflate data.
-		be.PutUint64(d[l2e:], 1<<62|8)
-		img, err := open(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer img.Close()
-		if _, err := img.Extent(0); err != nil {
-			t.Fatalf("Extent: %v", err)
-		}
-		_, err = img.ReadAt(make([]byte, 512), 0)
-		wantField(t, err, "l2_entry")
+		}, "l2_entry", formattest.AtOpenOrRead},
+		// Cluster 0 points at the header, compressed: it is not deflate data.
+		{"compressed-garbage", "4k", func(d []byte) []byte { be.PutUint64(d[l2e:], 1<<62|8); return d }, "l2_entry", formattest.OnRead},
 	})
 }
 
@@ -187,34 +133,13 @@ func TestHostileExtendedL2(t *testing.T) {
 	formattest.RequireQemu(t)
 	orig, _, l2e := sample(t, "cluster_size=16k,extended_l2=on")
 	be := binary.BigEndian
-	for name, bitmap := range map[string]uint64{
-		"alloc-and-zero": 1 | 1<<32,
-	} {
-		t.Run(name, func(t *testing.T) {
-			d := append([]byte(nil), orig...)
-			be.PutUint64(d[l2e+8:], bitmap)
-			img, err := open(d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
-			_, err = img.Extent(0)
-			wantField(t, err, "l2_bitmap")
-			_, err = img.ReadAt(make([]byte, 512), 0)
-			wantField(t, err, "l2_bitmap")
-		})
-	}
-	t.Run("alloc-without-host", func(t *testing.T) {
-		d := append([]byte(nil), orig...)
-		be.PutUint64(d[l2e:], 0)
-		be.PutUint64(d[l2e+8:], 1)
-		img, err := open(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer img.Close()
-		_, err = img.Extent(0)
-		wantField(t, err, "l2_bitmap")
+	formattest.RunHostileOn(t, "qcow2", func(string) []byte { return orig }, []hostile{
+		{"alloc-and-zero", "16k", func(d []byte) []byte { be.PutUint64(d[l2e+8:], 1|1<<32); return d }, "l2_bitmap", formattest.OnRead},
+		{"alloc-without-host", "16k", func(d []byte) []byte {
+			be.PutUint64(d[l2e:], 0)
+			be.PutUint64(d[l2e+8:], 1)
+			return d
+		}, "l2_bitmap", formattest.OnRead},
 	})
 }
 

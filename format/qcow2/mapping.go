@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/flate"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 
@@ -106,8 +105,8 @@ func (img *Image) l2Table(i int64) ([]uint64, int64, error) {
 	if off&(img.clusterSize-1) != 0 {
 		return nil, 0, errorf("l1_entry", entryOff, "L2 table offset %#x is not cluster-aligned", off)
 	}
-	if off > img.f.Size()-img.clusterSize {
-		return nil, 0, errorf("l1_entry", entryOff, "L2 table at %#x extends past the end of the file (%d bytes)", off, img.f.Size())
+	if off > img.File.Size()-img.clusterSize {
+		return nil, 0, errorf("l1_entry", entryOff, "L2 table at %#x extends past the end of the file (%d bytes)", off, img.File.Size())
 	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
@@ -115,7 +114,7 @@ func (img *Image) l2Table(i int64) ([]uint64, int64, error) {
 		return t, off, nil
 	}
 	raw := make([]byte, img.clusterSize)
-	if err := format.ReadFull(img.f, raw, off, Name, "l2_table"); err != nil {
+	if err := format.ReadFull(img.File, raw, off, Name, "l2_table"); err != nil {
 		return nil, 0, err
 	}
 	t := make([]uint64, img.clusterSize/8)
@@ -191,8 +190,8 @@ func (img *Image) cluster(entry, bitmap uint64, entryOff, clusterStart, from, to
 			return false, errorf("l2_entry", entryOff+8, "compressed cluster has a subcluster bitmap %#x", bitmap)
 		}
 		host, _ := img.compressedExtent(entry)
-		if host == 0 || host >= img.f.Size() {
-			return false, errorf("l2_entry", entryOff, "compressed cluster at host offset %#x is outside the file (%d bytes)", host, img.f.Size())
+		if host == 0 || host >= img.File.Size() {
+			return false, errorf("l2_entry", entryOff, "compressed cluster at host offset %#x is outside the file (%d bytes)", host, img.File.Size())
 		}
 		return add(run{start: from, end: to, kind: kCompressed, entry: entry, entryOff: entryOff}), nil
 	}
@@ -262,49 +261,25 @@ func (img *Image) compressedExtent(entry uint64) (host, length int64) {
 	return host, sectors*compressedUnit - host%compressedUnit
 }
 
-// Extent returns the run at off from this image's tables and, where this
-// image stores nothing, from its backing chain.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("qcow2: extent offset %d outside the disk (%d bytes)", off, img.size)
+// Extent returns the run at off from this image's tables.
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo returns the run at off, cut at limit, from this image's tables:
+// clusters it does not store are Unallocated.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("qcow2: extent offset %d outside the disk (%d bytes)", off, img.Size())
 	}
-	limit := img.size
-	var be *format.Extent
-	if img.backing != nil && off < img.backing.Size() {
-		first, err := img.scan(off, off+1, false)
-		if err != nil {
-			return format.Extent{}, err
-		}
-		if first.kind == kUnalloc {
-			e, err := img.backing.Extent(off)
-			if err != nil {
-				return format.Extent{}, err
-			}
-			if e.Start != off || e.Length <= 0 {
-				return format.Extent{}, fmt.Errorf("qcow2: backing image returned extent [%d,+%d) at %d", e.Start, e.Length, off)
-			}
-			be = &e
-			limit = min(limit, e.End())
-		}
-	}
-	r, err := img.scan(off, limit, false)
+	r, err := img.scan(off, min(limit, img.Size()), false)
 	if err != nil {
 		return format.Extent{}, err
 	}
 	e := format.Extent{Start: off, Length: r.end - off, Offset: -1}
 	switch r.kind {
-	case kUnalloc:
-		switch {
-		case be != nil:
-			e.Status, e.Depth, e.Offset, e.Compressed = be.Status, be.Depth+1, be.Offset, be.Compressed
-		case img.backing != nil:
-			// Past the end of the backing image: zeros, found one layer down.
-			e.Depth = 1
-		}
 	case kZero:
 		e.Status = format.Zero
 	case kData:
-		e.Status, e.Offset = format.Data, r.host
+		e.Status, e.Offset, e.File = format.Data, r.host, img.data
 	case kCompressed:
 		e.Status, e.Compressed = format.Data, true
 	}
@@ -313,11 +288,11 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
-	if img.info.Encrypted {
+	if img.Meta.Encrypted {
 		return 0, fmt.Errorf("qcow2: image is encrypted; diskimg cannot decrypt it")
 	}
 	buf := p[:n]
@@ -329,9 +304,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 		chunk := buf[:r.end-cur]
 		switch r.kind {
-		case kUnalloc:
-			err = img.readBacking(chunk, cur)
-		case kZero:
+		case kUnalloc, kZero:
 			clear(chunk)
 		case kData:
 			err = format.ReadFull(img.data, chunk, r.host, Name, "data cluster")
@@ -349,24 +322,6 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		cur += int64(len(chunk))
 	}
 	return n, clipErr
-}
-
-// readBacking reads guest bytes this image does not store: from the
-// backing image, and zeros past its end or when there is none.
-func (img *Image) readBacking(p []byte, off int64) error {
-	var m int64
-	if img.backing != nil && off < img.backing.Size() {
-		m = min(int64(len(p)), img.backing.Size()-off)
-		k, err := img.backing.ReadAt(p[:m], off)
-		if int64(k) < m {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("qcow2: backing file: %w", err)
-		}
-	}
-	clear(p[m:])
-	return nil
 }
 
 type zEntry struct {
@@ -393,9 +348,9 @@ func (img *Image) decompressed(r run) ([]byte, error) {
 	host, length := img.compressedExtent(r.entry)
 	// The last compressed cluster may end inside its final sector, at the
 	// end of the file; decompression stops when the cluster is full.
-	length = min(length, img.f.Size()-host)
+	length = min(length, img.File.Size()-host)
 	src := make([]byte, length)
-	if err := format.ReadFull(img.f, src, host, Name, "compressed cluster"); err != nil {
+	if err := format.ReadFull(img.File, src, host, Name, "compressed cluster"); err != nil {
 		return nil, err
 	}
 	out := make([]byte, img.clusterSize)

@@ -1,14 +1,8 @@
-// Package qcow2 reads QEMU copy-on-write version 2 and 3 images
-// (docs/interop/qcow2.txt in the qemu tree).
-//
-// The header is decoded with the header types of
-// github.com/lima-vm/go-qcow2reader, but every field is validated here
-// before use, and the cluster mapping, backing chain, external data file
-// and compressed clusters are handled by this package: the library opens
-// backing files with os.Open, sizes its L1 table straight from the header,
-// re-reads extended L2 tables on every cluster and re-decompresses a
-// compressed cluster on every partial read, none of which a reader of
-// untrusted images can accept.
+// Package qcow2 reads and writes QEMU copy-on-write version 2 and 3
+// images (docs/interop/qcow2.txt in the qemu tree). Every header field and
+// table entry is validated before use; the backing file is the chain's
+// (format.Layer). Why this is not go-qcow2reader: see the README,
+// "Dependencies".
 package qcow2
 
 import (
@@ -19,8 +13,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-
-	lib "github.com/lima-vm/go-qcow2reader/image/qcow2"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -74,19 +66,19 @@ const (
 
 // incompatible_features bits.
 const (
-	incDirty      = 1 << lib.IncompatibleFeaturesDirtyBit
-	incCorrupt    = 1 << lib.IncompatibleFeaturesCorruptBit
-	incDataFile   = 1 << lib.IncompatibleFeaturesExternalDataFileBit
-	incCompress   = 1 << lib.IncompatibleFeaturesCompressionTypeBit
-	incExtendedL2 = 1 << lib.IncompatibleFeaturesExtendedL2EntriesBit
+	incDirty      = 1 << 0
+	incCorrupt    = 1 << 1
+	incDataFile   = 1 << 2
+	incCompress   = 1 << 3
+	incExtendedL2 = 1 << 4
 	incKnown      = incDirty | incCorrupt | incDataFile | incCompress | incExtendedL2
 )
 
 // compatible_features and autoclear_features bits.
 const (
-	compatLazyRefcounts = 1 << lib.CompatibleFeaturesLazyRefcountsBit
-	autoclearBitmaps    = 1 << lib.AutoclearFeaturesBitmapsExtensionBit
-	autoclearRawData    = 1 << lib.AutoclearFeaturesRawExternalBit
+	compatLazyRefcounts = 1 << 0
+	autoclearBitmaps    = 1 << 0
+	autoclearRawData    = 1 << 1
 )
 
 // Bitmaps extension and bitmap directory layout.
@@ -167,14 +159,38 @@ type Bitmap struct {
 	Granularity int64    `json:"granularity"`
 }
 
-// Image is an open qcow2 image.
+// headerV2 is the version 2 header, the first 72 bytes of every image;
+// headerV3 the 32 bytes version 3 adds after it. binary.Read decodes them.
+type headerV2 struct {
+	Magic                 [4]byte
+	Version               uint32
+	BackingFileOffset     uint64
+	BackingFileSize       uint32
+	ClusterBits           uint32
+	Size                  uint64
+	CryptMethod           uint32
+	L1Size                uint32
+	L1TableOffset         uint64
+	RefcountTableOffset   uint64
+	RefcountTableClusters uint32
+	NbSnapshots           uint32
+	SnapshotsOffset       uint64
+}
+
+type headerV3 struct {
+	IncompatibleFeatures uint64
+	CompatibleFeatures   uint64
+	AutoclearFeatures    uint64
+	RefcountOrder        uint32
+	HeaderLength         uint32
+}
+
+// Image is an open qcow2 image: this file's layer of a backing chain.
 type Image struct {
-	f         format.File
-	data      format.File // holds guest clusters: f, or the external data file
+	format.Base
+	data      format.File // holds guest clusters: File, or the external data file
 	dataClose io.Closer   // the external data file, closed with the image
-	backing   format.Image
-	size      int64
-	info      format.Info
+	backing   *format.Backing
 
 	clusterBits uint
 	clusterSize int64
@@ -195,8 +211,8 @@ func errorf(field string, off int64, reason string, args ...any) error {
 	return format.Errorf(Name, field, off, reason, args...)
 }
 
-// Open opens f as a qcow2 image; its backing file and external data file
-// come from o, under o's policy.
+// Open opens f as a qcow2 image; its external data file comes from o,
+// under o's policy. The backing file is the chain's (format.Layer).
 func Open(f format.File, o *format.Opener) (*Image, error) {
 	if !Probe(f) {
 		return nil, fmt.Errorf("qcow2: no %q magic: %w", magic, format.ErrWrongType)
@@ -208,8 +224,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := img.openRelated(o); err != nil {
-		img.closeRelated()
+	if err := img.openDataFile(o); err != nil {
 		return nil, err
 	}
 	return img, nil
@@ -223,7 +238,7 @@ func parse(f format.File) (*Image, error) {
 	if err := format.ReadFull(f, hdr, 0, Name, "header"); err != nil {
 		return nil, err
 	}
-	var v2 lib.HeaderFieldsV2
+	var v2 headerV2
 	if err := binary.Read(bytes.NewReader(hdr), binary.BigEndian, &v2); err != nil {
 		return nil, errorf("header", 0, "%v", err)
 	}
@@ -234,7 +249,7 @@ func parse(f format.File) (*Image, error) {
 		return nil, errorf("cluster_bits", offClusterBits, "%d is outside %d..%d", v2.ClusterBits, minClusterBits, maxClusterBits)
 	}
 	img := &Image{
-		f:           f,
+		Base:        format.Base{File: f},
 		data:        f,
 		clusterBits: uint(v2.ClusterBits),
 		clusterSize: 1 << v2.ClusterBits,
@@ -243,9 +258,9 @@ func parse(f format.File) (*Image, error) {
 	if v2.Size > format.MaxVirtualSize {
 		return nil, errorf("size", offSize, "virtual size %d exceeds the %d-byte limit", v2.Size, int64(format.MaxVirtualSize))
 	}
-	img.size = int64(v2.Size)
+	img.Meta.VirtualSize = int64(v2.Size)
 
-	v3 := lib.HeaderFieldsV3{RefcountOrder: v2RefcountOrder, HeaderLength: headerLenV2}
+	v3 := headerV3{RefcountOrder: v2RefcountOrder, HeaderLength: headerLenV2}
 	if v2.Version == 3 {
 		hdr = fixed[:]
 		if err := format.ReadFull(f, hdr, 0, Name, "header"); err != nil {
@@ -283,7 +298,7 @@ func parse(f format.File) (*Image, error) {
 	switch v2.CryptMethod {
 	case cryptNone:
 	case cryptAES, cryptLUKS:
-		img.info.Encrypted = true
+		img.Meta.Encrypted = true
 	default:
 		return nil, errorf("crypt_method", offCryptMethod, "unknown encryption method %d", v2.CryptMethod)
 	}
@@ -332,19 +347,18 @@ func parse(f format.File) (*Image, error) {
 		if err := format.ReadFull(f, name, int64(v2.BackingFileOffset), Name, "backing_file_offset"); err != nil {
 			return nil, err
 		}
-		img.info.BackingFile = string(name)
-		img.info.BackingFormat = exts.backingFormat
+		img.backing = &format.Backing{Names: []string{string(name)}, Format: exts.backingFormat}
 	}
 
 	// L1 table: it must cover the virtual size, and qemu refuses more
 	// than 32 MiB of it.
 	l1Cover := img.l2Entries * img.clusterSize
-	need := (img.size + l1Cover - 1) / l1Cover
+	need := (img.Size() + l1Cover - 1) / l1Cover
 	switch {
 	case int64(v2.L1Size)*8 > maxL1Bytes:
 		return nil, errorf("l1_size", offL1Size, "%d entries exceed qemu's %d-byte L1 table limit", v2.L1Size, maxL1Bytes)
 	case int64(v2.L1Size) < need:
-		return nil, errorf("l1_size", offL1Size, "%d entries cannot map a virtual size of %d bytes (need %d)", v2.L1Size, img.size, need)
+		return nil, errorf("l1_size", offL1Size, "%d entries cannot map a virtual size of %d bytes (need %d)", v2.L1Size, img.Size(), need)
 	}
 	if need > 0 {
 		img.l1Offset = int64(v2.L1TableOffset)
@@ -365,10 +379,9 @@ func parse(f format.File) (*Image, error) {
 	}
 
 	img.l2.max = max(2, int(l2CacheBytes/img.clusterSize))
-	img.info.Format = Name
-	img.info.VirtualSize = img.size
-	img.info.ClusterSize = img.clusterSize
-	img.info.Dirty = inc&incDirty != 0
+	img.Meta.Format = Name
+	img.Meta.ClusterSize = img.clusterSize
+	img.Meta.Dirty = inc&incDirty != 0
 	spec := img.specific(v2.Version, v3, exts)
 	// qemu ignores the bitmaps extension unless the autoclear bit vouches
 	// for it.
@@ -377,11 +390,11 @@ func parse(f format.File) (*Image, error) {
 			return nil, err
 		}
 	}
-	img.info.Specific = spec
+	img.Meta.Specific = spec
 	return img, nil
 }
 
-func (img *Image) specific(version uint32, v3 lib.HeaderFieldsV3, exts *extensions) *Specific {
+func (img *Image) specific(version uint32, v3 headerV3, exts *extensions) *Specific {
 	s := &Specific{Compat: "0.10", CompressionType: "zlib", RefcountBits: 1 << v3.RefcountOrder}
 	if img.compression == compressZstd {
 		s.CompressionType = "zstd"
@@ -526,61 +539,35 @@ func (x *extensions) featureNames(mask uint64) string {
 	return " (" + strings.Join(names, ", ") + ")"
 }
 
-// openRelated opens the external data file and the backing image.
-func (img *Image) openRelated(o *format.Opener) error {
-	if img.hasDataFile {
-		name := img.info.Specific.(*Specific).DataFile
-		df, err := o.OpenRelated(img.f.Name(), name)
-		if err != nil {
-			return fmt.Errorf("qcow2: external data file %q: %w", name, err)
-		}
-		img.data, img.dataClose = df, df
-	}
-	if img.info.BackingFile == "" {
+// openDataFile opens the external data file.
+func (img *Image) openDataFile(o *format.Opener) error {
+	if !img.hasDataFile {
 		return nil
 	}
-	// qemu shows the name joined to the image's directory; this is only
-	// a string, whether policy lets the file be opened is OpenBacking's call.
-	img.info.FullBackingFile = format.FullName(img.f.Name(), img.info.BackingFile)
-	b, err := o.OpenBacking(img.f.Name(), img.info.BackingFile, img.info.BackingFormat)
+	name := img.Meta.Specific.(*Specific).DataFile
+	df, err := o.OpenRelated(img.File.Name(), name)
 	if err != nil {
-		return fmt.Errorf("qcow2: %w", err)
+		return fmt.Errorf("qcow2: external data file %q: %w", name, err)
 	}
-	img.backing = b
-	img.info.Backing = b
+	img.data, img.dataClose = df, df
 	return nil
 }
 
-func (img *Image) closeRelated() error {
-	var errs []error
-	if img.backing != nil {
-		errs = append(errs, img.backing.Close())
-		img.backing = nil
-	}
+// Backing names the backing file; nil when there is none.
+func (img *Image) Backing() *format.Backing { return img.backing }
+
+// Close closes the image and its data file.
+func (img *Image) Close() error {
+	var err error
 	if img.dataClose != nil {
-		errs = append(errs, img.dataClose.Close())
+		err = img.dataClose.Close()
 		img.dataClose = nil
 	}
-	return errors.Join(errs...)
-}
-
-// Close closes the image, its backing chain and its data file.
-func (img *Image) Close() error {
-	err := img.closeRelated()
 	img.mu.Lock()
 	if img.zcache.zstd != nil {
 		img.zcache.zstd.Close()
 		img.zcache.zstd = nil
 	}
 	img.mu.Unlock()
-	return errors.Join(err, format.CloseFile(img.f))
-}
-
-// Size returns the virtual disk size.
-func (img *Image) Size() int64 { return img.size }
-
-// Info describes the image as qemu-img info does.
-func (img *Image) Info() *format.Info {
-	info := img.info
-	return &info
+	return errors.Join(err, img.Base.Close())
 }

@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -83,7 +82,6 @@ const (
 	l2Entry                  = 8   // bytes per standard L2 entry
 	featureTableEntries      = 8   // entries qemu 7.2 lists
 	sectorSize               = 512 // the virtual size is whole sectors
-	writeBufSize             = 1 << 20
 )
 
 // featureTable is the feature name table qemu 7.2 writes into v3 headers:
@@ -361,19 +359,19 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 		// Preallocated: every cluster has its place, in guest order.
 		layout = format.AllData(o.Size)
 	}
-	if rt, ok := format.Seekable(dst); ok {
-		pos, err := rt.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return nil, err
-		}
-		if pos != 0 {
-			return nil, fmt.Errorf("qcow2: destination is at offset %d, not at its start", pos)
-		}
+	out, err := format.NewOutput(dst, Name)
+	if err != nil {
+		return nil, err
 	}
 	if o.Compress {
-		return newCompressedWriter(dst, p, o.Size)
+		return newCompressedWriter(dst, out, p, o.Size)
 	}
-	return newPlainWriter(dst, p, o.Size, layout.Align(o.Size, p.cs), o.FrontToBack || p.prealloc != PreallocOff)
+	w, err := newPlainWriter(out, p, o.Size, layout.Align(o.Size, p.cs), o.FrontToBack || p.prealloc != PreallocOff)
+	if err != nil {
+		return nil, err
+	}
+	w.fd, _ = dst.(format.FileDescriptor)
+	return w, nil
 }
 
 // spanBits records which clusters of each L2 span the layout calls Data:
@@ -424,14 +422,11 @@ func (s *spanBits) count(c0, c1 int64) int64 {
 // plainWriter writes uncompressed images laid out from the Layout.
 type plainWriter struct {
 	p       *params
-	dst     format.Target
-	rt      format.RandomTarget // a file: data is compacted, tables come last
-	hole    format.RandomTarget // a file written front to back: gaps are seeks
-	out     *posWriter          // dst, unbuffered: data blocks
-	bw      *bufio.Writer       // out, buffered: tables and zeros
-	size    int64               // guest size the blocks cover
+	out     *format.Output
+	fd      format.FileDescriptor // the file, for preallocation=falloc
+	lazy    bool                  // a file: data is compacted, tables come last
+	size    int64                 // guest size the blocks cover
 	alloc   spanBits
-	pos     int64 // file offset of the next byte
 	next    int64 // guest offset of the next block
 	written int64 // data clusters written
 	// metaDone: the tables are written (on a pipe, before the first Write).
@@ -445,8 +440,8 @@ type plainWriter struct {
 	dataOff                    int64
 }
 
-func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layout, frontToBack bool) (*plainWriter, error) {
-	w := &plainWriter{p: p, dst: dst, size: size}
+func newPlainWriter(out *format.Output, p *params, size int64, layout format.Layout, frontToBack bool) (*plainWriter, error) {
+	w := &plainWriter{p: p, out: out, size: size}
 	w.alloc = spanBits{perSpan: p.l2Entries(), spans: make([][]uint64, p.l1Size)}
 	// Count the data clusters and the L2 tables, and note which clusters
 	// hold data.
@@ -480,20 +475,12 @@ func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layo
 	w.l2Off = w.l1Off + w.l1Clusters*p.cs
 	w.dataOff = w.l2Off + w.tables*p.cs
 	w.scratch = make([]byte, p.cs)
-	w.out = &posWriter{w: dst, pos: &w.pos}
-	w.bw = bufio.NewWriterSize(w.out, writeBufSize)
-	if rt, ok := format.Seekable(dst); ok && frontToBack {
-		// Tables first as on a pipe, but the gap after them is a hole.
-		w.hole = rt
-	} else if ok {
+	if out.Seekable() && !frontToBack {
 		// Data first, from dataOff on; the tables in Close.
-		w.rt = rt
-		if _, err := rt.Seek(w.dataOff, io.SeekStart); err != nil {
-			return nil, err
-		}
-		w.pos = w.dataOff
-		return w, nil
+		w.lazy = true
+		return w, out.Skip(w.dataOff)
 	}
+	// Front to back on a file, the gap after the tables is a hole.
 	// On a pipe the tables go first, at the first Write: until then the
 	// engine may report which clusters of the layout hold data (MarkData);
 	// the zero ones then stay unallocated exactly as on a file.
@@ -503,7 +490,7 @@ func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layo
 // NeedsDataScan is true on a pipe, where the tables precede the data:
 // the clusters to allocate then come from MarkData, not the layout.
 func (w *plainWriter) NeedsDataScan() bool {
-	if w.rt != nil || w.p.prealloc != PreallocOff {
+	if w.lazy || w.p.prealloc != PreallocOff {
 		return false // the tables come last, or allocate every cluster
 	}
 	for i := range w.alloc.spans {
@@ -527,36 +514,22 @@ func (w *plainWriter) MarkData(start, length int64) {
 // layout, with the file layout's offsets: slots of tables not needed are
 // zeros where a file has a hole.
 func (w *plainWriter) streamMeta() error {
-	if w.rt != nil || w.metaDone {
+	if w.lazy || w.metaDone {
 		return nil // tables last, or written already
 	}
 	w.metaDone = true
 	tables, data := w.inUse()
-	if err := w.writeMeta(w.bw, tables, data); err != nil {
+	if err := w.writeMeta(w.out, tables, data); err != nil {
 		return err
 	}
-	if err := w.gap((w.tables - tables) * w.p.cs); err != nil {
+	// The slots of the tables not needed: a hole on a file.
+	if err := w.out.Skip((w.tables - tables) * w.p.cs); err != nil {
 		return err
 	}
-	if at := w.pos + int64(w.bw.Buffered()); at != w.dataOff {
+	if at := w.out.Pos(); at != w.dataOff {
 		return fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", at, w.dataOff)
 	}
 	w.data = data
-	return nil
-}
-
-// gap writes n zero bytes, or on a file skips them (a hole).
-func (w *plainWriter) gap(n int64) error {
-	if w.hole == nil || n == 0 {
-		return writeZeros(w.bw, n)
-	}
-	if err := w.bw.Flush(); err != nil {
-		return err
-	}
-	if _, err := w.hole.Seek(n, io.SeekCurrent); err != nil {
-		return err
-	}
-	w.pos += n
 	return nil
 }
 
@@ -664,18 +637,6 @@ func anySet(b []uint64) bool {
 	return false
 }
 
-// posWriter counts the bytes written through it.
-type posWriter struct {
-	w   io.Writer
-	pos *int64
-}
-
-func (p *posWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	*p.pos += int64(n)
-	return n, err
-}
-
 func writeZeros(w io.Writer, n int64) error {
 	_, err := format.WriteZeros(w, n)
 	return err
@@ -704,11 +665,11 @@ func (w *plainWriter) Write(b *format.Block) error {
 		if n == 0 {
 			return nil
 		}
-		if w.rt == nil {
+		if !w.lazy {
 			if w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc {
-				return w.gap(n * cs) // a hole on a file, zeros on a pipe
+				return w.out.Skip(n * cs) // a hole on a file, zeros on a pipe
 			}
-			return writeZeros(w.bw, n*cs)
+			return writeZeros(w.out, n*cs)
 		}
 		// On a file the laid-out clusters are dropped: unallocated.
 		for c := c0; c < c1; c++ {
@@ -722,22 +683,16 @@ func (w *plainWriter) Write(b *format.Block) error {
 	if int64(len(b.Data)) != b.Length {
 		return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
 	}
-	if w.hole != nil && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
+	if w.out.Seekable() && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
 		w.written += c1 - c0
 		return w.writeSparse(b.Data, (c1-c0)*cs)
-	}
-	// Data goes out as it is: a block (up to the engine's chunk) is
-	// smaller than the buffer, and copying every byte through it cost
-	// 80 ms of CPU per GiB.
-	if err := w.bw.Flush(); err != nil {
-		return err
 	}
 	if _, err := w.out.Write(b.Data); err != nil {
 		return err
 	}
 	w.written += c1 - c0
 	// The last cluster of the disk is stored whole.
-	return writeZeros(w.bw, (c1-c0)*cs-b.Length)
+	return writeZeros(w.out, (c1-c0)*cs-b.Length)
 }
 
 // sparseUnit is the run of zeros a preallocated image leaves as a hole
@@ -757,20 +712,17 @@ func (w *plainWriter) writeSparse(data []byte, span int64) error {
 		}
 		j = min(j, len(data))
 		if z {
-			if err := w.gap(int64(j - i)); err != nil {
+			if err := w.out.Skip(int64(j - i)); err != nil {
 				return err
 			}
 		} else {
-			if err := w.bw.Flush(); err != nil {
-				return err
-			}
 			if _, err := w.out.Write(data[i:j]); err != nil {
 				return err
 			}
 		}
 		i = j
 	}
-	return w.gap(span - int64(len(data)))
+	return w.out.Skip(span - int64(len(data)))
 }
 
 // Close writes the tables on a file; on a pipe everything is written.
@@ -781,35 +733,32 @@ func (w *plainWriter) Close() error {
 	if err := w.streamMeta(); err != nil {
 		return err
 	}
-	if err := w.bw.Flush(); err != nil {
-		return err
-	}
-	if w.rt == nil {
+	if !w.lazy {
 		end := w.dataOff + w.data*w.p.cs
-		if w.pos != end {
-			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.pos, end)
+		if w.out.Pos() != end {
+			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.out.Pos(), end)
 		}
-		if w.hole == nil {
-			return nil
-		}
-		// The hole before the data may end the file.
-		if err := w.hole.Truncate(end); err != nil {
+		// On a file the hole before the data may end it.
+		if err := w.out.Finish(end); err != nil {
 			return err
 		}
-		if f, ok := w.dst.(interface{ Fd() uintptr }); ok && w.p.prealloc == PreallocFalloc && end > 0 {
-			if err := unix.Fallocate(int(f.Fd()), 0, 0, end); err != nil {
+		if w.p.prealloc == PreallocFalloc && w.fd != nil && w.out.Seekable() && end > 0 {
+			if err := unix.Fallocate(int(w.fd.Fd()), 0, 0, end); err != nil {
 				return fmt.Errorf("qcow2: preallocation=falloc: %w", err)
 			}
 		}
 		return nil
 	}
+	// On a file: the length, then the tables over the hole left for them.
+	if err := w.out.Finish(w.dataOff + w.written*w.p.cs); err != nil {
+		return err
+	}
+	if err := w.out.Rewind(); err != nil {
+		return err
+	}
 	tables, _ := w.inUse()
-	mw := bufio.NewWriterSize(io.NewOffsetWriter(w.rt, 0), writeBufSize)
-	if err := w.writeMeta(mw, tables, w.written); err != nil {
+	if err := w.writeMeta(w.out, tables, w.written); err != nil {
 		return err
 	}
-	if err := mw.Flush(); err != nil {
-		return err
-	}
-	return w.rt.Truncate(w.dataOff + w.written*w.p.cs)
+	return w.out.EndRewrite()
 }

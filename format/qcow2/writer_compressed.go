@@ -57,12 +57,17 @@ type encoded struct {
 type compressedWriter struct {
 	p     *params
 	dst   format.Target
-	rt    format.RandomTarget // nil on a pipe
-	spool *os.File            // the body, on a pipe
-	bw    *bufio.Writer       // the body: to dst after the header cluster, or to spool
-	size  int64
-	next  int64 // guest offset of the next block
-	pos   int64 // file offset of the next body byte
+	out   *format.Output // dst
+	spool *os.File       // the body, on a pipe
+	// bw takes the body: out after the header cluster on a file, a buffer
+	// on the spool on a pipe.
+	bw interface {
+		io.Writer
+		Flush() error
+	}
+	size int64
+	next int64 // guest offset of the next block
+	pos  int64 // file offset of the next body byte
 
 	l1     []uint64
 	l2     []byte // the L2 table being filled
@@ -74,21 +79,20 @@ type compressedWriter struct {
 	pad      []byte   // a cluster for padding the disk's last cluster
 }
 
-func newCompressedWriter(dst format.Target, p *params, size int64) (*compressedWriter, error) {
+func newCompressedWriter(dst format.Target, out *format.Output, p *params, size int64) (*compressedWriter, error) {
 	if p.zstd {
 		if _, err := zstdEncoder(); err != nil {
 			return nil, err
 		}
 	}
-	w := &compressedWriter{p: p, dst: dst, size: size, pos: p.cs, l2Span: -1,
+	w := &compressedWriter{p: p, dst: dst, out: out, size: size, pos: p.cs, l2Span: -1,
 		l1: make([]uint64, p.l1Size), l2: make([]byte, p.cs), refs: make([]byte, p.cs)}
-	var body io.Writer
-	if rt, ok := format.Seekable(dst); ok {
-		w.rt = rt
-		if _, err := rt.Seek(p.cs, io.SeekStart); err != nil {
+	if out.Seekable() {
+		// The header cluster is written last.
+		w.bw = out
+		if err := out.Skip(p.cs); err != nil {
 			return nil, err
 		}
-		body = dst
 	} else {
 		f, err := os.CreateTemp("", "diskimg-qcow2-*.spool")
 		if err != nil {
@@ -96,9 +100,8 @@ func newCompressedWriter(dst format.Target, p *params, size int64) (*compressedW
 		}
 		// Unlinked at once: the space is freed however the conversion ends.
 		os.Remove(f.Name())
-		w.spool, body = f, f
+		w.spool, w.bw = f, bufio.NewWriterSize(f, format.OutputBufSize)
 	}
-	w.bw = bufio.NewWriterSize(body, writeBufSize)
 	w.addRef(0, 1) // the header cluster
 	return w, nil
 }
@@ -373,18 +376,26 @@ func (w *compressedWriter) Close() error {
 		return err
 	}
 	hdr := p.header(l1Off, rtOff, rtc)
-	if w.rt != nil {
-		_, err := w.rt.WriteAt(hdr, 0)
+	if w.spool == nil {
+		if err := w.out.Rewind(); err != nil {
+			return err
+		}
+		if _, err := w.out.Write(hdr); err != nil {
+			return err
+		}
+		return w.out.EndRewrite()
+	}
+	if _, err := w.out.Write(hdr); err != nil {
 		return err
 	}
-	if _, err := w.dst.Write(hdr); err != nil {
+	if err := w.out.Flush(); err != nil {
 		return err
 	}
 	defer w.spool.Close()
 	if _, err := w.spool.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	buf := make([]byte, writeBufSize)
+	buf := make([]byte, format.OutputBufSize)
 	_, err := io.CopyBuffer(struct{ io.Writer }{w.dst}, struct{ io.Reader }{w.spool}, buf)
 	return err
 }

@@ -8,11 +8,6 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check verifies the tables as qemu's qed_check does: every L2 table and
 // data cluster offset is cluster-aligned, after the header and inside the
 // file; no cluster is used twice (the L1 table included); and every
@@ -21,8 +16,8 @@ var _ format.Checker = (*Image)(nil)
 // an L2 table could not be read.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	cs := img.clusterSize
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name(),
-		TotalClusters: (img.size + cs - 1) / cs}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name(),
+		TotalClusters: (img.Size() + cs - 1) / cs}
 	n := img.fileSize / cs // img.fileSize is whole clusters
 	used := make([]uint64, (n+63)/64)
 	// mark sets the bits of count clusters from off and reports whether
@@ -62,7 +57,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		if !mark(e, tableClusters, what) {
 			continue // an L2 table inside another structure: not read
 		}
-		if err := format.ReadFull(img.f, raw, int64(e), Name, "L2 table"); err != nil {
+		if err := format.ReadFull(img.File, raw, int64(e), Name, "L2 table"); err != nil {
 			r.Errorf("%s: %v", what, err)
 			readFailed = true
 			continue
@@ -96,18 +91,18 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	return r, nil
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}
 	r.Corruptions++
 }
 
-// leak records a leaked cluster, keeping at most maxProblems lines.
+// leak records a leaked cluster, keeping at most format.MaxProblems lines.
 func leak(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Leakf(msg, args...)
 		return
 	}

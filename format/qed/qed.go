@@ -7,13 +7,12 @@ package qed
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"sync"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/tablecache"
 )
 
 // Name is qemu's name for the format.
@@ -72,7 +71,7 @@ func init() {
 		Name:     Name,
 		Priority: Priority,
 		Probe:    Probe,
-		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
 	})
 }
 
@@ -83,11 +82,10 @@ func Probe(f format.File) bool {
 	return n == len(b) && string(b[:]) == magic
 }
 
-// Image is an open QED image.
+// Image is an open QED image: this file's layer of a backing chain.
 type Image struct {
-	f           format.File
+	format.Base
 	fileSize    int64 // rounded down to whole clusters, as qemu does
-	size        int64
 	clusterSize int64
 	clusterBits uint
 	tableBytes  int64 // bytes of one L1 or L2 table
@@ -95,16 +93,15 @@ type Image struct {
 	headerBytes int64
 	l1          []uint64
 	l1Offset    int64
-	backing     format.Image
-	info        format.Info
+	backing     *format.Backing
 
-	mu      sync.Mutex
-	l2      map[uint64][]uint64 // L2 tables by file offset
-	l2Bytes int64
+	mu sync.Mutex
+	l2 *tablecache.Cache
 }
 
-// Open opens f as a QED image; o opens its backing file.
-func Open(f format.File, o *format.Opener) (*Image, error) {
+// Open opens f as a QED image; its backing file is the chain's
+// (format.Layer).
+func Open(f format.File) (*Image, error) {
 	hdr := make([]byte, headerSize)
 	if n, _ := f.ReadAt(hdr[:4], 0); n < 4 || string(hdr[:4]) != magic {
 		return nil, fmt.Errorf("qed: no %q magic at offset 0: %w", magic, format.ErrWrongType)
@@ -132,14 +129,14 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 		return nil, format.Errorf(Name, "header_size", hdrHeaderSize, "%d clusters of %d bytes is not in [1 cluster, 4 GiB)", hs, cs)
 	}
 	img := &Image{
-		f:           f,
+		Base:        format.Base{File: f},
 		fileSize:    f.Size() &^ (cs - 1),
 		clusterSize: cs,
 		clusterBits: log2(cs),
 		tableBytes:  cs * ts,
 		l2Bits:      log2(cs * ts / 8),
 		headerBytes: hs * cs,
-		l2:          map[uint64][]uint64{},
+		l2:          tablecache.New(l2CacheBytes),
 	}
 	entries := img.tableBytes / 8
 	// Two levels of tables address entries² clusters; with the largest
@@ -157,7 +154,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 	case size > format.MaxVirtualSize:
 		return nil, format.Errorf(Name, "image_size", hdrImageSize, "%d exceeds the %d-byte limit", size, int64(format.MaxVirtualSize))
 	}
-	img.size = int64(size)
+	img.Meta.VirtualSize = int64(size)
 
 	l1Off := le64(hdrL1Offset)
 	if err := img.checkTable(l1Off); err != nil {
@@ -182,9 +179,9 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 		img.l1[i] = e
 	}
 
-	img.info = format.Info{Format: Name, VirtualSize: img.size, ClusterSize: cs, Dirty: features&featNeedCheck != 0}
+	img.Meta = format.Info{Format: Name, VirtualSize: img.Size(), ClusterSize: cs, Dirty: features&featNeedCheck != 0}
 	if features&featBackingFile != 0 {
-		if err := img.openBacking(hdr, features, o); err != nil {
+		if err := img.readBackingName(hdr, features); err != nil {
 			return nil, err
 		}
 	}
@@ -225,9 +222,8 @@ func (img *Image) checkTable(off uint64) error {
 	return nil
 }
 
-// openBacking reads the backing file name from the header cluster and
-// opens the file under the opener's policy.
-func (img *Image) openBacking(hdr []byte, features uint64, o *format.Opener) error {
+// readBackingName reads the backing file name from the header cluster.
+func (img *Image) readBackingName(hdr []byte, features uint64) error {
 	off := binary.LittleEndian.Uint32(hdr[hdrBackingNameOff:])
 	n := binary.LittleEndian.Uint32(hdr[hdrBackingNameSize:])
 	if n > maxBackingName {
@@ -237,7 +233,7 @@ func (img *Image) openBacking(hdr []byte, features uint64, o *format.Opener) err
 		return format.Errorf(Name, "backing_filename_offset", hdrBackingNameOff, "backing file name at %d (%d bytes) does not fit in the %d-byte header", off, n, img.headerBytes)
 	}
 	name := make([]byte, n)
-	if err := format.ReadFull(img.f, name, int64(off), Name, "backing file name"); err != nil {
+	if err := format.ReadFull(img.File, name, int64(off), Name, "backing file name"); err != nil {
 		return err
 	}
 	for i, c := range name {
@@ -249,63 +245,19 @@ func (img *Image) openBacking(hdr []byte, features uint64, o *format.Opener) err
 	if len(name) == 0 {
 		return format.Errorf(Name, "backing_filename_size", hdrBackingNameSize, "the backing file feature is set but the name is empty")
 	}
-	img.info.BackingFile = string(name)
-	img.info.FullBackingFile = format.FullName(img.f.Name(), img.info.BackingFile)
+	img.backing = &format.Backing{Names: []string{string(name)}}
 	if features&featBackingNoProbe != 0 {
-		img.info.BackingFormat = "raw"
+		img.backing.Format = "raw"
 	}
-	b, err := o.OpenBacking(img.f.Name(), img.info.BackingFile, img.info.BackingFormat)
-	if err != nil {
-		return err
-	}
-	img.backing = b
-	img.info.Backing = b
 	return nil
 }
 
-// Size returns the virtual disk size in bytes.
-func (img *Image) Size() int64 { return img.size }
-
-// Info returns the image's metadata.
-func (img *Image) Info() *format.Info {
-	info := img.info
-	return &info
-}
-
-// Close closes the image file and its backing file.
-func (img *Image) Close() error {
-	var err error
-	if img.backing != nil {
-		err = img.backing.Close()
-	}
-	if e := format.CloseFile(img.f); err == nil {
-		err = e
-	}
-	return err
-}
+// Backing names the backing file; nil when there is none.
+func (img *Image) Backing() *format.Backing { return img.backing }
 
 // l2Table returns the L2 table of L1 entry i, which is allocated.
 func (img *Image) l2Table(i int64) ([]uint64, error) {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	if t, ok := img.l2[img.l1[i]]; ok {
-		return t, nil
-	}
-	raw := make([]byte, img.tableBytes)
-	if err := format.ReadFull(img.f, raw, int64(img.l1[i]), Name, fmt.Sprintf("L2 table of L1 entry %d", i)); err != nil {
-		return nil, err
-	}
-	t := make([]uint64, len(raw)/8)
-	for j := range t {
-		t[j] = binary.LittleEndian.Uint64(raw[8*j:])
-	}
-	if img.l2Bytes+int64(len(raw)) > l2CacheBytes {
-		clear(img.l2)
-		img.l2Bytes = 0
-	}
-	img.l2[img.l1[i]] = t
-	img.l2Bytes += int64(len(raw))
-	return t, nil
+	return img.l2.Get(img.File, int64(img.l1[i]), img.tableBytes, binary.LittleEndian, Name, func() string { return fmt.Sprintf("L2 table of L1 entry %d", i) })
 }
 
 // entryAt returns the L2 entry of guest cluster ci (entryUnalloc for a
@@ -388,40 +340,33 @@ scan:
 	return e, host, min(next<<img.clusterBits, limit) - off, nil
 }
 
-// Extent returns the run at off with one status, depth and contiguous host
+// Extent returns the run at off with one status and contiguous host
 // offset, from the cluster tables alone.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("qed: extent offset %d out of range [0,%d)", off, img.size)
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo is Extent with the run cut at limit; clusters the image does
+// not store are Unallocated.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("qed: extent offset %d out of range [0,%d)", off, img.Size())
 	}
-	e, host, n, err := img.runAt(off, img.size)
+	e, host, n, err := img.runAt(off, min(limit, img.Size()))
 	if err != nil {
 		return format.Extent{}, err
 	}
-	x := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host}
+	x := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File}
 	switch e {
 	case entryZero:
-		x.Status = format.Zero
+		x.Status, x.File = format.Zero, nil
 	case entryUnalloc:
-		x.Status = format.Unallocated
-		if img.backing != nil && off < img.backing.Size() {
-			be, err := img.backing.Extent(off)
-			if err != nil {
-				return format.Extent{}, err
-			}
-			x.Length = min(x.Length, be.Length)
-			x.Status, x.Depth, x.Offset, x.Compressed = be.Status, be.Depth+1, be.Offset, be.Compressed
-			if x.Status == format.Unallocated {
-				x.Depth = 0
-			}
-		}
+		x.Status, x.File = format.Unallocated, nil
 	}
 	return x, nil
 }
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
@@ -434,36 +379,14 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 		buf := p[done : done+int(length)]
 		switch e {
-		case entryZero:
+		case entryZero, entryUnalloc:
 			clear(buf)
-		case entryUnalloc:
-			if err := readBacking(img.backing, buf, pos); err != nil {
-				return done, err
-			}
 		default:
-			if err := format.ReadFull(img.f, buf, host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
+			if err := format.ReadFull(img.File, buf, host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
 				return done, err
 			}
 		}
 		done += len(buf)
 	}
 	return n, clipErr
-}
-
-// readBacking reads from a backing image that may be smaller than the
-// image or missing: the rest reads as zeros.
-func readBacking(b format.Image, buf []byte, off int64) error {
-	k := 0
-	if b != nil && off < b.Size() {
-		k = int(min(int64(len(buf)), b.Size()-off))
-		m, err := b.ReadAt(buf[:k], off)
-		if m < k {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("qed: reading backing file at %d: %w", off, err)
-		}
-	}
-	clear(buf[k:])
-	return nil
 }

@@ -227,3 +227,9 @@ func FuzzQed(f *testing.F) {
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "qed", "1T"), "", 1)
 }
+
+// TestMutatedSeeds exercises the reader on seeds with random bytes changed,
+// mostly in the header.
+func TestMutatedSeeds(t *testing.T) {
+	formattest.ExerciseMutatedHeaders(t, "qed", "../../testdata/qed")
+}

@@ -33,17 +33,16 @@ const SectorSize = 512
 
 // Image is a raw disk image.
 type Image struct {
-	f        format.File
-	fileSize int64 // bytes in the file
-	size     int64 // fileSize rounded up to a sector
-	fd       int   // -1 when the file has no descriptor to seek holes with
+	format.Base       // Meta.VirtualSize: the file's size rounded up to a sector
+	fileSize    int64 // bytes in the file
+	fd          int   // -1 when the file has no descriptor to seek holes with
 }
 
 // Open opens f as a raw image.
 func Open(f format.File) (*Image, error) {
 	n := f.Size()
-	img := &Image{f: f, fileSize: n, size: fileSize(n), fd: -1}
-	if fd, ok := f.(interface{ Fd() uintptr }); ok {
+	img := &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: fileSize(n)}}, fileSize: n, fd: -1}
+	if fd, ok := f.(format.FileDescriptor); ok {
 		img.fd = int(fd.Fd())
 	}
 	return img, nil
@@ -51,7 +50,7 @@ func Open(f format.File) (*Image, error) {
 
 // ReadAt reads guest bytes, which are the file's bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
@@ -59,7 +58,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if off < img.fileSize {
 		inFile = int(min(int64(n), img.fileSize-off))
 	}
-	m, err := img.f.ReadAt(p[:inFile], off)
+	m, err := img.File.ReadAt(p[:inFile], off)
 	if m < inFile {
 		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF // the file shrank under us
@@ -70,26 +69,15 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, clipErr
 }
 
-// Size returns the file size.
-func (img *Image) Size() int64 { return img.size }
-
-// Close closes the file.
-func (img *Image) Close() error { return format.CloseFile(img.f) }
-
-// Info describes the image as qemu-img does.
-func (img *Image) Info() *format.Info {
-	return &format.Info{Format: Name, VirtualSize: img.size}
-}
-
 // Extent reports data and holes from the filesystem's view of the file.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
+	if off < 0 || off >= img.Size() {
 		return format.Extent{}, errors.New("raw: extent offset out of range")
 	}
 	if off >= img.fileSize { // the padding of the last sector
-		return format.Extent{Start: off, Length: img.size - off, Status: format.Zero, Offset: off}, nil
+		return format.Extent{Start: off, Length: img.Size() - off, Status: format.Zero, Offset: off, File: img.File}, nil
 	}
-	e := format.Extent{Start: off, Length: img.fileSize - off, Status: format.Data, Offset: off}
+	e := format.Extent{Start: off, Length: img.fileSize - off, Status: format.Data, Offset: off, File: img.File}
 	if img.fd < 0 {
 		return e, nil
 	}
@@ -97,7 +85,7 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	switch {
 	case err == syscall.ENXIO: // no data after off: the rest is a hole
 		e.Status = format.Zero
-		e.Length = img.size - off
+		e.Length = img.Size() - off
 		return e, nil
 	case err != nil: // the filesystem cannot tell: treat everything as data
 		return e, nil

@@ -65,16 +65,11 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if p, ok := o.Options["preallocation"]; ok {
 		w.prealloc = p
 	}
-	if rt, ok := format.Seekable(dst); ok {
-		w.rt = rt
-		pos, err := rt.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return nil, err
-		}
-		if pos != 0 {
-			return nil, fmt.Errorf("raw: destination is at offset %d, not at its start", pos)
-		}
+	rt, _, err := format.StartTarget(dst, Name)
+	if err != nil {
+		return nil, err
 	}
+	w.rt = rt
 	return w, nil
 }
 
@@ -138,7 +133,7 @@ func (w *Writer) Close() error {
 		return err
 	}
 	if w.prealloc == PreallocFalloc && w.fileSize > 0 {
-		f, ok := w.dst.(interface{ Fd() uintptr })
+		f, ok := w.dst.(format.FileDescriptor)
 		if !ok {
 			return fmt.Errorf("raw: preallocation=falloc needs a file destination")
 		}

@@ -7,21 +7,15 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps: a hostile block map
-// can be wrong in every entry, and the counts say how many there were.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check verifies the block map as qemu-img check does: every allocated
 // entry names a block below blocks-in-image, no block is named twice, and
 // the header's blocks-allocated matches the entries that are allocated.
 // Like qemu it reports nothing else (qemu's JSON carries check-errors and
 // corruptions only).
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	var hdr [hdrBlocksAlloc + 4]byte
-	if err := format.ReadFull(img.f, hdr[:], 0, Name, "header"); err != nil {
+	if err := format.ReadFull(img.File, hdr[:], 0, Name, "header"); err != nil {
 		return nil, err
 	}
 	offBmap := int64(binary.LittleEndian.Uint32(hdr[hdrOffsetBmap:]))
@@ -58,9 +52,9 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	return r, nil
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

@@ -72,12 +72,10 @@ func Probe(f format.File) bool {
 
 // Image is an open VDI image.
 type Image struct {
-	f          format.File
-	size       int64
+	format.Base
 	blockSize  int64
 	offsetData int64
 	bmap       []uint32
-	info       format.Info
 }
 
 // Open opens f as a VDI image.
@@ -154,7 +152,8 @@ func Open(f format.File) (*Image, error) {
 	if err := format.ReadFull(f, raw, offBmap, Name, "block map"); err != nil {
 		return nil, err
 	}
-	img := &Image{f: f, size: size, blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks)}
+	img := &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: size, ClusterSize: bs}},
+		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks)}
 	for i := range img.bmap {
 		e := binary.LittleEndian.Uint32(raw[bmapEntrySize*i:])
 		img.bmap[i] = e
@@ -171,21 +170,8 @@ func Open(f format.File) (*Image, error) {
 				"block %d at offset %d extends past the end of the file (%d bytes)", e, host, fileSize)
 		}
 	}
-	img.info = format.Info{Format: Name, VirtualSize: size, ClusterSize: bs}
 	return img, nil
 }
-
-// Size returns the virtual disk size in bytes.
-func (img *Image) Size() int64 { return img.size }
-
-// Info returns the image's metadata.
-func (img *Image) Info() *format.Info {
-	info := img.info
-	return &info
-}
-
-// Close closes the image file.
-func (img *Image) Close() error { return format.CloseFile(img.f) }
 
 // runAt returns the run from off, ending at or before limit, of blocks
 // that are all unallocated, all discarded, or allocated and stored
@@ -215,22 +201,22 @@ func (img *Image) runAt(off, limit int64) (entry uint32, host, length int64) {
 // Extent returns the run at off with one status and contiguous host
 // offset, from the block map alone.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("vdi: extent offset %d out of range [0,%d)", off, img.size)
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("vdi: extent offset %d out of range [0,%d)", off, img.Size())
 	}
-	entry, host, n := img.runAt(off, img.size)
-	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host}
+	entry, host, n := img.runAt(off, img.Size())
+	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File}
 	// VDI has no backing files, so qemu counts a block the map does not
 	// store as present and zero, not as unallocated.
 	if entry == blockUnallocated || entry == blockDiscarded {
-		e.Status = format.Zero
+		e.Status, e.File = format.Zero, nil
 	}
 	return e, nil
 }
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
@@ -241,7 +227,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		buf := p[done : done+int(length)]
 		if host < 0 {
 			clear(buf)
-		} else if err := format.ReadFull(img.f, buf, host, Name, fmt.Sprintf("data block of guest offset %d", pos)); err != nil {
+		} else if err := format.ReadFull(img.File, buf, host, Name, fmt.Sprintf("data block of guest offset %d", pos)); err != nil {
 			return done, err
 		}
 		done += len(buf)

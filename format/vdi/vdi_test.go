@@ -163,3 +163,9 @@ func FuzzVdi(f *testing.F) {
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "vdi", "1T"), "", 1)
 }
+
+// TestMutatedSeeds exercises the reader on seeds with random bytes changed,
+// mostly in the header.
+func TestMutatedSeeds(t *testing.T) {
+	formattest.ExerciseMutatedHeaders(t, "vdi", "../../testdata/vdi")
+}

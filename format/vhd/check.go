@@ -7,12 +7,8 @@ import (
 	"sort"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
-
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
 
 // Check verifies the structure of a VHD. qemu-img cannot check this
 // format ("This image format does not support checks", exit 63); this is
@@ -25,20 +21,20 @@ var _ format.Checker = (*Image)(nil)
 // offset 0; and no block may overlap another block, the footer copies,
 // the dynamic disk header or the BAT.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	if img.diskType == typeFixed {
 		return r, nil // one footer, verified by Open; no tables
 	}
-	head := make([]byte, footerSize)
+	head := make([]byte, vhdspec.FooterSize)
 	if err := img.readPadded(head, 0, "footer copy"); err != nil {
 		return nil, err
 	}
 	tailOff := footerPos(img.fileSize)
-	tail := make([]byte, footerSize)
+	tail := make([]byte, vhdspec.FooterSize)
 	if err := img.readPadded(tail, tailOff, "footer"); err != nil {
 		return nil, err
 	}
-	sumErr := checkSum(tail, footerChecksum, tailOff, "footer checksum")
+	sumErr := checkSum(tail, vhdspec.OffChecksum, tailOff, "footer checksum")
 	switch {
 	case string(tail[:len(cookie)]) != cookie:
 		corrupt(r, "footer at offset %d: no %q cookie (the footer at the end of the file is missing)", tailOff, cookie)
@@ -53,12 +49,12 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		start, end int64
 		what       string
 	}
-	hdrOff := int64(be64(head[footerDataOffset:]))
+	hdrOff := int64(be64(head[vhdspec.OffDataOffset:]))
 	meta := []span{
-		{0, footerSize, "footer copy at offset 0"},
+		{0, vhdspec.FooterSize, "footer copy at offset 0"},
 		{hdrOff, hdrOff + dynHeaderSize, fmt.Sprintf("dynamic disk header at offset %d", hdrOff)},
 		{img.batOffset, img.batOffset + roundUp(img.entries*4, sectorSize), fmt.Sprintf("BAT at offset %d", img.batOffset)},
-		{tailOff, tailOff + footerSize, fmt.Sprintf("footer at offset %d", tailOff)},
+		{tailOff, tailOff + vhdspec.FooterSize, fmt.Sprintf("footer at offset %d", tailOff)},
 	}
 	type block struct {
 		start, end int64
@@ -120,9 +116,9 @@ func footerDiff(a, b []byte) int {
 	return -1
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

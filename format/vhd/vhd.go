@@ -11,15 +11,14 @@ package vhd
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 	"sync"
 	"unicode/utf16"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Name is qemu's name for the format.
@@ -28,21 +27,14 @@ const Name = "vpc"
 // Priority orders probing among the registered formats.
 const Priority = 40
 
-// Footer ("hard disk footer"): 512 bytes, big-endian, at the end of every
-// image and also at offset 0 of dynamic and differencing disks.
+// The footer ("hard disk footer", fields in vhdspec): 512 bytes,
+// big-endian, at the end of every image and also at offset 0 of dynamic
+// and differencing disks. Its geometry is cylinders (u16), heads (u8)
+// and sectors per track (u8).
 const (
-	footerSize = 512
-	cookie     = "conectix"
-
-	footerDataOffset = 16 // uint64: file offset of the dynamic disk header
-	footerCreatorApp = 28 // [4]byte: application that made the image
-	footerCurSize    = 48 // uint64: current size of the disk in bytes
-	footerCylinders  = 56 // uint16: CHS geometry, cylinders
-	footerHeads      = 58 // uint8: CHS geometry, heads
-	footerSectors    = 59 // uint8: CHS geometry, sectors per track
-	footerDiskType   = 60 // uint32: one of the disk types below
-	footerChecksum   = 64 // uint32: one's complement of the byte sum
-	footerUniqueID   = 68 // [16]byte: identifies the disk to its children
+	cookie        = "conectix"
+	footerHeads   = vhdspec.OffGeometry + 2
+	footerSectors = vhdspec.OffGeometry + 3
 )
 
 // Disk types.
@@ -90,9 +82,6 @@ const (
 	batUnused = 0xFFFFFFFF
 	// maxSectors is qemu's limit of 2040 GiB.
 	maxSectors = 0xff000000
-	// maxGeometry is the largest CHS geometry (65535×16×255); an image
-	// with it uses the footer's current size instead, as qemu does.
-	maxGeometry = 65535 * 16 * 255
 	// maxLocatorBytes caps a parent locator: a Windows path holds at most
 	// 32767 UTF-16 units.
 	maxLocatorBytes = 65536
@@ -112,7 +101,7 @@ func init() {
 		Aliases:  []string{"vhd"},
 		Priority: Priority,
 		Probe:    Probe,
-		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
+		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
 	})
 }
 
@@ -135,17 +124,17 @@ func Probe(f format.File) bool {
 // padded with zeros to whole sectors, so an image whose last sector is cut
 // short (the 511-byte footer of old Virtual PC images) still has one.
 func footerPos(size int64) int64 {
-	return roundUp(size, sectorSize) - footerSize
+	return roundUp(size, sectorSize) - vhdspec.FooterSize
 }
 
 func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
 
-// Image is an open VHD image.
+// Image is an open VHD image: of a differencing disk, this file's layer of
+// the chain.
 type Image struct {
-	f        format.File
+	format.Base
 	fileSize int64
 	padSize  int64 // fileSize rounded up to whole sectors, read as zeros
-	size     int64
 	diskType uint32
 	uniqueID [16]byte
 
@@ -155,22 +144,21 @@ type Image struct {
 	entries    int64       // BAT entries
 	used       []usedBlock // the BAT's entries in use, by block index
 	batOffset  int64
-	parent     format.Image // differencing disks; nil when not opened
-
-	info format.Info
+	parent     *format.Backing // differencing disks
 
 	mu      sync.Mutex
 	bitmaps map[uint32][]byte // sector bitmaps by block, differencing only
 	cached  int64
 }
 
-// Open opens f as a VHD image; o opens a differencing disk's parent.
-func Open(f format.File, o *format.Opener) (*Image, error) {
-	img := &Image{f: f, fileSize: f.Size(), padSize: roundUp(f.Size(), sectorSize)}
+// Open opens f as a VHD image; a differencing disk's parent is the
+// chain's (format.Layer).
+func Open(f format.File) (*Image, error) {
+	img := &Image{Base: format.Base{File: f}, fileSize: f.Size(), padSize: roundUp(f.Size(), sectorSize)}
 	if img.fileSize < len64(cookie) {
 		return nil, fmt.Errorf("vpc: file of %d bytes: %w", img.fileSize, format.ErrWrongType)
 	}
-	footer := make([]byte, footerSize)
+	footer := make([]byte, vhdspec.FooterSize)
 	footerOff := int64(0)
 	if err := img.readPadded(footer, 0, "footer"); err != nil {
 		return nil, err
@@ -188,47 +176,43 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 			return nil, fmt.Errorf("vpc: no %q cookie at offset 0 or %d: %w", cookie, footerOff, format.ErrWrongType)
 		}
 	}
-	if err := checkSum(footer, footerChecksum, footerOff, "footer checksum"); err != nil {
+	if err := checkSum(footer, vhdspec.OffChecksum, footerOff, "footer checksum"); err != nil {
 		return nil, err
 	}
-	img.diskType = be32(footer[footerDiskType:])
+	img.diskType = be32(footer[vhdspec.OffDiskType:])
 	switch {
 	case footerOff > 0 && img.diskType != typeFixed:
-		return nil, format.Errorf(Name, "footer disk type", footerOff+footerDiskType,
+		return nil, format.Errorf(Name, "footer disk type", footerOff+vhdspec.OffDiskType,
 			"type %d in the footer at the end of a file with no footer copy at offset 0 (only fixed disks, type %d, have none)", img.diskType, typeFixed)
 	case footerOff == 0 && img.diskType != typeDynamic && img.diskType != typeDifferencing:
-		return nil, format.Errorf(Name, "footer disk type", footerDiskType,
+		return nil, format.Errorf(Name, "footer disk type", vhdspec.OffDiskType,
 			"type %d in the footer at offset 0 (want dynamic %d or differencing %d)", img.diskType, typeDynamic, typeDifferencing)
 	}
-	copy(img.uniqueID[:], footer[footerUniqueID:])
+	copy(img.uniqueID[:], footer[vhdspec.OffUniqueID:])
 
 	// The size rule of qemu's vpc_open: the CHS geometry, unless the
 	// creator is known to use the current size or the geometry is the
 	// maximum one (which cannot describe the real size).
-	sectors := int64(be16(footer[footerCylinders:])) * int64(footer[footerHeads]) * int64(footer[footerSectors])
-	sizeField, sizeOff := "footer disk geometry", footerOff+footerCylinders
-	if sectors == maxGeometry || usesCurrentSize(footer[footerCreatorApp:footerCreatorApp+4]) {
-		cur := binary.BigEndian.Uint64(footer[footerCurSize:])
+	sectors := int64(be16(footer[vhdspec.OffGeometry:])) * int64(footer[footerHeads]) * int64(footer[footerSectors])
+	sizeField, sizeOff := "footer disk geometry", footerOff+vhdspec.OffGeometry
+	if sectors == vhdspec.MaxGeometry || usesCurrentSize(footer[vhdspec.OffCreatorApp:vhdspec.OffCreatorApp+4]) {
+		cur := binary.BigEndian.Uint64(footer[vhdspec.OffCurrentSize:])
 		sectors = int64(min(cur/sectorSize, maxSectors+1))
-		sizeField, sizeOff = "footer current size", footerOff+footerCurSize
+		sizeField, sizeOff = "footer current size", footerOff+vhdspec.OffCurrentSize
 	}
 	if sectors > maxSectors {
 		return nil, format.Errorf(Name, sizeField, sizeOff, "disk of %d sectors exceeds the 2040 GiB limit", sectors)
 	}
-	img.size = sectors * sectorSize
-	img.info = format.Info{Format: Name, VirtualSize: img.size, Subformat: subformatName(img.diskType)}
+	img.Meta = format.Info{Format: Name, VirtualSize: sectors * sectorSize, Subformat: subformatName(img.diskType)}
 
 	if img.diskType == typeFixed {
-		if img.size > footerOff {
+		if img.Size() > footerOff {
 			return nil, format.Errorf(Name, sizeField, sizeOff,
-				"fixed disk of %d bytes does not fit before its footer at offset %d", img.size, footerOff)
+				"fixed disk of %d bytes does not fit before its footer at offset %d", img.Size(), footerOff)
 		}
 		return img, nil
 	}
-	if err := img.openDynamic(footer, o); err != nil {
-		if img.parent != nil {
-			img.parent.Close()
-		}
+	if err := img.openDynamic(footer); err != nil {
 		return nil, err
 	}
 	return img, nil
@@ -253,17 +237,17 @@ func usesCurrentSize(app []byte) bool {
 	return false
 }
 
-// openDynamic reads the dynamic disk header and the BAT, and opens the
-// parent of a differencing disk.
-func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
-	hdrOff64 := binary.BigEndian.Uint64(footer[footerDataOffset:])
+// openDynamic reads the dynamic disk header and the BAT, and the parent
+// locators of a differencing disk.
+func (img *Image) openDynamic(footer []byte) error {
+	hdrOff64 := binary.BigEndian.Uint64(footer[vhdspec.OffDataOffset:])
 	if hdrOff64 > uint64(img.fileSize) || uint64(img.fileSize)-hdrOff64 < dynHeaderSize {
-		return format.Errorf(Name, "footer data offset", footerDataOffset,
+		return format.Errorf(Name, "footer data offset", vhdspec.OffDataOffset,
 			"dynamic disk header at %d does not fit in a file of %d bytes", hdrOff64, img.fileSize)
 	}
 	hdrOff := int64(hdrOff64)
 	hdr := make([]byte, dynHeaderSize)
-	if err := format.ReadFull(img.f, hdr, hdrOff, Name, "dynamic disk header"); err != nil {
+	if err := format.ReadFull(img.File, hdr, hdrOff, Name, "dynamic disk header"); err != nil {
 		return err
 	}
 	if string(hdr[:len(dynCookie)]) != dynCookie {
@@ -279,12 +263,12 @@ func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
 	img.blockSize = bs
 	// One bit per sector, padded to whole sectors.
 	img.bitmapSize = roundUp(bs/sectorSize/8, sectorSize)
-	img.info.ClusterSize = bs
+	img.Meta.ClusterSize = bs
 
 	entries := int64(be32(hdr[dynMaxEntries:]))
-	if entries*bs < img.size {
+	if entries*bs < img.Size() {
 		return format.Errorf(Name, "max table entries", hdrOff+dynMaxEntries,
-			"%d blocks of %d bytes cover less than the disk's %d bytes", entries, bs, img.size)
+			"%d blocks of %d bytes cover less than the disk's %d bytes", entries, bs, img.Size())
 	}
 	batOff64 := binary.BigEndian.Uint64(hdr[dynTableOffset:])
 	if batOff64 > uint64(img.fileSize) {
@@ -301,7 +285,7 @@ func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
 	raw := make([]byte, min(entries*4, 64<<10))
 	for first := int64(0); first < entries; first += int64(len(raw) / 4) {
 		chunk := raw[:min(int64(len(raw)), (entries-first)*4)]
-		if err := format.ReadFull(img.f, chunk, img.batOffset+first*4, Name, "BAT"); err != nil {
+		if err := format.ReadFull(img.File, chunk, img.batOffset+first*4, Name, "BAT"); err != nil {
 			return err
 		}
 		if unusedOnly(chunk) {
@@ -324,14 +308,14 @@ func (img *Image) openDynamic(footer []byte, o *format.Opener) error {
 	}
 	if img.diskType == typeDifferencing {
 		img.bitmaps = map[uint32][]byte{}
-		return img.openParent(hdr, hdrOff, o)
+		return img.readParent(hdr, hdrOff)
 	}
 	return nil
 }
 
-// openParent finds the parent of a differencing disk through its locators,
-// preferring the relative path, and opens it under the opener's policy.
-func (img *Image) openParent(hdr []byte, hdrOff int64, o *format.Opener) error {
+// readParent reads how a differencing disk names its parent: its locators,
+// the relative path first, else the parent's stored name.
+func (img *Image) readParent(hdr []byte, hdrOff int64) error {
 	var names []string
 	for _, want := range []string{platformW2ru, platformW2ku, platformMacX} {
 		for i := 0; i < numLocators; i++ {
@@ -350,7 +334,7 @@ func (img *Image) openParent(hdr []byte, hdrOff int64, o *format.Opener) error {
 				return format.Errorf(Name, field, at, "%d bytes of locator data at offset %d do not fit in a file of %d bytes (or exceed %d)", n, off64, img.fileSize, maxLocatorBytes)
 			}
 			data := make([]byte, n)
-			if err := format.ReadFull(img.f, data, int64(off64), Name, field+" data"); err != nil {
+			if err := format.ReadFull(img.File, data, int64(off64), Name, field+" data"); err != nil {
 				return err
 			}
 			name, err := decodeLocator(want, data)
@@ -369,39 +353,19 @@ func (img *Image) openParent(hdr []byte, hdrOff int64, o *format.Opener) error {
 		}
 		names = append(names, name)
 	}
-	img.info.BackingFile = names[0]
-	if img.f.Name() == "" {
-		// Relative names need the image's directory.
-		if o.NoBacking {
-			return nil
-		}
-		return fmt.Errorf("vpc: differencing disk with parent %q opened without a file name", names[0])
-	}
-	img.info.FullBackingFile = format.FullName(img.f.Name(), names[0])
-	var firstErr error
-	for _, name := range names {
-		parent, err := o.OpenBacking(img.f.Name(), name, "")
-		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			continue
-		}
-		img.info.BackingFile = name
-		img.info.FullBackingFile = format.FullName(img.f.Name(), name)
-		if parent == nil { // the policy opens no backing files
-			return nil
-		}
-		img.parent = parent
-		img.info.Backing = parent
-		if p, ok := parent.(*Image); ok && !bytes.Equal(p.uniqueID[:], hdr[dynParentID:dynParentID+16]) {
+	want := [16]byte(hdr[dynParentID : dynParentID+16])
+	img.parent = &format.Backing{Names: names, Verify: func(name string, parent format.Image) error {
+		if p, ok := parent.(*Image); ok && p.uniqueID != want {
 			return format.Errorf(Name, "parent unique id", hdrOff+dynParentID,
-				"parent %s has unique id %x, the differencing disk expects %x", name, p.uniqueID, hdr[dynParentID:dynParentID+16])
+				"parent %s has unique id %x, the differencing disk expects %x", name, p.uniqueID, want)
 		}
 		return nil
-	}
-	return firstErr
+	}}
+	return nil
 }
+
+// Backing names a differencing disk's parent; nil for other disks.
+func (img *Image) Backing() *format.Backing { return img.parent }
 
 // decodeLocator turns a locator's data into a path for this host: Windows
 // separators become slashes, a file:// URL loses its scheme.
@@ -441,17 +405,10 @@ func decodeUTF16(b []byte, order binary.ByteOrder) string {
 	return string(utf16.Decode(u))
 }
 
-// checkSum verifies a footer or header checksum: the one's complement of
-// the sum of all its bytes, the checksum field itself counted as zero.
+// checkSum verifies a footer or header checksum.
 func checkSum(b []byte, field int, base int64, name string) error {
-	var sum uint32
-	for i, c := range b {
-		if i < field || i >= field+4 {
-			sum += uint32(c)
-		}
-	}
-	if want := be32(b[field:]); ^sum != want {
-		return format.Errorf(Name, name, base+int64(field), "stored %#08x, computed %#08x", want, ^sum)
+	if want, got := be32(b[field:]), vhdspec.Checksum(b, field); got != want {
+		return format.Errorf(Name, name, base+int64(field), "stored %#08x, computed %#08x", want, got)
 	}
 	return nil
 }
@@ -473,28 +430,7 @@ func (img *Image) readPadded(p []byte, off int64, field string) error {
 	if n == 0 {
 		return nil
 	}
-	return format.ReadFull(img.f, p[:n], off, Name, field)
-}
-
-// Size returns the virtual disk size in bytes.
-func (img *Image) Size() int64 { return img.size }
-
-// Info returns the image's metadata.
-func (img *Image) Info() *format.Info {
-	info := img.info
-	return &info
-}
-
-// Close closes the image file and the parent.
-func (img *Image) Close() error {
-	var err error
-	if img.parent != nil {
-		err = img.parent.Close()
-	}
-	if e := format.CloseFile(img.f); err == nil {
-		err = e
-	}
-	return err
+	return format.ReadFull(img.File, p[:n], off, Name, field)
 }
 
 // usedBlock is a BAT entry in use: block index starts at sector.
@@ -527,7 +463,7 @@ type run struct {
 func (img *Image) runAt(off int64) (run, error) {
 	bi := off / img.blockSize
 	inBlock := off % img.blockSize
-	end := min(img.blockSize-inBlock, img.size-off)
+	end := min(img.blockSize-inBlock, img.Size()-off)
 	e := img.sector(bi)
 	if e == batUnused {
 		return run{length: end, host: -1}, nil
@@ -579,14 +515,20 @@ func (img *Image) bitmap(bi uint32) ([]byte, error) {
 	return bm, nil
 }
 
-// Extent returns the run at off with one status, depth and contiguous host
+// Extent returns the run at off with one status and contiguous host
 // offset, from the BAT and sector bitmaps alone.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("vpc: extent offset %d out of range [0,%d)", off, img.size)
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo is Extent with the run cut at limit. The sectors a differencing
+// disk does not store are Unallocated: its parent's.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
+	size := img.Size()
+	if off < 0 || off >= size {
+		return format.Extent{}, fmt.Errorf("vpc: extent offset %d out of range [0,%d)", off, size)
 	}
+	limit = min(limit, size)
 	if img.diskType == typeFixed {
-		return format.Extent{Start: off, Length: img.size - off, Status: format.Data, Offset: off}, nil
+		return format.Extent{Start: off, Length: limit - off, Status: format.Data, Offset: off, File: img.File}, nil
 	}
 	r, err := img.runAt(off)
 	if err != nil {
@@ -595,7 +537,7 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	if r.host >= 0 {
 		// Blocks are never contiguous with each other: a bitmap lies
 		// between them.
-		return format.Extent{Start: off, Length: r.length, Status: format.Data, Offset: r.host}, nil
+		return format.Extent{Start: off, Length: min(r.length, limit-off), Status: format.Data, Offset: r.host, File: img.File}, nil
 	}
 	// Extend over following runs that the image does not store either.
 	end := off + r.length
@@ -603,12 +545,12 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 		// end is at a block boundary (or the disk's end): skip to the
 		// next block in use.
 		k := img.nextUsed(end / img.blockSize)
-		end = img.size
+		end = size
 		if k < len(img.used) {
-			end = min(int64(img.used[k].index)*img.blockSize, img.size)
+			end = min(int64(img.used[k].index)*img.blockSize, size)
 		}
 	} else {
-		for end < img.size {
+		for end < limit {
 			next, err := img.runAt(end)
 			if err != nil {
 				return format.Extent{}, err
@@ -619,34 +561,24 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 			end += next.length
 		}
 	}
-	e := format.Extent{Start: off, Length: end - off, Status: format.Unallocated, Offset: -1}
-	switch {
-	case img.diskType == typeDynamic:
+	e := format.Extent{Start: off, Length: min(end, limit) - off, Status: format.Unallocated, Offset: -1}
+	if img.diskType == typeDynamic {
 		// qemu reports unallocated blocks of a dynamic disk as zeros it
 		// stores (present, zero), since it has no backing file.
 		e.Status = format.Zero
-	case img.parent != nil && off < img.parent.Size():
-		pe, err := img.parent.Extent(off)
-		if err != nil {
-			return format.Extent{}, err
-		}
-		e.Length = min(e.Length, pe.Length)
-		e.Status, e.Depth, e.Offset, e.Compressed = pe.Status, pe.Depth+1, pe.Offset, pe.Compressed
-		if e.Status == format.Unallocated {
-			e.Depth = 0
-		}
 	}
 	return e, nil
 }
 
-// ReadAt reads guest bytes.
+// ReadAt reads guest bytes; a differencing disk reads the sectors it does
+// not store as zeros (the chain reads them from the parent).
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
 	if img.diskType == typeFixed {
-		if err := format.ReadFull(img.f, p[:n], off, Name, "fixed disk data"); err != nil {
+		if err := format.ReadFull(img.File, p[:n], off, Name, "fixed disk data"); err != nil {
 			return 0, err
 		}
 		return n, clipErr
@@ -660,39 +592,16 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 		m := int(min(r.length, int64(n-done)))
 		buf := p[done : done+m]
-		switch {
-		case r.host >= 0:
+		if r.host >= 0 {
 			if err := img.readPadded(buf, r.host, fmt.Sprintf("data of block %d", pos/img.blockSize)); err != nil {
 				return done, err
 			}
-		case img.parent != nil:
-			if err := readParent(img.parent, buf, pos); err != nil {
-				return done, err
-			}
-		default:
+		} else {
 			clear(buf)
 		}
 		done += m
 	}
 	return n, clipErr
-}
-
-// readParent reads from a parent that may be smaller than its child: the
-// rest reads as zeros.
-func readParent(parent format.Image, buf []byte, off int64) error {
-	k := 0
-	if ps := parent.Size(); off < ps {
-		k = int(min(int64(len(buf)), ps-off))
-		m, err := parent.ReadAt(buf[:k], off)
-		if m < k {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("vpc: reading parent at %d: %w", off, err)
-		}
-	}
-	clear(buf[k:])
-	return nil
 }
 
 // subformatName names a disk type as qemu-img's subformat option does.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // qemu-img does not probe fixed VHDs (it looks for the cookie at offset 0
@@ -104,7 +105,7 @@ func qemuImage(t *testing.T, size string, args ...string) []byte {
 }
 
 // fixFooter recomputes the checksum of the footer at off.
-func fixFooter(b []byte, off int) { fixSum(b[off:off+footerSize], footerChecksum) }
+func fixFooter(b []byte, off int) { fixSum(b[off:off+vhdspec.FooterSize], vhdspec.OffChecksum) }
 
 func fixHeader(b []byte, off int) { fixSum(b[off:off+dynHeaderSize], dynChecksum) }
 
@@ -137,7 +138,7 @@ func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr = int(binary.BigEndian.Uint64(b[footerDataOffset:]))
+	hdr = int(binary.BigEndian.Uint64(b[vhdspec.OffDataOffset:]))
 	bat = int(binary.BigEndian.Uint64(b[hdr+dynTableOffset:]))
 	return b, hdr, bat
 }
@@ -157,7 +158,7 @@ func qemuIO(t *testing.T, path string, cmds ...string) {
 func TestHostile(t *testing.T) {
 	orig, hdr, bat := dynImage(t)
 	fixed := qemuImage(t, "1M", "-o", "subformat=fixed")
-	fend := len(fixed) - footerSize
+	fend := len(fixed) - vhdspec.FooterSize
 	put32 := func(b []byte, off int, v uint32) { binary.BigEndian.PutUint32(b[off:], v) }
 	put64 := func(b []byte, off int, v uint64) { binary.BigEndian.PutUint64(b[off:], v) }
 	cases := []struct {
@@ -168,16 +169,16 @@ func TestHostile(t *testing.T) {
 	}{
 		{"wrong magic", nil, func(b []byte) []byte {
 			copy(b, "xonectix")
-			copy(b[len(b)-footerSize:], "xonectix")
+			copy(b[len(b)-vhdspec.FooterSize:], "xonectix")
 			return b
 		}, ""},
 		{"tiny file", nil, func(b []byte) []byte { return b[:5] }, ""},
-		{"footer checksum", nil, func(b []byte) []byte { b[footerCurSize] ^= 1; return b }, "footer checksum"},
+		{"footer checksum", nil, func(b []byte) []byte { b[vhdspec.OffCurrentSize] ^= 1; return b }, "footer checksum"},
 		{"truncated to 100 bytes", nil, func(b []byte) []byte { return b[:100] }, "footer data offset"},
 		{"truncated block", nil, func(b []byte) []byte { return b[:len(b)-4096] }, "bat entry 0"},
-		{"disk type", nil, func(b []byte) []byte { put32(b, footerDiskType, 7); fixFooter(b, 0); return b }, "footer disk type"},
+		{"disk type", nil, func(b []byte) []byte { put32(b, vhdspec.OffDiskType, 7); fixFooter(b, 0); return b }, "footer disk type"},
 		{"header offset past EOF", nil, func(b []byte) []byte {
-			put64(b, footerDataOffset, 1<<40)
+			put64(b, vhdspec.OffDataOffset, 1<<40)
 			fixFooter(b, 0)
 			return b
 		}, "footer data offset"},
@@ -201,24 +202,24 @@ func TestHostile(t *testing.T) {
 		{"BAT entry past EOF", nil, func(b []byte) []byte { put32(b, bat+8, 0x10000000); return b }, "bat entry 2"},
 		{"BAT entry at the end", nil, func(b []byte) []byte { put32(b, bat+4, uint32(len(b)/512-1)); return b }, "bat entry 1"},
 		{"absurd current size", nil, func(b []byte) []byte {
-			copy(b[footerCreatorApp:], "qem2")
-			put64(b, footerCurSize, 1<<60)
+			copy(b[vhdspec.OffCreatorApp:], "qem2")
+			put64(b, vhdspec.OffCurrentSize, 1<<60)
 			fixFooter(b, 0)
 			return b
 		}, "footer current size"},
 		{"absurd geometry", fixed, func(b []byte) []byte {
-			binary.BigEndian.PutUint16(b[fend+footerCylinders:], 65535)
+			binary.BigEndian.PutUint16(b[fend+vhdspec.OffGeometry:], 65535)
 			b[fend+footerHeads], b[fend+footerSectors] = 16, 254
 			fixFooter(b, fend)
 			return b
 		}, "footer disk geometry"},
 		{"fixed size beyond file", fixed, func(b []byte) []byte {
-			binary.BigEndian.PutUint16(b[fend+footerCylinders:], 1000)
+			binary.BigEndian.PutUint16(b[fend+vhdspec.OffGeometry:], 1000)
 			fixFooter(b, fend)
 			return b
 		}, "footer disk geometry"},
 		{"dynamic footer only at end", nil, func(b []byte) []byte { copy(b, "xonectix"); return b }, "footer disk type"},
-		{"fixed footer checksum", fixed, func(b []byte) []byte { b[fend+footerCurSize] ^= 1; return b }, "footer checksum"},
+		{"fixed footer checksum", fixed, func(b []byte) []byte { b[fend+vhdspec.OffCurrentSize] ^= 1; return b }, "footer checksum"},
 		{"fixed truncated", fixed, func(b []byte) []byte { return b[:len(b)-600] }, ""},
 	}
 	for _, c := range cases {
@@ -273,9 +274,9 @@ func TestVirtualSize(t *testing.T) {
 	}
 	for _, c := range cases {
 		b := bytes.Clone(orig)
-		copy(b[footerCreatorApp:], c.app)
-		binary.BigEndian.PutUint64(b[footerCurSize:], cur)
-		binary.BigEndian.PutUint16(b[footerCylinders:], uint16(c.geometry[0]))
+		copy(b[vhdspec.OffCreatorApp:], c.app)
+		binary.BigEndian.PutUint64(b[vhdspec.OffCurrentSize:], cur)
+		binary.BigEndian.PutUint16(b[vhdspec.OffGeometry:], uint16(c.geometry[0]))
 		b[footerHeads], b[footerSectors] = byte(c.geometry[1]), byte(c.geometry[2])
 		fixFooter(b, 0)
 		img, err := openMem(b, "", format.Policy{})
@@ -348,11 +349,11 @@ func diffChain(t *testing.T, locators map[string]string) (string, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr := int(binary.BigEndian.Uint64(b[footerDataOffset:]))
+	hdr := int(binary.BigEndian.Uint64(b[vhdspec.OffDataOffset:]))
 	bat := int(binary.BigEndian.Uint64(b[hdr+dynTableOffset:]))
-	binary.BigEndian.PutUint32(b[footerDiskType:], typeDifferencing)
+	binary.BigEndian.PutUint32(b[vhdspec.OffDiskType:], typeDifferencing)
 	fixFooter(b, 0)
-	copy(b[hdr+dynParentID:hdr+dynParentID+16], pb[footerUniqueID:footerUniqueID+16])
+	copy(b[hdr+dynParentID:hdr+dynParentID+16], pb[vhdspec.OffUniqueID:vhdspec.OffUniqueID+16])
 	// Block 0's bitmap: sectors 0..127 (64 KiB) are the child's, 128..135
 	// are marked the parent's, then the child's again up to sector 300.
 	bm := int(binary.BigEndian.Uint32(b[bat:])) * 512
@@ -363,8 +364,8 @@ func diffChain(t *testing.T, locators map[string]string) (string, []byte) {
 		}
 	}
 	// Locator data goes before the trailing footer.
-	tail := bytes.Clone(b[len(b)-footerSize:])
-	b = b[:len(b)-footerSize]
+	tail := bytes.Clone(b[len(b)-vhdspec.FooterSize:])
+	b = b[:len(b)-vhdspec.FooterSize]
 	i := 0
 	for _, platform := range []string{platformW2ru, platformW2ku} {
 		name, ok := locators[platform]
@@ -418,7 +419,7 @@ func TestDifferencing(t *testing.T) {
 		t.Errorf("info %+v", info)
 	}
 	if got := readAll(t, img); !bytes.Equal(got, want) {
-		t.Fatalf("bytes differ from the expected merge at %d", firstDiff(got, want))
+		t.Fatalf("bytes differ from the expected merge at %d", formattest.FirstDiff(got, want))
 	}
 	var got []format.Extent
 	if err := format.Walk(img, 0, func(e format.Extent) error { got = append(got, e); return nil }); err != nil {
@@ -453,7 +454,7 @@ func TestDifferencingPolicy(t *testing.T) {
 	}
 	img0 := openPath(t, child, format.Policy{AllowOutside: true})
 	if got := readAll(t, img0); !bytes.Equal(got, want) {
-		t.Fatalf("absolute parent: bytes differ at %d", firstDiff(got, want))
+		t.Fatalf("absolute parent: bytes differ at %d", formattest.FirstDiff(got, want))
 	}
 	img0.Close()
 	child2, want2 := diffChain(t, map[string]string{platformW2ru: "parent.vpc"})
@@ -472,22 +473,13 @@ func TestDifferencingPolicy(t *testing.T) {
 	}
 	// A parent with another unique id is refused.
 	b, _ := os.ReadFile(child2)
-	hdr := int(binary.BigEndian.Uint64(b[footerDataOffset:]))
+	hdr := int(binary.BigEndian.Uint64(b[vhdspec.OffDataOffset:]))
 	b[hdr+dynParentID] ^= 0xff
 	fixHeader(b, hdr)
 	os.WriteFile(child2, b, 0o644)
 	if _, err := format.Open(child2, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "parent unique id") {
 		t.Fatalf("mismatched parent: %v", err)
 	}
-}
-
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
@@ -585,7 +577,7 @@ func TestProbe(t *testing.T) {
 		if Probe(&formattest.MemFile{Data: data}) {
 			t.Errorf("Probe matched %d bytes without a footer", len(data))
 		}
-		if _, err := Open(&formattest.MemFile{Data: data}, format.NewOpener(format.Policy{})); !errors.Is(err, format.ErrWrongType) {
+		if _, err := Open(&formattest.MemFile{Data: data}); !errors.Is(err, format.ErrWrongType) {
 			t.Errorf("Open of %d bytes: %v, want ErrWrongType", len(data), err)
 		}
 	}

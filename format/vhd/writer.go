@@ -11,25 +11,18 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math/bits"
 	"time"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Footer fields the writer sets beyond those the reader needs.
 const (
-	footerFeatures    = 8  // uint32: feature flags
-	footerVersion     = 12 // uint32: file format version
-	footerTimestamp   = 24 // uint32: seconds since vhdEpoch
-	footerCreatorVer  = 32 // uint32: version of the creator application
-	footerCreatorOS   = 36 // [4]byte: host OS of the creator
-	footerOrigSize    = 40 // uint64: size of the disk at creation
-	featureReserved   = 2  // the spec's "reserved" feature bit, always set
+	featureReserved   = 2 // the spec's "reserved" feature bit, always set
 	formatVersion     = 0x00010000
 	noDataOffset      = 0xFFFFFFFFFFFFFFFF // footer data offset of a fixed disk
-	vhdEpoch          = 946684800          // 2000-01-01 00:00:00 UTC in Unix time
 	creatorVersion    = 0x00050003         // Virtual PC 2007, as qemu writes it
 	creatorOS         = "Wi2k"
 	creatorQemu       = "qemu" // size from the CHS geometry
@@ -50,7 +43,7 @@ const (
 	// bitmapBytes is a block's sector bitmap: one bit per sector of a
 	// 2 MiB block, 512 bytes, exactly one sector.
 	bitmapBytes  = WriterBlockSize / sectorSize / 8
-	headerOffset = footerSize                   // the dynamic header follows the footer copy
+	headerOffset = vhdspec.FooterSize           // the dynamic header follows the footer copy
 	batOffset    = headerOffset + dynHeaderSize // the BAT follows the header
 	// chsMaxCylinders, chsMaxHeads and chsMaxSectors are the largest
 	// geometry; force_size writes it so readers use the current size.
@@ -72,16 +65,9 @@ const (
 	optAzure         = "azure"
 )
 
-// Output buffering: small writes (footers, headers, bitmaps, table
-// chunks) gather in a buffer; data of at least directBytes goes straight
-// to the target.
-const (
-	outBufBytes = 256 << 10
-	directBytes = 64 << 10
-	// pageBytes is the unit of holes inside a data block on a file:
-	// qemu-img's default -S.
-	pageBytes = 4 << 10
-)
+// pageBytes is the unit of holes inside a data block on a file:
+// qemu-img's default -S.
+const pageBytes = 4 << 10
 
 func init() {
 	format.RegisterWriter(&format.WriterFormat{
@@ -157,12 +143,12 @@ func planOf(o format.WriteOptions) (plan, error) {
 		// The smallest geometry holding the disk, found as qemu does:
 		// the spec's formula rounds down, so ask for one more sector
 		// until it does not.
-		want := min(size/sectorSize, maxGeometry)
+		want := min(size/sectorSize, vhdspec.MaxGeometry)
 		for n := want; p.cyl*p.heads*p.spt < want; n++ {
-			p.cyl, p.heads, p.spt = geometry(min(n, maxGeometry))
+			p.cyl, p.heads, p.spt = vhdspec.Geometry(min(n, vhdspec.MaxGeometry))
 		}
 		p.size = p.cyl * p.heads * p.spt * sectorSize
-		if p.cyl*p.heads*p.spt == maxGeometry {
+		if p.cyl*p.heads*p.spt == vhdspec.MaxGeometry {
 			// The largest geometry means "use the current size".
 			p.size = size
 		}
@@ -175,29 +161,6 @@ func planOf(o format.WriteOptions) (plan, error) {
 		p.dataStart = batOffset + roundUp(4*p.entries, sectorSize)
 	}
 	return p, nil
-}
-
-// geometry is the specification's CHS computation for a disk of n
-// sectors (n at most maxGeometry); the product may fall short of n.
-func geometry(n int64) (cyl, heads, spt int64) {
-	var cylTimesHeads int64
-	if n >= 65535*16*63 {
-		spt, heads = 255, 16
-		cylTimesHeads = n / spt
-	} else {
-		spt = 17
-		cylTimesHeads = n / spt
-		heads = max((cylTimesHeads+1023)/1024, 4)
-		if cylTimesHeads >= heads*1024 || heads > 16 {
-			spt, heads = 31, 16
-			cylTimesHeads = n / spt
-		}
-		if cylTimesHeads >= heads*1024 {
-			spt, heads = 63, 16
-			cylTimesHeads = n / spt
-		}
-	}
-	return cylTimesHeads / heads, heads, spt
 }
 
 // blockStride is the file bytes of one allocated block.
@@ -241,7 +204,7 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 		return format.Measurement{}, err
 	}
 	if p.fixed {
-		n := p.size + footerSize
+		n := p.size + vhdspec.FooterSize
 		return format.Measurement{Required: n, FullyAllocated: n}, nil
 	}
 	_, count, err := allocation(p, o)
@@ -249,8 +212,8 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 		return format.Measurement{}, err
 	}
 	return format.Measurement{
-		Required:       p.dataStart + count*blockStride + footerSize,
-		FullyAllocated: p.dataStart + p.entries*blockStride + footerSize,
+		Required:       p.dataStart + count*blockStride + vhdspec.FooterSize,
+		FullyAllocated: p.dataStart + p.entries*blockStride + vhdspec.FooterSize,
 	}, nil
 }
 
@@ -278,7 +241,7 @@ var (
 type Writer struct {
 	p      plan
 	size   int64 // source size: blocks arrive for [0, size)
-	out    out
+	out    *format.Output
 	footer []byte
 
 	// Dynamic disks.
@@ -299,18 +262,11 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{p: p, size: o.Size, out: out{dst: dst, buf: make([]byte, 0, outBufBytes)}}
-	if rt, ok := format.Seekable(dst); ok {
-		pos, err := rt.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return nil, err
-		}
-		if pos != 0 {
-			return nil, fmt.Errorf("vpc: destination is at offset %d, not at its start", pos)
-		}
-		w.out.rt = rt
-		w.holePages = true
+	out, err := format.NewOutput(dst, Name)
+	if err != nil {
+		return nil, err
 	}
+	w := &Writer{p: p, size: o.Size, out: out, holePages: out.Seekable()}
 	if w.footer, err = makeFooter(p); err != nil {
 		return nil, err
 	}
@@ -325,10 +281,9 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", count)
 	}
 	w.used = make([]uint64, len(w.layout))
-	if w.lazy = w.out.rt != nil && !o.FrontToBack; w.lazy {
+	if w.lazy = out.Seekable() && !o.FrontToBack; w.lazy {
 		// Blocks from dataStart on; the headers and BAT in Close.
-		w.out.at, w.out.wpos = p.dataStart, -1
-		return w, nil
+		return w, out.Skip(p.dataStart)
 	}
 	// On a pipe (or a file written front to back) without a data scan
 	// every block of the layout is used.
@@ -359,51 +314,41 @@ func (w *Writer) MarkData(start, length int64) {
 
 // makeFooter builds the 512-byte footer for plan p.
 func makeFooter(p plan) ([]byte, error) {
-	f := make([]byte, footerSize)
+	f := make([]byte, vhdspec.FooterSize)
 	copy(f, cookie)
 	be := binary.BigEndian
-	be.PutUint32(f[footerFeatures:], featureReserved)
-	be.PutUint32(f[footerVersion:], formatVersion)
+	be.PutUint32(f[vhdspec.OffFeatures:], featureReserved)
+	be.PutUint32(f[vhdspec.OffFormatVersion:], formatVersion)
 	if p.fixed {
-		be.PutUint64(f[footerDataOffset:], noDataOffset)
+		be.PutUint64(f[vhdspec.OffDataOffset:], noDataOffset)
 	} else {
-		be.PutUint64(f[footerDataOffset:], headerOffset)
+		be.PutUint64(f[vhdspec.OffDataOffset:], headerOffset)
 	}
-	be.PutUint32(f[footerTimestamp:], uint32(now().Unix()-vhdEpoch))
+	be.PutUint32(f[vhdspec.OffTimestamp:], uint32(now().Unix()-vhdspec.Epoch.Unix()))
 	app := creatorQemu
 	if p.force {
 		app = creatorQemuForced
 	}
-	copy(f[footerCreatorApp:], app)
-	be.PutUint32(f[footerCreatorVer:], creatorVersion)
-	copy(f[footerCreatorOS:], creatorOS)
-	be.PutUint64(f[footerOrigSize:], uint64(p.size))
-	be.PutUint64(f[footerCurSize:], uint64(p.size))
-	be.PutUint16(f[footerCylinders:], uint16(p.cyl))
+	copy(f[vhdspec.OffCreatorApp:], app)
+	be.PutUint32(f[vhdspec.OffCreatorVersion:], creatorVersion)
+	copy(f[vhdspec.OffCreatorOS:], creatorOS)
+	be.PutUint64(f[vhdspec.OffOriginalSize:], uint64(p.size))
+	be.PutUint64(f[vhdspec.OffCurrentSize:], uint64(p.size))
+	be.PutUint16(f[vhdspec.OffGeometry:], uint16(p.cyl))
 	f[footerHeads] = byte(p.heads)
 	f[footerSectors] = byte(p.spt)
 	typ := uint32(typeDynamic)
 	if p.fixed {
 		typ = typeFixed
 	}
-	be.PutUint32(f[footerDiskType:], typ)
+	be.PutUint32(f[vhdspec.OffDiskType:], typ)
 	u, err := newUUID()
 	if err != nil {
 		return nil, fmt.Errorf("vpc: unique id: %w", err)
 	}
-	copy(f[footerUniqueID:], u[:])
-	be.PutUint32(f[footerChecksum:], sum(f))
+	copy(f[vhdspec.OffUniqueID:], u[:])
+	be.PutUint32(f[vhdspec.OffChecksum:], vhdspec.Checksum(f, vhdspec.OffChecksum))
 	return f, nil
-}
-
-// sum is the one's complement of the byte sum, with the checksum field
-// still zero.
-func sum(b []byte) uint32 {
-	var s uint32
-	for _, c := range b {
-		s += uint32(c)
-	}
-	return ^s
 }
 
 // headersFirst writes the headers and BAT before the first block on a
@@ -413,15 +358,15 @@ func (w *Writer) headersFirst() error {
 	if w.lazy || w.headers {
 		return nil
 	}
-	return w.writeHeaders(&w.out)
+	return w.writeHeaders(w.out)
 }
 
 // writeHeaders writes the footer copy, the dynamic disk header and the
 // BAT for the used blocks, padded with unused entries to whole sectors as
-// qemu does, to o (the output on a pipe, a buffer on a file).
-func (w *Writer) writeHeaders(o *out) error {
+// qemu does, to o, at its offset 0.
+func (w *Writer) writeHeaders(o *format.Output) error {
 	w.headers = true
-	if err := o.write(w.footer); err != nil {
+	if _, err := o.Write(w.footer); err != nil {
 		return err
 	}
 	h := make([]byte, dynHeaderSize)
@@ -432,8 +377,8 @@ func (w *Writer) writeHeaders(o *out) error {
 	be.PutUint32(h[dynVersion:], formatVersion)
 	be.PutUint32(h[dynMaxEntries:], uint32(w.p.entries))
 	be.PutUint32(h[dynBlockSize:], WriterBlockSize)
-	be.PutUint32(h[dynChecksum:], sum(h))
-	if err := o.write(h); err != nil {
+	be.PutUint32(h[dynChecksum:], vhdspec.Checksum(h, dynChecksum))
+	if _, err := o.Write(h); err != nil {
 		return err
 	}
 	chunk := make([]byte, 0, 64<<10)
@@ -447,13 +392,14 @@ func (w *Writer) writeHeaders(o *out) error {
 		}
 		chunk = be.AppendUint32(chunk, e)
 		if len(chunk) == cap(chunk) {
-			if err := o.write(chunk); err != nil {
+			if _, err := o.Write(chunk); err != nil {
 				return err
 			}
 			chunk = chunk[:0]
 		}
 	}
-	return o.write(chunk)
+	_, err := o.Write(chunk)
+	return err
 }
 
 func isSet(set []uint64, b int64) bool { return set[b/64]&(1<<(b%64)) != 0 }
@@ -560,19 +506,19 @@ func (w *Writer) Write(b *format.Block) error {
 // allocated block's sector bitmap, every sector marked present as qemu
 // does.
 func (w *Writer) beginBlock() error {
-	if w.blockEnd > w.out.pos() {
-		if err := w.out.skip(w.blockEnd - w.out.pos()); err != nil {
+	if w.blockEnd > w.out.Pos() {
+		if err := w.out.SkipTo(w.blockEnd); err != nil {
 			return err
 		}
 	}
-	if want := w.p.dataStart + w.written*blockStride; w.out.pos() != want {
-		return fmt.Errorf("vpc: block %d would start at file offset %d, its BAT entry says %d", w.written, w.out.pos(), want)
+	if want := w.p.dataStart + w.written*blockStride; w.out.Pos() != want {
+		return fmt.Errorf("vpc: block %d would start at file offset %d, its BAT entry says %d", w.written, w.out.Pos(), want)
 	}
 	w.written++
-	if err := w.out.write(fullBitmap); err != nil {
+	if _, err := w.out.Write(fullBitmap); err != nil {
 		return err
 	}
-	w.blockEnd = w.out.pos() + WriterBlockSize
+	w.blockEnd = w.out.Pos() + WriterBlockSize
 	return nil
 }
 
@@ -582,12 +528,13 @@ var fullBitmap = bytes.Repeat([]byte{0xFF}, bitmapBytes)
 // as holes, or zeros.
 func (w *Writer) writeData(b *format.Block, at, n int64) error {
 	if b.Status != format.Data {
-		return w.out.skip(n)
+		return w.out.Skip(n)
 	}
 	data := b.Data[at : at+n]
 	zp, _ := b.Encoded.(zeroPages)
 	if zp == nil {
-		return w.out.write(data)
+		_, err := w.out.Write(data)
+		return err
 	}
 	// Pages are counted from the block's start; at is a multiple of
 	// pageBytes (a VHD block boundary inside the block).
@@ -600,9 +547,9 @@ func (w *Writer) writeData(b *format.Block, at, n int64) error {
 		}
 		var err error
 		if zero {
-			err = w.out.skip(j - i)
+			err = w.out.Skip(j - i)
 		} else {
-			err = w.out.write(data[i:j])
+			_, err = w.out.Write(data[i:j])
 		}
 		if err != nil {
 			return err
@@ -619,7 +566,7 @@ func (w *Writer) Close() error {
 		return fmt.Errorf("vpc: closed after %d of %d bytes", w.next, w.size)
 	}
 	if w.p.fixed {
-		if err := w.out.skip(w.p.size - w.out.pos()); err != nil {
+		if err := w.out.SkipTo(w.p.size); err != nil {
 			return err
 		}
 	} else {
@@ -629,33 +576,31 @@ func (w *Writer) Close() error {
 		if used := countSet(w.used); w.written != used {
 			return fmt.Errorf("vpc: %d blocks written, %d allocated", w.written, used)
 		}
-		if err := w.out.skip(max(w.blockEnd, w.p.dataStart) - w.out.pos()); err != nil {
+		if err := w.out.SkipTo(max(w.blockEnd, w.p.dataStart)); err != nil {
 			return err
 		}
 	}
-	if err := w.out.write(w.footer); err != nil {
+	if _, err := w.out.Write(w.footer); err != nil {
 		return err
 	}
-	if err := w.out.flush(); err != nil {
+	if err := w.out.Flush(); err != nil {
 		return err
 	}
 	if w.p.fixed || !w.lazy {
 		return nil
 	}
-	// On a file: the headers and the BAT, now that the blocks are known.
-	var hb bytes.Buffer
-	head := out{dst: &hb, buf: make([]byte, 0, outBufBytes)}
-	if err := w.writeHeaders(&head); err != nil {
+	// On a file: the headers and the BAT, now that the blocks are known,
+	// over the hole left for them.
+	if err := w.out.Rewind(); err != nil {
 		return err
 	}
-	if err := head.flush(); err != nil {
+	if err := w.writeHeaders(w.out); err != nil {
 		return err
 	}
-	if int64(hb.Len()) != w.p.dataStart {
-		return fmt.Errorf("vpc: internal error: headers of %d bytes, data at %d", hb.Len(), w.p.dataStart)
+	if w.out.Pos() != w.p.dataStart {
+		return fmt.Errorf("vpc: internal error: headers of %d bytes, data at %d", w.out.Pos(), w.p.dataStart)
 	}
-	_, err := w.out.rt.WriteAt(hb.Bytes(), 0)
-	return err
+	return w.out.EndRewrite()
 }
 
 func countSet(set []uint64) int64 {
@@ -664,85 +609,4 @@ func countSet(set []uint64) int64 {
 		n += bits.OnesCount64(x)
 	}
 	return int64(n)
-}
-
-// out writes the image front to back, buffering small writes. On a
-// seekable target, skipped ranges are holes (a seek); on a stream, zeros.
-type out struct {
-	dst  format.Target
-	rt   format.RandomTarget // nil on a stream
-	buf  []byte              // bytes for file offset at onward
-	at   int64
-	wpos int64 // the target's own offset
-}
-
-func (o *out) pos() int64 { return o.at + int64(len(o.buf)) }
-
-func (o *out) write(p []byte) error {
-	if len(o.buf)+len(p) <= cap(o.buf) && len(p) < directBytes {
-		o.buf = append(o.buf, p...)
-		return nil
-	}
-	if err := o.flush(); err != nil {
-		return err
-	}
-	if len(p) < directBytes {
-		o.buf = append(o.buf, p...)
-		return nil
-	}
-	return o.put(p)
-}
-
-// put writes p at o.at, seeking there first after a hole.
-func (o *out) put(p []byte) error {
-	if o.wpos != o.at {
-		if o.rt == nil {
-			return fmt.Errorf("vpc: internal error: seek on a stream")
-		}
-		if _, err := o.rt.Seek(o.at, io.SeekStart); err != nil {
-			return err
-		}
-		o.wpos = o.at
-	}
-	n, err := o.dst.Write(p)
-	o.wpos += int64(n)
-	o.at += int64(n)
-	if err == nil && n < len(p) {
-		err = io.ErrShortWrite
-	}
-	return err
-}
-
-func (o *out) flush() error {
-	if len(o.buf) == 0 {
-		return nil
-	}
-	err := o.put(o.buf)
-	o.buf = o.buf[:0]
-	return err
-}
-
-// skip advances n bytes that read as zeros.
-func (o *out) skip(n int64) error {
-	if n < 0 {
-		return fmt.Errorf("vpc: internal error: skip of %d bytes", n)
-	}
-	if n == 0 {
-		return nil
-	}
-	if o.rt != nil {
-		if err := o.flush(); err != nil {
-			return err
-		}
-		o.at += n
-		return nil
-	}
-	for n > 0 {
-		k := min(n, format.ZerosLen)
-		if err := o.write(format.Zeros(k)); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
 }

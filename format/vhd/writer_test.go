@@ -19,6 +19,7 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 	_ "github.com/diskimg/diskimg/format/qcow2"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhdx"
@@ -112,31 +113,31 @@ func checkStructure(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	n := int64(len(data))
-	if n%sectorSize != 0 || n < footerSize {
+	if n%sectorSize != 0 || n < vhdspec.FooterSize {
 		t.Fatalf("%s: file of %d bytes is not whole sectors", path, n)
 	}
-	foot := data[n-footerSize:]
-	if err := checkSum(foot, footerChecksum, n-footerSize, "footer checksum"); err != nil {
+	foot := data[n-vhdspec.FooterSize:]
+	if err := checkSum(foot, vhdspec.OffChecksum, n-vhdspec.FooterSize, "footer checksum"); err != nil {
 		t.Fatal(err)
 	}
-	if string(foot[:8]) != cookie || be32(foot[footerVersion:]) != formatVersion || be32(foot[footerFeatures:]) != featureReserved {
+	if string(foot[:8]) != cookie || be32(foot[vhdspec.OffFormatVersion:]) != formatVersion || be32(foot[vhdspec.OffFeatures:]) != featureReserved {
 		t.Fatalf("footer: % x", foot[:16])
 	}
-	size := int64(binary.BigEndian.Uint64(foot[footerCurSize:]))
-	if orig := int64(binary.BigEndian.Uint64(foot[footerOrigSize:])); orig != size {
+	size := int64(binary.BigEndian.Uint64(foot[vhdspec.OffCurrentSize:]))
+	if orig := int64(binary.BigEndian.Uint64(foot[vhdspec.OffOriginalSize:])); orig != size {
 		t.Errorf("original size %d, current size %d", orig, size)
 	}
-	switch be32(foot[footerDiskType:]) {
+	switch be32(foot[vhdspec.OffDiskType:]) {
 	case typeFixed:
-		if n != size+footerSize {
+		if n != size+vhdspec.FooterSize {
 			t.Errorf("fixed disk of %d bytes in a file of %d", size, n)
 		}
 		return foot
 	case typeDynamic:
 	default:
-		t.Fatalf("disk type %d", be32(foot[footerDiskType:]))
+		t.Fatalf("disk type %d", be32(foot[vhdspec.OffDiskType:]))
 	}
-	if !bytes.Equal(data[:footerSize], foot) {
+	if !bytes.Equal(data[:vhdspec.FooterSize], foot) {
 		t.Fatal("footer copy at offset 0 differs from the footer")
 	}
 	h := data[headerOffset : headerOffset+dynHeaderSize]
@@ -169,8 +170,8 @@ func checkStructure(t testing.TB, path string) []byte {
 		}
 		next = off + blockStride
 	}
-	if next+footerSize != n {
-		t.Errorf("blocks end at %d, footer at %d", next, n-footerSize)
+	if next+vhdspec.FooterSize != n {
+		t.Errorf("blocks end at %d, footer at %d", next, n-vhdspec.FooterSize)
 	}
 	return foot
 }
@@ -238,7 +239,7 @@ func TestWriterMatrix(t *testing.T) {
 				}
 				info := formattest.QemuInfo(t, out, "-f", Name)
 				vs := int64(info["virtual-size"].(float64))
-				if got := int64(binary.BigEndian.Uint64(foot[footerCurSize:])); got != vs {
+				if got := int64(binary.BigEndian.Uint64(foot[vhdspec.OffCurrentSize:])); got != vs {
 					t.Errorf("%s: qemu-img reads %d bytes, the footer says %d", v.name, vs, got)
 				}
 				if v.qemu == nil || s.fmt != "raw" {
@@ -311,7 +312,7 @@ func TestWriterMatchesCreate(t *testing.T) {
 	formattest.RequireQemu(t)
 	sizes := []int64{0, 512, 1000, 1 << 20, 4 << 20, 9<<20 + 1536, 33<<20 + 4096, 1 << 30,
 		65535*16*17*512 + 512, 65535*16*63*512 - 512, 65535*16*63*512 + 4096,
-		maxGeometry*512 - 512, maxGeometry * 512, maxGeometry*512 + 512, 200 << 30, MaxWriteSize}
+		vhdspec.MaxGeometry*512 - 512, vhdspec.MaxGeometry * 512, vhdspec.MaxGeometry*512 + 512, 200 << 30, MaxWriteSize}
 	dir := t.TempDir()
 	for _, size := range sizes {
 		for _, v := range writerVariants[:4] {
@@ -347,9 +348,9 @@ func TestWriterMatchesCreate(t *testing.T) {
 			theirs := make([]byte, len(got))
 			at := int64(0)
 			if fixed {
-				at = want - footerSize
-				if want != w.p.size+footerSize {
-					t.Errorf("%d %s: qemu-img's file is %d bytes, ours %d", size, v.name, want, w.p.size+footerSize)
+				at = want - vhdspec.FooterSize
+				if want != w.p.size+vhdspec.FooterSize {
+					t.Errorf("%d %s: qemu-img's file is %d bytes, ours %d", size, v.name, want, w.p.size+vhdspec.FooterSize)
 				}
 			} else if int64(len(got)) != want {
 				t.Fatalf("%d %s: qemu-img's file is %d bytes, ours %d", size, v.name, want, len(got))
@@ -362,7 +363,7 @@ func TestWriterMatchesCreate(t *testing.T) {
 			for _, b := range [][]byte{got, theirs} {
 				mask(b, 0)
 				if !fixed {
-					mask(b, len(b)-footerSize)
+					mask(b, len(b)-vhdspec.FooterSize)
 				}
 			}
 			if i := diffAt(got, theirs); i >= 0 {
@@ -377,21 +378,21 @@ func diffAt(a, b []byte) int {
 	if bytes.Equal(a, b) {
 		return -1
 	}
-	return firstDiff(a, b)
+	return formattest.FirstDiff(a, b)
 }
 
 // mask zeroes the footer fields that differ between any two images.
 func mask(b []byte, off int) {
-	f := b[off : off+footerSize]
-	clear(f[footerTimestamp : footerTimestamp+4])
-	clear(f[footerChecksum : footerChecksum+4])
-	clear(f[footerUniqueID : footerUniqueID+16])
+	f := b[off : off+vhdspec.FooterSize]
+	clear(f[vhdspec.OffTimestamp : vhdspec.OffTimestamp+4])
+	clear(f[vhdspec.OffChecksum : vhdspec.OffChecksum+4])
+	clear(f[vhdspec.OffUniqueID : vhdspec.OffUniqueID+16])
 }
 
 // fixedIdentity makes the next images' timestamps and unique ids equal.
 func fixedIdentity(t *testing.T) {
 	oldNow, oldUUID := now, newUUID
-	now = func() time.Time { return time.Unix(vhdEpoch+12345, 0) }
+	now = func() time.Time { return time.Unix(vhdspec.Epoch.Unix()+12345, 0) }
 	newUUID = func() ([16]byte, error) { return [16]byte{1, 2, 3, 4, 5, 6, 0x47, 8, 0x89}, nil }
 	t.Cleanup(func() { now, newUUID = oldNow, oldUUID })
 }
@@ -449,11 +450,11 @@ func TestWriterAzure(t *testing.T) {
 		if vs := int64(info["virtual-size"].(float64)); vs != want || vs%(1<<20) != 0 {
 			t.Errorf("size %d: virtual size %d, want %d (a whole MiB)", size, vs, want)
 		}
-		if be32(foot[footerDiskType:]) != typeFixed || string(foot[footerCreatorApp:footerCreatorApp+4]) != creatorQemuForced {
-			t.Errorf("size %d: disk type %d, creator %q", size, be32(foot[footerDiskType:]), foot[footerCreatorApp:footerCreatorApp+4])
+		if be32(foot[vhdspec.OffDiskType:]) != typeFixed || string(foot[vhdspec.OffCreatorApp:vhdspec.OffCreatorApp+4]) != creatorQemuForced {
+			t.Errorf("size %d: disk type %d, creator %q", size, be32(foot[vhdspec.OffDiskType:]), foot[vhdspec.OffCreatorApp:vhdspec.OffCreatorApp+4])
 		}
-		if n, _ := fileSize(t, out); n != want+footerSize {
-			t.Errorf("size %d: file of %d bytes, want %d", size, n, want+footerSize)
+		if n, _ := fileSize(t, out); n != want+vhdspec.FooterSize {
+			t.Errorf("size %d: file of %d bytes, want %d", size, n, want+vhdspec.FooterSize)
 		}
 		qemuCompare(t, src, "raw", out)
 		// Our reader agrees, and the tail is zeros.
@@ -614,7 +615,7 @@ func TestWriterLongBlocks(t *testing.T) {
 		} else {
 			data = dst.(*bytes.Buffer).Bytes()
 		}
-		img, err := Open(&formattest.MemFile{Data: data}, format.NewOpener(format.Policy{}))
+		img, err := Open(&formattest.MemFile{Data: data})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,14 +9,9 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check re-reads the image's metadata and checks it as CheckFile does.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	return CheckFile(ctx, img.f)
+	return CheckFile(ctx, img.File)
 }
 
 // CheckFile checks the structure of the VHDX file f as qemu-img check
@@ -74,18 +69,18 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{f: f}
+	img := &Image{Base: format.Base{File: f}}
 	if err := img.readMetadata(metaRegion); err != nil {
 		return nil, err
 	}
-	blocks := (img.size + img.blockSize - 1) / img.blockSize
+	blocks := (img.Size() + img.blockSize - 1) / img.blockSize
 	var entries int64
 	if blocks > 0 {
 		entries = blocks + (blocks-1)/img.chunkRatio
 	}
 	length := entries * batEntrySize
 	if length > batRegion.end-batRegion.start {
-		return nil, errorf("BAT region", batRegion.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.size, length, batRegion.end-batRegion.start)
+		return nil, errorf("BAT region", batRegion.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.Size(), length, batRegion.end-batRegion.start)
 	}
 	if err := format.CheckTable(Name, "BAT", batRegion.start, length, fileSize); err != nil {
 		return nil, err
@@ -145,9 +140,9 @@ func checkRegionTable1(f format.File, r *format.CheckResult) error {
 	return nil
 }
 
-// corrupt records a corruption, keeping at most maxProblems lines.
+// corrupt records a corruption, keeping at most format.MaxProblems lines.
 func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < maxProblems {
+	if len(r.Problems) < format.MaxProblems {
 		r.Corruptf(msg, args...)
 		return
 	}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
@@ -17,41 +16,32 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 )
 
-// qemuCheck runs qemu-img check on an image the test made.
+var checks = formattest.CheckSuite{
+	Format: "vhdx", QemuChecks: true, Seeds: "../../testdata/vhdx", Huge: "2T",
+	Clean: append(formattest.BasicClean(16<<20+4096), []formattest.CleanImage{
+		{Name: "block1m", Size: 9 << 20, Content: formattest.Sparse, Args: []string{"-o", "block_size=1M"}},
+		{Name: "fixed", Size: 3<<20 + 512, Content: formattest.Sparse, Args: []string{"-o", "subformat=fixed"}},
+		// 20 blocks of 256 MiB: a sector bitmap entry after the 16th.
+		{Name: "bitmap-entries", Make: func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "big.vhdx")
+			formattest.Create(t, p, "vhdx", "5G", "-o", "block_size=256M")
+			return p
+		}},
+		{Name: "ours-dynamic", Size: 9 << 20, Content: formattest.Sparse, Ours: true},
+		{Name: "ours-fixed", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"subformat": "fixed"}},
+	}...),
+	Convert: func(src, dst string, o map[string]string) error {
+		return convert.File(context.Background(), src, "raw", dst, "vhdx", convert.Options{WriterOptions: o})
+	},
+	Mutations: mutatedSeeds,
+}
+
+func TestCheck(t *testing.T) { checks.Run(t) }
+
+func FuzzCheck(f *testing.F) { checks.Fuzz(f) }
+
 func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
 	return formattest.QemuCheck(t, "vhdx", path)
-}
-
-// ourCheck runs diskimg's check on an image of this format.
-func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
-	return formattest.OurCheck(t, "vhdx", path)
-}
-
-// compareCheck asserts diskimg and qemu-img agree on the image.
-func compareCheck(t *testing.T, path string) *format.CheckResult {
-	return formattest.CompareCheck(t, "vhdx", path)
-}
-
-// ourConvert writes the raw image src as "vhdx" at dst with diskimg's writer.
-func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
-	t.Helper()
-	in, err := format.Open(src, "raw", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	w, err := format.LookupWriter("vhdx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := convert.Convert(context.Background(), in, w, f, convert.Options{WriterOptions: opts}); err != nil {
-		t.Fatalf("convert to %s: %v", dst, err)
-	}
 }
 
 // checkFile runs vhdx.CheckFile on path, for files Open refuses.
@@ -67,53 +57,6 @@ func checkFile(t *testing.T, path string) *format.CheckResult {
 		t.Fatalf("CheckFile %s: %v", path, err)
 	}
 	return r
-}
-
-func TestCheckClean(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	for _, c := range []struct {
-		name string
-		size int64
-		cont formattest.Content
-		args []string
-	}{
-		{"empty", 64 << 20, formattest.Empty, nil},
-		{"sparse", 16<<20 + 4096, formattest.Sparse, nil},
-		{"dense", 5 << 20, formattest.Dense, nil},
-		{"block1m", 9 << 20, formattest.Sparse, []string{"-o", "block_size=1M"}},
-		{"fixed", 3<<20 + 512, formattest.Sparse, []string{"-o", "subformat=fixed"}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			p := formattest.Generate(t, dir, c.name, "vhdx", c.size, c.cont, c.args...)
-			if r := compareCheck(t, p); r.Corruptions != 0 || len(r.Problems) != 0 {
-				t.Errorf("clean image: %+v", r)
-			}
-		})
-	}
-	t.Run("bitmap-entries", func(t *testing.T) {
-		// 20 blocks of 256 MiB: a sector bitmap entry after the 16th.
-		p := filepath.Join(dir, "big.vhdx")
-		formattest.Create(t, p, "vhdx", "5G", "-o", "block_size=256M")
-		compareCheck(t, p)
-	})
-	for _, c := range []struct {
-		name string
-		opts map[string]string
-	}{
-		{"ours-dynamic", nil},
-		{"ours-fixed", map[string]string{"subformat": "fixed"}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			src := filepath.Join(dir, c.name+".raw")
-			formattest.MakeRaw(t, src, 9<<20, formattest.Sparse)
-			p := filepath.Join(dir, c.name+".vhdx")
-			ourConvert(t, src, p, c.opts)
-			if r := compareCheck(t, p); r.Corruptions != 0 || len(r.Problems) != 0 {
-				t.Errorf("clean image: %+v", r)
-			}
-		})
-	}
 }
 
 // batLayout returns the BAT region's file offset and the metadata
@@ -138,13 +81,8 @@ func batLayout(t *testing.T, d []byte) (bat, meta int64) {
 }
 
 func TestCheckCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "vhdx", 3<<20, formattest.Dense, "-o", "block_size=1M")
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := checks.Image(t, 3<<20, formattest.Dense, "-o", "block_size=1M")
 	le := binary.LittleEndian
 	bat, meta := batLayout(t, data)
 	all := func(r *format.CheckResult) string { return strings.Join(r.Problems, "\n") }
@@ -192,7 +130,7 @@ func TestCheckCorrupt(t *testing.T) {
 			le.PutUint64(d[bat+16*8:], uint64(len(d))<<1&^(1<<20-1)|6)
 			return d
 		})
-		r := compareCheck(t, p) // Open accepts it: sector bitmaps are not read
+		r := checks.Check(t, p) // Open accepts it: sector bitmaps are not read
 		want := fmt.Sprintf("BAT entry 16 at offset %d: block at offset", bat+16*8)
 		if r.Corruptions != 1 || !strings.Contains(all(r), want) {
 			t.Errorf("ours %+v, want %q", r, want)
@@ -208,7 +146,7 @@ func TestCheckCorrupt(t *testing.T) {
 		if qrc, _, qerr := qemuCheck(t, p); qrc != 1 {
 			t.Errorf("qemu-img: exit %d, %q", qrc, qerr)
 		}
-		rc, _, r := ourCheck(t, p)
+		rc, _, r := formattest.OurCheck(t, "vhdx", p)
 		if rc != 2 || !strings.Contains(all(r), "region table 1 at offset 196608: CRC-32C") {
 			t.Errorf("ours: exit %d, %+v", rc, r)
 		}
@@ -224,32 +162,27 @@ func TestCheckCorrupt(t *testing.T) {
 			})
 			// One torn copy is what an interrupted update leaves: clean
 			// for both.
-			if r := compareCheck(t, p); r.Corruptions != 0 {
+			if r := checks.Check(t, p); r.Corruptions != 0 {
 				t.Errorf("ours %+v", r)
 			}
 		})
 	}
 }
 
-// exerciseCheck runs the check on untrusted bytes (see formattest.ExerciseCheck).
-func exerciseCheck(t *testing.T, data []byte) { formattest.ExerciseCheck(t, "vhdx", data) }
-
-// FuzzCheck runs Check on mutations of the seeds in testdata.
-func FuzzCheck(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/vhdx")
-	f.Fuzz(exerciseCheck)
-}
-
-// TestCheckMutatedSeeds runs Check on seeds with random bytes changed: a
-// deterministic complement to FuzzCheck.
-func TestCheckMutatedSeeds(t *testing.T) {
+// mutatedSeeds runs Check on seeds expanded to full size with random bytes
+// changed, mostly in the metadata: a deterministic complement to FuzzCheck.
+func mutatedSeeds(t *testing.T) {
 	dir := "../../testdata/vhdx"
 	ents, err := os.ReadDir(dir)
 	if err != nil || len(ents) == 0 {
 		t.Fatalf("no seeds in %s: %v", dir, err)
 	}
 	rng := rand.New(rand.NewSource(8))
-	for i := 0; i < 300; i++ { // each expands a seed to megabytes
+	n := 300 // each expands a seed to megabytes
+	if testing.Short() {
+		n = 30
+	}
+	for i := 0; i < n; i++ {
 		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
 		if err != nil {
 			t.Fatal(err)
@@ -265,23 +198,6 @@ func TestCheckMutatedSeeds(t *testing.T) {
 			}
 			d[p] = byte(rng.Intn(256))
 		}
-		exerciseCheck(t, d)
+		formattest.ExerciseCheck(t, "vhdx", d)
 	}
-}
-
-// TestCheckEmptyHuge checks an empty 2T image: clean, as for qemu-img,
-// and quick, since an empty image has next to no metadata.
-func TestCheckEmptyHuge(t *testing.T) {
-	formattest.RequireQemu(t)
-	p := filepath.Join(t.TempDir(), "huge.vhdx")
-	formattest.Create(t, p, "vhdx", "2T")
-	t0 := time.Now()
-	rc, _, r := ourCheck(t, p)
-	if d := time.Since(t0); d > 2*time.Second {
-		t.Errorf("check took %v", d)
-	}
-	if rc != 0 || len(r.Problems) != 0 {
-		t.Errorf("exit %d, %+v", rc, r)
-	}
-	compareCheck(t, p)
 }

@@ -166,8 +166,7 @@ func Probe(f format.File) bool {
 
 // Image is an open VHDX image.
 type Image struct {
-	f          format.File
-	size       int64 // virtual disk size
+	format.Base
 	blockSize  int64
 	chunkRatio int64    // payload blocks per sector bitmap block
 	bat        []uint64 // every BAT entry, sector bitmap entries included
@@ -225,12 +224,18 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{f: f}
+	img := &Image{Base: format.Base{File: f}}
 	if err := img.readMetadata(metaRegion); err != nil {
 		return nil, err
 	}
 	if err := img.readBAT(batRegion, regions, fileSize); err != nil {
 		return nil, err
+	}
+	// qemu shows the block size as the cluster size, and no
+	// format-specific data for VHDX.
+	img.Meta.Format, img.Meta.ClusterSize, img.Meta.Subformat = Name, img.blockSize, "dynamic"
+	if img.fixed {
+		img.Meta.Subformat = "fixed"
 	}
 	return img, nil
 }
@@ -428,7 +433,7 @@ func (img *Image) readMetadata(r region) error {
 		return errorf("metadata region", r.start, "region of %d bytes is smaller than the %d-byte metadata table", r.end-r.start, metadataSize)
 	}
 	buf := make([]byte, metadataSize)
-	if err := format.ReadFull(img.f, buf, r.start, Name, "metadata table"); err != nil {
+	if err := format.ReadFull(img.File, buf, r.start, Name, "metadata table"); err != nil {
 		return err
 	}
 	if string(buf[:8]) != metaSignature {
@@ -471,7 +476,7 @@ func (img *Image) readMetadata(r region) error {
 			return nil, errorf(name, it.tableOff+mteLength, "item of %d bytes, want %d", it.length, size)
 		}
 		b := make([]byte, size)
-		return b, format.ReadFull(img.f, b, it.off, Name, name)
+		return b, format.ReadFull(img.File, b, it.off, Name, name)
 	}
 	params, err := read(fileParamsGUID, "File Parameters", paramsSize)
 	if err != nil {
@@ -514,7 +519,7 @@ func (img *Image) readMetadata(r region) error {
 	if size > maxVirtualSize || size%uint64(img.logical) != 0 {
 		return errorf("Virtual Disk Size", items[virtualSizeGUID].off, "%d is not a multiple of the %d-byte sector up to %d bytes", size, img.logical, int64(maxVirtualSize))
 	}
-	img.size = int64(size)
+	img.Meta.VirtualSize = int64(size)
 	img.chunkRatio = sectorsPerBitmap * int64(img.logical) / bs
 	return nil
 }
@@ -523,20 +528,20 @@ func (img *Image) readMetadata(r region) error {
 // for present blocks a MiB offset whose block lies in the file clear of
 // the metadata regions.
 func (img *Image) readBAT(r region, regions []region, fileSize int64) error {
-	blocks := (img.size + img.blockSize - 1) / img.blockSize
+	blocks := (img.Size() + img.blockSize - 1) / img.blockSize
 	var entries int64
 	if blocks > 0 {
 		entries = blocks + (blocks-1)/img.chunkRatio
 	}
 	length := entries * batEntrySize
 	if length > r.end-r.start {
-		return errorf("BAT region", r.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.size, length, r.end-r.start)
+		return errorf("BAT region", r.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.Size(), length, r.end-r.start)
 	}
 	if err := format.CheckTable(Name, "BAT", r.start, length, fileSize); err != nil {
 		return err
 	}
 	buf := make([]byte, length)
-	if err := format.ReadFull(img.f, buf, r.start, Name, "BAT"); err != nil {
+	if err := format.ReadFull(img.File, buf, r.start, Name, "BAT"); err != nil {
 		return err
 	}
 	img.bat = make([]uint64, entries)
@@ -552,7 +557,7 @@ func (img *Image) readBAT(r region, regions []region, fileSize int64) error {
 			off := int64(e & batOffsetMask)
 			// The last block need only hold the disk's last bytes: qemu
 			// once made files that end there.
-			need := min(img.blockSize, img.size-b*img.blockSize)
+			need := min(img.blockSize, img.Size()-b*img.blockSize)
 			if off > fileSize || need > fileSize-off {
 				return batError(r, i, "payload block at %d extends past the end of the file (%d bytes)", off, fileSize)
 			}
@@ -585,25 +590,9 @@ func (img *Image) block(b int64) int64 {
 	return -1
 }
 
-// Size returns the virtual disk size.
-func (img *Image) Size() int64 { return img.size }
-
-// Close closes the file.
-func (img *Image) Close() error { return format.CloseFile(img.f) }
-
-// Info describes the image as qemu-img does: the block size is its
-// cluster size, and qemu shows no format-specific data for VHDX.
-func (img *Image) Info() *format.Info {
-	sub := "dynamic"
-	if img.fixed {
-		sub = "fixed"
-	}
-	return &format.Info{Format: Name, Subformat: sub, VirtualSize: img.size, ClusterSize: img.blockSize}
-}
-
 // ReadAt reads guest bytes: present blocks from the file, the rest zeros.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
@@ -614,7 +603,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		dst := p[done : done+chunk]
 		if host := img.block(b); host < 0 {
 			clear(dst)
-		} else if err := format.ReadFull(img.f, dst, host+in, Name, "payload block"); err != nil {
+		} else if err := format.ReadFull(img.File, dst, host+in, Name, "payload block"); err != nil {
 			return done, err
 		}
 		done += chunk
@@ -644,12 +633,12 @@ func (img *Image) status(b int64) format.Status {
 // run merges blocks from off's on while they share a status and presence
 // and, when present, continue contiguously in the file.
 func (img *Image) run(off int64, status func(int64) format.Status) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("vhdx: extent offset %d outside the %d-byte disk", off, img.size)
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("vhdx: extent offset %d outside the %d-byte disk", off, img.Size())
 	}
 	b := off / img.blockSize
 	host, st := img.block(b), status(b)
-	blocks := (img.size + img.blockSize - 1) / img.blockSize
+	blocks := (img.Size() + img.blockSize - 1) / img.blockSize
 	next := b + 1
 	for ; next < blocks && status(next) == st; next++ {
 		h := img.block(next)
@@ -657,9 +646,9 @@ func (img *Image) run(off int64, status func(int64) format.Status) (format.Exten
 			break
 		}
 	}
-	e := format.Extent{Start: off, Length: min(next*img.blockSize, img.size) - off, Status: st, Offset: -1}
+	e := format.Extent{Start: off, Length: min(next*img.blockSize, img.Size()) - off, Status: st, Offset: -1}
 	if host >= 0 {
-		e.Offset = host + off - b*img.blockSize
+		e.Offset, e.File = host+off-b*img.blockSize, img.File
 	}
 	return e, nil
 }

@@ -302,13 +302,11 @@ func newGUID() (guid, error) {
 //     and nothing is written below an offset already written.
 type Writer struct {
 	p    *params
-	dst  format.Target
-	rt   format.RandomTarget // nil when dst cannot seek
-	lazy bool                // dynamic on a file, not FrontToBack: blocks allocated by Write, metadata by Close
-	meta bool                // everything ahead of the payload is written
-	pos  int64               // file offset where the next byte goes
-	disk int64               // disk size: blocks end here
-	next int64               // guest offset the next block must start at
+	out  *format.Output
+	lazy bool  // dynamic on a file, not FrontToBack: blocks allocated by Write, metadata by Close
+	meta bool  // everything ahead of the payload is written
+	disk int64 // disk size: blocks end here
+	next int64 // guest offset the next block must start at
 
 	// Payload blocks (dynamic only), a bit per block: those the layout
 	// has data in, and those allocated, with a cursor that counts set bits
@@ -327,17 +325,11 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if o.Layout == nil {
 		return nil, errors.New("vhdx: writer created without a layout")
 	}
-	w := &Writer{p: p, dst: dst, disk: o.Size}
-	if rt, ok := format.Seekable(dst); ok {
-		pos, err := rt.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return nil, err
-		}
-		if pos != 0 {
-			return nil, fmt.Errorf("vhdx: destination is at offset %d, not at its start", pos)
-		}
-		w.rt = rt
+	out, err := format.NewOutput(dst, Name)
+	if err != nil {
+		return nil, err
 	}
+	w := &Writer{p: p, out: out, disk: o.Size}
 	if p.fixed {
 		if err := w.writeMetadata(w.writeAt); err != nil {
 			return nil, err
@@ -362,7 +354,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return nil, err
 	}
 	w.alloc = make([]uint64, len(w.layout))
-	if w.rt != nil && !o.FrontToBack {
+	if out.Seekable() && !o.FrontToBack {
 		w.lazy = true
 		return w, nil
 	}
@@ -460,40 +452,12 @@ func (w *Writer) host(g int64) (int64, bool) {
 }
 
 // writeAt writes p at file offset off, at or after the current position;
-// the gap before it is zeros: sought over on a file, written on a pipe.
+// the gap before it is zeros: a hole on a file, written on a pipe.
 func (w *Writer) writeAt(off int64, p []byte) error {
-	if err := w.skipTo(off); err != nil {
+	if err := w.out.SkipTo(off); err != nil {
 		return err
 	}
-	n, err := w.dst.Write(p)
-	w.pos += int64(n)
-	return err
-}
-
-// patchAt writes p at file offset off of a file, anywhere: the metadata
-// written at Close.
-func (w *Writer) patchAt(off int64, p []byte) error {
-	_, err := w.rt.WriteAt(p, off)
-	return err
-}
-
-// skipTo moves the position forward to off.
-func (w *Writer) skipTo(off int64) error {
-	if off < w.pos {
-		return fmt.Errorf("vhdx: write at file offset %d after offset %d was written", off, w.pos)
-	}
-	if off == w.pos {
-		return nil
-	}
-	if w.rt != nil {
-		if _, err := w.rt.Seek(off, io.SeekStart); err != nil {
-			return err
-		}
-		w.pos = off
-		return nil
-	}
-	n, err := format.WriteZeros(w.dst, off-w.pos)
-	w.pos += n
+	_, err := w.out.Write(p)
 	return err
 }
 
@@ -643,7 +607,7 @@ func (w *Writer) writeBAT(put func(off int64, b []byte) error) error {
 			nonzero = nonzero || e != 0
 			binary.LittleEndian.PutUint64(buf[k*batEntrySize:], e)
 		}
-		if nonzero || w.rt == nil {
+		if nonzero || !w.out.Seekable() {
 			if err := put(p.batOff+i*batEntrySize, buf[:n*batEntrySize]); err != nil {
 				return err
 			}
@@ -712,22 +676,26 @@ func (w *Writer) Close() error {
 	if w.next != w.disk {
 		return fmt.Errorf("vhdx: closed after %d of %d bytes", w.next, w.disk)
 	}
-	if !w.meta {
-		put := w.writeAt
-		if w.lazy {
-			put = w.patchAt
+	end := w.end()
+	if w.lazy {
+		// The payload is written: set the length, then write the
+		// metadata over the hole left for it.
+		if err := w.out.Finish(end); err != nil {
+			return err
 		}
-		if err := w.writeMetadata(put); err != nil {
+		if err := w.out.Rewind(); err != nil {
+			return err
+		}
+		if err := w.writeMetadata(w.writeAt); err != nil {
+			return err
+		}
+		return w.out.EndRewrite()
+	}
+	if !w.meta {
+		if err := w.writeMetadata(w.writeAt); err != nil {
 			return err
 		}
 		w.meta = true
 	}
-	end := w.end()
-	if w.rt == nil {
-		return w.skipTo(end)
-	}
-	if w.pos > end {
-		return fmt.Errorf("vhdx: wrote %d bytes into a file of %d", w.pos, end)
-	}
-	return w.rt.Truncate(end)
+	return w.out.Finish(end)
 }

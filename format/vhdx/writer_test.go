@@ -126,11 +126,14 @@ func sources(t *testing.T) []source {
 			{formattest.Zeros, oddSmall}, {formattest.Sparse, oddLarge}, {formattest.Dense, oddLarge},
 		}
 		for _, r := range raws {
+			if testing.Short() && r.size == oddLarge {
+				continue // -short: the small raw sources only
+			}
 			name := string(r.c) + "-" + sizeName(r.size)
 			p := filepath.Join(dir, name+".raw")
 			formattest.MakeRaw(t, p, r.size, r.c)
 			sourcesList = append(sourcesList, source{name, p, "raw"})
-			if r.c != formattest.Sparse && !(r.c == formattest.Dense && r.size == oddLarge) {
+			if testing.Short() || r.c != formattest.Sparse && !(r.c == formattest.Dense && r.size == oddLarge) {
 				continue
 			}
 			for _, f := range []string{"qcow2", "vmdk", "vpc", "vhdx"} {
@@ -168,6 +171,9 @@ func sizeName(n int64) string {
 func TestWriterMatrix(t *testing.T) {
 	srcs := sources(t)
 	for _, s := range srcs {
+		if testing.Short() && s.format != "raw" {
+			continue // -short: every variant from raw sources
+		}
 		for _, v := range writerVariants {
 			if s.format != "raw" && v != "" && v != "subformat=fixed" {
 				continue
@@ -267,7 +273,7 @@ func TestWriterPipe(t *testing.T) {
 				got := convertPipe(t, s.path, s.format, opts)
 				if !bytes.Equal(got, want) {
 					t.Fatalf("piped output (%d bytes) differs from the file output (%d bytes) at %d",
-						len(got), len(want), firstDiff(got, want))
+						len(got), len(want), formattest.FirstDiff(got, want))
 				}
 			})
 		}
@@ -329,7 +335,7 @@ func TestWriterWrittenZeros(t *testing.T) {
 				got := convertPipe(t, s.path, "raw", opts)
 				if !bytes.Equal(got, want) {
 					t.Fatalf("piped output (%d bytes) differs from the file output (%d bytes) at %d",
-						len(got), len(want), firstDiff(got, want))
+						len(got), len(want), formattest.FirstDiff(got, want))
 				}
 			})
 		}
@@ -368,15 +374,6 @@ func writtenZeroSources(t *testing.T) []source {
 			rng.Read(b[len(b)-512:])
 		}), "raw"},
 	}
-}
-
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 // TestWriterChecksum checks the engine's SHA-256 of a file output: with
@@ -674,7 +671,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got, want) {
-			t.Fatalf("-o %s: read back differs at %d", v, firstDiff(got, want))
+			t.Fatalf("-o %s: read back differs at %d", v, formattest.FirstDiff(got, want))
 		}
 		wantFile := int64(4<<20) + 3<<20 // metadata, then blocks 0, 1 and 5
 		if strings.Contains(v, "fixed") {
@@ -849,7 +846,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				}
 				if !bytes.Equal(got, want) {
 					t.Fatalf("front-to-back output (%d bytes) differs from the file output (%d bytes) at %d",
-						len(got), len(want), firstDiff(got, want))
+						len(got), len(want), formattest.FirstDiff(got, want))
 				}
 				formattest.Qemu(t, "check", "-q", ftb)
 				formattest.Qemu(t, "compare", "-q", "-f", s.format, "-F", Name, s.path, ftb)

@@ -7,11 +7,6 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// maxProblems bounds the problem lines a check keeps; the counts go on.
-const maxProblems = 1000
-
-var _ format.Checker = (*Image)(nil)
-
 // Check verifies every extent's grain directory and grain tables.
 //
 // The verdict is qemu's. vmdk_co_check asks, for every grain, whether
@@ -23,7 +18,7 @@ var _ format.Checker = (*Image)(nil)
 // clean verdict. qemu does not look for grains used twice, and neither
 // does this check.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
-	r := &format.CheckResult{Format: Name, Filename: img.f.Name()}
+	r := &format.CheckResult{Format: Name, Filename: img.File.Name()}
 	for _, x := range img.extents {
 		if err := x.check(ctx, r); errors.Is(err, errStop) {
 			break
@@ -65,7 +60,7 @@ func (x *extent) check(ctx context.Context, r *format.CheckResult) error {
 		gdAt := x.gdOffset + int64(gdi)*4
 		off := int64(sec) * sectorSize
 		if off > x.fileSize || gtBytes > x.fileSize-off {
-			r.Warnf(maxProblems, "%s: grain directory entry %d at offset %d: grain table at sector %d extends past the end of the file (%d bytes); it reads as zeros",
+			r.Warnf(format.MaxProblems, "%s: grain directory entry %d at offset %d: grain table at sector %d extends past the end of the file (%d bytes); it reads as zeros",
 				x.name, gdi, gdAt, sec, x.fileSize)
 			continue
 		}
@@ -92,7 +87,7 @@ func (x *extent) check(ctx context.Context, r *format.CheckResult) error {
 				return errStop
 			}
 			if need > x.fileSize-host {
-				r.Warnf(maxProblems, "%s: grain table entry %d of grain table %d at offset %d: grain %d at sector %d extends past the end of the file (%d bytes); the rest reads as zeros",
+				r.Warnf(format.MaxProblems, "%s: grain table entry %d of grain table %d at offset %d: grain %d at sector %d extends past the end of the file (%d bytes); the rest reads as zeros",
 					x.name, k, gdi, off+k*4, g, gte, x.fileSize)
 			}
 		}

@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
@@ -16,98 +13,44 @@ import (
 	_ "github.com/diskimg/diskimg/format/raw"
 )
 
+var checks = formattest.CheckSuite{
+	Format: "vmdk", QemuChecks: true, Seeds: "../../testdata/vmdk",
+	// qemu-img preallocates grain tables: 128 MiB of them at 2T, which
+	// qemu-img check takes seconds to walk.
+	Huge: "256G",
+	Clean: append(formattest.BasicClean(16<<20), []formattest.CleanImage{
+		{Name: "stream", Size: 16 << 20, Content: formattest.Sparse, Args: []string{"-o", "subformat=streamOptimized"}},
+		{Name: "zeroed-grain", Size: 8 << 20, Content: formattest.Zeros, Args: []string{"-o", "zeroed_grain=on"}},
+		{Name: "compat6", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "compat6=on"}},
+		{Name: "flat", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "subformat=monolithicFlat"}},
+		{Name: "two-gb-sparse", Size: 8 << 20, Content: formattest.Sparse, Args: []string{"-o", "subformat=twoGbMaxExtentSparse"}},
+		{Name: "ours-sparse", Size: 9 << 20, Content: formattest.Sparse, Ours: true},
+		{Name: "ours-stream", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"subformat": "streamOptimized"}},
+		{Name: "ours-zeroed", Size: 9 << 20, Content: formattest.Sparse, Ours: true, Options: map[string]string{"zeroed_grain": "on"}},
+	}...),
+	Convert: func(src, dst string, o map[string]string) error {
+		return convert.File(context.Background(), src, "raw", dst, "vmdk", convert.Options{WriterOptions: o})
+	},
+}
+
+func TestCheck(t *testing.T) { checks.Run(t) }
+
+func FuzzCheck(f *testing.F) { checks.Fuzz(f) }
+
 // qemuCheck runs qemu-img check on an image the test made.
 func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
 	return formattest.QemuCheck(t, "vmdk", path)
 }
 
-// ourCheck runs diskimg's check on an image of this format.
 func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResult) {
 	return formattest.OurCheck(t, "vmdk", path)
-}
-
-// compareCheck asserts diskimg and qemu-img agree on the image.
-func compareCheck(t *testing.T, path string) *format.CheckResult {
-	return formattest.CompareCheck(t, "vmdk", path)
-}
-
-// ourConvert writes the raw image src as "vmdk" at dst with diskimg's writer.
-func ourConvert(t *testing.T, src, dst string, opts map[string]string) {
-	t.Helper()
-	in, err := format.Open(src, "raw", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	w, err := format.LookupWriter("vmdk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := convert.Convert(context.Background(), in, w, f, convert.Options{WriterOptions: opts}); err != nil {
-		t.Fatalf("convert to %s: %v", dst, err)
-	}
-}
-
-func TestCheckClean(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	for _, c := range []struct {
-		name string
-		size int64
-		cont formattest.Content
-		args []string
-	}{
-		{"empty", 64 << 20, formattest.Empty, nil},
-		{"sparse", 16 << 20, formattest.Sparse, nil},
-		{"dense", 5 << 20, formattest.Dense, nil},
-		{"stream", 16 << 20, formattest.Sparse, []string{"-o", "subformat=streamOptimized"}},
-		{"zeroed-grain", 8 << 20, formattest.Zeros, []string{"-o", "zeroed_grain=on"}},
-		{"compat6", 8 << 20, formattest.Sparse, []string{"-o", "compat6=on"}},
-		{"flat", 8 << 20, formattest.Sparse, []string{"-o", "subformat=monolithicFlat"}},
-		{"two-gb-sparse", 8 << 20, formattest.Sparse, []string{"-o", "subformat=twoGbMaxExtentSparse"}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			p := formattest.Generate(t, t.TempDir(), c.name, "vmdk", c.size, c.cont, c.args...)
-			if r := compareCheck(t, p); r.Corruptions != 0 || len(r.Problems) != 0 {
-				t.Errorf("clean image: %+v", r)
-			}
-		})
-	}
-	for _, c := range []struct {
-		name string
-		opts map[string]string
-	}{
-		{"ours-sparse", nil},
-		{"ours-stream", map[string]string{"subformat": "streamOptimized"}},
-		{"ours-zeroed", map[string]string{"zeroed_grain": "on"}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			src := filepath.Join(dir, c.name+".raw")
-			formattest.MakeRaw(t, src, 9<<20, formattest.Sparse)
-			p := filepath.Join(dir, c.name+".vmdk")
-			ourConvert(t, src, p, c.opts)
-			if r := compareCheck(t, p); r.Corruptions != 0 || len(r.Problems) != 0 {
-				t.Errorf("clean image: %+v", r)
-			}
-		})
-	}
 }
 
 // TestCheckCorrupt patches grain directory and grain table entries of a
 // qemu-made monolithicSparse image.
 func TestCheckCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense)
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := checks.Image(t, 3<<20, formattest.Dense)
 	le := binary.LittleEndian
 	gd := int(le.Uint64(data[56:])) * 512
 	gt := int(le.Uint32(data[gd:])) * 512
@@ -172,40 +115,6 @@ func TestCheckCorrupt(t *testing.T) {
 			return d
 		})
 		// Neither qemu-img nor diskimg looks for grains used twice.
-		compareCheck(t, p)
+		checks.Check(t, p)
 	})
-}
-
-// exerciseCheck runs the check on untrusted bytes (see formattest.ExerciseCheck).
-func exerciseCheck(t *testing.T, data []byte) { formattest.ExerciseCheck(t, "vmdk", data) }
-
-// FuzzCheck runs Check on mutations of the seeds in testdata.
-func FuzzCheck(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/vmdk")
-	f.Fuzz(exerciseCheck)
-}
-
-// TestCheckMutatedSeeds runs the check on seeds with random bytes
-// changed: a deterministic complement to FuzzCheck.
-func TestCheckMutatedSeeds(t *testing.T) {
-	formattest.MutateSeeds(t, "../../testdata/vmdk", 3000, 8, func(d []byte) { exerciseCheck(t, d) })
-}
-
-// TestCheckEmptyHuge checks an empty 256G image (qemu-img preallocates
-// its grain tables, 128 MiB of them at 2T, which qemu-img check takes
-// seconds to walk): clean, as for qemu-img,
-// and quick, since an empty image has next to no metadata.
-func TestCheckEmptyHuge(t *testing.T) {
-	formattest.RequireQemu(t)
-	p := filepath.Join(t.TempDir(), "huge.vmdk")
-	formattest.Create(t, p, "vmdk", "256G")
-	t0 := time.Now()
-	rc, _, r := ourCheck(t, p)
-	if d := time.Since(t0); d > 2*time.Second {
-		t.Errorf("check took %v", d)
-	}
-	if rc != 0 || len(r.Problems) != 0 {
-		t.Errorf("exit %d, %+v", rc, r)
-	}
-	compareCheck(t, p)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/zlib"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -196,6 +195,9 @@ func TestHandMade(t *testing.T) {
 
 // TestHostile patches headers and tables of a valid image; each must give
 // an error naming the field, never a panic or made-up zeros.
+// hostile is a patched sample and the error it must give.
+type hostile formattest.Hostile
+
 func TestHostile(t *testing.T) {
 	le := binary.LittleEndian
 	s, _ := sample(false, false)
@@ -217,92 +219,57 @@ func TestHostile(t *testing.T) {
 		copy(b[off+12:], z.Bytes())
 		return b
 	}
-	cases := []struct {
-		name  string
-		base  []byte
-		patch func(b []byte) []byte
-		want  string // in the error text
-		read  bool   // the error comes from reading, not opening
-	}{
-		{"wrong magic", good, func(b []byte) []byte { copy(b, "KDMX"); return b }, "wrong image type", false},
-		{"truncated header", good, func(b []byte) []byte { return b[:300] }, "sparse extent header", false},
-		{"version", good, func(b []byte) []byte { le.PutUint32(b[4:], 9); return b }, "version", false},
-		{"capacity", good, func(b []byte) []byte { le.PutUint64(b[12:], 1<<62); return b }, "capacity", false},
-		{"grain size zero", good, func(b []byte) []byte { le.PutUint64(b[20:], 0); return b }, "grainSize", false},
-		{"grain size odd", good, func(b []byte) []byte { le.PutUint64(b[20:], 12); return b }, "grainSize", false},
-		{"grain size huge", good, func(b []byte) []byte { le.PutUint64(b[20:], 1<<40); return b }, "grainSize", false},
-		{"gtes zero", good, func(b []byte) []byte { le.PutUint32(b[44:], 0); return b }, "numGTEsPerGT", false},
-		{"gtes huge", good, func(b []byte) []byte { le.PutUint32(b[44:], 1<<20); return b }, "numGTEsPerGT", false},
-		{"gd past EOF", good, func(b []byte) []byte { le.PutUint64(b[56:], 1<<40); return b }, "gdOffset", false},
-		{"gd table past EOF", good, func(b []byte) []byte { le.PutUint64(b[56:], uint64(len(b)/512)); return b }, "grain directory", false},
-		{"overhead", good, func(b []byte) []byte { le.PutUint64(b[64:], 1<<50); return b }, "overHead", false},
-		{"compress algorithm", good, func(b []byte) []byte { le.PutUint16(b[77:], 7); return b }, "compressAlgorithm", false},
-		{"descriptor past EOF", good, func(b []byte) []byte { le.PutUint64(b[28:], 1<<30); return b }, "descriptorOffset", false},
-		{"no CID", good, func(b []byte) []byte { copy(b[512:], "# Disk DescriptorFile\nversion=1\n\x00"); return b }, "CID", false},
-		{"grain table past EOF", good, func(b []byte) []byte {
+	seeds := map[string][]byte{"good": good, "goodC": goodC, "goodF": goodF}
+	formattest.RunHostileOn(t, "vmdk", func(name string) []byte { return seeds[name] }, []hostile{
+		{"wrong magic", "good", func(b []byte) []byte { copy(b, "KDMX"); return b }, "wrong image type", formattest.AtOpen},
+		{"truncated header", "good", func(b []byte) []byte { return b[:300] }, "sparse extent header", formattest.AtOpen},
+		{"version", "good", func(b []byte) []byte { le.PutUint32(b[4:], 9); return b }, "version", formattest.AtOpen},
+		{"capacity", "good", func(b []byte) []byte { le.PutUint64(b[12:], 1<<62); return b }, "capacity", formattest.AtOpen},
+		{"grain size zero", "good", func(b []byte) []byte { le.PutUint64(b[20:], 0); return b }, "grainSize", formattest.AtOpen},
+		{"grain size odd", "good", func(b []byte) []byte { le.PutUint64(b[20:], 12); return b }, "grainSize", formattest.AtOpen},
+		{"grain size huge", "good", func(b []byte) []byte { le.PutUint64(b[20:], 1<<40); return b }, "grainSize", formattest.AtOpen},
+		{"gtes zero", "good", func(b []byte) []byte { le.PutUint32(b[44:], 0); return b }, "numGTEsPerGT", formattest.AtOpen},
+		{"gtes huge", "good", func(b []byte) []byte { le.PutUint32(b[44:], 1<<20); return b }, "numGTEsPerGT", formattest.AtOpen},
+		{"gd past EOF", "good", func(b []byte) []byte { le.PutUint64(b[56:], 1<<40); return b }, "gdOffset", formattest.AtOpen},
+		{"gd table past EOF", "good", func(b []byte) []byte { le.PutUint64(b[56:], uint64(len(b)/512)); return b }, "grain directory", formattest.AtOpen},
+		{"overhead", "good", func(b []byte) []byte { le.PutUint64(b[64:], 1<<50); return b }, "overHead", formattest.AtOpen},
+		{"compress algorithm", "good", func(b []byte) []byte { le.PutUint16(b[77:], 7); return b }, "compressAlgorithm", formattest.AtOpen},
+		{"descriptor past EOF", "good", func(b []byte) []byte { le.PutUint64(b[28:], 1<<30); return b }, "descriptorOffset", formattest.AtOpen},
+		{"no CID", "good", func(b []byte) []byte { copy(b[512:], "# Disk DescriptorFile\nversion=1\n\x00"); return b }, "CID", formattest.AtOpen},
+		{"grain table past EOF", "good", func(b []byte) []byte {
 			le.PutUint32(b[tGDSector*512+4:], 1<<30)
 			return b
-		}, "grain directory entry 1", true},
-		{"grain past EOF", good, func(b []byte) []byte { le.PutUint32(b[gt(b, 9):], uint32(len(b)/512)); return b }, "grain table entry", true},
-		{"grain past EOF, walk", good, func(b []byte) []byte { le.PutUint32(b[gt(b, 40):], 1<<31); return b }, "grain table entry", true},
-		{"truncated data", good, func(b []byte) []byte { return b[:len(b)-100] }, "grain table entry", true},
-		{"marker size huge", goodC, func(b []byte) []byte {
+		}, "grain directory entry 1", formattest.AtOpenOrRead},
+		{"grain past EOF", "good", func(b []byte) []byte { le.PutUint32(b[gt(b, 9):], uint32(len(b)/512)); return b }, "grain table entry", formattest.AtOpenOrRead},
+		{"grain past EOF, walk", "good", func(b []byte) []byte { le.PutUint32(b[gt(b, 40):], 1<<31); return b }, "grain table entry", formattest.AtOpenOrRead},
+		{"truncated data", "good", func(b []byte) []byte { return b[:len(b)-100] }, "grain table entry", formattest.AtOpenOrRead},
+		{"marker size huge", "goodC", func(b []byte) []byte {
 			le.PutUint32(b[int(le.Uint32(b[gt(b, 9):]))*512+8:], 1<<30)
 			return b
-		}, "grain marker size", true},
-		{"marker size past EOF", goodC, func(b []byte) []byte {
+		}, "grain marker size", formattest.AtOpenOrRead},
+		{"marker size past EOF", "goodC", func(b []byte) []byte {
 			le.PutUint32(b[int(le.Uint32(b[gt(b, 99):]))*512+8:], 8000)
 			return b
-		}, "grain marker size", true},
-		{"corrupt deflate", goodC, func(b []byte) []byte {
+		}, "grain marker size", formattest.AtOpenOrRead},
+		{"corrupt deflate", "goodC", func(b []byte) []byte {
 			off := int(le.Uint32(b[gt(b, 1):]))*512 + 12
 			copy(b[off:], "garbage!")
 			return b
-		}, "compressed grain", true},
-		{"grain inflates short", goodC, func(b []byte) []byte { return restream(b, 1, make([]byte, 100)) }, "inflates to 100 bytes", true},
-		{"last grain inflates short", goodC, func(b []byte) []byte { return restream(b, 99, make([]byte, 100)) }, "inflates to 100 bytes", true},
-		{"grain inflates long", goodC, func(b []byte) []byte { return restream(b, 2, make([]byte, tGrain+1)) }, "inflates beyond", true},
-		{"grain checksum", goodC, func(b []byte) []byte {
+		}, "compressed grain", formattest.AtOpenOrRead},
+		{"grain inflates short", "goodC", func(b []byte) []byte { return restream(b, 1, make([]byte, 100)) }, "inflates to 100 bytes", formattest.AtOpenOrRead},
+		{"last grain inflates short", "goodC", func(b []byte) []byte { return restream(b, 99, make([]byte, 100)) }, "inflates to 100 bytes", formattest.AtOpenOrRead},
+		{"grain inflates long", "goodC", func(b []byte) []byte { return restream(b, 2, make([]byte, tGrain+1)) }, "inflates beyond", formattest.AtOpenOrRead},
+		{"grain checksum", "goodC", func(b []byte) []byte {
 			b = restream(b, 9, make([]byte, tGrain))
 			off := int(le.Uint32(b[gt(b, 9):])) * 512
 			b[off+12+int(le.Uint32(b[off+8:]))-1] ^= 1
 			return b
-		}, "checksum", true},
-		{"footer marker", goodF, func(b []byte) []byte { le.PutUint32(b[len(b)-1536+12:], 2); return b }, "footer marker", false},
-		{"footer magic", goodF, func(b []byte) []byte { copy(b[len(b)-1024:], "XXXX"); return b }, "footer magic", false},
-		{"footer eos", goodF, func(b []byte) []byte { b[len(b)-500] = 0; b[len(b)-512] = 1; return b }, "end-of-stream", false},
-		{"footer truncated", goodF, func(b []byte) []byte { return b[:len(b)-512] }, "footer", false},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			b := c.patch(append([]byte(nil), c.base...))
-			img, err := openMem(t, b)
-			if err == nil {
-				defer img.Close()
-				if !c.read {
-					t.Fatalf("opened; want an error naming %q", c.want)
-				}
-				werr := format.Walk(img, 0, func(format.Extent) error { return nil })
-				_, rerr := readAll(t, img)
-				if werr == nil && rerr == nil {
-					t.Fatalf("walk and read succeeded; want an error naming %q", c.want)
-				}
-				err = rerr
-				if werr != nil && !strings.Contains(c.want, "marker") && !strings.Contains(c.want, "compressed") {
-					err = werr
-				}
-			} else if c.read {
-				t.Logf("error at open: %v", err)
-			}
-			if !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %q does not name %q", err, c.want)
-			}
-			var fe *format.FormatError
-			if c.want != "wrong image type" && !errors.As(err, &fe) {
-				t.Errorf("error %v is not a *format.FormatError", err)
-			}
-		})
-	}
+		}, "checksum", formattest.AtOpenOrRead},
+		{"footer marker", "goodF", func(b []byte) []byte { le.PutUint32(b[len(b)-1536+12:], 2); return b }, "footer marker", formattest.AtOpen},
+		{"footer magic", "goodF", func(b []byte) []byte { copy(b[len(b)-1024:], "XXXX"); return b }, "footer magic", formattest.AtOpen},
+		{"footer eos", "goodF", func(b []byte) []byte { b[len(b)-500] = 0; b[len(b)-512] = 1; return b }, "end-of-stream", formattest.AtOpen},
+		{"footer truncated", "goodF", func(b []byte) []byte { return b[:len(b)-512] }, "footer", formattest.AtOpen},
+	})
 }
 
 // TestHostileDescriptor feeds bad descriptor files.

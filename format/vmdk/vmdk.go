@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -95,23 +94,22 @@ func probeDescriptor(buf []byte) bool {
 	return false
 }
 
-// Image is an open VMDK disk.
+// Image is an open VMDK disk: of a differencing disk, this file's layer of
+// the chain.
 type Image struct {
-	f       format.File
-	extents []*extent
-	size    int64
+	format.Base // Meta holds the virtual size; Info is built on demand
+	extents     []*extent
 
 	cid, parentCID uint32
 	createType     string
 	parentHint     string
-	backing        format.Image
-	cidMismatch    bool // the parent's CID is not our parentCID: qemu refuses to read it
 
 	files []string // extent files other than f, for actual-size
 }
 
 // Open opens f as a VMDK disk. Extent files are opened through o, which
-// applies the path policy; so is the parent of a differencing disk.
+// applies the path policy; the parent of a differencing disk is the
+// chain's (format.Layer).
 func Open(f format.File, o *format.Opener) (_ *Image, err error) {
 	if o == nil {
 		o = format.NewOpener(format.Policy{Untrusted: true})
@@ -123,7 +121,7 @@ func Open(f format.File, o *format.Opener) (_ *Image, err error) {
 		}
 		return nil, err
 	}
-	img := &Image{f: f}
+	img := &Image{Base: format.Base{File: f}}
 	defer func() {
 		if err != nil {
 			img.closeExtents()
@@ -173,23 +171,15 @@ func Open(f format.File, o *format.Opener) (_ *Image, err error) {
 	if err := img.parseIDs(desc); err != nil {
 		return nil, err
 	}
+	size := int64(0)
 	for _, x := range img.extents {
-		x.start = img.size
-		img.size += x.size // each is at most MaxVirtualSize: no overflow
-		if img.size > format.MaxVirtualSize {
+		x.start = size
+		size += x.size // each is at most MaxVirtualSize: no overflow
+		if size > format.MaxVirtualSize {
 			return nil, format.Errorf(Name, "extent description", -1, "the extents add up to more than the %d-byte limit", int64(format.MaxVirtualSize))
 		}
 	}
-	if img.parentHint != "" {
-		b, err := o.OpenBacking(f.Name(), img.parentHint, Name)
-		if err != nil {
-			return nil, fmt.Errorf("vmdk: parentFileNameHint: %w", err)
-		}
-		img.backing = b
-		if p, ok := b.(*Image); ok && p.cid != img.parentCID {
-			img.cidMismatch = true
-		}
-	}
+	img.Meta.VirtualSize = size
 	return img, nil
 }
 
@@ -212,7 +202,7 @@ func (img *Image) openDescriptor(desc []byte, o *format.Opener) error {
 	if len(d.extents) == 0 {
 		return format.Errorf(Name, "extent description", -1, "the descriptor lists no extents")
 	}
-	self := img.f.Name()
+	self := img.File.Name()
 	dirPrefix := ""
 	if i := strings.LastIndexByte(self, '/'); i >= 0 {
 		dirPrefix = self[:i+1]
@@ -293,7 +283,7 @@ func (img *Image) parseIDs(desc []byte) error {
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
+	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
 	}
@@ -305,12 +295,8 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 		buf := p[pos-off : e.End()-off]
 		switch {
-		case e.Status == format.Zero:
+		case e.Status != format.Data:
 			clear(buf)
-		case e.Status == format.Unallocated:
-			if err := img.readBacking(buf, pos); err != nil {
-				return int(pos - off), err
-			}
 		case e.Compressed:
 			if err := x.readCompressed(buf, pos-x.start); err != nil {
 				return int(pos - off), err
@@ -325,45 +311,25 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, clipErr
 }
 
-func (img *Image) readBacking(buf []byte, off int64) error {
-	if img.backing == nil {
-		clear(buf)
+// Backing names a differencing disk's parent (parentFileNameHint); nil
+// for other disks. qemu opens a parent whose CID is not the disk's
+// parentCID, but refuses to read from it.
+func (img *Image) Backing() *format.Backing {
+	if img.parentHint == "" {
 		return nil
 	}
-	if img.cidMismatch {
-		return format.Errorf(Name, "parentCID", -1, "%08x does not match the parent's CID: the parent changed since this disk was made", img.parentCID)
-	}
-	bsize := img.backing.Size()
-	n := 0
-	if off < bsize {
-		n = int(min(int64(len(buf)), bsize-off))
-		m, err := img.backing.ReadAt(buf[:n], off)
-		if m < n {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
+	return &format.Backing{Names: []string{img.parentHint}, Format: Name, VerifyOnRead: true,
+		Verify: func(_ string, parent format.Image) error {
+			if p, ok := parent.(*Image); ok && p.cid != img.parentCID {
+				return format.Errorf(Name, "parentCID", -1, "%08x does not match the parent's CID: the parent changed since this disk was made", img.parentCID)
 			}
-			return fmt.Errorf("vmdk: reading parent: %w", err)
-		}
-	}
-	clear(buf[n:])
-	return nil
+			return nil
+		}}
 }
 
-// Size returns the virtual disk size in bytes.
-func (img *Image) Size() int64 { return img.size }
-
-// Close closes the extent files, the parent and the image file.
+// Close closes the extent files and the image file.
 func (img *Image) Close() error {
-	err := img.closeExtents()
-	if img.backing != nil {
-		if e := img.backing.Close(); err == nil {
-			err = e
-		}
-	}
-	if e := format.CloseFile(img.f); err == nil {
-		err = e
-	}
-	return err
+	return errors.Join(img.closeExtents(), img.Base.Close())
 }
 
 func (img *Image) closeExtents() error {
@@ -387,26 +353,21 @@ func (img *Image) find(off int64) int {
 	})
 }
 
-// Extent returns the run at off, looking through to the parent where this
-// disk stores nothing.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("vmdk: extent offset %d out of range [0,%d)", off, img.size)
+// Extent returns the run at off with one status and contiguous host
+// offset.
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo is Extent with the run cut at limit; grains the disk does not
+// store are Unallocated.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("vmdk: extent offset %d out of range [0,%d)", off, img.Size())
 	}
-	e, _, err := img.local(off, img.size)
-	if err != nil || e.Status != format.Unallocated || img.backing == nil {
-		return e, err
+	e, x, err := img.local(off, min(limit, img.Size()))
+	if err == nil && e.Offset >= 0 {
+		e.File = x.f
 	}
-	if off >= img.backing.Size() {
-		return e, nil // past the parent's end: zeros
-	}
-	b, err := img.backing.Extent(off)
-	if err != nil {
-		return format.Extent{}, err
-	}
-	b.Length = min(b.Length, e.Length)
-	b.Depth++
-	return b, nil
+	return e, err
 }
 
 // local returns this disk's own run at off, ending at or before limit, and
@@ -443,7 +404,7 @@ func (img *Image) Info() *format.Info {
 	info := &format.Info{
 		Format:      Name,
 		Subformat:   img.createType,
-		VirtualSize: img.size,
+		VirtualSize: img.Size(),
 		ExtentFiles: img.files,
 	}
 	// qemu reports a cluster size only when every extent is sparse alike.
@@ -455,12 +416,6 @@ func (img *Image) Info() *format.Info {
 				info.ClusterSize = 0
 			}
 		}
-	}
-	if img.parentHint != "" {
-		info.BackingFile = img.parentHint
-		info.FullBackingFile = format.FullName(img.f.Name(), img.parentHint)
-		info.BackingFormat = Name
-		info.Backing = img.backing
 	}
 	spec := &Specific{CID: img.cid, ParentCID: img.parentCID, CreateType: img.createType, Extents: []ExtentInfo{}}
 	for _, x := range img.extents {

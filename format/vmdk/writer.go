@@ -50,6 +50,8 @@ const (
 // Layout of the files qemu creates (block/vmdk.c vmdk_init_extent), which
 // VMware's own tools use too.
 const (
+	// minHole is the shortest run of zeros left as a hole on a file.
+	minHole = 64 << 10
 	// WriterGrainSize is the grain: 128 sectors. qemu has no option for it.
 	WriterGrainSize    = writerGrainSectors * sectorSize
 	writerGrainSectors = 128
@@ -321,18 +323,12 @@ func (p *params) prologue(rgd int64, gd uint64, overhead int64, file string) []b
 var newCID = mrand.Uint32
 
 // extentName is the file name the descriptor's extent line gives: the
-// destination's base name when the target has one, as qemu writes it.
-func extentName(dst format.Target) string {
-	n, ok := dst.(interface{ Name() string })
-	if !ok || n.Name() == "" {
+// output's final name, or qemu's default for a nameless one.
+func extentName(name string) string {
+	if name == "" {
 		return "image.vmdk"
 	}
-	base := filepath.Base(n.Name())
-	// diskimg's own temporary name for a destination: ".NAME.diskimg-HEX".
-	if i := strings.LastIndex(base, ".diskimg-"); strings.HasPrefix(base, ".") && i > 1 {
-		base = base[1:i]
-	}
-	return base
+	return filepath.Base(name)
 }
 
 // Measure answers qemu-img measure for VMDK output (qemu-img 7.2 itself
@@ -389,18 +385,19 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 	if err != nil {
 		return nil, err
 	}
-	out, err := newWout(dst)
+	out, err := format.NewOutput(dst, Name)
 	if err != nil {
 		return nil, err
 	}
+	out.MinHole = minHole
 	if p.stream {
-		return newStreamWriter(out, p, extentName(dst))
+		return newStreamWriter(out, p, extentName(o.Name))
 	}
 	layout := o.Layout
 	if layout == nil {
 		layout = format.AllData(o.Size)
 	}
-	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(dst), out.rt == nil || o.FrontToBack)
+	return newSparseWriter(out, p, layout.Align(o.Size, WriterGrainSize), extentName(o.Name), !out.Seekable() || o.FrontToBack)
 }
 
 // sparseWriter writes monolithicSparse. On a file the grains go first,
@@ -411,7 +408,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 // found (MarkData); the grains then follow in the same places. Both ways
 // give the same bytes.
 type sparseWriter struct {
-	out  *wout
+	out  *format.Output
 	p    *params
 	file string
 	// upfront: the header and tables precede the grains, the output is
@@ -429,7 +426,7 @@ type sparseWriter struct {
 	done     int64 // guest bytes written
 }
 
-func newSparseWriter(out *wout, p *params, layout format.Layout, file string, upfront bool) (*sparseWriter, error) {
+func newSparseWriter(out *format.Output, p *params, layout format.Layout, file string, upfront bool) (*sparseWriter, error) {
 	w := &sparseWriter{out: out, p: p, file: file, upfront: upfront, alloc: newGrainBits(p.gtCount)}
 	err := layout(func(e format.Extent) error {
 		if e.Status != format.Data {
@@ -446,7 +443,7 @@ func newSparseWriter(out *wout, p *params, layout format.Layout, file string, up
 	}
 	if !upfront {
 		// The header and tables come last: leave their place.
-		return w, out.zeros(p.grainSector * sectorSize)
+		return w, out.Skip(p.grainSector * sectorSize)
 	}
 	return w, nil
 }
@@ -488,7 +485,7 @@ func (w *sparseWriter) writeMeta() error {
 	if err := w.checkSlots(slots); err != nil {
 		return err
 	}
-	if err := w.out.write(p.prologue(rgdSector, uint64(p.gdSector), p.grainSector, w.file)); err != nil {
+	if _, err := w.out.Write(p.prologue(rgdSector, uint64(p.gdSector), p.grainSector, w.file)); err != nil {
 		return err
 	}
 	// Both copies: a directory naming its tables, then the tables.
@@ -504,7 +501,7 @@ func (w *sparseWriter) writeMeta() error {
 			return fmt.Errorf("vmdk: internal error: tables map %d grains of %d", n, slots)
 		}
 	}
-	return w.out.zeros(p.grainSector*sectorSize - w.out.pos())
+	return w.out.Skip(p.grainSector*sectorSize - w.out.Pos())
 }
 
 // writeGD writes a grain directory whose tables start at sector first.
@@ -515,12 +512,12 @@ func (w *sparseWriter) writeGD(first int64) error {
 		for k := int64(0); k < n; k++ {
 			le.PutUint32(buf[k*4:], uint32(first+(i+k)*gtSectors))
 		}
-		if err := w.out.write(buf[:n*4]); err != nil {
+		if _, err := w.out.Write(buf[:n*4]); err != nil {
 			return err
 		}
 		i += n
 	}
-	return w.out.zeros(w.p.gdSectors*sectorSize - w.p.gtCount*4)
+	return w.out.Skip(w.p.gdSectors*sectorSize - w.p.gtCount*4)
 }
 
 // writeGTs writes every grain table, giving each grain of alloc the next
@@ -531,7 +528,7 @@ func (w *sparseWriter) writeGTs() (int64, error) {
 	var slot int64
 	for _, tab := range w.alloc.tabs {
 		if tab == nil || *tab == [writerGTEs / 64]uint64{} {
-			if err := w.out.zeros(gtBytes); err != nil {
+			if err := w.out.Skip(gtBytes); err != nil {
 				return 0, err
 			}
 			continue
@@ -543,7 +540,7 @@ func (w *sparseWriter) writeGTs() (int64, error) {
 				slot++
 			}
 		}
-		if err := w.out.write(gt[:]); err != nil {
+		if _, err := w.out.Write(gt[:]); err != nil {
 			return 0, err
 		}
 	}
@@ -579,7 +576,7 @@ func (w *sparseWriter) Write(b *format.Block) error {
 	if b.Status != format.Data {
 		w.done = b.End()
 		if w.upfront {
-			return w.out.zeros(w.alloc.count(g0, g1) * WriterGrainSize)
+			return w.out.Skip(w.alloc.count(g0, g1) * WriterGrainSize)
 		}
 		w.alloc.set(g0, g1, false)
 		return nil
@@ -593,12 +590,12 @@ func (w *sparseWriter) Write(b *format.Block) error {
 		}
 		w.slots += g1 - g0
 	}
-	if err := w.out.write(b.Data); err != nil {
+	if _, err := w.out.Write(b.Data); err != nil {
 		return err
 	}
 	w.done = b.End()
 	// The last grain of the disk is stored whole.
-	return w.out.zeros((g1-g0)*WriterGrainSize - b.Length)
+	return w.out.Skip((g1-g0)*WriterGrainSize - b.Length)
 }
 
 // Close sets the file's length; when they come last it then writes the
@@ -612,7 +609,7 @@ func (w *sparseWriter) Close() error {
 			return err
 		}
 	}
-	if err := w.out.finish((w.p.grainSector + w.slots*writerGrainSectors) * sectorSize); err != nil {
+	if err := w.out.Finish((w.p.grainSector + w.slots*writerGrainSectors) * sectorSize); err != nil {
 		return err
 	}
 	if w.upfront {
@@ -621,13 +618,13 @@ func (w *sparseWriter) Close() error {
 	if n := w.alloc.count(0, w.p.grains); n != w.slots {
 		return fmt.Errorf("vmdk: internal error: %d grains written, %d allocated", w.slots, n)
 	}
-	if err := w.out.rewind(); err != nil {
+	if err := w.out.Rewind(); err != nil {
 		return err
 	}
 	if err := w.writeMeta(); err != nil {
 		return err
 	}
-	return w.out.endRewrite()
+	return w.out.EndRewrite()
 }
 
 // grainBits is a set of grains: a bitmap per grain table, allocated when

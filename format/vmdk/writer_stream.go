@@ -17,7 +17,7 @@ const maxCompressedGrain = (grainMarkerBytes + WriterGrainSize + 5*(WriterGrainS
 
 // streamWriter writes streamOptimized.
 type streamWriter struct {
-	out  *wout
+	out  *format.Output
 	p    *params
 	gd   []uint32 // sector of each grain table, 0 for none
 	gt   [writerGTEs]uint32
@@ -40,12 +40,12 @@ var (
 	zeroSect [sectorSize]byte
 )
 
-func newStreamWriter(out *wout, p *params, file string) (*streamWriter, error) {
+func newStreamWriter(out *format.Output, p *params, file string) (*streamWriter, error) {
 	w := &streamWriter{out: out, p: p, gd: make([]uint32, p.gtCount)}
-	if err := out.write(p.prologue(0, gdAtEnd, streamOverhead, file)); err != nil {
+	if _, err := out.Write(p.prologue(0, gdAtEnd, streamOverhead, file)); err != nil {
 		return nil, err
 	}
-	return w, out.zeros(streamOverhead*sectorSize - out.pos())
+	return w, out.Skip(streamOverhead*sectorSize - out.Pos())
 }
 
 // BlockSize is the grain.
@@ -111,7 +111,7 @@ func (w *streamWriter) Write(b *format.Block) error {
 	}
 	b.Encoded = nil
 	defer encPool.Put(enc)
-	if end := (w.out.pos() + int64(len(enc.buf))) / sectorSize; end > maxHostSector {
+	if end := (w.out.Pos() + int64(len(enc.buf))) / sectorSize; end > maxHostSector {
 		return fmt.Errorf("vmdk: the stream passes the 2 TiB a sparse extent can address")
 	}
 	// Grains in runs of one grain table; a table is written (behind the
@@ -129,7 +129,7 @@ func (w *streamWriter) Write(b *format.Block) error {
 			}
 			w.cur = t
 		}
-		base := w.out.pos() - int64(enc.offs[i])
+		base := w.out.Pos() - int64(enc.offs[i])
 		for k := i; k < j; k++ {
 			w.gt[(first+int64(k))%writerGTEs] = uint32((base + int64(enc.offs[k])) / sectorSize)
 		}
@@ -138,7 +138,7 @@ func (w *streamWriter) Write(b *format.Block) error {
 		if j < len(enc.offs) {
 			stop = enc.offs[j]
 		}
-		if err := w.out.write(enc.buf[enc.offs[i]:stop]); err != nil {
+		if _, err := w.out.Write(enc.buf[enc.offs[i]:stop]); err != nil {
 			return err
 		}
 		i = j
@@ -155,17 +155,18 @@ func (w *streamWriter) flushGT() error {
 	var m [sectorSize]byte
 	le.PutUint64(m[:], gtSectors)
 	le.PutUint32(m[12:], markerGT)
-	if err := w.out.write(m[:]); err != nil {
+	if _, err := w.out.Write(m[:]); err != nil {
 		return err
 	}
-	w.gd[w.cur] = uint32(w.out.pos() / sectorSize)
+	w.gd[w.cur] = uint32(w.out.Pos() / sectorSize)
 	var t [gtBytes]byte
 	for i, v := range w.gt {
 		le.PutUint32(t[i*4:], v)
 	}
 	clear(w.gt[:])
 	w.used = false
-	return w.out.write(t[:])
+	_, err := w.out.Write(t[:])
+	return err
 }
 
 // Close writes the last grain table, the directory, the footer and the
@@ -180,28 +181,28 @@ func (w *streamWriter) Close() error {
 	var m [sectorSize]byte
 	le.PutUint64(m[:], uint64(w.p.gdSectors))
 	le.PutUint32(m[12:], markerGD)
-	if err := w.out.write(m[:]); err != nil {
+	if _, err := w.out.Write(m[:]); err != nil {
 		return err
 	}
-	gdSector := w.out.pos() / sectorSize
+	gdSector := w.out.Pos() / sectorSize
 	gd := make([]byte, w.p.gdSectors*sectorSize)
 	for i, v := range w.gd {
 		le.PutUint32(gd[i*4:], v)
 	}
-	if err := w.out.write(gd); err != nil {
+	if _, err := w.out.Write(gd); err != nil {
 		return err
 	}
 	clear(m[:])
 	le.PutUint64(m[:], 1)
 	le.PutUint32(m[12:], markerFooter)
-	if err := w.out.write(m[:]); err != nil {
+	if _, err := w.out.Write(m[:]); err != nil {
 		return err
 	}
-	if err := w.out.write(w.p.header(0, uint64(gdSector), streamOverhead)); err != nil {
+	if _, err := w.out.Write(w.p.header(0, uint64(gdSector), streamOverhead)); err != nil {
 		return err
 	}
-	if err := w.out.write(zeroSect[:]); err != nil { // end of stream
+	if _, err := w.out.Write(zeroSect[:]); err != nil { // end of stream
 		return err
 	}
-	return w.out.finish(w.out.pos())
+	return w.out.Finish(w.out.Pos())
 }

@@ -170,6 +170,9 @@ func TestWriterMatrix(t *testing.T) {
 		{33<<20 + 4096, []formattest.Content{formattest.Sparse, formattest.Dense}},
 	} {
 		for _, c := range sz.contents {
+			if testing.Short() && (sz.n > 10<<20 || c != formattest.Sparse && c != formattest.Dense) {
+				continue // -short: one size, sparse and dense
+			}
 			dir := t.TempDir()
 			for _, s := range wSources(t, dir, sz.n, c, []string{"qcow2", "vmdk", "vpc", "vhdx"}) {
 				variants := wVariants
@@ -178,6 +181,7 @@ func TestWriterMatrix(t *testing.T) {
 				}
 				for _, v := range variants {
 					t.Run(fmt.Sprintf("%d/%s/%s/%s", sz.n, c, s.name, v.name), func(t *testing.T) {
+						t.Parallel()
 						src := formattest.Open(t, s.path, s.fmt)
 						out := filepath.Join(t.TempDir(), "out.vmdk")
 						wConvert(t, src, out, v, convert.Options{})
@@ -216,6 +220,9 @@ func TestWriterLikeQemu(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	for _, c := range []formattest.Content{formattest.Sparse, formattest.Dense} {
+		if testing.Short() && c != formattest.Sparse {
+			continue // -short: one content
+		}
 		raw := filepath.Join(dir, string(c)+".raw")
 		formattest.MakeRaw(t, raw, 33<<20+4096, c)
 		// qemu-img drops all-zero grains; a qcow2 source made by it has
@@ -407,13 +414,13 @@ func TestWriterWrittenZeros(t *testing.T) {
 					x, y := bytes.Clone(a), bytes.Clone(b)
 					clear(x[descSector*sectorSize : (descSector+descSectors)*sectorSize])
 					clear(y[descSector*sectorSize : (descSector+descSectors)*sectorSize])
-					if i := firstDiff(x, y); i >= 0 {
+					if i := formattest.FirstDiff(x, y); i >= 0 {
 						t.Errorf("first difference from qemu-img's file at offset %d", i)
 					}
 				}
 				wVerify(t, src, raw, "raw", ours)
 				got := pipeConvert(t, src, v, convert.Options{})
-				if i := firstDiff(got, a); i >= 0 {
+				if i := formattest.FirstDiff(got, a); i >= 0 {
 					t.Fatalf("pipe output (%d bytes) differs from the file (%d bytes) at offset %d", len(got), len(a), i)
 				}
 			})
@@ -527,26 +534,13 @@ func TestWriterFrontToBack(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if i := firstDiff(got, want); i >= 0 {
+				if i := formattest.FirstDiff(got, want); i >= 0 {
 					t.Fatalf("front-to-back output (%d bytes) differs from the plain one (%d bytes) at offset %d", len(got), len(want), i)
 				}
 				wVerify(t, src, raw, "raw", ftb)
 			})
 		}
 	}
-}
-
-// firstDiff returns the first offset where a and b differ, -1 for none.
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	if len(a) != len(b) {
-		return min(len(a), len(b))
-	}
-	return -1
 }
 
 // TestWriterMeasure checks Measure against what the writer writes:

@@ -1,18 +1,16 @@
 package zvhd
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
 
 	"github.com/diskimg/diskimg/format"
-	"github.com/diskimg/diskimg/format/zvhd2"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
-// The ZVHD writer follows §3 of the spec: the descriptor slot, one record
+// The ZVHD writer follows §3 of docs/ZVHD2.md: the descriptor slot, one record
 // per non-zero 2 MiB block in ascending order, and a byte-identical copy of
 // the descriptor slot. Everything is known up front, so it streams.
 //
@@ -34,8 +32,6 @@ const (
 	// zlibHeader is the RFC 1950 header of a level-6 stream with a 32 KiB
 	// window, as deflateInit writes it: CMF 0x78, FLG 0x9c.
 	zlibHeader = "\x78\x9c"
-	// bufSize buffers the descriptor writes; records go out directly.
-	bufSize = 64 << 10
 )
 
 func init() {
@@ -44,7 +40,7 @@ func init() {
 		// Every block is compressed anyway; -c is accepted so qemu-img
 		// command lines port unchanged.
 		Compress: true,
-		MaxSize:  zvhd2.MaxSize,
+		MaxSize:  vhdspec.MaxSize,
 		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
 		Measure:  Measure,
 	})
@@ -53,16 +49,16 @@ func init() {
 // Measure answers `measure`: file sizes for the conversion described by
 // o, upper bounds since a record's size depends on its compression.
 func Measure(o format.WriteOptions) (format.Measurement, error) {
-	maxBlk := zvhd2.CeilDiv(uint64(zvhd2.OrigSize(o.Size)), zvhd2.BlockSize)
+	maxBlk := vhdspec.CeilDiv(uint64(vhdspec.OrigSize(o.Size)), vhdspec.BlockSize)
 	// The zlib header makes the first record 2 bytes longer: one more
 	// 4 KiB unit at worst, counted once.
-	rec := zvhd2.RecordLen(zvhd2.PayloadBound + 2)
-	file := func(stored uint64) int64 { return 2*zvhd2.SlotSize + int64(stored)*rec }
+	rec := vhdspec.RecordLen(vhdspec.PayloadBound + 2)
+	file := func(stored uint64) int64 { return 2*vhdspec.SlotSize + int64(stored)*rec }
 	var data uint64
 	if o.Layout != nil {
-		err := o.Layout.Align(o.Size, zvhd2.BlockSize)(func(e format.Extent) error {
+		err := o.Layout.Align(o.Size, vhdspec.BlockSize)(func(e format.Extent) error {
 			if e.Status == format.Data {
-				data += zvhd2.CeilDiv(uint64(e.Length), zvhd2.BlockSize)
+				data += vhdspec.CeilDiv(uint64(e.Length), vhdspec.BlockSize)
 			}
 			return nil
 		})
@@ -76,7 +72,7 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 // Writer writes a ZVHD image front to back. It never seeks, so dst may be
 // a pipe; on a regular file it writes the same bytes.
 type Writer struct {
-	out    *bufio.Writer
+	out    *format.Output
 	slot   []byte // the descriptor slot, written first and last
 	size   int64
 	next   int64 // guest offset of the next block
@@ -86,19 +82,11 @@ type Writer struct {
 // NewWriter starts a ZVHD image of o.Size bytes on dst and writes its
 // descriptor.
 func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
-	if o.Size < 0 || o.Size > zvhd2.MaxSize {
-		return nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", Name, o.Size, int64(zvhd2.MaxSize))
-	}
-	if rt, ok := format.Seekable(dst); ok {
-		if pos, err := rt.Seek(0, io.SeekCurrent); err != nil || pos != 0 {
-			return nil, fmt.Errorf("%s: destination is not at its start (offset %d, %v)", Name, pos, err)
-		}
-	}
-	d, err := zvhd2.NewDescriptor(zvhd2.CookieZVHD, o.Size)
+	out, d, err := vhdspec.StartWriter(dst, Name, vhdspec.CookieZVHD, o.Size)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", Name, err)
+		return nil, err
 	}
-	w := &Writer{out: bufio.NewWriterSize(dst, bufSize), slot: zvhd2.Slot(d), size: o.Size}
+	w := &Writer{out: out, slot: vhdspec.Slot(d), size: o.Size}
 	if _, err := w.out.Write(w.slot); err != nil {
 		return nil, err
 	}
@@ -106,7 +94,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 }
 
 // BlockSize is the format's 2 MiB block.
-func (w *Writer) BlockSize() int64 { return zvhd2.BlockSize }
+func (w *Writer) BlockSize() int64 { return vhdspec.BlockSize }
 
 // Encode deflates each non-zero 2 MiB block of b, leaving room before the
 // payload for the record header and, if it turns out to be the first
@@ -115,7 +103,7 @@ func (w *Writer) Encode(b *format.Block) error {
 	if b.Status != format.Data {
 		return nil
 	}
-	recs, err := zvhd2.EncodeBlocks(b, func(dst, block []byte) ([]byte, error) {
+	recs, err := vhdspec.EncodeBlocks(b, func(dst, block []byte) ([]byte, error) {
 		return deflate(append(dst, zlibHeader...), block)
 	})
 	if err != nil {
@@ -129,24 +117,16 @@ func (w *Writer) Encode(b *format.Block) error {
 // keeps the zlib header in its payload; later ones start 2 bytes on, over
 // it.
 func (w *Writer) Write(b *format.Block) error {
-	if err := zvhd2.CheckOrder(Name, b, w.next, w.size); err != nil {
+	recs, err := vhdspec.Records(Name, b, &w.next, w.size)
+	if err != nil {
 		return err
 	}
-	w.next = b.End()
-	if b.Status != format.Data {
-		return nil
-	}
-	recs, ok := b.Encoded.([]zvhd2.Record)
-	if !ok {
-		return fmt.Errorf("%s: data block at %d was not encoded", Name, b.Start)
-	}
-	b.Encoded = nil
 	for _, r := range recs {
 		buf := r.Buf
 		if w.stored > 0 {
 			buf = buf[len(zlibHeader):]
 		}
-		if _, err := w.out.Write(zvhd2.FinishRecord(buf, r.Block)); err != nil {
+		if _, err := w.out.Write(vhdspec.FinishRecord(buf, r.Block)); err != nil {
 			return err
 		}
 		w.stored++

@@ -30,7 +30,7 @@ type zParsed struct {
 	first2  [2][]byte  // the first two payloads
 }
 
-// parseZVHD checks a ZVHD file against §3 of the spec with literal
+// parseZVHD checks a ZVHD file against §3 of docs/ZVHD2.md with literal
 // offsets and the standard library's zlib, sharing no code with the
 // package: header and trailer slots equal, cookie, checksum, the ZVHD2-only
 // bytes zero, records framed and ascending, and the payloads one zlib
@@ -169,21 +169,12 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string) {
 	}
 }
 
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
-}
-
 // TestWriterParserOnVector proves the parser on the driver's t1.zvhd.
 func TestWriterParserOnVector(t *testing.T) {
 	p := parseZVHD(t, readVector(t, "t1.zvhd"), false)
 	raw := readVector(t, "t1.raw")
 	if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
-		t.Errorf("parsed t1.zvhd differs at %d", firstDiff(got, raw))
+		t.Errorf("parsed t1.zvhd differs at %d", formattest.FirstDiff(got, raw))
 	}
 }
 
@@ -225,7 +216,7 @@ func TestWriterVector(t *testing.T) {
 	}
 	raw := readVector(t, "t1.raw")
 	if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
-		t.Errorf("data differs at %d", firstDiff(got, raw))
+		t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 	}
 	t.Logf("ours %d bytes, driver's %d", len(data), len(readVector(t, "t1.zvhd")))
 }
@@ -260,7 +251,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			p := parseZVHD(t, data, true)
 			srcImg := formattest.Open(t, s.path, s.fmt)
 			if got := p.disk(int64(len(want))); !bytes.Equal(got, want) {
-				t.Fatalf("parsed data differs at %d", firstDiff(got, want))
+				t.Fatalf("parsed data differs at %d", formattest.FirstDiff(got, want))
 			}
 			img := formattest.Open(t, out, Name)
 			if same, at, err := convert.Compare(context.Background(), srcImg, img); err != nil || !same {
@@ -271,7 +262,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			got, _ := os.ReadFile(back)
 			padded := append(bytes.Clone(want), make([]byte, int((srcImg.Size()+511)/512*512)-len(want))...)
 			if !bytes.Equal(got, padded) {
-				t.Fatalf("zvhd → raw differs at %d (%d vs %d bytes)", firstDiff(got, padded), len(got), len(padded))
+				t.Fatalf("zvhd → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 			}
 			m, err := convert.Measure(srcImg, 0, writerFormat(t, Name), convert.Options{})
 			if err != nil || m.Required < int64(len(data)) || m.FullyAllocated < m.Required {
@@ -335,7 +326,7 @@ func TestWriterPipe(t *testing.T) {
 		return b
 	}
 	if len(want) < 8192 || !bytes.Equal(mask(got), mask(want)) {
-		t.Errorf("piped output differs from the file at %d (%d vs %d bytes)", firstDiff(mask(got), mask(want)), len(got), len(want))
+		t.Errorf("piped output differs from the file at %d (%d vs %d bytes)", formattest.FirstDiff(mask(got), mask(want)), len(got), len(want))
 	}
 	parseZVHD(t, got, true)
 }

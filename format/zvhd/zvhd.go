@@ -1,5 +1,5 @@
 // Package zvhd reads ZVHD images, the older Huawei Cloud IMS format that
-// ZVHD2 replaced.
+// ZVHD2 replaced (docs/ZVHD2.md, §3).
 //
 // A ZVHD file is a descriptor slot, one record per non-zero 2 MiB block in
 // ascending order, and a copy of the descriptor slot. Unlike ZVHD2, the
@@ -21,12 +21,11 @@ import (
 	"io"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/klauspost/compress/zlib"
 
 	"github.com/diskimg/diskimg/format"
-	"github.com/diskimg/diskimg/format/zvhd2"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Name is the format's name; qemu has none (only Huawei's qemu-img-hw).
@@ -42,18 +41,17 @@ func init() {
 	format.Register(&format.Format{
 		Name:     Name,
 		Priority: Priority,
-		Probe:    func(f format.File) bool { return zvhd2.HasCookie(f, zvhd2.CookieZVHD) },
+		Probe:    func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD) },
 		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
 	})
 }
 
 // Image is an open ZVHD image.
 type Image struct {
-	f       format.File
-	d       *zvhd2.Descriptor
-	size    int64 // orig_size
-	records []record
-	runs    []run
+	format.Base // Meta holds the size; Info is built on demand
+	d           *vhdspec.Descriptor
+	records     []record
+	stored      vhdspec.Stored
 
 	mu     sync.Mutex
 	zr     io.ReadCloser // the inflater; nil before the first read or after an error
@@ -69,8 +67,6 @@ type record struct {
 	payloadLen int64
 	block      int64
 }
-
-type run struct{ start, end int64 }
 
 // Specific is the "format-specific" part of `info`.
 type Specific struct {
@@ -90,33 +86,33 @@ type Specific struct {
 
 // Open opens f as a ZVHD image and reads its record headers.
 func Open(f format.File) (*Image, error) {
-	if !zvhd2.HasCookie(f, zvhd2.CookieZVHD) {
-		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, zvhd2.CookieZVHD, format.ErrWrongType)
+	if !vhdspec.HasCookie(f, vhdspec.CookieZVHD) {
+		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, vhdspec.CookieZVHD, format.ErrWrongType)
 	}
-	hb := make([]byte, zvhd2.DescriptorSize)
+	hb := make([]byte, vhdspec.DescriptorSize)
 	if err := format.ReadFull(f, hb, 0, Name, "descriptor"); err != nil {
 		return nil, err
 	}
-	if got, want := zvhd2.StoredChecksum(hb), zvhd2.Checksum(hb); got != want {
+	if got, want := vhdspec.StoredChecksum(hb), vhdspec.DescriptorChecksum(hb); got != want {
 		return nil, format.Errorf(Name, "checksum", 64, "%#08x, computed %#08x", got, want)
 	}
 	fileSize := f.Size()
-	if fileSize%zvhd2.SlotSize != 0 || fileSize < 2*zvhd2.SlotSize {
+	if fileSize%vhdspec.SlotSize != 0 || fileSize < 2*vhdspec.SlotSize {
 		return nil, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header and trailer", fileSize)
 	}
-	d := zvhd2.DecodeDescriptor(hb)
-	if err := zvhd2.CheckSizes(Name, d, 0); err != nil {
+	d := vhdspec.DecodeDescriptor(hb)
+	if err := vhdspec.CheckSizes(Name, d, 0); err != nil {
 		return nil, err
 	}
-	trailerOff := fileSize - zvhd2.SlotSize
-	tb := make([]byte, zvhd2.DescriptorSize)
+	trailerOff := fileSize - vhdspec.SlotSize
+	tb := make([]byte, vhdspec.DescriptorSize)
 	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer"); err != nil {
 		return nil, err
 	}
 	if string(tb) != string(hb) {
 		return nil, format.Errorf(Name, "trailer", trailerOff, "the last slot is not a copy of the header descriptor")
 	}
-	img := &Image{f: f, d: d, size: int64(d.OrigSize), cached: -1}
+	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, cached: -1}
 	if err := img.scan(trailerOff); err != nil {
 		return nil, err
 	}
@@ -125,19 +121,19 @@ func Open(f format.File) (*Image, error) {
 
 // scan reads every record header between the header and trailer slots.
 func (img *Image) scan(end int64) error {
-	maxBlk := int64(zvhd2.CeilDiv(img.d.OrigSize, zvhd2.BlockSize))
-	var hdr [zvhd2.RecordHeaderLen]byte
-	var tail [zvhd2.RecordEndLen]byte
-	for off := int64(zvhd2.SlotSize); off < end; {
-		if err := format.ReadFull(img.f, hdr[:], off, Name, "record"); err != nil {
+	maxBlk := int64(vhdspec.CeilDiv(img.d.OrigSize, vhdspec.BlockSize))
+	var hdr [vhdspec.RecordHeaderLen]byte
+	var tail [vhdspec.RecordEndLen]byte
+	for off := int64(vhdspec.SlotSize); off < end; {
+		if err := format.ReadFull(img.File, hdr[:], off, Name, "record"); err != nil {
 			return err
 		}
-		h, ok := zvhd2.DecodeRecordHeader(hdr[:])
+		h, ok := vhdspec.DecodeRecordHeader(hdr[:])
 		p, b := int64(h.PayloadLen), int64(h.Block)
-		l := zvhd2.RecordLen(p)
+		l := vhdspec.RecordLen(p)
 		switch {
 		case !ok:
-			return format.Errorf(Name, "record magic", off, "%q, want %q", hdr[:len(zvhd2.RecordMagic)], zvhd2.RecordMagic)
+			return format.Errorf(Name, "record magic", off, "%q, want %q", hdr[:len(vhdspec.RecordMagic)], vhdspec.RecordMagic)
 		case p == 0 || p > MaxPayload || l > end-off:
 			return format.Errorf(Name, "record payload length", off+12, "%d bytes: empty, over %d or past the trailer at %d", p, MaxPayload, end)
 		case b >= maxBlk:
@@ -145,50 +141,35 @@ func (img *Image) scan(end int64) error {
 		case len(img.records) > 0 && b <= img.records[len(img.records)-1].block:
 			return format.Errorf(Name, "record block", off+16, "block %d after block %d: records must ascend", b, img.records[len(img.records)-1].block)
 		}
-		if err := format.ReadFull(img.f, tail[:], off+l-zvhd2.RecordEndLen, Name, "record end marker"); err != nil {
+		if err := format.ReadFull(img.File, tail[:], off+l-vhdspec.RecordEndLen, Name, "record end marker"); err != nil {
 			return err
 		}
-		if string(tail[:]) != zvhd2.RecordEnd {
-			return format.Errorf(Name, "record end marker", off+l-zvhd2.RecordEndLen, "%q, want %q", tail[:], zvhd2.RecordEnd)
+		if string(tail[:]) != vhdspec.RecordEnd {
+			return format.Errorf(Name, "record end marker", off+l-vhdspec.RecordEndLen, "%q, want %q", tail[:], vhdspec.RecordEnd)
 		}
 		img.records = append(img.records, record{off: off, payloadLen: p, block: b})
-		if r := len(img.runs) - 1; r >= 0 && img.runs[r].end == b {
-			img.runs[r].end = b + 1
-		} else {
-			img.runs = append(img.runs, run{b, b + 1})
-		}
+		img.stored.Add(b)
 		off += l
 	}
 	return nil
 }
-
-// Size returns orig_size, the size of the disk that was imported.
-func (img *Image) Size() int64 { return img.size }
-
-// Descriptor returns the header descriptor.
-func (img *Image) Descriptor() zvhd2.Descriptor { return *img.d }
-
-// Close closes the file.
-func (img *Image) Close() error { return format.CloseFile(img.f) }
-
-var epoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
 	return &format.Info{
 		Format:      Name,
-		VirtualSize: img.size,
-		ClusterSize: zvhd2.BlockSize,
+		VirtualSize: img.Size(),
+		ClusterSize: vhdspec.BlockSize,
 		Specific: &Specific{
 			Sequential:     true,
 			CurrentSize:    int64(d.CurrSize),
-			BlockSize:      zvhd2.BlockSize,
+			BlockSize:      vhdspec.BlockSize,
 			Compression:    "zlib",
 			StoredBlocks:   int64(len(img.records)),
-			UUID:           zvhd2.FormatUUID(d.UUID),
-			CreatorVersion: fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff),
-			Timestamp:      epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339),
+			UUID:           vhdspec.FormatUUID(d.UUID),
+			CreatorVersion: d.CreatorVersionString(),
+			Timestamp:      d.TimestampString(),
 		},
 	}
 }
@@ -196,53 +177,24 @@ func (img *Image) Info() *format.Info {
 // Extent reports a run of stored blocks as compressed Data and a run of
 // absent blocks as Zero.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", Name, off)
-	}
-	b := off / zvhd2.BlockSize
-	i := sort.Search(len(img.runs), func(i int) bool { return img.runs[i].end > b })
-	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
-	end := img.size
-	if i < len(img.runs) {
-		r := img.runs[i]
-		if r.start <= b {
-			e.Status, e.Compressed = format.Data, true
-			end = min(end, r.end*zvhd2.BlockSize)
-		} else {
-			end = min(end, r.start*zvhd2.BlockSize)
-		}
-	}
-	e.Length = end - off
-	return e, nil
+	return img.stored.Extent(Name, off, img.Size())
 }
 
 // ReadAt reads guest bytes. Reading a block before the last one decoded
 // restarts decoding at the first record.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
-	if n == 0 {
-		return 0, clipErr
-	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	for done := 0; done < n; {
-		pos := off + int64(done)
-		b := pos / zvhd2.BlockSize
-		in := pos % zvhd2.BlockSize
-		m := int(min(int64(n-done), zvhd2.BlockSize-in))
-		dst := p[done : done+m]
+	return vhdspec.ReadBlocks(p, off, img.Size(), func(b int64) ([]byte, error) {
 		k := sort.Search(len(img.records), func(k int) bool { return img.records[k].block >= b })
-		if k < len(img.records) && img.records[k].block == b {
-			if err := img.decode(k); err != nil {
-				return done, err
-			}
-			copy(dst, img.cache[in:])
-		} else {
-			clear(dst)
+		if k == len(img.records) || img.records[k].block != b {
+			return nil, nil
 		}
-		done += m
-	}
-	return n, clipErr
+		if err := img.decode(k); err != nil {
+			return nil, err
+		}
+		return img.cache, nil
+	})
 }
 
 // decode makes img.cache hold the block of record k, inflating forward
@@ -265,7 +217,7 @@ func (img *Image) decode(k int) error {
 		img.zr, img.src, img.next = zr, src, 0
 	}
 	if img.cache == nil {
-		img.cache = make([]byte, zvhd2.BlockSize)
+		img.cache = make([]byte, vhdspec.BlockSize)
 	}
 	for ; img.next <= k; img.next++ {
 		// Exactly one block per record: the inflater is never asked for
@@ -296,8 +248,8 @@ func (img *Image) payloadErr(k int, err error) error {
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
-	return &format.FormatError{Format: Name, Field: "record payload", Offset: r.off + zvhd2.RecordHeaderLen,
-		Reason: fmt.Sprintf("block %d does not inflate to %d bytes", r.block, zvhd2.BlockSize), Err: err}
+	return &format.FormatError{Format: Name, Field: "record payload", Offset: r.off + vhdspec.RecordHeaderLen,
+		Reason: fmt.Sprintf("block %d does not inflate to %d bytes", r.block, vhdspec.BlockSize), Err: err}
 }
 
 // payloads reads the record payloads one after another: the single zlib
@@ -333,8 +285,8 @@ func (s *payloads) fill() error {
 			s.store = make([]byte, payloadChunk)
 		}
 		n := min(payloadChunk, r.payloadLen-s.pos)
-		off := r.off + zvhd2.RecordHeaderLen + s.pos
-		if err := format.ReadFull(s.img.f, s.store[:n], off, Name, "record payload"); err != nil {
+		off := r.off + vhdspec.RecordHeaderLen + s.pos
+		if err := format.ReadFull(s.img.File, s.store[:n], off, Name, "record payload"); err != nil {
 			return err
 		}
 		s.buf, s.pos = s.store[:n], s.pos+n

@@ -15,14 +15,14 @@ import (
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
-	"github.com/diskimg/diskimg/format/zvhd2"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 const (
 	// vectors are the files written by Huawei's driver (testdata/README.md).
 	vectors = "../../testdata/external/zvhd2-vectors.tar.zst"
 	mib     = 1 << 20
-	bs      = zvhd2.BlockSize
+	bs      = vhdspec.BlockSize
 )
 
 func readVector(t testing.TB, name string) []byte {
@@ -41,23 +41,23 @@ func openBytes(b []byte) (*Image, error) {
 	return Open(&formattest.MemFile{Data: b, Path: "/nonexistent/x.zvhd"})
 }
 
-// build writes a ZVHD file as the driver does (§3 of the spec): header,
+// build writes a ZVHD file as the driver does (§3 of docs/ZVHD2.md): header,
 // one record per non-zero block cut from a single sync-flushed zlib
 // stream, header copy. A test-only writer.
 func build(t testing.TB, origSize int64, blocks map[int64][]byte) []byte {
 	t.Helper()
-	d := &zvhd2.Descriptor{
-		Features: zvhd2.Features, FormatVersion: zvhd2.FormatVersion, DataOffset: ^uint64(0),
-		Timestamp: 820000000, CreatorVersion: zvhd2.CreatorVersion,
-		OrigSize: uint64(origSize), CurrSize: zvhd2.CeilDiv(uint64(origSize), zvhd2.CurrSizeAlign) * zvhd2.CurrSizeAlign,
-		Geometry: zvhd2.Geometry(uint64(origSize)), DiskType: zvhd2.DiskType,
+	d := &vhdspec.Descriptor{
+		Features: vhdspec.Features, FormatVersion: vhdspec.FormatVersion, DataOffset: ^uint64(0),
+		Timestamp: 820000000, CreatorVersion: vhdspec.CreatorVersion,
+		OrigSize: uint64(origSize), CurrSize: vhdspec.CeilDiv(uint64(origSize), vhdspec.CurrSizeAlign) * vhdspec.CurrSizeAlign,
+		Geometry: vhdspec.PackedGeometry(uint64(origSize)), DiskType: vhdspec.DiskType,
 		UUID: [16]byte{9, 8, 7, 6, 5, 4, 3, 2, 1},
 	}
-	copy(d.Cookie[:], zvhd2.CookieZVHD)
-	copy(d.CreatorApp[:], zvhd2.CreatorApp)
-	slot := make([]byte, zvhd2.SlotSize)
+	copy(d.Cookie[:], vhdspec.CookieZVHD)
+	copy(d.CreatorApp[:], vhdspec.CreatorApp)
+	slot := make([]byte, vhdspec.SlotSize)
 	d.Encode(slot)
-	zvhd2.SetChecksum(slot)
+	vhdspec.SetChecksum(slot)
 	var out, stream bytes.Buffer
 	out.Write(slot)
 	zw, _ := zlib.NewWriterLevel(&stream, 1)
@@ -72,10 +72,10 @@ func build(t testing.TB, origSize int64, blocks map[int64][]byte) []byte {
 		zw.Flush()
 		payload := bytes.Clone(stream.Bytes())
 		stream.Reset()
-		rec := make([]byte, zvhd2.RecordLen(int64(len(payload))))
-		zvhd2.EncodeRecordHeader(rec, zvhd2.RecordHeader{PayloadLen: uint32(len(payload)), Block: uint32(b)})
-		copy(rec[zvhd2.RecordHeaderLen:], payload)
-		copy(rec[len(rec)-zvhd2.RecordEndLen:], zvhd2.RecordEnd)
+		rec := make([]byte, vhdspec.RecordLen(int64(len(payload))))
+		vhdspec.EncodeRecordHeader(rec, vhdspec.RecordHeader{PayloadLen: uint32(len(payload)), Block: uint32(b)})
+		copy(rec[vhdspec.RecordHeaderLen:], payload)
+		copy(rec[len(rec)-vhdspec.RecordEndLen:], vhdspec.RecordEnd)
 		out.Write(rec)
 	}
 	out.Write(slot)
@@ -147,15 +147,15 @@ func TestT1(t *testing.T) {
 			t.Errorf("ReadAt(%d) differs", off)
 		}
 	}
-	d := z.Descriptor()
+	d := *z.d
 	file := readVector(t, "t1.zvhd")
 	if string(d.Cookie[:]) != "stream\x00\x00" || d.OrigSize != 5243392 || d.CurrSize != 1<<30 ||
 		d.Geometry != 0x00960411 || d.Features != 2 || d.FormatVersion != 0x10000 || d.DiskType != 4 ||
 		d.CreatorVersion != 0x10004 || string(d.CreatorApp[:]) != "tap\x00" || d.Version != 0 || d.BlockSize != 0 ||
-		d.Checksum != zvhd2.Checksum(file) {
+		d.Checksum != vhdspec.DescriptorChecksum(file) {
 		t.Errorf("descriptor %+v", d)
 	}
-	if !bytes.Equal(file[:zvhd2.SlotSize], file[len(file)-zvhd2.SlotSize:]) {
+	if !bytes.Equal(file[:vhdspec.SlotSize], file[len(file)-vhdspec.SlotSize:]) {
 		t.Errorf("trailer slot is not a byte copy of the header slot")
 	}
 	if len(z.records) != 2 || z.records[0].block != 0 || z.records[1].block != 2 || z.records[0].off != 4096 {
@@ -245,9 +245,9 @@ func TestHostile(t *testing.T) {
 	const rec2 = 2105344 // second record (12,288 bytes): after the 2,101,248-byte first one
 	both := func(fn func(slot []byte)) func([]byte) []byte {
 		return func(b []byte) []byte {
-			for _, s := range [][]byte{b[:zvhd2.SlotSize], b[len(b)-zvhd2.SlotSize:]} {
+			for _, s := range [][]byte{b[:vhdspec.SlotSize], b[len(b)-vhdspec.SlotSize:]} {
 				fn(s)
-				zvhd2.SetChecksum(s)
+				vhdspec.SetChecksum(s)
 			}
 			return b
 		}
@@ -268,8 +268,8 @@ func TestHostile(t *testing.T) {
 		{"checksum", "checksum", func(b []byte) []byte { b[40]++; return b }},
 		{"truncated mid-slot", "file size", func(b []byte) []byte { return b[:len(b)-100] }},
 		{"header only", "file size", func(b []byte) []byte { return b[:4096] }},
-		{"truncated by a slot", "trailer", func(b []byte) []byte { return b[:len(b)-zvhd2.SlotSize] }},
-		{"trailer differs", "trailer", func(b []byte) []byte { b[len(b)-zvhd2.SlotSize+70]++; return b }},
+		{"truncated by a slot", "trailer", func(b []byte) []byte { return b[:len(b)-vhdspec.SlotSize] }},
+		{"trailer differs", "trailer", func(b []byte) []byte { b[len(b)-vhdspec.SlotSize+70]++; return b }},
 		{"orig_size odd", "orig_size", both(func(s []byte) { s[40]++ })},
 		{"orig_size absurd", "orig_size", both(func(s []byte) { s[47] = 0x40 })},
 		{"curr_size", "curr_size", both(func(s []byte) { s[48+4] = 0x80 })},
@@ -282,10 +282,10 @@ func TestHostile(t *testing.T) {
 		{"blocks out of order", "record block", put32(rec2+16, 0)},
 		{"end marker", "record end marker", func(b []byte) []byte { b[rec2+12287] = 'x'; return b }},
 		{"payload corrupt", "record payload", func(b []byte) []byte {
-			copy(b[rec2+zvhd2.RecordHeaderLen:], bytes.Repeat([]byte{0xff}, 8))
+			copy(b[rec2+vhdspec.RecordHeaderLen:], bytes.Repeat([]byte{0xff}, 8))
 			return b
 		}},
-		{"first payload corrupt", "record payload", func(b []byte) []byte { b[4096+zvhd2.RecordHeaderLen] = 0x12; return b }},
+		{"first payload corrupt", "record payload", func(b []byte) []byte { b[4096+vhdspec.RecordHeaderLen] = 0x12; return b }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			mustFail(t, c.patch(bytes.Clone(t1)), c.field)
@@ -306,7 +306,7 @@ func TestHostile(t *testing.T) {
 func TestHostileStream(t *testing.T) {
 	// The second record's payload cut short: its block cannot be filled.
 	b := build(t, 4*mib, map[int64][]byte{0: []byte("x"), 1: bytes.Repeat([]byte("ab"), 10000)})
-	rec2 := 4096 + int(zvhd2.RecordLen(int64(le32(b[4096+12:]))))
+	rec2 := 4096 + int(vhdspec.RecordLen(int64(le32(b[4096+12:]))))
 	p := le32(b[rec2+12:])
 	copy(b[rec2+12:], []byte{byte(p / 2), byte(p / 2 >> 8), 0, 0})
 	mustFail(t, b, "record payload")
@@ -325,10 +325,10 @@ func TestHostileStream(t *testing.T) {
 	frame := build(t, 4*mib, nil)
 	file := bytes.Clone(frame[:4096])
 	for i, p := range payloads {
-		rec := make([]byte, zvhd2.RecordLen(int64(len(p))))
-		zvhd2.EncodeRecordHeader(rec, zvhd2.RecordHeader{PayloadLen: uint32(len(p)), Block: uint32(i)})
-		copy(rec[zvhd2.RecordHeaderLen:], p)
-		copy(rec[len(rec)-4:], zvhd2.RecordEnd)
+		rec := make([]byte, vhdspec.RecordLen(int64(len(p))))
+		vhdspec.EncodeRecordHeader(rec, vhdspec.RecordHeader{PayloadLen: uint32(len(p)), Block: uint32(i)})
+		copy(rec[vhdspec.RecordHeaderLen:], p)
+		copy(rec[len(rec)-4:], vhdspec.RecordEnd)
 		file = append(file, rec...)
 	}
 	file = append(file, frame[4096:]...)

@@ -8,13 +8,14 @@ import (
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // BenchmarkOpenEmpty1TiB opens an empty 1 TiB image (16 bitmap segments,
 // no index), takes its info and walks its whole extent map.
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "empty.zvhd2")
-	if err := os.WriteFile(path, spec{origSize: 1 << 40, method: MethodZstd}.build(b), 0o644); err != nil {
+	if err := os.WriteFile(path, spec{origSize: 1 << 40, method: vhdspec.MethodZstd}.build(b), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	formattest.BenchOpenEmpty(b, path, Name, 1)
@@ -24,7 +25,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 // map and reads every stored block in full.
 func BenchmarkT2(b *testing.B) {
 	path := vectorPath(b, "t2.zvhd2")
-	buf := make([]byte, BlockSize)
+	buf := make([]byte, vhdspec.BlockSize)
 	for b.Loop() {
 		img, err := format.Open(path, Name, format.Policy{})
 		if err != nil {
@@ -36,8 +37,8 @@ func BenchmarkT2(b *testing.B) {
 			if e.Status != format.Data {
 				return nil
 			}
-			for off := e.Start; off < e.End(); off += BlockSize {
-				n := min(BlockSize, e.End()-off)
+			for off := e.Start; off < e.End(); off += vhdspec.BlockSize {
+				n := min(vhdspec.BlockSize, e.End()-off)
 				if _, err := img.ReadAt(buf[:n], off); err != nil && err != io.EOF {
 					return err
 				}

@@ -6,10 +6,12 @@ import (
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // spec builds a ZVHD2 file in memory for tests, laid out as the driver
-// writes it (§2.1 of the spec): a test-only writer, so that images the
+// writes it (§2.1 of docs/ZVHD2.md): a test-only writer, so that images the
 // reference vectors do not cover (1 TiB empty, dense zlib, payloads that
 // inflate too far) can be made.
 type spec struct {
@@ -22,35 +24,35 @@ type spec struct {
 
 func (s spec) build(t testing.TB) []byte {
 	t.Helper()
-	maxBlk := uint32(CeilDiv(uint64(s.origSize), BlockSize))
-	d := &Descriptor{
-		Features: Features, FormatVersion: FormatVersion, DataOffset: ^uint64(0),
-		Timestamp: 820000000, CreatorVersion: CreatorVersion,
-		OrigSize: uint64(s.origSize), CurrSize: CeilDiv(uint64(s.origSize), CurrSizeAlign) * CurrSizeAlign,
-		Geometry: Geometry(uint64(s.origSize)), DiskType: DiskType,
+	maxBlk := uint32(vhdspec.CeilDiv(uint64(s.origSize), vhdspec.BlockSize))
+	d := &vhdspec.Descriptor{
+		Features: vhdspec.Features, FormatVersion: vhdspec.FormatVersion, DataOffset: ^uint64(0),
+		Timestamp: 820000000, CreatorVersion: vhdspec.CreatorVersion,
+		OrigSize: uint64(s.origSize), CurrSize: vhdspec.CeilDiv(uint64(s.origSize), vhdspec.CurrSizeAlign) * vhdspec.CurrSizeAlign,
+		Geometry: vhdspec.PackedGeometry(uint64(s.origSize)), DiskType: vhdspec.DiskType,
 		UUID:    [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
-		Version: VersionIndexed, BlockSize: BlockSize, MaxBlkNum: maxBlk,
-		IndexSegSize: IndexSegSize, BitmapSegSize: BitmapSegSize,
-		BitmapSegNum:   uint32(CeilDiv(uint64(maxBlk), BitmapBlocks)),
+		Version: vhdspec.VersionIndexed, BlockSize: vhdspec.BlockSize, MaxBlkNum: maxBlk,
+		IndexSegSize: vhdspec.IndexSegSize, BitmapSegSize: vhdspec.BitmapSegSize,
+		BitmapSegNum:   uint32(vhdspec.CeilDiv(uint64(maxBlk), vhdspec.BitmapBlocks)),
 		CompressMethod: s.method,
 	}
-	copy(d.Cookie[:], CookieZVHD2)
-	copy(d.CreatorApp[:], CreatorApp)
+	copy(d.Cookie[:], vhdspec.CookieZVHD2)
+	copy(d.CreatorApp[:], vhdspec.CreatorApp)
 	if s.dense {
 		d.IndexDense = 1
 	}
-	d.BitmapSize = d.BitmapSegNum * BitmapSegSize
-	slot := func(d *Descriptor) []byte {
-		b := make([]byte, SlotSize)
+	d.BitmapSize = d.BitmapSegNum * vhdspec.BitmapSegSize
+	slot := func(d *vhdspec.Descriptor) []byte {
+		b := make([]byte, vhdspec.SlotSize)
 		d.Encode(b)
-		SetChecksum(b)
+		vhdspec.SetChecksum(b)
 		return b
 	}
 	var out bytes.Buffer
 	out.Write(slot(d))
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 	defer enc.Close()
-	var entries []IndexEntry
+	var entries []vhdspec.IndexEntry
 	bitmap := make([]byte, d.BitmapSize)
 	for b := range maxBlk {
 		payload, ok := s.payloads[b]
@@ -59,19 +61,19 @@ func (s spec) build(t testing.TB) []byte {
 			if !ok {
 				continue
 			}
-			block := make([]byte, BlockSize)
+			block := make([]byte, vhdspec.BlockSize)
 			copy(block, data)
-			if s.method == MethodZstd {
+			if s.method == vhdspec.MethodZstd {
 				payload = enc.EncodeAll(block, nil)
 			} else {
 				payload = deflate(t, block)
 			}
 		}
-		rec := make([]byte, RecordLen(int64(len(payload))))
-		EncodeRecordHeader(rec, RecordHeader{PayloadLen: uint32(len(payload)), Block: b})
-		copy(rec[RecordHeaderLen:], payload)
-		copy(rec[len(rec)-RecordEndLen:], RecordEnd)
-		entries = append(entries, IndexEntry{Offset: uint64(out.Len()), Block: b, Length: uint32(len(rec))})
+		rec := make([]byte, vhdspec.RecordLen(int64(len(payload))))
+		vhdspec.EncodeRecordHeader(rec, vhdspec.RecordHeader{PayloadLen: uint32(len(payload)), Block: b})
+		copy(rec[vhdspec.RecordHeaderLen:], payload)
+		copy(rec[len(rec)-vhdspec.RecordEndLen:], vhdspec.RecordEnd)
+		entries = append(entries, vhdspec.IndexEntry{Offset: uint64(out.Len()), Block: b, Length: uint32(len(rec))})
 		out.Write(rec)
 		bitmap[b/8] |= 1 << (b % 8)
 	}
@@ -81,8 +83,8 @@ func (s spec) build(t testing.TB) []byte {
 	if s.dense {
 		n = uint64(maxBlk)
 	}
-	d.IndexSegNum = uint32(CeilDiv(n, SegBlocks))
-	d.IndexSize = d.IndexSegNum * IndexSegSize
+	d.IndexSegNum = uint32(vhdspec.CeilDiv(n, vhdspec.SegBlocks))
+	d.IndexSize = d.IndexSegNum * vhdspec.IndexSegSize
 	d.IndexLBA = uint64(out.Len())
 	index := make([]byte, d.IndexSize)
 	for i, e := range entries {
@@ -90,7 +92,7 @@ func (s spec) build(t testing.TB) []byte {
 		if s.dense {
 			k = uint64(e.Block)
 		}
-		e.Encode(index[k*EntrySize:])
+		e.Encode(index[k*vhdspec.EntrySize:])
 	}
 	out.Write(index)
 	d.BitmapLBA = uint64(out.Len())

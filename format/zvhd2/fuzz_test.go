@@ -9,6 +9,7 @@ import (
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Every ZVHD2 file with data holds a 512 KiB index segment, mostly zeros:
@@ -133,6 +134,6 @@ func writeSeeds(t *testing.T, dir string) {
 	write("t3.sparse", readVector(t, "t3.zvhd2"))
 	write("t4.sparse", readVector(t, "t4.zvhd2"))
 	blocks := map[uint32][]byte{0: []byte("hello"), 2: bytes.Repeat([]byte{1, 2, 3}, 300)}
-	write("zlib-dense.sparse", spec{origSize: 5*mib + 512, method: MethodZlib, dense: true, blocks: blocks}.build(t))
-	write("zstd-sparse.sparse", spec{origSize: 5*mib + 512, method: MethodZstd, blocks: blocks}.build(t))
+	write("zlib-dense.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZlib, dense: true, blocks: blocks}.build(t))
+	write("zstd-sparse.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZstd, blocks: blocks}.build(t))
 }

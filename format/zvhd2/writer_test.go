@@ -20,18 +20,19 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
 )
 
 // ---------------------------------------------------------------------
-// An independent parser, written from the spec (§1, §2, §5) with literal
+// An independent parser, written from docs/ZVHD2.md (§1, §2, §5) with literal
 // offsets and its own decoders: it shares no code with the package, so
 // it checks the writer without trusting the reader's constants.
 // ---------------------------------------------------------------------
 
-// pField is one descriptor field: name as in the spec, offset, size.
+// pField is one descriptor field: name as in docs/ZVHD2.md, offset, size.
 type pField struct {
 	name      string
 	off, size int
@@ -366,10 +367,10 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string, opts convert.Options
 
 // fixedIdentity makes the descriptor's timestamp and uuid constant.
 func fixedIdentity(t testing.TB) {
-	oldClock, oldUUID := clock, uuidSource
-	clock = func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }
-	uuidSource = zeroReader{}
-	t.Cleanup(func() { clock, uuidSource = oldClock, oldUUID })
+	oldClock, oldUUID := vhdspec.Clock, vhdspec.UUIDSource
+	vhdspec.Clock = func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }
+	vhdspec.UUIDSource = zeroReader{}
+	t.Cleanup(func() { vhdspec.Clock, vhdspec.UUIDSource = oldClock, oldUUID })
 }
 
 type zeroReader struct{}
@@ -417,7 +418,7 @@ func TestParserOnVectors(t *testing.T) {
 			t.Errorf("%s: %d records, %d bitmap segments", v.name, len(p.records), p.trailer.u("bitmap_seg_num"))
 		}
 		if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
-			t.Errorf("%s: parsed data differs from %s at %d", v.name, v.raw, firstDiff(got, raw))
+			t.Errorf("%s: parsed data differs from %s at %d", v.name, v.raw, formattest.FirstDiff(got, raw))
 		}
 	}
 	p := parseZVHD2(t, readVector(t, "t2.zvhd2"), false)
@@ -475,7 +476,7 @@ func TestVectorsFieldByField(t *testing.T) {
 				t.Errorf("file size %d, driver's %d", len(data), len(readVector(t, v.ref)))
 			}
 			// Identity fields are fresh: a recent timestamp, a v4 uuid.
-			ts := epoch.Add(time.Duration(ours.trailer.u("timestamp")) * time.Second)
+			ts := vhdspec.Epoch.Add(time.Duration(ours.trailer.u("timestamp")) * time.Second)
 			if d := time.Since(ts); d < -time.Minute || d > time.Hour {
 				t.Errorf("timestamp %v is not now", ts)
 			}
@@ -484,7 +485,7 @@ func TestVectorsFieldByField(t *testing.T) {
 			}
 			raw := readVector(t, v.raw)
 			if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
-				t.Errorf("data differs at %d", firstDiff(got, raw))
+				t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 			}
 			t.Logf("%s: ours %d bytes, driver's %d", v.ref, len(data), len(readVector(t, v.ref)))
 		})
@@ -541,7 +542,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 		t.Errorf("orig_size %d, want %d", got, w)
 	}
 	if got := p.disk(int64(len(want))); !bytes.Equal(got, want) {
-		t.Fatalf("parsed data differs at %d", firstDiff(got, want))
+		t.Fatalf("parsed data differs at %d", formattest.FirstDiff(got, want))
 	}
 	// The reader under test.
 	img := formattest.Open(t, out, Name)
@@ -563,7 +564,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 	// to its CHS geometry); the rest reads as zeros.
 	padded := append(bytes.Clone(want), make([]byte, int(roundUp(uint64(srcImg.Size()), 512))-len(want))...)
 	if !bytes.Equal(got, padded) {
-		t.Fatalf("raw → zvhd2 → raw differs at %d (%d vs %d bytes)", firstDiff(got, padded), len(got), len(padded))
+		t.Fatalf("raw → zvhd2 → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 	}
 	// Measure is an upper bound of what was written.
 	m, err := convert.Measure(srcImg, 0, writerFormat(t, Name), convert.Options{WriterOptions: methodOpts(method)})
@@ -610,7 +611,7 @@ func TestPipe(t *testing.T) {
 		})
 		want, _ := os.ReadFile(file)
 		if !bytes.Equal(got, want) {
-			t.Errorf("%s: piped output differs from the file at %d (%d vs %d bytes)", m, firstDiff(got, want), len(got), len(want))
+			t.Errorf("%s: piped output differs from the file at %d (%d vs %d bytes)", m, formattest.FirstDiff(got, want), len(got), len(want))
 		}
 		if len(res.SHA256) == 0 {
 			t.Errorf("%s: no streamed checksum", m)
@@ -635,7 +636,7 @@ func TestOver64GiB(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, b := range []int64{0, 32767, 32768, 32770} {
-		if _, err := f.WriteAt(chunks[i*16384:(i+1)*16384], b*BlockSize); err != nil {
+		if _, err := f.WriteAt(chunks[i*16384:(i+1)*16384], b*vhdspec.BlockSize); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -667,7 +668,7 @@ func TestOver64GiB(t *testing.T) {
 		}
 		for i, b := range []uint32{0, 32767, 32768, 32770} {
 			blk := p.blocks[b]
-			n := min(16384, size-int64(b)*BlockSize)
+			n := min(16384, size-int64(b)*vhdspec.BlockSize)
 			if !bytes.Equal(blk[:n], chunks[int64(i)*16384:int64(i)*16384+n]) || !allZero(blk[n:]) {
 				t.Errorf("%s: block %d differs", m, b)
 			}
@@ -694,7 +695,7 @@ func TestOptions(t *testing.T) {
 			t.Errorf("%v: %v, want %q", c.opts, err, c.want)
 		}
 	}
-	if err := wf.Validate(format.WriteOptions{Size: MaxSize + 1}); err == nil {
+	if err := wf.Validate(format.WriteOptions{Size: vhdspec.MaxSize + 1}); err == nil {
 		t.Error("a disk past the last u32 block number was accepted")
 	}
 	if err := wf.Validate(format.WriteOptions{Size: 1 << 20, Compress: true}); err != nil {
@@ -768,7 +769,7 @@ func TestMeasure(t *testing.T) {
 	if want := int64(3*4096 + 16*4096); m.Required != want {
 		t.Errorf("empty 1 TiB: required %d, want %d", m.Required, want)
 	}
-	if want := int64(3*4096+16*4096+16*524288) + 524288*RecordLen(PayloadBound); m.FullyAllocated != want {
+	if want := int64(3*4096+16*4096+16*524288) + 524288*vhdspec.RecordLen(vhdspec.PayloadBound); m.FullyAllocated != want {
 		t.Errorf("1 TiB: fully allocated %d, want %d", m.FullyAllocated, want)
 	}
 	const size = 9<<20 + 1536
@@ -918,17 +919,6 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 }
 
 func allZero(b []byte) bool { return format.IsZero(b) }
-
-// firstDiff returns the first offset where a and b differ, or the shorter
-// length.
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
-}
 
 // TestWriterSeeds: with ZVHD2_WRITE_SEEDS=1, adds our writer's output (a
 // small sparse disk, both codecs) to the fuzz seeds in compact form.

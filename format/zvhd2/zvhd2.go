@@ -13,6 +13,9 @@
 // extents: the format has no "unallocated" state distinct from "all zero"
 // (a writer drops every all-zero block), and qemu-img has no driver for it
 // to compare with. Stored blocks are Data, Compressed, with no host offset.
+//
+// The format is described in docs/ZVHD2.md, whose section numbers the
+// comments cite.
 package zvhd2
 
 import (
@@ -23,12 +26,12 @@ import (
 	"math/bits"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // Name is the format's name; qemu has none (only Huawei's qemu-img-hw).
@@ -41,29 +44,17 @@ func init() {
 	format.Register(&format.Format{
 		Name:     Name,
 		Priority: Priority,
-		Probe:    func(f format.File) bool { return HasCookie(f, CookieZVHD2) },
+		Probe:    func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD2) },
 		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
 	})
 }
 
-// HasCookie reports whether f starts with the first CookieLen bytes of
-// cookie, as the drivers' probes check.
-func HasCookie(f format.File, cookie string) bool {
-	var b [CookieLen]byte
-	n, _ := f.ReadAt(b[:], 0)
-	return n == CookieLen && string(b[:]) == cookie[:CookieLen]
-}
-
-// epoch is the descriptor timestamp's origin, as in VHD.
-var epoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // Image is an open ZVHD2 image.
 type Image struct {
-	f       format.File
-	d       *Descriptor // the trailer: the descriptor in force
-	size    int64       // orig_size: the guest disk size
-	entries []IndexEntry
-	runs    []run // runs of consecutive stored blocks, ascending
+	format.Base                     // Meta holds the size; Info is built on demand
+	d           *vhdspec.Descriptor // the trailer: the descriptor in force
+	entries     []vhdspec.IndexEntry
+	stored      vhdspec.Stored
 
 	mu         sync.Mutex
 	zstd       *zstd.Decoder
@@ -73,9 +64,6 @@ type Image struct {
 	specific   *Specific
 	trailerOff int64
 }
-
-// run is the stored blocks [start, end).
-type run struct{ start, end int64 }
 
 // Specific is the "format-specific" part of `info`.
 type Specific struct {
@@ -95,47 +83,47 @@ type Specific struct {
 // Open opens f as a ZVHD2 image.
 func Open(f format.File) (*Image, error) {
 	fileSize := f.Size()
-	if !HasCookie(f, CookieZVHD2) {
-		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, CookieZVHD2, format.ErrWrongType)
+	if !vhdspec.HasCookie(f, vhdspec.CookieZVHD2) {
+		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, vhdspec.CookieZVHD2, format.ErrWrongType)
 	}
-	hb := make([]byte, DescriptorSize)
+	hb := make([]byte, vhdspec.DescriptorSize)
 	if err := format.ReadFull(f, hb, 0, Name, "header descriptor"); err != nil {
 		return nil, err
 	}
-	h := DecodeDescriptor(hb)
-	if h.Version != VersionIndexed {
+	h := vhdspec.DecodeDescriptor(hb)
+	if h.Version != vhdspec.VersionIndexed {
 		// Version 0 is a compile-time legacy variant with no usable index,
 		// which the published driver can neither write nor read.
-		return nil, format.Errorf(Name, "zvhd2_version", offVersion, "version %d is not supported (want %d)", h.Version, VersionIndexed)
+		return nil, format.Errorf(Name, "zvhd2_version", vhdspec.OffVersion, "version %d is not supported (want %d)", h.Version, vhdspec.VersionIndexed)
 	}
-	if fileSize%SlotSize != 0 || fileSize < 3*SlotSize {
+	if fileSize%vhdspec.SlotSize != 0 || fileSize < 3*vhdspec.SlotSize {
 		return nil, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header, mid-footer and trailer", fileSize)
 	}
 	// The header is written before the data and never updated: the
 	// trailer, the last slot, holds the final descriptor.
-	trailerOff := fileSize - SlotSize
-	tb := make([]byte, DescriptorSize)
+	trailerOff := fileSize - vhdspec.SlotSize
+	tb := make([]byte, vhdspec.DescriptorSize)
 	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer descriptor"); err != nil {
 		return nil, err
 	}
-	if string(tb[:CookieLen]) != CookieZVHD2 {
-		return nil, format.Errorf(Name, "trailer cookie", trailerOff, "%q, want %q", tb[:CookieLen], CookieZVHD2)
+	if string(tb[:vhdspec.CookieLen]) != vhdspec.CookieZVHD2 {
+		return nil, format.Errorf(Name, "trailer cookie", trailerOff, "%q, want %q", tb[:vhdspec.CookieLen], vhdspec.CookieZVHD2)
 	}
-	if got, want := StoredChecksum(tb), Checksum(tb); got != want {
-		return nil, format.Errorf(Name, "trailer checksum", trailerOff+offChecksum, "%#08x, computed %#08x", got, want)
+	if got, want := vhdspec.StoredChecksum(tb), vhdspec.DescriptorChecksum(tb); got != want {
+		return nil, format.Errorf(Name, "trailer checksum", trailerOff+vhdspec.OffChecksum, "%#08x, computed %#08x", got, want)
 	}
-	d := DecodeDescriptor(tb)
+	d := vhdspec.DecodeDescriptor(tb)
 	if err := validate(d, h, trailerOff, fileSize); err != nil {
 		return nil, err
 	}
-	img := &Image{f: f, d: d, size: int64(d.OrigSize), cached: -1, trailerOff: trailerOff}
+	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, cached: -1, trailerOff: trailerOff}
 	if err := img.readMaps(); err != nil {
 		return nil, err
 	}
-	if d.CompressMethod == MethodZstd {
+	if d.CompressMethod == vhdspec.MethodZstd {
 		dec, err := zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxMemory(BlockSize),
+			zstd.WithDecoderMaxMemory(vhdspec.BlockSize),
 			zstd.WithDecodeAllCapLimit(true))
 		if err != nil {
 			return nil, err
@@ -145,75 +133,61 @@ func Open(f format.File) (*Image, error) {
 	return img, nil
 }
 
-// CheckSizes validates orig_size and curr_size of d, a descriptor at file
-// offset off of format fmtName.
-func CheckSizes(fmtName string, d *Descriptor, off int64) error {
-	switch {
-	case d.OrigSize%SectorSize != 0:
-		return format.Errorf(fmtName, "orig_size", off+offOrigSize, "%d is not a multiple of %d", d.OrigSize, SectorSize)
-	case d.OrigSize > format.MaxVirtualSize:
-		return format.Errorf(fmtName, "orig_size", off+offOrigSize, "%d exceeds the %d-byte limit", d.OrigSize, uint64(format.MaxVirtualSize))
-	case d.CurrSize != CeilDiv(d.OrigSize, CurrSizeAlign)*CurrSizeAlign:
-		return format.Errorf(fmtName, "curr_size", off+offCurrSize, "%d is not orig_size %d rounded up to 1 GiB", d.CurrSize, d.OrigSize)
-	}
-	return nil
-}
-
 // validate checks the trailer d (at file offset off) field by field
 // against the header h, the file size and each other.
-func validate(d, h *Descriptor, off, fileSize int64) error {
+func validate(d, h *vhdspec.Descriptor, off, fileSize int64) error {
 	bad := func(field string, fieldOff int64, reason string, args ...any) error {
 		return format.Errorf(Name, field, off+fieldOff, reason, args...)
 	}
-	if err := CheckSizes(Name, d, off); err != nil {
+	if err := vhdspec.CheckSizes(Name, d, off); err != nil {
 		return err
 	}
 	switch {
-	case d.Version != VersionIndexed:
-		return bad("zvhd2_version", offVersion, "version %d is not supported (want %d)", d.Version, VersionIndexed)
-	case d.BlockSize != BlockSize:
+	case d.Version != vhdspec.VersionIndexed:
+		return bad("zvhd2_version", vhdspec.OffVersion, "version %d is not supported (want %d)", d.Version, vhdspec.VersionIndexed)
+	case d.BlockSize != vhdspec.BlockSize:
 		// The drivers compute block numbers with a fixed 2 MiB whatever
 		// the field says, so another value cannot be read as written.
-		return bad("block_size", offBlockSize, "%d is not supported (want %d)", d.BlockSize, BlockSize)
-	case uint64(d.MaxBlkNum) != CeilDiv(d.OrigSize, BlockSize):
-		return bad("max_blk_num", offMaxBlkNum, "%d blocks, but orig_size %d needs %d", d.MaxBlkNum, d.OrigSize, CeilDiv(d.OrigSize, BlockSize))
-	case d.CompressMethod != MethodZlib && d.CompressMethod != MethodZstd:
-		return bad("compress_method", offCompressMethod, "unknown method %d", d.CompressMethod)
+		return bad("block_size", vhdspec.OffBlockSize, "%d is not supported (want %d)", d.BlockSize, vhdspec.BlockSize)
+	case uint64(d.MaxBlkNum) != vhdspec.CeilDiv(d.OrigSize, vhdspec.BlockSize):
+		return bad("max_blk_num", vhdspec.OffMaxBlkNum, "%d blocks, but orig_size %d needs %d", d.MaxBlkNum, d.OrigSize, vhdspec.CeilDiv(d.OrigSize, vhdspec.BlockSize))
+	case d.CompressMethod != vhdspec.MethodZlib && d.CompressMethod != vhdspec.MethodZstd:
+		return bad("compress_method", vhdspec.OffCompressMethod, "unknown method %d", d.CompressMethod)
 	case d.IndexDense > 1:
-		return bad("index_contains_zero_blk", offIndexDense, "%d is neither 0 nor 1", d.IndexDense)
-	case d.IndexSegSize != IndexSegSize:
-		return bad("index_seg_size", offIndexSegSize, "%d, want %d", d.IndexSegSize, IndexSegSize)
-	case d.BitmapSegSize != BitmapSegSize:
-		return bad("bitmap_seg_size", offBitmapSegSize, "%d, want %d", d.BitmapSegSize, BitmapSegSize)
+		return bad("index_contains_zero_blk", vhdspec.OffIndexDense, "%d is neither 0 nor 1", d.IndexDense)
+	case d.IndexSegSize != vhdspec.IndexSegSize:
+		return bad("index_seg_size", vhdspec.OffIndexSegSize, "%d, want %d", d.IndexSegSize, vhdspec.IndexSegSize)
+	case d.BitmapSegSize != vhdspec.BitmapSegSize:
+		return bad("bitmap_seg_size", vhdspec.OffBitmapSegSize, "%d, want %d", d.BitmapSegSize, vhdspec.BitmapSegSize)
 	case d.NonZeroBlkNum > d.MaxBlkNum:
-		return bad("non_zero_blk_num", offNonZeroBlkNum, "%d stored blocks in a disk of %d", d.NonZeroBlkNum, d.MaxBlkNum)
-	case uint64(d.BitmapSegNum) != CeilDiv(uint64(d.MaxBlkNum), BitmapBlocks):
-		return bad("bitmap_seg_num", offBitmapSegNum, "%d segments for %d blocks", d.BitmapSegNum, d.MaxBlkNum)
-	case uint64(d.BitmapSize) != uint64(d.BitmapSegNum)*BitmapSegSize:
-		return bad("bitmap_size", offBitmapSize, "%d is not bitmap_seg_num %d × %d", d.BitmapSize, d.BitmapSegNum, BitmapSegSize)
+		return bad("non_zero_blk_num", vhdspec.OffNonZeroBlkNum, "%d stored blocks in a disk of %d", d.NonZeroBlkNum, d.MaxBlkNum)
+	case uint64(d.BitmapSegNum) != vhdspec.CeilDiv(uint64(d.MaxBlkNum), vhdspec.BitmapBlocks):
+		return bad("bitmap_seg_num", vhdspec.OffBitmapSegNum, "%d segments for %d blocks", d.BitmapSegNum, d.MaxBlkNum)
+	case uint64(d.BitmapSize) != uint64(d.BitmapSegNum)*vhdspec.BitmapSegSize:
+		return bad("bitmap_size", vhdspec.OffBitmapSize, "%d is not bitmap_seg_num %d × %d", d.BitmapSize, d.BitmapSegNum, vhdspec.BitmapSegSize)
 	}
 	entries := uint64(d.NonZeroBlkNum)
 	if d.IndexDense == 1 {
 		entries = uint64(d.MaxBlkNum)
 	}
 	switch {
-	case uint64(d.IndexSegNum) != CeilDiv(entries, SegBlocks):
-		return bad("index_seg_num", offIndexSegNum, "%d segments for %d index entries", d.IndexSegNum, entries)
-	case uint64(d.IndexSize) != uint64(d.IndexSegNum)*IndexSegSize:
-		return bad("index_size", offIndexSize, "%d is not index_seg_num %d × %d", d.IndexSize, d.IndexSegNum, IndexSegSize)
-	case d.IndexLBA%SlotSize != 0 || d.IndexLBA < 2*SlotSize || d.IndexLBA > uint64(fileSize):
-		return bad("index_lba", offIndexLBA, "%d is not a 4096-byte aligned offset after the header and mid-footer, inside the file", d.IndexLBA)
+	case uint64(d.IndexSegNum) != vhdspec.CeilDiv(entries, vhdspec.SegBlocks):
+		return bad("index_seg_num", vhdspec.OffIndexSegNum, "%d segments for %d index entries", d.IndexSegNum, entries)
+	case uint64(d.IndexSize) != uint64(d.IndexSegNum)*vhdspec.IndexSegSize:
+		return bad("index_size", vhdspec.OffIndexSize, "%d is not index_seg_num %d × %d", d.IndexSize, d.IndexSegNum, vhdspec.IndexSegSize)
+	case d.IndexLBA%vhdspec.SlotSize != 0 || d.IndexLBA < 2*vhdspec.SlotSize || d.IndexLBA > uint64(fileSize):
+		return bad("index_lba", vhdspec.OffIndexLBA, "%d is not a 4096-byte aligned offset after the header and mid-footer, inside the file", d.IndexLBA)
 	case d.BitmapLBA != d.IndexLBA+uint64(d.IndexSize):
-		return bad("bitmap_lba", offBitmapLBA, "%d does not follow the index (index_lba %d + index_size %d)", d.BitmapLBA, d.IndexLBA, d.IndexSize)
+		return bad("bitmap_lba", vhdspec.OffBitmapLBA, "%d does not follow the index (index_lba %d + index_size %d)", d.BitmapLBA, d.IndexLBA, d.IndexSize)
 	case d.BitmapLBA+uint64(d.BitmapSize) != uint64(off):
-		return bad("bitmap_size", offBitmapSize, "bitmap [%d,+%d) does not end at the trailer (offset %d)", d.BitmapLBA, d.BitmapSize, off)
+		return bad("bitmap_size", vhdspec.OffBitmapSize, "bitmap [%d,+%d) does not end at the trailer (offset %d)", d.BitmapLBA, d.BitmapSize, off)
 	}
 	// Fields known before the data was written must not change.
 	switch {
 	case h.OrigSize != d.OrigSize:
-		return format.Errorf(Name, "orig_size", offOrigSize, "header says %d, trailer %d", h.OrigSize, d.OrigSize)
+		return format.Errorf(Name, "orig_size", vhdspec.OffOriginalSize, "header says %d, trailer %d", h.OrigSize, d.OrigSize)
 	case h.CompressMethod != d.CompressMethod:
-		return format.Errorf(Name, "compress_method", offCompressMethod, "header says %d, trailer %d", h.CompressMethod, d.CompressMethod)
+		return format.Errorf(Name, "compress_method", vhdspec.OffCompressMethod, "header says %d, trailer %d", h.CompressMethod, d.CompressMethod)
 	}
 	return nil
 }
@@ -221,7 +195,7 @@ func validate(d, h *Descriptor, off, fileSize int64) error {
 // readMaps loads the bitmap and index, checks them against each other and
 // builds the list of stored blocks.
 func (img *Image) readMaps() error {
-	d, f := img.d, img.f
+	d, f := img.d, img.File
 	fileSize := f.Size()
 	if err := format.CheckTable(Name, "bitmap", int64(d.BitmapLBA), int64(d.BitmapSize), fileSize); err != nil {
 		return err
@@ -239,7 +213,7 @@ func (img *Image) readMaps() error {
 		}
 	}
 	if pop != uint64(d.NonZeroBlkNum) {
-		return format.Errorf(Name, "non_zero_blk_num", img.trailerOff+offNonZeroBlkNum, "%d, but the bitmap has %d bits set", d.NonZeroBlkNum, pop)
+		return format.Errorf(Name, "non_zero_blk_num", img.trailerOff+vhdspec.OffNonZeroBlkNum, "%d, but the bitmap has %d bits set", d.NonZeroBlkNum, pop)
 	}
 	stored := func(b uint32) bool { return bitmap[b/8]>>(b%8)&1 != 0 }
 
@@ -248,27 +222,27 @@ func (img *Image) readMaps() error {
 		n = int64(d.MaxBlkNum)
 	}
 	indexOff := int64(d.IndexLBA)
-	if err := format.CheckTable(Name, "index", indexOff, n*EntrySize, fileSize); err != nil {
+	if err := format.CheckTable(Name, "index", indexOff, n*vhdspec.EntrySize, fileSize); err != nil {
 		return err
 	}
-	raw := make([]byte, n*EntrySize)
+	raw := make([]byte, n*vhdspec.EntrySize)
 	if err := format.ReadFull(f, raw, indexOff, Name, "index"); err != nil {
 		return err
 	}
 	// Records live between the header slot and the mid-footer slot.
-	recordsEnd := indexOff - SlotSize
-	var mid [CookieLen]byte
+	recordsEnd := indexOff - vhdspec.SlotSize
+	var mid [vhdspec.CookieLen]byte
 	if err := format.ReadFull(f, mid[:], recordsEnd, Name, "mid-footer"); err != nil {
 		return err
 	}
-	if string(mid[:]) != CookieZVHD2 {
-		return format.Errorf(Name, "mid-footer cookie", recordsEnd, "%q, want %q before the index", mid[:], CookieZVHD2)
+	if string(mid[:]) != vhdspec.CookieZVHD2 {
+		return format.Errorf(Name, "mid-footer cookie", recordsEnd, "%q, want %q before the index", mid[:], vhdspec.CookieZVHD2)
 	}
-	img.entries = make([]IndexEntry, 0, d.NonZeroBlkNum)
-	next := int64(SlotSize) // lowest offset the next record may start at
+	img.entries = make([]vhdspec.IndexEntry, 0, d.NonZeroBlkNum)
+	next := int64(vhdspec.SlotSize) // lowest offset the next record may start at
 	for k := range n {
-		eoff := indexOff + k*EntrySize
-		e := DecodeIndexEntry(raw[k*EntrySize:])
+		eoff := indexOff + k*vhdspec.EntrySize
+		e := vhdspec.DecodeIndexEntry(raw[k*vhdspec.EntrySize:])
 		if d.IndexDense == 1 {
 			if e.Offset == 0 && e.Length == 0 {
 				if stored(uint32(k)) {
@@ -287,45 +261,32 @@ func (img *Image) readMaps() error {
 			return format.Errorf(Name, "index entry block", eoff+8, "block %d after block %d: entries must ascend", e.Block, img.entries[len(img.entries)-1].Block)
 		case !stored(e.Block):
 			return format.Errorf(Name, "bitmap", int64(d.BitmapLBA)+int64(e.Block/8), "bit for block %d is clear but index entry %d stores it", e.Block, k)
-		case e.Length < RecordAlign || e.Length%RecordAlign != 0 || e.Length > MaxRecordLen:
-			return format.Errorf(Name, "index entry length", eoff+12, "record length %d is not a multiple of %d up to %d", e.Length, RecordAlign, MaxRecordLen)
-		case e.Offset%RecordAlign != 0 || e.Offset < uint64(next):
-			return format.Errorf(Name, "index entry offset", eoff, "record offset %d is not %d-aligned at or after %d (the end of the previous record)", e.Offset, RecordAlign, next)
+		case e.Length < vhdspec.RecordAlign || e.Length%vhdspec.RecordAlign != 0 || e.Length > vhdspec.MaxRecordLen:
+			return format.Errorf(Name, "index entry length", eoff+12, "record length %d is not a multiple of %d up to %d", e.Length, vhdspec.RecordAlign, vhdspec.MaxRecordLen)
+		case e.Offset%vhdspec.RecordAlign != 0 || e.Offset < uint64(next):
+			return format.Errorf(Name, "index entry offset", eoff, "record offset %d is not %d-aligned at or after %d (the end of the previous record)", e.Offset, vhdspec.RecordAlign, next)
 		case e.Offset > uint64(recordsEnd) || int64(e.Length) > recordsEnd-int64(e.Offset):
 			return format.Errorf(Name, "index entry offset", eoff, "record [%d,+%d) extends past the mid-footer at %d", e.Offset, e.Length, recordsEnd)
 		}
 		next = int64(e.Offset) + int64(e.Length)
 		img.entries = append(img.entries, e)
 		b := int64(e.Block)
-		if r := len(img.runs) - 1; r >= 0 && img.runs[r].end == b {
-			img.runs[r].end = b + 1
-		} else {
-			img.runs = append(img.runs, run{b, b + 1})
-		}
+		img.stored.Add(b)
 	}
 	// With popcount = N, N ascending entries each on a set bit make the
 	// index and bitmap agree exactly.
 	if int64(len(img.entries)) != int64(d.NonZeroBlkNum) {
-		return format.Errorf(Name, "non_zero_blk_num", img.trailerOff+offNonZeroBlkNum, "%d, but the index has %d records", d.NonZeroBlkNum, len(img.entries))
+		return format.Errorf(Name, "non_zero_blk_num", img.trailerOff+vhdspec.OffNonZeroBlkNum, "%d, but the index has %d records", d.NonZeroBlkNum, len(img.entries))
 	}
 	return nil
 }
-
-// Size returns orig_size, the size of the disk that was imported.
-func (img *Image) Size() int64 { return img.size }
-
-// Descriptor returns the trailer descriptor in force.
-func (img *Image) Descriptor() Descriptor { return *img.d }
-
-// Entries returns the index entries of the stored blocks, ascending.
-func (img *Image) Entries() []IndexEntry { return append([]IndexEntry(nil), img.entries...) }
 
 // Close releases the decoder and closes the file.
 func (img *Image) Close() error {
 	if img.zstd != nil {
 		img.zstd.Close()
 	}
-	return format.CloseFile(img.f)
+	return img.Base.Close()
 }
 
 // Info describes the image.
@@ -333,76 +294,42 @@ func (img *Image) Info() *format.Info {
 	d := img.d
 	return &format.Info{
 		Format:      Name,
-		VirtualSize: img.size,
-		ClusterSize: BlockSize,
+		VirtualSize: img.Size(),
+		ClusterSize: vhdspec.BlockSize,
 		Specific: &Specific{
 			CurrentSize:    int64(d.CurrSize),
 			BlockSize:      int64(d.BlockSize),
-			Compression:    Method(d.CompressMethod),
+			Compression:    vhdspec.Method(d.CompressMethod),
 			Version:        int(d.Version),
 			DenseIndex:     d.IndexDense == 1,
 			StoredBlocks:   int64(d.NonZeroBlkNum),
-			UUID:           FormatUUID(d.UUID),
-			CreatorVersion: fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff),
-			Timestamp:      epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339),
+			UUID:           vhdspec.FormatUUID(d.UUID),
+			CreatorVersion: d.CreatorVersionString(),
+			Timestamp:      d.TimestampString(),
 		},
 	}
-}
-
-// FormatUUID writes a uuid's 16 raw bytes in the usual 8-4-4-4-12 form.
-func FormatUUID(u [16]byte) string {
-	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
 }
 
 // Extent reports a run of stored blocks as compressed Data and a run of
 // absent blocks as Zero.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	if off < 0 || off >= img.size {
-		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", Name, off)
-	}
-	b := off / BlockSize
-	i := sort.Search(len(img.runs), func(i int) bool { return img.runs[i].end > b })
-	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
-	end := img.size
-	if i < len(img.runs) {
-		r := img.runs[i]
-		if r.start <= b {
-			e.Status, e.Compressed = format.Data, true
-			end = min(end, r.end*BlockSize)
-		} else {
-			end = min(end, r.start*BlockSize)
-		}
-	}
-	e.Length = end - off
-	return e, nil
+	return img.stored.Extent(Name, off, img.Size())
 }
 
 // ReadAt reads guest bytes, decoding each stored block it touches.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.size)
-	if n == 0 {
-		return 0, clipErr
-	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	for done := 0; done < n; {
-		pos := off + int64(done)
-		b := pos / BlockSize
-		in := pos % BlockSize
-		m := int(min(int64(n-done), BlockSize-in))
-		dst := p[done : done+m]
+	return vhdspec.ReadBlocks(p, off, img.Size(), func(b int64) ([]byte, error) {
 		k := sort.Search(len(img.entries), func(k int) bool { return int64(img.entries[k].Block) >= b })
-		if k < len(img.entries) && int64(img.entries[k].Block) == b {
-			if err := img.decode(k); err != nil {
-				return done, err
-			}
-			copy(dst, img.cache[in:])
-		} else {
-			clear(dst)
+		if k == len(img.entries) || int64(img.entries[k].Block) != b {
+			return nil, nil
 		}
-		done += m
-	}
-	return n, clipErr
+		if err := img.decode(k); err != nil {
+			return nil, err
+		}
+		return img.cache, nil
+	})
 }
 
 // decode makes img.cache hold the block of entry k. It checks the record's
@@ -418,33 +345,33 @@ func (img *Image) decode(k int) error {
 		img.rec = make([]byte, e.Length)
 	}
 	rec := img.rec[:e.Length]
-	if err := format.ReadFull(img.f, rec, off, Name, "record"); err != nil {
+	if err := format.ReadFull(img.File, rec, off, Name, "record"); err != nil {
 		return err
 	}
-	h, ok := DecodeRecordHeader(rec)
+	h, ok := vhdspec.DecodeRecordHeader(rec)
 	switch {
 	case !ok:
-		return format.Errorf(Name, "record magic", off, "%q, want %q", rec[:len(RecordMagic)], RecordMagic)
+		return format.Errorf(Name, "record magic", off, "%q, want %q", rec[:len(vhdspec.RecordMagic)], vhdspec.RecordMagic)
 	case h.Block != e.Block:
-		return format.Errorf(Name, "record block", off+offRecBlock, "record holds block %d, index entry says %d", h.Block, e.Block)
-	case h.PayloadLen == 0 || int64(h.PayloadLen) > int64(e.Length)-RecordHeaderLen-RecordEndLen:
-		return format.Errorf(Name, "record payload length", off+offRecPayloadLen, "%d bytes do not fit a %d-byte record", h.PayloadLen, e.Length)
-	case string(rec[len(rec)-RecordEndLen:]) != RecordEnd:
-		return format.Errorf(Name, "record end marker", off+int64(len(rec)-RecordEndLen), "%q, want %q", rec[len(rec)-RecordEndLen:], RecordEnd)
+		return format.Errorf(Name, "record block", off+vhdspec.OffRecBlock, "record holds block %d, index entry says %d", h.Block, e.Block)
+	case h.PayloadLen == 0 || int64(h.PayloadLen) > int64(e.Length)-vhdspec.RecordHeaderLen-vhdspec.RecordEndLen:
+		return format.Errorf(Name, "record payload length", off+vhdspec.OffRecPayloadLen, "%d bytes do not fit a %d-byte record", h.PayloadLen, e.Length)
+	case string(rec[len(rec)-vhdspec.RecordEndLen:]) != vhdspec.RecordEnd:
+		return format.Errorf(Name, "record end marker", off+int64(len(rec)-vhdspec.RecordEndLen), "%q, want %q", rec[len(rec)-vhdspec.RecordEndLen:], vhdspec.RecordEnd)
 	}
-	payload := rec[RecordHeaderLen : RecordHeaderLen+int(h.PayloadLen)]
+	payload := rec[vhdspec.RecordHeaderLen : vhdspec.RecordHeaderLen+int(h.PayloadLen)]
 	if img.cache == nil {
-		img.cache = make([]byte, BlockSize)
+		img.cache = make([]byte, vhdspec.BlockSize)
 	}
 	var err error
-	if img.d.CompressMethod == MethodZstd {
+	if img.d.CompressMethod == vhdspec.MethodZstd {
 		err = unzstd(img.zstd, payload, img.cache)
 	} else {
-		err = Inflate(payload, img.cache)
+		err = inflate(payload, img.cache)
 	}
 	if err != nil {
-		return &format.FormatError{Format: Name, Field: "record payload", Offset: off + RecordHeaderLen,
-			Reason: fmt.Sprintf("block %d (%s)", e.Block, Method(img.d.CompressMethod)), Err: err}
+		return &format.FormatError{Format: Name, Field: "record payload", Offset: off + vhdspec.RecordHeaderLen,
+			Reason: fmt.Sprintf("block %d (%s)", e.Block, vhdspec.Method(img.d.CompressMethod)), Err: err}
 	}
 	img.cached = k
 	return nil
@@ -469,10 +396,10 @@ func unzstd(dec *zstd.Decoder, payload, block []byte) error {
 	return nil
 }
 
-// Inflate decodes a zlib payload into block, which it must fill exactly.
+// inflate decodes a zlib payload into block, which it must fill exactly.
 // Writers sync-flush and never finish the stream; a finished stream is
 // accepted too. Output past one block is an error, and never buffered.
-func Inflate(payload, block []byte) error {
+func inflate(payload, block []byte) error {
 	zr, err := zlib.NewReader(bytes.NewReader(payload))
 	if err != nil {
 		return err

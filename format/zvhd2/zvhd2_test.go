@@ -11,6 +11,7 @@ import (
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
 // vectors holds the reference files written by Huawei's driver (see
@@ -108,10 +109,10 @@ func TestT1Variants(t *testing.T) {
 			}
 			sp := img.Info().Specific.(*Specific)
 			if sp.Compression != v.method || sp.DenseIndex != v.dense || sp.CurrentSize != 1<<30 ||
-				sp.BlockSize != BlockSize || sp.Version != 1 || sp.StoredBlocks != 2 || sp.CreatorVersion != "1.4" {
+				sp.BlockSize != vhdspec.BlockSize || sp.Version != 1 || sp.StoredBlocks != 2 || sp.CreatorVersion != "1.4" {
 				t.Errorf("format-specific %+v", sp)
 			}
-			if img.Info().VirtualSize != size || img.Info().ClusterSize != BlockSize || img.Info().Format != Name {
+			if img.Info().VirtualSize != size || img.Info().ClusterSize != vhdspec.BlockSize || img.Info().Format != Name {
 				t.Errorf("info %+v", img.Info())
 			}
 			checkReadAtEnd(t, img)
@@ -131,14 +132,14 @@ func checkReadAtEnd(t *testing.T, img format.Image) {
 }
 
 // TestT1Descriptor checks every trailer field of t1.zvhd2 against the
-// values the spec gives for the driver's output, and the index entries.
+// values docs/ZVHD2.md gives for the driver's output, and the index entries.
 func TestT1Descriptor(t *testing.T) {
 	file := readVector(t, "t1.zvhd2")
 	img := openVector(t, "t1.zvhd2")
 	defer img.Close()
-	d := img.Descriptor()
-	h := DecodeDescriptor(file)
-	want := Descriptor{
+	d := *img.d
+	h := vhdspec.DecodeDescriptor(file)
+	want := vhdspec.Descriptor{
 		Cookie: [8]byte{'z', '2', 's', 't', 'r', 'm'}, Features: 2, FormatVersion: 0x00010000,
 		DataOffset: ^uint64(0), Timestamp: h.Timestamp, CreatorApp: [4]byte{'t', 'a', 'p'},
 		CreatorVersion: 0x00010004, CreatorOS: 0, OrigSize: 5243392, CurrSize: 1 << 30,
@@ -146,30 +147,30 @@ func TestT1Descriptor(t *testing.T) {
 		Version: 1, BlockSize: 2 * mib, MaxBlkNum: 3,
 		IndexLBA: 2113536, BitmapLBA: 2637824, IndexSize: 524288, BitmapSize: 4096,
 		IndexSegSize: 524288, BitmapSegSize: 4096, IndexSegNum: 1, BitmapSegNum: 1,
-		NonZeroBlkNum: 2, IndexDense: 0, CompressMethod: MethodZstd,
+		NonZeroBlkNum: 2, IndexDense: 0, CompressMethod: vhdspec.MethodZstd,
 	}
 	if d != want {
 		t.Errorf("trailer\n got %+v\nwant %+v", d, want)
 	}
-	if d.Checksum != Checksum(file[len(file)-SlotSize:]) {
+	if d.Checksum != vhdspec.DescriptorChecksum(file[len(file)-vhdspec.SlotSize:]) {
 		t.Errorf("checksum %#x", d.Checksum)
 	}
 	// The header at 0 is the same before the data is known.
-	if h.NonZeroBlkNum != 0 || h.IndexLBA != 0 || h.OrigSize != d.OrigSize || h.Checksum != Checksum(file) {
+	if h.NonZeroBlkNum != 0 || h.IndexLBA != 0 || h.OrigSize != d.OrigSize || h.Checksum != vhdspec.DescriptorChecksum(file) {
 		t.Errorf("header %+v", h)
 	}
-	if h.UUID == ([16]byte{}) || FormatUUID(h.UUID) != img.Info().Specific.(*Specific).UUID {
+	if h.UUID == ([16]byte{}) || vhdspec.FormatUUID(h.UUID) != img.Info().Specific.(*Specific).UUID {
 		t.Errorf("uuid %x / %s", h.UUID, img.Info().Specific.(*Specific).UUID)
 	}
-	es := img.Entries()
+	es := img.entries
 	if len(es) != 2 || es[0].Offset != 4096 || es[0].Block != 0 || es[0].Length != 2101248 ||
 		es[1].Offset != 4096+2101248 || es[1].Block != 2 || es[1].Length != 4096 {
 		t.Errorf("index entries %+v", es)
 	}
 	// Re-encoding the decoded trailer gives its bytes back.
-	b := make([]byte, DescriptorSize)
+	b := make([]byte, vhdspec.DescriptorSize)
 	d.Encode(b)
-	if !bytes.Equal(b, file[len(file)-SlotSize:][:DescriptorSize]) {
+	if !bytes.Equal(b, file[len(file)-vhdspec.SlotSize:][:vhdspec.DescriptorSize]) {
 		t.Errorf("Encode(DecodeDescriptor(trailer)) differs from the trailer")
 	}
 	js, err := json.Marshal(img.Info().Specific)
@@ -190,7 +191,7 @@ func TestGeometry(t *testing.T) {
 		size uint64
 		want uint32
 	}{{5243392, 0x00960411}, {1024, 0x00000411}, {3 * mib, 0x005a0411}, {68723684864, 0x808210ff}} {
-		if got := Geometry(c.size); got != c.want {
+		if got := vhdspec.PackedGeometry(c.size); got != c.want {
 			t.Errorf("Geometry(%d) = %#08x, want %#08x", c.size, got, c.want)
 		}
 	}
@@ -209,7 +210,7 @@ func TestT3AllZero(t *testing.T) {
 	if !bytes.Equal(readAll(t, img), raw) {
 		t.Errorf("bytes differ from t3.raw")
 	}
-	d := img.Descriptor()
+	d := *img.d
 	if d.NonZeroBlkNum != 0 || d.IndexSize != 0 || d.IndexLBA != 8192 || d.BitmapLBA != 8192 || d.BitmapSegNum != 1 || d.MaxBlkNum != 2 {
 		t.Errorf("descriptor %+v", d)
 	}
@@ -229,7 +230,7 @@ func TestT4Tiny(t *testing.T) {
 	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 1024, format.Data}}) {
 		t.Errorf("extents %v", got)
 	}
-	if d := img.Descriptor(); d.Geometry != 0x411 || d.MaxBlkNum != 1 || d.CurrSize != 1<<30 {
+	if d := *img.d; d.Geometry != 0x411 || d.MaxBlkNum != 1 || d.CurrSize != 1<<30 {
 		t.Errorf("descriptor %+v", d)
 	}
 }
@@ -245,7 +246,7 @@ func TestT2TwoSegments(t *testing.T) {
 	if img.Size() != size {
 		t.Fatalf("size %d", img.Size())
 	}
-	d := img.Descriptor()
+	d := *img.d
 	if d.BitmapSegNum != 2 || d.IndexSegNum != 1 || d.NonZeroBlkNum != 4 || d.MaxBlkNum != 32771 || d.CurrSize != 65<<30 {
 		t.Errorf("descriptor %+v", d)
 	}
@@ -261,8 +262,8 @@ func TestT2TwoSegments(t *testing.T) {
 	}
 	chunks := readVector(t, "t2-blocks.bin")
 	for i, b := range t2Blocks {
-		off := b * BlockSize
-		n := min(BlockSize, size-off)
+		off := b * vhdspec.BlockSize
+		n := min(vhdspec.BlockSize, size-off)
 		got := make([]byte, n)
 		if m, err := img.ReadAt(got, off); int64(m) != n || (err != nil && err != io.EOF) {
 			t.Fatalf("ReadAt(%d) = %d, %v", off, m, err)
@@ -295,24 +296,24 @@ func TestBuilt(t *testing.T) {
 	for _, b := range []uint32{0, 1, 2, 5, 7, 8, 10} {
 		data := bytes.Repeat([]byte{byte(b + 1), 0, 7}, 1000)
 		blocks[b] = data
-		copy(want[int64(b)*BlockSize:], data)
+		copy(want[int64(b)*vhdspec.BlockSize:], data)
 	}
 	wantExt := []ext{
 		{0, 6 * mib, format.Data}, {6 * mib, 4 * mib, format.Zero}, {10 * mib, 2 * mib, format.Data},
 		{12 * mib, 2 * mib, format.Zero}, {14 * mib, 4 * mib, format.Data}, {18 * mib, 2 * mib, format.Zero},
 		{20 * mib, size - 20*mib, format.Data},
 	}
-	for _, method := range []uint8{MethodZstd, MethodZlib} {
+	for _, method := range []uint8{vhdspec.MethodZstd, vhdspec.MethodZlib} {
 		for _, dense := range []bool{false, true} {
 			img, err := openBytes(spec{origSize: size, method: method, dense: dense, blocks: blocks}.build(t))
 			if err != nil {
-				t.Fatalf("%s dense=%v: %v", Method(method), dense, err)
+				t.Fatalf("%s dense=%v: %v", vhdspec.Method(method), dense, err)
 			}
 			if !bytes.Equal(readAll(t, img), want) {
-				t.Errorf("%s dense=%v: bytes differ", Method(method), dense)
+				t.Errorf("%s dense=%v: bytes differ", vhdspec.Method(method), dense)
 			}
 			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-				t.Errorf("%s dense=%v: extents %v", Method(method), dense, got)
+				t.Errorf("%s dense=%v: extents %v", vhdspec.Method(method), dense, got)
 			}
 			// Backwards and repeated reads go through the block cache.
 			for _, off := range []int64{20 * mib, 0, 20*mib + 1, 3, 2*mib - 1} {
@@ -335,7 +336,7 @@ func TestProbe(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := HasCookie(f, CookieZVHD2); got != want {
+		if got := vhdspec.HasCookie(f, vhdspec.CookieZVHD2); got != want {
 			t.Errorf("%s: probe %v", name, got)
 		}
 		f.Close()
