@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 )
 
 // Stdout is the output name that means standard output.
@@ -24,11 +26,19 @@ type OutputOptions struct {
 	// and backing files; see SourceFiles): the output may never be one of
 	// them, even with Force.
 	Sources []string
+	// Remote says how to reach an s3:// output, SizeHint bounds its
+	// length (it sets the upload's part size), and Context, when it ends,
+	// stops the upload (Abort then removes what was sent).
+	Remote   remote.Options
+	SizeHint int64
+	Context  context.Context
 }
 
 // Output is a destination being written. A file is written to a temporary
 // name in the destination's directory and appears under its own name only
-// on Commit; Abort (or a crash) leaves nothing under the final name.
+// on Commit; Abort (or a crash) leaves nothing under the final name. An
+// object (s3://bucket/key) is a multipart upload that Commit completes and
+// Abort aborts.
 //
 // Usage:
 //
@@ -46,6 +56,9 @@ type Output struct {
 	force  bool
 	mode   os.FileMode // mode of the file replaced, 0 for none
 	done   bool
+	up     *remote.Upload // an object being uploaded
+	// SHA256 is an uploaded object's digest, set by Commit.
+	SHA256 []byte
 }
 
 // stream hides every method but Write, so writers treat standard output
@@ -83,6 +96,22 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 	}
 	if path == "" {
 		return nil, errors.New("empty output file name")
+	}
+	if remote.IsURL(path) {
+		for _, s := range o.Sources {
+			if s == path {
+				return nil, fmt.Errorf("output %s is the same object as input %s", path, s)
+			}
+		}
+		ctx := o.Context
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		up, err := remote.Create(ctx, path, o.Remote, o.SizeHint, o.Force)
+		if err != nil {
+			return nil, err
+		}
+		return &Output{Target: up, up: up, final: path}, nil
 	}
 	final := path
 	out := &Output{force: o.Force}
@@ -160,6 +189,12 @@ func (o *Output) Commit() error {
 	if o.done {
 		return errors.New("output already committed or aborted")
 	}
+	if o.up != nil {
+		o.done = true
+		sum, err := o.up.Commit()
+		o.SHA256 = sum
+		return err
+	}
 	if o.f == nil { // standard output
 		o.done = true
 		return nil
@@ -215,6 +250,9 @@ func (o *Output) Abort() error {
 		return nil
 	}
 	o.done = true
+	if o.up != nil {
+		return o.up.Abort()
+	}
 	if o.f != nil {
 		o.f.Close()
 		o.f = nil
@@ -227,8 +265,11 @@ func (o *Output) Abort() error {
 	return nil
 }
 
-// TempName returns the temporary file's name ("" for standard output),
-// for messages and tests.
+// Uploaded reports whether the output is an object in a bucket.
+func (o *Output) Uploaded() bool { return o.up != nil }
+
+// TempName returns the temporary file's name ("" for standard output or
+// an object), for messages and tests.
 func (o *Output) TempName() string { return o.tmp }
 
 func syncDir(dir string) {

@@ -1,28 +1,40 @@
 package main
 
 import (
+	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 	"github.com/diskimg/diskimg/inspect"
 	"github.com/diskimg/diskimg/limits"
 )
 
 // runCloudConvert is `convert --cloud NAME SRC OUTDIR`: plan the upload,
 // convert to what the plan chose, verify the output against the source,
-// and plan again on the output to prove the cloud will take it.
+// and plan again on the output to prove the cloud will take it. OUTDIR may
+// be a bucket prefix (s3://bucket/prefix/): the output is then uploaded
+// as it is written and verified by reading it back.
 func runCloudConvert(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return fmt.Errorf("convert --cloud: expected SRC and OUTDIR, got %d arguments", c.NArg())
 	}
 	src, outdir := c.Args().Get(0), c.Args().Get(1)
-	if fi, err := os.Stat(outdir); err != nil || !fi.IsDir() {
+	if remote.IsURL(outdir) {
+		if !strings.HasSuffix(outdir, "/") {
+			outdir += "/"
+		}
+	} else if fi, err := os.Stat(outdir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("convert --cloud: %s is not a directory", outdir)
 	}
 	profile, err := limits.Lookup(c.String("cloud"))
@@ -38,13 +50,21 @@ func runCloudConvert(c *cli.Context) error {
 	if d.Path == limits.Refused {
 		return &exitError{code: exitRefused, err: fmt.Errorf("%s refuses %s; nothing written", profile.Title, src)}
 	}
+	if d.Conversion == nil && remote.IsURL(outdir) {
+		dst := outdir + path.Base(filepath.ToSlash(src))
+		if err := uploadAsIs(c, src, dst); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "%s: uploaded as it is, verified; %s import to %s\n", dst, d.Path, profile.Title)
+		return nil
+	}
 	if d.Conversion == nil {
 		fmt.Fprintf(c.App.Writer, "%s goes to %s as it is (%s import); nothing to convert\n", src, profile.Title, d.Path)
 		return nil
 	}
 	job := conversion{
 		src:    src,
-		dst:    filepath.Join(outdir, d.Conversion.Output),
+		dst:    joinOut(outdir, d.Conversion.Output),
 		format: d.Conversion.Format,
 		resize: d.Conversion.VirtualSize,
 		verify: true,
@@ -85,15 +105,60 @@ func runCloudConvert(c *cli.Context) error {
 	return nil
 }
 
+// uploadAsIs copies the image file src byte for byte to the object dst,
+// then reads the object back as an image and compares it with src.
+func uploadAsIs(c *cli.Context, src, dst string) error {
+	img, err := openImage(c, src, c.String(formatFlag.Name), policyOf(c))
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	f, err := openFile(c, src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out, err := convert.CreateOutput(dst, convert.OutputOptions{Force: c.Bool("force"), Sources: []string{src},
+		Remote: remoteOptions(c, ""), SizeHint: f.Size(), Context: ctx})
+	if err != nil {
+		return err
+	}
+	defer out.Abort()
+	if _, err := io.Copy(out.Target, io.NewSectionReader(f, 0, f.Size())); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("upload: interrupted; %s not written", dst)
+		}
+		return fmt.Errorf("upload: %w", err)
+	}
+	if err := out.Commit(); err != nil {
+		return err
+	}
+	if err := verifyUpload(c, ctx, img, dst, img.Info().Format); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s  %s\n", hex.EncodeToString(out.SHA256), dst)
+	return nil
+}
+
+// joinOut names the file name in outdir, a directory or a bucket prefix.
+func joinOut(outdir, name string) string {
+	if remote.IsURL(outdir) {
+		return outdir + name
+	}
+	return filepath.Join(outdir, name)
+}
+
 // planFile opens (as fmtName, "" probes) and inspects path, and plans it
 // for the profile.
 func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limits.Request) (limits.Decision, error) {
-	img, err := format.Open(path, fmtName, policyOf(c))
+	img, err := openImage(c, path, fmtName, policyOf(c))
 	if err != nil {
 		return limits.Decision{}, err
 	}
 	defer img.Close()
-	facts, err := imageFacts(path, img)
+	facts, err := imageFacts(c, path, img)
 	if err != nil {
 		return limits.Decision{}, err
 	}

@@ -6,7 +6,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/diskimg/diskimg/convert"
-	"github.com/diskimg/diskimg/format"
 )
 
 // compare's exit codes, as qemu-img's.
@@ -20,8 +19,7 @@ func compareCommand() *cli.Command {
 		Name:      "compare",
 		Usage:     "compare the guest contents of two images (exit 0 identical, 1 different, 2 error; like qemu-img compare)",
 		ArgsUsage: "A B",
-		Flags: []cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag,
-			&cli.StringFlag{Name: "F", Usage: "format `FMT` of the second image"}},
+		Flags:     append(imageFlags(), &cli.StringFlag{Name: "F", Usage: "format `FMT` of the second image"}),
 		Action: func(c *cli.Context) error {
 			if err := runCompare(c); err != nil {
 				var ee *exitError
@@ -39,12 +37,12 @@ func runCompare(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return fmt.Errorf("compare: expected two images, got %d arguments", c.NArg())
 	}
-	a, err := format.Open(c.Args().Get(0), c.String(formatFlag.Name), policyOf(c))
+	a, err := openImage(c, c.Args().Get(0), c.String(formatFlag.Name), policyOf(c))
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	b, err := format.Open(c.Args().Get(1), c.String("F"), policyOf(c))
+	b, err := openImage(c, c.Args().Get(1), c.String("F"), policyOf(c))
 	if err != nil {
 		return err
 	}

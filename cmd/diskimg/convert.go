@@ -16,6 +16,7 @@ import (
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 )
 
 func convertCommand() *cli.Command {
@@ -121,14 +122,15 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err := convert.Check(in, w, job.opts); err != nil {
 		return nil, err
 	}
-	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(job.src, img)})
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(job.src, img),
+		Remote: remoteOptions(c, ""), SizeHint: outputBound(in, w, job.opts), Context: ctx})
 	if err != nil {
 		return nil, err
 	}
 	defer out.Abort()
 
-	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	opts := job.opts
 	if c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd())) {
 		bar := newBar(in.Size(), filepath.Base(job.dst), c)
@@ -142,15 +144,28 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		}
 		return nil, fmt.Errorf("convert: %w", err)
 	}
-	if job.verify {
+	if job.verify && !out.Uploaded() {
 		if err := verifyOutput(ctx, in, out.TempName(), w.Name); err != nil {
 			return nil, err
 		}
 	}
 	if err := out.Commit(); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("convert: interrupted; %s not written", job.dst)
+		}
 		return nil, err
 	}
-	if opts.Checksum {
+	if out.Uploaded() {
+		// An object exists only once complete: verify it by reading it
+		// back by ranges, and remove it if it differs.
+		res.SHA256 = out.SHA256
+		if job.verify {
+			if err := verifyUpload(c, ctx, in, job.dst, w.Name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if opts.Checksum || out.Uploaded() {
 		report := c.App.Writer
 		if job.dst == convert.Stdout {
 			report = c.App.ErrWriter
@@ -160,19 +175,29 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	return res, nil
 }
 
+// outputBound is an upper bound of the output's length, which sets an
+// upload's part size: qemu-img measure's required size with a margin, or
+// the virtual size and then some when the format cannot be measured.
+func outputBound(src format.Image, w *format.WriterFormat, opts convert.Options) int64 {
+	if m, err := convert.Measure(src, 0, w, opts); err == nil && m.Required > 0 {
+		return m.Required + m.Required/16 + 64<<20
+	}
+	return src.Size() + src.Size()/16 + 64<<20
+}
+
 // openSource opens the image to convert; "-" reads standard input, spooled
 // next to the output when it is not a file. An image from a stream may name
 // no other file, whatever the policy flags say.
 func openSource(src, dst string, c *cli.Context) (format.Image, error) {
+	dir := ""
+	if dst != convert.Stdout && !remote.IsURL(dst) {
+		dir = filepath.Dir(dst)
+	}
 	if src != convert.Stdin {
-		return format.Open(src, c.String(formatFlag.Name), policyOf(c))
+		return openImageIn(c, src, c.String(formatFlag.Name), policyOf(c), dir)
 	}
 	if term.IsTerminal(int(os.Stdin.Fd())) {
 		return nil, errors.New("standard input is a terminal: pipe or redirect an image into it")
-	}
-	dir := ""
-	if dst != convert.Stdout {
-		dir = filepath.Dir(dst)
 	}
 	f, err := convert.OpenStdin(os.Stdin, dir)
 	if err != nil {
@@ -186,6 +211,28 @@ func openSource(src, dst string, c *cli.Context) (format.Image, error) {
 		return nil, fmt.Errorf("standard input: %w", err)
 	}
 	return img, nil
+}
+
+// verifyUpload reads the uploaded object back by ranges and compares it
+// with the source; an object that differs is removed.
+func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, fmtName string) error {
+	out, err := openImage(c, name, fmtName, format.Policy{Untrusted: true})
+	if err == nil {
+		defer out.Close()
+		var same bool
+		var off int64
+		same, off, err = convert.Compare(ctx, src, out)
+		if err == nil && !same {
+			err = fmt.Errorf("the object differs from the source at offset %d", off)
+		}
+	}
+	if err != nil {
+		if rerr := remote.Remove(context.Background(), name, remoteOptions(c, "")); rerr != nil {
+			return fmt.Errorf("verify: %w; removing %s: %v", err, name, rerr)
+		}
+		return fmt.Errorf("verify: %w; %s removed", err, name)
+	}
+	return nil
 }
 
 // verifyOutput re-reads what was written and compares it with the source.

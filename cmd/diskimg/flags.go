@@ -18,7 +18,7 @@ var (
 )
 
 func imageFlags() []cli.Flag {
-	return []cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag}
+	return append([]cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag}, remoteFlags()...)
 }
 
 func policyOf(c *cli.Context) format.Policy {
@@ -35,7 +35,7 @@ func openArg(c *cli.Context) (string, format.Image, error) {
 		return "", nil, fmt.Errorf("%s: expected one FILE argument, got %d", c.Command.Name, c.NArg())
 	}
 	path := c.Args().First()
-	img, err := format.Open(path, c.String(formatFlag.Name), policyOf(c))
+	img, err := openImage(c, path, c.String(formatFlag.Name), policyOf(c))
 	return path, img, err
 }
 

@@ -102,18 +102,16 @@ func runPlan(c *cli.Context) error {
 }
 
 // imageFacts gathers what limits needs from the image's info.
-func imageFacts(path string, img format.Image) (limits.Image, error) {
+func imageFacts(c *cli.Context, path string, img format.Image) (limits.Image, error) {
 	rep, err := format.NewReport(path, img)
 	if err != nil {
 		return limits.Image{}, err
 	}
 	info := img.Info()
-	f, err := format.OpenFile(path)
+	fileSize, err := fileSize(c, path)
 	if err != nil {
 		return limits.Image{}, err
 	}
-	fileSize := f.Size()
-	f.Close()
 	return limits.Image{
 		Filename:      path,
 		Format:        info.Format,
