@@ -89,19 +89,20 @@ func TestURLSources(t *testing.T) {
 
 func TestS3Convert(t *testing.T) {
 	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
 	s3 := []string{"--endpoint", srv.Endpoint, "--s3-path-style"}
 	cli := func(args ...string) (string, string, int) {
 		t.Helper()
 		return runCLI(t, append(append(args[:1:1], s3...), args[1:]...)...)
 	}
-	out, stderr, code := cli("convert", "-O", "vpc", demo, "s3://diskimg/images/vm/demo.vhd")
-	if code != 0 || !strings.HasSuffix(out, "  s3://diskimg/images/vm/demo.vhd\n") || len(out) != 64+2+len("s3://diskimg/images/vm/demo.vhd")+1 {
+	out, stderr, code := cli("convert", "-O", "vpc", demo, p+"images/vm/demo.vhd")
+	if code != 0 || !strings.HasSuffix(out, "  "+p+"images/vm/demo.vhd\n") || len(out) != 64+2+len(p+"images/vm/demo.vhd")+1 {
 		t.Fatalf("convert to s3: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
-	if _, stderr, code := cli("compare", "s3://diskimg/images/vm/demo.vhd", demo); code != 0 {
+	if _, stderr, code := cli("compare", p+"images/vm/demo.vhd", demo); code != 0 {
 		t.Errorf("uploaded image differs: %q", stderr)
 	}
-	f, err := remote.Open(context.Background(), "s3://diskimg/images/vm/demo.vhd", srv.Options())
+	f, err := remote.Open(context.Background(), p+"images/vm/demo.vhd", srv.Options())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,31 +110,31 @@ func TestS3Convert(t *testing.T) {
 		t.Errorf("metadata sha256 %q, printed %q", f.SHA256(), out[:64])
 	}
 	f.Close()
-	if _, stderr, code := cli("convert", "-O", "vpc", demo, "s3://diskimg/images/vm/demo.vhd"); code != 1 || !strings.Contains(stderr, "already exists") {
+	if _, stderr, code := cli("convert", "-O", "vpc", demo, p+"images/vm/demo.vhd"); code != 1 || !strings.Contains(stderr, "already exists") {
 		t.Errorf("overwrite without --force: exit %d, %q", code, stderr)
 	}
 	// From one bucket to another, by ranges, a streamOptimized VMDK
 	// (tables at the end).
-	if _, stderr, code := cli("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "s3://diskimg/images/vm/demo.vhd", "s3://diskimg/other/demo.vmdk"); code != 0 {
+	if _, stderr, code := cli("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", p+"images/vm/demo.vhd", p+"other/demo.vmdk"); code != 0 {
 		t.Fatalf("s3 to s3: %q", stderr)
 	}
-	if _, stderr, code := cli("compare", "s3://diskimg/other/demo.vmdk", demo); code != 0 {
+	if _, stderr, code := cli("compare", p+"other/demo.vmdk", demo); code != 0 {
 		t.Errorf("s3 to s3 differs: %q", stderr)
 	}
 	// Plan, convert, upload and verify in one command.
-	out, stderr, code = cli("convert", "--cloud", "huawei-ims", demo, "s3://diskimg/ims/import/")
+	out, stderr, code = cli("convert", "--cloud", "huawei-ims", demo, p+"ims/import/")
 	if code != 0 || !strings.Contains(out, "verified") {
 		t.Fatalf("convert --cloud to s3: exit %d, %q %q", code, out, stderr)
 	}
-	if _, stderr, code := cli("info", "s3://diskimg/ims/import/demo.qcow2"); code != 0 {
+	if _, stderr, code := cli("info", p+"ims/import/demo.qcow2"); code != 0 {
 		t.Errorf("info of the cloud upload: %q", stderr)
 	}
-	out, stderr, code = cli("convert", "--cloud", "huawei-ims", "--upload-format", "zvhd2", demo, "s3://diskimg/ims/fast")
-	if code != 0 || !strings.Contains(out, "s3://diskimg/ims/fast/demo.zvhd2: zvhd2") || !strings.Contains(out, "verified") {
+	out, stderr, code = cli("convert", "--cloud", "huawei-ims", "--upload-format", "zvhd2", demo, p+"ims/fast")
+	if code != 0 || !strings.Contains(out, p+"ims/fast/demo.zvhd2: zvhd2") || !strings.Contains(out, "verified") {
 		t.Fatalf("convert --cloud --upload-format zvhd2 to s3: exit %d, %q %q", code, out, stderr)
 	}
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-	_, stderr, code = cli("info", "s3://diskimg/images/vm/demo.vhd")
+	_, stderr, code = cli("info", p+"images/vm/demo.vhd")
 	if code != 1 || !strings.Contains(stderr, "access denied") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 		t.Errorf("wrong credentials: exit %d, %q", code, stderr)
 	}
@@ -169,8 +170,9 @@ func (s slowWriter) Write(p []byte) (int, error) {
 // multipart upload stays open and no object appears.
 func TestS3Interrupt(t *testing.T) {
 	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
 	src := slowServer(t, 96<<20, 24<<20) + "/disk.raw"
-	cmd := exec.Command(os.Args[0], "convert", "--endpoint", srv.Endpoint, "--s3-path-style", "-f", "raw", "-O", "qcow2", src, "s3://diskimg/interrupt/disk.qcow2")
+	cmd := exec.Command(os.Args[0], "convert", "--endpoint", srv.Endpoint, "--s3-path-style", "-f", "raw", "-O", "qcow2", src, p+"interrupt/disk.qcow2")
 	cmd.Env = append(os.Environ(), "DISKIMG_TEST_MAIN=1")
 	var stderr bytes.Buffer
 	cmd.Stderr, cmd.Stdout = &stderr, io.Discard
@@ -180,7 +182,7 @@ func TestS3Interrupt(t *testing.T) {
 	ctx := context.Background()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		open, err := remote.OpenUploads(ctx, "s3://diskimg/interrupt/", srv.Options())
+		open, err := remote.OpenUploads(ctx, p+"interrupt/", srv.Options())
 		if err == nil && len(open) > 0 {
 			break
 		}
@@ -195,10 +197,10 @@ func TestS3Interrupt(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "interrupted") {
 		t.Errorf("after SIGINT: %v, %q; want exit 1, interrupted", err, stderr.String())
 	}
-	if open, err := remote.OpenUploads(ctx, "s3://diskimg/interrupt/", srv.Options()); err != nil || len(open) != 0 {
+	if open, err := remote.OpenUploads(ctx, p+"interrupt/", srv.Options()); err != nil || len(open) != 0 {
 		t.Errorf("uploads left open after SIGINT: %v, %v", open, err)
 	}
-	if _, err := remote.Open(ctx, "s3://diskimg/interrupt/disk.qcow2", srv.Options()); err == nil {
+	if _, err := remote.Open(ctx, p+"interrupt/disk.qcow2", srv.Options()); err == nil {
 		t.Error("an interrupted upload left an object")
 	}
 }

@@ -19,7 +19,10 @@ import (
 	"time"
 )
 
-func init() { retryBase, retryMax = time.Millisecond, 10*time.Millisecond }
+func init() {
+	retryBase, retryMax = time.Millisecond, 10*time.Millisecond
+	stallTimeout = 2 * time.Second
+}
 
 // testData returns n bytes of random data with zero runs (holes for the
 // spool) every few MiB.
@@ -123,8 +126,8 @@ func TestNoRangeSpool(t *testing.T) {
 	if !bytes.Equal(readAll(t, f), data) {
 		t.Fatal("spooled read differs")
 	}
-	if n := gets.Load(); n != 1 {
-		t.Errorf("%d requests, want 1", n)
+	if n := gets.Load(); n != 2 {
+		t.Errorf("%d requests, want 2 (the probe, the copy)", n)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(f.spool.Fd()), &st); err != nil {
@@ -139,9 +142,10 @@ func TestNoRangeSpool(t *testing.T) {
 }
 
 // faultServer serves data by ranges but answers 500 to every third
-// request and cuts every fourth response in the middle of its body.
-func faultServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int32) {
-	var n atomic.Int32
+// request, cuts every fourth response in the middle of its body, and
+// stops sending every seventh in the middle, keeping the connection.
+func faultServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int32, *atomic.Int32) {
+	var n, stalls atomic.Int32
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"v1"`)
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
@@ -151,6 +155,18 @@ func faultServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int32) {
 		switch {
 		case k%3 == 0:
 			http.Error(w, "injected", http.StatusInternalServerError)
+		case k%7 == 0 && r.Header.Get("Range") != "bytes=0-0":
+			rec := httptest.NewRecorder()
+			inner.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			body := rec.Body.Bytes()
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+			stalls.Add(1)
+			<-r.Context().Done() // a stall: nothing more, until the client gives up
 		case k%4 == 0 && r.Header.Get("Range") != "bytes=0-0":
 			rec := httptest.NewRecorder()
 			inner.ServeHTTP(rec, r)
@@ -170,12 +186,12 @@ func faultServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int32) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	return srv, &n
+	return srv, &n, &stalls
 }
 
 func TestRetries(t *testing.T) {
 	data := testData(12 << 20)
-	srv, n := faultServer(t, data)
+	srv, n, stalls := faultServer(t, data)
 	f, err := Open(context.Background(), srv.URL+"/disk.img", Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -184,8 +200,8 @@ func TestRetries(t *testing.T) {
 	if !bytes.Equal(readAll(t, f), data) {
 		t.Fatal("read through faults differs")
 	}
-	if n.Load() < 10 {
-		t.Errorf("only %d requests: faults not exercised", n.Load())
+	if n.Load() < 10 || stalls.Load() == 0 {
+		t.Errorf("%d requests, %d stalls: faults not exercised", n.Load(), stalls.Load())
 	}
 }
 

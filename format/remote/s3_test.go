@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -80,10 +81,11 @@ func readBack(t *testing.T, o remote.Options, name string) ([]byte, *remote.File
 
 func TestS3RoundTrip(t *testing.T) {
 	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
 	o := srv.Options()
 	for i, size := range []int{0, 1000, remote.MinPartSize, remote.MinPartSize + 1, 2*remote.MinPartSize + 12345} {
 		data := randomData(size, uint64(i))
-		name := "s3://diskimg/roundtrip/dir/obj-" + string(rune('a'+i))
+		name := p + "roundtrip/dir/obj-" + string(rune('a'+i))
 		sum := upload(t, o, name, data, int64(size))
 		want := sha256.Sum256(data)
 		if !bytes.Equal(sum, want[:]) {
@@ -98,20 +100,21 @@ func TestS3RoundTrip(t *testing.T) {
 		}
 	}
 	// No overwrite without force.
-	if _, err := remote.Create(context.Background(), "s3://diskimg/roundtrip/dir/obj-a", o, 1, false); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := remote.Create(context.Background(), p+"roundtrip/dir/obj-a", o, 1, false); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("existing object: %v, want refused", err)
 	}
 }
 
 func TestS3WrongCredentials(t *testing.T) {
 	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
 	o := srv.Options()
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-	_, err := remote.Open(context.Background(), "s3://diskimg/ready", o)
+	_, err := remote.Open(context.Background(), "s3://"+remotetest.Bucket+"/ready", o)
 	if err == nil || !strings.Contains(err.Error(), "access denied") || !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") {
 		t.Errorf("open with a wrong secret: %v", err)
 	}
-	_, err = remote.Create(context.Background(), "s3://diskimg/new", o, 1, false)
+	_, err = remote.Create(context.Background(), p+"new", o, 1, false)
 	if err == nil || !strings.Contains(err.Error(), "access denied") {
 		t.Errorf("create with a wrong secret: %v", err)
 	}
@@ -121,26 +124,27 @@ func TestS3WrongCredentials(t *testing.T) {
 // multipart upload.
 func TestS3Abort(t *testing.T) {
 	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
 	o := srv.Options()
 	ctx := context.Background()
-	u, err := remote.Create(ctx, "s3://diskimg/aborts/x/disk.qcow2", o, 1<<30, false)
+	u, err := remote.Create(ctx, p+"aborts/x/disk.qcow2", o, 1<<30, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := u.Write(randomData(3*int(u.PartSize())+5, 1)); err != nil {
 		t.Fatal(err)
 	}
-	open, err := remote.OpenUploads(ctx, "s3://diskimg/aborts/x/", o)
+	open, err := remote.OpenUploads(ctx, p+"aborts/x/", o)
 	if err != nil || len(open) != 1 {
 		t.Fatalf("before abort: uploads %v, %v; want one", open, err)
 	}
 	if err := u.Abort(); err != nil {
 		t.Fatal(err)
 	}
-	if open, err := remote.OpenUploads(ctx, "s3://diskimg/aborts/x/", o); err != nil || len(open) != 0 {
+	if open, err := remote.OpenUploads(ctx, p+"aborts/x/", o); err != nil || len(open) != 0 {
 		t.Errorf("after abort: uploads %v, %v; want none", open, err)
 	}
-	if _, err := remote.Open(ctx, "s3://diskimg/aborts/x/disk.qcow2", o); err == nil {
+	if _, err := remote.Open(ctx, p+"aborts/x/disk.qcow2", o); err == nil {
 		t.Error("an aborted upload left an object")
 	}
 }
@@ -151,6 +155,7 @@ func TestS3Abort(t *testing.T) {
 func faultProxy(t *testing.T, endpoint string) (string, *atomic.Int32) {
 	target, _ := url.Parse(endpoint)
 	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0) // the cancelled requests of cut answers
 	director := rp.Director
 	rp.Director = func(r *http.Request) {
 		host := r.Host
@@ -202,15 +207,16 @@ func faultProxy(t *testing.T, endpoint string) (string, *atomic.Int32) {
 
 func TestS3Faults(t *testing.T) {
 	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
 	proxy, faults := faultProxy(t, srv.Endpoint)
 	o := srv.Options()
 	o.Endpoint = proxy
 	data := randomData(5*remote.MinPartSize+777, 3)
-	sum := upload(t, o, "s3://diskimg/faults/disk.raw", data, int64(len(data)))
+	sum := upload(t, o, p+"faults/disk.raw", data, int64(len(data)))
 	if want := sha256.Sum256(data); !bytes.Equal(sum, want[:]) {
 		t.Fatalf("SHA-256 %x, want %x", sum, want)
 	}
-	got, _ := readBack(t, o, "s3://diskimg/faults/disk.raw")
+	got, _ := readBack(t, o, p+"faults/disk.raw")
 	if !bytes.Equal(got, data) {
 		t.Fatal("object read through faults differs")
 	}
@@ -218,14 +224,15 @@ func TestS3Faults(t *testing.T) {
 		t.Errorf("only %d faults injected", faults.Load())
 	}
 	// Nothing stays open.
-	if open, err := remote.OpenUploads(context.Background(), "s3://diskimg/faults/", srv.Options()); err != nil || len(open) != 0 {
+	if open, err := remote.OpenUploads(context.Background(), p+"faults/", srv.Options()); err != nil || len(open) != 0 {
 		t.Errorf("uploads left open: %v, %v", open, err)
 	}
 }
 
 func TestS3Missing(t *testing.T) {
 	srv := remotetest.Shared(t)
-	_, err := remote.Open(context.Background(), "s3://diskimg/nothing-here", srv.Options())
+	p := remotetest.Prefix(t)
+	_, err := remote.Open(context.Background(), p+"nothing-here", srv.Options())
 	if err == nil || !strings.Contains(err.Error(), "no such object") {
 		t.Errorf("missing object: %v", err)
 	}

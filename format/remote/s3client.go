@@ -1,7 +1,6 @@
 package remote
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -109,8 +108,8 @@ func unsignedPayload(o *s3.Options) {
 	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
 }
 
-func (a *awsStore) putObject(ctx context.Context, bucket, key string, data []byte, md5 []byte, meta map[string]string) error {
-	_, err := a.c.PutObject(ctx, &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+func (a *awsStore) putObject(ctx context.Context, bucket, key string, body io.ReadSeeker, size int64, md5 []byte, meta map[string]string) error {
+	_, err := a.c.PutObject(ctx, &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: body, ContentLength: aws.Int64(size),
 		ContentMD5: aws.String(base64.StdEncoding.EncodeToString(md5)), Metadata: meta}, unsignedPayload)
 	return awsError(err)
 }
@@ -123,9 +122,9 @@ func (a *awsStore) createMultipart(ctx context.Context, bucket, key string, meta
 	return aws.ToString(o.UploadId), nil
 }
 
-func (a *awsStore) uploadPart(ctx context.Context, bucket, key, id string, num int, data []byte, md5 []byte) (string, error) {
+func (a *awsStore) uploadPart(ctx context.Context, bucket, key, id string, num int, body io.ReadSeeker, size int64, md5 []byte) (string, error) {
 	o, err := a.c.UploadPart(ctx, &s3.UploadPartInput{Bucket: &bucket, Key: &key, UploadId: &id, PartNumber: aws.Int32(int32(num)),
-		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))), ContentMD5: aws.String(base64.StdEncoding.EncodeToString(md5))},
+		Body: body, ContentLength: aws.Int64(size), ContentMD5: aws.String(base64.StdEncoding.EncodeToString(md5))},
 		unsignedPayload)
 	if err != nil {
 		return "", awsError(err)
@@ -197,8 +196,8 @@ func awsError(err error) error {
 		return nil
 	}
 	var re *awshttp.ResponseError
-	if !errors.As(err, &re) {
-		return err
+	if !errors.As(err, &re) || re.HTTPStatusCode() == 0 {
+		return err // no answer: the request could not be sent or broke off
 	}
 	code, msg := "", err.Error()
 	var ae smithy.APIError

@@ -32,8 +32,15 @@ const (
 )
 
 // retryBase is the first retry's delay; each next one doubles, up to
-// retryMax. Tests shorten it.
-var retryBase, retryMax = 200 * time.Millisecond, 5 * time.Second
+// retryMax. stallTimeout is how long a read may make no progress. Tests
+// shorten them.
+var (
+	retryBase, retryMax = 200 * time.Millisecond, 5 * time.Second
+	stallTimeout        = time.Minute
+	// longTimeout bounds a request that makes the store work on the
+	// whole object (completing an upload, copying it).
+	longTimeout = 30 * time.Minute
+)
 
 // ErrChanged is returned when the object changed while it was being read.
 var ErrChanged = errors.New("the source changed while it was being read")
@@ -119,7 +126,7 @@ func Size(ctx context.Context, name string, o Options) (int64, error) {
 		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	var info objectInfo
-	err = retry(ctx, func() error {
+	err = retry(ctx, stallTimeout, func(ctx context.Context, _ func()) error {
 		var body io.ReadCloser
 		var err error
 		if info, body, err = b.probe(ctx); body != nil {
@@ -141,23 +148,21 @@ func openBackend(ctx context.Context, name string, b backend, o Options) (*File,
 		return nil, fmt.Errorf("cache size %d out of range (%d to %d)", o.CacheBytes, BlockSize, MaxCacheBytes)
 	}
 	f := &File{name: name, b: b, opts: o}
-	var body io.ReadCloser
-	err := retry(ctx, func() error {
+	if err := retry(ctx, stallTimeout, func(ctx context.Context, _ func()) error {
+		var body io.ReadCloser
 		var err error
-		f.info, body, err = b.probe(ctx)
+		if f.info, body, err = b.probe(ctx); body != nil {
+			body.Close() // spooled by a request of its own
+		}
 		return err
-	})
-	if err != nil {
+	}); err != nil {
 		return nil, err
 	}
 	if f.info.size > format.MaxVirtualSize {
-		if body != nil {
-			body.Close()
-		}
 		return nil, fmt.Errorf("object of %d bytes is larger than any image (%d)", f.info.size, int64(format.MaxVirtualSize))
 	}
 	if !f.info.ranges {
-		if err := f.spoolAll(ctx, body); err != nil {
+		if err := f.spoolAll(ctx); err != nil {
 			return nil, err
 		}
 		return f, nil
@@ -166,18 +171,16 @@ func openBackend(ctx context.Context, name string, b backend, o Options) (*File,
 	return f, nil
 }
 
-// spoolAll copies the whole object into an unlinked temporary file, from
-// body and, after a transient failure, from a new request.
-func (f *File) spoolAll(ctx context.Context, body io.ReadCloser) error {
-	return retry(ctx, func() error {
-		if body == nil {
-			var err error
-			if body, err = f.b.get(ctx, 0, -1, f.info); err != nil {
-				return err
-			}
+// spoolAll copies the whole object into an unlinked temporary file,
+// starting again after a transient failure.
+func (f *File) spoolAll(ctx context.Context) error {
+	return retry(ctx, stallTimeout, func(ctx context.Context, kick func()) error {
+		body, err := f.b.get(ctx, 0, -1, f.info)
+		if err != nil {
+			return err
 		}
-		defer func() { body.Close(); body = nil }()
-		sf, size, err := format.SpoolTemp(f.opts.SpoolDir, body)
+		defer body.Close()
+		sf, size, err := format.SpoolTemp(f.opts.SpoolDir, kicker{body, kick})
 		if err != nil {
 			return fmt.Errorf("copying the object (its server sends no ranges): %w", err)
 		}
@@ -258,13 +261,13 @@ func (f *File) OpenRelative(ref string, allowOutside bool) (format.ReadCloserFil
 // transient failure where the data stopped.
 func (f *File) readRange(ctx context.Context, p []byte, off int64) error {
 	got := 0
-	return retry(ctx, func() error {
+	return retry(ctx, stallTimeout, func(ctx context.Context, kick func()) error {
 		body, err := f.b.get(ctx, off+int64(got), int64(len(p)-got), f.info)
 		if err != nil {
 			return err
 		}
 		defer body.Close()
-		n, err := io.ReadFull(body, p[got:])
+		n, err := io.ReadFull(kicker{body, kick}, p[got:])
 		got += n
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -273,12 +276,17 @@ func (f *File) readRange(ctx context.Context, p []byte, off int64) error {
 	})
 }
 
+// errStalled is an attempt that made no progress for its stall time.
+var errStalled = errors.New("no progress")
+
 // retry runs op until it succeeds, fails for good, or maxAttempts tries
-// failed, waiting longer between tries.
-func retry(ctx context.Context, op func() error) error {
+// failed, waiting longer between tries. An attempt that goes stall
+// without calling kick (0: no limit) is cancelled and counts as a
+// transient failure, so a connection that stops moving cannot hang a run.
+func retry(ctx context.Context, stall time.Duration, op func(ctx context.Context, kick func()) error) error {
 	delay := retryBase
 	for attempt := 1; ; attempt++ {
-		err := op()
+		err := attemptOnce(ctx, stall, op)
 		if err == nil || !transient(err) || attempt == maxAttempts || ctx.Err() != nil {
 			if err != nil && attempt > 1 && transient(err) {
 				err = fmt.Errorf("%w (after %d tries)", err, attempt)
@@ -296,6 +304,35 @@ func retry(ctx context.Context, op func() error) error {
 	}
 }
 
+func attemptOnce(ctx context.Context, stall time.Duration, op func(ctx context.Context, kick func()) error) error {
+	if stall <= 0 {
+		return op(ctx, func() {})
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	t := time.AfterFunc(stall, func() { cancel(errStalled) })
+	defer t.Stop()
+	err := op(actx, func() { t.Reset(stall) })
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errStalled) {
+		return fmt.Errorf("%w for %s: %v", errStalled, stall, err)
+	}
+	return err
+}
+
+// kicker is a reader that tells retry's stall timer about each read.
+type kicker struct {
+	r    io.Reader
+	kick func()
+}
+
+func (k kicker) Read(p []byte) (int, error) {
+	n, err := k.r.Read(p)
+	if n > 0 {
+		k.kick()
+	}
+	return n, err
+}
+
 // statusError is an HTTP status a server answered with.
 type statusError struct {
 	status int
@@ -310,6 +347,9 @@ func transient(err error) bool {
 	var se *statusError
 	if errors.As(err, &se) {
 		return se.status >= 500 || se.status == 429 || se.status == 408
+	}
+	if errors.Is(err, errStalled) {
+		return true
 	}
 	if errors.Is(err, ErrChanged) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false

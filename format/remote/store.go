@@ -14,11 +14,11 @@ type store interface {
 	// getRange returns bytes [off, off+n) of the object if its ETag is
 	// still etag; n < 0 reads to the end.
 	getRange(ctx context.Context, bucket, key string, off, n int64, etag string) (io.ReadCloser, error)
-	putObject(ctx context.Context, bucket, key string, data []byte, md5 []byte, meta map[string]string) error
+	putObject(ctx context.Context, bucket, key string, body io.ReadSeeker, size int64, md5 []byte, meta map[string]string) error
 	createMultipart(ctx context.Context, bucket, key string, meta map[string]string) (string, error)
 	// uploadPart sends part number num (from 1) with its MD5, which the
 	// server checks, and returns the part's ETag.
-	uploadPart(ctx context.Context, bucket, key, id string, num int, data []byte, md5 []byte) (string, error)
+	uploadPart(ctx context.Context, bucket, key, id string, num int, body io.ReadSeeker, size int64, md5 []byte) (string, error)
 	completeMultipart(ctx context.Context, bucket, key, id string, etags []string) (string, error)
 	abortMultipart(ctx context.Context, bucket, key, id string) error
 	// listMultipart lists the uploads open under prefix, by upload ID.

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -184,9 +186,9 @@ func (u *Upload) sendPart() error {
 	id := u.id
 	u.mu.Unlock()
 	if id == "" {
-		err := retry(u.ctx, func() error {
+		err := retry(u.ctx, stallTimeout, func(ctx context.Context, _ func()) error {
 			var err error
-			id, err = u.st.createMultipart(u.ctx, u.bucket, u.key, nil)
+			id, err = u.st.createMultipart(ctx, u.bucket, u.key, nil)
 			return err
 		})
 		if err != nil {
@@ -206,9 +208,9 @@ func (u *Upload) sendPart() error {
 	go func() {
 		defer u.wg.Done()
 		var etag string
-		err := retry(u.ctx, func() error {
+		err := retry(u.ctx, stallTimeout, func(ctx context.Context, kick func()) error {
 			var err error
-			etag, err = u.st.uploadPart(u.ctx, u.bucket, u.key, id, num, buf, sum[:])
+			etag, err = u.st.uploadPart(ctx, u.bucket, u.key, id, num, bodyOf(buf, kick), int64(len(buf)), sum[:])
 			return err
 		})
 		if err != nil {
@@ -237,7 +239,9 @@ func (u *Upload) Commit() ([]byte, error) {
 	if u.id == "" {
 		// One part: a single PUT carries the metadata.
 		data, h := u.buf, md5.Sum(u.buf)
-		err := retry(u.ctx, func() error { return u.st.putObject(u.ctx, u.bucket, u.key, data, h[:], meta) })
+		err := retry(u.ctx, stallTimeout, func(ctx context.Context, kick func()) error {
+			return u.st.putObject(ctx, u.bucket, u.key, bodyOf(data, kick), int64(len(data)), h[:], meta)
+		})
 		u.finish()
 		u.cancel()
 		if err != nil {
@@ -257,9 +261,9 @@ func (u *Upload) Commit() ([]byte, error) {
 		return nil, err
 	}
 	var etag string
-	err := retry(u.ctx, func() error {
+	err := retry(u.ctx, longTimeout, func(ctx context.Context, _ func()) error {
 		var err error
-		etag, err = u.st.completeMultipart(u.ctx, u.bucket, u.key, u.id, u.etags)
+		etag, err = u.st.completeMultipart(ctx, u.bucket, u.key, u.id, u.etags)
 		return err
 	})
 	if err != nil {
@@ -276,13 +280,37 @@ func (u *Upload) Commit() ([]byte, error) {
 		u.remove()
 		return nil, fmt.Errorf("%s: the stored object's ETag %s is not the parts' %s; object removed", u.name, got, want)
 	}
-	err = retry(u.ctx, func() error { return u.st.replaceMeta(u.ctx, u.bucket, u.key, u.written, meta) })
+	err = retry(u.ctx, longTimeout, func(ctx context.Context, _ func()) error {
+		return u.st.replaceMeta(ctx, u.bucket, u.key, u.written, meta)
+	})
 	if err != nil {
 		u.remove()
 		return nil, fmt.Errorf("%s: storing the SHA-256 in the object's metadata: %w; object removed", u.name, err)
 	}
 	return sum, nil
 }
+
+// bodyOf is a part's body for a request: seekable, for the SDK's own
+// retries, and telling retry's stall timer about every read. It has no
+// WriteTo, so the transport copies through Read as the socket drains.
+func bodyOf(data []byte, kick func()) io.ReadSeeker {
+	return &kickSeeker{bytes.NewReader(data), kick}
+}
+
+type kickSeeker struct {
+	r    *bytes.Reader
+	kick func()
+}
+
+func (k *kickSeeker) Read(p []byte) (int, error) {
+	n, err := k.r.Read(p)
+	if n > 0 {
+		k.kick()
+	}
+	return n, err
+}
+
+func (k *kickSeeker) Seek(off int64, whence int) (int64, error) { return k.r.Seek(off, whence) }
 
 // finish marks the upload done (Abort has nothing left to abort) and
 // frees its buffers.
@@ -320,7 +348,7 @@ func (u *Upload) Abort() error {
 	// The caller's context may be what was cancelled: abort on a fresh one.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := retry(ctx, func() error { return u.st.abortMultipart(ctx, u.bucket, u.key, id) })
+	err := retry(ctx, stallTimeout, func(ctx context.Context, _ func()) error { return u.st.abortMultipart(ctx, u.bucket, u.key, id) })
 	if err != nil {
 		return fmt.Errorf("%s: aborting the upload %s: %w (a lifecycle rule that aborts incomplete multipart uploads removes its parts)", u.name, id, err)
 	}

@@ -151,6 +151,13 @@ func (s *Server) waitReady(limit time.Duration) error {
 	return fmt.Errorf("not ready after %s: %v", limit, last)
 }
 
+// Prefix returns a key prefix in Bucket of t's own: s3://BUCKET/NAME-N/,
+// unique in the server's life, so repeated runs do not collide.
+func Prefix(t interface{ Name() string }) string {
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name())
+	return fmt.Sprintf("s3://%s/%s-%d/", Bucket, name, time.Now().UnixNano())
+}
+
 // Put stores data as the object name.
 func Put(ctx context.Context, o remote.Options, name string, data []byte) error {
 	u, err := remote.Create(ctx, name, o, int64(len(data)), true)
