@@ -15,6 +15,8 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -236,4 +238,65 @@ func TestS3Missing(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no such object") {
 		t.Errorf("missing object: %v", err)
 	}
+}
+
+// TestS3Profile: credentials from a profile of the shared files.
+func TestS3Profile(t *testing.T) {
+	srv := remotetest.Shared(t)
+	dir := t.TempDir()
+	creds := "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[bench]\naws_access_key_id = " +
+		remotetest.AccessKey + "\naws_secret_access_key = " + remotetest.SecretKey + "\n"
+	os.WriteFile(filepath.Join(dir, "credentials"), []byte(creds), 0o600)
+	os.WriteFile(filepath.Join(dir, "config"), []byte("[profile bench]\nregion = us-east-1\n"), 0o600)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	ready := "s3://" + remotetest.Bucket + "/ready"
+	o := srv.Options()
+	o.Profile = "bench"
+	f, err := remote.Open(context.Background(), ready, o)
+	if err != nil {
+		t.Fatalf("profile bench: %v", err)
+	}
+	f.Close()
+	if _, err := remote.Open(context.Background(), ready, srv.Options()); err == nil || !strings.Contains(err.Error(), "access denied") {
+		t.Errorf("default profile (wrong keys): %v", err)
+	}
+}
+
+// TestS3UploadMemory: the heap stays within the part buffers while a
+// 256 MiB output streams up.
+func TestS3UploadMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("uploads 256 MiB")
+	}
+	srv := remotetest.Shared(t)
+	p := remotetest.Prefix(t)
+	const size = 256 << 20
+	u, err := remote.Create(context.Background(), p+"big.raw", srv.Options(), size, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Abort()
+	var peak uint64
+	var ms runtime.MemStats
+	buf := randomData(1<<20, 9)
+	for off := 0; off < size; off += len(buf) {
+		if _, err := u.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if off%(16<<20) == 0 {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapInuse)
+		}
+	}
+	if _, err := u.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// Five 8 MiB part buffers, and what the SDK and the test hold.
+	if limit := uint64(5*u.PartSize() + 40<<20); peak > limit {
+		t.Errorf("heap peaked at %d MiB uploading 256 MiB, want under %d MiB", peak>>20, limit>>20)
+	}
+	t.Logf("part size %d MiB, heap peak %d MiB", u.PartSize()>>20, peak>>20)
 }
