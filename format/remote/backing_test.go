@@ -44,6 +44,22 @@ func TestBackingOverHTTP(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "web", "base.qcow2"), data, 0o644)
 	srv := httptest.NewServer(http.FileServer(http.Dir(filepath.Join(dir, "web"))))
 	defer srv.Close()
+	// A server whose backing file redirects to another server.
+	fs := http.FileServer(http.Dir(filepath.Join(dir, "web")))
+	bounce := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/vm/base.qcow2" {
+			http.Redirect(w, r, srv.URL+r.URL.Path, http.StatusFound)
+			return
+		}
+		fs.ServeHTTP(w, r)
+	}))
+	defer bounce.Close()
+	if img, err := openURL(t, bounce.URL+"/vm/top.qcow2", format.Policy{AllowOutside: true}); err == nil || !strings.Contains(err.Error(), "off the image's server") {
+		if err == nil {
+			img.Close()
+		}
+		t.Errorf("backing file redirected to another server: %v", err)
+	}
 
 	local, err := format.Open(filepath.Join(web, "top.qcow2"), "", format.Policy{})
 	if err != nil {

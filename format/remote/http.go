@@ -125,7 +125,16 @@ func (h *httpBackend) relative(ref string, allowOutside bool) (backend, string, 
 	if err != nil {
 		return nil, "", err
 	}
-	return &httpBackend{c: h.c, u: loc.url}, loc.raw, nil
+	// A file found beside the image stays on its server, redirects too.
+	c := *h.c
+	host := h.u.Host
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if req.URL.Host != host || len(via) >= 10 {
+			return fmt.Errorf("%s redirects to %s, off the image's server", loc.raw, req.URL.Redacted())
+		}
+		return nil
+	}
+	return &httpBackend{c: &c, u: loc.url}, loc.raw, nil
 }
 
 // parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*",

@@ -14,7 +14,6 @@ package remote
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"path"
 	"strings"
@@ -38,8 +37,6 @@ type Options struct {
 	SpoolDir string
 	// CacheBytes bounds the source block cache; 0 means DefaultCacheBytes.
 	CacheBytes int64
-	// HTTPClient replaces the default client for http(s) sources (tests).
-	HTTPClient *http.Client
 }
 
 // IsURL reports whether name is a remote location this package opens.

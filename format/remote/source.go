@@ -107,11 +107,7 @@ func newBackend(ctx context.Context, loc location, o Options) (backend, error) {
 		}
 		return &s3Backend{st: st, bucket: loc.bucket, key: loc.key}, nil
 	}
-	c := o.HTTPClient
-	if c == nil {
-		c = http.DefaultClient
-	}
-	return &httpBackend{c: c, u: loc.url}, nil
+	return &httpBackend{c: http.DefaultClient, u: loc.url}, nil
 }
 
 // Size returns the length of the object at name without reading it; -1
