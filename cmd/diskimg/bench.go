@@ -85,10 +85,7 @@ func runBenchCmd(c *cli.Context) error {
 	}
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("bench: interrupted; work directory removed")
-		}
-		return err
+		return benchError(ctx, err)
 	}
 	if mode == "json" {
 		return rep.WriteJSON(c.App.Writer)
@@ -114,13 +111,18 @@ func runObjectBench(c *cli.Context, ctx context.Context, cfg bench.Config, mode 
 	}
 	rep, err := bench.RunObject(ctx, oc)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("bench: interrupted; work directory removed")
-		}
-		return err
+		return benchError(ctx, err)
 	}
 	if mode == "json" {
 		return writeJSON(c.App.Writer, rep)
 	}
 	return rep.WriteTable(c.App.Writer)
+}
+
+// benchError says an interrupted run removed its work directory.
+func benchError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("bench: interrupted; work directory removed")
+	}
+	return err
 }

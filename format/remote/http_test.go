@@ -151,32 +151,29 @@ func faultServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int32, *a
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
 	})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// sendHalf sends the headers and half the body of the answer.
+		sendHalf := func() {
+			rec := httptest.NewRecorder()
+			inner.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			body := rec.Body.Bytes()
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+		}
 		k := n.Add(1)
+		probe := r.Header.Get("Range") == "bytes=0-0"
 		switch {
 		case k%3 == 0:
 			http.Error(w, "injected", http.StatusInternalServerError)
-		case k%7 == 0 && r.Header.Get("Range") != "bytes=0-0":
-			rec := httptest.NewRecorder()
-			inner.ServeHTTP(rec, r)
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			body := rec.Body.Bytes()
-			w.Write(body[:len(body)/2])
-			w.(http.Flusher).Flush()
+		case k%7 == 0 && !probe:
+			sendHalf()
 			stalls.Add(1)
 			<-r.Context().Done() // a stall: nothing more, until the client gives up
-		case k%4 == 0 && r.Header.Get("Range") != "bytes=0-0":
-			rec := httptest.NewRecorder()
-			inner.ServeHTTP(rec, r)
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			body := rec.Body.Bytes()
-			w.Write(body[:len(body)/2])
-			w.(http.Flusher).Flush()
+		case k%4 == 0 && !probe:
+			sendHalf()
 			conn, _, err := w.(http.Hijacker).Hijack()
 			if err == nil {
 				conn.Close() // a reset in the middle of the body
