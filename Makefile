@@ -3,12 +3,13 @@ GO       ?= go
 BIN      := bin/diskimg
 VERSION  := $(shell git describe --always --dirty 2>/dev/null)
 LDFLAGS  := -X main.buildVersion=$(VERSION)
+PREFIX   ?= /usr/local
 FUZZTIME ?= 60s
 # Go's fuzzer otherwise spends up to a minute shrinking each new input,
 # running nothing meanwhile (0 execs/s for most of a short run).
 FUZZMINIMIZE ?= 2s
 
-.PHONY: all build setup demo test vet fmt-check bench bench-go fuzz clean
+.PHONY: all build install setup demo test vet fmt-check no-outside-data bench bench-go fuzz clean
 
 all: build
 
@@ -19,6 +20,12 @@ all: build
 TAGS     := urfave_cli_no_docs
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/diskimg
+
+# Installs bin/diskimg as $(DESTDIR)$(PREFIX)/bin/diskimg (PREFIX=$HOME/.local
+# for a user install).
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/diskimg
 
 # The main job on the bundled image: what it is, what is inside, whether
 # Huawei Cloud IMS takes it, and a conversion to VHD for upload (verified).
@@ -36,12 +43,18 @@ setup:
 	.ci/setup-deps
 	GO=$(GO) .ci/setup-seaweedfs >/dev/null
 
-# Everything CI runs: formatting, vet, every test (qemu-img required under CI=true).
-test: setup fmt-check vet
+# Everything CI runs: formatting, vet, test data inside the repository,
+# every test (qemu-img required under CI=true).
+test: setup fmt-check vet no-outside-data
 	$(GO) test -count=1 -timeout 25m ./...
 
 vet:
 	$(GO) vet ./...
+
+# A clone has nothing beside it: tests read only what the repository holds.
+no-outside-data:
+	@if grep -rln --include='*.go' -e '\.\./shared' -e '/work/shared' .; then \
+		echo "the Go files above read test data outside the repository: put it in testdata/ (see testdata/README.md)"; exit 1; fi
 
 fmt-check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -56,6 +56,9 @@ type Config struct {
 	QemuLimit time.Duration
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// VirtSparsify is the virt-sparsify binary RunSparsify compares with;
+	// "" looks it up on PATH.
+	VirtSparsify string
 
 	skipSpaceCheck bool // tests: let the disk really fill up
 }

@@ -182,7 +182,8 @@ func RunObject(ctx context.Context, c ObjectConfig) (*ObjectReport, error) {
 				if (r+k)%2 == 0 {
 					args := append(append([]string{"convert"}, s3args...), "--force", "-f", in.format, "-O", "qcow2", in.path, one)
 					if oc.Cloud != "" {
-						args = append(append([]string{"convert"}, s3args...), "--force", "--cloud", oc.Cloud, in.path, prefix+"cloud/")
+						// A data disk: the corpus has no partition table.
+						args = append(append([]string{"convert"}, s3args...), "--force", "--cloud", oc.Cloud, "--disk", "data", in.path, prefix+"cloud/")
 						objects = append(objects, prefix+"cloud/"+in.corpus+".qcow2")
 					}
 					if err := warm(in.path); err != nil {

@@ -236,7 +236,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w)
-	for _, t := range r.Targets {
+	writeTargets(w, r.Targets, r.Notes)
+	return nil
+}
+
+// writeTargets writes each target as met or MISS, then the notes.
+func writeTargets(w io.Writer, targets []Target, notes []string) {
+	for _, t := range targets {
 		mark := "met "
 		if !t.Met {
 			mark = "MISS"
@@ -246,10 +252,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "        %s\n", m)
 		}
 	}
-	for _, n := range r.Notes {
+	for _, n := range notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
-	return nil
 }
 
 // logLine is the case as a progress line.

@@ -156,3 +156,34 @@ func Measure(src format.Image, size int64, w *format.WriterFormat, opts Options)
 	}
 	return w.Measure(wo)
 }
+
+// StatusMismatch returns the first offset, below the smaller size, where
+// a and b's extent maps disagree, as qemu-img compare -s compares block
+// status: a range's status (data, zero or unallocated: qemu's data, zero
+// and present flags), whether it has a host offset (qemu's offset-valid:
+// not for compressed data or unallocated ranges), and whether its run
+// reaches the end of the image (qemu's EOF flag, which makes a raw file
+// that is data to its end differ at 0 from a qcow2 whose last cluster is
+// not allocated). -1 when they agree everywhere.
+func StatusMismatch(ctx context.Context, a, b format.Image) (int64, error) {
+	ca, cb := &cursor{img: a}, &cursor{img: b}
+	common := min(a.Size(), b.Size())
+	for pos := int64(0); pos < common; {
+		if err := ctx.Err(); err != nil {
+			return -1, err
+		}
+		ea, err := ca.at(pos)
+		if err != nil {
+			return -1, err
+		}
+		eb, err := cb.at(pos)
+		if err != nil {
+			return -1, err
+		}
+		if ea.Status != eb.Status || (ea.Offset < 0) != (eb.Offset < 0) || (ea.End() == a.Size()) != (eb.End() == b.Size()) {
+			return pos, nil
+		}
+		pos = min(ea.End(), eb.End())
+	}
+	return -1, nil
+}

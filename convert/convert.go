@@ -38,6 +38,11 @@ const (
 	chunkSize = 128 << 10
 	// maxBufferBytes caps the memory held in in-flight buffers.
 	maxBufferBytes = 128 << 20
+	// streamHole is the most of a zero or unallocated range one job
+	// covers when the output is a stream, where the writer writes the
+	// zeros: progress moves and an interrupt is seen between jobs, not
+	// after a terabyte of zeros.
+	streamHole = 64 << 20
 )
 
 // Options tune a conversion.
@@ -173,6 +178,9 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	inflight = max(2, min(inflight, int(maxBufferBytes/chunk)))
 
 	e := &engine{src: src, w: wr, size: size, unit: unit, chunk: chunk, sparse: sparse > 0, inflight: inflight, workers: workers}
+	if out.rt == nil {
+		e.holeChunk = max(bs, streamHole/bs*bs)
+	}
 	plan := srcLayout.Align(size, bs)
 	res := &Result{Size: size}
 	if ds, ok := wr.(format.DataScanner); ok && sparse > 0 && ds.NeedsDataScan() {
@@ -232,6 +240,7 @@ type engine struct {
 	sparse      bool
 	inflight    int // buffers per pass
 	workers     int
+	holeChunk   int64 // on a stream, the most of a non-data range per job; 0 for no limit
 
 	// Per pass.
 	ctx     context.Context
@@ -297,8 +306,17 @@ func (e *engine) produce(plan format.Layout, fill bool) error {
 		}
 		next = x.End()
 		if x.Status != format.Data && !fill {
-			j := &job{start: x.Start, length: x.Length, status: x.Status, done: closed}
-			return send(e.order, j)
+			for off := x.Start; off < x.End(); {
+				end := x.End()
+				if e.holeChunk > 0 {
+					end = min((off/e.holeChunk+1)*e.holeChunk, end)
+				}
+				if err := send(e.order, &job{start: off, length: end - off, status: x.Status, done: closed}); err != nil {
+					return err
+				}
+				off = end
+			}
+			return nil
 		}
 		for off := x.Start; off < x.End(); {
 			end := min((off/e.chunk+1)*e.chunk, x.End())

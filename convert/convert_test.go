@@ -687,7 +687,7 @@ func TestOpenStdinSpool(t *testing.T) {
 	}
 	go func() { w.Write(want); w.Close() }()
 	dir := t.TempDir()
-	f, err := convert.OpenStdin(r, dir)
+	f, err := convert.OpenStdin(context.Background(), r, dir)
 	r.Close()
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,20 @@ type OutputOptions struct {
 	// and backing files; see SourceFiles): the output may never be one of
 	// them, even with Force.
 	Sources []string
+	// Cache is the output's cache mode (-t).
+	Cache Cache
+	// InPlace writes into the existing regular file or block device at
+	// the path (-n): no temporary file and no rename, so an interrupted
+	// run leaves it partly written. The target keeps its size, which must
+	// be at least Size (the image's), and its bytes past the image.
+	InPlace bool
+	// TargetIsZero says, in place, that the target reads as zeros already
+	// (--target-is-zero): the ranges the image has as zeros are not
+	// written. Without it they are zeroed (holes punched in a file,
+	// BLKZEROOUT on a block device).
+	TargetIsZero bool
+	// Size is the image's size, for InPlace.
+	Size int64
 	// Remote says how to reach an s3:// output, SizeHint bounds its
 	// length (it sets the upload's part size), and Context, when it ends,
 	// stops the upload (Abort then removes what was sent).
@@ -49,14 +63,17 @@ type OutputOptions struct {
 type Output struct {
 	// Target is what the writer writes to: an *os.File for a regular file,
 	// a non-seekable writer for standard output.
-	Target format.Target
-	f      *os.File
-	final  string // where the file goes on Commit
-	tmp    string // its temporary name; "" for standard output
-	force  bool
-	mode   os.FileMode // mode of the file replaced, 0 for none
-	done   bool
-	up     *remote.Upload // an object being uploaded
+	Target  format.Target
+	f       *os.File
+	fo      *fileOut // f with O_DIRECT or in place; nil otherwise
+	final   string   // where the file goes on Commit
+	tmp     string   // its temporary name; "" for standard output and in place
+	force   bool
+	mode    os.FileMode // mode of the file replaced, 0 for none
+	noFlush bool        // -t unsafe: no fsync
+	inPlace bool
+	done    bool
+	up      *remote.Upload // an object being uploaded
 	// SHA256 is an uploaded object's digest, set by Commit.
 	SHA256 []byte
 }
@@ -88,6 +105,12 @@ func (s stream) Name() string {
 // sources (also through symlinks or hard links) in any case. Nothing is
 // created under path until Commit.
 func CreateOutput(path string, o OutputOptions) (*Output, error) {
+	if o.InPlace {
+		if path == Stdout || remote.IsURL(path) {
+			return nil, errors.New("-n writes into an existing file or block device, not standard output or an object")
+		}
+		return openInPlace(path, o)
+	}
 	if path == Stdout {
 		if err := notSource(os.Stdout.Stat, "standard output", o.Sources); err != nil {
 			return nil, err
@@ -114,7 +137,7 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 		return &Output{Target: up, up: up, final: path}, nil
 	}
 	final := path
-	out := &Output{force: o.Force}
+	out := &Output{force: o.Force, noFlush: o.Cache.NoFlush}
 	fi, statErr := os.Stat(path)
 	_, lstatErr := os.Lstat(path)
 	switch {
@@ -151,7 +174,7 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 		var rnd [6]byte
 		rand.Read(rnd[:])
 		tmp := filepath.Join(dir, "."+base+".diskimg-"+hex.EncodeToString(rnd[:]))
-		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syncFlag(o.Cache), 0o666)
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}
@@ -159,9 +182,59 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 			return nil, fmt.Errorf("creating output: %w", err)
 		}
 		out.f, out.tmp, out.Target = f, tmp, f
+		if o.Cache.Direct {
+			out.fo = &fileOut{f: f}
+			out.fo.direct, _ = openDirect(tmp, os.O_WRONLY|syncFlag(o.Cache)) // refused: the page cache
+			out.Target = out.fo
+		}
 		return out, nil
 	}
 	return nil, fmt.Errorf("creating output in %s: no free temporary name", dir)
+}
+
+// syncFile flushes a finished output; tests count the calls.
+var syncFile = (*os.File).Sync
+
+func syncFlag(c Cache) int {
+	if c.Sync {
+		return syscall.O_DSYNC
+	}
+	return 0
+}
+
+// openInPlace opens the existing target of convert -n.
+func openInPlace(path string, o OutputOptions) (*Output, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	block := fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0
+	if !fi.Mode().IsRegular() && !block {
+		return nil, fmt.Errorf("%s is not a regular file or a block device", path)
+	}
+	if err := notSource(func() (os.FileInfo, error) { return fi, nil }, path, o.Sources); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|syncFlag(o.Cache), 0)
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	if block {
+		if size, err = f.Seek(0, io.SeekEnd); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	if size < o.Size {
+		f.Close()
+		return nil, fmt.Errorf("%s: output file is smaller than input file (%d < %d bytes)", path, size, o.Size)
+	}
+	fo := &fileOut{f: f, inPlace: true, zeroGaps: !o.TargetIsZero, block: block, size: size}
+	if o.Cache.Direct {
+		fo.direct, _ = openDirect(path, os.O_WRONLY|syncFlag(o.Cache))
+	}
+	return &Output{Target: fo, f: f, fo: fo, final: path, inPlace: true, noFlush: o.Cache.NoFlush}, nil
 }
 
 // notSource refuses an output that is one of the sources.
@@ -208,13 +281,18 @@ func (o *Output) Commit() error {
 			return fail(err)
 		}
 	}
-	if err := o.f.Sync(); err != nil {
-		return fail(fmt.Errorf("syncing output: %w", err))
+	if !o.noFlush {
+		if err := syncFile(o.f); err != nil {
+			return fail(fmt.Errorf("syncing output: %w", err))
+		}
 	}
-	if err := o.f.Close(); err != nil {
+	if err := o.closeFile(); err != nil {
 		return fail(fmt.Errorf("closing output: %w", err))
 	}
-	o.f = nil
+	if o.inPlace {
+		o.done = true
+		return nil
+	}
 	if o.force {
 		if err := os.Rename(o.tmp, o.final); err != nil {
 			return fail(err)
@@ -239,8 +317,19 @@ func (o *Output) Commit() error {
 		}
 	}
 	o.done = true
-	syncDir(filepath.Dir(o.final))
+	if !o.noFlush {
+		syncDir(filepath.Dir(o.final))
+	}
 	return nil
+}
+
+func (o *Output) closeFile() error {
+	f, fo := o.f, o.fo
+	o.f, o.fo = nil, nil
+	if fo != nil {
+		return fo.close()
+	}
+	return f.Close()
 }
 
 // Abort discards the output: the temporary file is closed and removed. It
@@ -254,8 +343,7 @@ func (o *Output) Abort() error {
 		return o.up.Abort()
 	}
 	if o.f != nil {
-		o.f.Close()
-		o.f = nil
+		o.closeFile()
 	}
 	if o.tmp != "" {
 		if err := os.Remove(o.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -268,9 +356,18 @@ func (o *Output) Abort() error {
 // Uploaded reports whether the output is an object in a bucket.
 func (o *Output) Uploaded() bool { return o.up != nil }
 
-// TempName returns the temporary file's name ("" for standard output or
-// an object), for messages and tests.
+// TempName returns the temporary file's name ("" for standard output, in
+// place and for an object), for messages and tests.
 func (o *Output) TempName() string { return o.tmp }
+
+// Path returns the file being written: the temporary file, or the target
+// itself in place; "" for standard output.
+func (o *Output) Path() string {
+	if o.inPlace {
+		return o.final
+	}
+	return o.tmp
+}
 
 func syncDir(dir string) {
 	d, err := os.Open(dir)

@@ -16,17 +16,27 @@ func Grow(img format.Image, size int64) (format.Image, error) {
 	case size < img.Size():
 		return nil, fmt.Errorf("resize to %d bytes would cut the %d-byte disk: diskimg only grows disks", size, img.Size())
 	}
-	return &grown{Image: img, size: size}, nil
+	return &resized{Image: img, size: size}, nil
 }
 
-type grown struct {
+// Head presents the first size bytes of img: a target larger than the
+// image written into it in place (-n), for verifying what was written.
+func Head(img format.Image, size int64) format.Image {
+	if size >= img.Size() {
+		return img
+	}
+	return &resized{Image: img, size: size}
+}
+
+// resized is img cut or padded with zeros to size bytes.
+type resized struct {
 	format.Image
 	size int64
 }
 
-func (g *grown) Size() int64 { return g.size }
+func (g *resized) Size() int64 { return g.size }
 
-func (g *grown) ReadAt(p []byte, off int64) (int, error) {
+func (g *resized) ReadAt(p []byte, off int64) (int, error) {
 	n, clipErr := format.ClipRead(p, off, g.size)
 	if n == 0 {
 		return 0, clipErr
@@ -43,18 +53,21 @@ func (g *grown) ReadAt(p []byte, off int64) (int, error) {
 	return n, clipErr
 }
 
-func (g *grown) Extent(off int64) (format.Extent, error) {
-	inner := g.Image.Size()
-	if off < inner {
-		return g.Image.Extent(off)
-	}
-	if off >= g.size {
+func (g *resized) Extent(off int64) (format.Extent, error) {
+	if off < 0 || off >= g.size {
 		return format.Extent{}, fmt.Errorf("extent offset %d outside the %d-byte disk", off, g.size)
 	}
-	return format.Extent{Start: off, Length: g.size - off, Status: format.Unallocated, Offset: -1}, nil
+	if off >= g.Image.Size() {
+		return format.Extent{Start: off, Length: g.size - off, Status: format.Unallocated, Offset: -1}, nil
+	}
+	e, err := g.Image.Extent(off)
+	if err == nil && e.End() > g.size {
+		e.Length = g.size - e.Start
+	}
+	return e, err
 }
 
-func (g *grown) Info() *format.Info {
+func (g *resized) Info() *format.Info {
 	info := *g.Image.Info()
 	info.VirtualSize = g.size
 	return &info

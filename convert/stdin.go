@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -32,15 +33,16 @@ func (f *StdinFile) Name() string { return "" }
 // tables anywhere in the file (a streamOptimized VMDK at its end), and a
 // writer needs the source's map before its first byte. Zero blocks become
 // holes, so the copy takes the disk space of the input's data; memory is
-// one buffer. The caller closes the file.
-func OpenStdin(r *os.File, dir string) (*StdinFile, error) {
+// one buffer. The caller closes the file. Cancelling ctx stops the copy
+// between reads.
+func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) {
 	if fi, err := r.Stat(); err == nil && fi.Mode().IsRegular() {
 		size, err := r.Seek(0, io.SeekEnd)
 		if err == nil {
 			return &StdinFile{File: r, size: size}, nil
 		}
 	}
-	f, size, err := format.SpoolTemp(dir, r)
+	f, size, err := format.SpoolTemp(ctx, dir, r)
 	if err != nil {
 		return nil, fmt.Errorf("standard input: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 )
 
 // ErrWrongType is returned by a format's Open when the file is not of that
@@ -44,15 +45,35 @@ func Errorf(format, field string, off int64, reason string, args ...any) *Format
 }
 
 // ReadFull reads len(p) bytes at off. A short read is an error naming the
-// field, so truncated files never read as zeros.
+// field, so truncated files never read as zeros; a read that fails (an
+// I/O error) says so, with the offset that failed.
 func ReadFull(r io.ReaderAt, p []byte, off int64, format, field string) error {
 	n, err := r.ReadAt(p, off)
 	if n == len(p) {
 		return nil
 	}
-	if err == nil || errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
+	if err != nil && !errors.Is(err, io.EOF) {
+		return &FormatError{Format: format, Field: field, Offset: off,
+			Reason: fmt.Sprintf("reading %d bytes", len(p)), Err: &ReadError{Offset: off + int64(n), Err: err}}
 	}
 	return &FormatError{Format: format, Field: field, Offset: off,
-		Reason: fmt.Sprintf("reading %d bytes: file ends after %d", len(p), n), Err: err}
+		Reason: fmt.Sprintf("reading %d bytes: file ends after %d", len(p), n), Err: io.ErrUnexpectedEOF}
 }
+
+// ReadError is a read that failed at a file offset: "input/output error
+// at offset N".
+type ReadError struct {
+	Offset int64
+	Err    error
+}
+
+func (e *ReadError) Error() string {
+	msg := e.Err.Error()
+	var errno syscall.Errno
+	if errors.As(e.Err, &errno) {
+		msg = errno.Error() // without the *PathError's "read FILE: "
+	}
+	return fmt.Sprintf("%s at offset %d", msg, e.Offset)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }

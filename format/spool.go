@@ -1,6 +1,7 @@
 package format
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +18,8 @@ const spoolBlock = 64 << 10
 // It makes a stream (a pipe, a server that cannot send ranges) readable at
 // any offset. Zero blocks become holes, so the copy takes the disk space
 // of the stream's data; memory is one buffer. The caller closes the file.
-func SpoolTemp(dir string, r io.Reader) (*os.File, int64, error) {
+// Cancelling ctx stops the copy between reads.
+func SpoolTemp(ctx context.Context, dir string, r io.Reader) (*os.File, int64, error) {
 	f, err := os.CreateTemp(dir, ".diskimg-spool-")
 	if err != nil {
 		return nil, 0, err
@@ -26,7 +28,7 @@ func SpoolTemp(dir string, r io.Reader) (*os.File, int64, error) {
 		f.Close()
 		return nil, 0, err
 	}
-	size, err := Spool(f, r)
+	size, err := Spool(ctx, f, r)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
@@ -37,10 +39,13 @@ func SpoolTemp(dir string, r io.Reader) (*os.File, int64, error) {
 // Spool copies r into f from offset 0, leaving holes for zero blocks, and
 // truncates f to the number of bytes copied, which it returns. A stream
 // longer than MaxVirtualSize is refused.
-func Spool(f *os.File, r io.Reader) (int64, error) {
+func Spool(ctx context.Context, f *os.File, r io.Reader) (int64, error) {
 	buf := make([]byte, 1<<20)
 	var off int64
 	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
 		n, err := io.ReadFull(r, buf)
 		for i := 0; i < n; i += spoolBlock {
 			b := buf[i:min(i+spoolBlock, n)]

@@ -66,6 +66,66 @@ func (d dev) sub(off, size int64) dev {
 	return dev{r: d.r, base: d.base + off, size: size, budget: d.budget}
 }
 
+// blockCache keeps the last blocks read from the image: metadata reads
+// are small and clustered (inodes, directory entries, registry cells),
+// and in a compressed image each one would inflate a whole cluster.
+type blockCache struct {
+	r      io.ReaderAt
+	size   int64
+	blocks map[int64][]byte
+	order  []int64 // oldest first
+}
+
+const (
+	cacheBlock  = 64 << 10
+	cacheBlocks = 64 // 4 MiB
+)
+
+func newBlockCache(r io.ReaderAt, size int64) *blockCache {
+	return &blockCache{r: r, size: size, blocks: map[int64][]byte{}}
+}
+
+// ReadAt serves reads smaller than a block from cached blocks; larger
+// ones go to the image.
+func (c *blockCache) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) >= cacheBlock || off < 0 || off >= c.size {
+		return c.r.ReadAt(p, off)
+	}
+	n := 0
+	for n < len(p) && off+int64(n) < c.size {
+		pos := off + int64(n)
+		b, err := c.block(pos / cacheBlock)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], b[pos%cacheBlock:])
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (c *blockCache) block(i int64) ([]byte, error) {
+	if b, ok := c.blocks[i]; ok {
+		return b, nil
+	}
+	b := make([]byte, min(cacheBlock, c.size-i*cacheBlock))
+	if m, err := c.r.ReadAt(b, i*cacheBlock); m < len(b) {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	if len(c.order) == cacheBlocks {
+		delete(c.blocks, c.order[0])
+		c.order = c.order[1:]
+	}
+	c.blocks[i] = b
+	c.order = append(c.order, i)
+	return b, nil
+}
+
 var (
 	le = binary.LittleEndian
 	be = binary.BigEndian

@@ -15,7 +15,7 @@ type probe func(d dev, where string, r *Report) (*Filesystem, error)
 
 // probes run in order; containers whose signature sits at offset 0 come
 // before filesystems that leave the first sectors free.
-var probes = []probe{probeLUKS, probeLVM, probeSwap, probeXFS, probeNTFS, probeExFAT, probeFAT, probeBtrfs, probeExt, probeISO}
+var probes = []probe{probeLUKS, probeLVM, probeSwap, probeXFS, probeBitLocker, probeNTFS, probeExFAT, probeFAT, probeBtrfs, probeExt, probeISO}
 
 // detect finds the filesystem on d.
 func detect(d dev, where string, r *Report) (*Filesystem, error) {
@@ -449,4 +449,62 @@ func digits(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// BitLocker volume header (libbde's "BitLocker Drive Encryption (BDE)
+// format"): the boot sector of the encrypted NTFS volume says -FVE-FS-
+// where NTFS says "NTFS    ". BitLocker To Go keeps a FAT boot sector
+// (MSWIN4.1) and is told apart by its FVE metadata block.
+const (
+	bdeMagicVista   = "\xeb\x52\x90-FVE-FS-"
+	bdeMagicWin7    = "\xeb\x58\x90-FVE-FS-"
+	bdeMagicToGo    = "\xeb\x58\x90MSWIN4.1"
+	bdeSignature    = "-FVE-FS-"
+	bdeWin7Metadata = 176 // u64 byte offset of the first FVE metadata block
+	bdeToGoMetadata = 440
+	bdeFVEVersion   = 10 // u16 in the metadata block header
+	bdeFVEHeader    = 12
+)
+
+// bootSector reads the first 512 bytes of d; nil when d is smaller.
+func bootSector(d dev) ([]byte, error) {
+	if d.size < 512 {
+		return nil, nil
+	}
+	return d.read(0, 512)
+}
+
+func probeBitLocker(d dev, where string, r *Report) (*Filesystem, error) {
+	bs, err := bootSector(d)
+	if bs == nil {
+		return nil, err
+	}
+	var metaAt int
+	switch string(bs[:11]) {
+	case bdeMagicVista:
+		return &Filesystem{Type: "BitLocker", Encrypted: true, Size: d.size}, nil
+	case bdeMagicWin7:
+		metaAt = bdeWin7Metadata
+	case bdeMagicToGo:
+		metaAt = bdeToGoMetadata
+	default:
+		return nil, nil
+	}
+	fs := &Filesystem{Type: "BitLocker", Encrypted: true, Size: d.size}
+	off := le.Uint64(bs[metaAt:])
+	var meta []byte
+	if off > 0 && off <= uint64(d.size-bdeFVEHeader) {
+		if meta, err = d.read(int64(off), bdeFVEHeader); err != nil {
+			return nil, err
+		}
+	}
+	if meta == nil || string(meta[:8]) != bdeSignature {
+		if string(bs[:11]) == bdeMagicToGo {
+			return nil, nil // a plain FAT volume formatted by Windows
+		}
+		r.addf(Warning, "%s: BitLocker volume header: no FVE metadata block at offset %d", where, off)
+		return fs, nil
+	}
+	fs.Version = fmt.Sprint(le.Uint16(meta[bdeFVEVersion:]))
+	return fs, nil
 }

@@ -34,20 +34,82 @@ const (
 )
 
 func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < 512 {
-		return nil, nil
-	}
-	bs, err := d.read(0, 512)
-	if err != nil {
+	bs, err := bootSector(d)
+	if bs == nil {
 		return nil, err
 	}
-	if bs[0] != 0xeb && bs[0] != 0xe9 || le.Uint16(bs[mbrBootSig:]) != mbrSignature {
+	v, fs, err := parseFATBoot(d, bs)
+	if fs == nil {
 		return nil, nil
+	}
+	if err != nil {
+		r.addf(Error, "%s: vfat boot sector: %v", where, err)
+		return fs, nil
+	}
+	// The root directory's volume label entry wins over the boot
+	// sector's, as blkid does.
+	if root, err := d.read(v.rootOff, int(min(v.rootLen, fatChunk))); err == nil {
+		for i := 0; i+fatDirEntSize <= len(root); i += fatDirEntSize {
+			e := root[i : i+fatDirEntSize]
+			if e[0] == 0 {
+				break
+			}
+			if e[0] != 0xe5 && e[11]&fatAttrLongName != fatAttrLongName && e[11]&fatAttrVolumeID != 0 {
+				fs.Label = cstr(e[:11])
+				break
+			}
+		}
+	} else if isImageErr(err) {
+		return nil, err
+	}
+
+	free, err := fatFree(d, v.fatOff, v.clusters, v.bits)
+	return withUsage(fs, v.clusters-free, v.clusters, v.cs, err, r, where+": vfat: counting free clusters")
+}
+
+// withUsage sets fs's used and free bytes from its count of used
+// clusters, or, when counting failed, reports why (prefixed with what)
+// and returns fs without them.
+func withUsage(fs *Filesystem, used, clusters, cs int64, err error, r *Report, what string) (*Filesystem, error) {
+	if err != nil {
+		if isImageErr(err) {
+			return nil, err
+		}
+		r.addf(Warning, "%s: %v", what, err)
+		return fs, nil
+	}
+	fs.Used, fs.Free = used*cs, (clusters-used)*cs
+	return fs, nil
+}
+
+// fatVol is the layout of a FAT12/16/32 volume.
+type fatVol struct {
+	d        dev
+	cs       int64 // cluster size
+	fatOff   int64 // the first FAT
+	dataOff  int64 // cluster 2
+	clusters int64
+	bits     int64 // FAT entry width: 12, 16 or 32
+	nfats    int64 // copies of the FAT, each fatBytes long
+	fatBytes int64
+	size     int64 // the volume's bytes (BPB_TotSec)
+	// rootOff and rootLen place the root directory: the fixed area of
+	// FAT12/16, or the first cluster of FAT32's (rootClus).
+	rootOff, rootLen int64
+	rootClus         int64
+}
+
+// parseFATBoot validates the FAT boot sector bs of the volume on d. fs is
+// nil when bs carries no FAT signature; err says what is wrong with one
+// that does.
+func parseFATBoot(d dev, bs []byte) (*fatVol, *Filesystem, error) {
+	if bs[0] != 0xeb && bs[0] != 0xe9 || le.Uint16(bs[mbrBootSig:]) != mbrSignature {
+		return nil, nil, nil
 	}
 	fat32Layout := le.Uint16(bs[fatFATSz16:]) == 0
 	if fat32Layout && !strings.HasPrefix(string(bs[fatFSType32:fatFSType32+8]), "FAT") ||
 		!fat32Layout && !strings.HasPrefix(string(bs[fatFSType16:fatFSType16+8]), "FAT") && !strings.HasPrefix(string(bs[fatFSType16:fatFSType16+8]), "MSDOS") {
-		return nil, nil
+		return nil, nil, nil
 	}
 	fs := &Filesystem{Type: "vfat"}
 	idOff, labOff := fatVolID16, fatVolLab16
@@ -72,121 +134,93 @@ func probeFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	if fatsz == 0 {
 		fatsz = int64(le.Uint32(bs[fatFATSz32:]))
 	}
-	bad := func(f string, a ...any) (*Filesystem, error) {
-		r.addf(Error, "%s: vfat boot sector: "+f, append([]any{where}, a...)...)
-		return fs, nil
-	}
 	switch {
 	case bps < 512 || bps > 4096 || bps&(bps-1) != 0:
-		return bad("BPB_BytsPerSec %d is not a power of two in 512..4096", bps)
+		return nil, fs, fmt.Errorf("BPB_BytsPerSec %d is not a power of two in 512..4096", bps)
 	case spc == 0 || spc&(spc-1) != 0:
-		return bad("BPB_SecPerClus %d is not a power of two", spc)
+		return nil, fs, fmt.Errorf("BPB_SecPerClus %d is not a power of two", spc)
 	case rsvd == 0 || nfats == 0:
-		return bad("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", rsvd, nfats)
+		return nil, fs, fmt.Errorf("BPB_RsvdSecCnt %d or BPB_NumFATs %d is zero", rsvd, nfats)
 	case tot*bps > d.size:
-		return bad("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", tot, bps, d.size)
+		return nil, fs, fmt.Errorf("BPB_TotSec %d × %d-byte sectors does not fit the %d-byte device", tot, bps, d.size)
 	}
 	rootSecs := (rootEnt*fatDirEntSize + bps - 1) / bps
 	meta := rsvd + nfats*fatsz + rootSecs
 	if fatsz == 0 || meta >= tot {
-		return bad("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
+		return nil, fs, fmt.Errorf("BPB_FATSz %d leaves no data sectors in %d", fatsz, tot)
 	}
-	clusters := (tot - meta) / spc
-	entryBits := int64(32)
+	v := &fatVol{d: d, cs: spc * bps, fatOff: rsvd * bps, dataOff: meta * bps, clusters: (tot - meta) / spc, bits: 32,
+		nfats: nfats, fatBytes: fatsz * bps, size: tot * bps}
 	switch {
-	case clusters < fatMaxFAT12:
-		fs.Version, entryBits = "FAT12", 12
-	case clusters < fatMaxFAT16:
-		fs.Version, entryBits = "FAT16", 16
+	case v.clusters < fatMaxFAT12:
+		fs.Version, v.bits = "FAT12", 12
+	case v.clusters < fatMaxFAT16:
+		fs.Version, v.bits = "FAT16", 16
 	default:
 		fs.Version = "FAT32"
 	}
-	if (clusters+2)*entryBits > fatsz*bps*8 {
-		return bad("BPB_FATSz %d sectors cannot hold %d clusters", fatsz, clusters)
+	if (v.clusters+2)*v.bits > fatsz*bps*8 {
+		return nil, fs, fmt.Errorf("BPB_FATSz %d sectors cannot hold %d clusters", fatsz, v.clusters)
 	}
-	cs := spc * bps
-	fs.BlockSize = cs
+	fs.BlockSize = v.cs
 	fs.Size = tot * bps
-
-	// The root directory's volume label entry wins over the boot
-	// sector's, as blkid does.
-	rootOff := (rsvd + nfats*fatsz) * bps
-	rootLen := rootSecs * bps
+	v.rootOff, v.rootLen = (rsvd+nfats*fatsz)*bps, rootSecs*bps
 	if fs.Version == "FAT32" {
 		rc := int64(le.Uint32(bs[fatRootClus32:]))
-		if rc >= 2 && rc < clusters+2 {
-			rootOff, rootLen = meta*bps+(rc-2)*cs, cs
+		if rc >= 2 && rc < v.clusters+2 {
+			v.rootOff, v.rootLen, v.rootClus = v.dataOff+(rc-2)*v.cs, v.cs, rc
 		}
 	}
-	if root, err := d.read(rootOff, int(min(rootLen, fatChunk))); err == nil {
-		for i := 0; i+fatDirEntSize <= len(root); i += fatDirEntSize {
-			e := root[i : i+fatDirEntSize]
-			if e[0] == 0 {
-				break
-			}
-			if e[0] != 0xe5 && e[11]&fatAttrLongName != fatAttrLongName && e[11]&fatAttrVolumeID != 0 {
-				fs.Label = cstr(e[:11])
-				break
-			}
-		}
-	} else if isImageErr(err) {
-		return nil, err
-	}
-
-	free, err := fatFree(d, rsvd*bps, clusters, entryBits)
-	if err != nil {
-		if isImageErr(err) {
-			return nil, err
-		}
-		r.addf(Warning, "%s: vfat: counting free clusters: %v", where, err)
-		return fs, nil
-	}
-	fs.Free = free * cs
-	fs.Used = (clusters - free) * cs
-	return fs, nil
+	return v, fs, nil
 }
 
 // fatFree counts the free (zero) entries for clusters 2..clusters+1 of
-// the FAT at off, reading it in bounded chunks.
+// the FAT at off.
 func fatFree(d dev, off, clusters, entryBits int64) (int64, error) {
 	var free int64
-	if entryBits == 12 {
-		b, err := d.read(off, int((clusters+2)*3/2+1))
-		if err != nil {
-			return 0, err
+	err := fatEntries(d, off, 2, clusters+2, entryBits, func(_ int64, v uint32) {
+		if v == 0 {
+			free++
 		}
-		for c := int64(2); c < clusters+2; c++ {
-			v := le.Uint16(b[c*3/2:])
+	})
+	return free, err
+}
+
+// fatEntries calls fn with the entries of clusters [from, to) of the FAT
+// at off, reading it in bounded chunks.
+func fatEntries(d dev, off, from, to, entryBits int64, fn func(c int64, v uint32)) error {
+	if entryBits == 12 {
+		lo := from * 3 / 2
+		b, err := d.read(off+lo, int(to*3/2+1-lo))
+		if err != nil {
+			return err
+		}
+		for c := from; c < to; c++ {
+			v := le.Uint16(b[c*3/2-lo:])
 			if c&1 == 1 {
 				v >>= 4
 			}
-			if v&0xfff == 0 {
-				free++
-			}
+			fn(c, uint32(v&0xfff))
 		}
-		return free, nil
+		return nil
 	}
 	esize := entryBits / 8
-	for c := int64(2); c < clusters+2; {
-		n := min(clusters+2-c, fatChunk/esize)
+	for c := from; c < to; {
+		n := min(to-c, fatChunk/esize)
 		b, err := d.read(off+c*esize, int(n*esize))
 		if err != nil {
-			return 0, err
+			return err
 		}
 		for i := int64(0); i < n; i++ {
-			var v uint32
 			if esize == 2 {
-				v = uint32(le.Uint16(b[i*2:]))
+				fn(c+i, uint32(le.Uint16(b[i*2:])))
 			} else {
-				v = le.Uint32(b[i*4:]) & 0x0fffffff
-			}
-			if v == 0 {
-				free++
+				fn(c+i, le.Uint32(b[i*4:])&0x0fffffff)
 			}
 		}
 		c += n
 	}
-	return free, nil
+	return nil
 }
 
 // exFAT boot sector.
@@ -197,6 +231,8 @@ const (
 	exfatClusterHeap  = 88  // u32 sectors
 	exfatClusterCount = 92  // u32
 	exfatRootCluster  = 96  // u32
+	exfatVolumeFlags  = 106 // u16: 1 second FAT active, 2 dirty, 4 media failure
+	exfatNumFATs      = 110 // u8
 	exfatSerial       = 100 // u32
 	exfatBPSShift     = 108 // u8, 9..12
 	exfatSPCShift     = 109 // u8, bps shift + this ≤ 25
@@ -216,27 +252,16 @@ func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
 	fs := &Filesystem{Type: "exfat"}
 	id := le.Uint32(bs[exfatSerial:])
 	fs.UUID = fmt.Sprintf("%04X-%04X", id>>16, id&0xffff)
-	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
-	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
-		r.addf(Error, "%s: exfat boot sector: BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", where, bpsShift, spcShift)
+	g, err := parseExFATBoot(bs, d.size)
+	if g != nil {
+		fs.Size = g.size
+	}
+	if err != nil {
+		r.addf(Error, "%s: exfat boot sector: %v", where, err)
 		return fs, nil
 	}
-	bps := int64(1) << bpsShift
-	cs := bps << spcShift
-	vol := le.Uint64(bs[exfatVolumeLength:])
-	heap := int64(le.Uint32(bs[exfatClusterHeap:])) * bps
-	count := int64(le.Uint32(bs[exfatClusterCount:]))
-	if vol > uint64(d.size/bps) {
-		r.addf(Error, "%s: exfat boot sector: VolumeLength %d sectors does not fit the %d-byte device", where, vol, d.size)
-		return fs, nil
-	}
-	fs.Size = int64(vol) * bps
-	if heap > fs.Size || count > (fs.Size-heap)/cs {
-		r.addf(Error, "%s: exfat boot sector: ClusterHeapOffset or ClusterCount %d is past the volume", where, count)
-		return fs, nil
-	}
-	fs.BlockSize = cs
-	clusterOff := func(c int64) (int64, bool) { return heap + (c-2)*cs, c >= 2 && c < count+2 }
+	fs.BlockSize = g.cs
+	cs, count, clusterOff := g.cs, g.count, g.clusterOff
 	rootOff, ok := clusterOff(int64(le.Uint32(bs[exfatRootCluster:])))
 	if !ok {
 		r.addf(Error, "%s: exfat boot sector: FirstClusterOfRootDirectory is outside the cluster heap", where)
@@ -285,4 +310,42 @@ func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
 		fs.Free = (count - used) * cs
 	}
 	return fs, nil
+}
+
+// exfatGeom is an exFAT volume's layout, in bytes.
+type exfatGeom struct {
+	bps, cs     int64
+	size        int64 // volume length
+	fat         int64 // first FAT
+	heap, count int64 // cluster heap and its clusters
+	rootOff     int64
+	fats        int64
+	flags       uint16 // VolumeFlags
+}
+
+// parseExFATBoot checks exFAT boot sector bs against a device of devSize
+// bytes; g carries the volume size once that is known to fit.
+func parseExFATBoot(bs []byte, devSize int64) (g *exfatGeom, err error) {
+	bpsShift, spcShift := int64(bs[exfatBPSShift]), int64(bs[exfatSPCShift])
+	if bpsShift < 9 || bpsShift > 12 || bpsShift+spcShift > 25 {
+		return nil, fmt.Errorf("BytesPerSectorShift %d or SectorsPerClusterShift %d is invalid", bpsShift, spcShift)
+	}
+	bps := int64(1) << bpsShift
+	vol := le.Uint64(bs[exfatVolumeLength:])
+	if vol > uint64(devSize/bps) {
+		return nil, fmt.Errorf("VolumeLength %d sectors does not fit the %d-byte device", vol, devSize)
+	}
+	g = &exfatGeom{bps: bps, cs: bps << spcShift, size: int64(vol) * bps,
+		fat:  int64(le.Uint32(bs[exfatFATOffset:])) * bps,
+		heap: int64(le.Uint32(bs[exfatClusterHeap:])) * bps, count: int64(le.Uint32(bs[exfatClusterCount:])),
+		fats: int64(bs[exfatNumFATs]), flags: le.Uint16(bs[exfatVolumeFlags:])}
+	if g.heap > g.size || g.count > (g.size-g.heap)/g.cs {
+		return g, fmt.Errorf("ClusterHeapOffset or ClusterCount %d is past the volume", g.count)
+	}
+	return g, nil
+}
+
+// clusterOff returns the offset of cluster c and whether it is in the heap.
+func (g *exfatGeom) clusterOff(c int64) (int64, bool) {
+	return g.heap + (c-2)*g.cs, c >= 2 && c < g.count+2
 }

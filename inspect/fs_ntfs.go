@@ -85,18 +85,8 @@ func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
 		r.addf(Warning, "%s: ntfs $Volume: %v", where, err)
 	}
 
-	clusters := v.clusters
-	used, err := v.bitmapUsed(clusters)
-	if err != nil {
-		if isImageErr(err) {
-			return nil, err
-		}
-		r.addf(Warning, "%s: ntfs $Bitmap: %v", where, err)
-		return fs, nil
-	}
-	fs.Used = used * v.cs
-	fs.Free = (clusters - used) * v.cs
-	return fs, nil
+	used, err := v.bitmapUsed(v.clusters)
+	return withUsage(fs, used, v.clusters, v.cs, err, r, where+": ntfs $Bitmap")
 }
 
 // parseNTFSBoot validates the boot sector bs of the NTFS volume on d.
@@ -337,53 +327,56 @@ const (
 )
 
 func probeLVM(d dev, where string, r *Report) (*Filesystem, error) {
+	l, _, err := lvmLabel(d)
+	if l == nil || err != nil {
+		return nil, err
+	}
+	fs := &Filesystem{Type: "LVM2_member", Size: d.size}
+	off := int(le.Uint32(l[lvmLabelOffsetXL:]))
+	if off < 32 || off+lvmPVUUIDLen+8 > sectorSize {
+		r.addf(Error, "%s: LVM2 label: offset_xl %d is invalid", where, off)
+		return fs, nil
+	}
+	u := cstr(l[off : off+lvmPVUUIDLen])
+	if len(u) == lvmPVUUIDLen {
+		u = u[0:6] + "-" + u[6:10] + "-" + u[10:14] + "-" + u[14:18] + "-" + u[18:22] + "-" + u[22:26] + "-" + u[26:32]
+	}
+	fs.UUID = u
+	if sz := le.Uint64(l[off+lvmPVUUIDLen:]); sz != 0 && sz <= uint64(d.size) {
+		fs.Size = int64(sz)
+	}
+	fs.Volumes = lvmVolumes(d, l, off+lvmPVUUIDLen+8, where, r)
+	return fs, nil
+}
+
+// lvmLabel returns the LVM2 label sector in the first four sectors of d
+// and its number; nil when there is none.
+func lvmLabel(d dev) ([]byte, int, error) {
 	if d.size < lvmLabelSectors*sectorSize {
-		return nil, nil
+		return nil, 0, nil
 	}
 	head, err := d.read(0, lvmLabelSectors*sectorSize)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for s := 0; s < lvmLabelSectors; s++ {
 		l := head[s*sectorSize : (s+1)*sectorSize]
-		if string(l[:8]) != lvmLabelID || string(l[lvmLabelTypeOff:lvmLabelTypeOff+8]) != lvmLabelType {
-			continue
+		if string(l[:8]) == lvmLabelID && string(l[lvmLabelTypeOff:lvmLabelTypeOff+8]) == lvmLabelType {
+			return l, s, nil
 		}
-		fs := &Filesystem{Type: "LVM2_member", Size: d.size}
-		off := int(le.Uint32(l[lvmLabelOffsetXL:]))
-		if off < 32 || off+lvmPVUUIDLen+8 > sectorSize {
-			r.addf(Error, "%s: LVM2 label: offset_xl %d is invalid", where, off)
-			return fs, nil
-		}
-		u := cstr(l[off : off+lvmPVUUIDLen])
-		if len(u) == lvmPVUUIDLen {
-			u = u[0:6] + "-" + u[6:10] + "-" + u[10:14] + "-" + u[14:18] + "-" + u[18:22] + "-" + u[22:26] + "-" + u[26:32]
-		}
-		fs.UUID = u
-		if sz := le.Uint64(l[off+lvmPVUUIDLen:]); sz != 0 && sz <= uint64(d.size) {
-			fs.Size = int64(sz)
-		}
-		fs.Volumes = lvmVolumes(d, l, off+lvmPVUUIDLen+8, where, r)
-		return fs, nil
 	}
-	return nil, nil
+	return nil, 0, nil
 }
 
 // lvmVolumes reads the first metadata area named after the data areas in
 // the PV header and lists its logical volumes.
 func lvmVolumes(d dev, l []byte, p int, where string, r *Report) []LogicalVolume {
-	// Data area list, then metadata area list, each ended by a zero pair.
 	var mdaOff int64 = -1
-	for list := 0; list < 2; list++ {
-		for ; p+16 <= sectorSize; p += 16 {
-			o := le.Uint64(l[p:])
-			if o == 0 && le.Uint64(l[p+8:]) == 0 {
-				p += 16
-				break
-			}
-			if list == 1 && mdaOff < 0 && o < uint64(d.size) {
-				mdaOff = int64(o)
-			}
+	_, mdas := lvmAreas(l, p)
+	for _, m := range mdas {
+		if m.start < d.size {
+			mdaOff = m.start
+			break
 		}
 	}
 	if mdaOff < 0 {

@@ -94,7 +94,9 @@ func FuzzExt4(f *testing.F) {
 	fuzzParser(f, func(d dev, r *Report) {
 		probeExt(d, "disk", r)
 		if fs, err := newExtFS(d); err == nil {
-			linuxOS(fs)
+			if o := linuxOS(fs); o != nil {
+				linuxFacts(d, fs, o, r)
+			}
 		}
 	})
 }
@@ -114,13 +116,21 @@ func FuzzFAT(f *testing.F) {
 	fuzzParser(f, func(d dev, r *Report) {
 		probeFAT(d, "disk", r)
 		probeExFAT(d, "disk", r)
+		espLoaders(d, 1, r)
+		if bs, err := d.read(0, 512); err == nil {
+			if v, _, err := parseFATBoot(d, bs); err == nil && v != nil {
+				v.readDir("/", 64)
+				v.readPath("/vmlinuz", 1<<20)
+			}
+		}
 	})
 }
 
-// FuzzOther covers the remaining probes: btrfs, swap, LUKS, LVM2, ISO 9660.
+// FuzzOther covers the remaining probes: btrfs, swap, LUKS, LVM2, ISO
+// 9660, BitLocker.
 func FuzzOther(f *testing.F) {
 	fuzzParser(f, func(d dev, r *Report) {
-		for _, p := range []probe{probeBtrfs, probeSwap, probeLUKS, probeLVM, probeISO} {
+		for _, p := range []probe{probeBtrfs, probeSwap, probeLUKS, probeLVM, probeISO, probeBitLocker} {
 			p(d, "disk", r)
 		}
 	})
@@ -129,7 +139,10 @@ func FuzzOther(f *testing.F) {
 func FuzzRegistry(f *testing.F) {
 	fuzzParser(f, func(d dev, r *Report) {
 		if h, err := openHive(d.read, d.size); err == nil {
-			hiveVersion(h, &OS{})
+			o := &OS{}
+			hiveVersion(h, o)
+			hiveSystem(h, o)
+			windowsName(o)
 		}
 	})
 }
@@ -138,6 +151,17 @@ func FuzzPE(f *testing.F) {
 	fuzzParser(f, func(d dev, r *Report) {
 		if h, err := peHeader(d.read, d.size); err == nil {
 			peArch(h)
+			peVersion(d.read, d.size, &OS{})
+		}
+	})
+}
+
+func FuzzFstab(f *testing.F) {
+	f.Add([]byte("UUID=abc / ext4 defaults 0 1\n/dev/sda1 /boot ext4 defaults\nLABEL=a\\040b /x vfat\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		pt := &PartitionTable{Type: "mbr", UUID: "12345678", Partitions: []Partition{{Number: 1, Filesystem: &Filesystem{UUID: "abc"}}}}
+		for _, e := range fstabEntries(in) {
+			partitionOf(e.Spec, pt)
 		}
 	})
 }

@@ -190,7 +190,7 @@ func TestSeedExt4Tree(t *testing.T) {
 	if r.Filesystem == nil || r.Filesystem.Type != "ext4" || r.Filesystem.Label != "seed" {
 		t.Fatalf("fs %+v", r.Filesystem)
 	}
-	if o := r.OS; o == nil || o.Distro != "debian" || o.Version != "12" || o.Arch == "" || o.Boot != "bios" {
+	if o := r.OS; o == nil || o.Distro != "debian" || o.Version != "12" || o.Arch == "" || o.Boot != "none" {
 		t.Errorf("os %+v findings %v", r.OS, r.Findings)
 	}
 }

@@ -27,7 +27,7 @@ func Inspect(img format.Image, opts Options) (*Report, error) {
 		r.AllocatedSize = n
 	}
 	budget := int64(maxReadBudget)
-	disk := dev{r: img, size: img.Size(), budget: &budget}
+	disk := dev{r: newBlockCache(img, img.Size()), size: img.Size(), budget: &budget}
 	err := inspectDisk(disk, r, opts)
 	if err != nil {
 		return nil, err
@@ -86,10 +86,13 @@ func inspectDisk(disk dev, r *Report, opts Options) error {
 			p.Filesystem = fs
 		}
 	}
-	if !opts.NoOS {
-		return detectOS(disk, r)
+	if opts.NoOS {
+		return nil
 	}
-	return nil
+	if err := detectBoot(disk, r); err != nil {
+		return err
+	}
+	return detectOS(disk, r)
 }
 
 func mbrTypeByte(s string) byte {
@@ -102,27 +105,23 @@ func mbrTypeByte(s string) byte {
 // found wins.
 func detectOS(disk dev, r *Report) error {
 	type cand struct {
-		num  int
-		d    dev
-		fs   *Filesystem
-		boot string
+		num int
+		d   dev
+		fs  *Filesystem
 	}
-	boot := "bios"
 	var cands []cand
 	if r.Filesystem != nil {
-		cands = append(cands, cand{0, disk, r.Filesystem, ""})
+		cands = append(cands, cand{0, disk, r.Filesystem})
 	}
 	if pt := r.PartitionTable; pt != nil {
 		for _, p := range pt.Partitions {
-			if isESP(p) {
-				boot = "uefi"
-			}
 			if p.Filesystem != nil {
-				cands = append(cands, cand{p.Number, disk.sub(p.Start, p.Size), p.Filesystem, ""})
+				cands = append(cands, cand{p.Number, disk.sub(p.Start, p.Size), p.Filesystem})
 			}
 		}
 	}
 	for _, c := range cands {
+		var o *OS
 		switch c.fs.Type {
 		case "ext2", "ext3", "ext4":
 			efs, err := newExtFS(c.d)
@@ -132,25 +131,25 @@ func detectOS(disk dev, r *Report) error {
 				}
 				continue
 			}
-			o, err := safeLinuxOS(efs)
-			if err != nil {
-				return err
-			}
-			if o != nil {
-				o.Boot, o.Partition = boot, c.num
-				r.OS = o
-				return nil
+			if o = linuxOS(efs); o != nil {
+				o.Partition = c.num
+				if err := linuxFacts(disk, efs, o, r); err != nil {
+					return err
+				}
 			}
 		case "ntfs":
-			o, err := windowsOS(c.d, partWhere(c.num), r)
-			if err != nil {
+			var err error
+			if o, err = windowsOS(c.d, partWhere(c.num), r); err != nil {
 				return err
 			}
 			if o != nil {
-				o.Boot, o.Partition = boot, c.num
-				r.OS = o
-				return nil
+				o.Partition = c.num
 			}
+		}
+		if o != nil {
+			o.Boot = bootModes(r.Boot)
+			r.OS = o
+			return nil
 		}
 	}
 	return nil
@@ -162,11 +161,4 @@ func partWhere(num int) string {
 		return "disk"
 	}
 	return fmt.Sprintf("partition %d", num)
-}
-
-// safeLinuxOS runs linuxOS, turning an image read failure into an error
-// (file-level problems just make a lookup fail).
-func safeLinuxOS(fs *extFS) (o *OS, err error) {
-	o = linuxOS(fs)
-	return o, nil
 }

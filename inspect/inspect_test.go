@@ -16,6 +16,7 @@ import (
 	"github.com/diskimg/diskimg/format"
 	_ "github.com/diskimg/diskimg/format/all"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/inspect")
@@ -30,39 +31,24 @@ const (
 	swapFSUUID = "5d0c1e0e-52a6-4a3b-8b1e-6c3f2a7d9e10"
 )
 
-// linuxTree builds a small Linux root: os-release, a real ELF /bin/sh
-// through usrmerge symlinks, cloud-init config and a virtio module.
+// linuxTree builds a small merged-/usr Linux root: os-release, a real
+// ELF /bin/sh, cloud-init, a kernel whose virtio modules are compressed
+// .ko files (no modules.dep), and an fstab naming two filesystems by
+// device.
 func linuxTree(t testing.TB) string {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "root")
-	for _, d := range []string{"etc/cloud", "usr/bin", "usr/lib/modules/6.1.0-test/kernel/drivers/virtio"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	files := map[string]string{
-		"etc/os-release":      "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n",
-		"etc/cloud/cloud.cfg": "datasource_list: [NoCloud]\n",
-		"usr/lib/modules/6.1.0-test/kernel/drivers/virtio/virtio_blk.ko": "not really a module\n",
-	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(root, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	elf, err := os.ReadFile("/bin/true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "usr/bin/dash"), elf, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for link, target := range map[string]string{"bin": "usr/bin", "lib": "usr/lib", "usr/bin/sh": "dash"} {
-		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root, _ := inspecttest.Linux{UsrMerged: true, CloudInit: true, Hostname: "gpt-linux", Grub: true,
+		Kernels: []inspecttest.Kernel{{Version: "6.1.0-test", Image: true,
+			Modules: []string{"kernel/drivers/block/virtio_blk.ko.xz", "kernel/drivers/net/virtio_net.ko.zst", "kernel/fs/ext4/ext4.ko"}}},
+		Fstab: "UUID=" + rootUUID + " / ext4 defaults 0 1\n/dev/sda1 /boot/efi vfat defaults 0 2\n/dev/sda3 none swap sw 0 0\ntmpfs /tmp tmpfs defaults 0 0\n",
+	}.Tree(t, t.TempDir())
 	return root
+}
+
+// espFiles are the loaders of an EFI System partition Debian installs.
+var espFiles = map[string][]byte{
+	"EFI/BOOT/BOOTX64.EFI":   inspecttest.PE(inspecttest.MachineAMD64, inspecttest.PE32Plus, [4]uint16{}),
+	"EFI/debian/grubx64.efi": inspecttest.PE(inspecttest.MachineAMD64, inspecttest.PE32Plus, [4]uint16{}),
+	"EFI/debian/shimx64.efi": inspecttest.PE(inspecttest.MachineAMD64, inspecttest.PE32Plus, [4]uint16{}),
 }
 
 // gptLinuxDisk makes a 192 MiB GPT disk: an EFI System partition (FAT),
@@ -81,6 +67,7 @@ func gptLinuxDisk(t testing.TB, dir string) string {
 	esp := filepath.Join(dir, "esp.fs")
 	sparseFile(t, esp, 32*mib)
 	run(t, "mkfs.vfat", "-F", "16", "-n", "EFI", "-i", "1234abcd", esp)
+	inspecttest.FATFiles(t, esp, espFiles)
 	root := filepath.Join(dir, "root.fs")
 	sparseFile(t, root, 128*mib)
 	run(t, "mkfs.ext4", "-q", "-F", "-L", "root", "-U", rootUUID, "-E", "hash_seed="+rootUUID+",root_owner=0:0",
@@ -170,7 +157,8 @@ func TestGPTLinux(t *testing.T) {
 	}
 	arch, bits := hostArch(t)
 	if o.Type != "linux" || o.Distro != "debian" || o.Version != "12" || o.PrettyName != "Debian GNU/Linux 12 (bookworm)" ||
-		o.Arch != arch || o.Bits != bits || o.Boot != "uefi" || !o.CloudInit || !o.Virtio || o.Partition != 2 {
+		o.Arch != arch || o.Bits != bits || o.Boot != "uefi" || !o.CloudInit || !o.Virtio || o.Partition != 2 || o.BootPartition != 2 ||
+		o.Hostname != "gpt-linux" || !slices.Equal(o.Bootloaders, []string{"grub"}) || len(o.Kernels) != 1 || len(o.Drivers) != 2 {
 		t.Errorf("os %+v, want arch %s/%d", o, arch, bits)
 	}
 	if len(r.Findings) != 0 {

@@ -73,8 +73,6 @@ func linuxOS(fs *extFS) *OS {
 			break
 		}
 	}
-	o.CloudInit = fs.exists("/etc/cloud/cloud.cfg") || fs.exists("/usr/bin/cloud-init")
-	o.Virtio = hasVirtio(fs)
 	return o
 }
 
@@ -104,27 +102,4 @@ func elfArch(h []byte) (string, int) {
 		name = "arm"
 	}
 	return name, bits
-}
-
-// hasVirtio looks for virtio drivers among the installed kernels'
-// modules: a kernel/drivers/virtio directory or virtio_blk built in.
-func hasVirtio(fs *extFS) bool {
-	for _, base := range []string{"/lib/modules", "/usr/lib/modules"} {
-		kernels, err := fs.readDir(base, 16)
-		if err != nil {
-			continue
-		}
-		for _, k := range kernels {
-			dir := base + "/" + k
-			if fs.exists(dir + "/kernel/drivers/virtio") {
-				return true
-			}
-			for _, list := range []string{"modules.builtin", "modules.dep"} {
-				if b, err := fs.readPath(dir+"/"+list, 4<<20); err == nil && bytes.Contains(b, []byte("virtio_blk")) {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }

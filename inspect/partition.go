@@ -43,6 +43,8 @@ const (
 	gptNumEntriesOff = 80 // u32 number of entries
 	gptEntrySizeOff  = 84 // u32 size of one entry, 128 × 2^n
 	gptEntriesCRCOff = 88 // u32 CRC32 of the entry array
+	gptFirstUsable   = 40 // u64 first LBA a partition may use
+	gptLastUsable    = 48 // u64 last LBA a partition may use
 	gptMinHeaderSize = 92
 	gptMinEntrySize  = 128
 	// gptMaxArray caps the entry array read: the spec's minimum is
@@ -105,6 +107,12 @@ func readGPT(disk dev, r *Report) (pt *PartitionTable, ok bool, err error) {
 	n := int64(le.Uint32(hdr[gptNumEntriesOff:]))
 	esize := int64(le.Uint32(hdr[gptEntrySizeOff:]))
 	elba := int64(le.Uint64(hdr[gptEntriesLBAOff:]))
+	first, last := min(le.Uint64(hdr[gptFirstUsable:]), uint64(lastLBA)), min(le.Uint64(hdr[gptLastUsable:]), uint64(lastLBA))
+	pt.meta = []span{{end: int64(max(first, 2)) * ss}, {start: (int64(last) + 1) * ss, end: disk.size},
+		{start: 0, end: ss * 2}, {start: (lastLBA) * ss, end: disk.size}}
+	if elba >= 0 && elba <= lastLBA && n*esize <= gptMaxArray {
+		pt.meta = append(pt.meta, span{start: elba * ss, end: min(elba*ss+n*esize, disk.size)})
+	}
 	switch {
 	case esize < gptMinEntrySize || esize%gptMinEntrySize != 0 || esize&(esize-1) != 0:
 		r.addf(Error, "GPT header: entry size %d is not 128 × a power of two", esize)
@@ -219,7 +227,8 @@ func checkOverlaps(parts []Partition, r *Report) {
 // carry the boot signature), following one chain of extended boot
 // records for logical partitions.
 func readMBR(disk dev, s0 []byte, r *Report) (*PartitionTable, error) {
-	pt := &PartitionTable{Type: "mbr", UUID: fmt.Sprintf("%08x", le.Uint32(s0[mbrDiskSig:])), Partitions: []Partition{}}
+	pt := &PartitionTable{Type: "mbr", UUID: fmt.Sprintf("%08x", le.Uint32(s0[mbrDiskSig:])), Partitions: []Partition{},
+		meta: []span{{end: sectorSize}}}
 	for i := 0; i < mbrMaxEntries; i++ {
 		e := s0[mbrTable+i*mbrEntrySize : mbrTable+(i+1)*mbrEntrySize]
 		typ := e[4]
@@ -276,6 +285,7 @@ func readEBRs(disk dev, extLBA int64, pt *PartitionTable, r *Report) error {
 			r.addf(Error, "extended boot record at LBA %d has no boot signature", lba)
 			return nil
 		}
+		pt.meta = append(pt.meta, span{start: lba * sectorSize, end: (lba + 1) * sectorSize})
 		e := s[mbrTable : mbrTable+mbrEntrySize]
 		if e[4] != 0 {
 			p := mbrPartition(num, e, lba)

@@ -167,12 +167,20 @@ func (h *hive) searchList(off uint32, name string, depth int, budget *int) ([]by
 	if listItems+n*stride > len(l) {
 		return nil, fmt.Errorf("subkey list at %#x claims %d entries", off, n)
 	}
+	kind := string(l[:2])
+	hash, hint := lhHash(name), lfHint(name)
 	for i := 0; i < n; i++ {
 		if *budget--; *budget < 0 {
 			return nil, errors.New("too many subkeys")
 		}
-		c := le.Uint32(l[listItems+i*stride:])
-		if string(l[:2]) == "ri" {
+		e := l[listItems+i*stride:]
+		c := le.Uint32(e)
+		// lh and lf entries carry a hash or the name's first characters:
+		// only the matching keys are read.
+		if kind == "lh" && le.Uint32(e[4:]) != hash || kind == "lf" && !strings.EqualFold(string(e[4:4+len(hint)]), hint) {
+			continue
+		}
+		if kind == "ri" {
 			k, err := h.searchList(c, name, depth+1, budget)
 			if err == nil || !errors.Is(err, errNotFound) {
 				return k, err
@@ -190,13 +198,39 @@ func (h *hive) searchList(off uint32, name string, depth int, budget *int) ([]by
 	return nil, errNotFound
 }
 
+// lhHash is the hash an lh list stores for a key name: each character,
+// upper-cased, folded in as hash*37 + c.
+func lhHash(name string) uint32 {
+	var h uint32
+	for _, c := range strings.ToUpper(name) {
+		h = h*37 + uint32(c)
+	}
+	return h
+}
+
+// lfHint is what an lf list stores for a key name: its first four
+// characters (shorter names are padded with NULs).
+func lfHint(name string) string {
+	if len(name) >= 4 {
+		return name[:4]
+	}
+	return name + strings.Repeat("\x00", 4-len(name))
+}
+
 // openKey walks a \-separated path from the root key.
 func (h *hive) openKey(p string) ([]byte, error) {
 	k, err := h.key(h.root)
 	if err != nil {
 		return nil, fmt.Errorf("root key: %w", err)
 	}
+	return h.subkeyPath(k, p)
+}
+
+// subkeyPath walks a \-separated path from key node nk.
+func (h *hive) subkeyPath(nk []byte, p string) ([]byte, error) {
+	k := nk
 	for _, c := range strings.Split(p, `\`) {
+		var err error
 		if k, err = h.subkey(k, c); err != nil {
 			return nil, fmt.Errorf("%s: %w", c, err)
 		}

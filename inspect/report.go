@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -25,8 +26,10 @@ type Report struct {
 	// Filesystem is set when the whole disk holds one filesystem (no
 	// partition table).
 	Filesystem *Filesystem `json:"filesystem,omitempty"`
-	OS         *OS         `json:"os,omitempty"`
-	Findings   []Finding   `json:"findings"`
+	// Boot is how the disk boots; nil when OS detection was skipped.
+	Boot     *Boot     `json:"boot,omitempty"`
+	OS       *OS       `json:"os,omitempty"`
+	Findings []Finding `json:"findings"`
 }
 
 // PartitionTable describes an MBR or GPT table; Type is "none" when the
@@ -39,6 +42,9 @@ type PartitionTable struct {
 	// for a 4Kn disk.
 	SectorSize int64       `json:"sector-size,omitempty"`
 	Partitions []Partition `json:"partitions"`
+	// meta are the table's own sectors (and, for GPT, everything outside
+	// the usable LBAs): no filesystem's free space may cover them.
+	meta []span
 }
 
 // Partition is one entry of the table. Start and Size are in bytes.
@@ -95,14 +101,72 @@ type OS struct {
 	Build          string `json:"build,omitempty"`
 	DisplayVersion string `json:"display-version,omitempty"`
 	PrettyName     string `json:"pretty-name,omitempty"`
-	Arch           string `json:"arch,omitempty"` // x86_64, aarch64, i386, …
-	Bits           int    `json:"bits,omitempty"`
-	Boot           string `json:"boot"` // uefi or bios
-	CloudInit      bool   `json:"cloud-init"`
-	Virtio         bool   `json:"virtio"`
+	// Edition and InstallationType are Windows's EditionID
+	// ("ServerStandard") and InstallationType (Client, Server, Server Core).
+	Edition          string `json:"edition,omitempty"`
+	InstallationType string `json:"installation-type,omitempty"`
+	// Role is a Windows machine's: workstation, server or domain
+	// controller; "" when the SYSTEM hive does not say.
+	Role     string `json:"role,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+	Arch     string `json:"arch,omitempty"` // x86_64, aarch64, i386, …
+	Bits     int    `json:"bits,omitempty"`
+	// Boot is bios, uefi, bios+uefi (hybrid) or none: the modes of
+	// Report.Boot.
+	Boot string `json:"boot"`
+	// CloudInit is cloud-init on Linux, Cloudbase-Init on Windows.
+	CloudInit bool `json:"cloud-init"`
+	// Virtio is set when virtio storage (virtio_blk or virtio_scsi;
+	// viostor or vioscsi) and network (virtio_net; netkvm) drivers are
+	// installed.
+	Virtio bool `json:"virtio"`
 	// Partition is the number of the partition holding the root
 	// filesystem, 0 for a whole-disk filesystem.
 	Partition int `json:"partition"`
+	// BootPartition holds Linux's /boot: Partition, or a separate one.
+	BootPartition int `json:"boot-partition,omitempty"`
+	// Bootloaders found by Linux's files: grub, systemd-boot, syslinux.
+	Bootloaders []string `json:"bootloaders,omitempty"`
+	Kernels     []Kernel `json:"kernels,omitempty"`
+	// Drivers are the paravirtual storage and network drivers installed.
+	Drivers []Driver     `json:"drivers,omitempty"`
+	Fstab   []FstabEntry `json:"fstab,omitempty"`
+	// PersistentNetRules is set when /etc/udev/rules.d/70-persistent-net.rules
+	// pins interface names to the old machine's MAC addresses.
+	PersistentNetRules bool `json:"persistent-net-rules,omitempty"`
+}
+
+// Kernel is an installed Linux kernel.
+type Kernel struct {
+	Version string `json:"version"`
+	// Image is the kernel's file under /boot, "" when only its modules
+	// are installed.
+	Image   string `json:"image,omitempty"`
+	Modules bool   `json:"modules"`
+}
+
+// Driver is a paravirtual storage or network driver.
+type Driver struct {
+	Name  string `json:"name"`  // virtio_blk, viostor, hv_netvsc, …
+	Bus   string `json:"bus"`   // virtio, xen or hyperv
+	Class string `json:"class"` // storage or network
+	// Load is how it loads: module or builtin on Linux; the service's
+	// start type on Windows (boot, system, auto, demand, disabled).
+	Load string `json:"load"`
+	// Kernel is the Linux kernel version the driver belongs to.
+	Kernel string `json:"kernel,omitempty"`
+}
+
+// FstabEntry is one line of /etc/fstab.
+type FstabEntry struct {
+	Spec  string `json:"spec"`
+	Mount string `json:"mount"`
+	Type  string `json:"type"`
+	// By is how Spec names the filesystem: uuid, label, partuuid,
+	// partlabel, device (a kernel name such as /dev/sda1, which changes
+	// with the hypervisor's disk bus), path (another /dev path: LVM,
+	// mapper, md) or none (proc, tmpfs, network and other filesystems).
+	By string `json:"by"`
 }
 
 // Severity ranks findings.
@@ -150,7 +214,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if pt != nil && len(pt.Partitions) > 0 {
 		b.WriteString("\n")
-		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		var table strings.Builder
+		tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "#\tSTART\tSIZE\tTYPE\tNAME\tFS\tLABEL\tUUID\tUSED\tFREE\t")
 		for _, p := range pt.Partitions {
 			boot := ""
@@ -165,6 +230,13 @@ func (r *Report) WriteText(w io.Writer) error {
 				p.TypeName, p.Name, fsType, label, uuid, used, free)
 		}
 		tw.Flush()
+		// Padding of the last columns would end the rows with spaces.
+		for _, line := range strings.SplitAfter(table.String(), "\n") {
+			b.WriteString(strings.TrimRight(line, " \n"))
+			if strings.HasSuffix(line, "\n") {
+				b.WriteString("\n")
+			}
+		}
 	}
 	if f := r.Filesystem; f != nil {
 		fmt.Fprintf(&b, "\nfilesystem:      %s", fsLabel(f))
@@ -182,24 +254,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if o := r.OS; o != nil {
 		b.WriteString("\n")
-		name := o.PrettyName
-		if name == "" {
-			name = strings.TrimSpace(o.Distro + " " + o.Version)
-		}
-		fmt.Fprintf(&b, "os:              %s (%s)\n", o.Type, name)
-		if o.Build != "" {
-			fmt.Fprintf(&b, "version:         %s build %s", o.Version, o.Build)
-			if o.DisplayVersion != "" {
-				fmt.Fprintf(&b, " (%s)", o.DisplayVersion)
-			}
-			b.WriteString("\n")
-		}
-		if o.Arch != "" {
-			fmt.Fprintf(&b, "arch:            %s, %d-bit\n", o.Arch, o.Bits)
-		}
-		fmt.Fprintf(&b, "boot:            %s\n", o.Boot)
-		fmt.Fprintf(&b, "cloud-init:      %s\n", yesNo(o.CloudInit))
-		fmt.Fprintf(&b, "virtio drivers:  %s\n", yesNo(o.Virtio))
+		writeOSText(&b, o, r.Boot)
+	} else if r.Boot != nil {
+		fmt.Fprintf(&b, "\nboot:            %s\n", bootText(r.Boot))
 	}
 	if len(r.Findings) > 0 {
 		b.WriteString("\nfindings:\n")
@@ -207,8 +264,139 @@ func (r *Report) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  %-7s  %s\n", f.Severity, f.Message)
 		}
 	}
-	_, err := io.WriteString(w, b.String())
+	_, err := io.WriteString(w, printable(b.String()))
 	return err
+}
+
+// printable replaces the control characters a guest's names may carry
+// (an escape sequence in a hostname or file name) so the text report
+// cannot drive the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' || r >= ' ' && r != 0x7f && (r < 0x80 || r > 0x9f) {
+			return r
+		}
+		return '?'
+	}, s)
+}
+
+// writeOSText writes the OS lines of the text report.
+func writeOSText(b *strings.Builder, o *OS, boot *Boot) {
+	line := func(label, format string, args ...any) {
+		fmt.Fprintf(b, "%-17s%s\n", label+":", fmt.Sprintf(format, args...))
+	}
+	name := o.PrettyName
+	if name == "" {
+		name = strings.TrimSpace(o.Distro + " " + o.Version)
+	}
+	line("os", "%s (%s)", o.Type, name)
+	if o.Type == "windows" && (o.Version != "" || o.Build != "") {
+		v := o.Version
+		if o.Build != "" {
+			v += " build " + o.Build
+		}
+		if o.DisplayVersion != "" {
+			v += " (" + o.DisplayVersion + ")"
+		}
+		line("version", "%s", strings.TrimSpace(v))
+	}
+	if o.Edition != "" || o.InstallationType != "" {
+		line("edition", "%s", strings.TrimSpace(o.Edition+" ("+o.InstallationType+")"))
+	}
+	if o.Role != "" {
+		line("role", "%s", o.Role)
+	}
+	if o.Hostname != "" {
+		line("hostname", "%s", o.Hostname)
+	}
+	if o.Arch != "" {
+		line("arch", "%s, %d-bit", o.Arch, o.Bits)
+	}
+	if boot != nil {
+		line("boot", "%s", bootText(boot))
+	}
+	if o.Type == "linux" {
+		where := "partition %d"
+		if o.BootPartition == o.Partition {
+			where = "partition %d, on the root filesystem"
+		}
+		line("/boot", where, o.BootPartition)
+		if len(o.Bootloaders) > 0 {
+			line("bootloaders", "%s", strings.Join(o.Bootloaders, ", "))
+		}
+		var ks []string
+		for _, k := range o.Kernels {
+			s := k.Version
+			switch {
+			case k.Image == "":
+				s += " (modules only)"
+			case !k.Modules:
+				s += " (no modules)"
+			}
+			ks = append(ks, s)
+		}
+		line("kernels", "%s", listOrNone(ks))
+	}
+	if o.Type == "linux" || o.Type == "windows" {
+		line("drivers", "%s", listOrNone(driverText(o.Drivers)))
+	}
+	initName := "cloud-init"
+	if o.Type == "windows" {
+		initName = "cloudbase-init"
+	}
+	line(initName, "%s", yesNo(o.CloudInit))
+	line("virtio drivers", "%s", yesNo(o.Virtio))
+	if len(o.Fstab) > 0 {
+		var fs []string
+		for _, e := range o.Fstab {
+			switch e.By {
+			case "none":
+			case "device", "path":
+				fs = append(fs, fmt.Sprintf("%s (%s %s)", fstabMount(e), e.By, e.Spec))
+			default:
+				fs = append(fs, fmt.Sprintf("%s (%s)", fstabMount(e), e.By))
+			}
+		}
+		line("fstab", "%s", listOrNone(fs))
+	}
+	if o.PersistentNetRules {
+		line("persistent net", "/etc/udev/rules.d/70-persistent-net.rules")
+	}
+}
+
+// fstabMount names an entry by its mount point, or type for swap.
+func fstabMount(e FstabEntry) string {
+	if e.Mount == "none" || e.Mount == "" {
+		return e.Type
+	}
+	return e.Mount
+}
+
+// driverText lists drivers once each, with how they load (every way
+// they load in some kernel).
+func driverText(ds []Driver) []string {
+	var names []string
+	loads := map[string][]string{}
+	for _, d := range ds {
+		if loads[d.Name] == nil {
+			names = append(names, d.Name)
+		}
+		if !slices.Contains(loads[d.Name], d.Load) {
+			loads[d.Name] = append(loads[d.Name], d.Load)
+		}
+	}
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = n + " (" + strings.Join(loads[n], ", ") + ")"
+	}
+	return out
+}
+
+func listOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }
 
 func fsLabel(f *Filesystem) string {
@@ -247,6 +435,9 @@ func human(n int64) string {
 	for v >= 1024 && i < len(units)-1 {
 		v /= 1024
 		i++
+	}
+	if v >= 999.5 {
+		return fmt.Sprintf("%.0f %ciB", v, units[i]) // %.3g would say 1e+03
 	}
 	return fmt.Sprintf("%.3g %ciB", v, units[i])
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
 
 // TestWholeDisk inspects filesystems made directly on a disk (no
@@ -143,6 +145,7 @@ func Test4Kn(t *testing.T) {
 		sparseFile(t, p, n*4096)
 		if i == 0 {
 			run(t, "mkfs.vfat", "-S", "4096", "-n", "ESP4K", p)
+			inspecttest.FATFiles(t, p, espFiles)
 		} else {
 			run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "root4k", "-d", linuxTree(t), p)
 		}

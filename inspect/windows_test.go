@@ -5,147 +5,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
-	"unicode/utf16"
+
+	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
-
-// regKey and regVal describe a hive for buildHive.
-type regKey struct {
-	name    string
-	utf16   bool   // store the name as UTF-16LE instead of Latin-1
-	list    string // subkey list kind: lf, lh, li or ri (of two li lists)
-	values  []regVal
-	subkeys []*regKey
-}
-
-type regVal struct {
-	name string
-	typ  uint32
-	data []byte
-}
-
-func regString(s string) []byte {
-	var b []byte
-	for _, u := range utf16.Encode([]rune(s + "\x00")) {
-		b = binary.LittleEndian.AppendUint16(b, u)
-	}
-	return b
-}
-
-func regDword(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
-
-// buildHive writes a regf file holding root, the way the format is laid
-// out by Windows: a 4 KiB base block, then 4 KiB-aligned hive bins of
-// cells with negative (allocated) sizes.
-func buildHive(root *regKey) []byte {
-	bins := make([]byte, 32) // one hbin header, filled in at the end
-	alloc := func(data []byte) uint32 {
-		off := uint32(len(bins))
-		size := (len(data) + 4 + 7) &^ 7
-		cell := make([]byte, size)
-		binary.LittleEndian.PutUint32(cell, uint32(-int32(size)))
-		copy(cell[4:], data)
-		bins = append(bins, cell...)
-		return off
-	}
-	var write func(k *regKey) uint32
-	write = func(k *regKey) uint32 {
-		var kids []uint32
-		for _, s := range k.subkeys {
-			kids = append(kids, write(s))
-		}
-		var listOff uint32 = regfNoCell
-		if len(kids) > 0 {
-			mk := func(kind string, offs []uint32) uint32 {
-				b := append([]byte(kind), 0, 0)
-				binary.LittleEndian.PutUint16(b[2:], uint16(len(offs)))
-				for _, o := range offs {
-					b = binary.LittleEndian.AppendUint32(b, o)
-					if kind == "lf" || kind == "lh" {
-						b = append(b, 0, 0, 0, 0) // hash, unused by readers
-					}
-				}
-				return alloc(b)
-			}
-			switch k.list {
-			case "ri":
-				h := len(kids) / 2
-				listOff = mk("ri", []uint32{mk("li", kids[:h]), mk("li", kids[h:])})
-			case "":
-				listOff = mk("lh", kids)
-			default:
-				listOff = mk(k.list, kids)
-			}
-		}
-		var vals []uint32
-		for _, v := range k.values {
-			vk := make([]byte, vkName)
-			copy(vk, vkMagic)
-			binary.LittleEndian.PutUint16(vk[vkNameLen:], uint16(len(v.name)))
-			binary.LittleEndian.PutUint32(vk[vkType:], v.typ)
-			binary.LittleEndian.PutUint16(vk[vkFlags:], vkCompName)
-			if len(v.data) <= 4 {
-				binary.LittleEndian.PutUint32(vk[vkDataSize:], uint32(len(v.data))|vkInline)
-				copy(vk[vkDataOff:], v.data)
-			} else {
-				binary.LittleEndian.PutUint32(vk[vkDataSize:], uint32(len(v.data)))
-				binary.LittleEndian.PutUint32(vk[vkDataOff:], alloc(v.data))
-			}
-			vals = append(vals, alloc(append(vk, v.name...)))
-		}
-		nk := make([]byte, nkName)
-		copy(nk, nkMagic)
-		name := []byte(k.name)
-		if k.utf16 {
-			name = regString(k.name)
-			name = name[:len(name)-2]
-		} else {
-			binary.LittleEndian.PutUint16(nk[nkFlags:], nkCompName)
-		}
-		binary.LittleEndian.PutUint32(nk[nkSubkeys:], uint32(len(kids)))
-		binary.LittleEndian.PutUint32(nk[nkSubkeyList:], listOff)
-		binary.LittleEndian.PutUint32(nk[nkValues:], uint32(len(vals)))
-		binary.LittleEndian.PutUint32(nk[nkValueList:], regfNoCell)
-		if len(vals) > 0 {
-			var vl []byte
-			for _, o := range vals {
-				vl = binary.LittleEndian.AppendUint32(vl, o)
-			}
-			binary.LittleEndian.PutUint32(nk[nkValueList:], alloc(vl))
-		}
-		binary.LittleEndian.PutUint16(nk[nkNameLen:], uint16(len(name)))
-		return alloc(append(nk, name...))
-	}
-	rootOff := write(root)
-	// Pad the bin to 4 KiB with one free cell.
-	if pad := (4096 - len(bins)%4096) % 4096; pad > 0 {
-		free := make([]byte, pad)
-		binary.LittleEndian.PutUint32(free, uint32(pad))
-		bins = append(bins, free...)
-	}
-	copy(bins, "hbin")
-	binary.LittleEndian.PutUint32(bins[8:], uint32(len(bins)))
-	base := make([]byte, regfBaseSize)
-	copy(base, regfMagic)
-	binary.LittleEndian.PutUint32(base[4:], 1)
-	binary.LittleEndian.PutUint32(base[8:], 1)
-	binary.LittleEndian.PutUint32(base[0x14:], 1) // version 1.5
-	binary.LittleEndian.PutUint32(base[0x18:], 5)
-	binary.LittleEndian.PutUint32(base[0x20:], 1)
-	binary.LittleEndian.PutUint32(base[regfRootCell:], rootOff)
-	binary.LittleEndian.PutUint32(base[regfBinsSize:], uint32(len(bins)))
-	var sum uint32
-	for i := 0; i < 0x1fc; i += 4 {
-		sum ^= binary.LittleEndian.Uint32(base[i:])
-	}
-	binary.LittleEndian.PutUint32(base[0x1fc:], sum)
-	return append(base, bins...)
-}
 
 const (
 	testProduct = "Windows 10 Pro"
@@ -153,34 +22,15 @@ const (
 	testDisplay = "22H2"
 )
 
-// softwareHive is a SOFTWARE hive with the keys Windows 10 has on the
-// path to CurrentVersion, with every subkey list kind on the way.
-func softwareHive() []byte {
-	cv := &regKey{name: "CurrentVersion", values: []regVal{
-		{"SystemRoot", regSZ, regString(`C:\Windows`)},
-		{"CurrentVersion", regSZ, regString("6.3")},
-		{"CurrentBuild", regSZ, regString(testBuild)},
-		{"DisplayVersion", regSZ, regString(testDisplay)},
-		{"ProductName", regSZ, regString(testProduct)},
-		{"CurrentMajorVersionNumber", regDWORD, regDword(10)},
-		{"CurrentMinorVersionNumber", regDWORD, regDword(0)},
-	}}
-	nt := &regKey{name: "Windows NT", utf16: true, list: "li", subkeys: []*regKey{cv, {name: "Accessibility"}}}
-	ms := &regKey{name: "Microsoft", list: "lf", subkeys: []*regKey{{name: ".NETFramework"}, {name: "Windows"}, nt}}
-	return buildHive(&regKey{name: "ROOT", list: "ri", subkeys: []*regKey{{name: "Classes"}, {name: "Clients"}, ms, {name: "Policies"}}})
-}
+// win10 is the registry of a Windows 10 Pro workstation.
+var win10 = inspecttest.Windows{ProductName: testProduct, EditionID: "Professional", InstallationType: "Client",
+	CurrentVersion: "6.3", CurrentBuild: testBuild, DisplayVersion: testDisplay, Major: 10,
+	ProductType: "WinNT", ComputerName: "DESKTOP-21", Arch: "AMD64", Services: map[string]uint32{"storvsc": 0, "netvsc": 3}}
 
-// peFile is a minimal PE image header for machine with the given
-// optional header magic.
-func peFile(machine, magic uint16) []byte {
-	b := make([]byte, 1024)
-	copy(b, peDOSMagic)
-	binary.LittleEndian.PutUint32(b[peLfanew:], 0x80)
-	copy(b[0x80:], peSignature)
-	binary.LittleEndian.PutUint16(b[0x80+peMachine:], machine)
-	binary.LittleEndian.PutUint16(b[0x80+peOptMagic:], magic)
-	return b
-}
+// softwareHive is win10's SOFTWARE hive.
+func softwareHive() []byte { return win10.Software() }
+
+func peFile(machine, magic uint16) []byte { return inspecttest.PE(machine, magic, [4]uint16{}) }
 
 func memReader(b []byte) func(off int64, n int) ([]byte, error) {
 	return func(off int64, n int) ([]byte, error) {
@@ -194,8 +44,11 @@ func memReader(b []byte) func(off int64, n int) ([]byte, error) {
 func TestRegistryHive(t *testing.T) {
 	b := softwareHive()
 	if *update {
-		if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", "software-hive.seed"), b, 0o644); err != nil {
-			t.Fatal(err)
+		sys := inspecttest.Server2019("SEED").System()
+		for name, data := range map[string][]byte{"software-hive.seed": b, "system-hive.seed": sys} {
+			if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	h, err := openHive(memReader(b), int64(len(b)))
@@ -313,32 +166,6 @@ func TestNTFSSystemDirs(t *testing.T) {
 	}
 }
 
-// mountNTFS mounts an NTFS file with ntfs-3g (FUSE) for the test to fill
-// and returns the mount point and an unmount function; the test is
-// skipped when FUSE mounts are not possible here.
-func mountNTFS(t *testing.T, fsPath string) (string, func()) {
-	t.Helper()
-	requireTool(t, "ntfs-3g", "ntfs-3g")
-	mnt := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("ntfs-3g", fsPath, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount NTFS with FUSE here: %v %s", err, out)
-	}
-	mounted := true
-	unmount := func() {
-		if mounted {
-			if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-				t.Errorf("umount: %v %s", err, out)
-			}
-			mounted = false
-		}
-	}
-	t.Cleanup(unmount)
-	return mnt, unmount
-}
-
 // TestWindowsNTFS builds a GPT disk with an EFI System partition and an
 // NTFS volume holding \Windows\system32 (with hundreds of entries, so the
 // index spans several INDX blocks), a SOFTWARE hive and kernel32.dll.
@@ -351,36 +178,22 @@ func TestWindowsNTFS(t *testing.T) {
 	sparseFile(t, disk, 96*mib)
 	run(t, "sgdisk", "-n", "1:1M:+16M", "-t", "1:ef00", "-n", "2:0:+64M", "-t", "2:0700", disk)
 	esp := filepath.Join(dir, "esp.fs")
-	sparseFile(t, esp, 16*mib)
-	run(t, "mkfs.vfat", "-n", "ESP", esp)
+	inspecttest.ESP(t, esp, 16*mib, map[string][]byte{"EFI/Microsoft/Boot/bootmgfw.efi": peFile(peMachineAMD, peOptMagic64),
+		"EFI/Boot/bootx64.efi": peFile(peMachineAMD, peOptMagic64)})
 	nt := filepath.Join(dir, "ntfs.fs")
-	sparseFile(t, nt, 64*mib)
-	// 8 KiB clusters: index blocks (4 KiB) are smaller than a cluster,
-	// so their VCNs count 512-byte units.
-	run(t, "mkntfs", "-q", "-F", "-f", "-c", "8192", "-L", "Windows", nt)
-	mnt, unmount := mountNTFS(t, nt)
-	sys := filepath.Join(mnt, "Windows", "system32")
-	for _, d := range []string{filepath.Join(sys, "config"), filepath.Join(mnt, "Program Files")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	hiveData := softwareHive()
+	files := map[string][]byte{
+		"Windows/system32/config/SOFTWARE": hiveData,
+		"Windows/system32/config/SYSTEM":   win10.System(),
+		"Windows/system32/kernel32.dll":    peFile(peMachineAMD, peOptMagic64),
+		"Program Files/x":                  nil,
 	}
 	for i := 0; i < 600; i++ {
-		name := filepath.Join(sys, "api-ms-win-core-file-l1-"+strconv.Itoa(i)+".dll")
-		if err := os.WriteFile(name, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		files["Windows/system32/api-ms-win-core-file-l1-"+strconv.Itoa(i)+".dll"] = nil
 	}
-	hiveData := softwareHive()
-	for name, data := range map[string][]byte{
-		filepath.Join(sys, "config", "SOFTWARE"): hiveData,
-		filepath.Join(sys, "kernel32.dll"):       peFile(peMachineAMD, peOptMagic64),
-	} {
-		if err := os.WriteFile(name, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	unmount()
+	// 8 KiB clusters: index blocks (4 KiB) are smaller than a cluster,
+	// so their VCNs count 512-byte units.
+	inspecttest.NTFS(t, nt, 64*mib, "Windows", files, "-c", "8192")
 	if *update {
 		writeNTFSSeed(t)
 	}
@@ -393,7 +206,8 @@ func TestWindowsNTFS(t *testing.T) {
 		t.Fatalf("no OS found; findings %v", r.Findings)
 	}
 	if o.Type != "windows" || o.Distro != "windows" || o.PrettyName != testProduct || o.Version != "10.0" || o.Build != testBuild ||
-		o.DisplayVersion != testDisplay || o.Arch != "x86_64" || o.Bits != 64 || o.Boot != "uefi" || o.Partition != 2 {
+		o.DisplayVersion != testDisplay || o.Arch != "x86_64" || o.Bits != 64 || o.Boot != "uefi" || o.Partition != 2 ||
+		o.Edition != "Professional" || o.InstallationType != "Client" || o.Role != "workstation" || o.Hostname != "DESKTOP-21" || o.Virtio {
 		t.Errorf("os %+v", o)
 	}
 	if len(r.Findings) != 0 {
@@ -402,7 +216,10 @@ func TestWindowsNTFS(t *testing.T) {
 	checkFS(t, "ntfs", r.PartitionTable.Partitions[1].Filesystem, blkid(t, nt))
 	var txt strings.Builder
 	r.WriteText(&txt)
-	if !strings.Contains(txt.String(), "os:              windows (Windows 10 Pro)\nversion:         10.0 build 19045 (22H2)\narch:            x86_64, 64-bit\nboot:            uefi\n") {
+	if !strings.Contains(txt.String(), "os:              windows (Windows 10 Pro)\nversion:         10.0 build 19045 (22H2)\nedition:         Professional (Client)\n"+
+		"role:            workstation\nhostname:        DESKTOP-21\narch:            x86_64, 64-bit\n"+
+		"boot:            uefi: partition 1, \\EFI\\Boot\\bootx64.efi \\EFI\\Microsoft\\Boot\\bootmgfw.efi\n"+
+		"drivers:         storvsc (boot), netvsc (demand)\ncloudbase-init:  no\nvirtio drivers:  no\n") {
 		t.Errorf("text output:\n%s", txt.String())
 	}
 
@@ -442,22 +259,12 @@ func TestWindowsNTFS(t *testing.T) {
 // Windows tree, without the $UpCase table, for the NTFS fuzz test.
 func writeNTFSSeed(t *testing.T) {
 	nt := filepath.Join(t.TempDir(), "small.fs")
-	sparseFile(t, nt, 2*mib)
-	run(t, "mkntfs", "-q", "-F", "-f", "-c", "512", nt)
-	mnt, unmount := mountNTFS(t, nt)
-	sys := filepath.Join(mnt, "Windows", "System32")
-	if err := os.MkdirAll(filepath.Join(sys, "config"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	// Enough long names to need an index block beside the root.
+	files := map[string][]byte{"Windows/System32/config/SOFTWARE": softwareHive(), "Windows/System32/kernel32.dll": peFile(peMachineAMD, peOptMagic64)}
 	for i := 0; i < 12; i++ {
-		if err := os.WriteFile(filepath.Join(sys, "api-ms-win-core-file-l"+strconv.Itoa(i)+".dll"), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		files["Windows/System32/api-ms-win-core-file-l"+strconv.Itoa(i)+".dll"] = nil
 	}
-	os.WriteFile(filepath.Join(sys, "config", "SOFTWARE"), softwareHive(), 0o644)
-	os.WriteFile(filepath.Join(sys, "kernel32.dll"), peFile(peMachineAMD, peOptMagic64), 0o644)
-	unmount()
+	inspecttest.NTFS(t, nt, 2*mib, "", files, "-c", "512")
 	data, err := os.ReadFile(nt)
 	if err != nil {
 		t.Fatal(err)
@@ -490,5 +297,155 @@ func writeNTFSSeed(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"), sparseEncode(data), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWindowsRegistryFacts reads edition, role, computer name, drivers
+// and version from SOFTWARE and SYSTEM hives the way Windows variants
+// leave them, including hives missing the usual values.
+func TestWindowsRegistryFacts(t *testing.T) {
+	dc := inspecttest.Server2019("DC01")
+	dc.ProductType = "LanmanNT"
+	ntds := inspecttest.Server2019("DC02") // ServerNT, but NTDS configured
+	ntds.NTDS = true
+	cs2 := inspecttest.Server2019("APP02") // the current control set is ControlSet002
+	cs2.ControlSet = 2
+	old := inspecttest.Windows{ProductName: "Windows Server 2008 R2 Standard", EditionID: "ServerStandard", CurrentVersion: "6.1",
+		CurrentBuildNumber: "7601", ProductType: "ServerNT", Services: map[string]uint32{"xenvbd": 0, "xennet": 4}}
+	bare := inspecttest.Windows{EditionID: "ServerDatacenter", CurrentVersion: "6.3", CurrentBuild: "20348", ProductType: "ServerNT", Arch: "ARM64"}
+	win11 := win10
+	win11.CurrentBuild = "22631"
+	for _, tc := range []struct {
+		name string
+		w    inspecttest.Windows
+		want OS
+	}{
+		{"dc", dc, OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809", Edition: "ServerStandard",
+			InstallationType: "Server", Role: "domain controller", Hostname: "DC01", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		{"ntds", ntds, OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809", Edition: "ServerStandard",
+			InstallationType: "Server", Role: "domain controller", Hostname: "DC02", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		{"member", inspecttest.Server2019("APP01"), OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809",
+			Edition: "ServerStandard", InstallationType: "Server", Role: "server", Hostname: "APP01", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		{"controlset002", cs2, OS{PrettyName: "Windows Server 2019 Standard", Version: "10.0", Build: "17763", DisplayVersion: "1809",
+			Edition: "ServerStandard", InstallationType: "Server", Role: "server", Hostname: "APP02", Arch: "x86_64", Bits: 64, CloudInit: true, Virtio: true}},
+		// No CurrentMajorVersionNumber, CurrentBuild or InstallationType: the older values and ProductType stand in.
+		{"2008r2", old, OS{PrettyName: "Windows Server 2008 R2 Standard", Version: "6.1", Build: "7601", Edition: "ServerStandard",
+			InstallationType: "Server", Role: "server"}},
+		// No ProductName: the name is made from what is known.
+		{"no-product-name", bare, OS{PrettyName: "Windows Server 6.3 (ServerDatacenter)", Version: "6.3", Build: "20348", Edition: "ServerDatacenter",
+			InstallationType: "Server", Role: "server", Arch: "aarch64", Bits: 64}},
+		// Windows 11 still says Windows 10 in ProductName.
+		{"win11", win11, OS{PrettyName: "Windows 11 Pro", Version: "10.0", Build: "22631", DisplayVersion: testDisplay, Edition: "Professional",
+			InstallationType: "Client", Role: "workstation", Hostname: "DESKTOP-21", Arch: "x86_64", Bits: 64}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &OS{PrettyName: winUnknown}
+			for _, b := range []struct {
+				data []byte
+				read func(*hive, *OS) error
+			}{{tc.w.Software(), hiveVersion}, {tc.w.System(), hiveSystem}} {
+				h, err := openHive(memReader(b.data), int64(len(b.data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.read(h, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			windowsName(o)
+			o.Drivers = nil
+			if !reflect.DeepEqual(*o, tc.want) {
+				t.Errorf("os\n%+v\nwant\n%+v", *o, tc.want)
+			}
+		})
+	}
+	// Drivers and their start types.
+	o := &OS{}
+	b := old.System()
+	h, _ := openHive(memReader(b), int64(len(b)))
+	if err := hiveSystem(h, o); err != nil {
+		t.Fatal(err)
+	}
+	if want := []Driver{{"xenvbd", "xen", "storage", "boot", ""}, {"xennet", "xen", "network", "disabled", ""}}; !slices.Equal(o.Drivers, want) || o.Virtio {
+		t.Errorf("drivers %+v", o.Drivers)
+	}
+	// A hive without Select cannot name its control set.
+	b = inspecttest.Hive(&inspecttest.Key{Name: "ROOT", Subkeys: []*inspecttest.Key{{Name: "ControlSet001"}}})
+	h, _ = openHive(memReader(b), int64(len(b)))
+	if err := hiveSystem(h, &OS{}); err == nil || !strings.Contains(err.Error(), "Select") {
+		t.Errorf("no Select: %v", err)
+	}
+}
+
+// TestPEVersion reads the version from a kernel's version resource,
+// and from the optional header without one.
+func TestPEVersion(t *testing.T) {
+	b := inspecttest.PE(peMachineAMD, peOptMagic64, [4]uint16{10, 0, 17763, 5830})
+	o := &OS{}
+	peVersion(memReader(b), int64(len(b)), o)
+	if o.Version != "10.0" || o.Build != "17763" {
+		t.Errorf("version %q build %q", o.Version, o.Build)
+	}
+	o = &OS{Version: "6.3"}
+	peVersion(memReader(b), int64(len(b)), o)
+	if o.Version != "6.3" || o.Build != "17763" {
+		t.Errorf("kept version %q build %q", o.Version, o.Build)
+	}
+	b = inspecttest.PE(peMachineAMD, peOptMagic64, [4]uint16{})
+	binary.LittleEndian.PutUint16(b[0x80+24+40:], 6)
+	binary.LittleEndian.PutUint16(b[0x80+24+42:], 1)
+	o = &OS{}
+	peVersion(memReader(b), int64(len(b)), o)
+	if o.Version != "6.1" || o.Build != "" {
+		t.Errorf("header version %q build %q", o.Version, o.Build)
+	}
+}
+
+// TestWindowsDisks inspects Windows system disks made with mkntfs and an
+// ntfs-3g mount: a domain controller, a member server whose SOFTWARE
+// hive names no version (ntoskrnl.exe's resource does), and a server
+// whose Windows volume is BitLocker-encrypted.
+func TestWindowsDisks(t *testing.T) {
+	dc := inspecttest.Server2019("DC01")
+	dc.ProductType = "LanmanNT"
+	member := inspecttest.Server2019("APP01")
+	member.Major, member.CurrentVersion, member.CurrentBuild, member.CurrentBuildNumber, member.ProductName = 0, "", "", "", ""
+	kernel := [4]uint16{10, 0, 17763, 1}
+	for _, tc := range []struct {
+		name  string
+		disk  inspecttest.WindowsDisk
+		check func(t *testing.T, r *Report)
+	}{
+		{"dc", inspecttest.WindowsDisk{Windows: dc, KernelVersion: kernel}, func(t *testing.T, r *Report) {
+			if o := r.OS; o == nil || o.Role != "domain controller" || o.PrettyName != "Windows Server 2019 Standard" || o.Hostname != "DC01" ||
+				o.Boot != "bios" || !o.Virtio || !o.CloudInit || o.Partition != 1 {
+				t.Errorf("os %+v", o)
+			}
+		}},
+		{"member", inspecttest.WindowsDisk{Windows: member, KernelVersion: kernel}, func(t *testing.T, r *Report) {
+			if o := r.OS; o == nil || o.Role != "server" || o.PrettyName != "Windows Server 10.0 (ServerStandard)" || o.Version != "10.0" ||
+				o.Build != "17763" || o.InstallationType != "Server" {
+				t.Errorf("os %+v", o)
+			}
+		}},
+		{"bitlocker", inspecttest.WindowsDisk{Windows: dc, KernelVersion: kernel, BitLocker: true}, func(t *testing.T, r *Report) {
+			p := r.PartitionTable.Partitions
+			if r.OS != nil || len(p) != 2 || p[1].Filesystem == nil || p[1].Filesystem.Type != "BitLocker" || !p[1].Filesystem.Encrypted ||
+				p[0].Filesystem == nil || p[0].Filesystem.Type != "ntfs" {
+				t.Errorf("os %+v partitions %+v", r.OS, p)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := tc.disk.Build(t, t.TempDir(), tc.name+".raw")
+			r := inspectFile(t, disk)
+			if b := r.Boot; b == nil || !slices.Equal(b.Modes, []string{"bios"}) || b.BIOS.Loader != "windows" {
+				t.Errorf("boot %+v", r.Boot)
+			}
+			if len(r.Findings) != 0 {
+				t.Errorf("findings %v", r.Findings)
+			}
+			tc.check(t, r)
+		})
 	}
 }

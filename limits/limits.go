@@ -45,6 +45,10 @@ type Image struct {
 	Encrypted     bool
 	Backing       bool // has a backing file
 	DataFile      bool // qcow2 external data file
+	// OpenFlags are the diskimg options that open the image as it was
+	// planned (--allow-backing-outside when its chain leaves its
+	// directory, --no-backing); the plan's commands repeat them.
+	OpenFlags []string
 
 	Inspected      bool   // partitions and filesystems could be read
 	PartitionTable string // "mbr", "gpt", "none"
@@ -56,6 +60,25 @@ type Image struct {
 	InodesUsed     int64
 	InodesTotal    int64
 	Filesystems    int // how many filesystems were read
+
+	// What decides whether the image boots on the cloud, from inspect.
+	BootModes []string // boot modes a loader was found for: bios, uefi
+	// Unsearched names the volumes that may hold an OS inspect does not
+	// look into ("partition 2 (xfs)"), EncryptedVolumes those encrypted.
+	Unsearched       []string
+	EncryptedVolumes []string
+	BitLocker        bool
+	WindowsRole      string   // workstation, server, domain controller; "" when unknown
+	CloudInit        bool     // cloud-init (Linux) or Cloudbase-Init (Windows)
+	Drivers          []string // paravirtual drivers installed and enabled: virtio_blk, netkvm, …
+	Kernels          int      // Linux kernels installed
+	// FstabDevices are the fstab entries naming kernel devices
+	// ("/home on /dev/sdb1").
+	FstabDevices       []string
+	PersistentNetRules bool
+	// SparsifyFree are the data bytes that lie in free filesystem space:
+	// what `convert --sparsify` leaves out.
+	SparsifyFree int64
 }
 
 // Request is what the user intends to do with the image.
@@ -69,6 +92,13 @@ type Request struct {
 	// Quotas the request mentions, by rule id suffix ("private-images",
 	// "shared-tenants", …): the number the user intends.
 	Quotas map[string]int64
+	// BootMode is how the image boots, bios or uefi, when the user knows
+	// better than inspect (or must choose, for a hybrid image); "" takes
+	// the modes inspect found.
+	BootMode string
+	// Sparsify converts the upload with --sparsify, leaving out
+	// Image.SparsifyFree.
+	Sparsify bool
 }
 
 // Finding is one rule's verdict on the image and request.
@@ -102,6 +132,9 @@ func Check(img Image, p *Profile, req Request) []Finding {
 			continue
 		}
 		if r.Disk != "" && r.Disk != req.disk() {
+			continue
+		}
+		if r.OS != "" && r.OS != img.OSType {
 			continue
 		}
 		if msg, sev, hit := r.Kind.eval(r, img, req); hit {

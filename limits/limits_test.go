@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -116,14 +117,29 @@ func hasRule(fs []Finding, id string) bool {
 // breaks it, and stays quiet on one that does not.
 func TestRules(t *testing.T) {
 	ok := Image{Format: "qcow2", VirtualSize: 20 * GiB, FileSize: 5 * GiB, AllocatedSize: 5 * GiB, Inspected: true,
-		PartitionTable: "gpt", OSType: "linux", Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 5 * GiB, InodesUsed: 1000, Filesystems: 1}
-	for _, tc := range []struct {
+		PartitionTable: "gpt", OSType: "linux", Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 5 * GiB, InodesUsed: 1000, Filesystems: 1,
+		BootModes: []string{"bios"}, Kernels: 1, CloudInit: true, Drivers: []string{"virtio_blk", "virtio_scsi", "virtio_net", "hv_storvsc", "hv_netvsc"}}
+	uefi := func(i *Image) { i.BootModes = []string{"uefi"} }
+	noLoader := func(i *Image) { i.BootModes = nil }
+	noOS := func(i *Image) { i.OSType = "" }
+	noTable := func(i *Image) { i.PartitionTable = "none" }
+	fstabDev := func(i *Image) { i.FstabDevices = []string{"/ on /dev/sda1"} }
+	bitlocker := func(i *Image) { i.BitLocker, i.EncryptedVolumes = true, []string{"partition 2 (BitLocker)"} }
+	noCloudInit := func(i *Image) { i.CloudInit = false }
+	persistentNet := func(i *Image) { i.PersistentNetRules = true }
+	noVirtio := func(i *Image) { i.Drivers = []string{"hv_storvsc", "hv_netvsc"} }
+	windows := func(drivers ...string) func(i *Image) {
+		return func(i *Image) { i.OSType, i.Drivers, i.WindowsRole = "windows", drivers, "server" }
+	}
+	winNoInit := func(i *Image) { windows("viostor", "netkvm")(i); i.CloudInit = false }
+	type ruleCase struct {
 		cloud, rule string
 		sev         Severity
 		req         Request
 		mod         func(*Image)
 		good        func(*Image) // makes an image the rule accepts; nil: the good image as it is
-	}{
+	}
+	cases := []ruleCase{
 		{"huawei-ims", "huawei-ims.import.format", Error, Request{}, func(i *Image) { i.Format = "parallels" }, nil},
 		{"huawei-ims", "huawei-ims.import.system-disk-size", Error, Request{}, func(i *Image) { i.VirtualSize = size1T1 }, nil},
 		{"huawei-ims", "huawei-ims.import.data-disk-size", Error, Request{Disk: "data"}, func(i *Image) { i.VirtualSize = 2048*GiB + 1 }, nil},
@@ -145,7 +161,8 @@ func TestRules(t *testing.T) {
 		{"rackspace", "rackspace.inodes", Warning, Request{}, func(i *Image) { i.InodesUsed = 6_000_000 }, nil},
 		{"rackspace", "rackspace.virtual-slack", Info, Request{}, func(i *Image) { i.AllocatedSize = 15 * GiB }, nil},
 		{"rackspace", "rackspace.windows-flavor-disk", Error, Request{FlavorDisk: 10 * GiB}, func(i *Image) { i.OSType = "windows" }, nil},
-		{"rackspace", "rackspace.windows-domain-controller", Info, Request{}, func(i *Image) { i.OSType = "windows" }, nil},
+		{"rackspace", "rackspace.windows-domain-controller", Error, Request{}, func(i *Image) { windows()(i); i.WindowsRole = "domain controller" }, windows()},
+		{"rackspace", "rackspace.windows-domain-controller", Info, Request{}, func(i *Image) { windows()(i); i.WindowsRole = "" }, windows()},
 		{"aws", "aws.format", Error, Request{}, func(i *Image) {}, nil},
 		{"aws", "aws.64-bit", Error, Request{}, func(i *Image) { i.Bits = 32 }, nil},
 		{"aws", "aws.partition-table", Error, Request{}, func(i *Image) { i.PartitionTable = "none" }, nil},
@@ -164,7 +181,47 @@ func TestRules(t *testing.T) {
 		{"rackspace", "rackspace.block-volumes", Info, Request{}, func(i *Image) {}, nil},
 		{"rackspace", "rackspace.system-disk-only", Info, Request{}, func(i *Image) {}, nil},
 		{"rackspace", "rackspace.prepared", Info, Request{}, func(i *Image) {}, nil},
+		// Will it boot there? Rules particular to one cloud; the shared ones follow.
+		{"huawei-ims", "huawei-ims.system-disk.bootloader", Warning, Request{BootMode: "bios"}, noLoader, nil},
+		{"huawei-ims", "huawei-ims.system-disk.os", Info, Request{}, func(i *Image) { noOS(i); i.Unsearched = []string{"partition 2 (xfs)"} }, nil},
+		{"huawei-ims", "huawei-ims.linux-virtio", Warning, Request{}, func(i *Image) { i.Kernels = 0 }, nil},
+		{"rackspace", "rackspace.boot-mode", Error, Request{}, uefi, nil},
+		{"aws", "aws.encrypted", Error, Request{}, bitlocker, nil},
+		{"aws", "aws.boot-mode", Warning, Request{}, func(i *Image) { i.BootModes = []string{"bios", "uefi"} }, nil},
+		{"aws", "aws.boot-mode", Info, Request{}, uefi, nil},
+		{"aws", "aws.boot-mode", Info, Request{BootMode: "uefi"}, func(i *Image) { i.BootModes = []string{"bios", "uefi"} }, nil},
+		{"azure", "azure.linux-hyperv", Warning, Request{}, func(i *Image) { i.Drivers = []string{"virtio_blk", "virtio_net"} }, nil},
+		{"gcp", "gcp.linux-virtio", Warning, Request{}, func(i *Image) { i.Drivers = []string{"virtio_blk", "virtio_net"} }, nil},
+		{"gcp", "gcp.windows-virtio", Warning, Request{}, windows("viostor", "netkvm"), windows("vioscsi", "netkvm")},
+		{"openstack", "openstack.windows-virtio", Warning, Request{}, windows("viostor"), windows("vioscsi", "netkvm")},
+	}
+	// Rules several clouds share, by what breaks them.
+	for _, g := range []struct {
+		sev       Severity
+		mod, good func(*Image)
+		ids       []string
+	}{
+		{Error, noTable, nil, []string{"huawei-ims.system-disk.partition-table", "rackspace.system-disk.partition-table",
+			"azure.system-disk.partition-table", "gcp.system-disk.partition-table", "openstack.system-disk.partition-table"}},
+		{Error, noLoader, nil, []string{"huawei-ims.system-disk.bootloader", "rackspace.system-disk.bootloader", "aws.system-disk.bootloader",
+			"azure.system-disk.bootloader", "gcp.system-disk.bootloader", "openstack.system-disk.bootloader"}},
+		{Error, noOS, nil, []string{"huawei-ims.system-disk.os", "rackspace.system-disk.os", "aws.system-disk.os", "azure.system-disk.os",
+			"gcp.system-disk.os", "openstack.system-disk.os"}},
+		{Warning, fstabDev, nil, []string{"huawei-ims.fstab-device", "rackspace.fstab-device", "aws.fstab-device", "azure.fstab-device",
+			"gcp.fstab-device", "openstack.fstab-device"}},
+		{Warning, bitlocker, nil, []string{"huawei-ims.bitlocker", "rackspace.bitlocker", "azure.bitlocker", "gcp.bitlocker", "openstack.bitlocker"}},
+		{Warning, uefi, nil, []string{"huawei-ims.boot-mode", "azure.boot-mode", "gcp.boot-mode", "openstack.boot-mode"}},
+		{Warning, noVirtio, nil, []string{"huawei-ims.linux-virtio", "openstack.linux-virtio"}},
+		{Warning, windows("storvsc", "netvsc"), windows("viostor", "netkvm"), []string{"huawei-ims.windows-virtio", "openstack.windows-virtio"}},
+		{Warning, noCloudInit, nil, []string{"huawei-ims.cloud-init", "azure.cloud-init", "openstack.cloud-init"}},
+		{Warning, winNoInit, windows("viostor", "netkvm"), []string{"huawei-ims.cloudbase-init", "openstack.cloudbase-init"}},
+		{Warning, persistentNet, nil, []string{"huawei-ims.persistent-net", "gcp.persistent-net", "openstack.persistent-net"}},
 	} {
+		for _, id := range g.ids {
+			cases = append(cases, ruleCase{strings.SplitN(id, ".", 2)[0], id, g.sev, Request{}, g.mod, g.good})
+		}
+	}
+	for _, tc := range cases {
 		t.Run(tc.rule, func(t *testing.T) {
 			p, err := Lookup(tc.cloud)
 			if err != nil {
@@ -177,7 +234,7 @@ func TestRules(t *testing.T) {
 				t.Errorf("rule %s on the breaking image: %+v, want severity %s", tc.rule, f, tc.sev)
 			}
 			// Quota rules speak whenever the request mentions them.
-			if r := ruleOf(p, tc.rule); r.Kind != KindNote && r.Kind != KindQuota && r.Kind != KindFormat && r.Kind != KindFixedVHD && r.Kind != KindWindowsNote && r.Kind != Kind32BitMemory {
+			if r := ruleOf(p, tc.rule); r.Kind != KindNote && r.Kind != KindQuota && r.Kind != KindFormat && r.Kind != KindFixedVHD && r.Kind != Kind32BitMemory && r.Kind != KindBootModeStated {
 				good := ok
 				if tc.good != nil {
 					tc.good(&good)
@@ -239,7 +296,8 @@ func indexOf(s, sub string) int {
 func TestPlanGolden(t *testing.T) {
 	img := Image{Filename: "vm.vmdk", Format: "vmdk", Subformat: "monolithicSparse", VirtualSize: 20*GiB + 3*MiB + 512,
 		FileSize: 3 * GiB, AllocatedSize: 3 * GiB, Inspected: true, PartitionTable: "gpt", OSType: "linux",
-		Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 2 * GiB, InodesUsed: 80000, InodesTotal: 1310720, Filesystems: 2}
+		Arch: "x86_64", Bits: 64, FSSize: 20 * GiB, FSUsed: 2 * GiB, InodesUsed: 80000, InodesTotal: 1310720, Filesystems: 2,
+		BootModes: []string{"bios"}, Kernels: 1, CloudInit: true, Drivers: []string{"virtio_blk", "virtio_scsi", "virtio_net", "hv_storvsc", "hv_netvsc"}}
 	for _, name := range Profiles() {
 		p, _ := Lookup(name)
 		d := Plan(img, p, Request{})
@@ -256,6 +314,23 @@ func TestPlanGolden(t *testing.T) {
 		}
 		if string(want) != string(got)+"\n" {
 			t.Errorf("%s differs (go test -update rewrites it):\n%s", path, got)
+		}
+	}
+}
+
+// TestBootModeOverride: --boot-mode says how the image boots when the
+// user knows better than inspect, or must choose for a hybrid image.
+func TestBootModeOverride(t *testing.T) {
+	p, _ := Lookup("rackspace")
+	img := Image{Inspected: true, PartitionTable: "gpt", OSType: "linux", BootModes: []string{"bios", "uefi"}}
+	for _, tc := range []struct {
+		modes []string
+		mode  string
+		fires bool
+	}{{[]string{"bios", "uefi"}, "", false}, {[]string{"bios", "uefi"}, "uefi", true}, {[]string{"uefi"}, "", true}, {[]string{"uefi"}, "bios", false}, {nil, "uefi", true}} {
+		img.BootModes = tc.modes
+		if f := find(Check(img, p, Request{BootMode: tc.mode}), "rackspace.boot-mode"); (f != nil) != tc.fires {
+			t.Errorf("modes %v --boot-mode %q: %+v", tc.modes, tc.mode, f)
 		}
 	}
 }

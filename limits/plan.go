@@ -55,6 +55,9 @@ type Decision struct {
 	// Conversion is what diskimg converts the image to before upload; nil
 	// when the image goes as it is.
 	Conversion *Conversion `json:"conversion,omitempty"`
+	// SparsifyCommands make the upload with --sparsify, when that takes
+	// a better path than Commands (see the ".sparsify" finding).
+	SparsifyCommands []string `json:"sparsify-commands,omitempty"`
 }
 
 // Conversion describes the conversion that makes the upload.
@@ -70,6 +73,8 @@ type Conversion struct {
 	// Package is how the output is wrapped for upload ("tar.gz"), "" for
 	// none; PackageCommand gives the command.
 	Package string `json:"package,omitempty"`
+	// Sparsify leaves out the free space of the image's filesystems.
+	Sparsify bool `json:"sparsify,omitempty"`
 }
 
 // PackageCommand returns the command that wraps a conversion's output,
@@ -78,8 +83,21 @@ func PackageCommand(c *Conversion, dir string) string {
 	if c == nil || c.Package != "tar.gz" {
 		return ""
 	}
-	return fmt.Sprintf("tar --format=oldgnu -Sczf %s -C %s %s", quote(filepath.Join(dir, "image.tar.gz")), quote(dir), quote(c.Output))
+	rename := ""
+	if c.Output != gcpDiskName {
+		// The archive member must be disk.raw whatever the file is called
+		// (a disk.raw of the user's may be beside it).
+		rename = " " + quote("--transform=s|^"+bre.Replace(c.Output)+"$|"+gcpDiskName+"|")
+	}
+	return fmt.Sprintf("tar --format=oldgnu -Sczf %s%s -C %s %s", quote(filepath.Join(dir, "image.tar.gz")), rename, quote(dir), quote(c.Output))
 }
+
+// gcpDiskName is the name Compute Engine wants inside its tar.gz.
+const gcpDiskName = "disk.raw"
+
+// bre escapes a name for a sed basic regular expression (tar's
+// --transform); "|" delimits it.
+var bre = strings.NewReplacer(`\`, `\\`, ".", `\.`, "[", `\[`, "]", `\]`, "*", `\*`, "^", `\^`, "$", `\$`, "|", `\|`)
 
 // Refused is the Path of a decision that cannot go.
 const Refused = "refused"
@@ -102,12 +120,15 @@ func Plan(img Image, p *Profile, req Request) Decision {
 	if dir == Export {
 		return planExport(img, p, req, paths, d)
 	}
+	if req.Sparsify {
+		img = sparsified(img)
+	}
 	var chosen *Path
 	var upload Image
 	for i := range paths {
 		path := &paths[i]
 		// The smallest upload that fits wins; the image as it is wins ties.
-		for _, u := range uploadsFor(img, path, req.UploadFormat) {
+		for _, u := range uploadsFor(img, path, req) {
 			fits := path.MaxSize == 0 || u.FileSize <= path.MaxSize || compressedFits(u, path)
 			if fits && (chosen == nil || u.FileSize < upload.FileSize) {
 				chosen, upload = path, u
@@ -120,7 +141,7 @@ func Plan(img Image, p *Profile, req Request) Decision {
 	if chosen == nil {
 		// Report against the largest path, with the smallest upload diskimg could make.
 		last := &paths[len(paths)-1]
-		us := uploadsFor(img, last, req.UploadFormat)
+		us := uploadsFor(img, last, req)
 		if len(us) == 0 {
 			d.Findings = append(d.Findings, Finding{Rule: p.Name + ".upload-format", Severity: Error,
 				Message: fmt.Sprintf("%s is not an upload format of %s", displayFormat(req.UploadFormat), p.Title), Source: p.Source})
@@ -131,17 +152,20 @@ func Plan(img Image, p *Profile, req Request) Decision {
 		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.size", Severity: Error,
 			Message: fmt.Sprintf("the file to upload is %s, more than the %s any import path takes", size(u.FileSize), size(last.MaxSize)), Source: p.Source})
 		d.Findings = append(d.Findings, Check(u, p, req)...)
-		return d
+		return suggestSparsify(img, p, req, d)
 	}
 	d.UploadFormat, d.UploadSize = upload.Format, upload.FileSize
 	converted := upload.Format != img.Format || upload.Subformat != img.Subformat && upload.Subformat != "" ||
-		upload.VirtualSize != img.VirtualSize || img.Backing || chosen.Package != ""
+		upload.VirtualSize != img.VirtualSize || img.Backing || chosen.Package != "" || req.Sparsify
 	d.UploadSizeEstimated = converted && !exactSize(upload)
 	d.Findings = append(d.Findings, Check(upload, p, req)...)
 	d.Findings = append(d.Findings, pathFinding(p, chosen, upload, converted))
 	if converted {
-		d.Conversion = conversionFor(img, chosen, upload)
-		d.Commands = convertCommands(img, chosen, d.Conversion)
+		d.Conversion = conversionFor(img, p, chosen, upload)
+		if req.Sparsify {
+			sparsifyOutput(img, d.Conversion)
+		}
+		d.Commands = convertCommands(img, d.Conversion)
 	}
 	if chosen.MaxSize > 0 && upload.FileSize > chosen.MaxSize {
 		d.Findings = append(d.Findings, Finding{Rule: p.Name + ".import.compressed-size", Severity: Warning,
@@ -153,7 +177,11 @@ func Plan(img Image, p *Profile, req Request) Decision {
 			Message: "fast import of a RAW file needs its bitmap (.mf) file, whose format is not public: make it with Huawei's tool " +
 				"(java -jar CreateMF.jar image.raw image.mf), give it the image's base name and upload both to the same bucket",
 			Source: p.Source})
-		d.Commands = append(d.Commands, fmt.Sprintf("java -jar CreateMF.jar %s %s", uploadName(img, upload, chosen), strings.TrimSuffix(uploadName(img, upload, chosen), ".raw")+".mf"))
+		file := img.Filename
+		if d.Conversion != nil {
+			file = outputPath(img, d.Conversion)
+		}
+		d.Commands = append(d.Commands, fmt.Sprintf("java -jar CreateMF.jar %s %s", quote(file), quote(strings.TrimSuffix(file, filepath.Ext(file))+".mf")))
 	}
 	d.Path = chosen.Name
 	for _, f := range d.Findings {
@@ -161,7 +189,7 @@ func Plan(img Image, p *Profile, req Request) Decision {
 			d.Path = Refused
 		}
 	}
-	return d
+	return suggestSparsify(img, p, req, d)
 }
 
 func planExport(img Image, p *Profile, req Request, paths []Path, d Decision) Decision {
@@ -233,9 +261,11 @@ func pathFinding(p *Profile, path *Path, u Image, converted bool) Finding {
 }
 
 // uploadsFor returns the images that could be uploaded on path, best
-// first: the image itself when the path takes it, then the conversion
-// diskimg would make. want forces the upload format.
-func uploadsFor(img Image, path *Path, want string) []Image {
+// first: the image itself when the path takes it (and is not to be
+// sparsified), then the conversion diskimg would make. The request's
+// upload format forces the format.
+func uploadsFor(img Image, path *Path, req Request) []Image {
+	want := req.UploadFormat
 	target := path.Convert
 	if want != "" {
 		target = matchFormat(append(path.Formats, path.OnRequest...), want)
@@ -247,7 +277,7 @@ func uploadsFor(img Image, path *Path, want string) []Image {
 	var out []Image
 	// A path that packages its upload (GCP's disk.raw in a tar.gz) always
 	// writes the file under the name the package needs.
-	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0) && path.Package == ""
+	selfContained := !img.Backing && !img.DataFile && (path.RoundTo == 0 || img.VirtualSize%path.RoundTo == 0) && path.Package == "" && !req.Sparsify
 	if selfContained && (want == "" && accepts(path.Formats, img) || want != "" && img.Format == f && (sub == "" || sub == img.Subformat)) {
 		out = append(out, img)
 	}
@@ -337,20 +367,26 @@ func ext(f string) string {
 	return f
 }
 
-func uploadName(img Image, u Image, path *Path) string {
-	if path.Package == "tar.gz" {
-		return "disk.raw"
-	}
+// uploadName is the file name of the conversion's output: the image's
+// base name with the upload format's extension, or, where that is the
+// image's own name (a qcow2 overlay flattened to qcow2, a raw disk
+// rounded up for GCP), the base name with "-CLOUD" added. (A GCP package
+// names its member disk.raw whatever the file is called.)
+func uploadName(img Image, u Image, p *Profile, path *Path) string {
 	base := "image"
-	if img.Filename != "" {
+	if img.Filename != "" && img.Filename != "-" {
 		base = strings.TrimSuffix(filepath.Base(img.Filename), filepath.Ext(img.Filename))
 	}
-	return base + "." + ext(u.Format)
+	name := base + "." + ext(u.Format)
+	if img.Filename != "" && name == filepath.Base(img.Filename) {
+		name = strings.TrimSuffix(name, filepath.Ext(name)) + "-" + p.Name + filepath.Ext(name)
+	}
+	return name
 }
 
 // conversionFor describes the conversion to the upload u.
-func conversionFor(img Image, path *Path, u Image) *Conversion {
-	c := &Conversion{Format: u.Format, Output: uploadName(img, u, path), Package: path.Package}
+func conversionFor(img Image, p *Profile, path *Path, u Image) *Conversion {
+	c := &Conversion{Format: u.Format, Output: uploadName(img, u, p, path), Package: path.Package}
 	if u.Subformat != "" {
 		c.Options = append(c.Options, "subformat="+u.Subformat)
 	}
@@ -363,17 +399,30 @@ func conversionFor(img Image, path *Path, u Image) *Conversion {
 	return c
 }
 
-// convertCommands are the diskimg commands that make the upload.
-func convertCommands(img Image, path *Path, c *Conversion) []string {
+// outputPath is where the plan's commands write the conversion: next to
+// the image.
+func outputPath(img Image, c *Conversion) string {
+	if dir := filepath.Dir(img.Filename); img.Filename != "" && dir != "." {
+		return filepath.Join(dir, c.Output)
+	}
+	return c.Output
+}
+
+// convertCommands are the commands that make the upload, as they run on
+// the planned file.
+func convertCommands(img Image, c *Conversion) []string {
 	src := img.Filename
 	if src == "" {
 		src = "SRC"
 	}
-	dst := c.Output
-	if filepath.Dir(src) != "." {
-		dst = filepath.Join(filepath.Dir(src), dst)
-	}
+	dst := outputPath(img, c)
 	cmd := "diskimg convert"
+	for _, f := range img.OpenFlags {
+		cmd += " " + quote(f)
+	}
+	if c.Sparsify {
+		cmd += " --sparsify"
+	}
 	if img.Format != "" {
 		cmd += " -f " + img.Format
 	}

@@ -1,6 +1,10 @@
 package limits
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
 
 // Rule is one documented constraint, as data.
 type Rule struct {
@@ -21,6 +25,13 @@ type Rule struct {
 	Formats []string
 	// Quota names the Request.Quotas entry a KindQuota rule reads.
 	Quota string
+	// OS restricts the rule to images of that OS type (linux, windows).
+	OS string
+	// Modes are the boot modes (bios, uefi) a KindBootMode rule's cloud
+	// boots an image with unless told otherwise.
+	Modes []string
+	// Drivers a KindDrivers rule needs, each "a|b" naming alternatives.
+	Drivers []string
 }
 
 // Kind is what a rule measures. Each kind is one small function, so a
@@ -28,25 +39,34 @@ type Rule struct {
 type Kind int
 
 const (
-	KindFormat          Kind = iota // image format must be in Formats
-	KindVirtualRange                // Min ≤ virtual size ≤ Limit (0: unbounded)
-	KindVirtualMultiple             // virtual size must be a multiple of Limit
-	KindFixedVHD                    // must be a fixed VHD
-	KindEncrypted                   // image must not be encrypted
-	KindEncryptedNote               // an encrypted image loses some features
-	KindNoBacking                   // image must be self-contained
-	KindArch                        // image arch must match the requested server arch
-	KindBits64                      // the OS must be 64-bit
-	Kind32BitMemory                 // a 32-bit OS uses at most Limit bytes of memory
-	KindPartitionTable              // partition table must be MBR or GPT
-	KindInodes                      // inodes in use above Limit
-	KindFSSlack                     // allocated bytes exceed filesystem use: sparsify would save
-	KindNearFull                    // filesystems more than Limit percent full
-	KindWindowsFlavor               // a Windows volume must fit the flavor's disk
-	KindQuota                       // a count the request mentions against Limit
-	KindReplicationSize             // when replication is mentioned, virtual size against Limit
-	KindWindowsNote                 // shown for Windows images
-	KindNote                        // always shown: a documented limit the file cannot show
+	KindFormat           Kind = iota // image format must be in Formats
+	KindVirtualRange                 // Min ≤ virtual size ≤ Limit (0: unbounded)
+	KindVirtualMultiple              // virtual size must be a multiple of Limit
+	KindFixedVHD                     // must be a fixed VHD
+	KindEncrypted                    // image must not be encrypted
+	KindEncryptedNote                // an encrypted image loses some features
+	KindNoBacking                    // image must be self-contained
+	KindArch                         // image arch must match the requested server arch
+	KindBits64                       // the OS must be 64-bit
+	Kind32BitMemory                  // a 32-bit OS uses at most Limit bytes of memory
+	KindPartitionTable               // partition table must be MBR or GPT
+	KindInodes                       // inodes in use above Limit
+	KindFSSlack                      // allocated bytes exceed filesystem use: sparsify would save
+	KindNearFull                     // filesystems more than Limit percent full
+	KindWindowsFlavor                // a Windows volume must fit the flavor's disk
+	KindQuota                        // a count the request mentions against Limit
+	KindReplicationSize              // when replication is mentioned, virtual size against Limit
+	KindNote                         // always shown: a documented limit the file cannot show
+	KindBootLoader                   // a partitioned disk must have a boot loader
+	KindOS                           // a partitioned disk must hold an OS inspect can find
+	KindBootMode                     // the image must boot in one of Modes
+	KindBootModeStated               // the boot mode must be given at import
+	KindDomainController             // a Windows domain controller (info when the role is unknown)
+	KindBitLocker                    // BitLocker volumes boot only with their key
+	KindDrivers                      // the OS must have Drivers
+	KindCloudInit                    // cloud-init (Cloudbase-Init) should be installed
+	KindFstabDevice                  // fstab should not name kernel devices
+	KindPersistentNet                // udev's persistent net rules should be removed
 )
 
 // eval returns the finding's message when the rule applies, and a
@@ -78,6 +98,9 @@ func (k Kind) eval(r Rule, img Image, req Request) (string, Severity, bool) {
 			return msg("the image is %s; diskimg converts it to a fixed VHD", describe(img))
 		}
 	case KindEncrypted:
+		if len(img.EncryptedVolumes) > 0 {
+			return msg("%s encrypted", strings.Join(img.EncryptedVolumes, ", "))
+		}
 		if img.Encrypted {
 			return r.Message, "", true
 		}
@@ -139,14 +162,101 @@ func (k Kind) eval(r Rule, img Image, req Request) (string, Severity, bool) {
 		if _, ok := req.Quotas[r.Quota]; ok && img.VirtualSize > r.Limit {
 			return msg("the image is %s", size(img.VirtualSize))
 		}
-	case KindWindowsNote:
-		if img.OSType == "windows" {
-			return r.Message, "", true
-		}
 	case KindNote:
 		return r.Message, "", true
+	case KindBootLoader:
+		if partitioned(img) && len(img.BootModes) == 0 {
+			if req.BootMode != "" {
+				m, _, _ := msg("no boot loader found for any boot mode; you say it boots with %s", strings.ToUpper(req.BootMode))
+				return m, Warning, true
+			}
+			return msg("no boot loader found: no boot code in the MBR and no loader on an EFI System partition")
+		}
+	case KindOS:
+		if partitioned(img) && img.OSType == "" {
+			if len(img.Unsearched) > 0 {
+				m, _, _ := msg("no OS found; cannot tell, %s not searched", strings.Join(img.Unsearched, ", "))
+				return m, Info, true
+			}
+			return msg("no operating system found on any partition")
+		}
+	case KindBootMode:
+		modes := bootModes(img, req)
+		if len(modes) > 0 && !slices.ContainsFunc(modes, func(m string) bool { return contains(r.Modes, m) }) {
+			return msg("the image boots with %s only", modeList(modes))
+		}
+	case KindBootModeStated:
+		switch modes := bootModes(img, req); {
+		case len(modes) > 1:
+			return msg("the image boots with both BIOS and UEFI: choose one (plan --boot-mode) and pass it to the import")
+		case len(modes) == 1:
+			m, _, _ := msg("import with --boot-mode %s", map[string]string{"bios": "legacy-bios", "uefi": "uefi"}[modes[0]])
+			return m, Info, true
+		}
+	case KindDomainController:
+		if img.OSType == "windows" {
+			switch img.WindowsRole {
+			case "domain controller":
+				return msg("the image is of a domain controller")
+			case "":
+				m, _, _ := msg("the SYSTEM hive could not tell whether this server is one")
+				return m, Info, true
+			}
+		}
+	case KindBitLocker:
+		if img.BitLocker {
+			return msg("%s encrypted", strings.Join(img.EncryptedVolumes, ", "))
+		}
+	case KindDrivers:
+		if img.OSType == "linux" && img.Kernels == 0 {
+			return msg("no installed kernel found")
+		}
+		var missing []string
+		for _, d := range r.Drivers {
+			if !slices.ContainsFunc(strings.Split(d, "|"), func(n string) bool { return contains(img.Drivers, n) }) {
+				missing = append(missing, strings.ReplaceAll(d, "|", " or "))
+			}
+		}
+		if len(missing) > 0 {
+			return msg("no %s driver installed", strings.Join(missing, " driver, no "))
+		}
+	case KindCloudInit:
+		if img.OSType != "" && !img.CloudInit {
+			return msg("not installed")
+		}
+	case KindFstabDevice:
+		if len(img.FstabDevices) > 0 {
+			return msg("/etc/fstab mounts %s", strings.Join(img.FstabDevices, ", "))
+		}
+	case KindPersistentNet:
+		if img.PersistentNetRules {
+			return msg("/etc/udev/rules.d/70-persistent-net.rules is present")
+		}
 	}
 	return "", "", false
+}
+
+// partitioned reports an inspected disk with a partition table: the
+// boot loader and OS rules speak only of those.
+func partitioned(img Image) bool {
+	return img.Inspected && (img.PartitionTable == "mbr" || img.PartitionTable == "gpt")
+}
+
+// bootModes are the modes the image boots with: the user's word, or
+// what inspect found.
+func bootModes(img Image, req Request) []string {
+	if req.BootMode != "" {
+		return []string{req.BootMode}
+	}
+	return img.BootModes
+}
+
+func modeList(modes []string) string {
+	up := make([]string, len(modes))
+	for i, m := range modes {
+		up[i] = strings.ToUpper(m)
+	}
+	return strings.Join(up, " and ")
 }
 
 // describe names an image's format and subformat for messages.

@@ -57,7 +57,7 @@ func runCheck(c *cli.Context) error {
 	w, ew := c.App.Writer, c.App.ErrWriter
 
 	var r *format.CheckResult
-	img, err := openImage(c, path, c.String(formatFlag.Name), p)
+	img, err := openPolicy(c, path, c.String(formatFlag.Name), p)
 	if err != nil {
 		// A corruption that stops Open may still be what check reports.
 		if r = checkUnopenable(c, path, err); r == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,32 +22,45 @@ import (
 )
 
 // runCloudConvert is `convert --cloud NAME SRC OUTDIR`: plan the upload,
-// convert to what the plan chose, verify the output against the source,
-// and plan again on the output to prove the cloud will take it. OUTDIR may
-// be a bucket prefix (s3://bucket/prefix/): the output is then uploaded
-// as it is written and verified by reading it back.
-func runCloudConvert(c *cli.Context) error {
+// convert to what the plan chose into OUTDIR (made when missing, and
+// removed again if the conversion fails), verify the output against the
+// source, and plan again on the output to prove the cloud will take it.
+// OUTDIR may be a bucket prefix (s3://bucket/prefix/): the output is then
+// uploaded as it is written and verified by reading it back.
+func runCloudConvert(c *cli.Context) (err error) {
 	if c.NArg() != 2 {
 		return fmt.Errorf("convert --cloud: expected SRC and OUTDIR, got %d arguments", c.NArg())
 	}
 	src, outdir := c.Args().Get(0), c.Args().Get(1)
+	if src == convert.Stdin {
+		return errors.New("convert --cloud: SRC is read twice (plan, then convert): give a file, not standard input")
+	}
+	if c.Bool("n") {
+		return errors.New("convert --cloud writes a new file in OUTDIR: -n does not apply")
+	}
 	if remote.IsURL(outdir) {
 		if !strings.HasSuffix(outdir, "/") {
 			outdir += "/"
 		}
-	} else if fi, err := os.Stat(outdir); err != nil || !fi.IsDir() {
+	} else if fi, err := os.Stat(outdir); err == nil && !fi.IsDir() || err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("convert --cloud: %s is not a directory", outdir)
 	}
 	profile, err := limits.Lookup(c.String("cloud"))
 	if err != nil {
 		return err
 	}
-	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format")}
+	req := limits.Request{Direction: limits.Import, Disk: c.String("disk"), UploadFormat: c.String("upload-format"), BootMode: c.String("boot-mode"), Sparsify: sparsifyOptions(c) != nil}
+	if req.BootMode != "" && req.BootMode != "bios" && req.BootMode != "uefi" {
+		return fmt.Errorf("--boot-mode: %q is not bios or uefi", req.BootMode)
+	}
 	d, err := planFile(c, src, c.String(formatFlag.Name), profile, req)
 	if err != nil {
 		return err
 	}
-	writePlanText(c.App.ErrWriter, d)
+	quiet := c.Bool(quietFlag.Name)
+	if !quiet {
+		writePlanText(c.App.ErrWriter, d)
+	}
 	if d.Path == limits.Refused {
 		return &exitError{code: exitRefused, err: fmt.Errorf("%s refuses %s; nothing written", profile.Title, src)}
 	}
@@ -62,6 +76,10 @@ func runCloudConvert(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "%s goes to %s as it is (%s import); nothing to convert\n", src, profile.Title, d.Path)
 		return nil
 	}
+	out, err := outputOptions(c)
+	if err != nil {
+		return err
+	}
 	job := conversion{
 		src:    src,
 		dst:    joinOut(outdir, d.Conversion.Output),
@@ -69,6 +87,10 @@ func runCloudConvert(c *cli.Context) error {
 		resize: d.Conversion.VirtualSize,
 		verify: true,
 		opts:   convert.Options{Workers: c.Int("m"), Checksum: c.String("checksum") == "sha256"},
+		out:    out,
+	}
+	if d.Conversion.Sparsify {
+		job.sparsify = sparsifyOptions(c)
 	}
 	if len(d.Conversion.Options) > 0 {
 		opts, err := format.ParseOptions(strings.Join(d.Conversion.Options, ","))
@@ -77,6 +99,17 @@ func runCloudConvert(c *cli.Context) error {
 		}
 		job.opts.WriterOptions = opts
 	}
+	made := ""
+	if !remote.IsURL(outdir) {
+		if made, err = makeDir(outdir); err != nil {
+			return fmt.Errorf("convert --cloud: %w", err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			removeMade(outdir, made)
+		}
+	}()
 	if _, err := runConversion(c, job); err != nil {
 		return err
 	}
@@ -108,7 +141,7 @@ func runCloudConvert(c *cli.Context) error {
 // uploadAsIs copies the image file src byte for byte to the object dst,
 // then reads the object back as an image and compares it with src.
 func uploadAsIs(c *cli.Context, src, dst string) error {
-	img, err := openImage(c, src, c.String(formatFlag.Name), policyOf(c))
+	img, err := openImage(c, src, c.String(formatFlag.Name), "")
 	if err != nil {
 		return err
 	}
@@ -150,10 +183,42 @@ func joinOut(outdir, name string) string {
 	return filepath.Join(outdir, name)
 }
 
+// makeDir creates dir and its missing parents, and returns the topmost
+// directory it created ("" when dir existed).
+func makeDir(dir string) (string, error) {
+	top := ""
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		top = d
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if top == "" {
+		return "", nil
+	}
+	return top, os.MkdirAll(dir, 0o755)
+}
+
+// removeMade removes the empty directories makeDir created, from dir up
+// to top, so a failed run leaves the filesystem as it was.
+func removeMade(dir, top string) {
+	if top == "" {
+		return
+	}
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if os.Remove(d) != nil || d == top {
+			return
+		}
+	}
+}
+
 // planFile opens (as fmtName, "" probes) and inspects path, and plans it
 // for the profile.
 func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limits.Request) (limits.Decision, error) {
-	img, err := openImage(c, path, fmtName, policyOf(c))
+	img, err := openImage(c, path, fmtName, "")
 	if err != nil {
 		return limits.Decision{}, err
 	}
@@ -162,8 +227,16 @@ func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limit
 	if err != nil {
 		return limits.Decision{}, err
 	}
+	facts.OpenFlags = openFlags(c, path, img)
 	if rep, err := inspect.Inspect(img, inspect.Options{NoAllocated: true}); err == nil {
 		limits.AddInspection(&facts, rep)
+	}
+	opts := inspect.SparsifyOptions{}
+	if o := sparsifyOptions(c); o != nil {
+		opts = *o
+	}
+	if _, rep, err := inspect.Sparsify(img, opts); err == nil {
+		facts.SparsifyFree = rep.SavedBytes
 	}
 	return limits.Plan(facts, p, req), nil
 }

@@ -5,9 +5,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/schollz/progressbar/v3"
@@ -17,6 +20,7 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/remote"
+	"github.com/diskimg/diskimg/inspect"
 )
 
 func convertCommand() *cli.Command {
@@ -25,22 +29,39 @@ func convertCommand() *cli.Command {
 		Usage:     "convert an image to another format, copying only its data (like qemu-img convert)",
 		ArgsUsage: "SRC|- DST|-   or   --cloud NAME SRC OUTDIR",
 		Flags: append(imageFlags(),
-			&cli.StringFlag{Name: "O", Usage: "output `FMT`: raw, qcow2, vmdk, vpc (vhd), vhdx, zvhd2, zvhd, …"},
-			&cli.StringFlag{Name: "cloud", Usage: "plan the upload for cloud `NAME` (see plan), convert to what it needs into OUTDIR, then re-check the output"},
+			&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`: " + strings.Join(writableFormats(), ", ")},
+			&cli.StringFlag{Name: "cloud", Usage: "plan the upload for cloud `NAME` (see plan), convert to what it needs into OUTDIR (created if missing), then re-check the output"},
 			&cli.StringFlag{Name: "upload-format", Usage: "with --cloud: upload in this `FMT` instead of the one the plan chooses"},
 			&cli.StringFlag{Name: "disk", Value: "system", Usage: "with --cloud: the image is a system or data disk"},
-			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`, qemu-img's names: subformat=, cluster_size=, compression_type=, compat=, force_size=, block_size=, …"},
+			&cli.StringFlag{Name: "boot-mode", Usage: "with --cloud: the image boots with `MODE` bios or uefi (see plan)"},
+			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`, qemu-img's names (subformat=, cluster_size=, preallocation=, …); -o help lists the output format's"},
 			&cli.BoolFlag{Name: "c", Usage: "compress the output (qcow2, vmdk streamOptimized)"},
-			&cli.BoolFlag{Name: "p", Usage: "show a progress bar (default when stderr is a terminal)"},
-			&cli.IntFlag{Name: "m", Usage: "`N` parallel read/compress workers (default: number of CPUs)"},
-			&cli.StringFlag{Name: "S", Usage: "`SIZE` of a zero run that becomes a hole (default 4k; 0 writes every byte)"},
+			&cli.BoolFlag{Name: "p", Usage: "show a progress bar", DefaultText: "on when stderr is a terminal"},
+			quietFlag,
+			&cli.IntFlag{Name: "m", Usage: "`N` parallel read/compress workers", DefaultText: "number of CPUs"},
+			&cli.StringFlag{Name: "S", Usage: "`SIZE` of a zero run that becomes a hole (0 writes every byte)", DefaultText: "4k"},
+			&cli.BoolFlag{Name: "n", Usage: "write into the existing DST (a raw file or block device) in place instead of creating it; ranges the image has as zeros are zeroed"},
+			&cli.BoolFlag{Name: "target-is-zero", Usage: "with -n: DST reads as zeros already, so zero ranges are not written"},
+			&cli.StringFlag{Name: "t", Value: "writeback", Usage: "cache `MODE` of the output: writeback (page cache, fsync at the end), unsafe (no fsync), writethrough (O_DSYNC), none (O_DIRECT, fsync at the end), directsync (O_DIRECT|O_DSYNC)"},
+			srcCacheFlag,
+			&cli.BoolFlag{Name: "W", Usage: "accepted for qemu-img's scripts: the output is always written in order"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite DST if it exists"},
 			&cli.StringFlag{Name: "checksum", Usage: "print the `ALGO` (sha256) digest of the written file"},
 			&cli.BoolFlag{Name: "verify", Usage: "re-read the output and compare it with the source"},
 			&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
+			sparsifyFlag(),
 		),
 		Action: runConvert,
 	}
+}
+
+// writableFormats lists the output formats, from the writer registry.
+func writableFormats() []string {
+	var names []string
+	for _, w := range format.WriterFormats() {
+		names = append(names, w.Name)
+	}
+	return names
 }
 
 // conversion is one convert job, from the command line or a cloud plan.
@@ -50,24 +71,40 @@ type conversion struct {
 	opts     convert.Options
 	resize   int64 // grow the disk to this size; 0 keeps it
 	verify   bool
+	out      convert.OutputOptions    // Force, Cache, InPlace, TargetIsZero
+	sparsify *inspect.SparsifyOptions // nil: copy free filesystem space too
 }
 
 func runConvert(c *cli.Context) error {
+	var writerOpts map[string]string
+	if s := c.String("o"); s != "" {
+		var err error
+		if writerOpts, err = format.ParseOptions(s); err != nil {
+			return fmt.Errorf("-o: %w", err)
+		}
+		if wantsHelp(writerOpts) {
+			return writeOptionsHelp(c.App.Writer, c.String("O"))
+		}
+	}
 	if c.String("cloud") != "" {
 		return runCloudConvert(c)
 	}
 	if c.NArg() != 2 {
 		return fmt.Errorf("convert: expected SRC and DST, got %d arguments", c.NArg())
 	}
-	if c.String("O") == "" {
-		return errors.New("convert: -O FMT is required")
-	}
-	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify")}
-	job.opts = convert.Options{Workers: c.Int("m"), Compress: c.Bool("c")}
+	job := conversion{src: c.Args().Get(0), dst: c.Args().Get(1), format: c.String("O"), verify: c.Bool("verify"), sparsify: sparsifyOptions(c)}
+	job.opts = convert.Options{Workers: c.Int("m"), Compress: c.Bool("c"), WriterOptions: writerOpts}
 	var err error
-	if s := c.String("o"); s != "" {
-		if job.opts.WriterOptions, err = format.ParseOptions(s); err != nil {
-			return fmt.Errorf("-o: %w", err)
+	if job.out, err = outputOptions(c); err != nil {
+		return err
+	}
+	if job.out.InPlace {
+		// As qemu-img: the target exists, so there is nothing to create.
+		if len(writerOpts) > 0 {
+			return errors.New("convert: -o has no effect when skipping image creation (-n)")
+		}
+		if w, err := format.LookupWriter(job.format); err == nil && w.Name != "raw" {
+			return fmt.Errorf("convert -n: only raw targets can be written in place, not %s (diskimg writes other formats as new files)", w.Name)
 		}
 	}
 	if s := c.String("S"); s != "" {
@@ -96,25 +133,81 @@ func runConvert(c *cli.Context) error {
 	return err
 }
 
+// outputOptions reads the options that say how the output is opened.
+func outputOptions(c *cli.Context) (convert.OutputOptions, error) {
+	o := convert.OutputOptions{Force: c.Bool("force"), InPlace: c.Bool("n"), TargetIsZero: c.Bool("target-is-zero")}
+	if o.TargetIsZero && !o.InPlace {
+		return o, errors.New("convert: --target-is-zero requires use of -n flag")
+	}
+	var err error
+	if o.Cache, err = convert.ParseCache(c.String("t")); err != nil {
+		return o, fmt.Errorf("-t: %w", err)
+	}
+	return o, nil
+}
+
+// wantsHelp reports "-o help" (or "-o ?"), which lists the options
+// instead of converting.
+func wantsHelp(opts map[string]string) bool {
+	_, help := opts["help"]
+	_, q := opts["?"]
+	return help || q
+}
+
+// writeOptionsHelp lists the -o options of an output format, as qemu-img
+// convert -o help does.
+func writeOptionsHelp(w io.Writer, name string) error {
+	wf, err := format.LookupWriter(name)
+	if err != nil {
+		return err
+	}
+	if len(wf.Options) == 0 {
+		fmt.Fprintf(w, "%s takes no options.\n", wf.Name)
+		return nil
+	}
+	fmt.Fprintf(w, "Supported %s options:\n", wf.Name)
+	for _, o := range wf.Options {
+		fmt.Fprintf(w, "  %-21s - %s\n", o.Name, o.Help)
+	}
+	return nil
+}
+
 // runConversion converts job.src to job.dst: options are checked before
 // the output exists, the output appears only when complete and (with
-// verify) identical to the source, and an interrupt leaves nothing.
+// verify) identical to the source, and an interrupt leaves nothing (in
+// place, -n, the target is partly written).
 func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if job.verify && job.dst == convert.Stdout {
 		return nil, errors.New("--verify needs an output file, not standard output")
+	}
+	if job.dst == convert.Stdout && term.IsTerminal(int(os.Stdout.Fd())) {
+		return nil, errors.New("standard output is a terminal: redirect the image to a file or a pipe")
 	}
 	w, err := format.LookupWriter(job.format)
 	if err != nil {
 		return nil, err
 	}
-	img, err := openSource(job.src, job.dst, c)
+	// From here an interrupt cleans up and exits with 128 + its number;
+	// reading a pipe into its spool file stops too.
+	parent := c.Context
+	ctx, interrupted, stop := notifyInterrupt(parent)
+	defer stop()
+	c.Context = ctx // for openImage's spooling of standard input
+	defer func() { c.Context = parent }()
+	img, err := openImage(c, job.src, c.String(formatFlag.Name), spoolDirFor(job.dst))
 	if err != nil {
-		return nil, err
+		return nil, interruptedOr(interrupted, job.dst+" not written", err)
 	}
 	defer img.Close()
 	in := img
+	if job.sparsify != nil {
+		// --verify compares with this: free space reads as zeros.
+		if in, err = sparsifySource(c, img, *job.sparsify); err != nil {
+			return nil, err
+		}
+	}
 	if job.resize != 0 {
-		if in, err = convert.Grow(img, job.resize); err != nil {
+		if in, err = convert.Grow(in, job.resize); err != nil {
 			return nil, err
 		}
 	}
@@ -122,38 +215,43 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err := convert.Check(in, w, job.opts); err != nil {
 		return nil, err
 	}
-	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	out, err := convert.CreateOutput(job.dst, convert.OutputOptions{Force: c.Bool("force"), Sources: convert.SourceFiles(job.src, img),
-		Remote: remoteOptions(c, ""), SizeHint: outputBound(in, w, job.opts), Context: ctx})
+	oo := job.out
+	oo.Sources, oo.Size = convert.SourceFiles(job.src, img), in.Size()
+	oo.Remote, oo.SizeHint, oo.Context = remoteOptions(c, ""), outputBound(in, w, job.opts), ctx
+	out, err := convert.CreateOutput(job.dst, oo)
 	if err != nil {
 		return nil, err
 	}
 	defer out.Abort()
 
 	opts := job.opts
-	if c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd())) {
-		bar := newBar(in.Size(), filepath.Base(job.dst), c)
-		defer bar.Finish()
+	var bar *progressbar.ProgressBar
+	if !c.Bool(quietFlag.Name) && (c.Bool("p") || term.IsTerminal(int(os.Stderr.Fd()))) {
+		bar = newBar(in.Size(), filepath.Base(job.dst), c)
 		opts.Progress = func(done, total int64) { bar.Set64(done) }
 	}
 	res, err := convert.Convert(ctx, in, w, out.Target, opts)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("convert: interrupted; %s not written", job.dst)
-		}
-		return nil, fmt.Errorf("convert: %w", err)
+		err = fmt.Errorf("convert: %w", err)
+	} else if job.verify && !out.Uploaded() {
+		err = verifyOutput(ctx, in, out.Path(), w.Name, oo.InPlace)
 	}
-	if job.verify && !out.Uploaded() {
-		if err := verifyOutput(ctx, in, out.TempName(), w.Name); err != nil {
-			return nil, err
+	if bar != nil {
+		if err == nil {
+			bar.Finish()
+		} else {
+			bar.Exit() // where it stopped, not 100%
 		}
+	}
+	if err != nil {
+		what := job.dst + " not written"
+		if oo.InPlace {
+			what = job.dst + " partly written"
+		}
+		return nil, interruptedOr(interrupted, what, err)
 	}
 	if err := out.Commit(); err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("convert: interrupted; %s not written", job.dst)
-		}
-		return nil, err
+		return nil, interruptedOr(interrupted, job.dst+" not written", err)
 	}
 	if out.Uploaded() {
 		// An object exists only once complete: verify it by reading it
@@ -161,7 +259,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		res.SHA256 = out.SHA256
 		if job.verify {
 			if err := verifyUpload(c, ctx, in, job.dst, w.Name); err != nil {
-				return nil, err
+				return nil, interruptedOr(interrupted, job.dst+" removed", err)
 			}
 		}
 	}
@@ -175,6 +273,41 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	return res, nil
 }
 
+// interruptedOr returns err, or, after an interrupt, the error that exits
+// with 128 + the signal's number, saying what became of the output.
+func interruptedOr(interrupted func() syscall.Signal, what string, err error) error {
+	sig := interrupted()
+	if sig == 0 {
+		return err
+	}
+	return &exitError{code: 128 + int(sig), err: fmt.Errorf("convert: interrupted (%v); %s", sig, what)}
+}
+
+// notifyInterrupt returns a context cancelled by SIGINT or SIGTERM and a
+// function telling which signal came (0 for none), so the command can
+// clean up and exit with 128 + the signal's number, as shells expect.
+func notifyInterrupt(parent context.Context) (context.Context, func() syscall.Signal, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	var got atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			got.Store(int32(s.(syscall.Signal)))
+			cancel()
+		case <-done:
+		}
+	}()
+	stop := func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+	return ctx, func() syscall.Signal { return syscall.Signal(got.Load()) }, stop
+}
+
 // outputBound is an upper bound of the output's length, which sets an
 // upload's part size: qemu-img measure's required size with a margin, or
 // the virtual size and then some when the format cannot be measured.
@@ -185,38 +318,10 @@ func outputBound(src format.Image, w *format.WriterFormat, opts convert.Options)
 	return src.Size() + src.Size()/16 + 64<<20
 }
 
-// openSource opens the image to convert; "-" reads standard input, spooled
-// next to the output when it is not a file. An image from a stream may name
-// no other file, whatever the policy flags say.
-func openSource(src, dst string, c *cli.Context) (format.Image, error) {
-	dir := ""
-	if dst != convert.Stdout && !remote.IsURL(dst) {
-		dir = filepath.Dir(dst)
-	}
-	if src != convert.Stdin {
-		return openImageIn(c, src, c.String(formatFlag.Name), policyOf(c), dir)
-	}
-	if term.IsTerminal(int(os.Stdin.Fd())) {
-		return nil, errors.New("standard input is a terminal: pipe or redirect an image into it")
-	}
-	f, err := convert.OpenStdin(os.Stdin, dir)
-	if err != nil {
-		return nil, err
-	}
-	policy := policyOf(c)
-	policy.Untrusted = true
-	img, err := format.NewOpener(policy).OpenImage(f, c.String(formatFlag.Name))
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("standard input: %w", err)
-	}
-	return img, nil
-}
-
 // verifyUpload reads the uploaded object back by ranges and compares it
 // with the source; an object that differs is removed.
 func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, fmtName string) error {
-	out, err := openImage(c, name, fmtName, format.Policy{Untrusted: true})
+	out, err := openRemoteImage(c, name, fmtName, format.Policy{Untrusted: true}, "")
 	if err == nil {
 		defer out.Close()
 		var same bool
@@ -235,14 +340,19 @@ func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, f
 	return nil
 }
 
-// verifyOutput re-reads what was written and compares it with the source.
-func verifyOutput(ctx context.Context, src format.Image, path, fmtName string) error {
+// verifyOutput re-reads what was written and compares it with the source;
+// in place (-n), only the part of the target the image was written to.
+func verifyOutput(ctx context.Context, src format.Image, path, fmtName string, inPlace bool) error {
 	out, err := format.Open(path, fmtName, format.Policy{Untrusted: true})
 	if err != nil {
 		return fmt.Errorf("verify: reopening the output: %w", err)
 	}
 	defer out.Close()
-	same, off, err := convert.Compare(ctx, src, out)
+	var view format.Image = out
+	if inPlace {
+		view = convert.Head(out, src.Size())
+	}
+	same, off, err := convert.Compare(ctx, src, view)
 	switch {
 	case err != nil:
 		return fmt.Errorf("verify: %w", err)
@@ -256,6 +366,7 @@ func newBar(total int64, name string, c *cli.Context) *progressbar.ProgressBar {
 	return progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(c.App.ErrWriter),
 		progressbar.OptionShowBytes(true),
+		progressbar.OptionUseIECUnits(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100_000_000),

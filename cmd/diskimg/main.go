@@ -3,7 +3,7 @@
 // Exit codes: 0 success; 1 error (bad input, I/O, refused option); other
 // codes are command-specific and documented in each command's help and in
 // README.md (compare: 1 different, 2 error; check: qemu-img's codes; plan:
-// 3 refused).
+// 3 refused); convert interrupted by SIGINT or SIGTERM: 130 or 143.
 package main
 
 import (
@@ -96,10 +96,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 			checkCommand(),
 			benchCommand(),
 		},
+		// Without a command: the usage and exit 1, as qemu-img.
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("unknown command %q (diskimg help lists them)", c.Args().First())
+			}
+			cli.HelpPrinter(c.App.ErrWriter, cli.AppHelpTemplate, c.App)
+			return &exitError{code: 1}
+		},
+		// A bad option is one line on stderr, not the help on stdout.
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error { return err },
 		// Errors are printed once, by main, with the exit code they carry.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	err := app.Run(args)
+	for _, cmd := range app.Commands {
+		name := cmd.Name
+		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return fmt.Errorf("%s: %w", name, err) }
+	}
+	args, err := permute(app.Commands, args)
+	if err == nil {
+		err = app.Run(args)
+	}
 	if err == nil {
 		return 0
 	}

@@ -27,6 +27,7 @@ type mapEntry struct {
 	present, zero bool
 	data          bool
 	offset        int64 // -1: none
+	compressed    bool
 }
 
 func runMap(c *cli.Context) error {
@@ -44,12 +45,12 @@ func runMap(c *cli.Context) error {
 	err = format.Walk(img, 0, func(e format.Extent) error {
 		m := mapEntry{start: e.Start, length: e.Length, depth: e.Depth,
 			present: e.Status != format.Unallocated, zero: e.Status != format.Data,
-			data: e.Status == format.Data, offset: e.Offset}
+			data: e.Status == format.Data, offset: e.Offset, compressed: e.Compressed}
 		// Merge with the previous entry as qemu-img does: same flags and
 		// depth, and host offsets that continue.
 		if n := len(entries); n > 0 {
 			p := &entries[n-1]
-			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data &&
+			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data && p.compressed == m.compressed &&
 				(p.offset < 0) == (m.offset < 0) && (p.offset < 0 || p.offset+p.length == m.offset) {
 				p.length += m.length
 				return nil
@@ -66,16 +67,26 @@ func runMap(c *cli.Context) error {
 		writeMapJSON(w, entries)
 		return nil
 	}
+	// qemu-img lists the data stored at a host offset and refuses images
+	// with compressed clusters; diskimg lists those ranges as compressed
+	// (and others without an offset, such as encrypted ones, as "-").
 	fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
 	for _, e := range entries {
-		if !e.data || e.offset < 0 {
+		if !e.data {
 			continue
 		}
 		name := path
 		if e.depth < len(layers) {
 			name = layers[e.depth]
 		}
-		fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", hexNum(e.start), hexNum(e.length), hexNum(e.offset), name)
+		to := hexNum(e.offset)
+		switch {
+		case e.compressed:
+			to = "compressed"
+		case e.offset < 0:
+			to = "-"
+		}
+		fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", hexNum(e.start), hexNum(e.length), to, name)
 	}
 	return nil
 }

@@ -15,8 +15,8 @@ func measureCommand() *cli.Command {
 		Usage:     "compute the size a conversion's output needs (like qemu-img measure)",
 		ArgsUsage: "[SRC]",
 		Flags: append(imageFlags(), outputFlag,
-			&cli.StringFlag{Name: "O", Required: true, Usage: "output `FMT`"},
-			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`"},
+			&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`"},
+			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`; -o help lists the output format's"},
 			&cli.BoolFlag{Name: "c", Usage: "compressed output"},
 			&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
 		),
@@ -37,6 +37,9 @@ func runMeasure(c *cli.Context) error {
 	if s := c.String("o"); s != "" {
 		if opts.WriterOptions, err = format.ParseOptions(s); err != nil {
 			return fmt.Errorf("-o: %w", err)
+		}
+		if wantsHelp(opts.WriterOptions) {
+			return writeOptionsHelp(c.App.Writer, w.Name)
 		}
 	}
 	var src format.Image

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/limits"
 )
@@ -21,7 +23,7 @@ func planCommand() *cli.Command {
 		Usage:     "check an image against a cloud's import/export limits and choose the path (exit 3: refused)",
 		ArgsUsage: "FILE",
 		Flags: append(imageFlags(), outputFlag,
-			&cli.StringFlag{Name: "cloud", Required: true, Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
+			&cli.StringFlag{Name: "cloud", Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
 			&cli.StringFlag{Name: "direction", Value: "import", Usage: "import or export"},
 			&cli.StringFlag{Name: "disk", Value: "system", Usage: "the image is a system or data disk"},
 			&cli.StringFlag{Name: "arch", Usage: "architecture of the servers to create (x86_64, aarch64)"},
@@ -29,6 +31,7 @@ func planCommand() *cli.Command {
 			&cli.StringFlag{Name: "flavor-disk", Usage: "disk `SIZE` of the target flavor (e.g. 40G)"},
 			&cli.StringFlag{Name: "upload-format", Usage: "upload in this `FMT` instead of the one plan chooses"},
 			&cli.StringSliceFlag{Name: "quota", Usage: "a count the request involves, `NAME=N` (private-images, creation-tasks, shared-tenants, tags, replications, servers)"},
+			&cli.StringFlag{Name: "boot-mode", Usage: "the image boots with `MODE` bios or uefi (overrides what inspect found; chooses for a hybrid image)"},
 		),
 		Action: runPlan,
 	}
@@ -41,6 +44,10 @@ func planRequest(c *cli.Context) (limits.Request, error) {
 		Arch:         c.String("arch"),
 		MemoryGiB:    c.Int64("memory"),
 		UploadFormat: c.String("upload-format"),
+		BootMode:     c.String("boot-mode"),
+	}
+	if req.BootMode != "" && req.BootMode != "bios" && req.BootMode != "uefi" {
+		return req, fmt.Errorf("--boot-mode: %q is not bios or uefi", req.BootMode)
 	}
 	if req.Direction != limits.Import && req.Direction != limits.Export {
 		return req, fmt.Errorf("--direction: %q is not import or export", req.Direction)
@@ -73,6 +80,9 @@ func runPlan(c *cli.Context) error {
 	mode, err := outputMode(c)
 	if err != nil {
 		return err
+	}
+	if c.String("cloud") == "" {
+		return fmt.Errorf("plan: --cloud NAME is required (%s)", strings.Join(limits.Profiles(), ", "))
 	}
 	profile, err := limits.Lookup(c.String("cloud"))
 	if err != nil {
@@ -108,8 +118,10 @@ func imageFacts(c *cli.Context, path string, img format.Image) (limits.Image, er
 		return limits.Image{}, err
 	}
 	info := img.Info()
-	fileSize, err := fileSize(c, path)
-	if err != nil {
+	var fileSize int64
+	if path == convert.Stdin && stdinImage != nil {
+		fileSize = stdinImage.Size()
+	} else if fileSize, err = sizeOf(c, path); err != nil {
 		return limits.Image{}, err
 	}
 	return limits.Image{
@@ -122,6 +134,39 @@ func imageFacts(c *cli.Context, path string, img format.Image) (limits.Image, er
 		Encrypted:     info.Encrypted,
 		Backing:       info.BackingFile != "",
 	}, nil
+}
+
+// openFlags are the options the plan's commands need to open the image as
+// plan did.
+func openFlags(c *cli.Context, path string, img format.Image) []string {
+	var flags []string
+	if c.Bool(noBackingFlag.Name) {
+		flags = append(flags, "--"+noBackingFlag.Name)
+	}
+	if c.Bool(outsideFlag.Name) && leavesDirectory(path, img) {
+		flags = append(flags, "--"+outsideFlag.Name)
+	}
+	return flags
+}
+
+// leavesDirectory reports whether the image's chain names a file (backing
+// file, extent) outside the directory of the image naming it, which only
+// --allow-backing-outside opens.
+func leavesDirectory(path string, img format.Image) bool {
+	for img != nil {
+		info := img.Info()
+		refs := info.ExtentFiles
+		if info.BackingFile != "" {
+			refs = append(refs[:len(refs):len(refs)], info.BackingFile)
+		}
+		for _, ref := range refs {
+			if _, err := (format.Policy{}).Resolve(path, ref); errors.Is(err, format.ErrOutsideDirectory) {
+				return true
+			}
+		}
+		path, img = info.FullBackingFile, info.Backing
+	}
+	return false
 }
 
 func writePlanText(w io.Writer, d limits.Decision) {

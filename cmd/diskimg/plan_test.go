@@ -12,7 +12,8 @@ import (
 	"github.com/diskimg/diskimg/limits"
 )
 
-// The sizes the Huawei import and export paths turn on.
+// The sizes the Huawei import and export paths turn on. The disks hold a
+// small bootable Linux in their first MiBs and nothing after.
 var boundarySizes = []struct {
 	name string
 	size int64
@@ -53,20 +54,20 @@ func TestPlanHuaweiBoundaries(t *testing.T) {
 	dir := t.TempDir()
 	type want struct{ path, format string }
 	for i, b := range boundarySizes {
-		raw := sparseRaw(t, dir, fmt.Sprintf("disk%d.raw", i), b.size)
+		raw := bootableRaw(t, dir, fmt.Sprintf("disk%d.raw", i), b.size)
 		qcow := filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
-		formattest.Create(t, qcow, "qcow2", fmt.Sprint(b.size))
+		formattest.Convert(t, raw, qcow, "qcow2")
 		vhdx := filepath.Join(dir, fmt.Sprintf("disk%d.vhdx", i))
-		formattest.Create(t, vhdx, "vhdx", fmt.Sprint(b.size))
+		formattest.Convert(t, raw, vhdx, "vhdx")
 		for _, tc := range []struct {
 			args []string
 			want want
 		}{
 			// RAW uploaded as it is: the file's size decides the path.
 			{[]string{"--upload-format", "raw", raw}, [...]want{{"normal", "raw"}, {"normal", "raw"}, {"fast", "raw"}, {"fast", "raw"}, {"refused", "raw"}}[i]},
-			// Empty RAW converted to qcow2 fits the normal path up to the 1 TB system disk limit.
+			// A mostly empty RAW converted to qcow2 fits the normal path up to the 1 TB system disk limit.
 			{[]string{raw}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"refused", "qcow2"}}[i]},
-			// Empty qcow2 and vhdx go as they are; over 1 TB the system disk limit refuses them.
+			// Mostly empty qcow2 and vhdx go as they are; over 1 TB the system disk limit refuses them.
 			{[]string{qcow}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"refused", "qcow2"}}[i]},
 			{[]string{vhdx}, [...]want{{"normal", "vhdx"}, {"normal", "vhdx"}, {"normal", "vhdx"}, {"normal", "vhdx"}, {"refused", "vhdx"}}[i]},
 			// A data disk may be up to 2048 GB.
@@ -123,7 +124,7 @@ func TestParseSize(t *testing.T) {
 // ZVHD2, verify, and re-plan the output.
 func TestCloudConvertHuawei(t *testing.T) {
 	dir := t.TempDir()
-	src := sparseRaw(t, dir, "vm.raw", 200<<30)
+	src := bootableRaw(t, dir, "vm.raw", 200<<30)
 	f, _ := os.OpenFile(src, os.O_WRONLY, 0)
 	f.WriteAt([]byte("some data at 5 GiB"), 5<<30)
 	f.WriteAt([]byte("and at 150 GiB"), 150<<30)
@@ -153,16 +154,17 @@ func TestCloudConvertHuawei(t *testing.T) {
 
 // TestPlanHuaweiFastZVHD2 plans an image whose data is over 128 GiB: the
 // fast path with ZVHD2. qemu-img preallocates the metadata, so every
-// cluster counts as data without writing 200 GiB.
+// cluster counts as data without writing 200 GiB; holding no OS, it
+// goes as a data disk.
 func TestPlanHuaweiFastZVHD2(t *testing.T) {
 	formattest.RequireQemu(t)
 	path := filepath.Join(t.TempDir(), "big.qcow2")
 	formattest.Create(t, path, "qcow2", "200G", "-o", "preallocation=metadata,cluster_size=2M")
-	d, code := planJSON(t, "--cloud", "huawei-ims", path)
+	d, code := planJSON(t, "--cloud", "huawei-ims", "--disk", "data", path)
 	if code != 0 || d.Path != "fast" || d.UploadFormat != "zvhd2" || d.Conversion == nil || d.Conversion.Format != "zvhd2" {
 		t.Errorf("exit %d, decision %+v", code, d)
 	}
-	d, _ = planJSON(t, "--cloud", "huawei-ims", "--upload-format", "raw", path)
+	d, _ = planJSON(t, "--cloud", "huawei-ims", "--disk", "data", "--upload-format", "raw", path)
 	if d.Path != "fast" || d.UploadFormat != "raw" || !strings.Contains(strings.Join(d.Commands, "\n"), "CreateMF.jar") {
 		t.Errorf("raw upload: %+v", d)
 	}

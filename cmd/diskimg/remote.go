@@ -33,8 +33,8 @@ func openFile(c *cli.Context, path string) (format.ReadCloserFile, error) {
 	return format.OpenFile(path)
 }
 
-// fileSize returns the length of path, a local file or a URL.
-func fileSize(c *cli.Context, path string) (int64, error) {
+// sizeOf returns the length of path, a local file or a URL.
+func sizeOf(c *cli.Context, path string) (int64, error) {
 	if remote.IsURL(path) {
 		return remote.Size(c.Context, path, remoteOptions(c, ""))
 	}
@@ -46,16 +46,18 @@ func fileSize(c *cli.Context, path string) (int64, error) {
 	return f.Size(), nil
 }
 
-// openImage opens the image at path, a local file or a URL, as fmtName
-// ("" probes). A remote image's backing files resolve beside it.
-func openImage(c *cli.Context, path, fmtName string, p format.Policy) (format.Image, error) {
-	return openImageIn(c, path, fmtName, p, "")
+// openPolicy opens path, a local file or a URL, under policy p.
+func openPolicy(c *cli.Context, path, fmtName string, p format.Policy) (format.Image, error) {
+	if remote.IsURL(path) {
+		return openRemoteImage(c, path, fmtName, p, "")
+	}
+	return format.Open(path, fmtName, p)
 }
 
-func openImageIn(c *cli.Context, path, fmtName string, p format.Policy, spoolDir string) (format.Image, error) {
-	if !remote.IsURL(path) {
-		return format.Open(path, fmtName, p)
-	}
+// openRemoteImage opens the image at the URL path as fmtName ("" probes)
+// under policy p; a server that sends no ranges is spooled in spoolDir.
+// Its backing files resolve beside it.
+func openRemoteImage(c *cli.Context, path, fmtName string, p format.Policy, spoolDir string) (format.Image, error) {
 	f, err := remote.Open(c.Context, path, remoteOptions(c, spoolDir))
 	if err != nil {
 		return nil, err

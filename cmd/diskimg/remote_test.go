@@ -194,8 +194,8 @@ func TestS3Interrupt(t *testing.T) {
 	}
 	cmd.Process.Signal(syscall.SIGINT)
 	err := cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "interrupted") {
-		t.Errorf("after SIGINT: %v, %q; want exit 1, interrupted", err, stderr.String())
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 || !strings.Contains(stderr.String(), "interrupted") {
+		t.Errorf("after SIGINT: %v, %q; want exit 130 (128 + SIGINT), interrupted", err, stderr.String())
 	}
 	if open, err := remote.OpenUploads(ctx, p+"interrupt/", srv.Options()); err != nil || len(open) != 0 {
 		t.Errorf("uploads left open after SIGINT: %v, %v", open, err)

@@ -76,14 +76,35 @@ func MakeRaw(t testing.TB, path string, size int64, c Content) {
 func Convert(t testing.TB, src, dst, fmt string, extra ...string) {
 	t.Helper()
 	args := append([]string{"convert", "-f", "raw", "-O", fmt}, extra...)
-	Qemu(t, append(args, src, dst)...)
-	settle(t, dst)
+	settled(t, dst, func() { Qemu(t, append(args, src, dst)...) })
 }
 
-// settle flushes a file qemu-img wrote (it does not sync), so its
-// allocation is final before tests compare "actual-size": the filesystem
-// may otherwise add a block of its own metadata between qemu-img's stat
-// and ours (seen as a 4 KiB difference).
+// settled runs qemu-img (in run) to make dst, then flushes every file it
+// wrote: dst and the new files beside it (a VMDK's extent files). qemu-img
+// does not sync, and tests compare "actual-size", which the filesystem may
+// otherwise change by a block of its own metadata between qemu-img's stat
+// and ours (seen as a 4 KiB difference on a monolithicFlat extent).
+func settled(t testing.TB, dst string, run func()) {
+	t.Helper()
+	dir := filepath.Dir(dst)
+	before := map[string]bool{}
+	if ents, err := os.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			before[e.Name()] = true
+		}
+	}
+	run()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if path := filepath.Join(dir, e.Name()); e.Type().IsRegular() && (!before[e.Name()] || path == filepath.Clean(dst)) {
+			settle(t, path)
+		}
+	}
+}
+
 func settle(t testing.TB, path string) {
 	t.Helper()
 	f, err := os.Open(path)
@@ -100,8 +121,7 @@ func settle(t testing.TB, path string) {
 func Create(t testing.TB, dst, fmt, size string, extra ...string) {
 	t.Helper()
 	args := append([]string{"create", "-q", "-f", fmt}, extra...)
-	Qemu(t, append(args, dst, size)...)
-	settle(t, dst)
+	settled(t, dst, func() { Qemu(t, append(args, dst, size)...) })
 }
 
 // Generate makes an image of format fmt with the given size and content in

@@ -315,7 +315,9 @@ func TestCompressedSmallReads(t *testing.T) {
 	}
 }
 
-const testImages = "../../../shared/testimages/"
+// cdiImages holds real-world images from KubeVirt CDI's tests (see
+// testdata/README.md).
+const cdiImages = "../../testdata/external/cdi-images.tar.zst"
 
 // qemuNoBacking returns qemu-img arguments naming a real-world image with
 // its backing file cut off, so qemu-img never opens one.
@@ -332,14 +334,18 @@ func qemuNoBacking(t *testing.T, path string) string {
 func TestRealWorld(t *testing.T) {
 	formattest.RequireQemu(t)
 	t.Run("fs-overhead", func(t *testing.T) {
-		formattest.Check(t, testImages+"fs-overhead.qcow2", formattest.Options{})
+		dir := formattest.Extract(t, cdiImages, "fs-overhead.qcow2")
+		formattest.Check(t, filepath.Join(dir, "fs-overhead.qcow2"), formattest.Options{})
 	})
 	for _, tc := range []struct{ name, backing, format string }{
 		{"cirros-snapshot1.qcow2", "cirros.raw", "raw"},
 		{"cirros-snapshot2.qcow2", "cirros-snapshot1.qcow2", "qcow2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := testImages + tc.name
+			// The overlays are extracted together: the second's backing
+			// file is the first.
+			dir := formattest.Extract(t, cdiImages, "cirros-snapshot1.qcow2", "cirros-snapshot2.qcow2")
+			path := filepath.Join(dir, tc.name)
 			_, err := format.Open(path, "", format.Policy{})
 			if err == nil || !strings.Contains(err.Error(), "cirros.raw") || !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("open with a missing backing file: err = %v, want it to name cirros.raw as missing", err)
@@ -384,8 +390,9 @@ func TestRealWorld(t *testing.T) {
 	t.Run("invalid-qcow-large-memory", func(t *testing.T) {
 		// Despite its name the file is a VMDK sparse extent with a huge
 		// grain directory; as qcow2 it must be refused at once.
+		dir := formattest.Extract(t, cdiImages, "invalid-qcow-large-memory.img")
 		start := time.Now()
-		_, err := format.Open(testImages+"invalid-qcow-large-memory.img", "qcow2", format.Policy{})
+		_, err := format.Open(filepath.Join(dir, "invalid-qcow-large-memory.img"), "qcow2", format.Policy{})
 		if !errors.Is(err, format.ErrWrongType) {
 			t.Fatalf("err = %v, want ErrWrongType", err)
 		}

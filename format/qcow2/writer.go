@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/diskimg/diskimg/format"
 )
 
@@ -54,6 +56,18 @@ const (
 	OptRefcountBits    = "refcount_bits"    // 8, 16 (default), 32 or 64
 	OptLazyRefcounts   = "lazy_refcounts"   // on or off
 	OptExtendedL2      = "extended_l2"      // only off
+	OptPreallocation   = "preallocation"    // off, metadata, falloc or full
+)
+
+// Preallocation modes, as qemu's: metadata allocates every cluster in
+// the tables, in guest order, and leaves the clusters that hold no data
+// as holes in the file; falloc then reserves the whole file with
+// fallocate(2); full writes zeros into them.
+const (
+	PreallocOff      = "off"
+	PreallocMetadata = "metadata"
+	PreallocFalloc   = "falloc"
+	PreallocFull     = "full"
 )
 
 // Header fields the reader does not name, and writer defaults.
@@ -98,6 +112,8 @@ func init() {
 			{Name: OptRefcountBits, Help: "refcount width: 8, 16 (the default), 32 or 64 (v2: 16 only)", Validate: validRefcountBits},
 			{Name: OptLazyRefcounts, Help: "on or off (the default; v3 only): set the lazy refcounts feature", Validate: format.OneOf("on", "off")},
 			{Name: OptExtendedL2, Help: "off only: extended L2 entries are not implemented", Validate: format.OneOf("off")},
+			{Name: OptPreallocation, Help: "off (the default), metadata (every cluster allocated, holes in the file), falloc (metadata, then fallocate the file) or full (metadata, zeros written)",
+				Validate: format.OneOf(PreallocOff, PreallocMetadata, PreallocFalloc, PreallocFull)},
 		},
 		Compress: true,
 		Check:    func(o format.WriteOptions) error { _, err := newParams(o); return err },
@@ -148,6 +164,7 @@ type params struct {
 	refOrder    uint  // log2 of the refcount width
 	zstd        bool
 	lazy        bool
+	prealloc    string
 	size        int64 // virtual size in the header: whole sectors
 	l1Size      int64 // L1 entries covering size
 }
@@ -157,7 +174,7 @@ func (p *params) refsPerBlock() int64 { return p.cs * 8 >> p.refOrder }
 func (p *params) maxRef() uint64      { return 1<<(1<<p.refOrder) - 1 }
 
 func newParams(o format.WriteOptions) (*params, error) {
-	p := &params{version: 3, clusterBits: defaultClusterBits, refOrder: defaultRefcountOrder}
+	p := &params{version: 3, clusterBits: defaultClusterBits, refOrder: defaultRefcountOrder, prealloc: PreallocOff}
 	opt := func(k string) (string, bool) { v, ok := o.Options[k]; return v, ok }
 	if v, ok := opt(OptCompat); ok && (v == "0.10" || v == "v2") {
 		p.version = 2
@@ -194,6 +211,12 @@ func newParams(o format.WriteOptions) (*params, error) {
 	}
 	if v, ok := opt(OptExtendedL2); ok && v != "off" {
 		return nil, fmt.Errorf("qcow2: extended_l2=%s is not implemented (only off)", v)
+	}
+	if v, ok := opt(OptPreallocation); ok {
+		if v != PreallocOff && o.Compress {
+			return nil, fmt.Errorf("qcow2: preallocation=%s cannot be used with compression (-c)", v)
+		}
+		p.prealloc = v
 	}
 	if o.Size < 0 {
 		return nil, fmt.Errorf("qcow2: negative size %d", o.Size)
@@ -243,6 +266,10 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 	rb, rt := p.refcountClusters((meta + vsize) / p.cs)
 	meta += (rb + rt) * p.cs
 	full := meta + vsize
+	if p.prealloc == PreallocFalloc || p.prealloc == PreallocFull {
+		// The whole file is allocated, as qemu-img measure says too.
+		return format.Measurement{Required: full, FullyAllocated: full}, nil
+	}
 	var data int64
 	if o.Layout != nil {
 		err := o.Layout.Align(o.Size, p.cs)(func(e format.Extent) error {
@@ -330,7 +357,8 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 		return nil, err
 	}
 	layout := o.Layout
-	if layout == nil {
+	if layout == nil || p.prealloc != PreallocOff {
+		// Preallocated: every cluster has its place, in guest order.
 		layout = format.AllData(o.Size)
 	}
 	if rt, ok := format.Seekable(dst); ok {
@@ -345,7 +373,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (format.Writer, error) 
 	if o.Compress {
 		return newCompressedWriter(dst, p, o.Size)
 	}
-	return newPlainWriter(dst, p, o.Size, layout.Align(o.Size, p.cs), o.FrontToBack)
+	return newPlainWriter(dst, p, o.Size, layout.Align(o.Size, p.cs), o.FrontToBack || p.prealloc != PreallocOff)
 }
 
 // spanBits records which clusters of each L2 span the layout calls Data:
@@ -475,8 +503,8 @@ func newPlainWriter(dst format.Target, p *params, size int64, layout format.Layo
 // NeedsDataScan is true on a pipe, where the tables precede the data:
 // the clusters to allocate then come from MarkData, not the layout.
 func (w *plainWriter) NeedsDataScan() bool {
-	if w.rt != nil {
-		return false
+	if w.rt != nil || w.p.prealloc != PreallocOff {
+		return false // the tables come last, or allocate every cluster
 	}
 	for i := range w.alloc.spans {
 		w.alloc.spans[i] = nil
@@ -677,6 +705,9 @@ func (w *plainWriter) Write(b *format.Block) error {
 			return nil
 		}
 		if w.rt == nil {
+			if w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc {
+				return w.gap(n * cs) // a hole on a file, zeros on a pipe
+			}
 			return writeZeros(w.bw, n*cs)
 		}
 		// On a file the laid-out clusters are dropped: unallocated.
@@ -691,6 +722,10 @@ func (w *plainWriter) Write(b *format.Block) error {
 	if int64(len(b.Data)) != b.Length {
 		return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
 	}
+	if w.hole != nil && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
+		w.written += c1 - c0
+		return w.writeSparse(b.Data, (c1-c0)*cs)
+	}
 	// Data goes out as it is: a block (up to the engine's chunk) is
 	// smaller than the buffer, and copying every byte through it cost
 	// 80 ms of CPU per GiB.
@@ -703,6 +738,39 @@ func (w *plainWriter) Write(b *format.Block) error {
 	w.written += c1 - c0
 	// The last cluster of the disk is stored whole.
 	return writeZeros(w.bw, (c1-c0)*cs-b.Length)
+}
+
+// sparseUnit is the run of zeros a preallocated image leaves as a hole
+// inside a data cluster, as qemu-img convert's default -S.
+const sparseUnit = 4 << 10
+
+// writeSparse writes a data block of a preallocated image (metadata,
+// falloc) into its clusters' places, span bytes in all, leaving its zero
+// 4 KiB runs and the end of its last cluster as holes, as qemu-img convert
+// does: the clusters are allocated already and the file reads zeros there.
+func (w *plainWriter) writeSparse(data []byte, span int64) error {
+	zero := func(i int) bool { return format.IsZero(data[i:min(i+sparseUnit, len(data))]) }
+	for i := 0; i < len(data); {
+		z, j := zero(i), i+sparseUnit
+		for j < len(data) && zero(j) == z {
+			j += sparseUnit
+		}
+		j = min(j, len(data))
+		if z {
+			if err := w.gap(int64(j - i)); err != nil {
+				return err
+			}
+		} else {
+			if err := w.bw.Flush(); err != nil {
+				return err
+			}
+			if _, err := w.out.Write(data[i:j]); err != nil {
+				return err
+			}
+		}
+		i = j
+	}
+	return w.gap(span - int64(len(data)))
 }
 
 // Close writes the tables on a file; on a pipe everything is written.
@@ -721,9 +789,17 @@ func (w *plainWriter) Close() error {
 		if w.pos != end {
 			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.pos, end)
 		}
-		if w.hole != nil {
-			// The hole before the data may end the file.
-			return w.hole.Truncate(end)
+		if w.hole == nil {
+			return nil
+		}
+		// The hole before the data may end the file.
+		if err := w.hole.Truncate(end); err != nil {
+			return err
+		}
+		if f, ok := w.dst.(interface{ Fd() uintptr }); ok && w.p.prealloc == PreallocFalloc && end > 0 {
+			if err := unix.Fallocate(int(f.Fd()), 0, 0, end); err != nil {
+				return fmt.Errorf("qcow2: preallocation=falloc: %w", err)
+			}
 		}
 		return nil
 	}

@@ -176,7 +176,7 @@ func (f *File) spoolAll(ctx context.Context) error {
 			return err
 		}
 		defer body.Close()
-		sf, size, err := format.SpoolTemp(f.opts.SpoolDir, kicker{body, kick})
+		sf, size, err := format.SpoolTemp(ctx, f.opts.SpoolDir, kicker{body, kick})
 		if err != nil {
 			return fmt.Errorf("copying the object (its server sends no ranges): %w", err)
 		}

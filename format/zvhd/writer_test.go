@@ -192,7 +192,7 @@ func TestWriterParserOnVector(t *testing.T) {
 // and the record layout.
 func TestWriterVector(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "t1.zvhd")
-	convertFile(t, filepath.Join(vectors, "t1.raw"), "raw", out, Name)
+	convertFile(t, vectorPath(t, "t1.raw"), "raw", out, Name)
 	data, _ := os.ReadFile(out)
 	ours := parseZVHD(t, data, true)
 	ref := parseZVHD(t, readVector(t, "t1.zvhd"), false)

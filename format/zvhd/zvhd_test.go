@@ -19,18 +19,22 @@ import (
 )
 
 const (
-	vectors = "../../../shared/testimages/zvhd2"
+	// vectors are the files written by Huawei's driver (testdata/README.md).
+	vectors = "../../testdata/external/zvhd2-vectors.tar.zst"
 	mib     = 1 << 20
 	bs      = zvhd2.BlockSize
 )
 
 func readVector(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(vectors, name))
-	if err != nil {
-		t.Fatalf("reference vector: %v", err)
-	}
-	return b
+	return formattest.ArchiveFile(t, vectors, name)
+}
+
+// vectorPath extracts a reference vector into a temporary directory and
+// returns its path.
+func vectorPath(t testing.TB, name string) string {
+	t.Helper()
+	return filepath.Join(formattest.Extract(t, vectors, name), name)
 }
 
 func openBytes(b []byte) (*Image, error) {
@@ -114,7 +118,7 @@ func extents(t testing.TB, img format.Image) []ext {
 func TestT1(t *testing.T) {
 	raw := readVector(t, "t1.raw")
 	size := int64(len(raw))
-	img, err := format.Open(filepath.Join(vectors, "t1.zvhd"), "", format.Policy{Untrusted: true})
+	img, err := format.Open(vectorPath(t, "t1.zvhd"), "", format.Policy{Untrusted: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +404,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 
 // BenchmarkT1 opens t1.zvhd, walks its map and reads every stored block.
 func BenchmarkT1(b *testing.B) {
-	path := filepath.Join(vectors, "t1.zvhd")
+	path := vectorPath(b, "t1.zvhd")
 	buf := make([]byte, bs)
 	for b.Loop() {
 		img, err := format.Open(path, Name, format.Policy{})

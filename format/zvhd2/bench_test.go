@@ -23,7 +23,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 // BenchmarkT2 opens the 64 GiB reference image t2.zvhd2, walks its extent
 // map and reads every stored block in full.
 func BenchmarkT2(b *testing.B) {
-	path := filepath.Join(vectors, "t2.zvhd2")
+	path := vectorPath(b, "t2.zvhd2")
 	buf := make([]byte, BlockSize)
 	for b.Loop() {
 		img, err := format.Open(path, Name, format.Policy{})

@@ -5,8 +5,8 @@ import (
 	"fmt"
 )
 
-// On-disk layout shared by ZVHD2 and the older ZVHD (Huawei Cloud IMS),
-// after /work/shared/specs/zvhd2.md. All integers are little-endian: the
+// On-disk layout shared by ZVHD2 and the older ZVHD (Huawei Cloud IMS);
+// see docs/ZVHD2.md. All integers are little-endian: the
 // drivers write their C structs to disk as they are, unlike Microsoft VHD
 // whose field list they borrow.
 

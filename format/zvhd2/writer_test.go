@@ -440,7 +440,7 @@ func TestVectorsFieldByField(t *testing.T) {
 	} {
 		t.Run(v.ref, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out.zvhd2")
-			convertFile(t, filepath.Join(vectors, v.raw), "raw", out, Name, convert.Options{WriterOptions: methodOpts(v.method)})
+			convertFile(t, vectorPath(t, v.raw), "raw", out, Name, convert.Options{WriterOptions: methodOpts(v.method)})
 			data, err := os.ReadFile(out)
 			if err != nil {
 				t.Fatal(err)

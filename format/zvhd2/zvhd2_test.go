@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -14,21 +13,25 @@ import (
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
-// vectors is where the reference files written by Huawei's driver live.
-const vectors = "../../../shared/testimages/zvhd2"
+// vectors holds the reference files written by Huawei's driver (see
+// testdata/README.md).
+const vectors = "../../testdata/external/zvhd2-vectors.tar.zst"
 
 func readVector(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(vectors, name))
-	if err != nil {
-		t.Fatalf("reference vector: %v", err)
-	}
-	return b
+	return formattest.ArchiveFile(t, vectors, name)
+}
+
+// vectorPath extracts a reference vector into a temporary directory and
+// returns its path.
+func vectorPath(t testing.TB, name string) string {
+	t.Helper()
+	return filepath.Join(formattest.Extract(t, vectors, name), name)
 }
 
 func openVector(t testing.TB, name string) *Image {
 	t.Helper()
-	img, err := format.Open(filepath.Join(vectors, name), "", format.Policy{Untrusted: true})
+	img, err := format.Open(vectorPath(t, name), "", format.Policy{Untrusted: true})
 	if err != nil {
 		t.Fatalf("open %s: %v", name, err)
 	}
@@ -328,7 +331,7 @@ func TestBuilt(t *testing.T) {
 
 func TestProbe(t *testing.T) {
 	for name, want := range map[string]bool{"t1.zvhd2": true, "t1.zvhd": false, "t1.raw": false} {
-		f, err := format.OpenFile(filepath.Join(vectors, name))
+		f, err := format.OpenFile(vectorPath(t, name))
 		if err != nil {
 			t.Fatal(err)
 		}
