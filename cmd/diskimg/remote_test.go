@@ -19,11 +19,8 @@ import (
 	"github.com/diskimg/diskimg/format/remote/remotetest"
 )
 
-// TestMain lets the test binary run as diskimg (for signal tests).
+// TestMain stops the S3 server the tests share.
 func TestMain(m *testing.M) {
-	if os.Getenv("DISKIMG_TEST_MAIN") == "1" {
-		os.Exit(run(os.Args, os.Stdout, os.Stderr))
-	}
 	code := m.Run()
 	remotetest.StopShared()
 	os.Exit(code)
@@ -172,8 +169,7 @@ func TestS3Interrupt(t *testing.T) {
 	srv := remotetest.Shared(t)
 	p := remotetest.Prefix(t)
 	src := slowServer(t, 96<<20, 24<<20) + "/disk.raw"
-	cmd := exec.Command(os.Args[0], "convert", "--endpoint", srv.Endpoint, "--s3-path-style", "-f", "raw", "-O", "qcow2", src, p+"interrupt/disk.qcow2")
-	cmd.Env = append(os.Environ(), "DISKIMG_TEST_MAIN=1")
+	cmd := cliCommand("convert", "--endpoint", srv.Endpoint, "--s3-path-style", "-f", "raw", "-O", "qcow2", src, p+"interrupt/disk.qcow2")
 	var stderr bytes.Buffer
 	cmd.Stderr, cmd.Stdout = &stderr, io.Discard
 	if err := cmd.Start(); err != nil {
