@@ -36,9 +36,12 @@ demo: build
 	$(BIN) convert -O vpc --force --verify --checksum sha256 testdata/demo.qcow2 bin/demo.vhd
 	$(BIN) info bin/demo.vhd
 
-# Installs the Debian packages the tests use (qemu-utils, gdisk, mkfs tools) when missing.
+# Installs the Debian packages the tests use (qemu-utils, gdisk, mkfs tools)
+# when missing, and builds the S3 server the object-storage tests start
+# (SeaweedFS, once, into ~/.cache/diskimg).
 setup:
 	.ci/setup-deps
+	GO=$(GO) .ci/setup-seaweedfs >/dev/null
 
 # Everything CI runs: formatting, vet, test data inside the repository,
 # every test (qemu-img required under CI=true).

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/remote/remotetest"
 
 	_ "github.com/diskimg/diskimg/format/all"
 )
@@ -27,6 +28,7 @@ func TestMain(m *testing.M) {
 		os.Exit(helper())
 	}
 	code := m.Run()
+	remotetest.StopShared()
 	if diskimgBin != "" {
 		os.RemoveAll(filepath.Dir(diskimgBin))
 	}

@@ -62,6 +62,13 @@ func RSSMethod() string {
 // peak RSS. stdout, when not nil, receives the child's standard output
 // (cat's copy); its standard error is kept for the error message.
 func timeCmd(ctx context.Context, env []string, stdout io.Writer, name string, args ...string) (sample, error) {
+	return timeCmdWatch(ctx, env, stdout, nil, name, args...)
+}
+
+// timeCmdWatch is timeCmd with watch, when not nil, running while the
+// child does, given the child's process group; it returns when stop is
+// closed.
+func timeCmdWatch(ctx context.Context, env []string, stdout io.Writer, watch func(pgid int, stop <-chan struct{}), name string, args ...string) (sample, error) {
 	argv := append([]string{name}, args...)
 	wrapped := haveGNUTime()
 	if wrapped {
@@ -80,7 +87,19 @@ func timeCmd(ctx context.Context, env []string, stdout io.Writer, name string, a
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		stop, watched := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(watched)
+			if watch != nil {
+				watch(cmd.Process.Pid, stop)
+			}
+		}()
+		err = cmd.Wait()
+		close(stop)
+		<-watched
+	}
 	elapsed := time.Since(start)
 	var s sample
 	msg := stderr.String()

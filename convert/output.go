@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 )
 
 // Stdout is the output name that means standard output.
@@ -40,11 +41,19 @@ type OutputOptions struct {
 	TargetIsZero bool
 	// Size is the image's size, for InPlace.
 	Size int64
+	// Remote says how to reach an s3:// output, SizeHint bounds its
+	// length (it sets the upload's part size), and Context, when it ends,
+	// stops the upload (Abort then removes what was sent).
+	Remote   remote.Options
+	SizeHint int64
+	Context  context.Context
 }
 
 // Output is a destination being written. A file is written to a temporary
 // name in the destination's directory and appears under its own name only
-// on Commit; Abort (or a crash) leaves nothing under the final name.
+// on Commit; Abort (or a crash) leaves nothing under the final name. An
+// object (s3://bucket/key) is a multipart upload that Commit completes and
+// Abort aborts.
 //
 // Usage:
 //
@@ -65,6 +74,9 @@ type Output struct {
 	noFlush bool        // -t unsafe: no fsync
 	inPlace bool
 	done    bool
+	up      *remote.Upload // an object being uploaded
+	// SHA256 is an uploaded object's digest, set by Commit.
+	SHA256 []byte
 }
 
 // stream hides every method but Write, so writers treat standard output
@@ -93,8 +105,8 @@ func redirectedTo(f *os.File) string {
 // created under path until Commit.
 func CreateOutput(path string, o OutputOptions) (*Output, error) {
 	if o.InPlace {
-		if path == Stdout {
-			return nil, errors.New("-n writes into an existing file or block device, not standard output")
+		if path == Stdout || remote.IsURL(path) {
+			return nil, errors.New("-n writes into an existing file or block device, not standard output or an object")
 		}
 		return openInPlace(path, o)
 	}
@@ -106,6 +118,22 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 	}
 	if path == "" {
 		return nil, errors.New("empty output file name")
+	}
+	if remote.IsURL(path) {
+		for _, s := range o.Sources {
+			if s == path {
+				return nil, fmt.Errorf("output %s is the same object as input %s", path, s)
+			}
+		}
+		ctx := o.Context
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		up, err := remote.Create(ctx, path, o.Remote, o.SizeHint, o.Force)
+		if err != nil {
+			return nil, err
+		}
+		return &Output{Target: up, up: up, final: path}, nil
 	}
 	final := path
 	out := &Output{force: o.Force, noFlush: o.Cache.NoFlush}
@@ -233,6 +261,12 @@ func (o *Output) Commit() error {
 	if o.done {
 		return errors.New("output already committed or aborted")
 	}
+	if o.up != nil {
+		o.done = true
+		sum, err := o.up.Commit()
+		o.SHA256 = sum
+		return err
+	}
 	if o.f == nil { // standard output
 		o.done = true
 		return nil
@@ -304,6 +338,9 @@ func (o *Output) Abort() error {
 		return nil
 	}
 	o.done = true
+	if o.up != nil {
+		return o.up.Abort()
+	}
 	if o.f != nil {
 		o.closeFile()
 	}
@@ -315,8 +352,11 @@ func (o *Output) Abort() error {
 	return nil
 }
 
-// TempName returns the temporary file's name ("" for standard output and
-// in place), for messages and tests.
+// Uploaded reports whether the output is an object in a bucket.
+func (o *Output) Uploaded() bool { return o.up != nil }
+
+// TempName returns the temporary file's name ("" for standard output, in
+// place and for an object), for messages and tests.
 func (o *Output) TempName() string { return o.tmp }
 
 // Path returns the file being written: the temporary file, or the target

@@ -2,7 +2,6 @@ package convert
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,10 +11,6 @@ import (
 
 // Stdin is the source name that means standard input.
 const Stdin = "-"
-
-// spoolBlock is the unit in which a spooled stream is checked for zeros:
-// an all-zero block becomes a hole in the spool file.
-const spoolBlock = 64 << 10
 
 // StdinFile is an image file read from a stream.
 type StdinFile struct {
@@ -47,17 +42,8 @@ func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) 
 			return &StdinFile{File: r, size: size}, nil
 		}
 	}
-	f, err := os.CreateTemp(dir, ".diskimg-stdin-")
+	f, size, err := format.SpoolTemp(ctx, dir, r)
 	if err != nil {
-		return nil, fmt.Errorf("standard input: %w", err)
-	}
-	if err := os.Remove(f.Name()); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("standard input: %w", err)
-	}
-	size, err := spool(ctx, f, r)
-	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("standard input: %w", err)
 	}
 	return &StdinFile{File: f, size: size}, nil
@@ -66,35 +52,3 @@ func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) 
 // stdinPath names the file open as standard input, for comparing it with
 // the output.
 func stdinPath() string { return fmt.Sprintf("/proc/self/fd/%d", os.Stdin.Fd()) }
-
-// spool copies r into f, leaving holes for zero blocks, and returns the
-// number of bytes copied.
-func spool(ctx context.Context, f *os.File, r io.Reader) (int64, error) {
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return 0, err
-		}
-		n, err := io.ReadFull(r, buf)
-		for i := 0; i < n; i += spoolBlock {
-			b := buf[i:min(i+spoolBlock, n)]
-			if !format.IsZero(b) {
-				if _, err := f.WriteAt(b, off+int64(i)); err != nil {
-					return 0, err
-				}
-			}
-		}
-		off += int64(n)
-		if off > format.MaxVirtualSize {
-			return 0, fmt.Errorf("more than %d bytes", int64(format.MaxVirtualSize))
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
-			return 0, err
-		}
-	}
-	return off, f.Truncate(off)
-}

@@ -3,6 +3,7 @@ package format
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -24,17 +25,8 @@ type Policy struct {
 // path to open, or an error when the policy forbids it. Relative names are
 // taken relative to the image's directory, as qemu does.
 func (p Policy) Resolve(imagePath, ref string) (string, error) {
-	if ref == "" {
-		return "", fmt.Errorf("empty file reference")
-	}
-	if strings.ContainsRune(ref, 0) {
-		return "", fmt.Errorf("file reference %q contains a NUL byte", ref)
-	}
-	if isProtocol(ref) {
-		return "", fmt.Errorf("file reference %q is a protocol or json: name, which diskimg never opens", ref)
-	}
-	if p.Untrusted {
-		return "", fmt.Errorf("%q: %w (untrusted mode opens no other file)", ref, ErrOutsideDirectory)
+	if err := p.checkRef(ref); err != nil {
+		return "", err
 	}
 	dir := filepath.Dir(imagePath)
 	path := ref
@@ -73,6 +65,25 @@ func (p Policy) Resolve(imagePath, ref string) (string, error) {
 	return path, nil
 }
 
+// checkRef applies the rules that hold wherever the image is: a name is
+// not empty, holds no NUL and is no protocol, and untrusted mode follows
+// none.
+func (p Policy) checkRef(ref string) error {
+	if ref == "" {
+		return fmt.Errorf("empty file reference")
+	}
+	if strings.ContainsRune(ref, 0) {
+		return fmt.Errorf("file reference %q contains a NUL byte", ref)
+	}
+	if isProtocol(ref) {
+		return fmt.Errorf("file reference %q is a protocol or json: name, which diskimg never opens", ref)
+	}
+	if p.Untrusted {
+		return fmt.Errorf("%q: %w (untrusted mode opens no other file)", ref, ErrOutsideDirectory)
+	}
+	return nil
+}
+
 // FullName is how qemu shows a file name an image stores (its
 // full-backing-filename): absolute names as they are, relative ones
 // joined to the image's directory. It is only a string; whether the file
@@ -80,6 +91,11 @@ func (p Policy) Resolve(imagePath, ref string) (string, error) {
 func FullName(imagePath, ref string) string {
 	if filepath.IsAbs(ref) {
 		return ref
+	}
+	if i := strings.Index(imagePath, "://"); i > 0 && isProtocol(imagePath) {
+		// A URL (an object in a bucket): keep "scheme://", which
+		// filepath.Join would fold to "scheme:/".
+		return imagePath[:i+3] + path.Join(path.Dir(imagePath[i+3:]), ref)
 	}
 	return filepath.Join(filepath.Dir(imagePath), ref)
 }

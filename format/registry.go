@@ -22,6 +22,23 @@ type File interface {
 	Name() string
 }
 
+// RelativeFile is a File that opens the files its image names itself: an
+// object in a bucket or behind a URL resolves a backing file or extent
+// against its own location, never as a local path. The opener applies the
+// policy's other rules (Untrusted, NoBacking, no protocol names) first.
+type RelativeFile interface {
+	File
+	// OpenRelative opens ref, a name the image stores. Without
+	// allowOutside it stays in the file's own directory (bucket prefix).
+	OpenRelative(ref string, allowOutside bool) (ReadCloserFile, error)
+}
+
+// ReadCloserFile is a File its opener closes.
+type ReadCloserFile interface {
+	File
+	io.Closer
+}
+
 // Format describes one image format to the registry.
 type Format struct {
 	// Name is qemu's name for the format (raw, qcow2, vmdk, vpc, vhdx).
@@ -98,7 +115,8 @@ func Probe(f File) (*Format, error) {
 type Opener struct {
 	Policy
 	depth int
-	chain []string // real paths of the images opened so far in this chain
+	chain []string     // real paths of the images opened so far in this chain
+	self  RelativeFile // the file being opened, when it resolves names itself
 }
 
 // NewOpener returns an opener applying policy p.
@@ -116,18 +134,33 @@ func (o *Opener) open(path, formatName string) (Image, error) {
 			real = r
 		}
 	}
-	for _, p := range o.chain {
-		if p == real {
-			return nil, fmt.Errorf("%s: backing chain loops back to this file", path)
-		}
-	}
-	if o.depth > MaxChainDepth {
-		return nil, fmt.Errorf("%s: backing chain deeper than %d images", path, MaxChainDepth)
+	if err := o.checkChain(path, real); err != nil {
+		return nil, err
 	}
 	f, err := OpenFile(path)
 	if err != nil {
 		return nil, err
 	}
+	return o.openChild(f, path, real, formatName)
+}
+
+// checkChain refuses a file (real after resolving links) already in the
+// chain, and a chain too deep.
+func (o *Opener) checkChain(path, real string) error {
+	for _, p := range o.chain {
+		if p == real {
+			return fmt.Errorf("%s: backing chain loops back to this file", path)
+		}
+	}
+	if o.depth > MaxChainDepth {
+		return fmt.Errorf("%s: backing chain deeper than %d images", path, MaxChainDepth)
+	}
+	return nil
+}
+
+// openChild opens f, found as path (real after resolving links), as the
+// next image of the chain; it closes f on error.
+func (o *Opener) openChild(f ReadCloserFile, path, real, formatName string) (Image, error) {
 	child := &Opener{Policy: o.Policy, depth: o.depth + 1, chain: append(append([]string(nil), o.chain...), real)}
 	img, err := child.OpenImage(f, formatName)
 	if err != nil {
@@ -150,6 +183,9 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if rf, ok := f.(RelativeFile); ok {
+		o.self = rf
 	}
 	img, err := ft.Open(f, o)
 	if errors.Is(err, ErrWrongType) {
@@ -178,8 +214,24 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 
 // openBacking opens the image that the image at imagePath names as ref
 // (a backing file or differencing parent); formatName is the stored
-// backing format, "" to probe.
+// backing format, "" to probe. A file that resolves names itself (a
+// remote image) opens ref beside it.
 func (o *Opener) openBacking(imagePath, ref, formatName string) (Image, error) {
+	if o.self != nil {
+		f, err := o.openRelative(ref)
+		if err != nil {
+			return nil, fmt.Errorf("backing file: %w", err)
+		}
+		if err := o.checkChain(f.Name(), f.Name()); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("backing file: %w", err)
+		}
+		img, err := o.openChild(f, f.Name(), f.Name(), formatName)
+		if err != nil {
+			return nil, fmt.Errorf("backing file: %w", err)
+		}
+		return img, nil
+	}
 	path, err := o.Resolve(imagePath, ref)
 	if err != nil {
 		return nil, fmt.Errorf("backing file: %w", err)
@@ -193,12 +245,24 @@ func (o *Opener) openBacking(imagePath, ref, formatName string) (Image, error) {
 
 // OpenRelated opens a plain file (a VMDK extent) that the image at
 // imagePath names as ref.
-func (o *Opener) OpenRelated(imagePath, ref string) (*OSFile, error) {
+func (o *Opener) OpenRelated(imagePath, ref string) (ReadCloserFile, error) {
+	if o.self != nil {
+		return o.openRelative(ref)
+	}
 	path, err := o.Resolve(imagePath, ref)
 	if err != nil {
 		return nil, err
 	}
 	return OpenFile(path)
+}
+
+// openRelative opens ref through the file being opened, which resolves it
+// against its own location.
+func (o *Opener) openRelative(ref string) (ReadCloserFile, error) {
+	if err := o.checkRef(ref); err != nil {
+		return nil, err
+	}
+	return o.self.OpenRelative(ref, o.AllowOutside)
 }
 
 // OSFile is a File backed by an *os.File.

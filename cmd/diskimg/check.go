@@ -57,7 +57,7 @@ func runCheck(c *cli.Context) error {
 	w, ew := c.App.Writer, c.App.ErrWriter
 
 	var r *format.CheckResult
-	img, err := format.Open(path, c.String(formatFlag.Name), p)
+	img, err := openPolicy(c, path, c.String(formatFlag.Name), p)
 	if err != nil {
 		// A corruption that stops Open may still be what check reports.
 		if r = checkUnopenable(c, path, err); r == nil {
@@ -218,7 +218,7 @@ func checkUnopenable(c *cli.Context, path string, openErr error) *format.CheckRe
 	if !errors.As(openErr, &fe) {
 		return nil
 	}
-	f, err := format.OpenFile(path)
+	f, err := openFile(c, path)
 	if err != nil {
 		return nil
 	}

@@ -1,16 +1,22 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 	"github.com/diskimg/diskimg/inspect"
 	"github.com/diskimg/diskimg/limits"
 )
@@ -19,6 +25,8 @@ import (
 // convert to what the plan chose into OUTDIR (made when missing, and
 // removed again if the conversion fails), verify the output against the
 // source, and plan again on the output to prove the cloud will take it.
+// OUTDIR may be a bucket prefix (s3://bucket/prefix/): the output is then
+// uploaded as it is written and verified by reading it back.
 func runCloudConvert(c *cli.Context) (err error) {
 	if c.NArg() != 2 {
 		return fmt.Errorf("convert --cloud: expected SRC and OUTDIR, got %d arguments", c.NArg())
@@ -30,7 +38,11 @@ func runCloudConvert(c *cli.Context) (err error) {
 	if c.Bool("n") {
 		return errors.New("convert --cloud writes a new file in OUTDIR: -n does not apply")
 	}
-	if fi, err := os.Stat(outdir); err == nil && !fi.IsDir() || err != nil && !errors.Is(err, os.ErrNotExist) {
+	if remote.IsURL(outdir) {
+		if !strings.HasSuffix(outdir, "/") {
+			outdir += "/"
+		}
+	} else if fi, err := os.Stat(outdir); err == nil && !fi.IsDir() || err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("convert --cloud: %s is not a directory", outdir)
 	}
 	profile, err := limits.Lookup(c.String("cloud"))
@@ -52,6 +64,14 @@ func runCloudConvert(c *cli.Context) (err error) {
 	if d.Path == limits.Refused {
 		return &exitError{code: exitRefused, err: fmt.Errorf("%s refuses %s; nothing written", profile.Title, src)}
 	}
+	if d.Conversion == nil && remote.IsURL(outdir) {
+		dst := outdir + path.Base(filepath.ToSlash(src))
+		if err := uploadAsIs(c, src, dst); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "%s: uploaded as it is, verified; %s import to %s\n", dst, d.Path, profile.Title)
+		return nil
+	}
 	if d.Conversion == nil {
 		fmt.Fprintf(c.App.Writer, "%s goes to %s as it is (%s import); nothing to convert\n", src, profile.Title, d.Path)
 		return nil
@@ -62,7 +82,7 @@ func runCloudConvert(c *cli.Context) (err error) {
 	}
 	job := conversion{
 		src:    src,
-		dst:    filepath.Join(outdir, d.Conversion.Output),
+		dst:    joinOut(outdir, d.Conversion.Output),
 		format: d.Conversion.Format,
 		resize: d.Conversion.VirtualSize,
 		verify: true,
@@ -79,9 +99,11 @@ func runCloudConvert(c *cli.Context) (err error) {
 		}
 		job.opts.WriterOptions = opts
 	}
-	made, err := makeDir(outdir)
-	if err != nil {
-		return fmt.Errorf("convert --cloud: %w", err)
+	made := ""
+	if !remote.IsURL(outdir) {
+		if made, err = makeDir(outdir); err != nil {
+			return fmt.Errorf("convert --cloud: %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -114,6 +136,51 @@ func runCloudConvert(c *cli.Context) (err error) {
 		fmt.Fprintf(c.App.Writer, "then package it for upload:\n  %s\n", p)
 	}
 	return nil
+}
+
+// uploadAsIs copies the image file src byte for byte to the object dst,
+// then reads the object back as an image and compares it with src.
+func uploadAsIs(c *cli.Context, src, dst string) error {
+	img, err := openImage(c, src, c.String(formatFlag.Name), "")
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	f, err := openFile(c, src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out, err := convert.CreateOutput(dst, convert.OutputOptions{Force: c.Bool("force"), Sources: []string{src},
+		Remote: remoteOptions(c, ""), SizeHint: f.Size(), Context: ctx})
+	if err != nil {
+		return err
+	}
+	defer out.Abort()
+	if _, err := io.Copy(out.Target, io.NewSectionReader(f, 0, f.Size())); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("upload: interrupted; %s not written", dst)
+		}
+		return fmt.Errorf("upload: %w", err)
+	}
+	if err := out.Commit(); err != nil {
+		return err
+	}
+	if err := verifyUpload(c, ctx, img, dst, img.Info().Format); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s  %s\n", hex.EncodeToString(out.SHA256), dst)
+	return nil
+}
+
+// joinOut names the file name in outdir, a directory or a bucket prefix.
+func joinOut(outdir, name string) string {
+	if remote.IsURL(outdir) {
+		return outdir + name
+	}
+	return filepath.Join(outdir, name)
 }
 
 // makeDir creates dir and its missing parents, and returns the topmost
@@ -156,7 +223,7 @@ func planFile(c *cli.Context, path, fmtName string, p *limits.Profile, req limit
 		return limits.Decision{}, err
 	}
 	defer img.Close()
-	facts, err := imageFacts(path, img)
+	facts, err := imageFacts(c, path, img)
 	if err != nil {
 		return limits.Decision{}, err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 	"github.com/diskimg/diskimg/inspect"
 )
 
@@ -216,6 +217,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	}
 	oo := job.out
 	oo.Sources, oo.Size = convert.SourceFiles(job.src, img), in.Size()
+	oo.Remote, oo.SizeHint, oo.Context = remoteOptions(c, ""), outputBound(in, w, job.opts), ctx
 	out, err := convert.CreateOutput(job.dst, oo)
 	if err != nil {
 		return nil, err
@@ -232,7 +234,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	res, err := convert.Convert(ctx, in, w, out.Target, opts)
 	if err != nil {
 		err = fmt.Errorf("convert: %w", err)
-	} else if job.verify {
+	} else if job.verify && !out.Uploaded() {
 		err = verifyOutput(ctx, in, out.Path(), w.Name, oo.InPlace)
 	}
 	if bar != nil {
@@ -250,9 +252,19 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		return nil, interruptedOr(interrupted, what, err)
 	}
 	if err := out.Commit(); err != nil {
-		return nil, err
+		return nil, interruptedOr(interrupted, job.dst+" not written", err)
 	}
-	if opts.Checksum {
+	if out.Uploaded() {
+		// An object exists only once complete: verify it by reading it
+		// back by ranges, and remove it if it differs.
+		res.SHA256 = out.SHA256
+		if job.verify {
+			if err := verifyUpload(c, ctx, in, job.dst, w.Name); err != nil {
+				return nil, interruptedOr(interrupted, job.dst+" removed", err)
+			}
+		}
+	}
+	if opts.Checksum || out.Uploaded() {
 		report := c.App.Writer
 		if job.dst == convert.Stdout {
 			report = c.App.ErrWriter
@@ -295,6 +307,38 @@ func notifyInterrupt(parent context.Context) (context.Context, func() syscall.Si
 		cancel()
 	}
 	return ctx, func() syscall.Signal { return syscall.Signal(got.Load()) }, stop
+}
+
+// outputBound is an upper bound of the output's length, which sets an
+// upload's part size: qemu-img measure's required size with a margin, or
+// the virtual size and then some when the format cannot be measured.
+func outputBound(src format.Image, w *format.WriterFormat, opts convert.Options) int64 {
+	if m, err := convert.Measure(src, 0, w, opts); err == nil && m.Required > 0 {
+		return m.Required + m.Required/16 + 64<<20
+	}
+	return src.Size() + src.Size()/16 + 64<<20
+}
+
+// verifyUpload reads the uploaded object back by ranges and compares it
+// with the source; an object that differs is removed.
+func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, fmtName string) error {
+	out, err := openRemoteImage(c, name, fmtName, format.Policy{Untrusted: true}, "")
+	if err == nil {
+		defer out.Close()
+		var same bool
+		var off int64
+		same, off, err = convert.Compare(ctx, src, out)
+		if err == nil && !same {
+			err = fmt.Errorf("the object differs from the source at offset %d", off)
+		}
+	}
+	if err != nil {
+		if rerr := remote.Remove(context.Background(), name, remoteOptions(c, "")); rerr != nil {
+			return fmt.Errorf("verify: %w; removing %s: %v", err, name, rerr)
+		}
+		return fmt.Errorf("verify: %w; %s removed", err, name)
+	}
+	return nil
 }
 
 // verifyOutput re-reads what was written and compares it with the source;

@@ -12,6 +12,7 @@ import (
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/remote"
 )
 
 // Flags shared by every command that opens an image.
@@ -38,7 +39,7 @@ func readableFormats() []string {
 }
 
 func imageFlags() []cli.Flag {
-	return []cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag, forceShareFlag}
+	return append([]cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag, forceShareFlag}, remoteFlags()...)
 }
 
 func policyOf(c *cli.Context) format.Policy {
@@ -64,8 +65,12 @@ func openArg(c *cli.Context) (string, format.Image, error) {
 // standard input: a redirected file in place, a pipe spooled into an
 // unlinked file in spoolDir ("" for $TMPDIR). An image from a stream may
 // name no other file, whatever the policy flags say. With -T none or
-// directsync the image file is read with O_DIRECT.
+// directsync the image file is read with O_DIRECT. A URL is read by
+// range requests (openRemoteImage).
 func openImage(c *cli.Context, path, fmtName, spoolDir string) (format.Image, error) {
+	if remote.IsURL(path) {
+		return openRemoteImage(c, path, fmtName, policyOf(c), spoolDir)
+	}
 	cache, err := sourceCache(c)
 	if err != nil {
 		return nil, err
@@ -131,10 +136,11 @@ func hasFlag(c *cli.Context, name string) bool {
 	return false
 }
 
-// spoolDirFor is where standard input is spooled for a conversion: next
-// to the output, so the copy lands on the disk that has room for it.
+// spoolDirFor is where standard input (or a source whose server sends no
+// ranges) is spooled for a conversion: next to the output, so the copy
+// lands on the disk that has room for it.
 func spoolDirFor(dst string) string {
-	if dst == convert.Stdout {
+	if dst == convert.Stdout || remote.IsURL(dst) {
 		return ""
 	}
 	return filepath.Dir(dst)

@@ -112,7 +112,7 @@ func runPlan(c *cli.Context) error {
 }
 
 // imageFacts gathers what limits needs from the image's info.
-func imageFacts(path string, img format.Image) (limits.Image, error) {
+func imageFacts(c *cli.Context, path string, img format.Image) (limits.Image, error) {
 	rep, err := format.NewReport(path, img)
 	if err != nil {
 		return limits.Image{}, err
@@ -121,13 +121,8 @@ func imageFacts(path string, img format.Image) (limits.Image, error) {
 	var fileSize int64
 	if path == convert.Stdin && stdinImage != nil {
 		fileSize = stdinImage.Size()
-	} else {
-		f, err := format.OpenFile(path)
-		if err != nil {
-			return limits.Image{}, err
-		}
-		fileSize = f.Size()
-		f.Close()
+	} else if fileSize, err = sizeOf(c, path); err != nil {
+		return limits.Image{}, err
 	}
 	return limits.Image{
 		Filename:      path,
