@@ -33,8 +33,8 @@ func (f *StdinFile) Name() string { return "" }
 // OpenStdin makes r (standard input) readable at any offset, so any
 // image format can be read from it. A regular file (a shell redirect) is
 // used in place. Anything else is copied into a temporary file in dir
-// ("" for the system temp dir) that is unlinked at once, so it leaves
-// nothing behind however the process ends: the image formats keep their
+// ("" for the system temp dir) that has no name (see openAnonymous), so
+// it leaves nothing behind however the process ends: the image formats keep their
 // tables anywhere in the file (a streamOptimized VMDK at its end), and a
 // writer needs the source's map before its first byte. Zero blocks become
 // holes, so the copy takes the disk space of the input's data; memory is
@@ -47,13 +47,9 @@ func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) 
 			return &StdinFile{File: r, size: size}, nil
 		}
 	}
-	f, err := os.CreateTemp(dir, ".diskimg-stdin-")
+	f, err := openAnonymous(dir, "stdin")
 	if err != nil {
-		return nil, fmt.Errorf("standard input: %w", err)
-	}
-	if err := os.Remove(f.Name()); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("standard input: %w", err)
+		return nil, fmt.Errorf("standard input: spooling into %s: %w", dirOrTemp(dir), err)
 	}
 	size, err := spool(ctx, f, r)
 	if err != nil {
@@ -97,4 +93,11 @@ func spool(ctx context.Context, f *os.File, r io.Reader) (int64, error) {
 		}
 	}
 	return off, f.Truncate(off)
+}
+
+func dirOrTemp(dir string) string {
+	if dir == "" {
+		return os.TempDir()
+	}
+	return dir
 }
