@@ -140,6 +140,9 @@ func (o *Opener) open(path, formatName string) (Image, error) {
 // OpenImage opens an already open file as an image; formatName forces a
 // format, "" probes. The image owns f on success.
 func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
+	if err := readable(f); err != nil {
+		return nil, err
+	}
 	var ft *Format
 	var err error
 	if formatName != "" {
