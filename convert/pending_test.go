@@ -1,7 +1,9 @@
 package convert
 
 import (
+	"bufio"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -164,5 +166,47 @@ func TestOutputMessagesNameThePath(t *testing.T) {
 		if got := dirNames(t, dir); !slices.Equal(got, []string{"x.img"}) {
 			t.Errorf("directory %v", got)
 		}
+	}
+}
+
+// TestKilledNamedTempRemoved: a writer SIGKILLed on a filesystem without
+// O_TMPFILE leaves its hidden name; the next run into the directory
+// removes it.
+func TestKilledNamedTempRemoved(t *testing.T) {
+	if dir := os.Getenv("DISKIMG_TEST_KILLED_WRITER"); dir != "" {
+		// The child: write, say so, and wait to be killed.
+		noTmpfile = true
+		out, err := CreateOutput(filepath.Join(dir, "x.img"), OutputOptions{})
+		if err != nil {
+			os.Exit(1)
+		}
+		out.Target.Write([]byte("partial"))
+		os.Stdout.WriteString("ready\n")
+		select {}
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKilledNamedTempRemoved$")
+	cmd.Env = append(os.Environ(), "DISKIMG_TEST_KILLED_WRITER="+dir)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	cmd.Process.Kill()
+	cmd.Wait()
+	if line != "ready\n" {
+		t.Fatalf("child said %q", line)
+	}
+	left := dirNames(t, dir)
+	if len(left) != 1 || !staleName.MatchString(left[0]) {
+		t.Fatalf("after the kill: %v, want one temporary file", left)
+	}
+	out, err := CreateOutput(filepath.Join(dir, "y.img"), OutputOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Abort()
+	if got := dirNames(t, dir); len(got) != 0 {
+		t.Errorf("the next run left %v", got)
 	}
 }
