@@ -541,12 +541,8 @@ func (c *countingTarget) Name() string {
 		return ""
 	}
 	name := n.Name()
-	// Not a path: "pipe:[123]", "socket:[45]", a device.
-	if name == "" || strings.Contains(name, ":[") || strings.HasPrefix(name, "/dev/") {
+	if !filepath.IsAbs(name) || strings.HasPrefix(name, "/dev/") {
 		return ""
-	}
-	if abs, err := filepath.Abs(name); err == nil {
-		name = abs
 	}
 	return name
 }

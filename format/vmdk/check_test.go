@@ -112,12 +112,21 @@ func TestCheckCorrupt(t *testing.T) {
 	gd := int(le.Uint64(data[56:])) * 512
 	gt := int(le.Uint32(data[gd:])) * 512
 	eofSector := uint32(len(data)/512 + 100)
+	// The redundant copies are patched alike: a mismatch between the two
+	// is a finding of its own (TestCheckRedundant).
+	rgd := int(le.Uint64(data[48:])) * 512
+	rgt := int(le.Uint32(data[rgd:])) * 512
+	mirror := func(d []byte) []byte {
+		copy(d[rgd:rgd+4], d[gd:gd+4])
+		copy(d[rgt:rgt+2048], d[gt:gt+2048])
+		return d
+	}
 
 	t.Run("grain-past-eof", func(t *testing.T) {
 		p := formattest.Patched(t, dir, "grain.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gt+4:], eofSector)
 			le.PutUint32(d[gt+12:], eofSector+128)
-			return d
+			return mirror(d)
 		})
 		// qemu-img stops at the first such grain and fails the check
 		// (exit 1); so does diskimg.
@@ -137,7 +146,7 @@ func TestCheckCorrupt(t *testing.T) {
 	t.Run("grain-across-eof", func(t *testing.T) {
 		p := formattest.Patched(t, dir, "across.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gt+8:], uint32(len(d)/512-1))
-			return d
+			return mirror(d)
 		})
 		// qemu only asks where a grain starts: clean for qemu-img, and
 		// for diskimg too, with a warning.
@@ -153,7 +162,7 @@ func TestCheckCorrupt(t *testing.T) {
 	t.Run("table-past-eof", func(t *testing.T) {
 		p := formattest.Patched(t, dir, "table.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gd:], eofSector)
-			return d
+			return mirror(d)
 		})
 		// qemu reads a grain table past the end of the file as zeros and
 		// calls the image clean; diskimg agrees and warns.
@@ -169,7 +178,7 @@ func TestCheckCorrupt(t *testing.T) {
 	t.Run("duplicate-grain", func(t *testing.T) {
 		p := formattest.Patched(t, dir, "dup.vmdk", data, func(d []byte) []byte {
 			le.PutUint32(d[gt+4:], le.Uint32(d[gt:]))
-			return d
+			return mirror(d)
 		})
 		// Neither qemu-img nor diskimg looks for grains used twice.
 		compareCheck(t, p)
@@ -208,4 +217,51 @@ func TestCheckEmptyHuge(t *testing.T) {
 		t.Errorf("exit %d, %+v", rc, r)
 	}
 	compareCheck(t, p)
+}
+
+// TestCheckRedundant: the redundant grain directory and tables must match
+// the primary ones (a warning, which keeps qemu's verdict), and a
+// redundant directory past the end of the file is a check error, as qemu
+// cannot open such a file.
+func TestCheckRedundant(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	base := formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense)
+	data, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	rgd := int(le.Uint64(data[48:])) * 512
+	rgt := int(le.Uint32(data[rgd:])) * 512
+	p := formattest.Patched(t, dir, "rgt.vmdk", data, func(d []byte) []byte {
+		d[rgt+4] ^= 1
+		return d
+	})
+	rc, _, r := ourCheck(t, p)
+	if rc != 0 || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "redundant grain table 0") {
+		t.Errorf("redundant table differs: exit %d, %+v", rc, r)
+	}
+	// Past the end of the file qemu reads zeros: clean, with a warning.
+	p = formattest.Patched(t, dir, "rgd.vmdk", data, func(d []byte) []byte {
+		le.PutUint64(d[48:], uint64(len(d)/512+10))
+		return d
+	})
+	if qrc, _, _ := qemuCheck(t, p); qrc != 0 {
+		t.Errorf("qemu-img check on a redundant directory past the end: exit %d, want 0", qrc)
+	}
+	if rc, _, r := ourCheck(t, p); rc != 0 || len(r.Warnings) != 1 {
+		t.Errorf("redundant directory past the end: exit %d, %+v", rc, r)
+	}
+	// At 2^63 bytes (a negative offset to qemu) it cannot open the file.
+	p = formattest.Patched(t, dir, "rgd-huge.vmdk", data, func(d []byte) []byte {
+		le.PutUint64(d[48:], 1<<54)
+		return d
+	})
+	if qrc, _, _ := qemuCheck(t, p); qrc != 1 {
+		t.Errorf("qemu-img check on a redundant directory at 2^63: exit %d, want 1", qrc)
+	}
+	if rc, _, r := ourCheck(t, p); rc != 1 || r.CheckErrors != 1 {
+		t.Errorf("redundant directory at 2^63: exit %d, %+v", rc, r)
+	}
 }
