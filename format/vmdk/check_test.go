@@ -101,13 +101,7 @@ func TestCheckClean(t *testing.T) {
 // TestCheckCorrupt patches grain directory and grain table entries of a
 // qemu-made monolithicSparse image.
 func TestCheckCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense)
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, data := denseBase(t)
 	le := binary.LittleEndian
 	gd := int(le.Uint64(data[56:])) * 512
 	gt := int(le.Uint32(data[gd:])) * 512
@@ -224,13 +218,7 @@ func TestCheckEmptyHuge(t *testing.T) {
 // redundant directory past the end of the file is a check error, as qemu
 // cannot open such a file.
 func TestCheckRedundant(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	base := formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense)
-	data, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, data := denseBase(t)
 	le := binary.LittleEndian
 	rgd := int(le.Uint64(data[48:])) * 512
 	rgt := int(le.Uint32(data[rgd:])) * 512
@@ -264,4 +252,17 @@ func TestCheckRedundant(t *testing.T) {
 	if rc, _, r := ourCheck(t, p); rc != 1 || r.CheckErrors != 1 {
 		t.Errorf("redundant directory at 2^63: exit %d, %+v", rc, r)
 	}
+}
+
+// denseBase makes a qemu-made 3 MiB monolithicSparse image full of data
+// in a temporary directory and returns the directory and its bytes.
+func denseBase(t *testing.T) (string, []byte) {
+	t.Helper()
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	data, err := os.ReadFile(formattest.Generate(t, dir, "base", "vmdk", 3<<20, formattest.Dense))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, data
 }
