@@ -393,7 +393,7 @@ func (e *engine) process(j *job) error {
 			if err == nil || errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return fmt.Errorf("reading source at offset %d: %w", j.start+int64(n), err)
+			return sourceError(j.start+int64(n), err)
 		}
 	}
 	j.blocks = j.blocks[:0]
@@ -429,6 +429,18 @@ func (e *engine) process(j *job) error {
 		}
 	}
 	return nil
+}
+
+// sourceError describes a failed read of the source at guest offset off:
+// "input/output error at offset N" for a plain read error, or the
+// driver's own error (which names the structure and its file offset).
+func sourceError(off int64, err error) error {
+	var re *format.ReadError
+	var fe *format.FormatError
+	if errors.As(err, &re) || errors.As(err, &fe) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("reading source at offset %d: %w", off, err)
+	}
+	return fmt.Errorf("reading source: %w", &format.ReadError{Offset: off, Err: err})
 }
 
 // consume writes the jobs in order as they complete.

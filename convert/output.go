@@ -2,8 +2,6 @@ package convert
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/remote"
@@ -49,11 +49,10 @@ type OutputOptions struct {
 	Context  context.Context
 }
 
-// Output is a destination being written. A file is written to a temporary
-// name in the destination's directory and appears under its own name only
-// on Commit; Abort (or a crash) leaves nothing under the final name. An
-// object (s3://bucket/key) is a multipart upload that Commit completes and
-// Abort aborts.
+// Output is a destination being written. A new file has no name until
+// Commit gives it its own (see pending.go); Abort, or a crash, leaves the
+// directory as it was. An object (s3://bucket/key) is a multipart upload
+// that Commit completes and Abort aborts.
 //
 // Usage:
 //
@@ -66,9 +65,9 @@ type Output struct {
 	// a non-seekable writer for standard output.
 	Target  format.Target
 	f       *os.File
-	fo      *fileOut // f with O_DIRECT or in place; nil otherwise
-	final   string   // where the file goes on Commit
-	tmp     string   // its temporary name; "" for standard output and in place
+	fo      *fileOut     // f with O_DIRECT or in place; nil otherwise
+	final   string       // where the file goes on Commit
+	pf      *pendingFile // the new file; nil for standard output and in place
 	force   bool
 	mode    os.FileMode // mode of the file replaced, 0 for none
 	noFlush bool        // -t unsafe: no fsync
@@ -165,30 +164,17 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 		return nil, statErr
 	}
 	out.final = final
-	dir, base := filepath.Split(final)
-	if dir == "" {
-		dir = "."
+	pf, err := createPending(final, path, syncFlag(o.Cache))
+	if err != nil {
+		return nil, err
 	}
-	for range 100 {
-		var rnd [6]byte
-		rand.Read(rnd[:])
-		tmp := filepath.Join(dir, "."+base+".diskimg-"+hex.EncodeToString(rnd[:]))
-		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syncFlag(o.Cache), 0o666)
-		if errors.Is(err, os.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("creating output: %w", err)
-		}
-		out.f, out.tmp, out.Target = f, tmp, f
-		if o.Cache.Direct {
-			out.fo = &fileOut{f: f}
-			out.fo.direct, _ = openDirect(tmp, os.O_WRONLY|syncFlag(o.Cache)) // refused: the page cache
-			out.Target = out.fo
-		}
-		return out, nil
+	out.pf, out.f, out.Target = pf, pf.f, pf.f
+	if o.Cache.Direct {
+		out.fo = &fileOut{f: pf.f}
+		out.fo.direct, _ = openDirect(pf.path(), os.O_WRONLY|syncFlag(o.Cache)) // refused: the page cache
+		out.Target = out.fo
 	}
-	return nil, fmt.Errorf("creating output in %s: no free temporary name", dir)
+	return out, nil
 }
 
 // syncFile flushes a finished output; tests count the calls.
@@ -255,8 +241,8 @@ func notSource(stat func() (os.FileInfo, error), name string, sources []string) 
 }
 
 // Commit makes the output durable and visible under its name: fsync, then
-// rename (or, without Force, a link that fails if the name was taken
-// meanwhile), then fsync of the directory.
+// the name (without Force a link that fails if the name was taken
+// meanwhile; with Force a rename over it), then fsync of the directory.
 func (o *Output) Commit() error {
 	if o.done {
 		return errors.New("output already committed or aborted")
@@ -282,42 +268,17 @@ func (o *Output) Commit() error {
 	}
 	if !o.noFlush {
 		if err := syncFile(o.f); err != nil {
-			return fail(fmt.Errorf("syncing output: %w", err))
+			return fail(fmt.Errorf("syncing output %s: %w", o.shown(), errnoOf(err)))
 		}
 	}
-	if err := o.closeFile(); err != nil {
-		return fail(fmt.Errorf("closing output: %w", err))
-	}
-	if o.inPlace {
-		o.done = true
-		return nil
-	}
-	if o.force {
-		if err := os.Rename(o.tmp, o.final); err != nil {
+	if o.pf != nil {
+		if err := o.pf.commit(o.force, o.noFlush); err != nil {
 			return fail(err)
-		}
-	} else {
-		err := os.Link(o.tmp, o.final)
-		switch {
-		case errors.Is(err, os.ErrExist):
-			return fail(fmt.Errorf("%s was created by someone else during the conversion; output discarded", o.final))
-		case err != nil:
-			// Filesystems without hard links: check, then rename.
-			if _, lerr := os.Lstat(o.final); lerr == nil {
-				return fail(fmt.Errorf("%s already exists (use --force to overwrite it)", o.final))
-			}
-			if err := os.Rename(o.tmp, o.final); err != nil {
-				return fail(err)
-			}
-		default:
-			if err := os.Remove(o.tmp); err != nil {
-				return fail(err)
-			}
 		}
 	}
 	o.done = true
-	if !o.noFlush {
-		syncDir(filepath.Dir(o.final))
+	if err := o.closeFile(); err != nil {
+		return fmt.Errorf("closing output %s: %w", o.shown(), errnoOf(err))
 	}
 	return nil
 }
@@ -344,10 +305,8 @@ func (o *Output) Abort() error {
 	if o.f != nil {
 		o.closeFile()
 	}
-	if o.tmp != "" {
-		if err := os.Remove(o.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
+	if o.pf != nil {
+		return o.pf.discard()
 	}
 	return nil
 }
@@ -355,24 +314,52 @@ func (o *Output) Abort() error {
 // Uploaded reports whether the output is an object in a bucket.
 func (o *Output) Uploaded() bool { return o.up != nil }
 
-// TempName returns the temporary file's name ("" for standard output, in
-// place and for an object), for messages and tests.
-func (o *Output) TempName() string { return o.tmp }
-
-// Path returns the file being written: the temporary file, or the target
-// itself in place; "" for standard output.
-func (o *Output) Path() string {
-	if o.inPlace {
-		return o.final
+// ReadBack opens the output for reading before Commit (for --verify),
+// named as the user named it; nil for standard output.
+func (o *Output) ReadBack() (format.File, error) {
+	var path string
+	switch {
+	case o.inPlace:
+		path = o.final
+	case o.pf != nil:
+		path = o.pf.path()
+	default:
+		return nil, errors.New("the output cannot be read back")
 	}
-	return o.tmp
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("reading back %s: %w", o.shown(), err)
+	}
+	f := os.NewFile(uintptr(fd), o.shown())
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading back %s: %w", o.shown(), errnoOf(err))
+	}
+	return &readBack{File: f, size: size}, nil
+}
+
+// readBack is an output reopened for reading.
+type readBack struct {
+	*os.File
+	size int64
+}
+
+func (r *readBack) Size() int64 { return r.size }
+
+// shown is the output's path as the user gave it.
+func (o *Output) shown() string {
+	if o.pf != nil {
+		return o.pf.shown
+	}
+	return o.final
 }
 
 // Name returns the output's final file name, for a writer that records it
 // (format.WriteOptions.Name): the path, or the file standard output is
 // redirected to; "" for a pipe.
 func (o *Output) Name() string {
-	if o.tmp != "" || o.inPlace {
+	if o.pf != nil || o.inPlace {
 		return o.final
 	}
 	return redirectedTo(os.Stdout)

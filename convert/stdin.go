@@ -28,8 +28,8 @@ func (f *StdinFile) Name() string { return "" }
 // OpenStdin makes r (standard input) readable at any offset, so any
 // image format can be read from it. A regular file (a shell redirect) is
 // used in place. Anything else is copied into a temporary file in dir
-// ("" for the system temp dir) that is unlinked at once, so it leaves
-// nothing behind however the process ends: the image formats keep their
+// ("" for the system temp dir) that has no name (see openAnonymous), so
+// it leaves nothing behind however the process ends: the image formats keep their
 // tables anywhere in the file (a streamOptimized VMDK at its end), and a
 // writer needs the source's map before its first byte. Zero blocks become
 // holes, so the copy takes the disk space of the input's data; memory is
@@ -42,8 +42,13 @@ func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) 
 			return &StdinFile{File: r, size: size}, nil
 		}
 	}
-	f, size, err := format.SpoolTemp(ctx, dir, r)
+	f, err := openAnonymous(dir, "stdin")
 	if err != nil {
+		return nil, fmt.Errorf("standard input: spooling into %s: %w", dirOrTemp(dir), err)
+	}
+	size, err := format.Spool(ctx, f, r)
+	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("standard input: %w", err)
 	}
 	return &StdinFile{File: f, size: size}, nil
@@ -52,3 +57,10 @@ func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) 
 // stdinPath names the file open as standard input, for comparing it with
 // the output.
 func stdinPath() string { return fmt.Sprintf("/proc/self/fd/%d", os.Stdin.Fd()) }
+
+func dirOrTemp(dir string) string {
+	if dir == "" {
+		return os.TempDir()
+	}
+	return dir
+}

@@ -174,6 +174,9 @@ func (o *Opener) openChild(f ReadCloserFile, path, real, formatName string) (Ima
 // format, "" probes. The image owns f on success. An image that names a
 // backing file comes with it (see Layer), opened under the policy.
 func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
+	if err := readable(f); err != nil {
+		return nil, err
+	}
 	var ft *Format
 	var err error
 	if formatName != "" {

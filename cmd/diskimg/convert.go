@@ -47,7 +47,7 @@ func convertCommand() *cli.Command {
 			&cli.BoolFlag{Name: "W", Usage: "accepted for qemu-img's scripts: the output is always written in order"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite DST if it exists"},
 			&cli.StringFlag{Name: "checksum", Usage: "print the `ALGO` (sha256) digest of the written file"},
-			&cli.BoolFlag{Name: "verify", Usage: "re-read the output and compare it with the source"},
+			&cli.BoolFlag{Name: "verify", Usage: "before the output gets its name, re-read it: its guest contents must equal the source's (qemu-img compare) and its structure must pass diskimg check with no corruption, leak, check error or warning (qemu-img check's refcounts and leaks for qcow2, both grain directories for vmdk, footer copy and BAT for vpc, headers, log, region tables, BAT and metadata for vhdx); a failed output is removed, and -n reports it and exits non-zero"},
 			&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
 			sparsifyFlag(),
 		),
@@ -235,7 +235,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	if err != nil {
 		err = fmt.Errorf("convert: %w", err)
 	} else if job.verify && !out.Uploaded() {
-		err = verifyOutput(ctx, in, out.Path(), w.Name, oo.InPlace)
+		err = verifyOutput(ctx, in, out, w.Name, oo.InPlace)
 	}
 	if bar != nil {
 		if err == nil {
@@ -341,26 +341,16 @@ func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, f
 	return nil
 }
 
-// verifyOutput re-reads what was written and compares it with the source;
-// in place (-n), only the part of the target the image was written to.
-func verifyOutput(ctx context.Context, src format.Image, path, fmtName string, inPlace bool) error {
-	out, err := format.Open(path, fmtName, format.Policy{Untrusted: true})
+// verifyOutput re-reads what was written before it gets its name: it must
+// read as the source and pass the format's structural check (see
+// convert.Verify); in place (-n), only the part of the target the image
+// was written to is compared.
+func verifyOutput(ctx context.Context, src format.Image, out *convert.Output, fmtName string, inPlace bool) error {
+	f, err := out.ReadBack()
 	if err != nil {
-		return fmt.Errorf("verify: reopening the output: %w", err)
-	}
-	defer out.Close()
-	var view format.Image = out
-	if inPlace {
-		view = convert.Head(out, src.Size())
-	}
-	same, off, err := convert.Compare(ctx, src, view)
-	switch {
-	case err != nil:
 		return fmt.Errorf("verify: %w", err)
-	case !same:
-		return fmt.Errorf("verify: output differs from the source at offset %d", off)
 	}
-	return nil
+	return convert.Verify(ctx, src, f, fmtName, inPlace)
 }
 
 func newBar(total int64, name string, c *cli.Context) *progressbar.ProgressBar {

@@ -24,6 +24,7 @@ const (
 	reftOffsetMask   = 0xfffffffffffffe00 // refcount table entry: refcount block offset
 	reftReservedMask = 0x1ff
 	l2StdReserved    = 0x3f000000000001fe // reserved bits of a standard cluster descriptor
+	l1Reserved       = 0x7f000000000001ff // reserved bits of an L1 entry
 	l2AllAlloc       = 0xffffffff         // allocation half of a subcluster bitmap
 
 	maxSnapshots      = 65536 // qemu's QCOW_MAX_SNAPSHOTS
@@ -245,12 +246,21 @@ func (c *checker) calculate(h []byte, headerLen int64, autoclear uint64) error {
 		c.reft[i] = be.Uint64(raw[8*i:])
 	}
 
-	// Encryption header and bitmaps, named by header extensions.
+	// Encryption header and bitmaps, named by header extensions, which
+	// end where the backing file name starts, else with the cluster.
 	extEndOff := c.cs
-	if bo := be.Uint64(h[offBackingFileOffset:]); bo != 0 && bo < uint64(extEndOff) {
+	if bo := be.Uint64(h[offBackingFileOffset:]); bo > uint64(c.cs) {
+		// qemu refuses to open the image.
+		c.checkError("backing_file_offset %#x: Invalid backing file offset (past the first cluster)", bo)
+		return nil
+	} else if bo != 0 {
 		extEndOff = int64(bo)
+		if n := int64(be.Uint32(h[offBackingFileSize:])); n > min(1023, c.cs-extEndOff) {
+			c.checkError("backing_file_size %d: Backing file name too long", n)
+			return nil
+		}
 	}
-	if err := c.extensions(headerLen, min(extEndOff, c.fileSize), autoclear); err != nil {
+	if err := c.extensions(headerLen, extEndOff, autoclear); err != nil {
 		return err
 	}
 	return c.refblocks()
@@ -297,6 +307,9 @@ func (c *checker) walkL1(off, n int64, active bool) error {
 	}
 	be := binary.BigEndian
 	for i := 0; i+8 <= len(raw); i += 8 {
+		if e := be.Uint64(raw[i:]); e&l1Reserved != 0 {
+			c.corrupt(1, "found L1 entry with reserved bits set: %x (L1 entry at file offset %d)", e, off+int64(i))
+		}
 		l2 := int64(be.Uint64(raw[i:]) & offsetMask)
 		if l2 == 0 {
 			continue
@@ -323,6 +336,11 @@ func (c *checker) walkL1(off, n int64, active bool) error {
 // snapshots walks the snapshot table and each snapshot's L1 table; it
 // returns the table's size in bytes.
 func (c *checker) snapshots(n, off int64) (int64, error) {
+	// qemu validates the table's place even when it is empty.
+	if off&(c.cs-1) != 0 || off < 0 {
+		c.checkError("snapshot table offset invalid: %#x is not cluster aligned", off)
+		return 0, nil
+	}
 	if n == 0 {
 		return 0, nil
 	}
@@ -384,6 +402,9 @@ func (c *checker) repeatL1(off, n int64) {
 	raw, _ := c.readNoBudget(off, n*8)
 	be := binary.BigEndian
 	for i := 0; i+8 <= len(raw); i += 8 {
+		if e := be.Uint64(raw[i:]); e&l1Reserved != 0 {
+			c.corrupt(1, "found L1 entry with reserved bits set: %x (L1 entry at file offset %d)", e, off+int64(i))
+		}
 		l2 := int64(be.Uint64(raw[i:]) & offsetMask)
 		if l2 == 0 {
 			continue
@@ -542,21 +563,28 @@ func (c *checker) extensions(start, end int64, autoclear uint64) error {
 	if end <= start {
 		return nil
 	}
-	area, err := c.read(start, end-start, "header extensions")
+	// Past the end of the file the area reads as zeros, as in qemu.
+	area, err := c.read(start, max(min(end, c.fileSize)-start, 0), "header extensions")
 	if err != nil {
 		return err
 	}
+	area = append(area, make([]byte, end-start-int64(len(area)))...)
 	be := binary.BigEndian
-	for pos := int64(0); pos+extHeaderLen <= int64(len(area)); {
+	for pos := int64(0); pos < int64(len(area)); {
+		if pos+extHeaderLen > int64(len(area)) {
+			c.checkError("header extension at file offset %d: Header extension too large (its header overruns the extension area)", start+pos)
+			return nil
+		}
 		typ := be.Uint32(area[pos:])
 		length := int64(be.Uint32(area[pos+4:]))
+		pos += extHeaderLen
+		// qemu checks the length first, the end marker's too.
+		if length > int64(len(area))-pos {
+			c.checkError("header extension %#x at file offset %d: Header extension too large (it overruns the extension area)", typ, start+pos-4)
+			return nil
+		}
 		if typ == extEnd {
 			break
-		}
-		pos += extHeaderLen
-		if length > int64(len(area))-pos {
-			c.checkError("header extension %#x at file offset %d overruns the extension area", typ, start+pos-4)
-			return nil
 		}
 		data := area[pos : pos+length]
 		switch typ {

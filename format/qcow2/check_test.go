@@ -310,6 +310,11 @@ func TestCheckDamaged(t *testing.T) {
 			l.data[79] |= 1
 			return l.data
 		}},
+		{"l1-reserved-bits", 2, func(l *layout) []byte {
+			l1 := int64(be.Uint64(l.data[40:]))
+			be.PutUint64(l.data[l1:], be.Uint64(l.data[l1:])|1<<57)
+			return l.data
+		}},
 		{"refblock-outside", 2, func(l *layout) []byte {
 			reft := int64(be.Uint64(l.data[48:]))
 			be.PutUint64(l.data[reft+8:], 1<<40)
@@ -457,4 +462,62 @@ func BenchmarkCheckEmpty1TiB(b *testing.B) {
 			b.Fatalf("%v %+v", err, r)
 		}
 	}
+}
+
+// TestCheckUnopenable: header fields that make qemu refuse to open the
+// image (exit 1) are check errors for diskimg too, though its reader
+// opens the image.
+func TestCheckUnopenable(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	formattest.Create(t, base, "qcow2", "4M", "-o", "cluster_size=4k")
+	be := binary.BigEndian
+	for _, c := range []struct {
+		name, qemu string
+		patch      func(d []byte)
+	}{
+		{"backing-offset", "Invalid backing file offset", func(d []byte) { be.PutUint64(d[8:], 1<<20) }},
+		{"snapshot-offset", "snapshot table offset invalid", func(d []byte) { be.PutUint64(d[64:], 4096+8) }},
+		{"end-marker-length", "Header extension too large", func(d []byte) {
+			// The end marker of the extensions, with a length past the cluster.
+			for pos := int(be.Uint32(d[100:])); pos+8 <= 4096; pos += 8 + int(be.Uint32(d[pos+4:])+7)&^7 {
+				if be.Uint32(d[pos:]) == 0 {
+					be.PutUint32(d[pos+4:], 1<<16)
+					return
+				}
+			}
+			t.Fatal("no end marker")
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			data, err := os.ReadFile(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := formattest.Patched(t, dir, c.name+".qcow2", data, func(d []byte) []byte {
+				c.patch(d)
+				return d
+			})
+			out, err := exec.Command("qemu-img", "check", "-f", "qcow2", p).CombinedOutput()
+			if code := exitCodeOf(err); code != 1 || !strings.Contains(string(out), c.qemu) {
+				t.Errorf("qemu-img check: exit %d, %s", code, out)
+			}
+			_, r := ourCheck(t, p)
+			if r.CheckErrors == 0 || !strings.Contains(strings.Join(r.Problems, "\n"), c.qemu) {
+				t.Errorf("ours: %+v, want a check error saying %q", r, c.qemu)
+			}
+		})
+	}
+}
+
+func exitCodeOf(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }
