@@ -39,10 +39,11 @@ const MaxPayload = 4 << 20
 
 func init() {
 	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD) },
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+		Name:      Name,
+		Priority:  Priority,
+		Probe:     func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD) },
+		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+		CheckFile: CheckFile,
 	})
 }
 
@@ -86,31 +87,9 @@ type Specific struct {
 
 // Open opens f as a ZVHD image and reads its record headers.
 func Open(f format.File) (*Image, error) {
-	if !vhdspec.HasCookie(f, vhdspec.CookieZVHD) {
-		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, vhdspec.CookieZVHD, format.ErrWrongType)
-	}
-	hb := make([]byte, vhdspec.DescriptorSize)
-	if err := format.ReadFull(f, hb, 0, Name, "descriptor"); err != nil {
+	d, trailerOff, err := readDescriptors(f)
+	if err != nil {
 		return nil, err
-	}
-	if got, want := vhdspec.StoredChecksum(hb), vhdspec.DescriptorChecksum(hb); got != want {
-		return nil, format.Errorf(Name, "checksum", 64, "%#08x, computed %#08x", got, want)
-	}
-	fileSize := f.Size()
-	if fileSize%vhdspec.SlotSize != 0 || fileSize < 2*vhdspec.SlotSize {
-		return nil, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header and trailer", fileSize)
-	}
-	d := vhdspec.DecodeDescriptor(hb)
-	if err := vhdspec.CheckSizes(Name, d, 0); err != nil {
-		return nil, err
-	}
-	trailerOff := fileSize - vhdspec.SlotSize
-	tb := make([]byte, vhdspec.DescriptorSize)
-	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer"); err != nil {
-		return nil, err
-	}
-	if string(tb) != string(hb) {
-		return nil, format.Errorf(Name, "trailer", trailerOff, "the last slot is not a copy of the header descriptor")
 	}
 	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, cached: -1}
 	if err := img.scan(trailerOff); err != nil {
@@ -119,39 +98,83 @@ func Open(f format.File) (*Image, error) {
 	return img, nil
 }
 
+// readDescriptors reads the descriptor of f, checks it and its copy in the
+// last slot, and returns it with the copy's offset.
+func readDescriptors(f format.File) (*vhdspec.Descriptor, int64, error) {
+	if !vhdspec.HasCookie(f, vhdspec.CookieZVHD) {
+		return nil, 0, fmt.Errorf("%s: no %q cookie: %w", Name, vhdspec.CookieZVHD, format.ErrWrongType)
+	}
+	hb := make([]byte, vhdspec.DescriptorSize)
+	if err := format.ReadFull(f, hb, 0, Name, "descriptor"); err != nil {
+		return nil, 0, err
+	}
+	if got, want := vhdspec.StoredChecksum(hb), vhdspec.DescriptorChecksum(hb); got != want {
+		return nil, 0, format.Errorf(Name, "checksum", 64, "%#08x, computed %#08x", got, want)
+	}
+	fileSize := f.Size()
+	if fileSize%vhdspec.SlotSize != 0 || fileSize < 2*vhdspec.SlotSize {
+		return nil, 0, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header and trailer", fileSize)
+	}
+	d := vhdspec.DecodeDescriptor(hb)
+	if err := vhdspec.CheckSizes(Name, d, 0); err != nil {
+		return nil, 0, err
+	}
+	trailerOff := fileSize - vhdspec.SlotSize
+	tb := make([]byte, vhdspec.DescriptorSize)
+	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer"); err != nil {
+		return nil, 0, err
+	}
+	if string(tb) != string(hb) {
+		return nil, 0, format.Errorf(Name, "trailer", trailerOff, "the last slot is not a copy of the header descriptor")
+	}
+	return d, trailerOff, nil
+}
+
 // scan reads every record header between the header and trailer slots.
 func (img *Image) scan(end int64) error {
 	maxBlk := int64(vhdspec.CeilDiv(img.d.OrigSize, vhdspec.BlockSize))
-	var hdr [vhdspec.RecordHeaderLen]byte
-	var tail [vhdspec.RecordEndLen]byte
+	prev := int64(-1)
 	for off := int64(vhdspec.SlotSize); off < end; {
-		if err := format.ReadFull(img.File, hdr[:], off, Name, "record"); err != nil {
+		r, l, err := nextRecord(img.File, off, end, maxBlk, prev)
+		if err != nil {
 			return err
 		}
-		h, ok := vhdspec.DecodeRecordHeader(hdr[:])
-		p, b := int64(h.PayloadLen), int64(h.Block)
-		l := vhdspec.RecordLen(p)
-		switch {
-		case !ok:
-			return format.Errorf(Name, "record magic", off, "%q, want %q", hdr[:len(vhdspec.RecordMagic)], vhdspec.RecordMagic)
-		case p == 0 || p > MaxPayload || l > end-off:
-			return format.Errorf(Name, "record payload length", off+12, "%d bytes: empty, over %d or past the trailer at %d", p, MaxPayload, end)
-		case b >= maxBlk:
-			return format.Errorf(Name, "record block", off+16, "block %d past the %d blocks of orig_size %d", b, maxBlk, img.d.OrigSize)
-		case len(img.records) > 0 && b <= img.records[len(img.records)-1].block:
-			return format.Errorf(Name, "record block", off+16, "block %d after block %d: records must ascend", b, img.records[len(img.records)-1].block)
-		}
-		if err := format.ReadFull(img.File, tail[:], off+l-vhdspec.RecordEndLen, Name, "record end marker"); err != nil {
-			return err
-		}
-		if string(tail[:]) != vhdspec.RecordEnd {
-			return format.Errorf(Name, "record end marker", off+l-vhdspec.RecordEndLen, "%q, want %q", tail[:], vhdspec.RecordEnd)
-		}
-		img.records = append(img.records, record{off: off, payloadLen: p, block: b})
-		img.stored.Add(b)
-		off += l
+		img.records = append(img.records, r)
+		img.stored.Add(r.block)
+		off, prev = off+l, r.block
 	}
 	return nil
+}
+
+// nextRecord reads the record at off, which must end by end, hold a block
+// below maxBlk and after block prev (-1 for none), and returns it with its
+// length.
+func nextRecord(f format.File, off, end, maxBlk, prev int64) (record, int64, error) {
+	var hdr [vhdspec.RecordHeaderLen]byte
+	var tail [vhdspec.RecordEndLen]byte
+	if err := format.ReadFull(f, hdr[:], off, Name, "record"); err != nil {
+		return record{}, 0, err
+	}
+	h, ok := vhdspec.DecodeRecordHeader(hdr[:])
+	p, b := int64(h.PayloadLen), int64(h.Block)
+	l := vhdspec.RecordLen(p)
+	switch {
+	case !ok:
+		return record{}, 0, format.Errorf(Name, "record magic", off, "%q, want %q", hdr[:len(vhdspec.RecordMagic)], vhdspec.RecordMagic)
+	case p == 0 || p > MaxPayload || l > end-off:
+		return record{}, 0, format.Errorf(Name, "record payload length", off+12, "%d bytes: empty, over %d or past the trailer at %d", p, MaxPayload, end)
+	case b >= maxBlk:
+		return record{}, 0, format.Errorf(Name, "record block", off+16, "block %d past the %d blocks of the disk", b, maxBlk)
+	case b <= prev:
+		return record{}, 0, format.Errorf(Name, "record block", off+16, "block %d after block %d: records must ascend", b, prev)
+	}
+	if err := format.ReadFull(f, tail[:], off+l-vhdspec.RecordEndLen, Name, "record end marker"); err != nil {
+		return record{}, 0, err
+	}
+	if string(tail[:]) != vhdspec.RecordEnd {
+		return record{}, 0, format.Errorf(Name, "record end marker", off+l-vhdspec.RecordEndLen, "%q, want %q", tail[:], vhdspec.RecordEnd)
+	}
+	return record{off: off, payloadLen: p, block: b}, l, nil
 }
 
 // Info describes the image.

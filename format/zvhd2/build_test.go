@@ -32,8 +32,6 @@ func (s spec) build(t testing.TB) []byte {
 		Geometry: vhdspec.PackedGeometry(uint64(s.origSize)), DiskType: vhdspec.DiskType,
 		UUID:    [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
 		Version: vhdspec.VersionIndexed, BlockSize: vhdspec.BlockSize, MaxBlkNum: maxBlk,
-		IndexSegSize: vhdspec.IndexSegSize, BitmapSegSize: vhdspec.BitmapSegSize,
-		BitmapSegNum:   uint32(vhdspec.CeilDiv(uint64(maxBlk), vhdspec.BitmapBlocks)),
 		CompressMethod: s.method,
 	}
 	copy(d.Cookie[:], vhdspec.CookieZVHD2)
@@ -41,7 +39,6 @@ func (s spec) build(t testing.TB) []byte {
 	if s.dense {
 		d.IndexDense = 1
 	}
-	d.BitmapSize = d.BitmapSegNum * vhdspec.BitmapSegSize
 	slot := func(d *vhdspec.Descriptor) []byte {
 		b := make([]byte, vhdspec.SlotSize)
 		d.Encode(b)
@@ -49,7 +46,11 @@ func (s spec) build(t testing.TB) []byte {
 		return b
 	}
 	var out bytes.Buffer
-	out.Write(slot(d))
+	out.Write(slot(d)) // the header: index and bitmap fields zero
+	header := *d
+	d.IndexSegSize, d.BitmapSegSize = vhdspec.IndexSegSize, vhdspec.BitmapSegSize
+	d.BitmapSegNum = uint32(vhdspec.CeilDiv(uint64(maxBlk), vhdspec.BitmapBlocks))
+	d.BitmapSize = d.BitmapSegNum * vhdspec.BitmapSegSize
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 	defer enc.Close()
 	var entries []vhdspec.IndexEntry
@@ -78,7 +79,8 @@ func (s spec) build(t testing.TB) []byte {
 		bitmap[b/8] |= 1 << (b % 8)
 	}
 	d.NonZeroBlkNum = uint32(len(entries))
-	out.Write(slot(d)) // mid-footer (with a fresh checksum)
+	header.NonZeroBlkNum = d.NonZeroBlkNum
+	out.Write(slot(&header)) // mid-footer (with a fresh checksum)
 	n := uint64(len(entries))
 	if s.dense {
 		n = uint64(maxBlk)

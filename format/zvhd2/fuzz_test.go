@@ -10,6 +10,7 @@ import (
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 )
 
 // Every ZVHD2 file with data holds a 512 KiB index segment, mostly zeros:
@@ -70,14 +71,25 @@ func compact(b []byte) []byte {
 	return out
 }
 
-func FuzzZVHD2(f *testing.F) {
+// fuzzExpanded fuzzes fn on the seeds' mutations, each as it is and
+// expanded.
+func fuzzExpanded(f *testing.F, fn func(t *testing.T, data []byte)) {
 	formattest.AddSeeds(f, "../../testdata/zvhd2")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		formattest.Exercise(t, data, Name)
+		fn(t, data)
 		if b := expand(data); b != nil {
-			formattest.Exercise(t, b, Name)
+			fn(t, b)
 		}
 	})
+}
+
+func FuzzZVHD2(f *testing.F) {
+	fuzzExpanded(f, func(t *testing.T, data []byte) { formattest.Exercise(t, data, Name) })
+}
+
+// FuzzCheck runs the check, on the opened image and through CheckFile.
+func FuzzCheck(f *testing.F) {
+	fuzzExpanded(f, func(t *testing.T, data []byte) { vhdspectest.Exercise(t, Name, data) })
 }
 
 // TestSeeds checks that the seeds expand to images that open and read, so

@@ -42,10 +42,11 @@ const Priority = 50
 
 func init() {
 	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD2) },
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+		Name:      Name,
+		Priority:  Priority,
+		Probe:     func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD2) },
+		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+		CheckFile: CheckFile,
 	})
 }
 
@@ -82,38 +83,8 @@ type Specific struct {
 
 // Open opens f as a ZVHD2 image.
 func Open(f format.File) (*Image, error) {
-	fileSize := f.Size()
-	if !vhdspec.HasCookie(f, vhdspec.CookieZVHD2) {
-		return nil, fmt.Errorf("%s: no %q cookie: %w", Name, vhdspec.CookieZVHD2, format.ErrWrongType)
-	}
-	hb := make([]byte, vhdspec.DescriptorSize)
-	if err := format.ReadFull(f, hb, 0, Name, "header descriptor"); err != nil {
-		return nil, err
-	}
-	h := vhdspec.DecodeDescriptor(hb)
-	if h.Version != vhdspec.VersionIndexed {
-		// Version 0 is a compile-time legacy variant with no usable index,
-		// which the published driver can neither write nor read.
-		return nil, format.Errorf(Name, "zvhd2_version", vhdspec.OffVersion, "version %d is not supported (want %d)", h.Version, vhdspec.VersionIndexed)
-	}
-	if fileSize%vhdspec.SlotSize != 0 || fileSize < 3*vhdspec.SlotSize {
-		return nil, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header, mid-footer and trailer", fileSize)
-	}
-	// The header is written before the data and never updated: the
-	// trailer, the last slot, holds the final descriptor.
-	trailerOff := fileSize - vhdspec.SlotSize
-	tb := make([]byte, vhdspec.DescriptorSize)
-	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer descriptor"); err != nil {
-		return nil, err
-	}
-	if string(tb[:vhdspec.CookieLen]) != vhdspec.CookieZVHD2 {
-		return nil, format.Errorf(Name, "trailer cookie", trailerOff, "%q, want %q", tb[:vhdspec.CookieLen], vhdspec.CookieZVHD2)
-	}
-	if got, want := vhdspec.StoredChecksum(tb), vhdspec.DescriptorChecksum(tb); got != want {
-		return nil, format.Errorf(Name, "trailer checksum", trailerOff+vhdspec.OffChecksum, "%#08x, computed %#08x", got, want)
-	}
-	d := vhdspec.DecodeDescriptor(tb)
-	if err := validate(d, h, trailerOff, fileSize); err != nil {
+	d, trailerOff, err := readDescriptors(f)
+	if err != nil {
 		return nil, err
 	}
 	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, cached: -1, trailerOff: trailerOff}
@@ -131,6 +102,46 @@ func Open(f format.File) (*Image, error) {
 		img.zstd = dec
 	}
 	return img, nil
+}
+
+// readDescriptors reads the header and the trailer of f and returns the
+// trailer, the descriptor in force, once validated, and its offset.
+func readDescriptors(f format.File) (*vhdspec.Descriptor, int64, error) {
+	fileSize := f.Size()
+	if !vhdspec.HasCookie(f, vhdspec.CookieZVHD2) {
+		return nil, 0, fmt.Errorf("%s: no %q cookie: %w", Name, vhdspec.CookieZVHD2, format.ErrWrongType)
+	}
+	hb := make([]byte, vhdspec.DescriptorSize)
+	if err := format.ReadFull(f, hb, 0, Name, "header descriptor"); err != nil {
+		return nil, 0, err
+	}
+	h := vhdspec.DecodeDescriptor(hb)
+	if h.Version != vhdspec.VersionIndexed {
+		// Version 0 is a compile-time legacy variant with no usable index,
+		// which the published driver can neither write nor read.
+		return nil, 0, format.Errorf(Name, "zvhd2_version", vhdspec.OffVersion, "version %d is not supported (want %d)", h.Version, vhdspec.VersionIndexed)
+	}
+	if fileSize%vhdspec.SlotSize != 0 || fileSize < 3*vhdspec.SlotSize {
+		return nil, 0, format.Errorf(Name, "file size", -1, "%d bytes is not a whole number of 4096-byte slots holding header, mid-footer and trailer", fileSize)
+	}
+	// The header is written before the data and never updated: the
+	// trailer, the last slot, holds the final descriptor.
+	trailerOff := fileSize - vhdspec.SlotSize
+	tb := make([]byte, vhdspec.DescriptorSize)
+	if err := format.ReadFull(f, tb, trailerOff, Name, "trailer descriptor"); err != nil {
+		return nil, 0, err
+	}
+	if string(tb[:vhdspec.CookieLen]) != vhdspec.CookieZVHD2 {
+		return nil, 0, format.Errorf(Name, "trailer cookie", trailerOff, "%q, want %q", tb[:vhdspec.CookieLen], vhdspec.CookieZVHD2)
+	}
+	if got, want := vhdspec.StoredChecksum(tb), vhdspec.DescriptorChecksum(tb); got != want {
+		return nil, 0, format.Errorf(Name, "trailer checksum", trailerOff+vhdspec.OffChecksum, "%#08x, computed %#08x", got, want)
+	}
+	d := vhdspec.DecodeDescriptor(tb)
+	if err := validate(d, h, trailerOff, fileSize); err != nil {
+		return nil, 0, err
+	}
+	return d, trailerOff, nil
 }
 
 // validate checks the trailer d (at file offset off) field by field
@@ -196,33 +207,16 @@ func validate(d, h *vhdspec.Descriptor, off, fileSize int64) error {
 // builds the list of stored blocks.
 func (img *Image) readMaps() error {
 	d, f := img.d, img.File
-	fileSize := f.Size()
-	if err := format.CheckTable(Name, "bitmap", int64(d.BitmapLBA), int64(d.BitmapSize), fileSize); err != nil {
+	bitmap, err := readBitmap(f, d)
+	if err != nil {
 		return err
 	}
-	bitmap := make([]byte, d.BitmapSize)
-	if err := format.ReadFull(f, bitmap, int64(d.BitmapLBA), Name, "bitmap"); err != nil {
+	if err := checkBitmap(d, bitmap, img.trailerOff); err != nil {
 		return err
 	}
-	var pop uint64
-	for i, c := range bitmap {
-		pop += uint64(bits.OnesCount8(c))
-		// Bits past the last block must be clear.
-		if lim := int64(d.MaxBlkNum) - int64(i)*8; lim < 8 && c>>max(lim, 0) != 0 {
-			return format.Errorf(Name, "bitmap", int64(d.BitmapLBA)+int64(i), "bit set for a block past max_blk_num %d", d.MaxBlkNum)
-		}
-	}
-	if pop != uint64(d.NonZeroBlkNum) {
-		return format.Errorf(Name, "non_zero_blk_num", img.trailerOff+vhdspec.OffNonZeroBlkNum, "%d, but the bitmap has %d bits set", d.NonZeroBlkNum, pop)
-	}
-	stored := func(b uint32) bool { return bitmap[b/8]>>(b%8)&1 != 0 }
-
-	n := int64(d.NonZeroBlkNum)
-	if d.IndexDense == 1 {
-		n = int64(d.MaxBlkNum)
-	}
+	n := indexEntries(d)
 	indexOff := int64(d.IndexLBA)
-	if err := format.CheckTable(Name, "index", indexOff, n*vhdspec.EntrySize, fileSize); err != nil {
+	if err := format.CheckTable(Name, "index", indexOff, n*vhdspec.EntrySize, f.Size()); err != nil {
 		return err
 	}
 	raw := make([]byte, n*vhdspec.EntrySize)
@@ -230,53 +224,121 @@ func (img *Image) readMaps() error {
 		return err
 	}
 	// Records live between the header slot and the mid-footer slot.
-	recordsEnd := indexOff - vhdspec.SlotSize
+	rules := newEntryRules(d, bitmap)
 	var mid [vhdspec.CookieLen]byte
-	if err := format.ReadFull(f, mid[:], recordsEnd, Name, "mid-footer"); err != nil {
+	if err := format.ReadFull(f, mid[:], rules.recordsEnd, Name, "mid-footer"); err != nil {
 		return err
 	}
 	if string(mid[:]) != vhdspec.CookieZVHD2 {
-		return format.Errorf(Name, "mid-footer cookie", recordsEnd, "%q, want %q before the index", mid[:], vhdspec.CookieZVHD2)
+		return format.Errorf(Name, "mid-footer cookie", rules.recordsEnd, "%q, want %q before the index", mid[:], vhdspec.CookieZVHD2)
 	}
 	img.entries = make([]vhdspec.IndexEntry, 0, d.NonZeroBlkNum)
-	next := int64(vhdspec.SlotSize) // lowest offset the next record may start at
 	for k := range n {
-		eoff := indexOff + k*vhdspec.EntrySize
 		e := vhdspec.DecodeIndexEntry(raw[k*vhdspec.EntrySize:])
-		if d.IndexDense == 1 {
-			if e.Offset == 0 && e.Length == 0 {
-				if stored(uint32(k)) {
-					return format.Errorf(Name, "index entry", eoff, "block %d has no record but its bitmap bit is set", k)
-				}
-				continue
-			}
-			if int64(e.Block) != k {
-				return format.Errorf(Name, "index entry block", eoff+8, "%d in the entry for block %d", e.Block, k)
-			}
+		stored, err := rules.check(k, e)
+		if err != nil {
+			return err
 		}
-		switch {
-		case e.Block >= d.MaxBlkNum:
-			return format.Errorf(Name, "index entry block", eoff+8, "block %d past max_blk_num %d", e.Block, d.MaxBlkNum)
-		case len(img.entries) > 0 && e.Block <= img.entries[len(img.entries)-1].Block:
-			return format.Errorf(Name, "index entry block", eoff+8, "block %d after block %d: entries must ascend", e.Block, img.entries[len(img.entries)-1].Block)
-		case !stored(e.Block):
-			return format.Errorf(Name, "bitmap", int64(d.BitmapLBA)+int64(e.Block/8), "bit for block %d is clear but index entry %d stores it", e.Block, k)
-		case e.Length < vhdspec.RecordAlign || e.Length%vhdspec.RecordAlign != 0 || e.Length > vhdspec.MaxRecordLen:
-			return format.Errorf(Name, "index entry length", eoff+12, "record length %d is not a multiple of %d up to %d", e.Length, vhdspec.RecordAlign, vhdspec.MaxRecordLen)
-		case e.Offset%vhdspec.RecordAlign != 0 || e.Offset < uint64(next):
-			return format.Errorf(Name, "index entry offset", eoff, "record offset %d is not %d-aligned at or after %d (the end of the previous record)", e.Offset, vhdspec.RecordAlign, next)
-		case e.Offset > uint64(recordsEnd) || int64(e.Length) > recordsEnd-int64(e.Offset):
-			return format.Errorf(Name, "index entry offset", eoff, "record [%d,+%d) extends past the mid-footer at %d", e.Offset, e.Length, recordsEnd)
+		if stored {
+			img.entries = append(img.entries, e)
+			img.stored.Add(int64(e.Block))
 		}
-		next = int64(e.Offset) + int64(e.Length)
-		img.entries = append(img.entries, e)
-		b := int64(e.Block)
-		img.stored.Add(b)
 	}
-	// With popcount = N, N ascending entries each on a set bit make the
-	// index and bitmap agree exactly.
-	if int64(len(img.entries)) != int64(d.NonZeroBlkNum) {
-		return format.Errorf(Name, "non_zero_blk_num", img.trailerOff+vhdspec.OffNonZeroBlkNum, "%d, but the index has %d records", d.NonZeroBlkNum, len(img.entries))
+	return rules.complete(img.trailerOff)
+}
+
+// readBitmap reads the bitmap d describes.
+func readBitmap(f format.File, d *vhdspec.Descriptor) ([]byte, error) {
+	if err := format.CheckTable(Name, "bitmap", int64(d.BitmapLBA), int64(d.BitmapSize), f.Size()); err != nil {
+		return nil, err
+	}
+	bitmap := make([]byte, d.BitmapSize)
+	return bitmap, format.ReadFull(f, bitmap, int64(d.BitmapLBA), Name, "bitmap")
+}
+
+// checkBitmap checks that no bit past the last block is set and that the
+// bits set number non_zero_blk_num (§2.5).
+func checkBitmap(d *vhdspec.Descriptor, bitmap []byte, trailerOff int64) error {
+	var pop uint64
+	for i, c := range bitmap {
+		pop += uint64(bits.OnesCount8(c))
+		if lim := int64(d.MaxBlkNum) - int64(i)*8; lim < 8 && c>>max(lim, 0) != 0 {
+			return format.Errorf(Name, "bitmap", int64(d.BitmapLBA)+int64(i), "bit set for a block past max_blk_num %d", d.MaxBlkNum)
+		}
+	}
+	if pop != uint64(d.NonZeroBlkNum) {
+		return format.Errorf(Name, "non_zero_blk_num", trailerOff+vhdspec.OffNonZeroBlkNum, "%d, but the bitmap has %d bits set", d.NonZeroBlkNum, pop)
+	}
+	return nil
+}
+
+// indexEntries is the number of index entries d describes: one per stored
+// block, or one per block in the dense form (§2.4, §2.9).
+func indexEntries(d *vhdspec.Descriptor) int64 {
+	if d.IndexDense == 1 {
+		return int64(d.MaxBlkNum)
+	}
+	return int64(d.NonZeroBlkNum)
+}
+
+// entryRules checks the index entries one after another, as Open and
+// Check both walk them (§2.6).
+type entryRules struct {
+	d          *vhdspec.Descriptor
+	bitmap     []byte
+	recordsEnd int64 // the mid-footer: records lie before it
+	next       int64 // lowest offset the next record may start at
+	last       int64 // block of the last entry accepted; -1 for none
+	accepted   int64
+}
+
+func newEntryRules(d *vhdspec.Descriptor, bitmap []byte) *entryRules {
+	return &entryRules{d: d, bitmap: bitmap, recordsEnd: int64(d.IndexLBA) - vhdspec.SlotSize, next: vhdspec.SlotSize, last: -1}
+}
+
+// check validates entry k and accepts it when it stores a block, which it
+// reports (a dense index's entries for absent blocks store none).
+func (r *entryRules) check(k int64, e vhdspec.IndexEntry) (bool, error) {
+	d := r.d
+	eoff := int64(d.IndexLBA) + k*vhdspec.EntrySize
+	stored := func(b uint32) bool { return r.bitmap[b/8]>>(b%8)&1 != 0 }
+	if d.IndexDense == 1 {
+		if e.Offset == 0 && e.Length == 0 {
+			if stored(uint32(k)) {
+				return false, format.Errorf(Name, "index entry", eoff, "block %d has no record but its bitmap bit is set", k)
+			}
+			return false, nil
+		}
+		if int64(e.Block) != k {
+			return false, format.Errorf(Name, "index entry block", eoff+8, "%d in the entry for block %d", e.Block, k)
+		}
+	}
+	switch {
+	case e.Block >= d.MaxBlkNum:
+		return false, format.Errorf(Name, "index entry block", eoff+8, "block %d past max_blk_num %d", e.Block, d.MaxBlkNum)
+	case int64(e.Block) <= r.last:
+		return false, format.Errorf(Name, "index entry block", eoff+8, "block %d after block %d: entries must ascend", e.Block, r.last)
+	case !stored(e.Block):
+		return false, format.Errorf(Name, "bitmap", int64(d.BitmapLBA)+int64(e.Block/8), "bit for block %d is clear but index entry %d stores it", e.Block, k)
+	case e.Length < vhdspec.RecordAlign || e.Length%vhdspec.RecordAlign != 0 || e.Length > vhdspec.MaxRecordLen:
+		return false, format.Errorf(Name, "index entry length", eoff+12, "record length %d is not a multiple of %d up to %d", e.Length, vhdspec.RecordAlign, vhdspec.MaxRecordLen)
+	case e.Offset%vhdspec.RecordAlign != 0 || e.Offset < uint64(r.next):
+		return false, format.Errorf(Name, "index entry offset", eoff, "record offset %d is not %d-aligned at or after %d (the end of the previous record)", e.Offset, vhdspec.RecordAlign, r.next)
+	case e.Offset > uint64(r.recordsEnd) || int64(e.Length) > r.recordsEnd-int64(e.Offset):
+		return false, format.Errorf(Name, "index entry offset", eoff, "record [%d,+%d) extends past the mid-footer at %d", e.Offset, e.Length, r.recordsEnd)
+	}
+	r.next = int64(e.Offset) + int64(e.Length)
+	r.last = int64(e.Block)
+	r.accepted++
+	return true, nil
+}
+
+// complete checks, after the walk, that the index stored every block the
+// bitmap has: with as many bits set as non_zero_blk_num, N ascending
+// entries each on a set bit make index and bitmap agree exactly.
+func (r *entryRules) complete(trailerOff int64) error {
+	if r.accepted != int64(r.d.NonZeroBlkNum) {
+		return format.Errorf(Name, "non_zero_blk_num", trailerOff+vhdspec.OffNonZeroBlkNum, "%d, but the index has %d records", r.d.NonZeroBlkNum, r.accepted)
 	}
 	return nil
 }

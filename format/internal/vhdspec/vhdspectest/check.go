@@ -1,0 +1,99 @@
+// Package vhdspectest tests the structural checks of ZVHD and ZVHD2,
+// which qemu-img cannot check (it has no driver for them): their verdicts
+// stand alone, asserted on patched copies of the reference vectors.
+package vhdspectest
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+)
+
+// Check checks data as format fmtName the way `diskimg check` does: the
+// opened image's check, or, when Open refuses the file's structure, the
+// format's CheckFile. It returns the error a check cannot get past.
+func Check(fmtName string, data []byte) (*format.CheckResult, error) {
+	f := &formattest.MemFile{Data: data, Path: "/nonexistent/x." + fmtName}
+	img, err := format.NewOpener(format.Policy{Untrusted: true, NoBacking: true}).OpenImage(f, fmtName)
+	if err == nil {
+		defer img.Close()
+		return img.(format.Checker).Check(context.Background())
+	}
+	ft, lerr := format.Lookup(fmtName)
+	var fe *format.FormatError
+	if lerr != nil || ft.CheckFile == nil || !errors.As(err, &fe) {
+		return nil, err
+	}
+	return ft.CheckFile(context.Background(), f)
+}
+
+// Run checks a patched copy of seed for each case (formattest.Corruption):
+// Verdict is qemu-img check's exit code (0 clean, 2 corruptions, 3 leaks
+// only), or -1 when the check must fail with an error; Want is a text the
+// error, a problem or, for verdict 0, a warning must contain ("" for a
+// file that must check clean without a warning).
+func Run[C ~struct {
+	Name    string
+	Patch   func(d []byte) []byte
+	Verdict int
+	Want    string
+}](t *testing.T, fmtName string, seed []byte, cases []C) {
+	for _, cc := range cases {
+		c := formattest.Corruption(cc)
+		t.Run(c.Name, func(t *testing.T) {
+			r, err := Check(fmtName, c.Patch(append([]byte(nil), seed...)))
+			if c.Verdict < 0 {
+				if err == nil || !strings.Contains(err.Error(), c.Want) {
+					t.Fatalf("check: %v, %+v; want an error containing %q", err, r, c.Want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("check: %v", err)
+			}
+			if v := formattest.Verdict(r); v != c.Verdict {
+				t.Errorf("verdict %d, want %d: %+v", v, c.Verdict, r)
+			}
+			found := append(r.Problems, r.Warnings...)
+			if c.Want == "" && len(found) > 0 || !strings.Contains(strings.Join(found, "\n"), c.Want) {
+				t.Errorf("findings %q; want one containing %q", found, c.Want)
+			}
+		})
+	}
+}
+
+// Clean asserts that data checks clean, without a warning.
+func Clean(t *testing.T, fmtName, name string, data []byte) {
+	t.Helper()
+	r, err := Check(fmtName, data)
+	switch {
+	case err != nil:
+		t.Errorf("%s: check: %v", name, err)
+	case formattest.Verdict(r) != 0 || len(r.Problems) > 0 || len(r.Warnings) > 0:
+		t.Errorf("%s: not clean: %+v", name, r)
+	}
+}
+
+// Exercise runs the check on data, an arbitrary file, both ways: on the
+// opened image (formattest.ExerciseCheck) and through CheckFile on a file
+// Open may refuse. Neither may panic, hang or give counts that make no
+// sense.
+func Exercise(t testing.TB, fmtName string, data []byte) {
+	formattest.ExerciseCheck(t, fmtName, data)
+	ft, err := format.Lookup(fmtName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ft.CheckFile(context.Background(), &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.img"})
+	if err != nil {
+		return
+	}
+	if r.Corruptions < 0 || r.Leaks < 0 || r.CheckErrors < 0 || len(r.Problems) > format.MaxProblems || len(r.Warnings) > format.MaxProblems ||
+		int64(len(r.Problems)) > r.Corruptions+r.Leaks+r.CheckErrors || r.AllocatedClusters > r.TotalClusters {
+		t.Fatalf("check result %+v", r)
+	}
+}
