@@ -55,8 +55,8 @@ type Check struct {
 	buf  []byte
 }
 
-// NewCheck starts a check of f, the file of a disk of blocks 2 MiB
-// blocks (qemu-img's clusters); the whole file is the image.
+// NewCheck starts a check of f, which holds a disk of the given number of
+// 2 MiB blocks (qemu-img's clusters); the whole file is the image.
 func NewCheck(name string, f format.File, blocks int64) *Check {
 	r := &format.CheckResult{Format: name, Filename: f.Name(), ImageEndOffset: f.Size(), TotalClusters: blocks}
 	return &Check{R: r, F: f, Name: name}
@@ -117,9 +117,6 @@ func (c *Check) Reserved(d []byte, from int, off int64, what string) {
 // firstNonZero returns the index of the first byte of b that is not zero,
 // or -1.
 func firstNonZero(b []byte) int {
-	if format.IsZero(b) {
-		return -1
-	}
 	for i, c := range b {
 		if c != 0 {
 			return i
