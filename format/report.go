@@ -20,7 +20,7 @@ type Report struct {
 	FullBackingFilename string    `json:"full-backing-filename,omitempty"`
 	BackingFormat       string    `json:"backing-filename-format,omitempty"`
 	FormatSpecific      *Specific `json:"format-specific,omitempty"`
-	DirtyFlag           bool      `json:"dirty-flag"`
+	DirtyFlag           *bool     `json:"dirty-flag,omitempty"`
 }
 
 // Specific is qemu-img's "format-specific" object.
@@ -47,7 +47,9 @@ func NewReport(filename string, img Image) (*Report, error) {
 		BackingFilename:     info.BackingFile,
 		FullBackingFilename: info.FullBackingFile,
 		BackingFormat:       info.BackingFormat,
-		DirtyFlag:           info.Dirty,
+	}
+	if !info.NoDirtyFlag {
+		r.DirtyFlag = &info.Dirty
 	}
 	for _, f := range info.ExtentFiles {
 		if !filepath.IsAbs(f) {

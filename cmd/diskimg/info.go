@@ -84,6 +84,9 @@ func writeInfoText(w io.Writer, r *format.Report) error {
 	if r.Encrypted {
 		fmt.Fprintln(w, "encrypted: yes")
 	}
+	if r.DirtyFlag != nil && *r.DirtyFlag {
+		fmt.Fprintln(w, "cleanly shut down: no")
+	}
 	if r.BackingFilename != "" {
 		fmt.Fprintf(w, "backing file: %s", r.BackingFilename)
 		if r.FullBackingFilename != "" && filepath.Clean(r.FullBackingFilename) != filepath.Clean(r.BackingFilename) {

@@ -15,14 +15,15 @@ import (
 // qemuCreatable are the formats qemu-img makes that diskimg reads, with
 // the variants the CLI parity test tries.
 var qemuCreatable = map[string][][]string{
-	"raw":   {nil},
-	"qcow2": {nil, {"-o", "cluster_size=4096"}, {"-c"}},
-	"vmdk":  {nil, {"-o", "subformat=streamOptimized"}},
-	"vpc":   {nil, {"-o", "subformat=fixed"}},
-	"vhdx":  {nil},
-	"qed":   {nil},
-	"vdi":   {nil, {"-o", "static=on"}},
-	"qcow":  {nil},
+	"raw":       {nil},
+	"qcow2":     {nil, {"-o", "cluster_size=4096"}, {"-c"}},
+	"vmdk":      {nil, {"-o", "subformat=streamOptimized"}},
+	"vpc":       {nil, {"-o", "subformat=fixed"}},
+	"vhdx":      {nil},
+	"qed":       {nil},
+	"vdi":       {nil, {"-o", "static=on"}},
+	"qcow":      {nil},
+	"parallels": {nil, {"-o", "cluster_size=4k"}},
 }
 
 // TestInfoAndMapMatchQemu runs `diskimg info --output=json` and `diskimg

@@ -4,6 +4,7 @@
 package all
 
 import (
+	_ "github.com/diskimg/diskimg/format/parallels"
 	_ "github.com/diskimg/diskimg/format/qcow"
 	_ "github.com/diskimg/diskimg/format/qcow2"
 	_ "github.com/diskimg/diskimg/format/qed"

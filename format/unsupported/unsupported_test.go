@@ -137,7 +137,7 @@ func TestForcedFormat(t *testing.T) {
 // TestEveryQemuProbe: every format qemu-img 7.2 probes (its block
 // drivers with a probe function) is registered under qemu's name.
 func TestEveryQemuProbe(t *testing.T) {
-	for _, name := range []string{"bochs", "cloop", "luks", "dmg", "raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi", "qed", "qcow"} {
+	for _, name := range []string{"bochs", "cloop", "luks", "dmg", "parallels", "raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi", "qed", "qcow"} {
 		if _, err := format.Lookup(name); err != nil {
 			t.Errorf("qemu probes %s; diskimg does not recognise the name: %v", name, err)
 		}
