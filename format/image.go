@@ -109,6 +109,9 @@ type Info struct {
 	// ExtentFiles are the other host files that hold this image's data
 	// (VMDK extents); actual-size counts them as qemu-img does.
 	ExtentFiles []string
+	// Snapshots are the image's internal snapshots, in the order it
+	// stores them.
+	Snapshots []Snapshot
 }
 
 // Base is embedded by drivers for the methods every image has alike.

@@ -50,6 +50,7 @@ func convertCommand() *cli.Command {
 			&cli.BoolFlag{Name: "verify", Usage: "re-read the output and compare it with the source"},
 			&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
 			sparsifyFlag(),
+			snapshotFlag,
 		),
 		Action: runConvert,
 	}
@@ -199,6 +200,9 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		return nil, interruptedOr(interrupted, job.dst+" not written", err)
 	}
 	defer img.Close()
+	if err := loadSnapshot(c, img); err != nil {
+		return nil, err
+	}
 	in := img
 	if job.sparsify != nil {
 		// --verify compares with this: free space reads as zeros.

@@ -341,7 +341,8 @@ func TestCheckDamaged(t *testing.T) {
 
 // TestCheckHostile runs the check on patched images qemu-img never sees:
 // it must finish quickly with counts, never panic or allocate per header
-// field.
+// field. (A snapshot table qemu refuses is refused at open:
+// TestSnapshotsHostile.)
 func TestCheckHostile(t *testing.T) {
 	formattest.RequireQemu(t)
 	orig, l1e, l2e := sample(t, "cluster_size=512")
@@ -377,16 +378,6 @@ func TestCheckHostile(t *testing.T) {
 		}},
 		{"refblock-reserved-bits", "reserved bits", func(d []byte) []byte {
 			be.PutUint64(d[reft:], be.Uint64(d[reft:])+8)
-			return d
-		}},
-		{"snapshots-absurd", "nb_snapshots", func(d []byte) []byte {
-			be.PutUint32(d[60:], 0xffffffff)
-			be.PutUint64(d[64:], 512)
-			return d
-		}},
-		{"snapshots-past-eof", "outside the file", func(d []byte) []byte {
-			be.PutUint32(d[60:], 3)
-			be.PutUint64(d[64:], 1<<40)
 			return d
 		}},
 		{"l2-table-past-eof", "exceeding the end of the file", func(d []byte) []byte {
