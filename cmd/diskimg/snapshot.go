@@ -22,20 +22,22 @@ type snapshotSelector struct {
 }
 
 // parseSnapshot reads -l as qemu-img does: "snapshot.id=…,snapshot.name=…"
-// (a comma in a value doubled), or a bare id or name.
+// (qemu's option syntax: a comma in a value doubled, a bare key "on"), or
+// a bare id or name.
 func parseSnapshot(arg string) (snapshotSelector, error) {
 	if !strings.HasPrefix(arg, "snapshot.") {
 		return snapshotSelector{id: arg, bare: true}, nil
 	}
+	opts, err := format.ParseOptions(arg)
+	if err != nil {
+		return snapshotSelector{}, fmt.Errorf("-l: %w", err)
+	}
 	var sel snapshotSelector
-	for _, opt := range splitOptions(arg) {
-		key, value, ok := strings.Cut(opt, "=")
-		switch {
-		case !ok:
-			return sel, fmt.Errorf("-l: %q has no value", opt)
-		case key == "snapshot.id":
+	for key, value := range opts {
+		switch key {
+		case "snapshot.id":
 			sel.id = value
-		case key == "snapshot.name":
+		case "snapshot.name":
 			sel.name = value
 		default:
 			return sel, fmt.Errorf("-l: invalid parameter %q (snapshot.id or snapshot.name)", key)
@@ -45,27 +47,6 @@ func parseSnapshot(arg string) (snapshotSelector, error) {
 		return sel, errors.New("-l: give snapshot.id or snapshot.name")
 	}
 	return sel, nil
-}
-
-// splitOptions splits qemu's comma-separated options, where ",," is a
-// comma inside a value.
-func splitOptions(s string) []string {
-	var out []string
-	var cur strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == ',' {
-			if i+1 < len(s) && s[i+1] == ',' {
-				cur.WriteByte(',')
-				i++
-				continue
-			}
-			out = append(out, cur.String())
-			cur.Reset()
-			continue
-		}
-		cur.WriteByte(s[i])
-	}
-	return append(out, cur.String())
 }
 
 // loadSnapshot makes img read the internal snapshot -l names, when it
