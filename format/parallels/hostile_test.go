@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
@@ -66,4 +67,22 @@ func TestHostile(t *testing.T) {
 		}, "appears twice", formattest.AtOpen},
 	}
 	formattest.RunHostile(t, Name, seeds, cases)
+}
+
+// TestHugeDiskSmallCatalog: a disk far larger than its catalog maps the
+// rest as one unallocated run, at once (the fuzzer found a walk cluster
+// by cluster).
+func TestHugeDiskSmallCatalog(t *testing.T) {
+	d := seed(t, "data.hds")
+	put64(d, hdrNbSectors, 1<<46) // 32 PiB of 4 KiB clusters, a 16-entry catalog
+	img, err := formattest.OpenMem(t, Name, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	e, err := img.Extent(1 << 20)
+	if err != nil || e.Status != format.Unallocated || e.End() != img.Size() {
+		t.Fatalf("Extent = %+v, %v", e, err)
+	}
+	formattest.ExerciseImage(t, img)
 }

@@ -194,6 +194,10 @@ func (img *Image) runAt(off, limit int64) (host, length int64) {
 	first := img.sectorOf(ci)
 	end := (ci + 1) * img.clusterSize
 	for end < limit {
+		if first == 0 && end/img.clusterSize >= int64(len(img.bat)) {
+			end = limit // past the catalog: unallocated to the end
+			break
+		}
 		next := img.sectorOf(end / img.clusterSize)
 		if (first == 0) != (next == 0) || first != 0 && next != first+(end/img.clusterSize-ci)*(img.clusterSize/sectorSize) {
 			break

@@ -143,3 +143,26 @@ func TestEveryQemuProbe(t *testing.T) {
 		}
 	}
 }
+
+// FuzzProbe runs every registered probe, and the safety findings that
+// name what they match, on arbitrary files: none may panic or read
+// without bound.
+func FuzzProbe(f *testing.F) {
+	for _, h := range headers {
+		d := make([]byte, min(h.size, 64<<10))
+		for off, s := range h.parts {
+			if off+len(s) <= len(d) {
+				copy(d[off:], s)
+			}
+		}
+		f.Add(d)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m := &formattest.MemFile{Data: data, Path: "x.img"}
+		for _, ft := range format.Recognised() {
+			ft.Probe(m)
+		}
+		format.Confusion(m, "")
+		format.Confusion(m, "raw")
+	})
+}
