@@ -12,9 +12,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"math/bits"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/blockset"
 )
 
 const (
@@ -75,31 +75,6 @@ func planOf(o format.WriteOptions) (plan, error) {
 	return p, nil
 }
 
-// allocation marks the clusters the layout calls data, as the engine
-// will send them: one bit per cluster.
-func allocation(p plan, o format.WriteOptions) (set []uint64, count int64, err error) {
-	set = make([]uint64, (p.entries+63)/64)
-	if o.Layout == nil {
-		return set, 0, nil
-	}
-	err = o.Layout.Align(o.Size, p.cluster)(func(e format.Extent) error {
-		if e.Status != format.Data {
-			return nil
-		}
-		if e.Start < 0 || e.End() > p.size {
-			return fmt.Errorf("parallels: layout range [%d,+%d) outside the disk of %d bytes", e.Start, e.Length, p.size)
-		}
-		for c := e.Start / p.cluster; c*p.cluster < e.End(); c++ {
-			if !isSet(set, c) {
-				setBit(set, c)
-				count++
-			}
-		}
-		return nil
-	})
-	return set, count, err
-}
-
 // Measure gives this writer's output sizes (qemu-img 7.2 cannot measure
 // parallels): the header and catalog, and a cluster per cluster holding
 // data (Required is an upper bound when some turn out all zero).
@@ -108,7 +83,7 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 	if err != nil {
 		return format.Measurement{}, err
 	}
-	_, count, err := allocation(p, o)
+	_, count, err := blockset.Layout(o, p.size, p.cluster, Name)
 	if err != nil {
 		return format.Measurement{}, err
 	}
@@ -120,12 +95,11 @@ type Writer struct {
 	p       plan
 	size    int64 // source size: blocks arrive for [0, size)
 	out     *format.Output
-	layout  []uint64 // clusters the layout calls data: the most that may be stored
-	used    []uint64 // clusters stored: on a pipe from MarkData, on a file as data arrives
-	written int64    // clusters stored so far
-	next    int64    // guest offset of the next block expected
-	headers bool     // the header and catalog are written
-	lazy    bool     // a file: clusters as data arrives, header and catalog at Close
+	st      *blockset.Storage // the clusters stored
+	written int64             // clusters stored so far
+	next    int64             // guest offset of the next block expected
+	headers bool              // the header and catalog are written
+	lazy    bool              // a file: clusters as data arrives, header and catalog at Close
 }
 
 // NewWriter returns a Parallels writer on dst, which must be new and
@@ -140,35 +114,23 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return nil, err
 	}
 	w := &Writer{p: p, size: o.Size, out: out}
-	if w.layout, _, err = allocation(p, o); err != nil {
+	if w.st, _, err = blockset.NewStorage(o, p.size, p.cluster, out.Seekable(), Name); err != nil {
 		return nil, err
 	}
-	w.used = make([]uint64, len(w.layout))
-	if w.lazy = out.Seekable() && !o.FrontToBack; w.lazy {
+	if w.lazy = w.st.Lazy; w.lazy {
 		return w, out.Skip(p.dataStart)
 	}
-	// Without a data scan every cluster of the layout is stored.
-	copy(w.used, w.layout)
 	return w, nil
 }
 
 // NeedsDataScan is true on a pipe or front to back: the catalog precedes
 // the clusters, so the clusters to store come from MarkData.
-func (w *Writer) NeedsDataScan() bool {
-	if w.lazy {
-		return false
-	}
-	clear(w.used)
-	return true
-}
+func (w *Writer) NeedsDataScan() bool { return w.st.NeedsDataScan() }
 
 // MarkData notes clusters that will carry data.
 func (w *Writer) MarkData(start, length int64) {
-	if w.headers || start < 0 || length <= 0 || start+length > w.size {
-		return
-	}
-	for c := start / w.p.cluster; c*w.p.cluster < start+length; c++ {
-		setBit(w.used, c)
+	if !w.headers {
+		w.st.MarkData(start, length)
 	}
 }
 
@@ -196,19 +158,12 @@ func (w *Writer) Write(b *format.Block) error {
 	}
 	for off := b.Start; off < b.End(); {
 		c := off / w.p.cluster
-		if b.Status == format.Data {
-			if !isSet(w.layout, c) {
-				return fmt.Errorf("parallels: data at guest offset %d, in cluster %d that the layout left unallocated", off, c)
-			}
-			if w.lazy {
-				setBit(w.used, c)
-			}
+		stored, err := w.st.Take(c, off, b.Status == format.Data)
+		if err != nil {
+			return err
 		}
-		if !isSet(w.used, c) {
-			if b.Status == format.Data {
-				return fmt.Errorf("parallels: data at guest offset %d, in cluster %d that the data scan left unallocated", off, c)
-			}
-			off = min(w.nextSet(w.used, c)*w.p.cluster, b.End())
+		if !stored {
+			off = min(w.st.Next(c)*w.p.cluster, b.End())
 			continue
 		}
 		end := min((c+1)*w.p.cluster, b.End())
@@ -216,7 +171,6 @@ func (w *Writer) Write(b *format.Block) error {
 			return err
 		}
 		w.written++
-		var err error
 		if b.Status == format.Data {
 			_, err = w.out.Write(b.Data[off-b.Start : end-b.Start])
 		} else {
@@ -258,7 +212,7 @@ func (w *Writer) writeHeaders() error {
 	slot := uint32(p.dataStart / p.cluster)
 	for i := range p.entries {
 		var e uint32
-		if isSet(w.used, i) {
+		if w.st.Used.Has(i) {
 			e, slot = slot, slot+1
 		}
 		chunk = le.AppendUint32(chunk, e)
@@ -284,7 +238,7 @@ func (w *Writer) Close() error {
 	if err := w.headersFirst(); err != nil {
 		return err
 	}
-	if used := countSet(w.used); w.written != used {
+	if used := w.st.Used.Count(); w.written != used {
 		return fmt.Errorf("parallels: %d clusters written, %d allocated", w.written, used)
 	}
 	if err := w.out.Finish(w.p.dataStart + w.written*w.p.cluster); err != nil {
@@ -300,28 +254,4 @@ func (w *Writer) Close() error {
 		return err
 	}
 	return w.out.EndRewrite()
-}
-
-func isSet(set []uint64, c int64) bool { return set[c/64]&(1<<(c%64)) != 0 }
-func setBit(set []uint64, c int64)     { set[c/64] |= 1 << (c % 64) }
-
-func countSet(set []uint64) int64 {
-	var n int
-	for _, x := range set {
-		n += bits.OnesCount64(x)
-	}
-	return int64(n)
-}
-
-// nextSet returns the first cluster at or after c set in set, or the
-// number of entries.
-func (w *Writer) nextSet(set []uint64, c int64) int64 {
-	for c < w.p.entries {
-		word := set[c/64] >> (c % 64)
-		if word != 0 {
-			return min(c+int64(bits.TrailingZeros64(word)), w.p.entries)
-		}
-		c = (c/64 + 1) * 64
-	}
-	return w.p.entries
 }
