@@ -87,6 +87,10 @@ type Info struct {
 	ClusterSize int64
 	// Dirty reports the format's dirty or in-use flag.
 	Dirty bool
+	// NoDirtyFlag leaves the dirty flag out of the info report, where
+	// qemu-img has no driver info for the format (parallels) and shows
+	// neither a dirty flag nor a cluster size.
+	NoDirtyFlag bool
 	// BackingFile is the backing file name as stored in the image (of
 	// several, the one that opened). The chain sets it and the two below
 	// from the top layer's Backing, whether or not the file is opened.
@@ -105,6 +109,9 @@ type Info struct {
 	// ExtentFiles are the other host files that hold this image's data
 	// (VMDK extents); actual-size counts them as qemu-img does.
 	ExtentFiles []string
+	// Snapshots are the image's internal snapshots, in the order it
+	// stores them.
+	Snapshots []Snapshot
 }
 
 // Base is embedded by drivers for the methods every image has alike.

@@ -58,6 +58,24 @@ type Format struct {
 	// (a BAT pointing past the end of the file), so `check` can report
 	// the corruption as qemu-img does instead of failing to open.
 	CheckFile func(ctx context.Context, f File) (*CheckResult, error)
+	// Unread marks a format diskimg recognises but does not read: its
+	// Open refuses every file with an *UnsupportedError, so a file in
+	// it is never taken for a raw disk. Formats leaves it out.
+	Unread bool
+}
+
+// UnsupportedError refuses a file in a format diskimg does not read.
+type UnsupportedError struct {
+	Format string // qemu's name for the format
+	Detail string // why, or what would read it; may be ""
+}
+
+func (e *UnsupportedError) Error() string {
+	s := e.Format + " images are not supported"
+	if e.Detail != "" {
+		s += " (" + e.Detail + ")"
+	}
+	return s
 }
 
 var (
@@ -74,16 +92,29 @@ func Register(f *Format) {
 	sort.SliceStable(formats, func(i, j int) bool { return formats[i].Priority < formats[j].Priority })
 }
 
-// Formats returns the registered formats in probe order.
+// Formats returns the formats diskimg reads, in probe order.
 func Formats() []*Format {
+	var out []*Format
+	for _, f := range Recognised() {
+		if !f.Unread {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Recognised returns every registered format in probe order, those
+// diskimg does not read (Unread) included.
+func Recognised() []*Format {
 	mu.RLock()
 	defer mu.RUnlock()
 	return append([]*Format(nil), formats...)
 }
 
-// Lookup finds a format by name or alias.
+// Lookup finds a format by name or alias; a format that is not read is
+// found too, and refuses what it opens by name.
 func Lookup(name string) (*Format, error) {
-	for _, f := range Formats() {
+	for _, f := range Recognised() {
 		if f.Name == name {
 			return f, nil
 		}
@@ -100,9 +131,11 @@ func Lookup(name string) (*Format, error) {
 	return nil, fmt.Errorf("unknown format %q (known: %s)", name, strings.Join(names, ", "))
 }
 
-// Probe returns the first registered format whose signature f carries.
+// Probe returns the first registered format whose signature f carries,
+// one that is not read included: such a file is refused by name rather
+// than read as raw.
 func Probe(f File) (*Format, error) {
-	for _, ft := range Formats() {
+	for _, ft := range Recognised() {
 		if ft.Probe(f) {
 			return ft, nil
 		}

@@ -9,18 +9,19 @@ import (
 // Report is the `info` record for one image, with qemu-img's JSON keys in
 // qemu-img's order.
 type Report struct {
-	VirtualSize         int64     `json:"virtual-size"`
-	Filename            string    `json:"filename"`
-	ClusterSize         int64     `json:"cluster-size,omitempty"`
-	Format              string    `json:"format"`
-	ActualSize          int64     `json:"actual-size"`
-	AllocatedSize       int64     `json:"allocated-size"`
-	Encrypted           bool      `json:"encrypted,omitempty"`
-	BackingFilename     string    `json:"backing-filename,omitempty"`
-	FullBackingFilename string    `json:"full-backing-filename,omitempty"`
-	BackingFormat       string    `json:"backing-filename-format,omitempty"`
-	FormatSpecific      *Specific `json:"format-specific,omitempty"`
-	DirtyFlag           bool      `json:"dirty-flag"`
+	Snapshots           []Snapshot `json:"snapshots,omitempty"`
+	VirtualSize         int64      `json:"virtual-size"`
+	Filename            string     `json:"filename"`
+	ClusterSize         int64      `json:"cluster-size,omitempty"`
+	Format              string     `json:"format"`
+	ActualSize          int64      `json:"actual-size"`
+	AllocatedSize       int64      `json:"allocated-size"`
+	Encrypted           bool       `json:"encrypted,omitempty"`
+	BackingFilename     string     `json:"backing-filename,omitempty"`
+	FullBackingFilename string     `json:"full-backing-filename,omitempty"`
+	BackingFormat       string     `json:"backing-filename-format,omitempty"`
+	FormatSpecific      *Specific  `json:"format-specific,omitempty"`
+	DirtyFlag           *bool      `json:"dirty-flag,omitempty"`
 }
 
 // Specific is qemu-img's "format-specific" object.
@@ -47,7 +48,10 @@ func NewReport(filename string, img Image) (*Report, error) {
 		BackingFilename:     info.BackingFile,
 		FullBackingFilename: info.FullBackingFile,
 		BackingFormat:       info.BackingFormat,
-		DirtyFlag:           info.Dirty,
+		Snapshots:           info.Snapshots,
+	}
+	if !info.NoDirtyFlag {
+		r.DirtyFlag = &info.Dirty
 	}
 	for _, f := range info.ExtentFiles {
 		if !filepath.IsAbs(f) {

@@ -46,6 +46,10 @@ var signatures = []struct {
 	{"vhdx", 0, "vhdxfile"},
 	{"qed", 0, "QED\x00"},
 	{"vdi", vdiSignatureOff, vdiSignature},
+	{"parallels", 0, "WithoutFreeSpace\x02\x00\x00\x00"},
+	{"parallels", 0, "WithouFreSpacExt\x02\x00\x00\x00"},
+	{"bochs", 0, "Bochs Virtual HD Image\x00"},
+	{"cloop", 0, "#!/bin/sh\n#V2.0 Format\nmodprobe cloop "},
 }
 
 // Partition table layout (MBR and GPT), to find partition starts.
@@ -69,7 +73,7 @@ const (
 
 	vdiSignatureOff = 0x40
 	vdiSignature    = "\x7f\x10\xda\xbe" // 0xbeda107f little-endian
-	sigReadLen      = 72                 // covers every signature above
+	sigReadLen      = 96                 // covers every signature above
 )
 
 // Ratio above which a virtual size is reported as out of proportion to
@@ -128,27 +132,40 @@ func Findings(path string, img Image, p Policy) []Finding {
 }
 
 // Confusion reports format confusion in f, opened as format (qemu's name;
-// "" when it was not opened): more than one format's probe matching it,
-// and, for a raw image, another format's signature at its start or at the
-// start of one of its MBR or GPT partitions (the pattern of
-// CVE-2024-32498: a raw disk carrying a qcow2 header in a partition).
+// "" when it was not opened): more than one format's probe matching it, a
+// format diskimg does not read, and, for a raw image, another format's
+// signature at its start or at the start of one of its MBR or GPT
+// partitions (the pattern of CVE-2024-32498: a raw disk carrying a qcow2
+// header in a partition).
 func Confusion(f File, format string) []Finding {
 	var out []Finding
 	add := func(msg string, args ...any) {
 		out = append(out, Finding{FindingConfusion, fmt.Sprintf(msg, args...)})
 	}
-	var matched []string
-	for _, ft := range Formats() {
+	var matched, unread []string
+	for _, ft := range Recognised() {
 		if ft.Name != "raw" && ft.Probe(f) {
 			matched = append(matched, ft.Name)
+			if ft.Unread {
+				unread = append(unread, ft.Name)
+			}
 		}
 	}
 	if len(matched) > 1 && !family(matched) {
 		add("the file matches the signatures of several formats: %s", strings.Join(matched, ", "))
 	}
+	start := signatureAt(f, 0)
+	for _, name := range unread {
+		switch {
+		case format == "":
+			add("the file is a %s image, a format diskimg does not read", name)
+		case format == "raw" && start != name:
+			add("opened as raw, but it is a %s image, a format diskimg does not read", name)
+		}
+	}
 	if format == "raw" || format == "" && len(matched) == 0 {
-		if s := signatureAt(f, 0); s != "" {
-			add("opened as raw, but it starts with a %s header", s)
+		if start != "" {
+			add("opened as raw, but it starts with a %s header", start)
 		}
 		if f.Size() >= sectorLen {
 			var foot [8]byte

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -427,6 +428,33 @@ func (w *WriterFormat) Validate(o WriteOptions) error {
 		return w.Check(o)
 	}
 	return nil
+}
+
+// ParseSize reads a size in qemu's syntax: a number with an optional
+// suffix B, K, M, G, T, P or E (powers of 1024); a fraction needs a suffix
+// above B.
+func ParseSize(s string) (int64, error) {
+	num, mul := s, float64(1)
+	if n := len(s); n > 0 {
+		if i := strings.IndexByte("bkmgtpe", s[n-1]|0x20); i >= 0 && s[n-1] >= 'A' {
+			num, mul = s[:n-1], float64(uint64(1)<<(10*i))
+		}
+	}
+	if num == "" || num[0] == '+' || num[0] == '-' {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	if strings.Contains(num, ".") {
+		f, err := strconv.ParseFloat(num, 64)
+		if err != nil || mul == 1 || f*mul >= 1<<63 {
+			return 0, fmt.Errorf("invalid size %q", s)
+		}
+		return int64(f * mul), nil
+	}
+	v, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || float64(v)*mul >= 1<<63 {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	return int64(v) * int64(mul), nil
 }
 
 // ParseOptions splits a qemu-img style -o string "a=1,b=2" into a map. As

@@ -139,8 +139,8 @@ func TestHelpText(t *testing.T) {
 		}
 	}
 	formats := readableFormats()
-	if len(formats) != 10 {
-		t.Errorf("%d readable formats registered, want 10: %v", len(formats), formats)
+	if len(formats) != 11 {
+		t.Errorf("%d readable formats registered, want 11: %v", len(formats), formats)
 	}
 	for _, f := range formats {
 		if !strings.Contains(out, f+",") && !strings.Contains(out, f+")") {

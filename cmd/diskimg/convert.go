@@ -50,6 +50,7 @@ func convertCommand() *cli.Command {
 			&cli.BoolFlag{Name: "verify", Usage: "before the output gets its name, re-read it: its guest contents must equal the source's (qemu-img compare) and its structure must pass diskimg check with no corruption, leak, check error or warning (qemu-img check's refcounts and leaks for qcow2, both grain directories for vmdk, footer copy and BAT for vpc, headers, log, region tables, BAT and metadata for vhdx); a failed output is removed, and -n reports it and exits non-zero"},
 			&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
 			sparsifyFlag(),
+			snapshotFlag,
 		),
 		Action: runConvert,
 	}
@@ -199,6 +200,9 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		return nil, interruptedOr(interrupted, job.dst+" not written", err)
 	}
 	defer img.Close()
+	if err := loadSnapshot(c, img); err != nil {
+		return nil, err
+	}
 	in := img
 	if job.sparsify != nil {
 		// --verify compares with this: free space reads as zeros.

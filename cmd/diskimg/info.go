@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -84,6 +85,9 @@ func writeInfoText(w io.Writer, r *format.Report) error {
 	if r.Encrypted {
 		fmt.Fprintln(w, "encrypted: yes")
 	}
+	if r.DirtyFlag != nil && *r.DirtyFlag {
+		fmt.Fprintln(w, "cleanly shut down: no")
+	}
 	if r.BackingFilename != "" {
 		fmt.Fprintf(w, "backing file: %s", r.BackingFilename)
 		if r.FullBackingFilename != "" && filepath.Clean(r.FullBackingFilename) != filepath.Clean(r.BackingFilename) {
@@ -93,6 +97,10 @@ func writeInfoText(w io.Writer, r *format.Report) error {
 	}
 	if r.BackingFormat != "" {
 		fmt.Fprintf(w, "backing file format: %s\n", r.BackingFormat)
+	}
+	if len(r.Snapshots) > 0 {
+		fmt.Fprintln(w, "Snapshot list:")
+		writeSnapshots(w, r.Snapshots)
 	}
 	if r.FormatSpecific != nil {
 		fmt.Fprintln(w, "Format specific information:")
@@ -105,6 +113,25 @@ func writeInfoText(w io.Writer, r *format.Report) error {
 		}
 	}
 	return nil
+}
+
+// writeSnapshots prints the snapshot table as qemu-img prints it: dates in
+// local time, ids and names cut where qemu's buffers cut them (127 and 255
+// bytes), the guest clock as hours:minutes:seconds.milliseconds.
+func writeSnapshots(w io.Writer, list []format.Snapshot) {
+	fmt.Fprintf(w, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
+	cut := func(s string, n int) string { return s[:min(len(s), n)] }
+	for _, sn := range list {
+		clock := uint64(sn.VMClockSec)*1e9 + uint64(sn.VMClockNsec)
+		secs := clock / 1e9
+		icount := ""
+		if sn.ICount != nil {
+			icount = fmt.Sprint(*sn.ICount)
+		}
+		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", cut(sn.ID, 127), cut(sn.Name, 255), humanSize(sn.VMStateSize),
+			time.Unix(sn.DateSec, 0).Local().Format("2006-01-02 15:04:05"),
+			fmt.Sprintf("%02d:%02d:%02d.%03d", int32(secs/3600), int32(secs/60%60), int32(secs%60), int32(clock/1e6%1000)), icount)
+	}
 }
 
 // humanSize formats n bytes as qemu's size_to_str does: three significant

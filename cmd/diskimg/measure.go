@@ -19,6 +19,7 @@ func measureCommand() *cli.Command {
 			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`; -o help lists the output format's"},
 			&cli.BoolFlag{Name: "c", Usage: "compressed output"},
 			&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
+			snapshotFlag,
 		),
 		Action: runMeasure,
 	}
@@ -55,6 +56,9 @@ func runMeasure(c *cli.Context) error {
 			return err
 		}
 		defer img.Close()
+		if err := loadSnapshot(c, img); err != nil {
+			return err
+		}
 		src = img
 	default:
 		return fmt.Errorf("measure: give either SRC or --size")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -15,14 +14,15 @@ import (
 // qemuCreatable are the formats qemu-img makes that diskimg reads, with
 // the variants the CLI parity test tries.
 var qemuCreatable = map[string][][]string{
-	"raw":   {nil},
-	"qcow2": {nil, {"-o", "cluster_size=4096"}, {"-c"}},
-	"vmdk":  {nil, {"-o", "subformat=streamOptimized"}},
-	"vpc":   {nil, {"-o", "subformat=fixed"}},
-	"vhdx":  {nil},
-	"qed":   {nil},
-	"vdi":   {nil, {"-o", "static=on"}},
-	"qcow":  {nil},
+	"raw":       {nil},
+	"qcow2":     {nil, {"-o", "cluster_size=4096"}, {"-c"}},
+	"vmdk":      {nil, {"-o", "subformat=streamOptimized"}},
+	"vpc":       {nil, {"-o", "subformat=fixed"}},
+	"vhdx":      {nil},
+	"qed":       {nil},
+	"vdi":       {nil, {"-o", "static=on"}},
+	"qcow":      {nil},
+	"parallels": {nil, {"-o", "cluster_size=4k"}},
 }
 
 // TestInfoAndMapMatchQemu runs `diskimg info --output=json` and `diskimg
@@ -41,32 +41,16 @@ func TestInfoAndMapMatchQemu(t *testing.T) {
 				path := formattest.Generate(t, dir, "disk", f.Name, 9<<20+3*512, formattest.Sparse, v...)
 				_ = i
 				// Run both tools on the same relative name from the image's directory.
-				wd, _ := os.Getwd()
-				if err := os.Chdir(dir); err != nil {
-					t.Fatal(err)
-				}
-				defer os.Chdir(wd)
+				inDir(t, dir)
 				name := filepath.Base(path)
-
-				out, stderr, code := runCLI(t, "info", "--output=json", name)
-				if code != 0 {
-					t.Fatalf("info: exit %d: %s", code, stderr)
-				}
-				var ours map[string]any
-				if err := json.Unmarshal([]byte(out), &ours); err != nil {
-					t.Fatal(err)
-				}
+				ours := infoJSON(t, name)
 				// qemu-img is told the format: it probes a fixed VHD as raw.
 				theirs := formattest.QemuInfo(t, name, "-f", f.Name)
-				if _, ok := ours["allocated-size"]; !ok {
-					t.Error("info has no allocated-size")
-				}
-				delete(ours, "allocated-size")
 				if !reflect.DeepEqual(ours, theirs) {
 					t.Errorf("info differs:\ndiskimg  %v\nqemu-img %v", ours, theirs)
 				}
 
-				out, stderr, code = runCLI(t, "map", "--output=json", name)
+				out, stderr, code := runCLI(t, "map", "--output=json", name)
 				if code != 0 {
 					t.Fatalf("map: exit %d: %s", code, stderr)
 				}
@@ -83,4 +67,23 @@ func TestInfoAndMapMatchQemu(t *testing.T) {
 			})
 		}
 	}
+}
+
+// infoJSON runs `info --output=json` with args and returns its keys
+// without diskimg's own allocated-size, which it must have.
+func infoJSON(t *testing.T, args ...string) map[string]any {
+	t.Helper()
+	out, stderr, code := runCLI(t, append([]string{"info", "--output=json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("info: exit %d: %s", code, stderr)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m["allocated-size"]; !ok {
+		t.Error("info has no allocated-size")
+	}
+	delete(m, "allocated-size")
+	return m
 }

@@ -18,7 +18,7 @@ import (
 var InfoKeys = []string{
 	"virtual-size", "format", "cluster-size", "actual-size", "dirty-flag",
 	"backing-filename", "full-backing-filename", "backing-filename-format",
-	"format-specific", "encrypted",
+	"format-specific", "encrypted", "snapshots",
 }
 
 // Options tune Check.

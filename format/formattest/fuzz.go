@@ -58,6 +58,11 @@ func Exercise(t testing.TB, data []byte, fmtName string) {
 		return
 	}
 	defer img.Close()
+	ExerciseImage(t, img)
+}
+
+// ExerciseImage is Exercise on an open image.
+func ExerciseImage(t testing.TB, img format.Image) {
 	size := img.Size()
 	if size < 0 {
 		t.Fatalf("negative virtual size %d", size)

@@ -10,13 +10,6 @@ import (
 	"github.com/diskimg/diskimg/format"
 )
 
-// Header fields only the check needs (big-endian); the refcount table's
-// are named in writer.go.
-const (
-	offNbSnapshots     = 60 // nb_snapshots (4)
-	offSnapshotsOffset = 64 // snapshots_offset (8)
-)
-
 // Structures the check walks that the reader does not.
 const (
 	extCrypto = 0x0537be77 // full disk encryption header pointer: offset (8), length (8)
@@ -26,12 +19,6 @@ const (
 	l2StdReserved    = 0x3f000000000001fe // reserved bits of a standard cluster descriptor
 	l1Reserved       = 0x7f000000000001ff // reserved bits of an L1 entry
 	l2AllAlloc       = 0xffffffff         // allocation half of a subcluster bitmap
-
-	maxSnapshots      = 65536 // qemu's QCOW_MAX_SNAPSHOTS
-	snapshotHeaderLen = 40    // fixed part of a snapshot table entry
-	snapExtraOff      = 36    // extra_data_size within the fixed part
-	snapIDLenOff      = 12    // id_str_size
-	snapNameLenOff    = 14    // name_size
 
 	bmeOffsetMask = 0x00fffffffffffe00 // bitmap table entry: data cluster offset
 	bmeReserved   = 0xff000000000001fe

@@ -37,25 +37,22 @@ const (
 type run struct {
 	start, end int64
 	kind       kind
-	host       int64  // kData: host offset of start
-	entry      uint64 // kCompressed: the L2 entry
-	entryOff   int64  // kCompressed: file offset of the L2 entry
+	// host is the host offset of start, -1 when there is none: always
+	// one for kData, and for kZero and kUnalloc ranges of a cluster that
+	// has a host offset (qemu's zero-alloc and unallocated-alloc
+	// subclusters, which qemu-img map lists with their offset).
+	host     int64
+	entry    uint64 // kCompressed: the L2 entry
+	entryOff int64  // kCompressed: file offset of the L2 entry
 }
 
 // extend appends p to r when it continues r; it reports whether it did.
 func (r *run) extend(p run, splitCompressed bool) bool {
-	if r.end != p.start || r.kind != p.kind {
+	if r.end != p.start || r.kind != p.kind || (r.host < 0) != (p.host < 0) || r.host >= 0 && r.host+(r.end-r.start) != p.host {
 		return false
 	}
-	switch r.kind {
-	case kData:
-		if r.host+(r.end-r.start) != p.host {
-			return false
-		}
-	case kCompressed:
-		if splitCompressed {
-			return false
-		}
+	if r.kind == kCompressed && splitCompressed {
+		return false
 	}
 	r.end = p.end
 	return true
@@ -146,7 +143,7 @@ func (img *Image) scan(off, limit int64, splitCompressed bool) (run, error) {
 			return r, err
 		}
 		if table == nil {
-			if !add(run{start: cur, end: min((l1i+1)*l1Cover, limit)}) {
+			if !add(run{start: cur, end: min((l1i+1)*l1Cover, limit), host: -1}) {
 				return r, nil
 			}
 			cur = r.end
@@ -193,7 +190,7 @@ func (img *Image) cluster(entry, bitmap uint64, entryOff, clusterStart, from, to
 		if host == 0 || host >= img.File.Size() {
 			return false, errorf("l2_entry", entryOff, "compressed cluster at host offset %#x is outside the file (%d bytes)", host, img.File.Size())
 		}
-		return add(run{start: from, end: to, kind: kCompressed, entry: entry, entryOff: entryOff}), nil
+		return add(run{start: from, end: to, kind: kCompressed, host: -1, entry: entry, entryOff: entryOff}), nil
 	}
 	host := int64(entry & offsetMask)
 	hostAllocated := host != 0 || (img.hasDataFile && entry&l2Copied != 0)
@@ -201,9 +198,11 @@ func (img *Image) cluster(entry, bitmap uint64, entryOff, clusterStart, from, to
 		return false, errorf("l2_entry", entryOff, "cluster offset %#x is not cluster-aligned", host)
 	}
 	piece := func(k kind, start, end int64) (bool, error) {
-		p := run{start: start, end: end, kind: k}
-		if k == kData {
+		p := run{start: start, end: end, kind: k, host: -1}
+		if hostAllocated {
 			p.host = host + (start - clusterStart)
+		}
+		if k == kData {
 			if p.host+(end-start) > img.data.Size() {
 				return false, errorf("l2_entry", entryOff, "data cluster at host offset %#x extends past the end of the %s (%d bytes)", host, img.dataName(), img.data.Size())
 			}
@@ -275,11 +274,14 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 		return format.Extent{}, err
 	}
 	e := format.Extent{Start: off, Length: r.end - off, Offset: -1}
+	if r.host >= 0 {
+		e.Offset, e.File = r.host, img.data
+	}
 	switch r.kind {
 	case kZero:
 		e.Status = format.Zero
 	case kData:
-		e.Status, e.Offset, e.File = format.Data, r.host, img.data
+		e.Status = format.Data
 	case kCompressed:
 		e.Status, e.Compressed = format.Data, true
 	}

@@ -201,6 +201,7 @@ type Image struct {
 	compression byte
 	l1          []uint64
 	l1Offset    int64
+	snapshots   []snapshot
 
 	mu     sync.Mutex
 	l2     l2Cache
@@ -376,6 +377,13 @@ func parse(f format.File) (*Image, error) {
 		for i := range img.l1 {
 			img.l1[i] = binary.BigEndian.Uint64(raw[i*8:])
 		}
+	}
+
+	if img.snapshots, err = readSnapshots(f, v2.NbSnapshots, v2.SnapshotsOffset, img.clusterSize); err != nil {
+		return nil, err
+	}
+	for _, s := range img.snapshots {
+		img.Meta.Snapshots = append(img.Meta.Snapshots, s.info)
 	}
 
 	img.l2.max = max(2, int(l2CacheBytes/img.clusterSize))

@@ -11,10 +11,10 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"math/bits"
 	"time"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/blockset"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
 )
 
@@ -166,32 +166,6 @@ func planOf(o format.WriteOptions) (plan, error) {
 // blockStride is the file bytes of one allocated block.
 const blockStride = bitmapBytes + WriterBlockSize
 
-// allocation marks the blocks of a dynamic disk that receive storage: the
-// blocks holding Data in the layout aligned to blocks, as the engine will
-// send them. One bit per block.
-func allocation(p plan, o format.WriteOptions) (set []uint64, count int64, err error) {
-	set = make([]uint64, (p.entries+63)/64)
-	if o.Layout == nil {
-		return set, 0, nil
-	}
-	err = o.Layout.Align(o.Size, WriterBlockSize)(func(e format.Extent) error {
-		if e.Status != format.Data {
-			return nil
-		}
-		if e.Start < 0 || e.End() > p.size {
-			return fmt.Errorf("vpc: layout range [%d,+%d) outside the disk of %d bytes", e.Start, e.Length, p.size)
-		}
-		for b := e.Start / WriterBlockSize; b*WriterBlockSize < e.End(); b++ {
-			if set[b/64]&(1<<(b%64)) == 0 {
-				set[b/64] |= 1 << (b % 64)
-				count++
-			}
-		}
-		return nil
-	})
-	return set, count, err
-}
-
 // Measure answers qemu-img measure for VHD output. qemu-img 7.2 itself
 // cannot ("Block driver 'vpc' does not support size measurement"), so the
 // figures are this writer's exact output sizes: a fixed disk is its data
@@ -207,7 +181,7 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 		n := p.size + vhdspec.FooterSize
 		return format.Measurement{Required: n, FullyAllocated: n}, nil
 	}
-	_, count, err := allocation(p, o)
+	_, count, err := blockset.Layout(o, p.size, WriterBlockSize, Name)
 	if err != nil {
 		return format.Measurement{}, err
 	}
@@ -245,14 +219,13 @@ type Writer struct {
 	footer []byte
 
 	// Dynamic disks.
-	layout    []uint64 // blocks the layout calls data: the most that may be allocated
-	used      []uint64 // blocks allocated: on a pipe from MarkData, on a file as data arrives
-	written   int64    // blocks begun so far
-	blockEnd  int64    // file offset where the current block's data ends
-	next      int64    // guest offset of the next block expected
-	headers   bool     // the headers and BAT are written
-	lazy      bool     // a file: blocks allocated as data arrives, headers and BAT at Close
-	holePages bool     // scan data blocks for zero pages (seekable target)
+	st        *blockset.Storage // the blocks allocated
+	written   int64             // blocks begun so far
+	blockEnd  int64             // file offset where the current block's data ends
+	next      int64             // guest offset of the next block expected
+	headers   bool              // the headers and BAT are written
+	lazy      bool              // a file: blocks allocated as data arrives, headers and BAT at Close
+	holePages bool              // scan data blocks for zero pages (seekable target)
 }
 
 // NewWriter returns a VHD writer on dst, which must be new and empty. It
@@ -274,41 +247,28 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return w, nil
 	}
 	var count int64
-	if w.layout, count, err = allocation(p, o); err != nil {
+	if w.st, count, err = blockset.NewStorage(o, p.size, WriterBlockSize, out.Seekable(), Name); err != nil {
 		return nil, err
 	}
 	if last := p.dataStart + count*blockStride; last/sectorSize > batUnused-1 {
 		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", count)
 	}
-	w.used = make([]uint64, len(w.layout))
-	if w.lazy = out.Seekable() && !o.FrontToBack; w.lazy {
+	if w.lazy = w.st.Lazy; w.lazy {
 		// Blocks from dataStart on; the headers and BAT in Close.
 		return w, out.Skip(p.dataStart)
 	}
-	// On a pipe (or a file written front to back) without a data scan
-	// every block of the layout is used.
-	copy(w.used, w.layout)
 	return w, nil
 }
 
 // NeedsDataScan is true for a dynamic disk on a pipe or written front to
 // back: the BAT precedes the data, so the blocks to allocate come from
 // MarkData.
-func (w *Writer) NeedsDataScan() bool {
-	if w.p.fixed || w.lazy {
-		return false
-	}
-	clear(w.used)
-	return true
-}
+func (w *Writer) NeedsDataScan() bool { return !w.p.fixed && w.st.NeedsDataScan() }
 
 // MarkData notes blocks that will carry data.
 func (w *Writer) MarkData(start, length int64) {
-	if w.headers || start < 0 || length <= 0 || start+length > w.size {
-		return
-	}
-	for b := start / WriterBlockSize; b*WriterBlockSize < start+length; b++ {
-		setBit(w.used, b)
+	if !w.headers && !w.p.fixed {
+		w.st.MarkData(start, length)
 	}
 }
 
@@ -386,7 +346,7 @@ func (w *Writer) writeHeaders(o *format.Output) error {
 	batEnd := w.p.dataStart - batOffset
 	for i := int64(0); i*4 < batEnd; i++ {
 		e := uint32(batUnused)
-		if i < w.p.entries && isSet(w.used, i) {
+		if i < w.p.entries && w.st.Used.Has(i) {
 			e = uint32(host)
 			host += blockStride / sectorSize
 		}
@@ -400,22 +360,6 @@ func (w *Writer) writeHeaders(o *format.Output) error {
 	}
 	_, err := o.Write(chunk)
 	return err
-}
-
-func isSet(set []uint64, b int64) bool { return set[b/64]&(1<<(b%64)) != 0 }
-func setBit(set []uint64, b int64)     { set[b/64] |= 1 << (b % 64) }
-
-// nextSet returns the first block at or after b set in bits, or
-// p.entries.
-func (w *Writer) nextSet(set []uint64, b int64) int64 {
-	for b < w.p.entries {
-		word := set[b/64] >> (b % 64)
-		if word != 0 {
-			return min(b+int64(bits.TrailingZeros64(word)), w.p.entries)
-		}
-		b = (b/64 + 1) * 64
-	}
-	return w.p.entries
 }
 
 // BlockSize is the VHD block for a dynamic disk; a sector for a fixed one.
@@ -473,19 +417,13 @@ func (w *Writer) Write(b *format.Block) error {
 	}
 	for off := b.Start; off < b.End(); {
 		bi := off / WriterBlockSize
-		if b.Status == format.Data && !isSet(w.layout, bi) {
-			return fmt.Errorf("vpc: data at guest offset %d, in block %d that the layout left unallocated", off, bi)
+		stored, err := w.st.Take(bi, off, b.Status == format.Data)
+		if err != nil {
+			return err
 		}
-		if b.Status == format.Data && w.lazy && off == bi*WriterBlockSize {
-			// On a file a block is allocated when data arrives for it.
-			setBit(w.used, bi)
-		}
-		if !isSet(w.used, bi) {
-			if b.Status == format.Data {
-				return fmt.Errorf("vpc: data at guest offset %d, in block %d that the data scan left unallocated", off, bi)
-			}
+		if !stored {
 			// Jump to the next used block, or the block's end.
-			off = min(w.nextSet(w.used, bi)*WriterBlockSize, b.End())
+			off = min(w.st.Next(bi)*WriterBlockSize, b.End())
 			continue
 		}
 		end := min((bi+1)*WriterBlockSize, b.End())
@@ -573,7 +511,7 @@ func (w *Writer) Close() error {
 		if err := w.headersFirst(); err != nil {
 			return err
 		}
-		if used := countSet(w.used); w.written != used {
+		if used := w.st.Used.Count(); w.written != used {
 			return fmt.Errorf("vpc: %d blocks written, %d allocated", w.written, used)
 		}
 		if err := w.out.SkipTo(max(w.blockEnd, w.p.dataStart)); err != nil {
@@ -601,12 +539,4 @@ func (w *Writer) Close() error {
 		return fmt.Errorf("vpc: internal error: headers of %d bytes, data at %d", w.out.Pos(), w.p.dataStart)
 	}
 	return w.out.EndRewrite()
-}
-
-func countSet(set []uint64) int64 {
-	var n int
-	for _, x := range set {
-		n += bits.OnesCount64(x)
-	}
-	return int64(n)
 }

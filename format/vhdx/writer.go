@@ -8,8 +8,6 @@ import (
 	"io"
 	"math"
 	"math/bits"
-	"strconv"
-	"strings"
 	"unicode/utf16"
 
 	"github.com/diskimg/diskimg/format"
@@ -84,39 +82,12 @@ func init() {
 	})
 }
 
-// parseSize reads a size in qemu's syntax: a number with an optional
-// suffix B, K, M, G, T, P or E (powers of 1024); a fraction needs a suffix
-// above B.
-func parseSize(s string) (int64, error) {
-	num, mul := s, float64(1)
-	if n := len(s); n > 0 {
-		if i := strings.IndexByte("bkmgtpe", s[n-1]|0x20); i >= 0 && s[n-1] >= 'A' {
-			num, mul = s[:n-1], float64(uint64(1)<<(10*i))
-		}
-	}
-	if num == "" || num[0] == '+' || num[0] == '-' {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	if strings.Contains(num, ".") {
-		f, err := strconv.ParseFloat(num, 64)
-		if err != nil || mul == 1 || f*mul >= 1<<63 {
-			return 0, fmt.Errorf("invalid size %q", s)
-		}
-		return int64(f * mul), nil
-	}
-	v, err := strconv.ParseUint(num, 10, 64)
-	if err != nil || float64(v)*mul >= 1<<63 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return int64(v) * int64(mul), nil
-}
-
 func roundUp(v, unit int64) int64 { return (v + unit - 1) / unit * unit }
 
 // parseBlockSize returns the block size an option value asks for, 0 for
 // the default. Like qemu, it rounds up to a whole MiB and caps at 256 MiB.
 func parseBlockSize(v string) (int64, error) {
-	n, err := parseSize(v)
+	n, err := format.ParseSize(v)
 	if err != nil {
 		return 0, err
 	}
@@ -130,7 +101,7 @@ func parseBlockSize(v string) (int64, error) {
 // parseLogSize returns the log size an option value asks for, rounded up
 // to a whole MiB as qemu does.
 func parseLogSize(v string) (int64, error) {
-	n, err := parseSize(v)
+	n, err := format.ParseSize(v)
 	if err != nil {
 		return 0, err
 	}

@@ -1,0 +1,276 @@
+package parallels
+
+import (
+	"bytes"
+	"crypto/md5"
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
+)
+
+const seeds = "../../testdata/parallels"
+
+// variants are the cluster sizes qemu-img makes images in: its default
+// (1 MiB), small and large powers of two, and one of 7 sectors.
+var variants = []formattest.Variant{
+	{Name: "default"},
+	{Name: "4k", Args: []string{"-o", "cluster_size=4k"}},
+	{Name: "64k", Args: []string{"-o", "cluster_size=64k"}},
+	{Name: "3584", Args: []string{"-o", "cluster_size=3584"}},
+	{Name: "2M", Args: []string{"-o", "cluster_size=2M"}},
+}
+
+func TestConformance(t *testing.T) {
+	formattest.Run(t, Name, variants, formattest.Options{})
+	formattest.RunEmptyHuge(t, Name, "2T", variants[:1], formattest.Options{})
+}
+
+// makeImage creates a parallels image of size with options opts and runs
+// the qemu-io commands cmds on it; it returns its path.
+func makeImage(t *testing.T, dir, opts, size string, cmds ...string) string {
+	t.Helper()
+	path := filepath.Join(dir, "img.hds")
+	var extra []string
+	if opts != "" {
+		extra = []string{"-o", opts}
+	}
+	formattest.Create(t, path, Name, size, extra...)
+	args := []string{"-f", Name}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	return path
+}
+
+// TestWrittenOutOfOrder: clusters qemu allocates in the order they are
+// written, so the catalog is not monotonic and partial clusters hold
+// zeros around the data; info, map and bytes match qemu-img's.
+func TestWrittenOutOfOrder(t *testing.T) {
+	formattest.RequireQemu(t)
+	for _, opts := range []string{"", "cluster_size=4k", "cluster_size=3584"} {
+		t.Run(opts, func(t *testing.T) {
+			path := makeImage(t, t.TempDir(), opts, "9M",
+				"write -P 0x11 5M 4097", "write -P 0x22 0 512", "write -P 0x33 5M 1",
+				"write -P 0x44 8M 1M", "write -z 1M 64k", "write -P 0x55 1536k 3k")
+			formattest.Check(t, path, formattest.Options{})
+		})
+	}
+}
+
+func put32(d []byte, off int, v uint32) { binary.LittleEndian.PutUint32(d[off:], v) }
+func put64(d []byte, off int, v uint64) { binary.LittleEndian.PutUint64(d[off:], v) }
+
+// toSectors rewrites an image qemu made ("WithouFreSpacExt", catalog in
+// clusters) in the old format: "WithoutFreeSpace", catalog in sectors.
+func toSectors(d []byte) []byte {
+	copy(d, magicSectors)
+	tracks := binary.LittleEndian.Uint32(d[hdrTracks:])
+	n := int(binary.LittleEndian.Uint32(d[hdrBATEntries:]))
+	for i := range n {
+		off := headerSize + entrySize*i
+		put32(d, off, binary.LittleEndian.Uint32(d[off:])*tracks)
+	}
+	return d
+}
+
+// withExtension appends a format extension cluster holding a dirty
+// bitmap feature (its L1 entries: all clear, all set and a cluster of
+// bits appended after it) and points ext_off at it.
+func withExtension(d []byte) []byte {
+	le := binary.LittleEndian
+	cs := int(le.Uint32(d[hdrTracks:])) * sectorSize
+	sectors := le.Uint64(d[hdrNbSectors:])
+	d = append(d, make([]byte, (cs-len(d)%cs)%cs)...)
+	extOff := len(d)
+	ext := make([]byte, cs)
+	le.PutUint64(ext, extMagic)
+	pos := extHeaderLen
+	// Granularity 1 sector: one bit per sector, in 64-bit words.
+	words := (int(sectors)-1)/64 + 1
+	l1 := (words*8 + cs - 1) / cs
+	le.PutUint64(ext[pos:], featDirtyBitmap)
+	le.PutUint32(ext[pos+16:], uint32(bitmapFeatLen+8*l1))
+	f := ext[pos+featHeaderLen:]
+	le.PutUint64(f, sectors)
+	copy(f[8:24], "0123456789abcdef")
+	le.PutUint32(f[24:], 1)
+	le.PutUint32(f[28:], uint32(l1))
+	bitsAt := extOff + cs
+	for i := range l1 {
+		le.PutUint64(f[bitmapFeatLen+8*i:], uint64(i%3)) // 0, 1, then a cluster
+		if i%3 == 2 {
+			le.PutUint64(f[bitmapFeatLen+8*i:], uint64(bitsAt/sectorSize))
+		}
+	}
+	sum := md5.Sum(ext[extHeaderLen:])
+	copy(ext[8:], sum[:])
+	d = append(d, ext...)
+	d = append(d, bytes.Repeat([]byte{0xa5}, cs)...) // the bitmap's one cluster of bits
+	put64(d, hdrExtOff, uint64(extOff/sectorSize))
+	return d
+}
+
+// TestVariantsQemuReads: the old magic, a zero data_off, the in-use flag
+// and a format extension are read as qemu-img reads them (these are
+// valid images, which qemu-img opens read-only).
+func TestVariantsQemuReads(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	orig := makeImage(t, dir, "cluster_size=64k", "3M", "write -P 0x5a 64k 100k", "write -P 0x6b 1M 1", "write -P 0x7c 0 4k")
+	data, err := os.ReadFile(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		patch func(d []byte) []byte
+	}{
+		{"sectors", toSectors},
+		{"sectors-no-data-off", func(d []byte) []byte { put32(toSectors(d), hdrDataOff, 0); return d }},
+		{"in-use", func(d []byte) []byte { put32(d, hdrInUse, inUseMagic); return d }},
+		{"extension", withExtension},
+		{"sectors-extension", func(d []byte) []byte { return withExtension(toSectors(d)) }},
+		{"disk-past-catalog", func(d []byte) []byte { put64(d, hdrNbSectors, 8192); return d }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := formattest.Patched(t, t.TempDir(), "p.hds", data, c.patch)
+			formattest.Check(t, path, formattest.Options{})
+			if c.name != "disk-past-catalog" {
+				if out := formattest.QemuCompareOutput(t, orig, path); !bytes.Contains(out, []byte("Images are identical")) {
+					t.Errorf("qemu-img compare: %s", out)
+				}
+			}
+		})
+	}
+}
+
+func TestProbe(t *testing.T) {
+	for _, c := range []struct {
+		data string
+		want bool
+	}{
+		{magicExt + "\x02\x00\x00\x00", true},
+		{magicSectors + "\x02\x00\x00\x00", true},
+		{magicSectors + "\x01\x00\x00\x00", false},
+		{magicSectors + "\x02\x00\x00", false},
+		{"WithoutFreeSpacE\x02\x00\x00\x00", false},
+	} {
+		if got := Probe(&formattest.MemFile{Data: []byte(c.data)}); got != c.want {
+			t.Errorf("Probe(%q) = %v", c.data, got)
+		}
+	}
+}
+
+// TestSeeds checks that the seeds open, so the fuzzer starts from valid
+// files. With PARALLELS_WRITE_SEEDS=1 it first writes them with qemu-img.
+func TestSeeds(t *testing.T) {
+	if os.Getenv("PARALLELS_WRITE_SEEDS") == "1" {
+		writeSeeds(t)
+	}
+	entries, err := os.ReadDir(seeds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(seeds, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := formattest.OpenMem(t, Name, data)
+		if err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+			continue
+		}
+		if err := formattest.Validate(img); err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+		}
+		img.Close()
+	}
+}
+
+func writeSeeds(t *testing.T) {
+	formattest.RequireQemu(t)
+	if err := os.MkdirAll(seeds, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := makeImage(t, t.TempDir(), "cluster_size=4k", "64k", "write -P 0x5a 12k 4k", "write -P 0x6b 1000 100", "write -P 0x7c 40k 5k")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range map[string][]byte{
+		"data.hds":      data,
+		"sectors.hds":   toSectors(bytes.Clone(data)),
+		"extension.hds": withExtension(bytes.Clone(data)),
+	} {
+		if err := os.WriteFile(filepath.Join(seeds, name), d, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func FuzzParallels(f *testing.F) {
+	formattest.AddSeeds(f, seeds)
+	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, Name) })
+}
+
+// TestMutatedSeeds exercises the reader on seeds with random bytes
+// changed, mostly in the header.
+func TestMutatedSeeds(t *testing.T) {
+	formattest.ExerciseMutatedHeaders(t, Name, seeds)
+}
+
+// BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
+// empty 1 TiB image: metadata time only (a 4 MiB catalog).
+func BenchmarkOpenEmpty1TiB(b *testing.B) {
+	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, Name, "1T"), "", 1)
+}
+
+func seed(t *testing.T, name string) []byte {
+	t.Helper()
+	d, err := os.ReadFile(filepath.Join(seeds, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestSeedContents reads data.hds against the bytes qemu-io wrote.
+func TestSeedContents(t *testing.T) {
+	want := make([]byte, 64<<10)
+	copy(want[12<<10:], bytes.Repeat([]byte{0x5a}, 4<<10))
+	copy(want[1000:], bytes.Repeat([]byte{0x6b}, 100))
+	copy(want[40<<10:], bytes.Repeat([]byte{0x7c}, 5<<10))
+	for _, name := range []string{"data.hds", "sectors.hds", "extension.hds"} {
+		img, err := formattest.OpenMem(t, Name, seed(t, name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := make([]byte, len(want))
+		if n, err := img.ReadAt(got, 0); n != len(got) || err != nil {
+			t.Fatalf("%s: ReadAt = %d, %v", name, n, err)
+		}
+		if i := formattest.FirstDiff(got, want); i >= 0 {
+			t.Errorf("%s: byte %d differs", name, i)
+		}
+		var data int64
+		format.Walk(img, 0, func(e format.Extent) error {
+			if e.Status == format.Data {
+				data += e.Length
+			}
+			return nil
+		})
+		if data != 4*4096 {
+			t.Errorf("%s: %d bytes of data extents, want 4 clusters", name, data)
+		}
+		img.Close()
+	}
+}
