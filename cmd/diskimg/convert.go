@@ -241,6 +241,10 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 	} else if job.verify && !out.Uploaded() {
 		err = verifyOutput(ctx, in, out, w.Name, oo.InPlace)
 	}
+	if err == nil && ctx.Err() != nil {
+		// A signal that came as the last bytes went out: no commit.
+		err = ctx.Err()
+	}
 	if bar != nil {
 		if err == nil {
 			bar.Finish()

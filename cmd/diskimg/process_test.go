@@ -80,6 +80,9 @@ func TestInterruptExitCodes(t *testing.T) {
 		stdin.Write(make([]byte, 1<<20)) // spooled next to the output
 		time.Sleep(200 * time.Millisecond)
 		cmd.Process.Signal(syscall.SIGTERM)
+		// The input ends only later: the signal is handled first however
+		// loaded the machine, and the conversion must not commit after it.
+		time.Sleep(300 * time.Millisecond)
 		stdin.Close()
 		cmd.Wait()
 		if got := cmd.ProcessState.ExitCode(); got != 143 {
