@@ -23,8 +23,8 @@ type Backing struct {
 	Names []string
 	// Format is the backing image's format as stored; "" probes it.
 	Format string
-	// ID is the identity the parent must have (a differencing VDI's
-	// parent UUID, a differencing VHDX's parent_linkage), for messages.
+	// ID is the identity the parent must have, for messages ("UUID {…}"
+	// for a differencing VDI, "DataWriteGuid {…}" for a VHDX).
 	// A layer that sets it checks it in Verify, so the chain may also
 	// try the parents the user gave (Policy.Parents); a layer whose
 	// Names are empty names its parent by ID alone.
@@ -106,9 +106,11 @@ func (o *Opener) withBacking(top Layer, ref *Backing, f File) (Image, error) {
 		return nil, fmt.Errorf("%s: the image names no backing file", format)
 	}
 	if len(ref.Names) > 0 {
+		// Shown whether or not the file opens; a parent named by ID
+		// alone is shown once it has.
 		c.name(ref.Names[0], f)
+		c.info.BackingFormat = ref.Format
 	}
-	c.info.BackingFormat = ref.Format
 	if o.NoBacking {
 		return c, nil
 	}
@@ -145,7 +147,7 @@ func (o *Opener) openParent(c *chain, f File) error {
 			}
 		}
 		c.backing = b
-		c.info.Backing = b
+		c.info.Backing, c.info.BackingFormat = b, ref.Format
 		if given {
 			// A path the user gave is shown as given.
 			c.info.BackingFile, c.info.FullBackingFile = name, name
@@ -175,7 +177,7 @@ func (o *Opener) openParent(c *chain, f File) error {
 	switch {
 	case ref.ID == "":
 	case err == nil:
-		return fmt.Errorf("%s: the image names its parent only by its identity %s: give the parent image with --parent FILE", format, ref.ID)
+		return fmt.Errorf("%s: the image names its parent only by %s: give the parent image with --parent FILE", format, ref.ID)
 	case len(o.Parents) > 0:
 		return fmt.Errorf("%w (and no image given with --parent is %s)", err, ref.ID)
 	case len(ref.Names) > 0:

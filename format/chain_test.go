@@ -333,7 +333,7 @@ func TestChainGivenParents(t *testing.T) {
 	writeLayer(t, filepath.Join(other, "right"), "TSTL size 512", "self A", "data 0 256 2")
 	top := filepath.Join(dir, "top")
 	writeLayer(t, top, "TSTL size 1024", "id A", "data 512 512 3")
-	if _, err := format.Open(top, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "only by its identity A") || !strings.Contains(err.Error(), "--parent") {
+	if _, err := format.Open(top, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "only by A") || !strings.Contains(err.Error(), "--parent") {
 		t.Errorf("no parent given: %v", err)
 	}
 	wrong, right := filepath.Join(other, "wrong"), filepath.Join(other, "right")

@@ -89,7 +89,7 @@ func (p Policy) checkRef(ref string) error {
 		return fmt.Errorf("file reference %q contains a NUL byte", ref)
 	}
 	if isWindowsAbs(ref) {
-		return fmt.Errorf("%q is an absolute Windows path, which names no file on this host: %w (put the parent beside the image, or give it with --parent FILE)", ref, ErrOutsideDirectory)
+		return fmt.Errorf("%q is an absolute Windows path, which names no file on this host: %w", ref, ErrOutsideDirectory)
 	}
 	if isProtocol(ref) {
 		return fmt.Errorf("file reference %q is a protocol or json: name, which diskimg never opens", ref)
@@ -114,6 +114,16 @@ func FullName(imagePath, ref string) string {
 		return imagePath[:i+3] + path.Join(path.Dir(imagePath[i+3:]), ref)
 	}
 	return filepath.Join(filepath.Dir(imagePath), ref)
+}
+
+// LocalName turns a relative Windows path an image stores (.\dir\p.vhdx)
+// into this host's form (dir/p.vhdx). Other names come back unchanged:
+// an absolute Windows path is the policy's to refuse.
+func LocalName(ref string) string {
+	if isWindowsAbs(ref) || !strings.Contains(ref, `\`) {
+		return ref
+	}
+	return path.Clean(strings.ReplaceAll(ref, `\`, "/"))
 }
 
 // isWindowsAbs reports a name a Windows image stores for a file on its
