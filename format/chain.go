@@ -24,7 +24,8 @@ type Backing struct {
 	// Format is the backing image's format as stored; "" probes it.
 	Format string
 	// ID is the identity the parent must have, for messages ("UUID {…}"
-	// for a differencing VDI, "DataWriteGuid {…}" for a VHDX).
+	// for a differencing VDI, "DataWriteGuid {…}" for a VHDX, "CID …"
+	// for a VMDK).
 	// A layer that sets it checks it in Verify, so the chain may also
 	// try the parents the user gave (Policy.Parents); a layer whose
 	// Names are empty names its parent by ID alone.
@@ -138,7 +139,8 @@ func (o *Opener) openParent(c *chain, f File) error {
 		}
 		if ref.Verify != nil {
 			if err := ref.Verify(name, TopLayer(b)); err != nil {
-				if !ref.VerifyOnRead {
+				// A parent the user gave must be the right one.
+				if !ref.VerifyOnRead || given {
 					b.Close()
 					verifyErr = cmpOr(verifyErr, err)
 					return false
