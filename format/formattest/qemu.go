@@ -92,7 +92,9 @@ type MapRun struct {
 	Present, Zero, Data bool
 }
 
-func appendMapRun(list []MapRun, r MapRun) []MapRun {
+// AppendMapRun appends r to list, merged into its last run when they
+// share the layer and flags.
+func AppendMapRun(list []MapRun, r MapRun) []MapRun {
 	if n := len(list); n > 0 {
 		p := &list[n-1]
 		if p.Depth == r.Depth && p.Present == r.Present && p.Zero == r.Zero && p.Data == r.Data {
@@ -108,7 +110,7 @@ func MapRuns(t testing.TB, img format.Image) []MapRun {
 	t.Helper()
 	var out []MapRun
 	err := format.Walk(img, 0, func(e format.Extent) error {
-		out = appendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Status != format.Unallocated, e.Status != format.Data, e.Status == format.Data})
+		out = AppendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Status != format.Unallocated, e.Status != format.Data, e.Status == format.Data})
 		return nil
 	})
 	if err != nil {
@@ -122,7 +124,7 @@ func QemuMapRuns(t testing.TB, path string, args ...string) []MapRun {
 	t.Helper()
 	var out []MapRun
 	for _, e := range QemuMap(t, path, args...) {
-		out = appendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Present, e.Zero, e.Data})
+		out = AppendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Present, e.Zero, e.Data})
 	}
 	return out
 }

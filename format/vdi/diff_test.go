@@ -13,7 +13,6 @@ import (
 	"fmt"
 	mrand "math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -52,13 +51,8 @@ const (
 type vdiDiff struct {
 	size             int64
 	uuid, link, pmod [16]byte
-	writes           []write
+	writes           []formattest.Write
 	zero             []int64
-}
-
-type write struct {
-	off  int64
-	data []byte
 }
 
 func newUUID(t testing.TB) [16]byte {
@@ -129,7 +123,7 @@ func writeVDIDiff(t testing.TB, path, parentRaw string, d vdiDiff) {
 	defer f.Close()
 	var next uint32
 	for _, w := range d.writes {
-		for g := w.off; g < w.off+int64(len(w.data)); g = (g/blockSize + 1) * blockSize {
+		for g := w.Off; g < w.Off+int64(len(w.Data)); g = (g/blockSize + 1) * blockSize {
 			b := g / blockSize
 			if bmap[b] == blockZero {
 				t.Fatalf("block %d is written and zero", b)
@@ -148,11 +142,11 @@ func writeVDIDiff(t testing.TB, path, parentRaw string, d vdiDiff) {
 		}
 	}
 	for _, w := range d.writes {
-		for o := int64(0); o < int64(len(w.data)); {
-			g := w.off + o
+		for o := int64(0); o < int64(len(w.Data)); {
+			g := w.Off + o
 			b := g / blockSize
-			n := min(int64(len(w.data))-o, (b+1)*blockSize-g)
-			if _, err := f.WriteAt(w.data[o:o+n], blockSize+bmapLen+int64(bmap[b])*blockSize+g-b*blockSize); err != nil {
+			n := min(int64(len(w.Data))-o, (b+1)*blockSize-g)
+			if _, err := f.WriteAt(w.Data[o:o+n], blockSize+bmapLen+int64(bmap[b])*blockSize+g-b*blockSize); err != nil {
 				t.Fatal(err)
 			}
 			o += n
@@ -174,50 +168,15 @@ func writeVDIDiff(t testing.TB, path, parentRaw string, d vdiDiff) {
 	}
 }
 
-// vdiParent makes a dynamic VDI of size bytes with qemu-img, writes to it
-// with qemu-io, and makes its raw oracle (path+".raw") with the same
-// qemu-io commands on a sparse raw file.
-func vdiParent(t *testing.T, path string, size int64, cmds ...string) string {
-	t.Helper()
-	formattest.Create(t, path, "vdi", fmt.Sprint(size))
-	raw := path + ".raw"
-	if err := os.WriteFile(raw, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(raw, size); err != nil {
-		t.Fatal(err)
-	}
-	for _, img := range []struct{ fmt, path string }{{"vdi", path}, {"raw", raw}} {
-		args := []string{"-f", img.fmt}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
-		}
-		if out, err := exec.Command("qemu-io", append(args, img.path)...).CombinedOutput(); err != nil {
-			t.Fatalf("qemu-io: %v: %s", err, out)
-		}
-	}
-	return raw
-}
-
 // vdiOverlay makes the raw oracle of a child: its parent's oracle with the
 // child's writes over it and its discarded blocks zeroed.
 func vdiOverlay(t *testing.T, parentRaw, raw string, d vdiDiff) {
 	t.Helper()
-	if out, err := exec.Command("cp", "--sparse=always", parentRaw, raw).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
-	}
-	f, err := os.OpenFile(raw, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	f.Truncate(d.size)
+	var zeros [][2]int64
 	for _, b := range d.zero {
-		f.WriteAt(make([]byte, min(blockSize, d.size-b*blockSize)), b*blockSize)
+		zeros = append(zeros, [2]int64{b * blockSize, min(blockSize, d.size-b*blockSize)})
 	}
-	for _, w := range d.writes {
-		f.WriteAt(w.data, w.off)
-	}
+	formattest.Overlay(t, parentRaw, raw, d.size, zeros, d.writes)
 }
 
 func randomBytes(seed, n int64) []byte {
@@ -242,29 +201,6 @@ func readsLike(t *testing.T, img format.Image, raw string) {
 	}
 }
 
-type mapRun struct {
-	start, length int64
-	st            format.Status
-	depth         int
-}
-
-func runs(t *testing.T, img format.Image) []mapRun {
-	t.Helper()
-	var out []mapRun
-	err := format.Walk(img, 0, func(e format.Extent) error {
-		if n := len(out); n > 0 && out[n-1].st == e.Status && out[n-1].depth == e.Depth {
-			out[n-1].length += e.Length
-			return nil
-		}
-		out = append(out, mapRun{e.Start, e.Length, e.Status, e.Depth})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestDifferencing reads differencing VDIs over a qemu-img parent, the
 // parent given as Policy.Parents: blocks the child stores, discarded
 // blocks, the parent's blocks; a chain of two; and what fails.
@@ -274,11 +210,11 @@ func TestDifferencing(t *testing.T) {
 	other := t.TempDir() // parents need not live beside the child
 	const size = 16<<20 + 3*512
 	parent := filepath.Join(other, "base.vdi")
-	praw := vdiParent(t, parent, size, "write -P 0x11 0 3M", "write -P 0x22 8M 1M", "write -P 0x33 16M 1536")
+	praw := formattest.WithOracle(t, parent, "vdi", size, nil, "write -P 0x11 0 3M", "write -P 0x22 8M 1M", "write -P 0x33 16M 1536")
 	pid, pmod := uuids(t, parent)
 	child := filepath.Join(dir, "{child}.vdi")
 	d := vdiDiff{size: size, uuid: newUUID(t), link: pid, pmod: pmod,
-		writes: []write{{512, randomBytes(1, 1024)}, {5<<20 - 512, randomBytes(2, 4096)}, {16 << 20, randomBytes(3, 512)}},
+		writes: []formattest.Write{{Off: 512, Data: randomBytes(1, 1024)}, {Off: 5<<20 - 512, Data: randomBytes(2, 4096)}, {Off: 16 << 20, Data: randomBytes(3, 512)}},
 		zero:   []int64{8}}
 	writeVDIDiff(t, child, praw, d)
 	raw := filepath.Join(dir, "child.raw")
@@ -318,12 +254,17 @@ func TestDifferencing(t *testing.T) {
 	// Blocks 0, 4 and 16 are the child's, block 8 discarded, the rest
 	// the parent's: data where qemu-io wrote, zeros elsewhere (a base
 	// VDI maps its empty blocks as zero, not unallocated).
-	want := []mapRun{
-		{0, 1 << 20, format.Data, 0}, {1 << 20, 2 << 20, format.Data, 1}, {3 << 20, 1 << 20, format.Zero, 1},
-		{4 << 20, 2 << 20, format.Data, 0}, {6 << 20, 2 << 20, format.Zero, 1}, {8 << 20, 1 << 20, format.Zero, 0},
-		{9 << 20, 7 << 20, format.Zero, 1}, {16 << 20, 1536, format.Data, 0},
+	data := func(start, n int64, depth int) formattest.MapRun {
+		return formattest.MapRun{Start: start, Length: n, Depth: depth, Present: true, Data: true}
 	}
-	if got := runs(t, img); fmt.Sprint(got) != fmt.Sprint(want) {
+	zero := func(start, n int64, depth int) formattest.MapRun {
+		return formattest.MapRun{Start: start, Length: n, Depth: depth, Present: true, Zero: true}
+	}
+	want := []formattest.MapRun{
+		data(0, 1<<20, 0), data(1<<20, 2<<20, 1), zero(3<<20, 1<<20, 1), data(4<<20, 2<<20, 0),
+		zero(6<<20, 2<<20, 1), zero(8<<20, 1<<20, 0), zero(9<<20, 7<<20, 1), data(16<<20, 1536, 0),
+	}
+	if got := formattest.MapRuns(t, img); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("map\n got %v\nwant %v", got, want)
 	}
 
@@ -331,7 +272,7 @@ func TestDifferencing(t *testing.T) {
 	// any order.
 	_, cmod := uuids(t, child)
 	grand := filepath.Join(dir, "grand.vdi")
-	g := vdiDiff{size: size, uuid: newUUID(t), link: d.uuid, pmod: cmod, writes: []write{{2<<20 + 512, randomBytes(4, 512)}, {9 << 20, randomBytes(5, 2<<20)}}}
+	g := vdiDiff{size: size, uuid: newUUID(t), link: d.uuid, pmod: cmod, writes: []formattest.Write{{Off: 2<<20 + 512, Data: randomBytes(4, 512)}, {Off: 9 << 20, Data: randomBytes(5, 2<<20)}}}
 	writeVDIDiff(t, grand, raw, g)
 	graw := filepath.Join(dir, "grand.raw")
 	vdiOverlay(t, raw, graw, g)
@@ -389,7 +330,7 @@ func TestDifferencingHostile(t *testing.T) {
 	praw := filepath.Join(dir, "p.raw")
 	os.WriteFile(praw, make([]byte, 3<<20), 0o644)
 	path := filepath.Join(dir, "d.vdi")
-	writeVDIDiff(t, path, praw, vdiDiff{size: 3 << 20, uuid: newUUID(t), link: newUUID(t), writes: []write{{1 << 20, randomBytes(1, 512)}}, zero: []int64{2}})
+	writeVDIDiff(t, path, praw, vdiDiff{size: 3 << 20, uuid: newUUID(t), link: newUUID(t), writes: []formattest.Write{{Off: 1 << 20, Data: randomBytes(1, 512)}}, zero: []int64{2}})
 	seed, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

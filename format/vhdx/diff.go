@@ -197,14 +197,8 @@ func (img *Image) checkBitmaps(r region, regions []region, fileSize int64) error
 		switch e & batStateMask {
 		case 0:
 		case sbPresent:
-			off := int64(e & batOffsetMask)
-			if off > fileSize-sbBlockSize {
-				return batError(r, i, "sector bitmap block at %d extends past the end of the file (%d bytes)", off, fileSize)
-			}
-			for _, q := range regions {
-				if off < q.end && q.start < off+sbBlockSize {
-					return batError(r, i, "sector bitmap block at %d overlaps the %s at [%d, %d)", off, q.name, q.start, q.end)
-				}
+			if err := checkPlace(r, i, "sector bitmap block", int64(e&batOffsetMask), sbBlockSize, fileSize, regions); err != nil {
+				return err
 			}
 		default:
 			return batError(r, i, "invalid sector bitmap block state %d", e&batStateMask)

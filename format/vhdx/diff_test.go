@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,58 +15,21 @@ import (
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
-// diffParent makes a dynamic VHDX parent of size bytes at path with
-// qemu-img and writes to it with qemu-io, and its raw oracle, path+".raw",
-// by running the same qemu-io commands on a sparse raw file.
-func diffParent(t *testing.T, path string, size int64, opts string, cmds ...string) (raw string) {
+// diffParent makes a dynamic VHDX parent and its raw oracle, path+".raw".
+func diffParent(t *testing.T, path string, size int64, opts string, cmds ...string) string {
 	t.Helper()
-	formattest.Create(t, path, Name, fmt.Sprint(size), "-o", opts)
-	raw = path + ".raw"
-	if err := os.WriteFile(raw, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(raw, size); err != nil {
-		t.Fatal(err)
-	}
-	for _, img := range []struct{ fmt, path string }{{Name, path}, {"raw", raw}} {
-		args := []string{"-f", img.fmt}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
-		}
-		if out, err := exec.Command("qemu-io", append(args, img.path)...).CombinedOutput(); err != nil {
-			t.Fatalf("qemu-io: %v: %s", err, out)
-		}
-	}
-	return raw
+	return formattest.WithOracle(t, path, Name, size, []string{"-o", opts}, cmds...)
 }
 
 // overlay builds the raw oracle of a child: the parent's raw oracle with
 // the child's writes over it and its zero blocks cleared.
 func overlay(t *testing.T, parentRaw, raw string, s diffSpec) {
 	t.Helper()
-	if out, err := exec.Command("cp", "--sparse=always", parentRaw, raw).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
-	}
-	f, err := os.OpenFile(raw, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fi, _ := f.Stat()
-	if fi.Size() < s.size {
-		f.Truncate(s.size)
-	}
+	var zeros [][2]int64
 	for _, b := range append(append([]int64(nil), s.zero...), s.unmapped...) {
-		n := min(s.blockSize, s.size-b*s.blockSize)
-		if _, err := f.WriteAt(make([]byte, n), b*s.blockSize); err != nil {
-			t.Fatal(err)
-		}
+		zeros = append(zeros, [2]int64{b * s.blockSize, min(s.blockSize, s.size-b*s.blockSize)})
 	}
-	for _, w := range s.writes {
-		if _, err := f.WriteAt(w.data, w.off); err != nil {
-			t.Fatal(err)
-		}
-	}
+	formattest.Overlay(t, parentRaw, raw, s.size, zeros, s.writes)
 }
 
 // random returns n random bytes.
@@ -83,42 +45,12 @@ type cell struct {
 	depth int
 }
 
-type mapRun struct {
-	start, length int64
-	cell
-}
-
-// runsOf merges a chain's extent map into runs of one status and depth.
-func runsOf(t *testing.T, img format.Image) []mapRun {
-	t.Helper()
-	var out []mapRun
-	err := format.Walk(img, 0, func(e format.Extent) error {
-		out = appendRun(out, mapRun{e.Start, e.Length, cell{e.Status, e.Depth}})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func appendRun(list []mapRun, r mapRun) []mapRun {
-	if n := len(list); n > 0 && list[n-1].cell == r.cell && list[n-1].start+list[n-1].length == r.start {
-		list[n-1].length += r.length
-		return list
-	}
-	return append(list, r)
-}
-
 // expectedRuns is the map a child of s over parent should have: what the
 // child holds at depth 0, the rest the parent's map one layer deeper.
-func expectedRuns(t *testing.T, parent format.Image, s diffSpec) []mapRun {
+func expectedRuns(t *testing.T, parent format.Image, s diffSpec) []formattest.MapRun {
 	t.Helper()
 	ss := s.logical
 	cells := make([]cell, s.size/ss)
-	for i := range cells {
-		cells[i] = cell{format.Unallocated, 0}
-	}
 	err := format.Walk(parent, 0, func(e format.Extent) error {
 		for o := e.Start; o < e.End() && o/ss < int64(len(cells)); o += ss {
 			cells[o/ss] = cell{e.Status, e.Depth + 1}
@@ -134,15 +66,45 @@ func expectedRuns(t *testing.T, parent format.Image, s diffSpec) []mapRun {
 		}
 	}
 	for _, w := range s.writes {
-		for o := w.off; o < w.off+int64(len(w.data)); o += ss {
+		for o := w.Off; o < w.Off+int64(len(w.Data)); o += ss {
 			cells[o/ss] = cell{format.Data, 0}
 		}
 	}
-	var out []mapRun
+	var out []formattest.MapRun
 	for i, c := range cells {
-		out = appendRun(out, mapRun{int64(i) * ss, ss, c})
+		out = formattest.AppendMapRun(out, formattest.MapRun{Start: int64(i) * ss, Length: ss, Depth: c.depth,
+			Present: c.st != format.Unallocated, Zero: c.st != format.Data, Data: c.st == format.Data})
 	}
 	return out
+}
+
+// openChild writes dir/child.avhdx as s describes over the parent whose
+// raw oracle is praw, and its oracle dir/child.raw, and opens the chain.
+func openChild(t *testing.T, dir, praw string, s diffSpec) (format.Image, string) {
+	t.Helper()
+	child := filepath.Join(dir, "child.avhdx")
+	writeDiff(t, child, s)
+	raw := filepath.Join(dir, "child.raw")
+	overlay(t, praw, raw, s)
+	img, err := format.Open(child, "", format.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img, raw
+}
+
+// checkMap compares the chain's map with expectedRuns.
+func checkMap(t *testing.T, img format.Image, parent string, s diffSpec) {
+	t.Helper()
+	p, err := format.Open(parent, Name, format.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got, want := formattest.MapRuns(t, img), expectedRuns(t, p, s); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("map\n got %v\nwant %v", got, want)
+	}
 }
 
 // compareWindows reads each window of img and of the raw file and
@@ -197,31 +159,23 @@ func TestDifferencing(t *testing.T) {
 			s := diffSpec{size: size, blockSize: bs, logical: ss, dataWrite: randomGUID(t),
 				locator: [][2]string{linkage(dataWriteOf(t, parent)), {"relative_path", `.\parent.vhdx`},
 					{"absolute_win32_path", `\\?\D:\vms\parent.vhdx`}},
-				writes: []diffWrite{
-					{ss, random(1, 2*ss)},              // inside block 0
-					{6 * bs, random(2, bs)},            // a whole block
-					{10<<20 - 3*ss, random(3, 6*ss)},   // across a block boundary
-					{20 << 20, random(4, ss)},          // scattered sectors
-					{20<<20 + 2*ss, random(5, ss)},     //
-					{20<<20 + 4*ss, random(6, 3*ss)},   //
-					{size - ss, random(7, ss)},         // the last sector
-					{44<<20 + 5*ss, random(8, 100*ss)}, // over a ZERO block's neighbour
-					{48 << 20, random(9, bs/2)},        // the first half of a block
-					{56<<20 + bs/2, random(10, bs/2)},  // the second half
+				writes: []formattest.Write{
+					{Off: ss, Data: random(1, 2*ss)},              // inside block 0
+					{Off: 6 * bs, Data: random(2, bs)},            // a whole block
+					{Off: 10<<20 - 3*ss, Data: random(3, 6*ss)},   // across a block boundary
+					{Off: 20 << 20, Data: random(4, ss)},          // scattered sectors
+					{Off: 20<<20 + 2*ss, Data: random(5, ss)},     //
+					{Off: 20<<20 + 4*ss, Data: random(6, 3*ss)},   //
+					{Off: size - ss, Data: random(7, ss)},         // the last sector
+					{Off: 44<<20 + 5*ss, Data: random(8, 100*ss)}, // over a ZERO block's neighbour
+					{Off: 48 << 20, Data: random(9, bs/2)},        // the first half of a block
+					{Off: 56<<20 + bs/2, Data: random(10, bs/2)},  // the second half
 				},
 				zero:     []int64{40 << 20 / bs},
 				unmapped: []int64{(52 << 20) / bs},
 			}
+			img, raw := openChild(t, dir, praw, s)
 			child := filepath.Join(dir, "child.avhdx")
-			writeDiff(t, child, s)
-			raw := filepath.Join(dir, "child.raw")
-			overlay(t, praw, raw, s)
-
-			img, err := format.Open(child, "", format.Policy{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
 			info := img.Info()
 			if info.Format != Name || info.Subformat != "differencing" || info.BackingFile != "parent.vhdx" ||
 				info.FullBackingFile != parent || info.BackingFormat != Name || info.Backing == nil {
@@ -231,14 +185,7 @@ func TestDifferencing(t *testing.T) {
 				t.Error(err)
 			}
 			compareWindows(t, img, raw, [][2]int64{{0, size}})
-			p, err := format.Open(parent, Name, format.Policy{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			if got, want := runsOf(t, img), expectedRuns(t, p, s); fmt.Sprint(got) != fmt.Sprint(want) {
-				t.Errorf("map\n got %v\nwant %v", got, want)
-			}
+			checkMap(t, img, parent, s)
 			// The layer alone: what the child holds, the rest unallocated.
 			top, err := format.Open(child, "", format.Policy{NoBacking: true})
 			if err != nil {
@@ -247,7 +194,7 @@ func TestDifferencing(t *testing.T) {
 			defer top.Close()
 			var held int64
 			for _, w := range s.writes {
-				held += int64(len(w.data))
+				held += int64(len(w.Data))
 			}
 			if n, err := format.AllocatedBytes(top); err != nil || n != held {
 				t.Errorf("NoBacking: %d bytes of data, %v; want %d", n, err, held)
@@ -267,32 +214,17 @@ func TestDifferencingChunks(t *testing.T) {
 	praw := diffParent(t, parent, size, "block_size=1M", "write -P 0x11 4095M 2M", "write -P 0x22 8G 1M", "write -P 0x33 9215M 1M")
 	s := diffSpec{size: size, blockSize: 1 << 20, logical: 512, dataWrite: randomGUID(t),
 		locator: [][2]string{{"relative_path", "parent.vhdx"}, linkage(dataWriteOf(t, parent))},
-		writes: []diffWrite{
-			{4<<30 - 1024, random(1, 2048)},
-			{8<<30 + 512, random(2, 512)},
-			{8<<30 + 3<<20, random(3, 1<<20)},
-			{9<<30 - 4096, random(4, 1024)},
-			{1 << 20, random(5, 512)},
+		writes: []formattest.Write{
+			{Off: 4<<30 - 1024, Data: random(1, 2048)},
+			{Off: 8<<30 + 512, Data: random(2, 512)},
+			{Off: 8<<30 + 3<<20, Data: random(3, 1<<20)},
+			{Off: 9<<30 - 4096, Data: random(4, 1024)},
+			{Off: 1 << 20, Data: random(5, 512)},
 		},
 	}
-	child := filepath.Join(dir, "child.avhdx")
-	writeDiff(t, child, s)
-	raw := filepath.Join(dir, "child.raw")
-	overlay(t, praw, raw, s)
-	img, err := format.Open(child, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img, raw := openChild(t, dir, praw, s)
 	compareWindows(t, img, raw, [][2]int64{{0, 4 << 20}, {4<<30 - 4<<20, 4<<30 + 4<<20}, {8<<30 - 1<<20, 8<<30 + 8<<20}, {size - 4<<20, size}})
-	p, err := format.Open(parent, Name, format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if got, want := runsOf(t, img), expectedRuns(t, p, s); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("map\n got %v\nwant %v", got, want)
-	}
+	checkMap(t, img, parent, s)
 }
 
 // TestDifferencingParents: how a differencing VHDX finds and checks its
@@ -311,7 +243,7 @@ func TestDifferencingParents(t *testing.T) {
 	child := filepath.Join(dir, "child.avhdx")
 	spec := func(loc ...[2]string) diffSpec {
 		return diffSpec{size: size, blockSize: 1 << 20, logical: 512, dataWrite: randomGUID(t), locator: loc,
-			writes: []diffWrite{{512, random(1, 512)}}}
+			writes: []formattest.Write{{Off: 512, Data: random(1, 512)}}}
 	}
 	open := func(s diffSpec, p format.Policy) (format.Image, error) {
 		writeDiff(t, child, s)
@@ -368,10 +300,10 @@ func TestDifferencingParents(t *testing.T) {
 
 	// A chain of three: grandchild over child over parent.
 	cs := spec(linkage(id), [2]string{"relative_path", `sub\parent.vhdx`})
-	cs.writes = []diffWrite{{1 << 20, random(2, 4096)}, {3 << 20, random(3, 1<<20)}}
+	cs.writes = []formattest.Write{{Off: 1 << 20, Data: random(2, 4096)}, {Off: 3 << 20, Data: random(3, 1<<20)}}
 	writeDiff(t, child, cs)
 	gs := spec(linkage(cs.dataWrite), [2]string{"relative_path", "child.avhdx"})
-	gs.writes = []diffWrite{{1<<20 + 1024, random(4, 1024)}, {7<<20 + 512, random(5, 2048)}}
+	gs.writes = []formattest.Write{{Off: 1<<20 + 1024, Data: random(4, 1024)}, {Off: 7<<20 + 512, Data: random(5, 2048)}}
 	grand := filepath.Join(dir, "grand.avhdx")
 	writeDiff(t, grand, gs)
 	craw, graw := filepath.Join(dir, "child.raw"), filepath.Join(dir, "grand.raw")
@@ -408,7 +340,7 @@ func diffSeed(t testing.TB) []byte {
 	copy(full, random(2, 512))
 	writeDiff(t, path, diffSpec{size: 8 << 20, blockSize: 1 << 20, logical: 512, dataWrite: randomGUID(t),
 		locator: [][2]string{linkage(randomGUID(t)), {"relative_path", `.\parent.vhdx`}},
-		writes:  []diffWrite{{512, random(1, 1024)}, {2 << 20, full}}, zero: []int64{4}})
+		writes:  []formattest.Write{{Off: 512, Data: random(1, 1024)}, {Off: 2 << 20, Data: full}}, zero: []int64{4}})
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

@@ -11,23 +11,19 @@ import (
 	"sort"
 	"testing"
 	"unicode/utf16"
+
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // diffSpec describes a differencing VHDX.
 type diffSpec struct {
 	size, blockSize int64
-	logical         int64       // logical sector size: 512 or 4096
-	dataWrite       guid        // this file's DataWriteGuid
-	locator         [][2]string // parent locator key-value entries, in order
-	writes          []diffWrite // sectors the file holds
-	zero            []int64     // payload blocks in the ZERO state
-	unmapped        []int64     // payload blocks in the UNMAPPED state
-}
-
-// diffWrite is data the file holds at guest offset off, whole sectors.
-type diffWrite struct {
-	off  int64
-	data []byte
+	logical         int64              // logical sector size: 512 or 4096
+	dataWrite       guid               // this file's DataWriteGuid
+	locator         [][2]string        // parent locator key-value entries, in order
+	writes          []formattest.Write // sectors the file holds
+	zero            []int64            // payload blocks in the ZERO state
+	unmapped        []int64            // payload blocks in the UNMAPPED state
 }
 
 func randomGUID(t testing.TB) guid {
@@ -151,10 +147,10 @@ func writeDiff(t testing.TB, path string, s diffSpec) {
 	ss := s.logical
 	held := map[int64][]bool{}
 	for _, w := range s.writes {
-		if w.off%ss != 0 || int64(len(w.data))%ss != 0 || w.off+int64(len(w.data)) > s.size {
-			t.Fatalf("write [%d,+%d) is not whole sectors of the disk", w.off, len(w.data))
+		if w.Off%ss != 0 || int64(len(w.Data))%ss != 0 || w.Off+int64(len(w.Data)) > s.size {
+			t.Fatalf("write [%d,+%d) is not whole sectors of the disk", w.Off, len(w.Data))
 		}
-		for g := w.off; g < w.off+int64(len(w.data)); g += ss {
+		for g := w.Off; g < w.Off+int64(len(w.Data)); g += ss {
 			b := g / s.blockSize
 			if held[b] == nil {
 				held[b] = make([]bool, s.blockSize/ss)
@@ -201,11 +197,11 @@ func writeDiff(t testing.TB, path string, s diffSpec) {
 	}
 	// The data, where the sectors live (the rest of a block is a hole).
 	for _, w := range s.writes {
-		for o := int64(0); o < int64(len(w.data)); {
-			g := w.off + o
+		for o := int64(0); o < int64(len(w.Data)); {
+			g := w.Off + o
 			b := g / s.blockSize
-			n := min(int64(len(w.data))-o, (b+1)*s.blockSize-g)
-			put(host[b]+g-b*s.blockSize, w.data[o:o+n])
+			n := min(int64(len(w.Data))-o, (b+1)*s.blockSize-g)
+			put(host[b]+g-b*s.blockSize, w.Data[o:o+n])
 			o += n
 		}
 	}

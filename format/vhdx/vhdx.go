@@ -588,20 +588,28 @@ func (img *Image) readBAT(r region, regions []region, fileSize int64) error {
 					return batError(r, i, "partially present block whose chunk has no sector bitmap block")
 				}
 			}
-			off := int64(e & batOffsetMask)
 			// The last block need only hold the disk's last bytes: qemu
 			// once made files that end there.
 			need := min(img.blockSize, img.Size()-b*img.blockSize)
-			if off > fileSize || need > fileSize-off {
-				return batError(r, i, "payload block at %d extends past the end of the file (%d bytes)", off, fileSize)
-			}
-			for _, q := range regions {
-				if off < q.end && q.start < off+need {
-					return batError(r, i, "payload block at %d overlaps the %s at [%d, %d)", off, q.name, q.start, q.end)
-				}
+			if err := checkPlace(r, i, "payload block", int64(e&batOffsetMask), need, fileSize, regions); err != nil {
+				return err
 			}
 		default:
 			return batError(r, i, "invalid payload block state %d", e&batStateMask)
+		}
+	}
+	return nil
+}
+
+// checkPlace checks that the block of need bytes at off that BAT entry i
+// of the BAT region r names lies in the file, clear of the regions.
+func checkPlace(r region, i int64, what string, off, need, fileSize int64, regions []region) error {
+	if off > fileSize || need > fileSize-off {
+		return batError(r, i, "%s at %d extends past the end of the file (%d bytes)", what, off, fileSize)
+	}
+	for _, q := range regions {
+		if off < q.end && q.start < off+need {
+			return batError(r, i, "%s at %d overlaps the %s at [%d, %d)", what, off, q.name, q.start, q.end)
 		}
 	}
 	return nil

@@ -293,12 +293,7 @@ func TestSnapshotChains(t *testing.T) {
 // CID, no longer the child's parentCID. As qemu, the chain still opens and
 // maps; reading what the parent holds fails, naming the parentCID.
 func TestSnapshotCID(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	parent, child := filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
-	formattest.Create(t, parent, "vmdk", "8M")
-	qemuIO(t, parent, "write -P 0x11 0 1M")
-	formattest.Create(t, child, "vmdk", "8M", "-b", "parent.vmdk", "-F", "vmdk")
+	parent, child := snapshot(t, "-o", "subformat=monolithicSparse")
 	qemuIO(t, child, "write -P 0x21 4M 64k")
 	qemuIO(t, parent, "write -P 0x12 6M 64k") // a new CID
 	img := open(t, child, format.Policy{})
@@ -312,9 +307,21 @@ func TestSnapshotCID(t *testing.T) {
 	if _, err := img.ReadAt(buf, 0); err == nil || !strings.Contains(err.Error(), "parentCID") {
 		t.Errorf("the parent's data: %v, want a parentCID error", err)
 	}
-	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", child, filepath.Join(dir, "q.raw")).CombinedOutput(); err == nil {
+	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", child, filepath.Join(filepath.Dir(child), "q.raw")).CombinedOutput(); err == nil {
 		t.Errorf("qemu-img convert read the changed parent: %s", out)
 	}
+}
+
+// snapshot makes an 8 MiB parent.vmdk holding 1 MiB of 0x11 and a child
+// over it (child.vmdk, made with the extra create arguments args).
+func snapshot(t *testing.T, args ...string) (parent, child string) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	parent, child = filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
+	formattest.Create(t, parent, "vmdk", "8M")
+	qemuIO(t, parent, "write -P 0x11 0 1M")
+	formattest.Create(t, child, "vmdk", "8M", append(args, "-b", "parent.vmdk", "-F", "vmdk")...)
+	return parent, child
 }
 
 // toRaw writes img's guest bytes to a sparse raw file at path.
@@ -355,13 +362,9 @@ func toRaw(t *testing.T, img format.Image, path string) {
 // absolute Windows paths) can be replaced by a parent given with
 // --parent, which must have the child's parentCID.
 func TestSnapshotParentNames(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	parent, child := filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
-	formattest.Create(t, parent, "vmdk", "8M")
-	qemuIO(t, parent, "write -P 0x11 0 1M")
 	// A descriptor file, whose text may change length.
-	formattest.Create(t, child, "vmdk", "8M", "-o", "subformat=twoGbMaxExtentSparse", "-b", "parent.vmdk", "-F", "vmdk")
+	parent, child := snapshot(t, "-o", "subformat=twoGbMaxExtentSparse")
+	dir := filepath.Dir(child)
 	desc, err := os.ReadFile(child)
 	if err != nil {
 		t.Fatal(err)
