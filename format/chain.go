@@ -25,10 +25,9 @@ type Backing struct {
 	Format string
 	// ID is the identity the parent must have, for messages ("UUID {…}"
 	// for a differencing VDI, "DataWriteGuid {…}" for a VHDX, "CID …"
-	// for a VMDK).
-	// A layer that sets it checks it in Verify, so the chain may also
-	// try the parents the user gave (Policy.Parents); a layer whose
-	// Names are empty names its parent by ID alone.
+	// for a VMDK). A layer that sets it checks it in Verify, so the
+	// chain also tries the parents the user gave (Policy.Parents); a
+	// layer without Names names its parent by ID alone.
 	ID string
 	// Verify, when set, checks that the opened parent is the image this
 	// layer was made against (a VHD's parent unique id, a VMDK's parent
@@ -131,8 +130,27 @@ func (o *Opener) withBacking(top Layer, ref *Backing, f File) (Image, error) {
 func (o *Opener) openParent(c *chain, f File) error {
 	ref, format := c.ref, c.info.Format
 	var openErr, verifyErr error
-	try := func(open func() (Image, error), name string, given bool) bool {
-		b, err := open()
+	try := func(open func(*Opener) (Image, error), name string, given bool) bool {
+		strict := ref.Verify != nil && (!ref.VerifyOnRead || given)
+		if strict {
+			// Check the identity of the image alone first, so that of
+			// several candidates only the right one's chain is opened:
+			// the work stays linear in the candidates at every level.
+			alone := *o
+			alone.NoBacking = true
+			b, err := open(&alone)
+			if err != nil {
+				openErr = cmpOr(openErr, fmt.Errorf("%s: %w", format, err))
+				return false
+			}
+			err = ref.Verify(name, TopLayer(b))
+			b.Close()
+			if err != nil {
+				verifyErr = cmpOr(verifyErr, err)
+				return false
+			}
+		}
+		b, err := open(o)
 		if err != nil {
 			openErr = cmpOr(openErr, fmt.Errorf("%s: %w", format, err))
 			return false
@@ -140,7 +158,7 @@ func (o *Opener) openParent(c *chain, f File) error {
 		if ref.Verify != nil {
 			if err := ref.Verify(name, TopLayer(b)); err != nil {
 				// A parent the user gave must be the right one.
-				if !ref.VerifyOnRead || given {
+				if strict {
 					b.Close()
 					verifyErr = cmpOr(verifyErr, err)
 					return false
@@ -163,14 +181,16 @@ func (o *Opener) openParent(c *chain, f File) error {
 		openErr = fmt.Errorf("%s: backing file %q named by an image opened without a file name", format, ref.Names[0])
 	} else {
 		for _, name := range ref.Names {
-			if try(func() (Image, error) { return o.openBacking(f.Name(), name, ref.Format) }, name, false) {
+			open := func(op *Opener) (Image, error) { return op.openBacking(f.Name(), name, ref.Format) }
+			if try(open, name, false) {
 				return nil
 			}
 		}
 	}
 	if ref.ID != "" {
 		for _, path := range o.Parents {
-			if try(func() (Image, error) { return o.openGiven(path, ref.Format) }, path, true) {
+			open := func(op *Opener) (Image, error) { return op.openGiven(path, ref.Format) }
+			if try(open, path, true) {
 				return nil
 			}
 		}

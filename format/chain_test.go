@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
@@ -54,7 +55,16 @@ func init() {
 	})
 }
 
+// layerOpens counts the test layers opened; past maxLayerOpens opening
+// fails, so a chain that opened candidates without bound fails fast.
+var layerOpens atomic.Int64
+
+const maxLayerOpens = 100000
+
 func openLayer(f format.File) (*layerFile, error) {
+	if layerOpens.Add(1) > maxLayerOpens {
+		return nil, fmt.Errorf("more than %d test layers opened", maxLayerOpens)
+	}
 	data := make([]byte, f.Size())
 	if _, err := f.ReadAt(data, 0); err != nil {
 		return nil, err
@@ -437,5 +447,38 @@ func TestChainDeferredErrors(t *testing.T) {
 	defer img.Close()
 	if err := format.BackingError(img); err != nil || img.Info().Backing == nil {
 		t.Errorf("BackingError %v, backing %v", err, img.Info().Backing)
+	}
+}
+
+// TestChainGivenParentsLinear: each layer of a chain of differencing
+// images tries the given parents in turn; a wrong one's identity is
+// checked before its own chain is opened, so the opens stay a few per
+// candidate and level instead of growing with the depth as a power.
+func TestChainGivenParentsLinear(t *testing.T) {
+	dir := t.TempDir()
+	const n = 12
+	var parents []string
+	for i := range n {
+		lines := []string{"TSTL size 512", fmt.Sprintf("self L%d", i)}
+		if i > 0 {
+			lines = append(lines, fmt.Sprintf("id L%d", i-1))
+		}
+		path := filepath.Join(dir, fmt.Sprintf("l%d", i))
+		writeLayer(t, path, lines...)
+		// The base first: every layer tries the layers under its parent
+		// first, each with a chain of its own.
+		parents = append(parents, path)
+	}
+	before := layerOpens.Load()
+	img, err := format.Open(parents[n-1], "", format.Policy{Parents: parents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if e, err := img.Extent(0); err != nil || e.Depth != n-1 {
+		t.Errorf("Extent(0) = %+v, %v; want depth %d", e, err, n-1)
+	}
+	if opens := layerOpens.Load() - before; opens > 3*n*n {
+		t.Errorf("%d layers opened for a chain of %d with %d candidates", opens, n, n)
 	}
 }

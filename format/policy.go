@@ -22,8 +22,9 @@ type Policy struct {
 	// Parents are images the user names as parents, opened as given
 	// (not relative to the image, wherever they are). A layer that
 	// checks its parent's identity (Backing.ID: a differencing VDI,
-	// which names its parent only by UUID; a differencing VHDX) takes
-	// the first that has it when its stored names lead to none.
+	// which names its parent only by UUID; a differencing VHDX; a VMDK
+	// snapshot) takes the first that has it when its stored names lead
+	// to none.
 	Parents []string
 	// DeferBackingErrors opens an image whose backing file cannot be
 	// opened (missing, outside the directory, not the right parent), as
