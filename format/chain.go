@@ -23,6 +23,12 @@ type Backing struct {
 	Names []string
 	// Format is the backing image's format as stored; "" probes it.
 	Format string
+	// ID is the identity the parent must have, for messages ("UUID {…}"
+	// for a differencing VDI, "DataWriteGuid {…}" for a VHDX, "CID …"
+	// for a VMDK). A layer that sets it checks it in Verify, so the
+	// chain also tries the parents the user gave (Policy.Parents); a
+	// layer without Names names its parent by ID alone.
+	ID string
 	// Verify, when set, checks that the opened parent is the image this
 	// layer was made against (a VHD's parent unique id, a VMDK's parent
 	// CID). It gets the name that opened and the parent's top layer
@@ -57,6 +63,25 @@ func TopLayer(img Image) Image {
 	return img
 }
 
+// BackingError reports why a backing image of img's chain did not open
+// when the policy deferred the error (Policy.DeferBackingErrors); nil
+// when every image of the chain opened or none was asked for.
+func BackingError(img Image) error {
+	for {
+		c, ok := img.(*chain)
+		if !ok {
+			return nil
+		}
+		if c.unavailable != nil {
+			return c.unavailable
+		}
+		if c.backing == nil {
+			return nil
+		}
+		img = c.backing
+	}
+}
+
 // chain is a Layer with the image under it.
 type chain struct {
 	top     Layer
@@ -65,6 +90,10 @@ type chain struct {
 	backing Image // nil when the policy opens no backing file
 	// mismatch is a failed Verify the ref defers to reads (VerifyOnRead).
 	mismatch error
+	// unavailable is why the backing image did not open, under
+	// Policy.DeferBackingErrors: extent queries and reads that need it
+	// fail with it.
+	unavailable error
 }
 
 // withBacking wraps top, which names a backing image, in a chain and opens
@@ -73,40 +102,110 @@ type chain struct {
 func (o *Opener) withBacking(top Layer, ref *Backing, f File) (Image, error) {
 	c := &chain{top: top, ref: ref, info: *top.Info()}
 	format := c.info.Format
-	if len(ref.Names) == 0 {
+	if len(ref.Names) == 0 && ref.ID == "" {
 		return nil, fmt.Errorf("%s: the image names no backing file", format)
 	}
-	c.name(ref.Names[0], f)
-	c.info.BackingFormat = ref.Format
+	if len(ref.Names) > 0 {
+		// Shown whether or not the file opens; a parent named by ID
+		// alone is shown once it has.
+		c.name(ref.Names[0], f)
+		c.info.BackingFormat = ref.Format
+	}
 	if o.NoBacking {
 		return c, nil
 	}
-	if f.Name() == "" {
-		// Relative names need the image's directory.
-		return nil, fmt.Errorf("%s: backing file %q named by an image opened without a file name", format, ref.Names[0])
-	}
-	var firstErr error
-	for _, name := range ref.Names {
-		b, err := o.openBacking(f.Name(), name, ref.Format)
-		if err != nil {
-			firstErr = cmpOr(firstErr, fmt.Errorf("%s: %w", format, err))
-			continue
+	if err := o.openParent(c, f); err != nil {
+		if !o.DeferBackingErrors {
+			return nil, err
 		}
-		c.backing = b
-		c.name(name, f)
-		c.info.Backing = b
+		c.unavailable = err
+	}
+	return c, nil
+}
+
+// openParent opens the image c.ref names: the first of its stored names
+// that opens and passes Verify, then, for a ref with an ID, the first of
+// the parents the user gave that does. Of the failures it reports a
+// parent that opened but is not the right one first.
+func (o *Opener) openParent(c *chain, f File) error {
+	ref, format := c.ref, c.info.Format
+	var openErr, verifyErr error
+	try := func(open func(*Opener) (Image, error), name string, given bool) bool {
+		strict := ref.Verify != nil && (!ref.VerifyOnRead || given)
+		if strict {
+			// Check the identity of the image alone first, so that of
+			// several candidates only the right one's chain is opened:
+			// the work stays linear in the candidates at every level.
+			alone := *o
+			alone.NoBacking = true
+			b, err := open(&alone)
+			if err != nil {
+				openErr = cmpOr(openErr, fmt.Errorf("%s: %w", format, err))
+				return false
+			}
+			err = ref.Verify(name, TopLayer(b))
+			b.Close()
+			if err != nil {
+				verifyErr = cmpOr(verifyErr, err)
+				return false
+			}
+		}
+		b, err := open(o)
+		if err != nil {
+			openErr = cmpOr(openErr, fmt.Errorf("%s: %w", format, err))
+			return false
+		}
 		if ref.Verify != nil {
 			if err := ref.Verify(name, TopLayer(b)); err != nil {
-				if !ref.VerifyOnRead {
+				// A parent the user gave must be the right one.
+				if strict {
 					b.Close()
-					return nil, err
+					verifyErr = cmpOr(verifyErr, err)
+					return false
 				}
 				c.mismatch = err
 			}
 		}
-		return c, nil
+		c.backing = b
+		c.info.Backing, c.info.BackingFormat = b, ref.Format
+		if given {
+			// A path the user gave is shown as given.
+			c.info.BackingFile, c.info.FullBackingFile = name, name
+		} else {
+			c.name(name, f)
+		}
+		return true
 	}
-	return nil, firstErr
+	if len(ref.Names) > 0 && f.Name() == "" {
+		// Relative names need the image's directory.
+		openErr = fmt.Errorf("%s: backing file %q named by an image opened without a file name", format, ref.Names[0])
+	} else {
+		for _, name := range ref.Names {
+			open := func(op *Opener) (Image, error) { return op.openBacking(f.Name(), name, ref.Format) }
+			if try(open, name, false) {
+				return nil
+			}
+		}
+	}
+	if ref.ID != "" {
+		for _, path := range o.Parents {
+			open := func(op *Opener) (Image, error) { return op.openGiven(path, ref.Format) }
+			if try(open, path, true) {
+				return nil
+			}
+		}
+	}
+	err := cmpOr(verifyErr, openErr)
+	switch {
+	case ref.ID == "":
+	case err == nil:
+		return fmt.Errorf("%s: the image names its parent only by %s: give the parent image with --parent FILE", format, ref.ID)
+	case len(o.Parents) > 0:
+		return fmt.Errorf("%w (and no image given with --parent is %s)", err, ref.ID)
+	case len(ref.Names) > 0:
+		return fmt.Errorf("%w (the parent, %s, may also be given with --parent FILE)", err, ref.ID)
+	}
+	return err
 }
 
 func cmpOr(a, b error) error {
@@ -162,7 +261,14 @@ func (c *chain) Extent(off int64) (Extent, error) {
 	if off < 0 || off >= size {
 		return Extent{}, fmt.Errorf("%s: extent offset %d out of range [0,%d)", c.info.Format, off, size)
 	}
-	if c.backing == nil || off >= c.backing.Size() {
+	if c.backing == nil {
+		e, err := c.layerExtent(off, size)
+		if err == nil && e.Status == Unallocated && c.unavailable != nil {
+			return Extent{}, c.unavailable
+		}
+		return e, err
+	}
+	if off >= c.backing.Size() {
 		return c.layerExtent(off, size)
 	}
 	// Ask the top about off alone first: where it stores nothing, its
@@ -203,7 +309,7 @@ func (c *chain) layerExtent(off, limit int64) (Extent, error) {
 // ReadAt reads the top layer's runs from the top layer and its
 // Unallocated runs from the backing image, zeros past its end.
 func (c *chain) ReadAt(p []byte, off int64) (int, error) {
-	if c.backing == nil {
+	if c.backing == nil && c.unavailable == nil {
 		return c.top.ReadAt(p, off)
 	}
 	n, clipErr := ClipRead(p, off, c.Size())
@@ -233,6 +339,9 @@ func (c *chain) ReadAt(p []byte, off int64) (int, error) {
 // readBacking reads guest bytes the top does not store: from the backing
 // image, and zeros past its end.
 func (c *chain) readBacking(p []byte, off int64) error {
+	if c.unavailable != nil {
+		return c.unavailable
+	}
 	if c.mismatch != nil {
 		return c.mismatch
 	}

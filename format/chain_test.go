@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
@@ -20,6 +21,8 @@ import (
 //	backing NAME [NAME...]   (optional; names tried in order)
 //	format FMT               (optional)
 //	verify fail|onread       (optional: Verify fails, at open or on reads)
+//	id ID                    (optional: the parent must be the layer that says "self ID")
+//	self ID
 //	data START LENGTH BYTE   (a run of one repeated byte)
 //	zero START LENGTH
 //
@@ -28,6 +31,7 @@ type layerFile struct {
 	format.Base
 	ref  *format.Backing
 	runs []layerRun
+	self string // the layer's identity ("self ID")
 }
 
 type layerRun struct {
@@ -51,7 +55,16 @@ func init() {
 	})
 }
 
+// layerOpens counts the test layers opened; past maxLayerOpens opening
+// fails, so a chain that opened candidates without bound fails fast.
+var layerOpens atomic.Int64
+
+const maxLayerOpens = 100000
+
 func openLayer(f format.File) (*layerFile, error) {
+	if layerOpens.Add(1) > maxLayerOpens {
+		return nil, fmt.Errorf("more than %d test layers opened", maxLayerOpens)
+	}
 	data := make([]byte, f.Size())
 	if _, err := f.ReadAt(data, 0); err != nil {
 		return nil, err
@@ -77,6 +90,22 @@ func openLayer(f format.File) (*layerFile, error) {
 				}
 				return fmt.Errorf("parent %s: wrong identity", name)
 			}
+		case "id":
+			// The parent must be the layer whose own "self" line is
+			// this id; with no backing line the id is the only name.
+			if l.ref == nil {
+				l.ref = &format.Backing{}
+			}
+			want := w[1]
+			l.ref.ID = want
+			l.ref.Verify = func(name string, parent format.Image) error {
+				if p, ok := parent.(*layerFile); !ok || p.self != want {
+					return fmt.Errorf("parent %s is not %s", name, want)
+				}
+				return nil
+			}
+		case "self":
+			l.self = w[1]
 		case "data":
 			fmt.Sscan(strings.Join(w[1:], " "), &s, &n, &b)
 			l.runs = append(l.runs, layerRun{s, s + n, format.Data, b})
@@ -301,5 +330,155 @@ func TestChainNames(t *testing.T) {
 	}
 	if _, err := img.ReadAt(make([]byte, 512), 0); err == nil || !strings.Contains(err.Error(), "wrong identity") {
 		t.Errorf("verify on read: read %v", err)
+	}
+}
+
+// TestChainGivenParents: a layer that names its parent by identity alone
+// takes it from Policy.Parents, the one whose identity it verifies;
+// without one the error names the identity and how to give the parent.
+func TestChainGivenParents(t *testing.T) {
+	dir := t.TempDir()
+	other := filepath.Join(t.TempDir(), "elsewhere")
+	writeLayer(t, filepath.Join(other, "wrong"), "TSTL size 512", "self B", "data 0 512 1")
+	writeLayer(t, filepath.Join(other, "right"), "TSTL size 512", "self A", "data 0 256 2")
+	top := filepath.Join(dir, "top")
+	writeLayer(t, top, "TSTL size 1024", "id A", "data 512 512 3")
+	if _, err := format.Open(top, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "only by A") || !strings.Contains(err.Error(), "--parent") {
+		t.Errorf("no parent given: %v", err)
+	}
+	wrong, right := filepath.Join(other, "wrong"), filepath.Join(other, "right")
+	if _, err := format.Open(top, "", format.Policy{Parents: []string{wrong}}); err == nil || !strings.Contains(err.Error(), "is not A") {
+		t.Errorf("wrong parent: %v", err)
+	}
+	// Given parents are opened where they are, whatever the directory rule.
+	img, err := format.Open(top, "", format.Policy{Parents: []string{wrong, right}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if info := img.Info(); info.BackingFile != right || info.FullBackingFile != right || info.Backing == nil {
+		t.Errorf("info %+v", info)
+	}
+	if got := extents(t, img); fmt.Sprint(got) != fmt.Sprint([]span{{0, 256, format.Data, 1}, {256, 256, format.Unallocated, 1}, {512, 512, format.Data, 0}}) {
+		t.Errorf("extents %v", got)
+	}
+	if _, err := format.Open(top, "", format.Policy{Parents: []string{right}, Untrusted: true}); !errors.Is(err, format.ErrOutsideDirectory) {
+		t.Errorf("untrusted with a given parent: %v", err)
+	}
+	// A layer with stored names tries them first, then the given parents.
+	writeLayer(t, top, "TSTL size 1024", "backing gone", "id A")
+	if _, err := format.Open(top, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "gone") || !strings.Contains(err.Error(), "--parent") {
+		t.Errorf("stored name missing: %v", err)
+	}
+	img2, err := format.Open(top, "", format.Policy{Parents: []string{right}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img2.Close()
+	// A layer without an ID never takes a given parent.
+	writeLayer(t, top, "TSTL size 1024", "backing gone")
+	if _, err := format.Open(top, "", format.Policy{Parents: []string{right}}); err == nil {
+		t.Error("a given parent replaced a backing file that names no identity")
+	}
+}
+
+// TestChainDeferredErrors: under DeferBackingErrors an image whose
+// backing file is missing, outside the directory or a loop opens with its
+// names, and only what needs the backing file fails.
+func TestChainDeferredErrors(t *testing.T) {
+	dir := t.TempDir()
+	writeLayer(t, filepath.Join(dir, "self"), "TSTL size 512", "backing self")
+	for _, c := range []struct{ backing, want string }{
+		{"gone", "no such file"},
+		{"/abs/base", "absolute path"},
+		{"../up", "\"..\""},
+		{`C:\images\base.vhdx`, "absolute Windows path"},
+		{"self", "loops"},
+	} {
+		top := filepath.Join(dir, "top")
+		if c.backing == "self" {
+			top = filepath.Join(dir, "self")
+		} else {
+			writeLayer(t, top, "TSTL size 1024", "backing "+c.backing, "data 512 512 3")
+		}
+		if _, err := format.Open(top, "", format.Policy{}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: strict open: %v, want %q", c.backing, err, c.want)
+		}
+		img, err := format.Open(top, "", format.Policy{DeferBackingErrors: true})
+		if err != nil {
+			t.Fatalf("%s: deferred open: %v", c.backing, err)
+		}
+		info := img.Info()
+		if info.BackingFile != c.backing || info.Backing != nil {
+			t.Errorf("%s: info %+v", c.backing, info)
+		}
+		berr := format.BackingError(img)
+		if berr == nil || !strings.Contains(berr.Error(), c.want) {
+			t.Errorf("%s: BackingError %v", c.backing, berr)
+		}
+		if _, err := img.Extent(0); err == nil || err.Error() != berr.Error() {
+			t.Errorf("%s: Extent(0) = %v, want the backing error", c.backing, err)
+		}
+		if _, err := img.ReadAt(make([]byte, 512), 0); err == nil || err.Error() != berr.Error() {
+			t.Errorf("%s: ReadAt(0) = %v, want the backing error", c.backing, err)
+		}
+		if c.backing != "self" {
+			// What the image holds itself still reads.
+			if e, err := img.Extent(512); err != nil || e.Status != format.Data {
+				t.Errorf("%s: Extent(512) = %+v, %v", c.backing, e, err)
+			}
+			buf := make([]byte, 512)
+			if _, err := img.ReadAt(buf, 512); err != nil || buf[0] != 3 {
+				t.Errorf("%s: ReadAt(512) = %v, %v", c.backing, buf[0], err)
+			}
+			if n, err := format.AllocatedBytes(format.TopLayer(img)); err != nil || n != 512 {
+				t.Errorf("%s: the layer's own data: %d, %v", c.backing, n, err)
+			}
+		}
+		img.Close()
+	}
+	// A chain that opens has no backing error.
+	writeLayer(t, filepath.Join(dir, "base"), "TSTL size 512")
+	writeLayer(t, filepath.Join(dir, "top"), "TSTL size 1024", "backing base")
+	img, err := format.Open(filepath.Join(dir, "top"), "", format.Policy{DeferBackingErrors: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if err := format.BackingError(img); err != nil || img.Info().Backing == nil {
+		t.Errorf("BackingError %v, backing %v", err, img.Info().Backing)
+	}
+}
+
+// TestChainGivenParentsLinear: each layer of a chain of differencing
+// images tries the given parents in turn; a wrong one's identity is
+// checked before its own chain is opened, so the opens stay a few per
+// candidate and level instead of growing with the depth as a power.
+func TestChainGivenParentsLinear(t *testing.T) {
+	dir := t.TempDir()
+	const n = 12
+	var parents []string
+	for i := range n {
+		lines := []string{"TSTL size 512", fmt.Sprintf("self L%d", i)}
+		if i > 0 {
+			lines = append(lines, fmt.Sprintf("id L%d", i-1))
+		}
+		path := filepath.Join(dir, fmt.Sprintf("l%d", i))
+		writeLayer(t, path, lines...)
+		// The base first: every layer tries the layers under its parent
+		// first, each with a chain of its own.
+		parents = append(parents, path)
+	}
+	before := layerOpens.Load()
+	img, err := format.Open(parents[n-1], "", format.Policy{Parents: parents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if e, err := img.Extent(0); err != nil || e.Depth != n-1 {
+		t.Errorf("Extent(0) = %+v, %v; want depth %d", e, err, n-1)
+	}
+	if opens := layerOpens.Load() - before; opens > 3*n*n {
+		t.Errorf("%d layers opened for a chain of %d with %d candidates", opens, n, n)
 	}
 }

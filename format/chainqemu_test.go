@@ -6,28 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 )
-
-// mapRun is a run of the map as qemu-img map --output=json shows it,
-// without host offsets.
-type mapRun struct {
-	Start, Length       int64
-	Depth               int
-	Present, Zero, Data bool
-}
-
-func appendRun(list []mapRun, r mapRun) []mapRun {
-	if n := len(list); n > 0 {
-		p := &list[n-1]
-		if p.Depth == r.Depth && p.Present == r.Present && p.Zero == r.Zero && p.Data == r.Data {
-			p.Length += r.Length
-			return list
-		}
-	}
-	return append(list, r)
-}
 
 // TestChainMatchesQemu compares the map of a two-layer chain, whose top
 // is longer than its backing file, with qemu-img map for every format
@@ -45,17 +25,7 @@ func TestChainMatchesQemu(t *testing.T) {
 			formattest.Create(t, top, f, "6M", "-b", "base."+f, "-F", f)
 			qemuIO(t, f, top, "write -P 3 32k 64k", "write -P 4 5M 64k")
 			img := formattest.Open(t, top, f)
-			var ours, theirs []mapRun
-			err := format.Walk(img, 0, func(e format.Extent) error {
-				ours = appendRun(ours, mapRun{e.Start, e.Length, e.Depth, e.Status != format.Unallocated, e.Status != format.Data, e.Status == format.Data})
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range formattest.QemuMap(t, top, "-f", f) {
-				theirs = appendRun(theirs, mapRun{e.Start, e.Length, e.Depth, e.Present, e.Zero, e.Data})
-			}
+			ours, theirs := formattest.MapRuns(t, img), formattest.QemuMapRuns(t, top, "-f", f)
 			if fmt.Sprint(ours) != fmt.Sprint(theirs) {
 				t.Errorf("map\ndiskimg  %v\nqemu-img %v", ours, theirs)
 			}

@@ -19,6 +19,20 @@ type Policy struct {
 	NoBacking bool
 	// Untrusted refuses every reference to another file.
 	Untrusted bool
+	// Parents are images the user names as parents, opened as given
+	// (not relative to the image, wherever they are). A layer that
+	// checks its parent's identity (Backing.ID: a differencing VDI,
+	// which names its parent only by UUID; a differencing VHDX; a VMDK
+	// snapshot) takes the first that has it when its stored names lead
+	// to none.
+	Parents []string
+	// DeferBackingErrors opens an image whose backing file cannot be
+	// opened (missing, outside the directory, not the right parent), as
+	// qemu-img info does: Info names the backing file, and extent queries
+	// and reads that need it fail with the reason (BackingError). For
+	// showing metadata; commands that read data leave it off and fail at
+	// open.
+	DeferBackingErrors bool
 }
 
 // Resolve turns ref, a file name stored in the image at imagePath, into a
@@ -75,6 +89,9 @@ func (p Policy) checkRef(ref string) error {
 	if strings.ContainsRune(ref, 0) {
 		return fmt.Errorf("file reference %q contains a NUL byte", ref)
 	}
+	if isWindowsAbs(ref) {
+		return fmt.Errorf("%q is an absolute Windows path, which names no file on this host: %w", ref, ErrOutsideDirectory)
+	}
 	if isProtocol(ref) {
 		return fmt.Errorf("file reference %q is a protocol or json: name, which diskimg never opens", ref)
 	}
@@ -89,7 +106,7 @@ func (p Policy) checkRef(ref string) error {
 // joined to the image's directory. It is only a string; whether the file
 // may be opened is Resolve's decision.
 func FullName(imagePath, ref string) string {
-	if filepath.IsAbs(ref) {
+	if filepath.IsAbs(ref) || isWindowsAbs(ref) {
 		return ref
 	}
 	if i := strings.Index(imagePath, "://"); i > 0 && isProtocol(imagePath) {
@@ -98,6 +115,28 @@ func FullName(imagePath, ref string) string {
 		return imagePath[:i+3] + path.Join(path.Dir(imagePath[i+3:]), ref)
 	}
 	return filepath.Join(filepath.Dir(imagePath), ref)
+}
+
+// LocalName turns a relative Windows path an image stores (.\dir\p.vhdx)
+// into this host's form (dir/p.vhdx). Other names come back unchanged:
+// an absolute Windows path is the policy's to refuse.
+func LocalName(ref string) string {
+	if isWindowsAbs(ref) || !strings.Contains(ref, `\`) {
+		return ref
+	}
+	return path.Clean(strings.ReplaceAll(ref, `\`, "/"))
+}
+
+// isWindowsAbs reports a name a Windows image stores for a file on its
+// host: a drive path (C:\dir\p.vhdx, C:/dir), a UNC or device path
+// (\\server\share, \\?\Volume{…}\p.vhdx) or one rooted on the current
+// drive (\dir\p.vhdx).
+func isWindowsAbs(ref string) bool {
+	if len(ref) >= 3 && ref[1] == ':' && (ref[2] == '\\' || ref[2] == '/') {
+		c := ref[0] | 0x20
+		return c >= 'a' && c <= 'z'
+	}
+	return strings.HasPrefix(ref, `\`)
 }
 
 // isProtocol reports names qemu would treat as a protocol ("nbd://…",

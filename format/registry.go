@@ -279,6 +279,19 @@ func (o *Opener) openBacking(imagePath, ref, formatName string) (Image, error) {
 	return img, nil
 }
 
+// openGiven opens path, a parent the user named (Policy.Parents), as
+// given; formatName is the stored format, "" to probe.
+func (o *Opener) openGiven(path, formatName string) (Image, error) {
+	if err := o.checkRef(path); err != nil {
+		return nil, fmt.Errorf("parent: %w", err)
+	}
+	img, err := o.open(path, formatName)
+	if err != nil {
+		return nil, fmt.Errorf("parent: %w", err)
+	}
+	return img, nil
+}
+
 // OpenRelated opens a plain file (a VMDK extent) that the image at
 // imagePath names as ref.
 func (o *Opener) OpenRelated(imagePath, ref string) (ReadCloserFile, error) {

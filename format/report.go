@@ -34,6 +34,11 @@ type Specific struct {
 func NewReport(filename string, img Image) (*Report, error) {
 	info := img.Info()
 	alloc, err := AllocatedBytes(img)
+	if err != nil && BackingError(img) != nil {
+		// The backing file did not open (Policy.DeferBackingErrors):
+		// count the data of the image itself.
+		alloc, err = AllocatedBytes(TopLayer(img))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -47,7 +47,8 @@ type Image struct {
 	DataFile      bool // qcow2 external data file
 	// OpenFlags are the diskimg options that open the image as it was
 	// planned (--allow-backing-outside when its chain leaves its
-	// directory, --no-backing); the plan's commands repeat them.
+	// directory, --no-backing, --parent FILE); the plan's commands
+	// repeat them.
 	OpenFlags []string
 	// Measure returns the length of the file diskimg writes when it
 	// converts the image to format, with the -o options given (qemu-img

@@ -22,6 +22,7 @@ var (
 	outsideFlag   = &cli.BoolFlag{Name: "allow-backing-outside", Usage: "follow backing files, extents and parents outside the image's directory (absolute paths, ..)"}
 	noBackingFlag = &cli.BoolFlag{Name: "no-backing", Usage: "open no backing file: ranges the image does not hold read as zeros"}
 	untrustedFlag = &cli.BoolFlag{Name: "untrusted", Usage: "open no file other than the image itself"}
+	parentFlag    = &cli.StringSliceFlag{Name: "parent", Usage: "an image to take as the parent of a differencing image that names its parent by identity (VirtualBox VDI: by UUID) or whose stored paths do not lead to it (Hyper-V VHDX); repeat for a chain", TakesFile: true}
 	// diskimg takes no locks on images, so qemu-img's -U changes nothing.
 	forceShareFlag = &cli.BoolFlag{Name: "force-share", Aliases: []string{"U"}, Usage: "accepted for qemu-img's scripts: diskimg takes no image locks"}
 	quietFlag      = &cli.BoolFlag{Name: "q", Usage: "quiet: no progress bar or informational output, errors only"}
@@ -39,7 +40,7 @@ func readableFormats() []string {
 }
 
 func imageFlags() []cli.Flag {
-	return append([]cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag, forceShareFlag}, remoteFlags()...)
+	return append([]cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag, parentFlag, forceShareFlag}, remoteFlags()...)
 }
 
 func policyOf(c *cli.Context) format.Policy {
@@ -47,6 +48,10 @@ func policyOf(c *cli.Context) format.Policy {
 		AllowOutside: c.Bool(outsideFlag.Name),
 		NoBacking:    c.Bool(noBackingFlag.Name),
 		Untrusted:    c.Bool(untrustedFlag.Name),
+		Parents:      c.StringSlice(parentFlag.Name),
+		// info shows a backing file's name without needing the file, as
+		// qemu-img info does; --backing-chain opens the whole chain.
+		DeferBackingErrors: c.Command.Name == "info" && !c.Bool("backing-chain"),
 	}
 }
 

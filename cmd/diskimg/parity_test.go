@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -86,4 +87,92 @@ func infoJSON(t *testing.T, args ...string) map[string]any {
 	}
 	delete(m, "allocated-size")
 	return m
+}
+
+// TestInfoBackingNotOpened: info shows a backing file it does not open,
+// missing or outside the image's directory, as qemu-img info does (same
+// JSON); --backing-chain opens the chain under the policy and fails on a
+// missing or outside file, and with --allow-backing-outside matches
+// qemu-img's chain.
+func TestInfoBackingNotOpened(t *testing.T) {
+	formattest.RequireQemu(t)
+	for _, f := range []string{"qcow2", "qcow", "qed", "vmdk"} {
+		t.Run(f, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "img")
+			base := filepath.Join(root, "other", "base."+f)
+			for _, d := range []string{dir, filepath.Dir(base)} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			formattest.Create(t, base, f, "1M")
+			cases := []struct {
+				name, backing string
+				exists        bool
+			}{
+				{"missing", "base." + f, false},
+				{"dotdot", "../other/base." + f, true},
+				{"absolute", base, true},
+				{"absolute-missing", "/nonexistent/base." + f, false},
+			}
+			wd, _ := os.Getwd()
+			defer os.Chdir(wd)
+			for _, c := range cases {
+				if f == "vmdk" && !c.exists {
+					continue // qemu-img cannot make a VMDK over a missing parent
+				}
+				top := "top-" + c.name + "." + f
+				formattest.Create(t, filepath.Join(dir, top), f, "2M", "-u", "-b", c.backing, "-F", f)
+				if err := os.Chdir(dir); err != nil {
+					t.Fatal(err)
+				}
+				out, stderr, code := runCLI(t, "info", "--output=json", top)
+				if code != 0 {
+					t.Fatalf("%s: info: exit %d: %s", c.name, code, stderr)
+				}
+				var ours map[string]any
+				if err := json.Unmarshal([]byte(out), &ours); err != nil {
+					t.Fatal(err)
+				}
+				delete(ours, "allocated-size")
+				if theirs := formattest.QemuInfo(t, top); !reflect.DeepEqual(ours, theirs) {
+					t.Errorf("%s: info differs:\ndiskimg  %v\nqemu-img %v", c.name, ours, theirs)
+				}
+				if _, stderr, code := runCLI(t, "info", "--backing-chain", top); code != 1 || !strings.Contains(stderr, c.backing) {
+					t.Errorf("%s: info --backing-chain: exit %d, %q; want 1 and the backing file's name", c.name, code, stderr)
+				}
+				for _, cmd := range []string{"map", "convert"} {
+					args := []string{cmd, top}
+					if cmd == "convert" {
+						args = append(args, filepath.Join(root, "out.raw"))
+					}
+					if _, stderr, code := runCLI(t, args...); code != 1 || !strings.Contains(stderr, c.backing) {
+						t.Errorf("%s: %s: exit %d, %q; want it to fail at open", c.name, cmd, code, stderr)
+					}
+				}
+				if !c.exists {
+					continue
+				}
+				out, stderr, code = runCLI(t, "info", "--output=json", "--backing-chain", "--allow-backing-outside", top)
+				if code != 0 {
+					t.Fatalf("%s: info --backing-chain --allow-backing-outside: exit %d: %s", c.name, code, stderr)
+				}
+				var chain []map[string]any
+				if err := json.Unmarshal([]byte(out), &chain); err != nil {
+					t.Fatal(err)
+				}
+				var theirs []map[string]any
+				if err := json.Unmarshal(formattest.Qemu(t, "info", "--output=json", "--backing-chain", top), &theirs); err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range chain {
+					delete(r, "allocated-size")
+				}
+				if !reflect.DeepEqual(chain, theirs) {
+					t.Errorf("%s: chain differs:\ndiskimg  %v\nqemu-img %v", c.name, chain, theirs)
+				}
+			}
+		})
+	}
 }

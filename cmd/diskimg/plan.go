@@ -147,6 +147,9 @@ func openFlags(c *cli.Context, path string, img format.Image) []string {
 	if c.Bool(outsideFlag.Name) && leavesDirectory(path, img) {
 		flags = append(flags, "--"+outsideFlag.Name)
 	}
+	for _, p := range c.StringSlice(parentFlag.Name) {
+		flags = append(flags, "--"+parentFlag.Name, p)
+	}
 	return flags
 }
 

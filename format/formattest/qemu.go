@@ -84,6 +84,51 @@ func QemuMap(t testing.TB, path string, args ...string) []MapEntry {
 	return m
 }
 
+// MapRun is a run of a map as qemu-img map --output=json shows it,
+// without host offsets: neighbours with the same layer and flags merged.
+type MapRun struct {
+	Start, Length       int64
+	Depth               int
+	Present, Zero, Data bool
+}
+
+// AppendMapRun appends r to list, merged into its last run when they
+// share the layer and flags.
+func AppendMapRun(list []MapRun, r MapRun) []MapRun {
+	if n := len(list); n > 0 {
+		p := &list[n-1]
+		if p.Depth == r.Depth && p.Present == r.Present && p.Zero == r.Zero && p.Data == r.Data {
+			p.Length += r.Length
+			return list
+		}
+	}
+	return append(list, r)
+}
+
+// MapRuns returns img's map as qemu-img map would show it.
+func MapRuns(t testing.TB, img format.Image) []MapRun {
+	t.Helper()
+	var out []MapRun
+	err := format.Walk(img, 0, func(e format.Extent) error {
+		out = AppendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Status != format.Unallocated, e.Status != format.Data, e.Status == format.Data})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// QemuMapRuns returns qemu-img map's runs of path, merged as MapRuns.
+func QemuMapRuns(t testing.TB, path string, args ...string) []MapRun {
+	t.Helper()
+	var out []MapRun
+	for _, e := range QemuMap(t, path, args...) {
+		out = AppendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Present, e.Zero, e.Data})
+	}
+	return out
+}
+
 // QemuCompareOutput returns what `qemu-img compare` prints for two images
 // (it exits 1 when they differ, which is not a failure here).
 func QemuCompareOutput(t testing.TB, a, b string) []byte {

@@ -1,9 +1,11 @@
-// Package vdi reads VirtualBox Disk Images (version 1.1), dynamic and
-// static: a 512-byte little-endian header after a text pre-header, a block
-// map of 32-bit entries, and 1 MiB data blocks.
+// Package vdi reads VirtualBox Disk Images (version 1.1), dynamic, static
+// and differencing: a 512-byte little-endian header after a text
+// pre-header, a block map of 32-bit entries, and 1 MiB data blocks.
 //
-// Like qemu, it reads images without a parent (no differencing or
-// snapshot images) and with the standard block size only.
+// A differencing image (VirtualBox snapshots; qemu reads none) names its
+// parent only by UUID, so the parent comes from the user
+// (format.Policy.Parents, --parent) and the chain layer checks its UUID.
+// Only the standard block size is read, as by qemu.
 package vdi
 
 import (
@@ -38,8 +40,10 @@ const (
 	hdrBlockExtra     = 0x17c // uint32: bytes of private data before each block
 	hdrBlocksInImage  = 0x180 // uint32: entries in the block map
 	hdrBlocksAlloc    = 0x184 // uint32: blocks stored in the file
-	hdrUUIDLink       = 0x1a8 // [16]byte: must be zero (no link)
-	hdrUUIDParent     = 0x1b8 // [16]byte: must be zero (no parent)
+	hdrUUIDCreate     = 0x188 // [16]byte: the image's UUID
+	hdrUUIDModify     = 0x198 // [16]byte: changed when the image is written
+	hdrUUIDLink       = 0x1a8 // [16]byte: the parent's UUID; zero without a parent
+	hdrUUIDParent     = 0x1b8 // [16]byte: the parent's UUID of modification; zero without a parent
 	minHeaderSize     = 0x180 // the fields above, as qemu writes them
 	uuidSize          = 16
 	sectorSize        = 512
@@ -49,7 +53,9 @@ const (
 	bmapEntrySize     = 4
 	imageTypeDynamic  = 1
 	imageTypeStatic   = 2
-	blockUnallocated  = 0xffffffff // never written: reads as zeros
+	imageTypeUndo     = 3 // VirtualBox's undo images, long gone
+	imageTypeDiff     = 4
+	blockUnallocated  = 0xffffffff // never written: zeros, or a differencing image's parent
 	blockDiscarded    = 0xfffffffe // discarded: reads as zeros
 	firstSpecialEntry = blockDiscarded
 )
@@ -59,7 +65,7 @@ func init() {
 		Name:     Name,
 		Priority: Priority,
 		Probe:    Probe,
-		Open:     func(f format.File, o *format.Opener) (format.Image, error) { return Open(f) },
+		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
 	})
 }
 
@@ -76,6 +82,16 @@ type Image struct {
 	blockSize  int64
 	offsetData int64
 	bmap       []uint32
+	uuid       uuid // uuidCreate: a differencing child's link UUID names it
+	link       uuid // the parent's UUID; zero without a parent
+}
+
+// uuid is a VirtualBox UUID as stored: the first three fields
+// little-endian, as VirtualBox shows and names files ({uuid}.vdi).
+type uuid [uuidSize]byte
+
+func (u uuid) String() string {
+	return fmt.Sprintf("{%02x%02x%02x%02x-%02x%02x-%02x%02x-%x-%x}", u[3], u[2], u[1], u[0], u[5], u[4], u[7], u[6], u[8:10], u[10:])
 }
 
 // Open opens f as a VDI image.
@@ -97,8 +113,12 @@ func Open(f format.File) (*Image, error) {
 		return nil, format.Errorf(Name, "header size", hdrHeaderSize, "%d is outside [%d, %d]", hs, minHeaderSize, headerSize-hdrHeaderSize)
 	}
 	it := le32(hdrImageType)
-	if it != imageTypeDynamic && it != imageTypeStatic {
-		return nil, format.Errorf(Name, "image type", hdrImageType, "%d is neither dynamic (%d) nor static (%d)", it, imageTypeDynamic, imageTypeStatic)
+	switch it {
+	case imageTypeDynamic, imageTypeStatic, imageTypeDiff:
+	case imageTypeUndo:
+		return nil, format.Errorf(Name, "image type", hdrImageType, "undo VDI (type %d) not supported", it)
+	default:
+		return nil, format.Errorf(Name, "image type", hdrImageType, "%d is not dynamic (%d), static (%d) or differencing (%d)", it, imageTypeDynamic, imageTypeStatic, imageTypeDiff)
 	}
 	if ss := le32(hdrSectorSize); ss != sectorSize {
 		return nil, format.Errorf(Name, "sector size", hdrSectorSize, "%d is not %d", ss, sectorSize)
@@ -110,13 +130,18 @@ func Open(f format.File) (*Image, error) {
 	if extra := le32(hdrBlockExtra); extra != 0 {
 		return nil, format.Errorf(Name, "block extra", hdrBlockExtra, "%d bytes of private data per block are not supported", extra)
 	}
-	for _, u := range []struct {
-		off  int
-		name string
-	}{{hdrUUIDLink, "link UUID"}, {hdrUUIDParent, "parent UUID"}} {
-		for _, c := range hdr[u.off : u.off+uuidSize] {
-			if c != 0 {
-				return nil, format.Errorf(Name, u.name, int64(u.off), "is set: differencing and snapshot images are not supported")
+	link := uuid(hdr[hdrUUIDLink:])
+	switch {
+	case it == imageTypeDiff && link == uuid{}:
+		return nil, format.Errorf(Name, "image type", hdrImageType, "differencing VDI whose link UUID is zero: it names no parent")
+	case it != imageTypeDiff:
+		// As qemu, which reads no differencing VDI.
+		for _, u := range []struct {
+			off  int
+			name string
+		}{{hdrUUIDLink, "link UUID"}, {hdrUUIDParent, "parent UUID"}} {
+			if !format.IsZero(hdr[u.off : u.off+uuidSize]) {
+				return nil, format.Errorf(Name, u.name, int64(u.off), "is set in an image of type %d, which has no parent", it)
 			}
 		}
 	}
@@ -153,7 +178,14 @@ func Open(f format.File) (*Image, error) {
 		return nil, err
 	}
 	img := &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: size, ClusterSize: bs}},
-		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks)}
+		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks), uuid: uuid(hdr[hdrUUIDCreate:])}
+	if it == imageTypeDiff {
+		img.link = link
+		img.Meta.Subformat = "differencing"
+		// qemu shows no format-specific data for VDI; it reads no
+		// differencing VDI either, whose parent the user must find.
+		img.Meta.Specific = &Specific{UUID: img.uuid.String(), ParentUUID: link.String()}
+	}
 	for i := range img.bmap {
 		e := binary.LittleEndian.Uint32(raw[bmapEntrySize*i:])
 		img.bmap[i] = e
@@ -198,17 +230,49 @@ func (img *Image) runAt(off, limit int64) (entry uint32, host, length int64) {
 	return entry, host, min(end, limit) - off
 }
 
+// Specific is the format-specific data of a differencing VDI.
+type Specific struct {
+	UUID       string `json:"uuid"`
+	ParentUUID string `json:"parent-uuid"`
+}
+
+// Backing names a differencing image's parent by its UUID alone: the
+// chain takes it from the parents the user gave and checks it here.
+func (img *Image) Backing() *format.Backing {
+	if img.link == (uuid{}) {
+		return nil
+	}
+	return &format.Backing{Format: Name, ID: "UUID " + img.link.String(),
+		Verify: func(name string, parent format.Image) error {
+			p, ok := parent.(*Image)
+			if !ok {
+				return fmt.Errorf("vdi: parent %s is a %s image; a differencing VDI's parent %s is a VDI", name, parent.Info().Format, img.link)
+			}
+			if p.uuid != img.link {
+				return format.Errorf(Name, "link UUID", hdrUUIDLink, "parent %s has UUID %s, the differencing VDI's parent is %s", name, p.uuid, img.link)
+			}
+			return nil
+		}}
+}
+
 // Extent returns the run at off with one status and contiguous host
 // offset, from the block map alone.
-func (img *Image) Extent(off int64) (format.Extent, error) {
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo is Extent with the run cut at limit.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 	if off < 0 || off >= img.Size() {
 		return format.Extent{}, fmt.Errorf("vdi: extent offset %d out of range [0,%d)", off, img.Size())
 	}
-	entry, host, n := img.runAt(off, img.Size())
+	entry, host, n := img.runAt(off, min(limit, img.Size()))
 	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File}
-	// VDI has no backing files, so qemu counts a block the map does not
-	// store as present and zero, not as unallocated.
-	if entry == blockUnallocated || entry == blockDiscarded {
+	switch {
+	case entry == blockUnallocated && img.link != uuid{}:
+		// A differencing image's parent holds the block.
+		e.Status, e.File = format.Unallocated, nil
+	case entry == blockUnallocated || entry == blockDiscarded:
+		// Without a parent, qemu counts a block the map does not store
+		// as present and zero, not as unallocated.
 		e.Status, e.File = format.Zero, nil
 	}
 	return e, nil

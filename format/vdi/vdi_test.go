@@ -155,7 +155,16 @@ func TestProbe(t *testing.T) {
 
 func FuzzVdi(f *testing.F) {
 	formattest.AddSeeds(f, "../../testdata/vdi")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "vdi") })
+	f.Fuzz(func(t *testing.T, data []byte) {
+		formattest.Exercise(t, data, "vdi")
+		// A differencing image alone: the untrusted policy opens no
+		// parent, so the chain above refuses it.
+		if img, err := vdi.Open(&formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.vdi"}); err == nil {
+			img.Backing()
+			formattest.ExerciseImage(t, img)
+			img.Close()
+		}
+	})
 }
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an

@@ -100,7 +100,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		for k := range n {
 			i := first + k
 			e := binary.LittleEndian.Uint64(b[k*batEntrySize:])
-			if e&batStateMask != blockFullyPresent {
+			if st := e & batStateMask; st != blockFullyPresent && (st != blockPartiallyPresent || !img.diff) {
 				continue
 			}
 			at := batRegion.start + i*batEntrySize

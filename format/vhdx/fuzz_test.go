@@ -88,35 +88,17 @@ func expand(data []byte) []byte {
 	return out
 }
 
-// exerciseSparse does what formattest.Exercise does, on a sparse file.
-func exerciseSparse(t *testing.T, f *sparseFile) {
-	img, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, Name)
+// exerciseLayer exercises the image of f alone: the fuzzer opens no
+// other file, so a differencing image's own blocks and sector bitmaps are
+// read without its parent.
+func exerciseLayer(t *testing.T, f format.File) {
+	img, err := Open(f, format.NewOpener(format.Policy{Untrusted: true}))
 	if err != nil {
 		return
 	}
 	defer img.Close()
-	size := img.Size()
-	img.Info()
-	buf := make([]byte, 64<<10)
-	off := int64(0)
-	for i := 0; i < 1000 && off < size; i++ {
-		e, err := img.Extent(off)
-		if err != nil {
-			break
-		}
-		if e.Start != off || e.Length <= 0 || e.Length > size-off {
-			t.Fatalf("Extent(%d) = [%d,+%d) in a disk of %d bytes", off, e.Start, e.Length, size)
-		}
-		img.ReadAt(buf[:min(e.Length, int64(len(buf)))], e.Start)
-		off = e.End()
-	}
-	for _, o := range []int64{0, size / 2, size - 1} {
-		if o >= 0 {
-			if n, _ := img.ReadAt(buf[:4096], o); n < 0 || n > 4096 {
-				t.Fatalf("ReadAt returned %d", n)
-			}
-		}
-	}
+	img.Backing()
+	formattest.ExerciseImage(t, img)
 }
 
 // compact is the inverse of expand: it keeps the runs of b that are not
@@ -152,10 +134,11 @@ func FuzzVhdx(f *testing.F) {
 	formattest.AddSeeds(f, "../../testdata/vhdx")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if f := parseSparse(data); f != nil {
-			exerciseSparse(t, f)
+			exerciseLayer(t, f)
 			return
 		}
 		formattest.Exercise(t, data, Name)
+		exerciseLayer(t, &formattest.MemFile{Data: data, Path: "/nonexistent/fuzz.vhdx"})
 	})
 }
 
@@ -216,4 +199,5 @@ func writeSeeds(t *testing.T, dir string) {
 	b := small("subformat=dynamic,block_size=1M")
 	writeLogEntry(t, b, true)
 	write("log-replay.sparse.bad", b)
+	write("differencing-1M.sparse", diffSeed(t))
 }

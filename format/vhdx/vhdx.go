@@ -2,8 +2,8 @@
 // identifier, the two checksummed headers, the region table, the metadata
 // region and the block allocation table (BAT).
 //
-// Dynamic and fixed images are read. Differencing images are refused, as
-// qemu 7.2 refuses them, and so are images whose log must be replayed:
+// Dynamic, fixed and differencing images are read (qemu 7.2 reads no
+// differencing VHDX); images whose log must be replayed are refused:
 // replaying would need writing the file, which diskimg never does.
 package vhdx
 
@@ -11,11 +11,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -173,6 +173,15 @@ type Image struct {
 	fixed      bool     // LeaveBlocksAllocated
 	logical    uint32
 	physical   uint32
+
+	dataWrite guid // the header's DataWriteGuid, a child's parent_linkage
+	// Differencing images (diff.go): the parent and the sector bitmaps
+	// read so far, at most bitmapCacheBytes of them.
+	diff    bool
+	parent  *format.Backing
+	mu      sync.Mutex
+	bitmaps map[int64][]byte
+	cached  int64
 }
 
 func errorf(field string, off int64, reason string, args ...any) error {
@@ -185,8 +194,8 @@ type region struct {
 	start, end int64
 }
 
-// Open opens f as a VHDX image. Differencing images are refused with an
-// error, so o is not used yet; it is where their parents would come from.
+// Open opens f as a VHDX image. A differencing image's parent is the
+// chain's (format.Layer), so o is not used.
 func Open(f format.File, o *format.Opener) (*Image, error) {
 	if !Probe(f) {
 		return nil, fmt.Errorf("vhdx: no %q file type identifier: %w", fileSignature, format.ErrWrongType)
@@ -224,7 +233,7 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Base: format.Base{File: f}}
+	img := &Image{Base: format.Base{File: f}, dataWrite: guid(hdr[hdrDataWriteGUID:])}
 	if err := img.readMetadata(metaRegion); err != nil {
 		return nil, err
 	}
@@ -234,7 +243,11 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 	// qemu shows the block size as the cluster size, and no
 	// format-specific data for VHDX.
 	img.Meta.Format, img.Meta.ClusterSize, img.Meta.Subformat = Name, img.blockSize, "dynamic"
-	if img.fixed {
+	switch {
+	case img.diff:
+		img.Meta.Subformat = "differencing"
+		img.bitmaps = map[int64][]byte{}
+	case img.fixed:
 		img.Meta.Subformat = "fixed"
 	}
 	return img, nil
@@ -409,7 +422,7 @@ func readRegionTable(f format.File, regions *[]region, fileSize int64) (bat, met
 			}
 			meta, haveMeta = r, true
 		case binary.LittleEndian.Uint32(e[rteFlags:])&rteRequired != 0:
-			return bat, meta, errorf(field, tableOff+eo, "required region of unknown type %x", id)
+			return bat, meta, errorf(field, tableOff+eo, "required region of unknown type %s", id)
 		}
 	}
 	if !haveBAT {
@@ -458,12 +471,12 @@ func (img *Image) readMetadata(r region) error {
 		switch id {
 		case fileParamsGUID, virtualSizeGUID, page83GUID, logicalSectGUID, physicalSectGUID, parentLocGUID:
 			if _, dup := items[id]; dup {
-				return errorf(field, r.start+eo, "duplicate metadata item %x", id)
+				return errorf(field, r.start+eo, "duplicate metadata item %s", id)
 			}
 			items[id] = metaItem{r.start + off, length, r.start + eo}
 		default:
 			if binary.LittleEndian.Uint32(e[mteFlags:])&mteIsRequired != 0 {
-				return errorf(field, r.start+eo, "required metadata item of unknown type %x", id)
+				return errorf(field, r.start+eo, "required metadata item of unknown type %s", id)
 			}
 		}
 	}
@@ -498,10 +511,9 @@ func (img *Image) readMetadata(r region) error {
 		return err
 	}
 	flags := binary.LittleEndian.Uint32(params[4:])
-	if flags&hasParent != 0 {
-		return errors.New("vhdx: differencing VHDX not supported (the image has a parent, which qemu 7.2 cannot open either)")
-	}
-	img.fixed = flags&leaveAllocated != 0
+	// LeaveBlocksAllocated means nothing in a differencing image.
+	img.diff = flags&hasParent != 0
+	img.fixed = flags&leaveAllocated != 0 && !img.diff
 	bs := int64(binary.LittleEndian.Uint32(params))
 	if bs < minBlockSize || bs > maxBlockSize || bs&(bs-1) != 0 {
 		return errorf("File Parameters BlockSize", items[fileParamsGUID].off, "%d is not a power of two from %d to %d", bs, minBlockSize, maxBlockSize)
@@ -521,6 +533,10 @@ func (img *Image) readMetadata(r region) error {
 	}
 	img.Meta.VirtualSize = int64(size)
 	img.chunkRatio = sectorsPerBitmap * int64(img.logical) / bs
+	if img.diff {
+		it, ok := items[parentLocGUID]
+		return img.readParent(it, ok, r.start)
+	}
 	return nil
 }
 
@@ -530,7 +546,12 @@ func (img *Image) readMetadata(r region) error {
 func (img *Image) readBAT(r region, regions []region, fileSize int64) error {
 	blocks := (img.Size() + img.blockSize - 1) / img.blockSize
 	var entries int64
-	if blocks > 0 {
+	switch {
+	case img.diff:
+		// A differencing image's BAT ends with its last chunk's sector
+		// bitmap entry.
+		entries = (blocks + img.chunkRatio - 1) / img.chunkRatio * (img.chunkRatio + 1)
+	case blocks > 0:
 		entries = blocks + (blocks-1)/img.chunkRatio
 	}
 	length := entries * batEntrySize
@@ -548,28 +569,47 @@ func (img *Image) readBAT(r region, regions []region, fileSize int64) error {
 	for i := range img.bat {
 		img.bat[i] = binary.LittleEndian.Uint64(buf[i*batEntrySize:])
 	}
+	if img.diff {
+		if err := img.checkBitmaps(r, regions, fileSize); err != nil {
+			return err
+		}
+	}
 	for b := range blocks {
 		i := b + b/img.chunkRatio
 		e := img.bat[i]
 		switch e & batStateMask {
 		case blockNotPresent, blockUndefined, blockZero, blockUnmapped, blockUnmappedV095:
-		case blockFullyPresent:
-			off := int64(e & batOffsetMask)
+		case blockFullyPresent, blockPartiallyPresent:
+			if e&batStateMask == blockPartiallyPresent {
+				if !img.diff {
+					return batError(r, i, "partially present block in an image without a parent")
+				}
+				if img.bat[img.sbEntry(b)]&batStateMask != sbPresent {
+					return batError(r, i, "partially present block whose chunk has no sector bitmap block")
+				}
+			}
 			// The last block need only hold the disk's last bytes: qemu
 			// once made files that end there.
 			need := min(img.blockSize, img.Size()-b*img.blockSize)
-			if off > fileSize || need > fileSize-off {
-				return batError(r, i, "payload block at %d extends past the end of the file (%d bytes)", off, fileSize)
+			if err := checkPlace(r, i, "payload block", int64(e&batOffsetMask), need, fileSize, regions); err != nil {
+				return err
 			}
-			for _, q := range regions {
-				if off < q.end && q.start < off+need {
-					return batError(r, i, "payload block at %d overlaps the %s at [%d, %d)", off, q.name, q.start, q.end)
-				}
-			}
-		case blockPartiallyPresent:
-			return batError(r, i, "partially present block in an image without a parent")
 		default:
 			return batError(r, i, "invalid payload block state %d", e&batStateMask)
+		}
+	}
+	return nil
+}
+
+// checkPlace checks that the block of need bytes at off that BAT entry i
+// of the BAT region r names lies in the file, clear of the regions.
+func checkPlace(r region, i int64, what string, off, need, fileSize int64, regions []region) error {
+	if off > fileSize || need > fileSize-off {
+		return batError(r, i, "%s at %d extends past the end of the file (%d bytes)", what, off, fileSize)
+	}
+	for _, q := range regions {
+		if off < q.end && q.start < off+need {
+			return batError(r, i, "%s at %d overlaps the %s at [%d, %d)", what, off, q.name, q.start, q.end)
 		}
 	}
 	return nil
@@ -590,11 +630,29 @@ func (img *Image) block(b int64) int64 {
 	return -1
 }
 
-// ReadAt reads guest bytes: present blocks from the file, the rest zeros.
+// ReadAt reads guest bytes: present blocks (and sectors) from the file,
+// the rest zeros; the chain reads a differencing image's parent.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	n, clipErr := format.ClipRead(p, off, img.Size())
 	if n == 0 {
 		return 0, clipErr
+	}
+	if img.diff {
+		for done := 0; done < n; {
+			pos := off + int64(done)
+			_, host, end, err := img.diffPiece(pos)
+			if err != nil {
+				return done, err
+			}
+			dst := p[done:min(n, done+int(end-pos))]
+			if host < 0 {
+				clear(dst)
+			} else if err := format.ReadFull(img.File, dst, host, Name, "payload block"); err != nil {
+				return done, err
+			}
+			done += len(dst)
+		}
+		return n, clipErr
 	}
 	for done := 0; done < n; {
 		pos := off + int64(done)
@@ -617,7 +675,22 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // 7.2 has no block status for VHDX and maps the whole disk as data, so it
 // copies every byte of an empty disk; diskimg skips what is not there.)
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	return img.run(off, img.status)
+	return img.ExtentTo(off, img.Size())
+}
+
+// ExtentTo is Extent with the run cut at limit. The sectors a
+// differencing image does not hold are Unallocated: its parent's.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
+	if off < 0 || off >= img.Size() {
+		return format.Extent{}, fmt.Errorf("vhdx: extent offset %d outside the %d-byte disk", off, img.Size())
+	}
+	limit = min(limit, img.Size())
+	if img.diff {
+		return img.diffExtent(off, limit)
+	}
+	e, err := img.run(off, img.status)
+	e.Length = min(e.Length, limit-off)
+	return e, err
 }
 
 func (img *Image) status(b int64) format.Status {

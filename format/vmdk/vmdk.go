@@ -313,12 +313,14 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 
 // Backing names a differencing disk's parent (parentFileNameHint); nil
 // for other disks. qemu opens a parent whose CID is not the disk's
-// parentCID, but refuses to read from it.
+// parentCID, but refuses to read from it; a parent the user gives
+// (--parent, for a hint that names a file elsewhere, such as VMware's
+// absolute Windows paths) must have the CID.
 func (img *Image) Backing() *format.Backing {
 	if img.parentHint == "" {
 		return nil
 	}
-	return &format.Backing{Names: []string{img.parentHint}, Format: Name, VerifyOnRead: true,
+	return &format.Backing{Names: []string{img.parentHint}, Format: Name, VerifyOnRead: true, ID: fmt.Sprintf("CID %08x", img.parentCID),
 		Verify: func(_ string, parent format.Image) error {
 			if p, ok := parent.(*Image); ok && p.cid != img.parentCID {
 				return format.Errorf(Name, "parentCID", -1, "%08x does not match the parent's CID: the parent changed since this disk was made", img.parentCID)

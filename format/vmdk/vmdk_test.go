@@ -3,6 +3,7 @@ package vmdk_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,4 +241,174 @@ func FuzzVMDK(f *testing.F) {
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
 	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "vmdk", "1T"), "vmdk", 4)
+}
+
+// TestSnapshotChains checks VMDK snapshot chains as qemu-img makes them
+// (qemu-img create -b parent.vmdk -F vmdk, the child naming its parent by
+// parentFileNameHint and its CID by parentCID) for every sparse subformat
+// of parent and child: the map equals qemu-img map's, layer by layer, and
+// a conversion to raw passes qemu-img compare with the chain. The disk is
+// 3 GiB, so twoGbMaxExtentSparse splits, and writes cross the split.
+func TestSnapshotChains(t *testing.T) {
+	formattest.RequireQemu(t)
+	subs := []string{"monolithicSparse", "twoGbMaxExtentSparse", "streamOptimized"}
+	for _, ps := range subs {
+		for _, cs := range subs {
+			if testing.Short() && ps != "monolithicSparse" {
+				continue // -short: the children of one parent
+			}
+			t.Run(ps+"/"+cs, func(t *testing.T) {
+				t.Parallel()
+				dir := t.TempDir()
+				parent, child := filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
+				formattest.Create(t, parent, "vmdk", "3G", "-o", "subformat="+ps)
+				// In increasing order: a stream is written front to back.
+				qemuIO(t, parent, "write -P 0x11 0 1M", "write -P 0x12 2047M 2M", "write -P 0x13 3071M 1M")
+				formattest.Create(t, child, "vmdk", "3G", "-o", "subformat="+cs, "-b", "parent.vmdk", "-F", "vmdk")
+				// Half a grain: qemu fills the rest from the parent (a
+				// stream takes whole grains only).
+				last := "write -P 0x23 3071M 512"
+				if cs == "streamOptimized" {
+					last = "write -P 0x23 3071M 64k"
+				}
+				qemuIO(t, child, "write -P 0x21 512k 1M", "write -P 0x22 2048M 64k", last)
+				img := open(t, child, format.Policy{})
+				if info := img.Info(); info.BackingFile != "parent.vmdk" || info.Backing == nil {
+					t.Errorf("backing %q, %v", info.BackingFile, info.Backing)
+				}
+				if ours, theirs := formattest.MapRuns(t, img), formattest.QemuMapRuns(t, child); fmt.Sprint(ours) != fmt.Sprint(theirs) {
+					t.Errorf("map\ndiskimg  %v\nqemu-img %v", ours, theirs)
+				}
+				out := filepath.Join(dir, "out.raw")
+				toRaw(t, img, out)
+				if msg, err := exec.Command("qemu-img", "compare", "-f", "vmdk", "-F", "raw", child, out).CombinedOutput(); err != nil {
+					t.Errorf("qemu-img compare: %v: %s", err, msg)
+				}
+			})
+		}
+	}
+}
+
+// TestSnapshotCID: a parent written after its child was made has a new
+// CID, no longer the child's parentCID. As qemu, the chain still opens and
+// maps; reading what the parent holds fails, naming the parentCID.
+func TestSnapshotCID(t *testing.T) {
+	parent, child := snapshot(t, "-o", "subformat=monolithicSparse")
+	qemuIO(t, child, "write -P 0x21 4M 64k")
+	qemuIO(t, parent, "write -P 0x12 6M 64k") // a new CID
+	img := open(t, child, format.Policy{})
+	if ours, theirs := formattest.MapRuns(t, img), formattest.QemuMapRuns(t, child); fmt.Sprint(ours) != fmt.Sprint(theirs) {
+		t.Errorf("map\ndiskimg  %v\nqemu-img %v", ours, theirs)
+	}
+	buf := make([]byte, 64<<10)
+	if _, err := img.ReadAt(buf, 4<<20); err != nil || buf[0] != 0x21 {
+		t.Errorf("the child's own data: %x, %v", buf[0], err)
+	}
+	if _, err := img.ReadAt(buf, 0); err == nil || !strings.Contains(err.Error(), "parentCID") {
+		t.Errorf("the parent's data: %v, want a parentCID error", err)
+	}
+	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", child, filepath.Join(filepath.Dir(child), "q.raw")).CombinedOutput(); err == nil {
+		t.Errorf("qemu-img convert read the changed parent: %s", out)
+	}
+}
+
+// snapshot makes an 8 MiB parent.vmdk holding 1 MiB of 0x11 and a child
+// over it (child.vmdk, made with the extra create arguments args).
+func snapshot(t *testing.T, args ...string) (parent, child string) {
+	formattest.RequireQemu(t)
+	dir := t.TempDir()
+	parent, child = filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
+	formattest.Create(t, parent, "vmdk", "8M")
+	qemuIO(t, parent, "write -P 0x11 0 1M")
+	formattest.Create(t, child, "vmdk", "8M", append(args, "-b", "parent.vmdk", "-F", "vmdk")...)
+	return parent, child
+}
+
+// toRaw writes img's guest bytes to a sparse raw file at path.
+func toRaw(t *testing.T, img format.Image, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(img.Size()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	err = format.Walk(img, 0, func(e format.Extent) error {
+		if e.Status != format.Data {
+			return nil
+		}
+		for off := e.Start; off < e.End(); {
+			n := min(int64(len(buf)), e.End()-off)
+			if _, err := img.ReadAt(buf[:n], off); err != nil {
+				return err
+			}
+			if _, err := f.WriteAt(buf[:n], off); err != nil {
+				return err
+			}
+			off += n
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSnapshotParentNames: a child's parentFileNameHint goes through the
+// path policy; a hint that leads nowhere (VMware on Windows stores
+// absolute Windows paths) can be replaced by a parent given with
+// --parent, which must have the child's parentCID.
+func TestSnapshotParentNames(t *testing.T) {
+	// A descriptor file, whose text may change length.
+	parent, child := snapshot(t, "-o", "subformat=twoGbMaxExtentSparse")
+	dir := filepath.Dir(child)
+	desc, err := os.ReadFile(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other.vmdk")
+	formattest.Create(t, other, "vmdk", "8M")
+	for _, c := range []struct {
+		hint    string
+		parents []string
+		want    string // an error, or "" to open
+	}{
+		{`C:\Users\me\Documents\Virtual Machines\Win\parent.vmdk`, nil, "absolute Windows path"},
+		{`C:\Users\me\Documents\Virtual Machines\Win\parent.vmdk`, []string{other, parent}, ""},
+		{`C:\Users\me\Documents\Virtual Machines\Win\parent.vmdk`, []string{other}, "parentCID"},
+		{"/elsewhere/parent.vmdk", nil, "absolute path"},
+		{"../parent.vmdk", nil, `".."`},
+		{"gone.vmdk", nil, "--parent"},
+		{"child.vmdk", nil, "loops"},
+	} {
+		patched := bytes.Replace(desc, []byte(`parentFileNameHint="parent.vmdk"`), []byte(`parentFileNameHint="`+c.hint+`"`), 1)
+		if bytes.Equal(patched, desc) {
+			t.Fatal("no parentFileNameHint to patch in the child's descriptor")
+		}
+		if err := os.WriteFile(child, patched, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		img, err := format.Open(child, "", format.Policy{Parents: c.parents})
+		if c.want != "" {
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%s %v: %v, want %q", c.hint, c.parents, err, c.want)
+			}
+			if err == nil {
+				img.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s %v: %v", c.hint, c.parents, err)
+			continue
+		}
+		buf := make([]byte, 512)
+		if _, err := img.ReadAt(buf, 0); err != nil || buf[0] != 0x11 || img.Info().BackingFile != parent {
+			t.Errorf("%s %v: read %x, %v; backing %q", c.hint, c.parents, buf[0], err, img.Info().BackingFile)
+		}
+		img.Close()
+	}
 }

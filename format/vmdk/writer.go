@@ -85,11 +85,14 @@ const (
 	markerGD = 2
 
 	// maxHostSector is the largest sector a grain table or directory
-	// entry can hold (32 bits): files end before 2 TiB.
+	// entry can hold (32 bits): the file's data ends before 2 TiB. The
+	// disk may be larger: a sparse extent's capacity is 64 bits.
 	maxHostSector = 1<<32 - 1
-	// WriterMaxSize is the largest disk written: 2^32 sectors, qemu's
-	// VMDK_EXTENT_MAX_SECTORS for one extent.
-	WriterMaxSize = 1 << 41
+	// WriterMaxSize is the largest disk written: 64 TiB, above VMware's
+	// largest (62 TB). Its tables are what bounds it: a monolithicSparse
+	// file of 64 TiB starts with 8 GiB of them (holes until data
+	// arrives), and the writer keeps a few MiB per 64 TiB in memory.
+	WriterMaxSize = 64 << 40
 
 	// defaultHWVersion and defaultToolsVersion are qemu's defaults;
 	// compat6 means hardware version 6.
