@@ -419,32 +419,39 @@ func (s *spanBits) count(c0, c1 int64) int64 {
 	return n
 }
 
-// plainWriter writes uncompressed images laid out from the Layout.
+// plainWriter writes uncompressed images:
+//
+//	header | refcount table | refcount blocks | L1 | L2 table of a span | its data clusters | L2 table of the next span | ...
+//
+// as qemu-img lays them out: an L2 table goes just before the first data
+// cluster of its span, so spans that receive no data have none. The
+// refcount blocks are sized for every cluster the layout calls Data.
 type plainWriter struct {
-	p       *params
-	out     *format.Output
-	fd      format.FileDescriptor // the file, for preallocation=falloc
-	lazy    bool                  // a file: data is compacted, tables come last
-	size    int64                 // guest size the blocks cover
-	alloc   spanBits
-	next    int64 // guest offset of the next block
-	written int64 // data clusters written
-	// metaDone: the tables are written (on a pipe, before the first Write).
+	p     *params
+	out   *format.Output
+	fd    format.FileDescriptor // the file, for preallocation=falloc
+	lazy  bool                  // a file: data is compacted, tables come last
+	size  int64                 // guest size the blocks cover
+	alloc spanBits
+	l2At  []int64 // file offset of each span's L2 table; 0 for none yet
+	next  int64   // guest offset of the next block
+	// metaDone: the header and tables before the data are written (on a
+	// pipe, before the first Write).
 	metaDone bool
 	scratch  []byte
 
-	// The layout, sized for every Data cluster of the Layout.
-	tables, data               int64 // L2 tables and data clusters
-	rb, rtc, l1Clusters        int64
-	rtOff, rbOff, l1Off, l2Off int64
-	dataOff                    int64
+	rb, rtc, l1Clusters int64
+	rtOff, rbOff, l1Off int64
+	dataOff             int64 // where the first L2 table or data goes
+	end                 int64 // on a pipe, where the image ends
 }
 
 func newPlainWriter(out *format.Output, p *params, size int64, layout format.Layout, frontToBack bool) (*plainWriter, error) {
-	w := &plainWriter{p: p, out: out, size: size}
+	w := &plainWriter{p: p, out: out, size: size, l2At: make([]int64, p.l1Size)}
 	w.alloc = spanBits{perSpan: p.l2Entries(), spans: make([][]uint64, p.l1Size)}
-	// Count the data clusters and the L2 tables, and note which clusters
-	// hold data.
+	// Note which clusters the layout calls Data, and count them and their
+	// L2 tables: at most this many clusters follow the metadata.
+	var tables, data int64
 	lastSpan := int64(-1)
 	err := layout(func(e format.Extent) error {
 		if e.Status != format.Data {
@@ -454,11 +461,11 @@ func newPlainWriter(out *format.Output, p *params, size int64, layout format.Lay
 			return fmt.Errorf("qcow2: layout range [%d,+%d) outside the disk", e.Start, e.Length)
 		}
 		c0, c1 := e.Start/p.cs, (e.End()+p.cs-1)/p.cs
-		w.data += c1 - c0
+		data += c1 - c0
 		for c := c0; c < c1; c++ {
 			w.alloc.set(c)
 			if s := c / p.l2Entries(); s != lastSpan {
-				w.tables++
+				tables++
 				lastSpan = s
 			}
 		}
@@ -468,22 +475,21 @@ func newPlainWriter(out *format.Output, p *params, size int64, layout format.Lay
 		return nil, err
 	}
 	w.l1Clusters = (p.l1Size*l1Entry + p.cs - 1) / p.cs
-	w.rb, w.rtc = p.refcountClusters(1 + w.l1Clusters + w.tables + w.data)
+	w.rb, w.rtc = p.refcountClusters(1 + w.l1Clusters + tables + data)
 	w.rtOff = p.cs
 	w.rbOff = w.rtOff + w.rtc*p.cs
 	w.l1Off = w.rbOff + w.rb*p.cs
-	w.l2Off = w.l1Off + w.l1Clusters*p.cs
-	w.dataOff = w.l2Off + w.tables*p.cs
+	w.dataOff = w.l1Off + w.l1Clusters*p.cs
 	w.scratch = make([]byte, p.cs)
 	if out.Seekable() && !frontToBack {
-		// Data first, from dataOff on; the tables in Close.
+		// Data first, from dataOff on; the metadata in Close.
 		w.lazy = true
 		return w, out.Skip(w.dataOff)
 	}
-	// Front to back on a file, the gap after the tables is a hole.
-	// On a pipe the tables go first, at the first Write: until then the
-	// engine may report which clusters of the layout hold data (MarkData);
-	// the zero ones then stay unallocated exactly as on a file.
+	// On a pipe (or a file written front to back) the metadata goes
+	// first, at the first Write: until then the engine may report which
+	// clusters of the layout hold data (MarkData); the zero ones then
+	// stay unallocated exactly as on a file.
 	return w, nil
 }
 
@@ -509,48 +515,31 @@ func (w *plainWriter) MarkData(start, length int64) {
 	}
 }
 
-// streamMeta writes the tables on a pipe (or a file written front to
-// back), once, before the first data, for the clusters still in the
-// layout, with the file layout's offsets: slots of tables not needed are
-// zeros where a file has a hole.
+// streamMeta writes the metadata before the data on a pipe (or a file
+// written front to back), once, before the first Write: every cluster
+// still set in alloc will arrive, so each L2 table's place is known.
 func (w *plainWriter) streamMeta() error {
 	if w.lazy || w.metaDone {
-		return nil // tables last, or written already
+		return nil // written last, or already
 	}
 	w.metaDone = true
-	tables, data := w.inUse()
-	if err := w.writeMeta(w.out, tables, data); err != nil {
-		return err
-	}
-	// The slots of the tables not needed: a hole on a file.
-	if err := w.out.Skip((w.tables - tables) * w.p.cs); err != nil {
-		return err
-	}
-	if at := w.out.Pos(); at != w.dataOff {
-		return fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", at, w.dataOff)
-	}
-	w.data = data
-	return nil
-}
-
-// inUse counts the L2 tables and data clusters still in the layout.
-func (w *plainWriter) inUse() (tables, data int64) {
+	pos := w.dataOff
 	for i, b := range w.alloc.spans {
 		if anySet(b) {
-			tables++
-			data += w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)
+			w.l2At[i] = pos
+			pos += (1 + w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)) * w.p.cs
 		}
 	}
-	return tables, data
+	w.end = pos
+	return w.writeHead(pos / w.p.cs)
 }
 
-// writeMeta writes everything before dataOff: the header, the refcount
-// table and blocks, L1 and the L2 tables, for the clusters set in alloc.
-// The first tables of the L2 slots and the first data clusters are in
-// use; slots for tables that turned out empty are free and not written.
-func (w *plainWriter) writeMeta(out io.Writer, tables, data int64) error {
+// writeHead writes everything before dataOff for a file of clusters
+// clusters, all in use: the header, the refcount table and blocks, L1.
+func (w *plainWriter) writeHead(clusters int64) error {
 	p := w.p
 	be := binary.BigEndian
+	out := w.out
 	if _, err := out.Write(p.header(w.l1Off, w.rtOff, w.rtc)); err != nil {
 		return err
 	}
@@ -570,16 +559,15 @@ func (w *plainWriter) writeMeta(out io.Writer, tables, data int64) error {
 			}
 		}
 	}
-	// Refcount blocks: metadata up to the last used L2 slot, and the data.
-	metaEnd := w.l2Off/p.cs + tables
-	dataStart := w.dataOff / p.cs
+	if clusters > w.rb*p.refsPerBlock() {
+		return fmt.Errorf("qcow2: internal error: %d clusters, refcount blocks for %d", clusters, w.rb*p.refsPerBlock())
+	}
+	// Refcount blocks: every cluster of the file is in use once.
 	per := p.refsPerBlock()
 	for b := int64(0); b < w.rb; b++ {
 		clear(tab)
-		for i := int64(0); i < per; i++ {
-			if c := b*per + i; c < metaEnd || c >= dataStart && c < dataStart+data {
-				p.putRef(tab, i, 1)
-			}
+		for i := int64(0); i < per && b*per+i < clusters; i++ {
+			p.putRef(tab, i, 1)
 		}
 		if _, err := out.Write(tab); err != nil {
 			return err
@@ -587,45 +575,36 @@ func (w *plainWriter) writeMeta(out io.Writer, tables, data int64) error {
 	}
 	// L1 table.
 	var entry [8]byte
-	var k, done int64 // tables placed, L1 entries written
-	for i, b := range w.alloc.spans {
-		if !anySet(b) {
+	var done int64 // L1 entries written
+	for i, at := range w.l2At {
+		if at == 0 {
 			continue
 		}
 		if err := writeZeros(out, (int64(i)-done)*l1Entry); err != nil {
 			return err
 		}
-		be.PutUint64(entry[:], uint64(w.l2Off+k*p.cs)|l2Copied)
+		be.PutUint64(entry[:], uint64(at)|l2Copied)
 		if _, err := out.Write(entry[:]); err != nil {
 			return err
 		}
-		done, k = int64(i)+1, k+1
+		done = int64(i) + 1
 	}
-	if err := writeZeros(out, w.l1Clusters*p.cs-done*l1Entry); err != nil {
-		return err
-	}
-	// L2 tables, then free slots as zeros.
-	var n int64
-	for _, b := range w.alloc.spans {
-		if !anySet(b) {
-			continue
-		}
-		clear(tab)
-		for j := int64(0); j < w.alloc.perSpan; j++ {
-			if b[j/64]&(1<<(j%64)) != 0 {
-				be.PutUint64(tab[j*l2Entry:], uint64(w.dataOff+n*p.cs)|l2Copied)
-				n++
-			}
-		}
-		if _, err := out.Write(tab); err != nil {
-			return err
+	return writeZeros(out, w.l1Clusters*p.cs-done*l1Entry)
+}
+
+// l2Table returns span i's L2 table: its data clusters follow the table
+// in guest order.
+func (w *plainWriter) l2Table(i int) []byte {
+	tab := w.scratch
+	clear(tab)
+	b, pos := w.alloc.spans[i], w.l2At[i]
+	for j := int64(0); j < w.alloc.perSpan; j++ {
+		if b[j/64]&(1<<(j%64)) != 0 {
+			pos += w.p.cs
+			binary.BigEndian.PutUint64(tab[j*l2Entry:], uint64(pos)|l2Copied)
 		}
 	}
-	if k != tables || n != data {
-		return fmt.Errorf("qcow2: internal error: %d tables and %d data clusters, expected %d and %d", k, n, tables, data)
-	}
-	// Slots of tables that turned out empty stay holes.
-	return nil
+	return tab
 }
 
 func anySet(b []uint64) bool {
@@ -648,8 +627,9 @@ func (w *plainWriter) BlockSize() int64 { return w.p.cs }
 // Encode does nothing: data is stored as it is.
 func (w *plainWriter) Encode(*format.Block) error { return nil }
 
-// Write stores a block's data clusters: in their laid-out places on a
-// pipe, packed one after the other on a file.
+// Write stores a block's clusters, span by span, each span's L2 table
+// before its first cluster: in their laid-out places on a pipe, packed
+// one after the other on a file.
 func (w *plainWriter) Write(b *format.Block) error {
 	if b.Start != w.next || b.Length <= 0 || b.End() > w.size {
 		return fmt.Errorf("qcow2: block [%d,+%d) out of order or outside the disk (next %d, size %d)", b.Start, b.Length, w.next, w.size)
@@ -658,41 +638,80 @@ func (w *plainWriter) Write(b *format.Block) error {
 		return err
 	}
 	w.next = b.End()
+	cs, per := w.p.cs, w.alloc.perSpan
+	if b.Status == format.Data {
+		c0, c1 := b.Start/cs, (b.End()+cs-1)/cs
+		if int64(len(b.Data)) != b.Length {
+			return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
+		}
+		if w.alloc.count(c0, c1) != c1-c0 {
+			return fmt.Errorf("qcow2: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
+		}
+	}
+	for c := b.Start / cs; c*cs < b.End(); {
+		span := c / per
+		c1 := min((span+1)*per, (b.End()+cs-1)/cs)
+		if err := w.writeSpan(b, span, c, c1); err != nil {
+			return err
+		}
+		c = c1
+	}
+	return nil
+}
+
+// writeSpan writes clusters [c0, c1) of block b, all in one span.
+func (w *plainWriter) writeSpan(b *format.Block, span, c0, c1 int64) error {
 	cs := w.p.cs
-	c0, c1 := b.Start/cs, (b.End()+cs-1)/cs
 	n := w.alloc.count(c0, c1)
-	if b.Status != format.Data {
-		if n == 0 {
-			return nil
-		}
-		if !w.lazy {
-			if w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc {
-				return w.out.Skip(n * cs) // a hole on a file, zeros on a pipe
-			}
-			return writeZeros(w.out, n*cs)
-		}
+	if n == 0 {
+		return nil
+	}
+	if b.Status != format.Data && w.lazy {
 		// On a file the laid-out clusters are dropped: unallocated.
 		for c := c0; c < c1; c++ {
 			w.alloc.unset(c)
 		}
 		return nil
 	}
-	if n != c1-c0 {
-		return fmt.Errorf("qcow2: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
-	}
-	if int64(len(b.Data)) != b.Length {
-		return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
-	}
-	if w.out.Seekable() && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
-		w.written += c1 - c0
-		return w.writeSparse(b.Data, (c1-c0)*cs)
-	}
-	if _, err := w.out.Write(b.Data); err != nil {
+	if err := w.startSpan(span); err != nil {
 		return err
 	}
-	w.written += c1 - c0
+	if b.Status != format.Data {
+		if w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc {
+			return w.out.Skip(n * cs) // a hole on a file, zeros on a pipe
+		}
+		return writeZeros(w.out, n*cs)
+	}
+	lo, hi := max(b.Start, c0*cs)-b.Start, min(b.End(), c1*cs)-b.Start
+	data := b.Data[lo:hi]
+	if w.out.Seekable() && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
+		return w.writeSparse(data, n*cs)
+	}
+	if _, err := w.out.Write(data); err != nil {
+		return err
+	}
 	// The last cluster of the disk is stored whole.
-	return writeZeros(w.out, (c1-c0)*cs-b.Length)
+	return writeZeros(w.out, n*cs-int64(len(data)))
+}
+
+// startSpan puts span's L2 table before its first cluster: on a file a
+// slot that Close fills, on a pipe the table itself.
+func (w *plainWriter) startSpan(span int64) error {
+	at := w.l2At[span]
+	switch {
+	case w.lazy:
+		if at == 0 {
+			w.l2At[span] = w.out.Pos()
+			return w.out.Skip(w.p.cs)
+		}
+		return nil
+	case at == 0 || w.out.Pos() < at:
+		return fmt.Errorf("qcow2: internal error: span %d's L2 table is at %d, the output at %d", span, at, w.out.Pos())
+	case w.out.Pos() == at:
+		_, err := w.out.Write(w.l2Table(int(span)))
+		return err
+	}
+	return nil
 }
 
 // sparseUnit is the run of zeros a preallocated image leaves as a hole
@@ -725,7 +744,7 @@ func (w *plainWriter) writeSparse(data []byte, span int64) error {
 	return w.out.Skip(span - int64(len(data)))
 }
 
-// Close writes the tables on a file; on a pipe everything is written.
+// Close writes the metadata on a file; on a pipe everything is written.
 func (w *plainWriter) Close() error {
 	if w.next != w.size {
 		return fmt.Errorf("qcow2: blocks end at %d, the disk at %d", w.next, w.size)
@@ -733,15 +752,16 @@ func (w *plainWriter) Close() error {
 	if err := w.streamMeta(); err != nil {
 		return err
 	}
+	end := w.out.Pos()
+	if end%w.p.cs != 0 || (!w.lazy && end != w.end) {
+		return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", end, w.end)
+	}
+	// On a file the hole before the data, or a preallocated one, may
+	// end it.
+	if err := w.out.Finish(end); err != nil {
+		return err
+	}
 	if !w.lazy {
-		end := w.dataOff + w.data*w.p.cs
-		if w.out.Pos() != end {
-			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.out.Pos(), end)
-		}
-		// On a file the hole before the data may end it.
-		if err := w.out.Finish(end); err != nil {
-			return err
-		}
 		if w.p.prealloc == PreallocFalloc && w.fd != nil && w.out.Seekable() && end > 0 {
 			if err := unix.Fallocate(int(w.fd.Fd()), 0, 0, end); err != nil {
 				return fmt.Errorf("qcow2: preallocation=falloc: %w", err)
@@ -749,16 +769,23 @@ func (w *plainWriter) Close() error {
 		}
 		return nil
 	}
-	// On a file: the length, then the tables over the hole left for them.
-	if err := w.out.Finish(w.dataOff + w.written*w.p.cs); err != nil {
-		return err
-	}
+	// On a file: the metadata over the holes left for it.
 	if err := w.out.Rewind(); err != nil {
 		return err
 	}
-	tables, _ := w.inUse()
-	if err := w.writeMeta(w.out, tables, w.written); err != nil {
+	if err := w.writeHead(end / w.p.cs); err != nil {
 		return err
+	}
+	for i, at := range w.l2At {
+		if at == 0 {
+			continue
+		}
+		if err := w.out.SkipTo(at); err != nil {
+			return err
+		}
+		if _, err := w.out.Write(w.l2Table(i)); err != nil {
+			return err
+		}
 	}
 	return w.out.EndRewrite()
 }
