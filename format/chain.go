@@ -51,6 +51,7 @@ type Layer interface {
 // TopLayer returns the driver's own image of img's file: img itself, or
 // the top of a backing chain.
 func TopLayer(img Image) Image {
+	img = unwrapHoles(img)
 	if c, ok := img.(*chain); ok {
 		return c.top
 	}

@@ -43,9 +43,10 @@ func runMap(c *cli.Context) error {
 	layers := layerNames(path, img)
 	var entries []mapEntry
 	err = format.Walk(img, 0, func(e format.Extent) error {
+		zero, data := e.MapFlags()
 		m := mapEntry{start: e.Start, length: e.Length, depth: e.Depth,
-			present: e.Status != format.Unallocated, zero: e.Status != format.Data,
-			data: e.Status == format.Data, offset: e.Offset, compressed: e.Compressed}
+			present: e.Status != format.Unallocated, zero: zero,
+			data: data, offset: e.Offset, compressed: e.Compressed}
 		// Merge with the previous entry as qemu-img does: same flags and
 		// depth, and host offsets that continue.
 		if n := len(entries); n > 0 {
@@ -67,12 +68,13 @@ func runMap(c *cli.Context) error {
 		writeMapJSON(w, entries)
 		return nil
 	}
-	// qemu-img lists the data stored at a host offset and refuses images
+	// qemu-img lists the data stored at a host offset (not the holes
+	// under allocated blocks, which are zeros) and refuses images
 	// with compressed clusters; diskimg lists those ranges as compressed
 	// (and others without an offset, such as encrypted ones, as "-").
 	fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
 	for _, e := range entries {
-		if !e.data {
+		if !e.data || e.zero {
 			continue
 		}
 		name := path

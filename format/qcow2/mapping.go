@@ -280,6 +280,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 		e.Status = format.Zero
 	case kData:
 		e.Status, e.Offset, e.File = format.Data, r.host, img.data
+		e.Preallocated = img.preallocated()
 	case kCompressed:
 		e.Status, e.Compressed = format.Data, true
 	}

@@ -76,6 +76,7 @@ type Image struct {
 	blockSize  int64
 	offsetData int64
 	bmap       []uint32
+	static     bool // blocks allocated at creation: qemu looks for holes under them
 }
 
 // Open opens f as a VDI image.
@@ -153,7 +154,7 @@ func Open(f format.File) (*Image, error) {
 		return nil, err
 	}
 	img := &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: size, ClusterSize: bs}},
-		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks)}
+		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks), static: it == imageTypeStatic}
 	for i := range img.bmap {
 		e := binary.LittleEndian.Uint32(raw[bmapEntrySize*i:])
 		img.bmap[i] = e
@@ -205,7 +206,7 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 		return format.Extent{}, fmt.Errorf("vdi: extent offset %d out of range [0,%d)", off, img.Size())
 	}
 	entry, host, n := img.runAt(off, img.Size())
-	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File}
+	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File, Preallocated: img.static}
 	// VDI has no backing files, so qemu counts a block the map does not
 	// store as present and zero, not as unallocated.
 	if entry == blockUnallocated || entry == blockDiscarded {
