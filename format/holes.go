@@ -31,6 +31,12 @@ import (
 // starts again. A walk asks in increasing order, so it needs few.
 const maxHostRuns = 4096
 
+// maxMemo bounds the extents an image remembers from its first walk from
+// offset 0: a conversion walks the map several times (measure, the
+// writer's layout, the engine), and the walks after the first cost
+// nothing when the map has fewer runs.
+const maxMemo = 1 << 16
+
 // hostRun is a run of a host file that is all data or all hole.
 type hostRun struct {
 	start, end int64
@@ -136,6 +142,9 @@ type holesImage struct {
 
 	mu   sync.Mutex
 	last Extent // the driver's last extent, reused for the runs within it
+	// memo holds the extents that tile [0, memoEnd), up to maxMemo.
+	memo    []Extent
+	memoEnd int64
 }
 
 // holesChecker is a holesImage over an image that has a checker.
@@ -180,6 +189,32 @@ func unwrapHoles(img Image) Image {
 // Extent returns the driver's run at off, cut where the host file
 // changes between data and hole; hole parts are Zero.
 func (h *holesImage) Extent(off int64) (Extent, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if off < h.memoEnd {
+		i := sort.Search(len(h.memo), func(i int) bool { return h.memo[i].End() > off })
+		return clipExtent(h.memo[i], off), nil
+	}
+	e, err := h.split(off)
+	if err == nil && off == h.memoEnd && e.Start == off && e.Length > 0 && len(h.memo) < maxMemo {
+		h.memo = append(h.memo, e)
+		h.memoEnd = e.End()
+	}
+	return e, err
+}
+
+// clipExtent returns the part of e from off on.
+func clipExtent(e Extent, off int64) Extent {
+	d := off - e.Start
+	e.Start, e.Length = off, e.Length-d
+	if e.Offset >= 0 {
+		e.Offset += d
+	}
+	return e
+}
+
+// split is Extent without the memo; h.mu is held.
+func (h *holesImage) split(off int64) (Extent, error) {
 	e, err := h.driverExtent(off)
 	if err != nil || e.Status != Data || e.Offset < 0 || e.Depth != 0 || e.Compressed {
 		return e, err
@@ -204,24 +239,14 @@ func (h *holesImage) Extent(off int64) (Extent, error) {
 
 // driverExtent is the driver's Extent at off, from the last one when off
 // lies inside it: a long extent split into many host runs is looked up
-// in the driver's tables once.
+// in the driver's tables once. h.mu is held.
 func (h *holesImage) driverExtent(off int64) (Extent, error) {
-	h.mu.Lock()
-	e := h.last
-	h.mu.Unlock()
-	if e.Length > 0 && off > e.Start && off < e.End() {
-		d := off - e.Start
-		e.Start, e.Length = off, e.Length-d
-		if e.Offset >= 0 {
-			e.Offset += d
-		}
-		return e, nil
+	if e := h.last; e.Length > 0 && off > e.Start && off < e.End() {
+		return clipExtent(e, off), nil
 	}
 	e, err := h.Image.Extent(off)
 	if err == nil && e.Start == off && e.Length > 0 {
-		h.mu.Lock()
 		h.last = e
-		h.mu.Unlock()
 	}
 	return e, err
 }

@@ -53,7 +53,8 @@ type Extent struct {
 	// Preallocated marks storage the format allocated ahead of the data
 	// (a fixed VHD, a flat VMDK extent, a static VDI, a qcow2 with
 	// preallocated metadata): qemu looks for holes in the host file under
-	// it, and under other runs does not (see MapFlags).
+	// it, and under other runs does not (see MapFlags). VHDX blocks, for
+	// which qemu has no block status, are marked too.
 	Preallocated bool
 }
 
