@@ -6,6 +6,15 @@ import (
 	"syscall"
 )
 
+// The refcounts read to decide metadataPreallocated are bounded: a
+// preallocated image's first clusters are all in use, so it is told
+// early; a file that is mostly free clusters (or a hostile one) is not
+// preallocated once the bound is reached.
+const (
+	maxPreallocRead     = 64 << 20 // bytes of refcount table and blocks
+	maxPreallocClusters = 1 << 24
+)
+
 // metadataPreallocated decides as qemu's qcow2 driver does before it
 // looks for holes in the host file under its clusters: an image counts as
 // preallocated (preallocation=metadata) when clearly more of its file's
@@ -35,7 +44,7 @@ func (img *Image) metadataPreallocated() bool {
 		return false // not enough clusters in the file to be in use
 	}
 	c := &checker{img: img, fileSize: img.File.Size(), cs: cs, bits: img.clusterBits,
-		refOrder: v2RefcountOrder, blocks: map[int64][]byte{}, budget: img.File.Size() + 64<<20}
+		refOrder: v2RefcountOrder, blocks: map[int64][]byte{}, budget: maxPreallocRead}
 	var h [minHeaderLenV3]byte
 	n, _ := img.File.ReadAt(h[:], 0)
 	be := binary.BigEndian
@@ -58,7 +67,7 @@ func (img *Image) metadataPreallocated() bool {
 		c.reft[i] = be.Uint64(raw[8*i:])
 	}
 	var used int64
-	for k := int64(0); k < end && used < threshold; k++ {
+	for k := int64(0); k < min(end, maxPreallocClusters) && used < threshold; k++ {
 		v, _, err := c.storedRef(k)
 		if err != nil {
 			return false
