@@ -3,33 +3,13 @@ package format_test
 import (
 	"bytes"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 	_ "github.com/diskimg/diskimg/format/raw"
 )
-
-// holey writes a file of size bytes holding 4 KiB of 0x55 at each offset
-// in data, holes elsewhere.
-func holey(t *testing.T, path string, size int64, data ...int64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, off := range data {
-		if _, err := f.WriteAt(bytes.Repeat([]byte{0x55}, 4096), off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-}
 
 type run struct {
 	start, end int64
@@ -59,8 +39,8 @@ func runs(t *testing.T, img format.Image) []run {
 // The opener splits an image's data by its host file's holes, one pair
 // of lseek calls per run, and walks the map again from its cache.
 func TestHostHoles(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "h.raw")
-	holey(t, path, 64<<20+100, 1<<20, 1<<20+4096, 40<<20)
+	path := t.TempDir() + "/h.raw"
+	formattest.WriteRuns(t, path, 64<<20+100, 4096, 1<<20, 1<<20+4096, 40<<20)
 	img, err := format.Open(path, "raw", format.Policy{})
 	if err != nil {
 		t.Fatal(err)
@@ -97,13 +77,13 @@ func TestHostHoles(t *testing.T) {
 
 // The run cache stays bounded however many runs the file has.
 func TestHostHolesManyRuns(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "many.raw")
+	path := t.TempDir() + "/many.raw"
 	n := int64(format.MaxHostRuns + 500)
 	var data []int64
 	for i := range n / 2 {
 		data = append(data, i*8192)
 	}
-	holey(t, path, n*4096, data...)
+	formattest.WriteRuns(t, path, n*4096, 4096, data...)
 	img, err := format.Open(path, "raw", format.Policy{})
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +100,8 @@ func TestHostHolesManyRuns(t *testing.T) {
 // A file that shrinks under the reader is an error, not a hole to its
 // end: lseek's ENXIO past the new end means nothing there.
 func TestHostHolesShrunk(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s.raw")
-	holey(t, path, 16<<20, 0, 12<<20)
+	path := t.TempDir() + "/s.raw"
+	formattest.WriteRuns(t, path, 16<<20, 4096, 0, 12<<20)
 	img, err := format.Open(path, "raw", format.Policy{})
 	if err != nil {
 		t.Fatal(err)
@@ -142,12 +122,8 @@ func TestHostHolesShrunk(t *testing.T) {
 func TestUnchanged(t *testing.T) {
 	dir := t.TempDir()
 	open := func(name string) (string, format.Image) {
-		path := filepath.Join(dir, name)
-		holey(t, path, 1<<20, 0)
-		old := time.Now().Add(-time.Hour)
-		if err := os.Chtimes(path, old, old); err != nil {
-			t.Fatal(err)
-		}
+		path := dir + "/" + name
+		formattest.WriteRuns(t, path, 1<<20, 4096, 0)
 		img, err := format.Open(path, "raw", format.Policy{})
 		if err != nil {
 			t.Fatal(err)
@@ -166,10 +142,8 @@ func TestUnchanged(t *testing.T) {
 		t.Errorf("written in place: %v", err)
 	}
 	path, img = open("replaced.raw")
-	other := filepath.Join(dir, "other.raw")
-	holey(t, other, 1<<20, 0)
-	old := time.Now().Add(-time.Hour)
-	os.Chtimes(other, old, old)
+	other := dir + "/other.raw"
+	formattest.WriteRuns(t, other, 1<<20, 4096, 0)
 	if err := os.Rename(other, path); err != nil {
 		t.Fatal(err)
 	}
