@@ -6,9 +6,9 @@ package format
 // flat VMDK, a static VDI, a sparse raw file), the range reads as zeros
 // and is not stored. The opener wraps every image so that its extent map
 // asks the filesystem, as qemu's block status does under the format
-// layer: such ranges are Zero (HostHole: qemu's "zero": true with
-// "data": true), so the converter skips them without reading and
-// allocated-size does not count them.
+// layer: such ranges are Zero (HostHole; Extent.MapFlags says how
+// qemu-img map shows them), so the converter skips them without reading
+// and allocated-size does not count them.
 //
 // The wrapper also records each local file's size, modification time and
 // identity when it was opened: Unchanged reports a source that changed
@@ -191,7 +191,7 @@ func unwrapHoles(img Image) Image {
 func (h *holesImage) Extent(off int64) (Extent, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if off < h.memoEnd {
+	if off >= 0 && off < h.memoEnd {
 		i := sort.Search(len(h.memo), func(i int) bool { return h.memo[i].End() > off })
 		return clipExtent(h.memo[i], off), nil
 	}

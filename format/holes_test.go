@@ -73,6 +73,14 @@ func TestHostHoles(t *testing.T) {
 	if n, err := format.AllocatedBytes(img); err != nil || n != 12288 {
 		t.Errorf("allocated %d, %v; want 12288", n, err)
 	}
+	for _, off := range []int64{-1, img.Size()} {
+		if e, err := img.Extent(off); err == nil {
+			t.Errorf("Extent(%d) = %+v, want an error", off, e)
+		}
+	}
+	if e, err := img.Extent(1<<20 + 100); err != nil || e.Status != format.Data || e.End() != 1<<20+8192 || e.Offset != 1<<20+100 {
+		t.Errorf("Extent inside a remembered run: %+v, %v", e, err)
+	}
 }
 
 // The run cache stays bounded however many runs the file has.
