@@ -28,6 +28,7 @@ type mapEntry struct {
 	data          bool
 	offset        int64 // -1: none
 	compressed    bool
+	file          string // the host file of offset when not the layer's own (a VMDK extent, a data file)
 }
 
 func runMap(c *cli.Context) error {
@@ -47,11 +48,14 @@ func runMap(c *cli.Context) error {
 		m := mapEntry{start: e.Start, length: e.Length, depth: e.Depth,
 			present: e.Status != format.Unallocated, zero: zero,
 			data: data, offset: e.Offset, compressed: e.Compressed}
+		if e.Depth == 0 && e.File != nil {
+			m.file = e.File.Name()
+		}
 		// Merge with the previous entry as qemu-img does: same flags and
 		// depth, and host offsets that continue.
 		if n := len(entries); n > 0 {
 			p := &entries[n-1]
-			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data && p.compressed == m.compressed &&
+			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data && p.compressed == m.compressed && p.file == m.file &&
 				(p.offset < 0) == (m.offset < 0) && (p.offset < 0 || p.offset+p.length == m.offset) {
 				p.length += m.length
 				return nil
@@ -78,7 +82,10 @@ func runMap(c *cli.Context) error {
 			continue
 		}
 		name := path
-		if e.depth < len(layers) {
+		switch {
+		case e.file != "":
+			name = e.file
+		case e.depth < len(layers):
 			name = layers[e.depth]
 		}
 		to := hexNum(e.offset)
