@@ -173,6 +173,8 @@ func checkHoleImage(t *testing.T, h holeImage, path string, data, runs int64) {
 		}
 	} else if ours != theirs {
 		t.Errorf("map:\n%s\nqemu-img map:\n%s", ours, theirs)
+	} else if human, _, _ := runCLI(t, "map", path); human != string(formattest.Qemu(t, "map", "-f", h.format, path)) {
+		t.Errorf("human map:\n%s", human)
 	}
 
 	d, code := planJSON(t, "--cloud", "huawei-ims", "--disk", "data", path)
