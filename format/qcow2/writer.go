@@ -482,9 +482,10 @@ func newPlainWriter(out *format.Output, p *params, size int64, layout format.Lay
 	w.dataOff = w.l1Off + w.l1Clusters*p.cs
 	w.scratch = make([]byte, p.cs)
 	if out.Seekable() && !frontToBack {
-		// Data first, from dataOff on; the metadata in Close.
+		// Data first, from dataOff on (skipped at the first); the
+		// metadata in Close.
 		w.lazy = true
-		return w, out.Skip(w.dataOff)
+		return w, nil
 	}
 	// On a pipe (or a file written front to back) the metadata goes
 	// first, at the first Write: until then the engine may report which
@@ -530,14 +531,23 @@ func (w *plainWriter) streamMeta() error {
 			pos += (1 + w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)) * w.p.cs
 		}
 	}
+	if pos == w.dataOff {
+		pos = w.headEnd()
+	}
 	w.end = pos
-	return w.writeHead(pos / w.p.cs)
+	return w.writeHead(pos)
 }
 
-// writeHead writes everything before dataOff for a file of clusters
-// clusters, all in use: the header, the refcount table and blocks, L1.
-func (w *plainWriter) writeHead(clusters int64) error {
+// headEnd is where an image with no L2 table ends: after its L1 entries,
+// as qemu-img ends it (a last cluster in part).
+func (w *plainWriter) headEnd() int64 { return w.l1Off + w.p.l1Size*l1Entry }
+
+// writeHead writes everything before dataOff for a file of end bytes,
+// all of its clusters in use: the header, the refcount table and blocks,
+// L1 (cut at end).
+func (w *plainWriter) writeHead(end int64) error {
 	p := w.p
+	clusters := (end + p.cs - 1) / p.cs
 	be := binary.BigEndian
 	out := w.out
 	if _, err := out.Write(p.header(w.l1Off, w.rtOff, w.rtc)); err != nil {
@@ -589,7 +599,7 @@ func (w *plainWriter) writeHead(clusters int64) error {
 		}
 		done = int64(i) + 1
 	}
-	return writeZeros(out, w.l1Clusters*p.cs-done*l1Entry)
+	return writeZeros(out, min(w.l1Clusters*p.cs, end-w.l1Off)-done*l1Entry)
 }
 
 // l2Table returns span i's L2 table: its data clusters follow the table
@@ -701,6 +711,9 @@ func (w *plainWriter) startSpan(span int64) error {
 	switch {
 	case w.lazy:
 		if at == 0 {
+			if err := w.out.SkipTo(max(w.out.Pos(), w.dataOff)); err != nil {
+				return err
+			}
 			w.l2At[span] = w.out.Pos()
 			return w.out.Skip(w.p.cs)
 		}
@@ -753,7 +766,10 @@ func (w *plainWriter) Close() error {
 		return err
 	}
 	end := w.out.Pos()
-	if end%w.p.cs != 0 || (!w.lazy && end != w.end) {
+	if w.lazy && end == 0 {
+		end = w.headEnd() // no data: the metadata alone
+	}
+	if end%w.p.cs != 0 && end != w.headEnd() || !w.lazy && end != w.end {
 		return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", end, w.end)
 	}
 	// On a file the hole before the data, or a preallocated one, may
@@ -773,7 +789,7 @@ func (w *plainWriter) Close() error {
 	if err := w.out.Rewind(); err != nil {
 		return err
 	}
-	if err := w.writeHead(end / w.p.cs); err != nil {
+	if err := w.writeHead(end); err != nil {
 		return err
 	}
 	for i, at := range w.l2At {
