@@ -15,23 +15,23 @@ import (
 
 // The qcow2 writer.
 //
-// Uncompressed output is laid out entirely from the Layout before any data
-// arrives, so it streams front to back into a pipe and the bytes are the
-// same on a file:
+// Uncompressed output is laid out as qemu-img lays it out:
 //
-//	header cluster | refcount table | refcount blocks | L1 | L2 tables | data
+//	header cluster | refcount table | refcount blocks | L1 | L2 table | its span's data | L2 table | ...
 //
-// On a pipe every cluster of the file is in use exactly once, so the
-// refcount blocks are all ones up to the file's last cluster, and data
-// clusters follow the layout's Data clusters in guest order; a cluster the
-// layout called Data that arrives all zero keeps its place and is written
-// as zeros. On a file the same regions are reserved, but data clusters are
-// packed from the data area on, clusters that arrive all zero are left
-// unallocated (as qemu-img does), and the header and tables are written
-// into the reserved area in Close; L2 slots left unused are free clusters.
-// The file is then not written front to back, so the engine's --checksum
-// cannot be used with it.
-//
+// each L2 table just before the first data cluster of its span, so a span
+// that receives no data has none, and the data clusters of a span follow
+// its table in guest order. Every cluster of the file is in use once, so
+// the refcount blocks (sized for the layout's Data) are all ones up to the
+// file's last cluster. An image with no data ends after its L1 entries.
+// On a pipe (or a file written front to back, for --checksum) the header
+// and tables before the data are written first, from the data scan
+// (MarkData), which says which clusters will arrive as data. On a file
+// the data clusters that arrive are packed from the data area on, each
+// span's table slot left as a hole, and the header and tables are
+// written in Close: the same bytes. Clusters that arrive all zero are
+// left unallocated (as qemu-img does), on both.
+
 // Compressed output (-c) cannot be laid out up front, because compressed
 // sizes are known only after Encode. Its layout is
 //
