@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -419,13 +420,7 @@ func (s *spanBits) count(c0, c1 int64) int64 {
 	return n
 }
 
-// plainWriter writes uncompressed images:
-//
-//	header | refcount table | refcount blocks | L1 | L2 table of a span | its data clusters | L2 table of the next span | ...
-//
-// as qemu-img lays them out: an L2 table goes just before the first data
-// cluster of its span, so spans that receive no data have none. The
-// refcount blocks are sized for every cluster the layout calls Data.
+// plainWriter writes uncompressed images (see the layout above).
 type plainWriter struct {
 	p     *params
 	out   *format.Output
@@ -433,24 +428,30 @@ type plainWriter struct {
 	lazy  bool                  // a file: data is compacted, tables come last
 	size  int64                 // guest size the blocks cover
 	alloc spanBits
-	l2At  []int64 // file offset of each span's L2 table; 0 for none yet
-	next  int64   // guest offset of the next block
-	// metaDone: the header and tables before the data are written (on a
-	// pipe, before the first Write).
+	// l2Item is each span's L2 table as a cluster of the body (see
+	// bodyCluster), -1 for none; items counts the body's clusters placed.
+	l2Item []int64
+	items  int64
+	next   int64 // guest offset of the next block
+	// metaDone: the head is written (on a pipe, before the first Write).
 	metaDone bool
 	scratch  []byte
 
-	rb, rtc, l1Clusters int64
-	rtOff, rbOff, l1Off int64
-	dataOff             int64 // where the first L2 table or data goes
-	end                 int64 // on a pipe, where the image ends
+	per                     int64 // clusters a refcount block counts
+	rtc, rbHead, l1Clusters int64 // refcount table clusters, blocks in the head, L1 clusters
+	rtOff, rbOff, l1Off     int64
+	dataOff                 int64 // where the body starts
+	end                     int64 // on a pipe, where the image ends
 }
 
 func newPlainWriter(out *format.Output, p *params, size int64, layout format.Layout, frontToBack bool) (*plainWriter, error) {
-	w := &plainWriter{p: p, out: out, size: size, l2At: make([]int64, p.l1Size)}
+	w := &plainWriter{p: p, out: out, size: size, l2Item: make([]int64, p.l1Size)}
+	for i := range w.l2Item {
+		w.l2Item[i] = -1
+	}
 	w.alloc = spanBits{perSpan: p.l2Entries(), spans: make([][]uint64, p.l1Size)}
 	// Note which clusters the layout calls Data, and count them and their
-	// L2 tables: at most this many clusters follow the metadata.
+	// L2 tables: at most this many clusters follow the head.
 	var tables, data int64
 	lastSpan := int64(-1)
 	err := layout(func(e format.Extent) error {
@@ -475,20 +476,26 @@ func newPlainWriter(out *format.Output, p *params, size int64, layout format.Lay
 		return nil, err
 	}
 	w.l1Clusters = (p.l1Size*l1Entry + p.cs - 1) / p.cs
-	w.rb, w.rtc = p.refcountClusters(1 + w.l1Clusters + tables + data)
+	w.per = p.refsPerBlock()
+	// The refcount table has room for the most the layout may need; the
+	// blocks in the head count the head, and each later one sits at the
+	// first cluster it counts, placed when the file reaches it.
+	_, w.rtc = p.refcountClusters(1 + w.l1Clusters + tables + data)
+	for w.rbHead = 1; w.rbHead*w.per < 1+w.rtc+w.rbHead+w.l1Clusters; w.rbHead++ {
+	}
 	w.rtOff = p.cs
 	w.rbOff = w.rtOff + w.rtc*p.cs
-	w.l1Off = w.rbOff + w.rb*p.cs
+	w.l1Off = w.rbOff + w.rbHead*p.cs
 	w.dataOff = w.l1Off + w.l1Clusters*p.cs
 	w.scratch = make([]byte, p.cs)
 	if out.Seekable() && !frontToBack {
-		// Data first, from dataOff on (skipped at the first); the
-		// metadata in Close.
+		// The body first, from dataOff on (skipped at its first
+		// cluster); the metadata in Close.
 		w.lazy = true
 		return w, nil
 	}
-	// On a pipe (or a file written front to back) the metadata goes
-	// first, at the first Write: until then the engine may report which
+	// On a pipe (or a file written front to back) the head goes first,
+	// at the first Write: until then the engine may report which
 	// clusters of the layout hold data (MarkData); the zero ones then
 	// stay unallocated exactly as on a file.
 	return w, nil
@@ -516,102 +523,135 @@ func (w *plainWriter) MarkData(start, length int64) {
 	}
 }
 
-// streamMeta writes the metadata before the data on a pipe (or a file
-// written front to back), once, before the first Write: every cluster
-// still set in alloc will arrive, so each L2 table's place is known.
-func (w *plainWriter) streamMeta() error {
-	if w.lazy || w.metaDone {
-		return nil // written last, or already
+// bodyCluster returns the file cluster of the i-th cluster of the body,
+// the L2 tables and data clusters in order after the head: from block
+// rbHead on, a refcount block takes the first cluster of its range.
+func (w *plainWriter) bodyCluster(i int64) int64 {
+	c := w.dataOff/w.p.cs + i
+	first := w.rbHead * w.per
+	if c < first {
+		return c
 	}
-	w.metaDone = true
-	pos := w.dataOff
-	for i, b := range w.alloc.spans {
-		if anySet(b) {
-			w.l2At[i] = pos
-			pos += (1 + w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)) * w.p.cs
-		}
+	j := c - first
+	return first + j/(w.per-1)*w.per + 1 + j%(w.per-1)
+}
+
+// blockOffset returns the file offset of refcount block k.
+func (w *plainWriter) blockOffset(k int64) int64 {
+	if k < w.rbHead {
+		return w.rbOff + k*w.p.cs
 	}
-	if pos == w.dataOff {
-		pos = w.headEnd()
-	}
-	w.end = pos
-	return w.writeHead(pos)
+	return k * w.per * w.p.cs
 }
 
 // headEnd is where an image with no L2 table ends: after its L1 entries,
 // as qemu-img ends it (a last cluster in part).
 func (w *plainWriter) headEnd() int64 { return w.l1Off + w.p.l1Size*l1Entry }
 
+// bodyEnd is where the image ends after its body.
+func (w *plainWriter) bodyEnd(items int64) int64 {
+	if items == 0 {
+		return w.headEnd()
+	}
+	return (w.bodyCluster(items-1) + 1) * w.p.cs
+}
+
+// streamMeta writes the head on a pipe (or a file written front to
+// back), once, before the first Write: every cluster still set in alloc
+// will arrive, so the place of each L2 table is known.
+func (w *plainWriter) streamMeta() error {
+	if w.lazy || w.metaDone {
+		return nil // written last, or already
+	}
+	w.metaDone = true
+	var n int64
+	for i, b := range w.alloc.spans {
+		if anySet(b) {
+			w.l2Item[i] = n
+			n += 1 + w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)
+		}
+	}
+	w.end = w.bodyEnd(n)
+	return w.writeHead(w.end)
+}
+
 // writeHead writes everything before dataOff for a file of end bytes,
-// all of its clusters in use: the header, the refcount table and blocks,
-// L1 (cut at end).
+// all of its clusters in use: the header, the refcount table, the
+// refcount blocks of the head, L1 (cut at end).
 func (w *plainWriter) writeHead(end int64) error {
 	p := w.p
 	clusters := (end + p.cs - 1) / p.cs
+	blocks := max(w.rbHead, (clusters+w.per-1)/w.per)
 	be := binary.BigEndian
 	out := w.out
 	if _, err := out.Write(p.header(w.l1Off, w.rtOff, w.rtc)); err != nil {
 		return err
 	}
-	// Refcount table: block i at rbOff + i clusters.
-	tab := w.scratch
 	perTab := p.cs / refTableEntry
-	for i := int64(0); i < w.rtc*perTab; i++ {
-		if i%perTab == 0 {
-			clear(tab)
-		}
-		if i < w.rb {
-			be.PutUint64(tab[i%perTab*refTableEntry:], uint64(w.rbOff+i*p.cs))
-		}
-		if (i+1)%perTab == 0 {
-			if _, err := out.Write(tab); err != nil {
-				return err
-			}
+	if blocks > w.rtc*perTab {
+		return fmt.Errorf("qcow2: internal error: %d refcount blocks, a table for %d", blocks, w.rtc*perTab)
+	}
+	// The refcount table, and the blocks of the head; what follows
+	// their entries is a hole on a file, as qemu leaves it.
+	var entry [8]byte
+	for i := range blocks {
+		be.PutUint64(entry[:], uint64(w.blockOffset(i)))
+		if _, err := out.Write(entry[:]); err != nil {
+			return err
 		}
 	}
-	if clusters > w.rb*p.refsPerBlock() {
-		return fmt.Errorf("qcow2: internal error: %d clusters, refcount blocks for %d", clusters, w.rb*p.refsPerBlock())
+	if err := out.Skip(w.rtc*p.cs - blocks*refTableEntry); err != nil {
+		return err
 	}
-	// Refcount blocks: every cluster of the file is in use once.
-	per := p.refsPerBlock()
-	for b := int64(0); b < w.rb; b++ {
-		clear(tab)
-		for i := int64(0); i < per && b*per+i < clusters; i++ {
-			p.putRef(tab, i, 1)
-		}
-		if _, err := out.Write(tab); err != nil {
+	for k := range w.rbHead {
+		if err := w.writeBlock(k, clusters); err != nil {
 			return err
 		}
 	}
 	// L1 table.
-	var entry [8]byte
 	var done int64 // L1 entries written
-	for i, at := range w.l2At {
-		if at == 0 {
+	for i, item := range w.l2Item {
+		if item < 0 {
 			continue
 		}
 		if err := writeZeros(out, (int64(i)-done)*l1Entry); err != nil {
 			return err
 		}
-		be.PutUint64(entry[:], uint64(at)|l2Copied)
+		be.PutUint64(entry[:], uint64(w.bodyCluster(item)*p.cs)|l2Copied)
 		if _, err := out.Write(entry[:]); err != nil {
 			return err
 		}
 		done = int64(i) + 1
 	}
-	return writeZeros(out, min(w.l1Clusters*p.cs, end-w.l1Off)-done*l1Entry)
+	return out.Skip(min(w.l1Clusters*p.cs, end-w.l1Off) - done*l1Entry)
+}
+
+// writeBlock writes refcount block k of a file of clusters clusters, all
+// in use once: its counts, and a hole after them on a file.
+func (w *plainWriter) writeBlock(k, clusters int64) error {
+	n := max(0, min(w.per, clusters-k*w.per))
+	tab := w.scratch
+	clear(tab)
+	for i := range n {
+		w.p.putRef(tab, i, 1)
+	}
+	used := (n<<w.p.refOrder + 7) / 8
+	if _, err := w.out.Write(tab[:used]); err != nil {
+		return err
+	}
+	return w.out.Skip(w.p.cs - used)
 }
 
 // l2Table returns span i's L2 table: its data clusters follow the table
-// in guest order.
+// in guest order, in the body.
 func (w *plainWriter) l2Table(i int) []byte {
 	tab := w.scratch
 	clear(tab)
-	b, pos := w.alloc.spans[i], w.l2At[i]
+	b, item := w.alloc.spans[i], w.l2Item[i]
 	for j := int64(0); j < w.alloc.perSpan; j++ {
 		if b[j/64]&(1<<(j%64)) != 0 {
-			pos += w.p.cs
-			binary.BigEndian.PutUint64(tab[j*l2Entry:], uint64(pos)|l2Copied)
+			item++
+			binary.BigEndian.PutUint64(tab[j*l2Entry:], uint64(w.bodyCluster(item)*w.p.cs)|l2Copied)
 		}
 	}
 	return tab
@@ -686,45 +726,85 @@ func (w *plainWriter) writeSpan(b *format.Block, span, c0, c1 int64) error {
 	if err := w.startSpan(span); err != nil {
 		return err
 	}
+	holes := w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc
 	if b.Status != format.Data {
-		if w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc {
-			return w.out.Skip(n * cs) // a hole on a file, zeros on a pipe
-		}
-		return writeZeros(w.out, n*cs)
+		return w.body(n, func(_, k int64) error {
+			if holes {
+				return w.out.Skip(k * cs) // a hole on a file, zeros on a pipe
+			}
+			return writeZeros(w.out, k*cs)
+		})
 	}
 	lo, hi := max(b.Start, c0*cs)-b.Start, min(b.End(), c1*cs)-b.Start
 	data := b.Data[lo:hi]
-	if w.out.Seekable() && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
-		return w.writeSparse(data, n*cs)
+	return w.body(n, func(from, k int64) error {
+		d := data[min(from*cs, int64(len(data))):min((from+k)*cs, int64(len(data)))]
+		if holes && w.out.Seekable() {
+			return w.writeSparse(d, k*cs)
+		}
+		if _, err := w.out.Write(d); err != nil {
+			return err
+		}
+		// The last cluster of the disk is stored whole.
+		return writeZeros(w.out, k*cs-int64(len(d)))
+	})
+}
+
+// body places the next n clusters of the body at the output's position
+// through put(from, k), for each run of k of them from the from-th, with a
+// refcount block wherever a cluster begins a block's range: on a file a
+// slot that Close fills, on a pipe the block itself.
+func (w *plainWriter) body(n int64, put func(from, k int64) error) error {
+	cs := w.p.cs
+	if w.out.Pos() < w.dataOff {
+		if err := w.out.SkipTo(w.dataOff); err != nil { // a file's first cluster of body
+			return err
+		}
 	}
-	if _, err := w.out.Write(data); err != nil {
-		return err
+	for from := int64(0); from < n; {
+		c := w.out.Pos() / cs
+		if c >= w.rbHead*w.per && c%w.per == 0 {
+			var err error
+			if w.lazy {
+				err = w.out.Skip(cs)
+			} else {
+				err = w.writeBlock(c/w.per, (w.end+cs-1)/cs)
+			}
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if want := w.bodyCluster(w.items); c != want {
+			return fmt.Errorf("qcow2: internal error: body cluster %d at cluster %d, not %d", w.items, c, want)
+		}
+		k := min(n-from, w.per-c%w.per)
+		if err := put(from, k); err != nil {
+			return err
+		}
+		from += k
+		w.items += k
 	}
-	// The last cluster of the disk is stored whole.
-	return writeZeros(w.out, n*cs-int64(len(data)))
+	return nil
 }
 
 // startSpan puts span's L2 table before its first cluster: on a file a
 // slot that Close fills, on a pipe the table itself.
 func (w *plainWriter) startSpan(span int64) error {
-	at := w.l2At[span]
+	item := w.l2Item[span]
 	switch {
+	case w.lazy && item >= 0, !w.lazy && item >= 0 && w.items > item:
+		return nil // placed already
 	case w.lazy:
-		if at == 0 {
-			if err := w.out.SkipTo(max(w.out.Pos(), w.dataOff)); err != nil {
-				return err
-			}
-			w.l2At[span] = w.out.Pos()
-			return w.out.Skip(w.p.cs)
-		}
-		return nil
-	case at == 0 || w.out.Pos() < at:
-		return fmt.Errorf("qcow2: internal error: span %d's L2 table is at %d, the output at %d", span, at, w.out.Pos())
-	case w.out.Pos() == at:
+		w.l2Item[span] = w.items
+		return w.body(1, func(int64, int64) error { return w.out.Skip(w.p.cs) })
+	case item != w.items:
+		return fmt.Errorf("qcow2: internal error: span %d's L2 table is body cluster %d, the output at %d", span, item, w.items)
+	}
+	return w.body(1, func(int64, int64) error {
 		_, err := w.out.Write(w.l2Table(int(span)))
 		return err
-	}
-	return nil
+	})
 }
 
 // sparseUnit is the run of zeros a preallocated image leaves as a hole
@@ -765,12 +845,9 @@ func (w *plainWriter) Close() error {
 	if err := w.streamMeta(); err != nil {
 		return err
 	}
-	end := w.out.Pos()
-	if w.lazy && end == 0 {
-		end = w.headEnd() // no data: the metadata alone
-	}
-	if end%w.p.cs != 0 && end != w.headEnd() || !w.lazy && end != w.end {
-		return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", end, w.end)
+	end := w.bodyEnd(w.items)
+	if pos := w.out.Pos(); w.items > 0 && pos != end || !w.lazy && end != w.end {
+		return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image (%d planned)", pos, end, w.end)
 	}
 	// On a file the hole before the data, or a preallocated one, may
 	// end it.
@@ -785,21 +862,36 @@ func (w *plainWriter) Close() error {
 		}
 		return nil
 	}
-	// On a file: the metadata over the holes left for it.
+	// On a file: the metadata over the holes left for it, in file order.
 	if err := w.out.Rewind(); err != nil {
 		return err
 	}
 	if err := w.writeHead(end); err != nil {
 		return err
 	}
-	for i, at := range w.l2At {
-		if at == 0 {
-			continue
+	clusters := (end + w.p.cs - 1) / w.p.cs
+	type slot struct{ off, span, block int64 }
+	var slots []slot
+	for i, item := range w.l2Item {
+		if item >= 0 {
+			slots = append(slots, slot{w.bodyCluster(item) * w.p.cs, int64(i), -1})
 		}
-		if err := w.out.SkipTo(at); err != nil {
+	}
+	for k := w.rbHead; k*w.per < clusters; k++ {
+		slots = append(slots, slot{w.blockOffset(k), -1, k})
+	}
+	sort.Slice(slots, func(i, j int) bool { return slots[i].off < slots[j].off })
+	for _, s := range slots {
+		if err := w.out.SkipTo(s.off); err != nil {
 			return err
 		}
-		if _, err := w.out.Write(w.l2Table(i)); err != nil {
+		var err error
+		if s.span >= 0 {
+			_, err = w.out.Write(w.l2Table(int(s.span)))
+		} else {
+			err = w.writeBlock(s.block, clusters)
+		}
+		if err != nil {
 			return err
 		}
 	}
