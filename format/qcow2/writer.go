@@ -23,8 +23,11 @@ import (
 // each L2 table just before the first data cluster of its span, so a span
 // that receives no data has none, and the data clusters of a span follow
 // its table in guest order. Every cluster of the file is in use once, so
-// the refcount blocks (sized for the layout's Data) are all ones up to the
-// file's last cluster. An image with no data ends after its L1 entries.
+// the refcount blocks are all ones up to the file's last cluster: those in
+// the head count the head, and each later one takes the first cluster of
+// the range it counts when the file reaches it (the table has room for as
+// many as the layout's Data could need). An image with no data ends after
+// its L1 entries.
 // On a pipe (or a file written front to back, for --checksum) the header
 // and tables before the data are written first, from the data scan
 // (MarkData), which says which clusters will arrive as data. On a file
