@@ -209,8 +209,8 @@ func TestTableAndJSON(t *testing.T) {
 	if len(back.Cases) != 6 || back.Cases[0].Ratio != 1.5 || back.Cases[0].Diskimg.MBps != 1000 || back.Cases[0].Diskimg.RSS != 20<<10 || back.Cases[3].Skipped != "no writer" {
 		t.Errorf("JSON round trip: %+v", back.Cases)
 	}
-	if len(back.Targets) != 5 {
-		t.Errorf("JSON has %d targets, want 5", len(back.Targets))
+	if len(back.Targets) != 6 {
+		t.Errorf("JSON has %d targets, want 6", len(back.Targets))
 	}
 }
 
@@ -231,8 +231,8 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-// tinyConfig is a run of a few seconds: 16 MiB disks and an empty 1 TiB
-// one, raw and qcow2 only.
+// tinyConfig is a run of a few seconds: 16 MiB disks, an empty 1 TiB
+// one and a 1 GiB preallocated qcow2, raw and qcow2 only.
 func tinyConfig(t *testing.T, dir string) Config {
 	return Config{Diskimg: buildDiskimg(t), Dir: dir, Runs: 2, Quick: true, Sizes: TinySizes, Formats: []string{"qcow2"}}
 }
@@ -256,6 +256,8 @@ func TestRunTiny(t *testing.T) {
 			want[corpus+" "+k] = true
 		}
 	}
+	// The preallocated qcow2 (not the fixed VHD: vpc is not in Formats).
+	want["prealloc qcow2 qcow2"], want["prealloc qcow2 raw"] = true, true
 	for _, c := range rep.Cases {
 		key := c.Corpus + " " + c.Input + " " + c.Output
 		if !want[key] {
@@ -291,8 +293,8 @@ func TestRunTiny(t *testing.T) {
 	}
 	var tab bytes.Buffer
 	rep.WriteTable(&tab)
-	if n := strings.Count(tab.String(), "x  "); n < 12 {
-		t.Errorf("table has %d ratios, want 12:\n%s", n, tab.String())
+	if n := strings.Count(tab.String(), "x  "); n < 14 {
+		t.Errorf("table has %d ratios, want 14:\n%s", n, tab.String())
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("work directory left behind: %v", entries)

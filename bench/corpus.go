@@ -23,6 +23,11 @@ type Sizes struct {
 	OSDisk, OSFiles int64
 	// Huge is the virtual size of the "empty" disk: no data at all.
 	Huge int64
+	// Preallocated is the virtual size of the "prealloc" disk, a qcow2
+	// with preallocation=metadata, and FixedVHD that of the "fixed" disk,
+	// a fixed VHD: each holds HoleData bytes of random data in four runs,
+	// and every other allocated block is a hole in the file.
+	Preallocated, FixedVHD, HoleData int64
 }
 
 const (
@@ -33,14 +38,17 @@ const (
 )
 
 // FullSizes is the corpus issue #7 describes.
-var FullSizes = Sizes{RandomDisk: 4 * gib, RandomData: 1 * gib, Dense: 1 * gib, OSDisk: 4 * gib, OSFiles: 384 * mib, Huge: 1 * tib}
+var FullSizes = Sizes{RandomDisk: 4 * gib, RandomData: 1 * gib, Dense: 1 * gib, OSDisk: 4 * gib, OSFiles: 384 * mib, Huge: 1 * tib,
+	Preallocated: 256 * gib, FixedVHD: 64 * gib, HoleData: 64 * mib}
 
 // QuickSizes is the `make bench` corpus: the same shapes, a quarter of
 // the data, so the whole set runs in a few minutes on two cores.
-var QuickSizes = Sizes{RandomDisk: 1 * gib, RandomData: 256 * mib, Dense: 256 * mib, OSDisk: 1 * gib, OSFiles: 96 * mib, Huge: 1 * tib}
+var QuickSizes = Sizes{RandomDisk: 1 * gib, RandomData: 256 * mib, Dense: 256 * mib, OSDisk: 1 * gib, OSFiles: 96 * mib, Huge: 1 * tib,
+	Preallocated: 256 * gib, FixedVHD: 64 * gib, HoleData: 64 * mib}
 
 // TinySizes is for tests: seconds, not minutes.
-var TinySizes = Sizes{RandomDisk: 16 * mib, RandomData: 4 * mib, Dense: 8 * mib, Huge: 1 * tib}
+var TinySizes = Sizes{RandomDisk: 16 * mib, RandomData: 4 * mib, Dense: 8 * mib, Huge: 1 * tib,
+	Preallocated: 1 * gib, FixedVHD: 1 * gib, HoleData: 4 * mib}
 
 const (
 	espSize  = 64 * mib // EFI system partition
@@ -58,6 +66,20 @@ type corpus struct {
 	raw    string            // path of the raw original
 	inputs map[string]string // input format -> path
 	note   string            // why it is missing, when raw == ""
+	// only, when set, is the one input format of a corpus made in it
+	// with options (holes), converted to qcow2 and raw only.
+	only string
+}
+
+// holeCorpora are the disks whose allocated blocks are holes in their
+// files, made from a sparse raw disk by qemu-img convert -O FORMAT -o
+// OPTIONS (diskimg's without qemu-img).
+var holeCorpora = []struct {
+	name, format, opts string
+	size               func(Sizes) int64
+}{
+	{"prealloc", "qcow2", "preallocation=metadata", func(s Sizes) int64 { return s.Preallocated }},
+	{"fixed", "vpc", "subformat=fixed", func(s Sizes) int64 { return s.FixedVHD }},
 }
 
 // fill writes n random bytes at off in f, from a deterministic generator.

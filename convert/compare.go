@@ -180,7 +180,9 @@ func StatusMismatch(ctx context.Context, a, b format.Image) (int64, error) {
 		if err != nil {
 			return -1, err
 		}
-		if ea.Status != eb.Status || (ea.Offset < 0) != (eb.Offset < 0) || (ea.End() == a.Size()) != (eb.End() == b.Size()) {
+		za, da := ea.MapFlags()
+		zb, db := eb.MapFlags()
+		if ea.Status == format.Unallocated != (eb.Status == format.Unallocated) || za != zb || da != db || (ea.Offset < 0) != (eb.Offset < 0) || (ea.End() == a.Size()) != (eb.End() == b.Size()) {
 			return pos, nil
 		}
 		pos = min(ea.End(), eb.End())

@@ -193,6 +193,10 @@ func Convert(ctx context.Context, src format.Image, w *format.WriterFormat, dst 
 	}
 	err = e.pass(ctx, plan, sparse == 0, nil, res, opts.Progress)
 	if err == nil {
+		// A source written to during the run gave a mix of two versions.
+		err = format.Unchanged(src)
+	}
+	if err == nil {
 		if err = wr.Close(); err != nil {
 			err = fmt.Errorf("%s writer: %w", w.Name, err)
 		}

@@ -57,6 +57,7 @@ type Layer interface {
 // TopLayer returns the driver's own image of img's file: img itself, or
 // the top of a backing chain.
 func TopLayer(img Image) Image {
+	img = unwrapHoles(img)
 	if c, ok := img.(*chain); ok {
 		return c.top
 	}
@@ -68,7 +69,7 @@ func TopLayer(img Image) Image {
 // when every image of the chain opened or none was asked for.
 func BackingError(img Image) error {
 	for {
-		c, ok := img.(*chain)
+		c, ok := unwrapHoles(img).(*chain)
 		if !ok {
 			return nil
 		}

@@ -47,6 +47,28 @@ type Extent struct {
 	// File is the host file Offset refers to: the layer's own file, a
 	// VMDK extent, a qcow2 external data file. Nil when Offset is -1.
 	File File
+	// HostHole marks a Zero run that the format stores at Offset where
+	// the host file has a hole: allocated, but reading as zeros.
+	HostHole bool
+	// Preallocated marks storage the format allocated ahead of the data
+	// (a fixed VHD, a flat VMDK extent, a static VDI, a qcow2 with
+	// preallocated metadata): qemu looks for holes in the host file under
+	// it, and under other runs does not (see MapFlags). VHDX blocks, for
+	// which qemu has no block status, are marked too.
+	Preallocated bool
+}
+
+// MapFlags returns qemu-img map's "zero" and "data" keys for e. A hole
+// under allocated storage is data to qemu, and zero too where it looks
+// at the host file (Preallocated).
+func (e Extent) MapFlags() (zero, data bool) {
+	switch {
+	case e.Status == Data:
+		return false, true
+	case e.HostHole:
+		return e.Preallocated, true
+	}
+	return true, false
 }
 
 // End returns the guest offset just past the extent.

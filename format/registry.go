@@ -150,6 +150,9 @@ type Opener struct {
 	depth int
 	chain []string     // real paths of the images opened so far in this chain
 	self  RelativeFile // the file being opened, when it resolves names itself
+	// related are the files OpenRelated opened for the image being
+	// opened: its host files besides its own (see withHoles).
+	related []File
 }
 
 // NewOpener returns an opener applying policy p.
@@ -223,6 +226,7 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 	if rf, ok := f.(RelativeFile); ok {
 		o.self = rf
 	}
+	o.related = nil
 	img, err := ft.Open(f, o)
 	if errors.Is(err, ErrWrongType) {
 		return nil, fmt.Errorf("not a %s image: %w", ft.Name, err)
@@ -230,22 +234,19 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	files := append([]File{f}, o.related...)
 	l, ok := img.(Layer)
-	if !ok {
-		return img, nil
+	if !ok || l.Backing() == nil {
+		return withHoles(img, files, ft.Name == "raw"), nil
 	}
-	ref := l.Backing()
-	if ref == nil {
-		return img, nil
-	}
-	c, err := o.withBacking(l, ref, f)
+	c, err := o.withBacking(l, l.Backing(), f)
 	if err != nil {
 		// This closes f too, which the caller then closes again: an
 		// *os.File refuses a second close without touching the descriptor.
 		l.Close()
 		return nil, err
 	}
-	return c, nil
+	return withHoles(c, files, false), nil
 }
 
 // openBacking opens the image that the image at imagePath names as ref
@@ -295,14 +296,19 @@ func (o *Opener) openGiven(path, formatName string) (Image, error) {
 // OpenRelated opens a plain file (a VMDK extent) that the image at
 // imagePath names as ref.
 func (o *Opener) OpenRelated(imagePath, ref string) (ReadCloserFile, error) {
+	var f ReadCloserFile
+	var err error
 	if o.self != nil {
-		return o.openRelative(ref)
+		f, err = o.openRelative(ref)
+	} else if path, rerr := o.Resolve(imagePath, ref); rerr != nil {
+		return nil, rerr
+	} else {
+		f, err = OpenFile(path)
 	}
-	path, err := o.Resolve(imagePath, ref)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		o.related = append(o.related, f)
 	}
-	return OpenFile(path)
+	return f, err
 }
 
 // openRelative opens ref through the file being opened, which resolves it

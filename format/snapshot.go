@@ -28,6 +28,21 @@ type SnapshotLoader interface {
 	LoadSnapshot(id, name string) error
 }
 
+// LoadSnapshot makes img read as one of its internal snapshots (see
+// SnapshotLoader), through the driver of its top layer, and drops what
+// the opener remembered of its extent map.
+func LoadSnapshot(img Image, id, name string) error {
+	l, ok := TopLayer(img).(SnapshotLoader)
+	if !ok {
+		return fmt.Errorf("internal snapshots of %s images are not supported", img.Info().Format)
+	}
+	err := l.LoadSnapshot(id, name)
+	if h := holesOf(img); h != nil {
+		h.forget()
+	}
+	return err
+}
+
 // SnapshotNotFoundError says that an image has no snapshot with the id
 // and name asked for.
 type SnapshotNotFoundError struct{ ID, Name string }

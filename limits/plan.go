@@ -155,8 +155,10 @@ func Plan(img Image, p *Profile, req Request) Decision {
 		return suggestSparsify(img, p, req, d)
 	}
 	d.UploadFormat, d.UploadSize = upload.Format, upload.FileSize
+	// A conversion to the image's own format that is smaller than the
+	// file (holes under allocated blocks left out) is a conversion too.
 	converted := upload.Format != img.Format || upload.Subformat != img.Subformat && upload.Subformat != "" ||
-		upload.VirtualSize != img.VirtualSize || img.Backing || chosen.Package != "" || req.Sparsify
+		upload.VirtualSize != img.VirtualSize || upload.FileSize != img.FileSize || img.Backing || chosen.Package != "" || req.Sparsify
 	d.UploadSizeEstimated = converted && !exactSize(upload)
 	d.Findings = append(d.Findings, Check(upload, p, req)...)
 	d.Findings = append(d.Findings, pathFinding(p, chosen, upload, converted))

@@ -62,8 +62,10 @@ func TestBenchTinyJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if len(rep.Cases) != 12 || len(rep.Targets) != 5 {
-		t.Fatalf("%d cases and %d targets, want 12 and 5: %s", len(rep.Cases), len(rep.Targets), out)
+	// Three corpora in four cases each, and the preallocated qcow2 to
+	// qcow2 and raw.
+	if len(rep.Cases) != 14 || len(rep.Targets) != 6 {
+		t.Fatalf("%d cases and %d targets, want 14 and 6: %s", len(rep.Cases), len(rep.Targets), out)
 	}
 	for _, c := range rep.Cases {
 		if c.Ratio <= 0 {

@@ -168,7 +168,7 @@ func uploadAsIs(c *cli.Context, src, dst string) error {
 	if err := out.Commit(); err != nil {
 		return err
 	}
-	if err := verifyUpload(c, ctx, img, dst, img.Info().Format); err != nil {
+	if err := verifyUpload(c, ctx, img, img, dst, img.Info().Format); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s  %s\n", hex.EncodeToString(out.SHA256), dst)

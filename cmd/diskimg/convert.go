@@ -245,6 +245,11 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		// A signal that came as the last bytes went out: no commit.
 		err = ctx.Err()
 	}
+	if err == nil {
+		// Convert checked its source; in may wrap img (sparsify,
+		// resize), and the verify pass read it again.
+		err = format.Unchanged(img)
+	}
 	if bar != nil {
 		if err == nil {
 			bar.Finish()
@@ -267,7 +272,7 @@ func runConversion(c *cli.Context, job conversion) (*convert.Result, error) {
 		// back by ranges, and remove it if it differs.
 		res.SHA256 = out.SHA256
 		if job.verify {
-			if err := verifyUpload(c, ctx, in, job.dst, w.Name); err != nil {
+			if err := verifyUpload(c, ctx, in, img, job.dst, w.Name); err != nil {
 				return nil, interruptedOr(interrupted, job.dst+" removed", err)
 			}
 		}
@@ -328,8 +333,9 @@ func outputBound(src format.Image, w *format.WriterFormat, opts convert.Options)
 }
 
 // verifyUpload reads the uploaded object back by ranges and compares it
-// with the source; an object that differs is removed.
-func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, fmtName string) error {
+// with the source src, as opened (opened: src may wrap it); an object
+// that differs, or whose source changed meanwhile, is removed.
+func verifyUpload(c *cli.Context, ctx context.Context, src, opened format.Image, name, fmtName string) error {
 	out, err := openRemoteImage(c, name, fmtName, format.Policy{Untrusted: true}, "")
 	if err == nil {
 		defer out.Close()
@@ -338,6 +344,9 @@ func verifyUpload(c *cli.Context, ctx context.Context, src format.Image, name, f
 		same, off, err = convert.Compare(ctx, src, out)
 		if err == nil && !same {
 			err = fmt.Errorf("the object differs from the source at offset %d", off)
+		}
+		if err == nil {
+			err = format.Unchanged(opened)
 		}
 	}
 	if err != nil {

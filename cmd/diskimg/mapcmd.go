@@ -28,6 +28,7 @@ type mapEntry struct {
 	data          bool
 	offset        int64 // -1: none
 	compressed    bool
+	file          string // the host file of offset when not the layer's own (a VMDK extent, a data file)
 }
 
 func runMap(c *cli.Context) error {
@@ -43,14 +44,18 @@ func runMap(c *cli.Context) error {
 	layers := layerNames(path, img)
 	var entries []mapEntry
 	err = format.Walk(img, 0, func(e format.Extent) error {
+		zero, data := e.MapFlags()
 		m := mapEntry{start: e.Start, length: e.Length, depth: e.Depth,
-			present: e.Status != format.Unallocated, zero: e.Status != format.Data,
-			data: e.Status == format.Data, offset: e.Offset, compressed: e.Compressed}
+			present: e.Status != format.Unallocated, zero: zero,
+			data: data, offset: e.Offset, compressed: e.Compressed}
+		if e.Depth == 0 && e.File != nil {
+			m.file = e.File.Name()
+		}
 		// Merge with the previous entry as qemu-img does: same flags and
 		// depth, and host offsets that continue.
 		if n := len(entries); n > 0 {
 			p := &entries[n-1]
-			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data && p.compressed == m.compressed &&
+			if p.depth == m.depth && p.present == m.present && p.zero == m.zero && p.data == m.data && p.compressed == m.compressed && p.file == m.file &&
 				(p.offset < 0) == (m.offset < 0) && (p.offset < 0 || p.offset+p.length == m.offset) {
 				p.length += m.length
 				return nil
@@ -67,16 +72,20 @@ func runMap(c *cli.Context) error {
 		writeMapJSON(w, entries)
 		return nil
 	}
-	// qemu-img lists the data stored at a host offset and refuses images
+	// qemu-img lists the data stored at a host offset (not the holes
+	// under allocated blocks, which are zeros) and refuses images
 	// with compressed clusters; diskimg lists those ranges as compressed
 	// (and others without an offset, such as encrypted ones, as "-").
 	fmt.Fprintf(w, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
 	for _, e := range entries {
-		if !e.data {
+		if !e.data || e.zero {
 			continue
 		}
 		name := path
-		if e.depth < len(layers) {
+		switch {
+		case e.file != "":
+			name = e.file
+		case e.depth < len(layers):
 			name = layers[e.depth]
 		}
 		to := hexNum(e.offset)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -67,9 +69,12 @@ func TestPlanHuaweiBoundaries(t *testing.T) {
 			{[]string{"--upload-format", "raw", raw}, [...]want{{"normal", "raw"}, {"normal", "raw"}, {"fast", "raw"}, {"fast", "raw"}, {"refused", "raw"}}[i]},
 			// A mostly empty RAW converted to qcow2 fits the normal path up to the 1 TB system disk limit.
 			{[]string{raw}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"refused", "qcow2"}}[i]},
-			// Mostly empty qcow2 and vhdx go as they are; over 1 TB the system disk limit refuses them.
+			// A mostly empty qcow2 goes as it is; over 1 TB the system disk limit refuses it.
 			{[]string{qcow}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"refused", "qcow2"}}[i]},
-			{[]string{vhdx}, [...]want{{"normal", "vhdx"}, {"normal", "vhdx"}, {"normal", "vhdx"}, {"normal", "vhdx"}, {"refused", "vhdx"}}[i]},
+			// A vhdx's 32 MiB blocks are mostly holes, which a qcow2 leaves
+			// out: smaller converted, until the qcow2's tables for 1 TB
+			// outgrow the vhdx.
+			{[]string{vhdx}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "vhdx"}, {"refused", "vhdx"}}[i]},
 			// A data disk may be up to 2048 GB.
 			{[]string{"--disk", "data", qcow}, [...]want{{"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}, {"normal", "qcow2"}}[i]},
 			// Export: the image's size decides; over 128 GB only fast export (ZVHD2), over 1 TB refused.
@@ -153,13 +158,13 @@ func TestCloudConvertHuawei(t *testing.T) {
 }
 
 // TestPlanHuaweiFastZVHD2 plans an image whose data is over 128 GiB: the
-// fast path with ZVHD2. qemu-img preallocates the metadata, so every
-// cluster counts as data without writing 200 GiB; holding no OS, it
-// goes as a data disk.
+// fast path with ZVHD2. Every cluster of the qcow2 maps to one cluster of
+// data, so it holds 200 GiB of data in a sparse file of that size
+// allocating a few MiB; holding no OS, it goes as a data disk.
 func TestPlanHuaweiFastZVHD2(t *testing.T) {
 	formattest.RequireQemu(t)
 	path := filepath.Join(t.TempDir(), "big.qcow2")
-	formattest.Create(t, path, "qcow2", "200G", "-o", "preallocation=metadata,cluster_size=2M")
+	sharedClusterQcow2(t, path, "200G")
 	d, code := planJSON(t, "--cloud", "huawei-ims", "--disk", "data", path)
 	if code != 0 || d.Path != "fast" || d.UploadFormat != "zvhd2" || d.Conversion == nil || d.Conversion.Format != "zvhd2" {
 		t.Errorf("exit %d, decision %+v", code, d)
@@ -167,5 +172,47 @@ func TestPlanHuaweiFastZVHD2(t *testing.T) {
 	d, _ = planJSON(t, "--cloud", "huawei-ims", "--disk", "data", "--upload-format", "raw", path)
 	if d.Path != "fast" || d.UploadFormat != "raw" || !strings.Contains(strings.Join(d.Commands, "\n"), "CreateMF.jar") {
 		t.Errorf("raw upload: %+v", d)
+	}
+}
+
+// sharedClusterQcow2 makes a qcow2 of the given size with 2 MiB clusters
+// in which every cluster is allocated and maps to the same host cluster,
+// full of data: all of the disk is data, in a file allocating a few
+// clusters.
+// (qemu-img check would count the shared cluster's references as wrong.)
+func sharedClusterQcow2(t *testing.T, path, size string) {
+	t.Helper()
+	const cs = 2 << 20
+	formattest.Create(t, path, "qcow2", size, "-o", "preallocation=metadata,cluster_size=2M")
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	be := binary.BigEndian
+	var h [48]byte
+	if _, err := f.ReadAt(h[:], 0); err != nil {
+		t.Fatal(err)
+	}
+	clusters := (int64(be.Uint64(h[24:])) + cs - 1) / cs
+	var l1 [8]byte
+	if _, err := f.ReadAt(l1[:], int64(be.Uint64(h[40:]))); err != nil {
+		t.Fatal(err)
+	}
+	l2Off := int64(be.Uint64(l1[:]) &^ (1 << 63))
+	l2 := make([]byte, clusters*8)
+	if _, err := f.ReadAt(l2, l2Off); err != nil || clusters > cs/8 {
+		t.Fatalf("L2 table at %d: %v (%d clusters)", l2Off, err, clusters)
+	}
+	first := be.Uint64(l2)
+	for i := int64(1); i < clusters; i++ {
+		be.PutUint64(l2[i*8:], first)
+	}
+	host := int64(first &^ (1 << 63))
+	if _, err := f.WriteAt(l2, l2Off); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0x55}, cs), host); err != nil {
+		t.Fatal(err)
 	}
 }

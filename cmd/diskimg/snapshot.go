@@ -60,14 +60,13 @@ func loadSnapshot(c *cli.Context, img format.Image) error {
 	if err != nil {
 		return err
 	}
-	loader, ok := format.TopLayer(img).(format.SnapshotLoader)
-	if !ok {
+	if _, ok := format.TopLayer(img).(format.SnapshotLoader); !ok {
 		return fmt.Errorf("-l: internal snapshots of %s images are not supported", img.Info().Format)
 	}
-	err = loader.LoadSnapshot(sel.id, sel.name)
+	err = format.LoadSnapshot(img, sel.id, sel.name)
 	var nf *format.SnapshotNotFoundError
 	if sel.bare && errors.As(err, &nf) {
-		err = loader.LoadSnapshot("", sel.id)
+		err = format.LoadSnapshot(img, "", sel.id)
 		if errors.As(err, &nf) {
 			err = fmt.Errorf("%s: no snapshot with id or name %q", img.Info().Format, sel.id)
 		}

@@ -1,10 +1,12 @@
 package formattest
 
 import (
+	"bytes"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -18,6 +20,31 @@ const (
 	Dense  Content = "dense"  // random data everywhere
 	Zeros  Content = "zeros"  // written zeros: data that is all zero
 )
+
+// WriteRuns writes a raw file of size bytes holding n bytes of 0x55 at
+// each offset in data and holes elsewhere, with its modification time an
+// hour back: a write later in the test gives it a new one, even within
+// the filesystem clock's tick.
+func WriteRuns(t testing.TB, path string, size, n int64, data ...int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, off := range data {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0x55}, int(n)), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // MakeRaw writes a raw image of size bytes with content c to path. Its data
 // is deterministic, so a failure reproduces.

@@ -110,7 +110,8 @@ func MapRuns(t testing.TB, img format.Image) []MapRun {
 	t.Helper()
 	var out []MapRun
 	err := format.Walk(img, 0, func(e format.Extent) error {
-		out = AppendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Status != format.Unallocated, e.Status != format.Data, e.Status == format.Data})
+		zero, data := e.MapFlags()
+		out = AppendMapRun(out, MapRun{e.Start, e.Length, e.Depth, e.Status != format.Unallocated, zero, data})
 		return nil
 	})
 	if err != nil {

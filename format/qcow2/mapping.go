@@ -152,6 +152,11 @@ func (img *Image) scan(off, limit int64, splitCompressed bool) (run, error) {
 		// Walk this table's entries from cur.
 		tableEnd := min((l1i+1)*l1Cover, limit)
 		for cur < tableEnd {
+			if started && r.kind == kData && !img.extL2 {
+				if cur = img.extendData(&r, table, tableEnd); cur >= tableEnd {
+					break
+				}
+			}
 			ci := cur >> img.clusterBits
 			idx := ci % img.l2Entries
 			entryOff := tableOff + idx*img.entrySize
@@ -173,6 +178,24 @@ func (img *Image) scan(off, limit int64, splitCompressed bool) (run, error) {
 		}
 	}
 	return r, nil
+}
+
+// extendData extends the data run r over the entries of table that
+// continue it (standard entries, the next host cluster each) and returns
+// its new end: the long runs of a preallocated or converted image without
+// the general path's work per cluster. The entry it stops at goes through
+// that path.
+func (img *Image) extendData(r *run, table []uint64, tableEnd int64) int64 {
+	cs := img.clusterSize
+	for r.end < tableEnd && r.end&(cs-1) == 0 {
+		want := r.host + (r.end - r.start)
+		e := table[(r.end>>img.clusterBits)%img.l2Entries]
+		if e&(l2Compressed|l2ZeroFlag) != 0 || int64(e&offsetMask) != want || want+cs > img.data.Size() {
+			break
+		}
+		r.end = min(r.end+cs, tableEnd)
+	}
+	return r.end
 }
 
 // cluster classifies the guest range [from, to) of the cluster at
@@ -282,6 +305,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 		e.Status = format.Zero
 	case kData:
 		e.Status = format.Data
+		e.Preallocated = img.preallocated()
 	case kCompressed:
 		e.Status, e.Compressed = format.Data, true
 	}

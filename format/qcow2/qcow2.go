@@ -206,6 +206,11 @@ type Image struct {
 	mu     sync.Mutex
 	l2     l2Cache
 	zcache zCache
+	// prealloc is whether qemu would count the image as preallocated.
+	prealloc struct {
+		once sync.Once
+		yes  bool
+	}
 }
 
 func errorf(field string, off int64, reason string, args ...any) error {

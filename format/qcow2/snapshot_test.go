@@ -81,7 +81,7 @@ func compareSnapshot(t *testing.T, path, arg, id, name string) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	if err := format.TopLayer(img).(format.SnapshotLoader).LoadSnapshot(id, name); err != nil {
+	if err := format.LoadSnapshot(img, id, name); err != nil {
 		t.Fatalf("LoadSnapshot(%q, %q): %v", id, name, err)
 	}
 	if err := formattest.Validate(img); err != nil {
@@ -204,7 +204,7 @@ func TestSnapshotsHostile(t *testing.T) {
 			if len(img.Info().Snapshots) != 2 {
 				t.Fatalf("snapshots %v", img.Info().Snapshots)
 			}
-			err = format.TopLayer(img).(format.SnapshotLoader).LoadSnapshot("2", "")
+			err = format.LoadSnapshot(img, "2", "")
 			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "snapshot 2 l1_table_offset") {
 				t.Fatalf("LoadSnapshot: %v, want %q", err, c.want)
 			}
@@ -219,10 +219,9 @@ func TestSnapshotsHostile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	l := format.TopLayer(img).(format.SnapshotLoader)
 	for _, sel := range [][2]string{{"3", ""}, {"", "s3"}, {"1", "s2"}} {
 		var nf *format.SnapshotNotFoundError
-		if err := l.LoadSnapshot(sel[0], sel[1]); !errors.As(err, &nf) {
+		if err := format.LoadSnapshot(img, sel[0], sel[1]); !errors.As(err, &nf) {
 			t.Errorf("LoadSnapshot(%q, %q) = %v, want not found", sel[0], sel[1], err)
 		}
 	}
@@ -265,7 +264,7 @@ func TestSnapshotSeed(t *testing.T) {
 	}
 	defer img.Close()
 	for _, s := range img.Info().Snapshots {
-		if err := format.TopLayer(img).(format.SnapshotLoader).LoadSnapshot(s.ID, ""); err != nil {
+		if err := format.LoadSnapshot(img, s.ID, ""); err != nil {
 			t.Errorf("snapshot %s: %v", s.ID, err)
 		}
 		if err := formattest.Validate(img); err != nil {
@@ -288,7 +287,7 @@ func FuzzQcow2Snapshots(f *testing.F) {
 			if i == 4 {
 				break
 			}
-			if format.TopLayer(img).(format.SnapshotLoader).LoadSnapshot(s.ID, s.Name) == nil {
+			if format.LoadSnapshot(img, s.ID, s.Name) == nil {
 				formattest.ExerciseImage(t, img)
 			}
 		}

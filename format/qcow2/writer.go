@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -15,23 +16,26 @@ import (
 
 // The qcow2 writer.
 //
-// Uncompressed output is laid out entirely from the Layout before any data
-// arrives, so it streams front to back into a pipe and the bytes are the
-// same on a file:
+// Uncompressed output is laid out as qemu-img lays it out:
 //
-//	header cluster | refcount table | refcount blocks | L1 | L2 tables | data
+//	header cluster | refcount table | refcount blocks | L1 | L2 table | its span's data | L2 table | ...
 //
-// On a pipe every cluster of the file is in use exactly once, so the
-// refcount blocks are all ones up to the file's last cluster, and data
-// clusters follow the layout's Data clusters in guest order; a cluster the
-// layout called Data that arrives all zero keeps its place and is written
-// as zeros. On a file the same regions are reserved, but data clusters are
-// packed from the data area on, clusters that arrive all zero are left
-// unallocated (as qemu-img does), and the header and tables are written
-// into the reserved area in Close; L2 slots left unused are free clusters.
-// The file is then not written front to back, so the engine's --checksum
-// cannot be used with it.
-//
+// each L2 table just before the first data cluster of its span, so a span
+// that receives no data has none, and the data clusters of a span follow
+// its table in guest order. Every cluster of the file is in use once, so
+// the refcount blocks are all ones up to the file's last cluster: those in
+// the head count the head, and each later one takes the first cluster of
+// the range it counts when the file reaches it (the table has room for as
+// many as the layout's Data could need). An image with no data ends after
+// its L1 entries.
+// On a pipe (or a file written front to back, for --checksum) the header
+// and tables before the data are written first, from the data scan
+// (MarkData), which says which clusters will arrive as data. On a file
+// the data clusters that arrive are packed from the data area on, each
+// span's table slot left as a hole, and the header and tables are
+// written in Close: the same bytes. Clusters that arrive all zero are
+// left unallocated (as qemu-img does), on both.
+
 // Compressed output (-c) cannot be laid out up front, because compressed
 // sizes are known only after Encode. Its layout is
 //
@@ -419,32 +423,39 @@ func (s *spanBits) count(c0, c1 int64) int64 {
 	return n
 }
 
-// plainWriter writes uncompressed images laid out from the Layout.
+// plainWriter writes uncompressed images (see the layout above).
 type plainWriter struct {
-	p       *params
-	out     *format.Output
-	fd      format.FileDescriptor // the file, for preallocation=falloc
-	lazy    bool                  // a file: data is compacted, tables come last
-	size    int64                 // guest size the blocks cover
-	alloc   spanBits
-	next    int64 // guest offset of the next block
-	written int64 // data clusters written
-	// metaDone: the tables are written (on a pipe, before the first Write).
+	p     *params
+	out   *format.Output
+	fd    format.FileDescriptor // the file, for preallocation=falloc
+	lazy  bool                  // a file: data is compacted, tables come last
+	size  int64                 // guest size the blocks cover
+	alloc spanBits
+	// l2Item is each span's L2 table as a cluster of the body (see
+	// bodyCluster), -1 for none; items counts the body's clusters placed.
+	l2Item []int64
+	items  int64
+	next   int64 // guest offset of the next block
+	// metaDone: the head is written (on a pipe, before the first Write).
 	metaDone bool
 	scratch  []byte
 
-	// The layout, sized for every Data cluster of the Layout.
-	tables, data               int64 // L2 tables and data clusters
-	rb, rtc, l1Clusters        int64
-	rtOff, rbOff, l1Off, l2Off int64
-	dataOff                    int64
+	per                     int64 // clusters a refcount block counts
+	rtc, rbHead, l1Clusters int64 // refcount table clusters, blocks in the head, L1 clusters
+	rtOff, rbOff, l1Off     int64
+	dataOff                 int64 // where the body starts
+	end                     int64 // on a pipe, where the image ends
 }
 
 func newPlainWriter(out *format.Output, p *params, size int64, layout format.Layout, frontToBack bool) (*plainWriter, error) {
-	w := &plainWriter{p: p, out: out, size: size}
+	w := &plainWriter{p: p, out: out, size: size, l2Item: make([]int64, p.l1Size)}
+	for i := range w.l2Item {
+		w.l2Item[i] = -1
+	}
 	w.alloc = spanBits{perSpan: p.l2Entries(), spans: make([][]uint64, p.l1Size)}
-	// Count the data clusters and the L2 tables, and note which clusters
-	// hold data.
+	// Note which clusters the layout calls Data, and count them and their
+	// L2 tables: at most this many clusters follow the head.
+	var tables, data int64
 	lastSpan := int64(-1)
 	err := layout(func(e format.Extent) error {
 		if e.Status != format.Data {
@@ -454,11 +465,11 @@ func newPlainWriter(out *format.Output, p *params, size int64, layout format.Lay
 			return fmt.Errorf("qcow2: layout range [%d,+%d) outside the disk", e.Start, e.Length)
 		}
 		c0, c1 := e.Start/p.cs, (e.End()+p.cs-1)/p.cs
-		w.data += c1 - c0
+		data += c1 - c0
 		for c := c0; c < c1; c++ {
 			w.alloc.set(c)
 			if s := c / p.l2Entries(); s != lastSpan {
-				w.tables++
+				tables++
 				lastSpan = s
 			}
 		}
@@ -468,22 +479,28 @@ func newPlainWriter(out *format.Output, p *params, size int64, layout format.Lay
 		return nil, err
 	}
 	w.l1Clusters = (p.l1Size*l1Entry + p.cs - 1) / p.cs
-	w.rb, w.rtc = p.refcountClusters(1 + w.l1Clusters + w.tables + w.data)
+	w.per = p.refsPerBlock()
+	// The refcount table has room for the most the layout may need; the
+	// blocks in the head count the head, and each later one sits at the
+	// first cluster it counts, placed when the file reaches it.
+	_, w.rtc = p.refcountClusters(1 + w.l1Clusters + tables + data)
+	for w.rbHead = 1; w.rbHead*w.per < 1+w.rtc+w.rbHead+w.l1Clusters; w.rbHead++ {
+	}
 	w.rtOff = p.cs
 	w.rbOff = w.rtOff + w.rtc*p.cs
-	w.l1Off = w.rbOff + w.rb*p.cs
-	w.l2Off = w.l1Off + w.l1Clusters*p.cs
-	w.dataOff = w.l2Off + w.tables*p.cs
+	w.l1Off = w.rbOff + w.rbHead*p.cs
+	w.dataOff = w.l1Off + w.l1Clusters*p.cs
 	w.scratch = make([]byte, p.cs)
 	if out.Seekable() && !frontToBack {
-		// Data first, from dataOff on; the tables in Close.
+		// The body first, from dataOff on (skipped at its first
+		// cluster); the metadata in Close.
 		w.lazy = true
-		return w, out.Skip(w.dataOff)
+		return w, nil
 	}
-	// Front to back on a file, the gap after the tables is a hole.
-	// On a pipe the tables go first, at the first Write: until then the
-	// engine may report which clusters of the layout hold data (MarkData);
-	// the zero ones then stay unallocated exactly as on a file.
+	// On a pipe (or a file written front to back) the head goes first,
+	// at the first Write: until then the engine may report which
+	// clusters of the layout hold data (MarkData); the zero ones then
+	// stay unallocated exactly as on a file.
 	return w, nil
 }
 
@@ -509,123 +526,138 @@ func (w *plainWriter) MarkData(start, length int64) {
 	}
 }
 
-// streamMeta writes the tables on a pipe (or a file written front to
-// back), once, before the first data, for the clusters still in the
-// layout, with the file layout's offsets: slots of tables not needed are
-// zeros where a file has a hole.
+// bodyCluster returns the file cluster of the i-th cluster of the body,
+// the L2 tables and data clusters in order after the head: from block
+// rbHead on, a refcount block takes the first cluster of its range.
+func (w *plainWriter) bodyCluster(i int64) int64 {
+	c := w.dataOff/w.p.cs + i
+	first := w.rbHead * w.per
+	if c < first {
+		return c
+	}
+	j := c - first
+	return first + j/(w.per-1)*w.per + 1 + j%(w.per-1)
+}
+
+// blockOffset returns the file offset of refcount block k.
+func (w *plainWriter) blockOffset(k int64) int64 {
+	if k < w.rbHead {
+		return w.rbOff + k*w.p.cs
+	}
+	return k * w.per * w.p.cs
+}
+
+// headEnd is where an image with no L2 table ends: after its L1 entries,
+// as qemu-img ends it (a last cluster in part).
+func (w *plainWriter) headEnd() int64 { return w.l1Off + w.p.l1Size*l1Entry }
+
+// bodyEnd is where the image ends after its body.
+func (w *plainWriter) bodyEnd(items int64) int64 {
+	if items == 0 {
+		return w.headEnd()
+	}
+	return (w.bodyCluster(items-1) + 1) * w.p.cs
+}
+
+// streamMeta writes the head on a pipe (or a file written front to
+// back), once, before the first Write: every cluster still set in alloc
+// will arrive, so the place of each L2 table is known.
 func (w *plainWriter) streamMeta() error {
 	if w.lazy || w.metaDone {
-		return nil // tables last, or written already
+		return nil // written last, or already
 	}
 	w.metaDone = true
-	tables, data := w.inUse()
-	if err := w.writeMeta(w.out, tables, data); err != nil {
-		return err
-	}
-	// The slots of the tables not needed: a hole on a file.
-	if err := w.out.Skip((w.tables - tables) * w.p.cs); err != nil {
-		return err
-	}
-	if at := w.out.Pos(); at != w.dataOff {
-		return fmt.Errorf("qcow2: internal error: metadata ends at %d, data starts at %d", at, w.dataOff)
-	}
-	w.data = data
-	return nil
-}
-
-// inUse counts the L2 tables and data clusters still in the layout.
-func (w *plainWriter) inUse() (tables, data int64) {
+	var n int64
 	for i, b := range w.alloc.spans {
 		if anySet(b) {
-			tables++
-			data += w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)
+			w.l2Item[i] = n
+			n += 1 + w.alloc.count(int64(i)*w.alloc.perSpan, int64(i+1)*w.alloc.perSpan)
 		}
 	}
-	return tables, data
+	w.end = w.bodyEnd(n)
+	return w.writeHead(w.end)
 }
 
-// writeMeta writes everything before dataOff: the header, the refcount
-// table and blocks, L1 and the L2 tables, for the clusters set in alloc.
-// The first tables of the L2 slots and the first data clusters are in
-// use; slots for tables that turned out empty are free and not written.
-func (w *plainWriter) writeMeta(out io.Writer, tables, data int64) error {
+// writeHead writes everything before dataOff for a file of end bytes,
+// all of its clusters in use: the header, the refcount table, the
+// refcount blocks of the head, L1 (cut at end).
+func (w *plainWriter) writeHead(end int64) error {
 	p := w.p
+	clusters := (end + p.cs - 1) / p.cs
+	blocks := max(w.rbHead, (clusters+w.per-1)/w.per)
 	be := binary.BigEndian
+	out := w.out
 	if _, err := out.Write(p.header(w.l1Off, w.rtOff, w.rtc)); err != nil {
 		return err
 	}
-	// Refcount table: block i at rbOff + i clusters.
-	tab := w.scratch
 	perTab := p.cs / refTableEntry
-	for i := int64(0); i < w.rtc*perTab; i++ {
-		if i%perTab == 0 {
-			clear(tab)
-		}
-		if i < w.rb {
-			be.PutUint64(tab[i%perTab*refTableEntry:], uint64(w.rbOff+i*p.cs))
-		}
-		if (i+1)%perTab == 0 {
-			if _, err := out.Write(tab); err != nil {
-				return err
-			}
+	if blocks > w.rtc*perTab {
+		return fmt.Errorf("qcow2: internal error: %d refcount blocks, a table for %d", blocks, w.rtc*perTab)
+	}
+	// The refcount table, and the blocks of the head; what follows
+	// their entries is a hole on a file, as qemu leaves it.
+	var entry [8]byte
+	for i := range blocks {
+		be.PutUint64(entry[:], uint64(w.blockOffset(i)))
+		if _, err := out.Write(entry[:]); err != nil {
+			return err
 		}
 	}
-	// Refcount blocks: metadata up to the last used L2 slot, and the data.
-	metaEnd := w.l2Off/p.cs + tables
-	dataStart := w.dataOff / p.cs
-	per := p.refsPerBlock()
-	for b := int64(0); b < w.rb; b++ {
-		clear(tab)
-		for i := int64(0); i < per; i++ {
-			if c := b*per + i; c < metaEnd || c >= dataStart && c < dataStart+data {
-				p.putRef(tab, i, 1)
-			}
-		}
-		if _, err := out.Write(tab); err != nil {
+	if err := out.Skip(w.rtc*p.cs - blocks*refTableEntry); err != nil {
+		return err
+	}
+	for k := range w.rbHead {
+		if err := w.writeBlock(k, clusters); err != nil {
 			return err
 		}
 	}
 	// L1 table.
-	var entry [8]byte
-	var k, done int64 // tables placed, L1 entries written
-	for i, b := range w.alloc.spans {
-		if !anySet(b) {
+	var done int64 // L1 entries written
+	for i, item := range w.l2Item {
+		if item < 0 {
 			continue
 		}
 		if err := writeZeros(out, (int64(i)-done)*l1Entry); err != nil {
 			return err
 		}
-		be.PutUint64(entry[:], uint64(w.l2Off+k*p.cs)|l2Copied)
+		be.PutUint64(entry[:], uint64(w.bodyCluster(item)*p.cs)|l2Copied)
 		if _, err := out.Write(entry[:]); err != nil {
 			return err
 		}
-		done, k = int64(i)+1, k+1
+		done = int64(i) + 1
 	}
-	if err := writeZeros(out, w.l1Clusters*p.cs-done*l1Entry); err != nil {
+	return out.Skip(min(w.l1Clusters*p.cs, end-w.l1Off) - done*l1Entry)
+}
+
+// writeBlock writes refcount block k of a file of clusters clusters, all
+// in use once: its counts, and a hole after them on a file.
+func (w *plainWriter) writeBlock(k, clusters int64) error {
+	n := max(0, min(w.per, clusters-k*w.per))
+	tab := w.scratch
+	clear(tab)
+	for i := range n {
+		w.p.putRef(tab, i, 1)
+	}
+	used := (n<<w.p.refOrder + 7) / 8
+	if _, err := w.out.Write(tab[:used]); err != nil {
 		return err
 	}
-	// L2 tables, then free slots as zeros.
-	var n int64
-	for _, b := range w.alloc.spans {
-		if !anySet(b) {
-			continue
-		}
-		clear(tab)
-		for j := int64(0); j < w.alloc.perSpan; j++ {
-			if b[j/64]&(1<<(j%64)) != 0 {
-				be.PutUint64(tab[j*l2Entry:], uint64(w.dataOff+n*p.cs)|l2Copied)
-				n++
-			}
-		}
-		if _, err := out.Write(tab); err != nil {
-			return err
+	return w.out.Skip(w.p.cs - used)
+}
+
+// l2Table returns span i's L2 table: its data clusters follow the table
+// in guest order, in the body.
+func (w *plainWriter) l2Table(i int) []byte {
+	tab := w.scratch
+	clear(tab)
+	b, item := w.alloc.spans[i], w.l2Item[i]
+	for j := int64(0); j < w.alloc.perSpan; j++ {
+		if b[j/64]&(1<<(j%64)) != 0 {
+			item++
+			binary.BigEndian.PutUint64(tab[j*l2Entry:], uint64(w.bodyCluster(item)*w.p.cs)|l2Copied)
 		}
 	}
-	if k != tables || n != data {
-		return fmt.Errorf("qcow2: internal error: %d tables and %d data clusters, expected %d and %d", k, n, tables, data)
-	}
-	// Slots of tables that turned out empty stay holes.
-	return nil
+	return tab
 }
 
 func anySet(b []uint64) bool {
@@ -648,8 +680,9 @@ func (w *plainWriter) BlockSize() int64 { return w.p.cs }
 // Encode does nothing: data is stored as it is.
 func (w *plainWriter) Encode(*format.Block) error { return nil }
 
-// Write stores a block's data clusters: in their laid-out places on a
-// pipe, packed one after the other on a file.
+// Write stores a block's clusters, span by span, each span's L2 table
+// before its first cluster: in their laid-out places on a pipe, packed
+// one after the other on a file.
 func (w *plainWriter) Write(b *format.Block) error {
 	if b.Start != w.next || b.Length <= 0 || b.End() > w.size {
 		return fmt.Errorf("qcow2: block [%d,+%d) out of order or outside the disk (next %d, size %d)", b.Start, b.Length, w.next, w.size)
@@ -658,41 +691,123 @@ func (w *plainWriter) Write(b *format.Block) error {
 		return err
 	}
 	w.next = b.End()
+	cs, per := w.p.cs, w.alloc.perSpan
+	if b.Status == format.Data {
+		c0, c1 := b.Start/cs, (b.End()+cs-1)/cs
+		if int64(len(b.Data)) != b.Length {
+			return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
+		}
+		if w.alloc.count(c0, c1) != c1-c0 {
+			return fmt.Errorf("qcow2: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
+		}
+	}
+	for c := b.Start / cs; c*cs < b.End(); {
+		span := c / per
+		c1 := min((span+1)*per, (b.End()+cs-1)/cs)
+		if err := w.writeSpan(b, span, c, c1); err != nil {
+			return err
+		}
+		c = c1
+	}
+	return nil
+}
+
+// writeSpan writes clusters [c0, c1) of block b, all in one span.
+func (w *plainWriter) writeSpan(b *format.Block, span, c0, c1 int64) error {
 	cs := w.p.cs
-	c0, c1 := b.Start/cs, (b.End()+cs-1)/cs
 	n := w.alloc.count(c0, c1)
-	if b.Status != format.Data {
-		if n == 0 {
-			return nil
-		}
-		if !w.lazy {
-			if w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc {
-				return w.out.Skip(n * cs) // a hole on a file, zeros on a pipe
-			}
-			return writeZeros(w.out, n*cs)
-		}
+	if n == 0 {
+		return nil
+	}
+	if b.Status != format.Data && w.lazy {
 		// On a file the laid-out clusters are dropped: unallocated.
 		for c := c0; c < c1; c++ {
 			w.alloc.unset(c)
 		}
 		return nil
 	}
-	if n != c1-c0 {
-		return fmt.Errorf("qcow2: data block [%d,+%d) outside the layout's data", b.Start, b.Length)
-	}
-	if int64(len(b.Data)) != b.Length {
-		return fmt.Errorf("qcow2: data block [%d,+%d) carries %d bytes", b.Start, b.Length, len(b.Data))
-	}
-	if w.out.Seekable() && (w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc) {
-		w.written += c1 - c0
-		return w.writeSparse(b.Data, (c1-c0)*cs)
-	}
-	if _, err := w.out.Write(b.Data); err != nil {
+	if err := w.startSpan(span); err != nil {
 		return err
 	}
-	w.written += c1 - c0
-	// The last cluster of the disk is stored whole.
-	return writeZeros(w.out, (c1-c0)*cs-b.Length)
+	holes := w.p.prealloc == PreallocMetadata || w.p.prealloc == PreallocFalloc
+	if b.Status != format.Data {
+		return w.body(n, func(_, k int64) error {
+			if holes {
+				return w.out.Skip(k * cs) // a hole on a file, zeros on a pipe
+			}
+			return writeZeros(w.out, k*cs)
+		})
+	}
+	lo, hi := max(b.Start, c0*cs)-b.Start, min(b.End(), c1*cs)-b.Start
+	data := b.Data[lo:hi]
+	return w.body(n, func(from, k int64) error {
+		d := data[min(from*cs, int64(len(data))):min((from+k)*cs, int64(len(data)))]
+		if holes && w.out.Seekable() {
+			return w.writeSparse(d, k*cs)
+		}
+		if _, err := w.out.Write(d); err != nil {
+			return err
+		}
+		// The last cluster of the disk is stored whole.
+		return writeZeros(w.out, k*cs-int64(len(d)))
+	})
+}
+
+// body places the next n clusters of the body at the output's position
+// through put(from, k), for each run of k of them from the from-th, with a
+// refcount block wherever a cluster begins a block's range: on a file a
+// slot that Close fills, on a pipe the block itself.
+func (w *plainWriter) body(n int64, put func(from, k int64) error) error {
+	cs := w.p.cs
+	if w.out.Pos() < w.dataOff {
+		if err := w.out.SkipTo(w.dataOff); err != nil { // a file's first cluster of body
+			return err
+		}
+	}
+	for from := int64(0); from < n; {
+		c := w.out.Pos() / cs
+		if c >= w.rbHead*w.per && c%w.per == 0 {
+			var err error
+			if w.lazy {
+				err = w.out.Skip(cs)
+			} else {
+				err = w.writeBlock(c/w.per, (w.end+cs-1)/cs)
+			}
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if want := w.bodyCluster(w.items); c != want {
+			return fmt.Errorf("qcow2: internal error: body cluster %d at cluster %d, not %d", w.items, c, want)
+		}
+		k := min(n-from, w.per-c%w.per)
+		if err := put(from, k); err != nil {
+			return err
+		}
+		from += k
+		w.items += k
+	}
+	return nil
+}
+
+// startSpan puts span's L2 table before its first cluster: on a file a
+// slot that Close fills, on a pipe the table itself.
+func (w *plainWriter) startSpan(span int64) error {
+	item := w.l2Item[span]
+	switch {
+	case w.lazy && item >= 0, !w.lazy && item >= 0 && w.items > item:
+		return nil // placed already
+	case w.lazy:
+		w.l2Item[span] = w.items
+		return w.body(1, func(int64, int64) error { return w.out.Skip(w.p.cs) })
+	case item != w.items:
+		return fmt.Errorf("qcow2: internal error: span %d's L2 table is body cluster %d, the output at %d", span, item, w.items)
+	}
+	return w.body(1, func(int64, int64) error {
+		_, err := w.out.Write(w.l2Table(int(span)))
+		return err
+	})
 }
 
 // sparseUnit is the run of zeros a preallocated image leaves as a hole
@@ -725,7 +840,7 @@ func (w *plainWriter) writeSparse(data []byte, span int64) error {
 	return w.out.Skip(span - int64(len(data)))
 }
 
-// Close writes the tables on a file; on a pipe everything is written.
+// Close writes the metadata on a file; on a pipe everything is written.
 func (w *plainWriter) Close() error {
 	if w.next != w.size {
 		return fmt.Errorf("qcow2: blocks end at %d, the disk at %d", w.next, w.size)
@@ -733,15 +848,16 @@ func (w *plainWriter) Close() error {
 	if err := w.streamMeta(); err != nil {
 		return err
 	}
+	end := w.bodyEnd(w.items)
+	if pos := w.out.Pos(); w.items > 0 && pos != end || !w.lazy && end != w.end {
+		return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image (%d planned)", pos, end, w.end)
+	}
+	// On a file the hole before the data, or a preallocated one, may
+	// end it.
+	if err := w.out.Finish(end); err != nil {
+		return err
+	}
 	if !w.lazy {
-		end := w.dataOff + w.data*w.p.cs
-		if w.out.Pos() != end {
-			return fmt.Errorf("qcow2: internal error: wrote %d bytes of a %d-byte image", w.out.Pos(), end)
-		}
-		// On a file the hole before the data may end it.
-		if err := w.out.Finish(end); err != nil {
-			return err
-		}
 		if w.p.prealloc == PreallocFalloc && w.fd != nil && w.out.Seekable() && end > 0 {
 			if err := unix.Fallocate(int(w.fd.Fd()), 0, 0, end); err != nil {
 				return fmt.Errorf("qcow2: preallocation=falloc: %w", err)
@@ -749,16 +865,38 @@ func (w *plainWriter) Close() error {
 		}
 		return nil
 	}
-	// On a file: the length, then the tables over the hole left for them.
-	if err := w.out.Finish(w.dataOff + w.written*w.p.cs); err != nil {
-		return err
-	}
+	// On a file: the metadata over the holes left for it, in file order.
 	if err := w.out.Rewind(); err != nil {
 		return err
 	}
-	tables, _ := w.inUse()
-	if err := w.writeMeta(w.out, tables, w.written); err != nil {
+	if err := w.writeHead(end); err != nil {
 		return err
+	}
+	clusters := (end + w.p.cs - 1) / w.p.cs
+	type slot struct{ off, span, block int64 }
+	var slots []slot
+	for i, item := range w.l2Item {
+		if item >= 0 {
+			slots = append(slots, slot{w.bodyCluster(item) * w.p.cs, int64(i), -1})
+		}
+	}
+	for k := w.rbHead; k*w.per < clusters; k++ {
+		slots = append(slots, slot{w.blockOffset(k), -1, k})
+	}
+	sort.Slice(slots, func(i, j int) bool { return slots[i].off < slots[j].off })
+	for _, s := range slots {
+		if err := w.out.SkipTo(s.off); err != nil {
+			return err
+		}
+		var err error
+		if s.span >= 0 {
+			_, err = w.out.Write(w.l2Table(int(s.span)))
+		} else {
+			err = w.writeBlock(s.block, clusters)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return w.out.EndRewrite()
 }

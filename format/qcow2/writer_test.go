@@ -247,6 +247,14 @@ func TestWriterPipe(t *testing.T) {
 				os.WriteFile(piped, got, 0o644)
 				qemuCheck(t, piped)
 				qemuCompare(t, s, piped)
+				if s == zsrc && !v.compress {
+					// Written zeros allocate no cluster and no L2 table.
+					theirs := filepath.Join(t.TempDir(), "qemu.qcow2")
+					formattest.Qemu(t, append(append([]string{"convert", "-O", "qcow2"}, v.qemuArgs()...), s, theirs)...)
+					if a, b := int64(len(want)), fileSize(t, theirs); a != b {
+						t.Errorf("written zeros: %d bytes, qemu-img's %d", a, b)
+					}
+				}
 			})
 		}
 	}

@@ -1,12 +1,11 @@
-// Package raw reads raw disk images: the file is the disk. Holes in a
-// sparse file are found with SEEK_DATA/SEEK_HOLE, so an empty terabyte
-// costs one system call.
+// Package raw reads raw disk images: the file is the disk. The opener
+// finds the holes of a sparse file (SEEK_DATA/SEEK_HOLE), so an empty
+// terabyte costs one system call.
 package raw
 
 import (
 	"errors"
 	"io"
-	"syscall"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -35,17 +34,12 @@ const SectorSize = 512
 type Image struct {
 	format.Base       // Meta.VirtualSize: the file's size rounded up to a sector
 	fileSize    int64 // bytes in the file
-	fd          int   // -1 when the file has no descriptor to seek holes with
 }
 
 // Open opens f as a raw image.
 func Open(f format.File) (*Image, error) {
 	n := f.Size()
-	img := &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: fileSize(n)}}, fileSize: n, fd: -1}
-	if fd, ok := f.(format.FileDescriptor); ok {
-		img.fd = int(fd.Fd())
-	}
-	return img, nil
+	return &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: fileSize(n)}}, fileSize: n}, nil
 }
 
 // ReadAt reads guest bytes, which are the file's bytes.
@@ -69,7 +63,8 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, clipErr
 }
 
-// Extent reports data and holes from the filesystem's view of the file.
+// Extent reports the file as one run of data at its own offsets; the
+// opener splits it by the file's holes (see format.Open).
 func (img *Image) Extent(off int64) (format.Extent, error) {
 	if off < 0 || off >= img.Size() {
 		return format.Extent{}, errors.New("raw: extent offset out of range")
@@ -77,32 +72,5 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 	if off >= img.fileSize { // the padding of the last sector
 		return format.Extent{Start: off, Length: img.Size() - off, Status: format.Zero, Offset: off, File: img.File}, nil
 	}
-	e := format.Extent{Start: off, Length: img.fileSize - off, Status: format.Data, Offset: off, File: img.File}
-	if img.fd < 0 {
-		return e, nil
-	}
-	data, err := syscall.Seek(img.fd, off, seekData)
-	switch {
-	case err == syscall.ENXIO: // no data after off: the rest is a hole
-		e.Status = format.Zero
-		e.Length = img.Size() - off
-		return e, nil
-	case err != nil: // the filesystem cannot tell: treat everything as data
-		return e, nil
-	case data > off:
-		e.Status = format.Zero
-		e.Length = min(data, img.fileSize) - off
-		return e, nil
-	}
-	hole, err := syscall.Seek(img.fd, off, seekHole)
-	if err == nil && hole > off && hole < img.fileSize {
-		e.Length = hole - off
-	}
-	return e, nil
+	return format.Extent{Start: off, Length: img.fileSize - off, Status: format.Data, Offset: off, File: img.File}, nil
 }
-
-// Whence values for lseek(2) on Linux.
-const (
-	seekData = 3
-	seekHole = 4
-)

@@ -84,6 +84,7 @@ type Image struct {
 	bmap       []uint32
 	uuid       uuid // uuidCreate: a differencing child's link UUID names it
 	link       uuid // the parent's UUID; zero without a parent
+	static     bool // blocks allocated at creation: qemu looks for holes under them
 }
 
 // uuid is a VirtualBox UUID as stored: the first three fields
@@ -178,7 +179,8 @@ func Open(f format.File) (*Image, error) {
 		return nil, err
 	}
 	img := &Image{Base: format.Base{File: f, Meta: format.Info{Format: Name, VirtualSize: size, ClusterSize: bs}},
-		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks), uuid: uuid(hdr[hdrUUIDCreate:])}
+		blockSize: bs, offsetData: offData, bmap: make([]uint32, blocks), uuid: uuid(hdr[hdrUUIDCreate:]),
+		static: it == imageTypeStatic}
 	if it == imageTypeDiff {
 		img.link = link
 		img.Meta.Subformat = "differencing"
@@ -265,7 +267,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 		return format.Extent{}, fmt.Errorf("vdi: extent offset %d out of range [0,%d)", off, img.Size())
 	}
 	entry, host, n := img.runAt(off, min(limit, img.Size()))
-	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File}
+	e := format.Extent{Start: off, Length: n, Status: format.Data, Offset: host, File: img.File, Preallocated: img.static}
 	switch {
 	case entry == blockUnallocated && img.link != uuid{}:
 		// A differencing image's parent holds the block.

@@ -22,8 +22,9 @@ func TestConformance(t *testing.T) {
 	formattest.RunEmptyHuge(t, "vdi", "2T", variants, formattest.Options{})
 }
 
-// TestStaticLayout checks that a static image maps as data with host
-// offsets, contiguous across blocks, as its block map lays it out.
+// TestStaticLayout checks that a static image's driver maps it as data
+// with host offsets, contiguous across blocks, as its block map lays it
+// out, and that the opened image reads the file's holes there as zeros.
 func TestStaticLayout(t *testing.T) {
 	formattest.RequireQemu(t)
 	path := filepath.Join(t.TempDir(), "s.vdi")
@@ -33,16 +34,21 @@ func TestStaticLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	e, err := img.Extent(0)
+	driver := format.TopLayer(img)
+	e, err := driver.Extent(0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e.Status != format.Data || e.Length != 5<<20 || e.Offset <= 0 {
 		t.Fatalf("Extent(0) = %+v, want one data extent over the disk", e)
 	}
-	e, _ = img.Extent(3<<20 + 100)
+	e, _ = driver.Extent(3<<20 + 100)
 	if e.Length != 2<<20-100 {
 		t.Errorf("Extent(3M+100) = %+v", e)
+	}
+	e, _ = img.Extent(3<<20 + 100)
+	if e.Status != format.Zero || !e.HostHole || e.End() != 5<<20 || e.Offset <= 0 {
+		t.Errorf("opened image: Extent(3M+100) = %+v, want a hole under the block to the end", e)
 	}
 }
 

@@ -528,7 +528,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 	}
 	limit = min(limit, size)
 	if img.diskType == typeFixed {
-		return format.Extent{Start: off, Length: limit - off, Status: format.Data, Offset: off, File: img.File}, nil
+		return format.Extent{Start: off, Length: limit - off, Status: format.Data, Offset: off, File: img.File, Preallocated: true}, nil
 	}
 	r, err := img.runAt(off)
 	if err != nil {

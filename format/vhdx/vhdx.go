@@ -721,7 +721,9 @@ func (img *Image) run(off int64, status func(int64) format.Status) (format.Exten
 	}
 	e := format.Extent{Start: off, Length: min(next*img.blockSize, img.Size()) - off, Status: st, Offset: -1}
 	if host >= 0 {
-		e.Offset, e.File = host+off-b*img.blockSize, img.File
+		// qemu has no block status for VHDX (it maps all of it as data):
+		// the host file's holes under a block show as zeros.
+		e.Offset, e.File, e.Preallocated = host+off-b*img.blockSize, img.File, true
 	}
 	return e, nil
 }

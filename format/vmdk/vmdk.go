@@ -367,7 +367,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 	}
 	e, x, err := img.local(off, min(limit, img.Size()))
 	if err == nil && e.Offset >= 0 {
-		e.File = x.f
+		e.File, e.Preallocated = x.f, x.flat
 	}
 	return e, err
 }

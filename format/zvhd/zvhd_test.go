@@ -123,7 +123,7 @@ func TestT1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	z, ok := img.(*Image)
+	z, ok := format.TopLayer(img).(*Image)
 	if !ok {
 		t.Fatalf("probed as %s", img.Info().Format)
 	}

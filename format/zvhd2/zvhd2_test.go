@@ -36,7 +36,7 @@ func openVector(t testing.TB, name string) *Image {
 	if err != nil {
 		t.Fatalf("open %s: %v", name, err)
 	}
-	z, ok := img.(*Image)
+	z, ok := format.TopLayer(img).(*Image)
 	if !ok {
 		t.Fatalf("%s probed as %s", name, img.Info().Format)
 	}
