@@ -85,6 +85,9 @@ func TestURLSources(t *testing.T) {
 }
 
 func TestS3Convert(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts SeaweedFS (about 10 s); in -short only format/remote does")
+	}
 	srv := remotetest.Shared(t)
 	p := remotetest.Prefix(t)
 	s3 := []string{"--endpoint", srv.Endpoint, "--s3-path-style"}
@@ -166,6 +169,9 @@ func (s slowWriter) Write(p []byte) (int, error) {
 // TestS3Interrupt: SIGINT in the middle of an upload aborts it: no
 // multipart upload stays open and no object appears.
 func TestS3Interrupt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts SeaweedFS (about 10 s); in -short only format/remote does")
+	}
 	srv := remotetest.Shared(t)
 	p := remotetest.Prefix(t)
 	src := slowServer(t, 96<<20, 24<<20) + "/disk.raw"
