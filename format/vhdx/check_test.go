@@ -62,21 +62,8 @@ func checkFile(t *testing.T, path string) *format.CheckResult {
 // batLayout returns the BAT region's file offset and the metadata
 // region's, from the first region table.
 func batLayout(t *testing.T, d []byte) (bat, meta int64) {
-	t.Helper()
-	rt := d[192<<10:]
-	for i := range int(binary.LittleEndian.Uint32(rt[8:])) {
-		e := rt[16+32*i:]
-		off := int64(binary.LittleEndian.Uint64(e[16:]))
-		switch e[0] {
-		case 0x66: // 2DC27766-...: the BAT
-			bat = off
-		case 0x06: // 8B7CA206-...: metadata
-			meta = off
-		}
-	}
-	if bat == 0 || meta == 0 {
-		t.Fatal("no BAT or metadata region")
-	}
+	_, bat = regionOffset(t, d, batGUID)
+	_, meta = regionOffset(t, d, metadataGUID)
 	return bat, meta
 }
 

@@ -396,37 +396,18 @@ func TestDifferencingHostile(t *testing.T) {
 			o := binary.LittleEndian.Uint32(l[locHeaderSize+locEntrySize:])
 			l[o] = 'R' // "Relative_path"
 		}), "no relative_path", formattest.AtOpen},
-		{"locator too short", "", func(b []byte) []byte {
-			e, _ := metaEntry(t, b, parentLocGUID)
-			binary.LittleEndian.PutUint32(b[e+mteLength:], 10)
-			return b
-		}, "parent locator", formattest.AtOpen},
+		{"locator too short", "", put(entryAt(t, parentLocGUID, mteLength), uint32(10)), "parent locator", formattest.AtOpen},
 		{"no locator", "", func(b []byte) []byte {
 			e, _ := metaEntry(t, b, parentLocGUID)
 			b[e]++
 			b[e+mteFlags] &^= mteIsRequired
 			return b
 		}, "without a parent locator item", formattest.AtOpen},
-		{"partial block without bitmap", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 0)
-			return b
-		}, "no sector bitmap block", formattest.AtOpen},
-		{"bitmap past the end", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 100<<20|sbPresent)
-			return b
-		}, "sector bitmap block at", formattest.AtOpen},
-		{"bitmap in the metadata", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 1<<20|sbPresent)
-			return b
-		}, "overlaps the metadata", formattest.AtOpen},
-		{"bitmap state", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 3<<20|3)
-			return b
-		}, "invalid sector bitmap block state 3", formattest.AtOpen},
-		{"partial block past the end", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedBAT:], 100<<20|blockPartiallyPresent)
-			return b
-		}, "extends past the end", formattest.AtOpen},
+		{"partial block without bitmap", "", put(at(seedSB), uint64(0)), "no sector bitmap block", formattest.AtOpen},
+		{"bitmap past the end", "", put(at(seedSB), uint64(100<<20|sbPresent)), "sector bitmap block at", formattest.AtOpen},
+		{"bitmap in the metadata", "", put(at(seedSB), uint64(1<<20|sbPresent)), "overlaps the metadata", formattest.AtOpen},
+		{"bitmap state", "", put(at(seedSB), uint64(3<<20|3)), "invalid sector bitmap block state 3", formattest.AtOpen},
+		{"partial block past the end", "", put(at(seedBAT), uint64(100<<20|blockPartiallyPresent)), "extends past the end", formattest.AtOpen},
 		{"truncated bitmap", "", func(b []byte) []byte { return b[:3<<20+512] }, "extends past the end", formattest.AtOpen},
 	}
 	formattest.RunHostileOn(t, Name, func(string) []byte { return seed }, cases)

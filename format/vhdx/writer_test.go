@@ -64,7 +64,12 @@ func optionMap(t testing.TB, s string) map[string]string {
 // dst with our writer.
 func convertTo(t testing.TB, src, fmtName, dst string, opts convert.Options) *convert.Result {
 	t.Helper()
-	img := formattest.Open(t, src, fmtName)
+	return convertImage(t, formattest.Open(t, src, fmtName), dst, opts)
+}
+
+// convertImage converts img to a VHDX file at dst with our writer.
+func convertImage(t testing.TB, img format.Image, dst string, opts convert.Options) *convert.Result {
+	t.Helper()
 	f, err := os.Create(dst)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +77,7 @@ func convertTo(t testing.TB, src, fmtName, dst string, opts convert.Options) *co
 	defer f.Close()
 	res, err := convert.Convert(context.Background(), img, writerFormat(t), f, opts)
 	if err != nil {
-		t.Fatalf("convert %s: %v", filepath.Base(src), err)
+		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
 	return res
 }
@@ -687,22 +692,8 @@ func TestWriterRoundTrip(t *testing.T) {
 // dynamic VHDX file.
 func BenchmarkConvertRandom256M(b *testing.B) {
 	dir, src := randomRaw(b)
-	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b)
-	dst := filepath.Join(dir, "dst.vhdx")
 	b.SetBytes(benchSize)
-	b.ReportAllocs()
-	for b.Loop() {
-		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, wf, f, convert.Options{}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
+	benchConvert(b, src, filepath.Join(dir, "dst.vhdx"))
 }
 
 // BenchmarkVsQemu256M alternates our conversion and qemu-img convert of
@@ -712,21 +703,13 @@ func BenchmarkVsQemu256M(b *testing.B) {
 	formattest.RequireQemu(b)
 	dir, src := randomRaw(b)
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b)
 	dst, qdst := filepath.Join(dir, "dst.vhdx"), filepath.Join(dir, "qemu.vhdx")
 	chunk, _ := strconv.ParseInt(os.Getenv("DISKIMG_BENCH_CHUNK"), 10, 64) // to tune the engine's read unit
 	var ours, qemu time.Duration
 	for b.Loop() {
 		os.Remove(dst)
 		start := time.Now()
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, wf, f, convert.Options{ChunkSize: chunk}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertImage(b, img, dst, convert.Options{ChunkSize: chunk})
 		ours += time.Since(start)
 
 		os.Remove(qdst)
@@ -748,20 +731,17 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
+	benchConvert(b, src, filepath.Join(dir, "dst.vhdx"))
+}
+
+// benchConvert converts the raw image at src to a new VHDX file at dst
+// once per iteration.
+func benchConvert(b *testing.B, src, dst string) {
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b)
-	dst := filepath.Join(dir, "dst.vhdx")
 	b.ReportAllocs()
 	for b.Loop() {
 		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, wf, f, convert.Options{}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertImage(b, img, dst, convert.Options{})
 	}
 }
 
