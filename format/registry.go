@@ -266,30 +266,30 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 // backing format, "" to probe. A file that resolves names itself (a
 // remote image) opens ref beside it.
 func (o *Opener) openBacking(imagePath, ref, formatName string) (Image, error) {
-	if o.self != nil {
-		f, err := o.openRelative(ref)
-		if err != nil {
-			return nil, fmt.Errorf("backing file: %w", err)
-		}
-		if err := o.checkChain(f.Name(), f.Name()); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("backing file: %w", err)
-		}
-		img, err := o.openChild(f, f.Name(), f.Name(), formatName)
-		if err != nil {
-			return nil, fmt.Errorf("backing file: %w", err)
-		}
-		return img, nil
-	}
-	path, err := o.Resolve(imagePath, ref)
-	if err != nil {
-		return nil, fmt.Errorf("backing file: %w", err)
-	}
-	img, err := o.open(path, formatName)
+	img, err := o.openRef(imagePath, ref, formatName)
 	if err != nil {
 		return nil, fmt.Errorf("backing file: %w", err)
 	}
 	return img, nil
+}
+
+func (o *Opener) openRef(imagePath, ref, formatName string) (Image, error) {
+	if o.self != nil {
+		f, err := o.openRelative(ref)
+		if err != nil {
+			return nil, err
+		}
+		if err := o.checkChain(f.Name(), f.Name()); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return o.openChild(f, f.Name(), f.Name(), formatName)
+	}
+	path, err := o.Resolve(imagePath, ref)
+	if err != nil {
+		return nil, err
+	}
+	return o.open(path, formatName)
 }
 
 // openGiven opens path, a parent the user named (Policy.Parents), as
