@@ -52,6 +52,16 @@ func Qemu(t testing.TB, args ...string) []byte {
 	}
 }
 
+// Writer returns the registered output format name.
+func Writer(t testing.TB, name string) *format.WriterFormat {
+	t.Helper()
+	w, err := format.LookupWriter(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 // QemuRC runs qemu-img on files the test made and returns its exit code
 // and combined output; only a failure to run it fails the test.
 func QemuRC(t testing.TB, args ...string) (int, string) {

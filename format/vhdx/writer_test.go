@@ -42,15 +42,6 @@ var writerVariants = []string{
 	"subformat=fixed,block_size=2M,log_size=3M",
 }
 
-func writerFormat(t testing.TB) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter(Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 func optionMap(t testing.TB, s string) map[string]string {
 	t.Helper()
 	m, err := format.ParseOptions(s)
@@ -75,7 +66,7 @@ func convertImage(t testing.TB, img format.Image, dst string, opts convert.Optio
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := convert.Convert(context.Background(), img, writerFormat(t), f, opts)
+	res, err := convert.Convert(context.Background(), img, formattest.Writer(t, Name), f, opts)
 	if err != nil {
 		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
@@ -192,7 +183,7 @@ func TestWriterMatrix(t *testing.T) {
 				formattest.Qemu(t, "compare", "-q", "-f", s.format, "-F", Name, s.path, out)
 
 				img := formattest.Open(t, s.path, s.format)
-				m, err := convert.Measure(img, img.Size(), writerFormat(t), opts)
+				m, err := convert.Measure(img, img.Size(), formattest.Writer(t, Name), opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -291,7 +282,7 @@ func convertPipe(t *testing.T, src, fmtName string, opts convert.Options) []byte
 	t.Helper()
 	img := formattest.Open(t, src, fmtName)
 	return formattest.Piped(t, func(w *os.File) error {
-		_, err := convert.Convert(context.Background(), img, writerFormat(t), w, opts)
+		_, err := convert.Convert(context.Background(), img, formattest.Writer(t, Name), w, opts)
 		return err
 	})
 }
@@ -324,7 +315,7 @@ func TestWriterWrittenZeros(t *testing.T) {
 				formattest.Qemu(t, "check", "-q", ours)
 				formattest.Qemu(t, "compare", "-q", "-f", "raw", "-F", Name, s.path, ours)
 				img := formattest.Open(t, s.path, "raw")
-				m, err := convert.Measure(img, img.Size(), writerFormat(t), opts)
+				m, err := convert.Measure(img, img.Size(), formattest.Writer(t, Name), opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -474,7 +465,7 @@ func TestWriterDefaultBlockSize(t *testing.T) {
 // TestWriterOptions checks option parsing and validation, before any
 // byte is written.
 func TestWriterOptions(t *testing.T) {
-	wf := writerFormat(t)
+	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts string
 		size int64
@@ -543,7 +534,7 @@ func TestWriterOptions(t *testing.T) {
 // "Block driver 'vhdx' does not support size measurement".)
 func TestWriterMeasure(t *testing.T) {
 	srcs := sources(t)
-	wf := writerFormat(t)
+	wf := formattest.Writer(t, Name)
 	for _, s := range srcs[:3] {
 		for _, v := range []string{"", "subformat=fixed", "block_size=1M"} {
 			img := formattest.Open(t, s.path, s.format)
@@ -808,7 +799,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				defer f.Close()
 				opts.Checksum = true
 				deterministic(t)
-				res, err := convert.Convert(context.Background(), formattest.Open(t, s.path, s.format), writerFormat(t), seekOnlyFile{f}, opts)
+				res, err := convert.Convert(context.Background(), formattest.Open(t, s.path, s.format), formattest.Writer(t, Name), seekOnlyFile{f}, opts)
 				if err != nil {
 					t.Fatalf("convert with --checksum to a file that cannot be read back: %v", err)
 				}

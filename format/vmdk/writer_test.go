@@ -45,15 +45,6 @@ var wVariants = []wVariant{
 		[]string{"-c", "-o", "subformat=streamOptimized,adapter_type=buslogic"}},
 }
 
-func vmdkWriter(t testing.TB) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter(Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 // fixedCID makes the writer's descriptor CID fixed for the test, so
 // outputs of the same conversion are equal.
 func fixedCID(t *testing.T) {
@@ -86,7 +77,7 @@ func convertFile(t testing.TB, src format.Image, dst string, v wVariant, co conv
 		t.Fatal(err)
 	}
 	co.WriterOptions, co.Compress = v.opts, v.compress
-	res, err := convert.Convert(context.Background(), src, vmdkWriter(t), f, co)
+	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), f, co)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -275,7 +266,7 @@ func pipeConvert(t testing.TB, src format.Image, v wVariant, co convert.Options)
 	t.Helper()
 	co.WriterOptions, co.Compress = v.opts, v.compress
 	return formattest.Piped(t, func(w *os.File) error {
-		if _, err := convert.Convert(context.Background(), src, vmdkWriter(t), w, co); err != nil {
+		if _, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), w, co); err != nil {
 			return fmt.Errorf("convert to a pipe: %w", err)
 		}
 		return nil
@@ -460,7 +451,7 @@ func writeOnlyConvert(t testing.TB, src format.Image, path string, v wVariant, c
 	defer f.Close()
 	w := &writeOnlyFile{f: f}
 	co.WriterOptions, co.Compress = v.opts, v.compress
-	res, err := convert.Convert(context.Background(), src, vmdkWriter(t), w, co)
+	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), w, co)
 	if err != nil {
 		t.Fatalf("convert to %s (checksum %v): %v", filepath.Base(path), co.Checksum, err)
 	}
@@ -538,7 +529,7 @@ func TestWriterMeasure(t *testing.T) {
 	q2 := filepath.Join(dir, "s.qcow2")
 	formattest.Convert(t, raw, q2, "qcow2")
 	src := formattest.Open(t, q2, "qcow2")
-	wf := vmdkWriter(t)
+	wf := formattest.Writer(t, Name)
 	for _, v := range wVariants[:2] {
 		m, err := wf.Measure(format.WriteOptions{Size: src.Size(), Layout: format.LayoutOf(src), Options: v.opts})
 		if err != nil {
@@ -572,7 +563,7 @@ func TestWriterMeasure(t *testing.T) {
 
 // TestWriterOptions checks option validation happens before any byte.
 func TestWriterOptions(t *testing.T) {
-	wf := vmdkWriter(t)
+	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts     map[string]string
 		compress bool
