@@ -1,6 +1,7 @@
 package vhdx
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -159,21 +160,14 @@ func TestCheckCorrupt(t *testing.T) {
 // mutatedSeeds runs Check on seeds expanded to full size with random bytes
 // changed, mostly in the metadata: a deterministic complement to FuzzCheck.
 func mutatedSeeds(t *testing.T) {
-	dir := "../../testdata/vhdx"
-	ents, err := os.ReadDir(dir)
-	if err != nil || len(ents) == 0 {
-		t.Fatalf("no seeds in %s: %v", dir, err)
-	}
+	seeds := formattest.Seeds(t, "../../testdata/vhdx")
 	rng := rand.New(rand.NewSource(8))
 	n := 300 // each expands a seed to megabytes
 	if testing.Short() {
 		n = 30
 	}
 	for i := 0; i < n; i++ {
-		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := bytes.Clone(seeds[rng.Intn(len(seeds))].Data)
 		if x := expand(d); x != nil {
 			d = x
 		}
