@@ -364,11 +364,7 @@ func BenchmarkCheckEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
 	p := filepath.Join(b.TempDir(), "empty.qcow2")
 	formattest.Create(b, p, "qcow2", "1T")
-	img, err := format.Open(p, "qcow2", format.Policy{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(b, p, "qcow2")
 	for b.Loop() {
 		r, err := img.(format.Checker).Check(context.Background())
 		if err != nil || r.Corruptions+r.Leaks+r.CheckErrors != 0 {

@@ -97,11 +97,7 @@ func openChild(t *testing.T, dir, praw string, s diffSpec) (format.Image, string
 // checkMap compares the chain's map with expectedRuns.
 func checkMap(t *testing.T, img format.Image, parent string, s diffSpec) {
 	t.Helper()
-	p, err := format.Open(parent, Name, format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := formattest.Open(t, parent, Name)
 	if got, want := formattest.MapRuns(t, img), expectedRuns(t, p, s); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("map\n got %v\nwant %v", got, want)
 	}
@@ -309,11 +305,7 @@ func TestDifferencingParents(t *testing.T) {
 	craw, graw := filepath.Join(dir, "child.raw"), filepath.Join(dir, "grand.raw")
 	overlay(t, praw, craw, cs)
 	overlay(t, craw, graw, gs)
-	img, err := format.Open(grand, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, grand, "")
 	compareWindows(t, img, graw, [][2]int64{{0, size}})
 	if e, err := img.Extent(0); err != nil || e.Depth != 2 || e.Status != format.Data {
 		t.Errorf("Extent(0) = %+v, %v; want the parent's data at depth 2", e, err)
