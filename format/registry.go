@@ -1,13 +1,14 @@
 package format
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -78,19 +79,37 @@ func (e *UnsupportedError) Error() string {
 	return s
 }
 
-var (
-	mu      sync.RWMutex
-	formats []*Format
-)
+var formats = registry[*Format]{order: func(a, b *Format) int { return cmp.Compare(a.Priority, b.Priority) }}
+
+// registry is a list kept in an order, safe for concurrent use.
+type registry[T any] struct {
+	mu    sync.RWMutex
+	list  []T
+	order func(a, b T) int
+}
+
+func (r *registry[T]) add(v T) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.list = append(r.list, v)
+	slices.SortStableFunc(r.list, r.order)
+}
+
+// all returns a copy of the list.
+func (r *registry[T]) all() []T {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return slices.Clone(r.list)
+}
+
+// named reports whether name is a name or one of aliases.
+func named(name, n string, aliases []string) bool {
+	return n == name || slices.Contains(aliases, name)
+}
 
 // Register adds a format to the registry; each format package calls it
 // from init.
-func Register(f *Format) {
-	mu.Lock()
-	defer mu.Unlock()
-	formats = append(formats, f)
-	sort.SliceStable(formats, func(i, j int) bool { return formats[i].Priority < formats[j].Priority })
-}
+func Register(f *Format) { formats.add(f) }
 
 // Formats returns the formats diskimg reads, in probe order.
 func Formats() []*Format {
@@ -106,22 +125,15 @@ func Formats() []*Format {
 // Recognised returns every registered format in probe order, those
 // diskimg does not read (Unread) included.
 func Recognised() []*Format {
-	mu.RLock()
-	defer mu.RUnlock()
-	return append([]*Format(nil), formats...)
+	return formats.all()
 }
 
 // Lookup finds a format by name or alias; a format that is not read is
 // found too, and refuses what it opens by name.
 func Lookup(name string) (*Format, error) {
 	for _, f := range Recognised() {
-		if f.Name == name {
+		if named(name, f.Name, f.Aliases) {
 			return f, nil
-		}
-		for _, a := range f.Aliases {
-			if a == name {
-				return f, nil
-			}
 		}
 	}
 	var names []string
@@ -254,30 +266,30 @@ func (o *Opener) OpenImage(f File, formatName string) (Image, error) {
 // backing format, "" to probe. A file that resolves names itself (a
 // remote image) opens ref beside it.
 func (o *Opener) openBacking(imagePath, ref, formatName string) (Image, error) {
-	if o.self != nil {
-		f, err := o.openRelative(ref)
-		if err != nil {
-			return nil, fmt.Errorf("backing file: %w", err)
-		}
-		if err := o.checkChain(f.Name(), f.Name()); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("backing file: %w", err)
-		}
-		img, err := o.openChild(f, f.Name(), f.Name(), formatName)
-		if err != nil {
-			return nil, fmt.Errorf("backing file: %w", err)
-		}
-		return img, nil
-	}
-	path, err := o.Resolve(imagePath, ref)
-	if err != nil {
-		return nil, fmt.Errorf("backing file: %w", err)
-	}
-	img, err := o.open(path, formatName)
+	img, err := o.openRef(imagePath, ref, formatName)
 	if err != nil {
 		return nil, fmt.Errorf("backing file: %w", err)
 	}
 	return img, nil
+}
+
+func (o *Opener) openRef(imagePath, ref, formatName string) (Image, error) {
+	if o.self != nil {
+		f, err := o.openRelative(ref)
+		if err != nil {
+			return nil, err
+		}
+		if err := o.checkChain(f.Name(), f.Name()); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return o.openChild(f, f.Name(), f.Name(), formatName)
+	}
+	path, err := o.Resolve(imagePath, ref)
+	if err != nil {
+		return nil, err
+	}
+	return o.open(path, formatName)
 }
 
 // openGiven opens path, a parent the user named (Policy.Parents), as

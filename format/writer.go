@@ -27,13 +27,13 @@ package format
 // blocks hold data, so a pipe gets the same bytes as a file.
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // Target is the destination of a Writer. It is at least an io.Writer (a
@@ -346,38 +346,21 @@ type WriterFormat struct {
 	Measure func(o WriteOptions) (Measurement, error)
 }
 
-var (
-	wmu     sync.RWMutex
-	writers []*WriterFormat
-)
+var writers = registry[*WriterFormat]{order: func(a, b *WriterFormat) int { return cmp.Compare(a.Name, b.Name) }}
 
 // RegisterWriter adds an output format; each writer package calls it from
 // init.
-func RegisterWriter(w *WriterFormat) {
-	wmu.Lock()
-	defer wmu.Unlock()
-	writers = append(writers, w)
-	sort.SliceStable(writers, func(i, j int) bool { return writers[i].Name < writers[j].Name })
-}
+func RegisterWriter(w *WriterFormat) { writers.add(w) }
 
 // WriterFormats returns the registered output formats, sorted by name.
-func WriterFormats() []*WriterFormat {
-	wmu.RLock()
-	defer wmu.RUnlock()
-	return append([]*WriterFormat(nil), writers...)
-}
+func WriterFormats() []*WriterFormat { return writers.all() }
 
 // LookupWriter finds an output format by name or alias.
 func LookupWriter(name string) (*WriterFormat, error) {
 	var names []string
 	for _, w := range WriterFormats() {
-		if w.Name == name {
+		if named(name, w.Name, w.Aliases) {
 			return w, nil
-		}
-		for _, a := range w.Aliases {
-			if a == name {
-				return w, nil
-			}
 		}
 		names = append(names, w.Name)
 	}

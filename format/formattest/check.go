@@ -44,14 +44,8 @@ type Options struct {
 // info keys, the data map, and every guest byte.
 func Check(t *testing.T, path string, o Options) {
 	t.Helper()
-	img, err := format.Open(path, o.Format, o.Policy)
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
+	img := openValid(t, path, o)
 	defer img.Close()
-	if err := Validate(img); err != nil {
-		t.Errorf("%s: %v", filepath.Base(path), err)
-	}
 	CheckInfo(t, path, img, o)
 	CheckMap(t, path, img, o)
 	CheckBytes(t, path, img, o)
@@ -62,17 +56,11 @@ func Check(t *testing.T, path string, o Options) {
 // extent map covers the disk, and that reads return zeros.
 func CheckEmpty(t *testing.T, path string, o Options) {
 	t.Helper()
-	img, err := format.Open(path, o.Format, o.Policy)
-	if err != nil {
-		t.Fatalf("open %s: %v", path, err)
-	}
+	img := openValid(t, path, o)
 	defer img.Close()
-	if err := Validate(img); err != nil {
-		t.Errorf("%s: %v", filepath.Base(path), err)
-	}
 	CheckInfo(t, path, img, o)
 	var total int64
-	err = format.Walk(img, 0, func(e format.Extent) error {
+	err := format.Walk(img, 0, func(e format.Extent) error {
 		total += e.Length
 		return nil
 	})
@@ -94,6 +82,19 @@ func CheckEmpty(t *testing.T, path string, o Options) {
 		}
 	}
 	checkReadAtEnd(t, img)
+}
+
+// openValid opens the image at path and reports what Validate finds.
+func openValid(t *testing.T, path string, o Options) format.Image {
+	t.Helper()
+	img, err := format.Open(path, o.Format, o.Policy)
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	if err := Validate(img); err != nil {
+		t.Errorf("%s: %v", filepath.Base(path), err)
+	}
+	return img
 }
 
 // CheckInfo compares diskimg's info report with qemu-img's on InfoKeys.

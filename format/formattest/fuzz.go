@@ -46,6 +46,34 @@ func AddSeeds(f *testing.F, dir string) {
 	}
 }
 
+// Seed is a file of a seed directory.
+type Seed struct {
+	Name string
+	Data []byte
+}
+
+// Seeds returns the files in dir (such as testdata/vhdx) in name order;
+// a directory without any fails the test.
+func Seeds(t testing.TB, dir string) []Seed {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	var seeds []Seed
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		d, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeds = append(seeds, Seed{e.Name(), d})
+	}
+	if len(seeds) == 0 {
+		t.Fatalf("no seeds in %s: %v", dir, err)
+	}
+	return seeds
+}
+
 // Exercise opens data as format fmtName under the strictest policy and
 // uses every part of the Image interface a little (ExerciseImage). It
 // must return without panicking, hanging or allocating without bound;

@@ -6,6 +6,7 @@ package formattest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -49,6 +50,33 @@ func Qemu(t testing.TB, args ...string) []byte {
 		}
 		t.Fatalf("qemu-img %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
+}
+
+// Writer returns the registered output format name.
+func Writer(t testing.TB, name string) *format.WriterFormat {
+	t.Helper()
+	w, err := format.LookupWriter(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// QemuRC runs qemu-img on files the test made and returns its exit code
+// and combined output; only a failure to run it fails the test.
+func QemuRC(t testing.TB, args ...string) (int, string) {
+	t.Helper()
+	RequireQemu(t)
+	out, err := exec.Command("qemu-img", args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &ee):
+		return ee.ExitCode(), string(out)
+	}
+	t.Fatalf("qemu-img %v: %v", args, err)
+	return -1, ""
 }
 
 // QemuInfo returns `qemu-img info --output=json` of path, decoded.

@@ -2,6 +2,7 @@ package formattest
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 )
 
@@ -10,6 +11,19 @@ import (
 type Variant struct {
 	Name string
 	Args []string
+}
+
+// Pick returns the variants of vs with the given names, in their order.
+func Pick(vs []Variant, names ...string) []Variant {
+	var out []Variant
+	for _, n := range names {
+		i := slices.IndexFunc(vs, func(v Variant) bool { return v.Name == n })
+		if i < 0 {
+			panic("formattest.Pick: no variant " + n)
+		}
+		out = append(out, vs[i])
+	}
+	return out
 }
 
 // Sizes are virtual sizes every variant is tried at: a tiny one, one that

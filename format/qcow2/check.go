@@ -292,31 +292,7 @@ func (c *checker) walkL1(off, n int64, active bool) error {
 	if active {
 		c.activeL1 = raw
 	}
-	be := binary.BigEndian
-	for i := 0; i+8 <= len(raw); i += 8 {
-		if e := be.Uint64(raw[i:]); e&l1Reserved != 0 {
-			c.corrupt(1, "found L1 entry with reserved bits set: %x (L1 entry at file offset %d)", e, off+int64(i))
-		}
-		l2 := int64(be.Uint64(raw[i:]) & offsetMask)
-		if l2 == 0 {
-			continue
-		}
-		c.inc(l2, c.cs, 1)
-		if l2&(c.cs-1) != 0 {
-			c.corrupt(1, "l2_offset=%x: Table is not cluster aligned; L1 entry corrupted (L1 entry at file offset %d; table not checked)", l2, off+int64(i))
-			continue
-		}
-		v := c.l2s[l2]
-		if v == nil {
-			v = &l2Visit{}
-			c.l2s[l2] = v
-		}
-		if active {
-			v.active++
-		} else {
-			v.inactive++
-		}
-	}
+	c.countL1(raw, off, active, false)
 	return c.ctx.Err()
 }
 
@@ -387,21 +363,42 @@ func (c *checker) snapshots(n, off int64) (int64, error) {
 // visits it recorded.
 func (c *checker) repeatL1(off, n int64) {
 	raw, _ := c.readNoBudget(off, n*8)
+	c.countL1(raw, off, false, true)
+}
+
+// countL1 counts the L2 tables the L1 table raw at off names and records
+// their visits; a repeated table's visits were recorded when it was first
+// walked, and its misaligned entries were reported with their place then.
+func (c *checker) countL1(raw []byte, off int64, active, repeat bool) {
 	be := binary.BigEndian
 	for i := 0; i+8 <= len(raw); i += 8 {
-		if e := be.Uint64(raw[i:]); e&l1Reserved != 0 {
+		e := be.Uint64(raw[i:])
+		if e&l1Reserved != 0 {
 			c.corrupt(1, "found L1 entry with reserved bits set: %x (L1 entry at file offset %d)", e, off+int64(i))
 		}
-		l2 := int64(be.Uint64(raw[i:]) & offsetMask)
+		l2 := int64(e & offsetMask)
 		if l2 == 0 {
 			continue
 		}
 		c.inc(l2, c.cs, 1)
 		if l2&(c.cs-1) != 0 {
-			c.corrupt(1, "l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2)
+			where := fmt.Sprintf(" (L1 entry at file offset %d; table not checked)", off+int64(i))
+			if repeat {
+				where = ""
+			}
+			c.corrupt(1, "l2_offset=%x: Table is not cluster aligned; L1 entry corrupted%s", l2, where)
 			continue
 		}
-		c.l2s[l2].inactive++
+		v := c.l2s[l2]
+		if v == nil {
+			v = &l2Visit{}
+			c.l2s[l2] = v
+		}
+		if active {
+			v.active++
+		} else {
+			v.inactive++
+		}
 	}
 }
 

@@ -3,8 +3,6 @@ package qcow2_test
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,98 +15,22 @@ import (
 	"github.com/diskimg/diskimg/format/qcow2"
 )
 
-// qemuCheckCounts runs `qemu-img check --output=json` on an image the test made
-// itself (no backing file) and returns its counts and exit code.
-func qemuCheckCounts(t *testing.T, path string) (map[string]int64, int) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	cmd := exec.Command("qemu-img", "check", "-f", "qcow2", "--output=json", path)
-	out, err := cmd.Output()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(out, &m); err != nil {
-		t.Fatalf("qemu-img check output %q: %v", out, err)
-	}
-	counts := map[string]int64{}
-	for k, v := range m {
-		if f, ok := v.(float64); ok {
-			counts[k] = int64(f)
-		}
-	}
-	return counts, code
-}
-
-// ourCheck runs the qcow2 checker and returns its counts, keyed as qemu's
-// JSON, and the exit code qemu-img would give them.
-func ourCheck(t *testing.T, path string) (map[string]int64, *format.CheckResult) {
-	t.Helper()
-	img, err := format.Open(path, "qcow2", format.Policy{Untrusted: true})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer img.Close()
-	ch, ok := img.(format.Checker)
-	if !ok {
-		t.Fatal("qcow2 image does not implement format.Checker")
-	}
-	r, err := ch.Check(context.Background())
-	if err != nil {
-		t.Fatalf("check: %v", err)
-	}
-	js, err := json.Marshal(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	json.Unmarshal(js, &m)
-	counts := map[string]int64{}
-	for k, v := range m {
-		if f, ok := v.(float64); ok {
-			counts[k] = int64(f)
-		}
-	}
-	return counts, r
-}
-
-func exitCode(r map[string]int64) int {
-	switch {
-	case r["check-errors"] != 0:
-		return 1
-	case r["corruptions"] != 0:
-		return 2
-	case r["leaks"] != 0:
-		return 3
-	}
-	return 0
-}
-
 // agree asserts our check gives qemu-img's counts and verdict on path and
 // returns the verdict's exit code.
 func agree(t *testing.T, path string) int {
 	t.Helper()
-	want, code := qemuCheckCounts(t, path)
-	got, r := ourCheck(t, path)
-	if exitCode(want) != code {
-		t.Fatalf("qemu-img exit code %d does not follow from its counts %v", code, want)
-	}
-	if len(got) != len(want) {
-		t.Errorf("keys: got %v, qemu-img %v", got, want)
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s: got %d, qemu-img %d", k, got[k], v)
-		}
-	}
+	r := formattest.CompareCheck(t, "qcow2", path)
 	if t.Failed() {
 		t.Logf("our problems: %s", strings.Join(r.Problems, "\n"))
 	}
-	return code
+	return formattest.Verdict(r)
+}
+
+// ourCheck runs the qcow2 checker on path.
+func ourCheck(t *testing.T, path string) *format.CheckResult {
+	t.Helper()
+	_, _, r := formattest.OurCheck(t, "qcow2", path)
+	return r
 }
 
 func TestCheckClean(t *testing.T) {
@@ -335,7 +257,7 @@ func TestCheckDamaged(t *testing.T) {
 				t.Errorf("check took %v", d)
 			}
 			if c.name == "corrupt-bit" {
-				_, r := ourCheck(t, p)
+				r := ourCheck(t, p)
 				if !strings.Contains(strings.Join(r.Problems, "\n"), "corrupt bit") {
 					t.Errorf("problems %q do not report the corrupt bit", r.Problems)
 				}
@@ -442,11 +364,7 @@ func BenchmarkCheckEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
 	p := filepath.Join(b.TempDir(), "empty.qcow2")
 	formattest.Create(b, p, "qcow2", "1T")
-	img, err := format.Open(p, "qcow2", format.Policy{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(b, p, "qcow2")
 	for b.Loop() {
 		r, err := img.(format.Checker).Check(context.Background())
 		if err != nil || r.Corruptions+r.Leaks+r.CheckErrors != 0 {
@@ -491,9 +409,8 @@ func TestCheckUnopenable(t *testing.T) {
 				c.patch(d)
 				return d
 			})
-			out, err := exec.Command("qemu-img", "check", "-f", "qcow2", p).CombinedOutput()
-			if code := exitCodeOf(err); code != 1 || !strings.Contains(string(out), c.qemu) {
-				t.Errorf("qemu-img check: exit %d, %s", code, out)
+			if code, _, stderr := formattest.QemuCheck(t, "qcow2", p); code != 1 || !strings.Contains(stderr, c.qemu) {
+				t.Errorf("qemu-img check: exit %d, %s", code, stderr)
 			}
 			if c.refused != "" {
 				if _, err := format.Open(p, "qcow2", format.Policy{Untrusted: true}); err == nil || !strings.Contains(err.Error(), c.refused) {
@@ -501,21 +418,10 @@ func TestCheckUnopenable(t *testing.T) {
 				}
 				return
 			}
-			_, r := ourCheck(t, p)
+			r := ourCheck(t, p)
 			if r.CheckErrors == 0 || !strings.Contains(strings.Join(r.Problems, "\n"), c.qemu) {
 				t.Errorf("ours: %+v, want a check error saying %q", r, c.qemu)
 			}
 		})
 	}
-}
-
-func exitCodeOf(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
 }

@@ -224,11 +224,7 @@ func TestBitmaps(t *testing.T) {
 	formattest.Qemu(t, "bitmap", "--add", path, "first")
 	formattest.Qemu(t, "bitmap", "--add", "-g", "1M", "--disable", path, "second-bitmap")
 	formattest.Check(t, path, formattest.Options{})
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	bm := img.Info().Specific.(*qcow2.Specific).Bitmaps
 	if len(bm) != 2 || bm[1].Name != "second-bitmap" || bm[1].Granularity != 1<<20 || len(bm[1].Flags) != 0 {
 		t.Fatalf("bitmaps = %+v", bm)
@@ -254,11 +250,7 @@ func TestDirtyCorrupt(t *testing.T) {
 	binary.BigEndian.PutUint64(data[72:], 3) // dirty and corrupt bits
 	os.WriteFile(path, data, 0o644)
 	formattest.Check(t, path, formattest.Options{})
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	if !img.Info().Dirty || !*img.Info().Specific.(*qcow2.Specific).Corrupt {
 		t.Fatalf("dirty/corrupt not reported: %+v", img.Info())
 	}
@@ -273,11 +265,7 @@ func TestEncrypted(t *testing.T) {
 	path := filepath.Join(dir, "enc.qcow2")
 	formattest.Qemu(t, "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=123456",
 		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", path, "1M")
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	// qemu-img shows the LUKS header details in format-specific, which
 	// diskimg does not decode.
 	formattest.CheckInfo(t, path, img, formattest.Options{IgnoreKeys: []string{"format-specific"}})
@@ -482,11 +470,7 @@ func compressedBenchImage(b *testing.B, args []string) string {
 func BenchmarkReadCompressed(b *testing.B) {
 	for _, v := range compressedBenchVariants {
 		b.Run(v.name, func(b *testing.B) {
-			img, err := format.Open(compressedBenchImage(b, v.args), "", format.Policy{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer img.Close()
+			img := formattest.Open(b, compressedBenchImage(b, v.args), "")
 			benchRead(b, img)
 		})
 	}

@@ -50,11 +50,7 @@ func TestSnapshotsInfo(t *testing.T) {
 			dir := t.TempDir()
 			path := snapshotImage(t, dir, opts)
 			formattest.Check(t, path, formattest.Options{})
-			img, err := format.Open(path, "", format.Policy{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := formattest.Open(t, path, "")
 			if n := len(img.Info().Snapshots); n != 3 {
 				t.Fatalf("%d snapshots, want 3", n)
 			}
@@ -76,11 +72,7 @@ func compareSnapshot(t *testing.T, path, arg, id, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	if err := format.LoadSnapshot(img, id, name); err != nil {
 		t.Fatalf("LoadSnapshot(%q, %q): %v", id, name, err)
 	}
@@ -131,11 +123,7 @@ func TestSnapshotFields(t *testing.T) {
 	if err := os.WriteFile(patched, d, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	img, err := format.Open(patched, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, patched, "")
 	ours, _ := json.Marshal(img.Info().Snapshots)
 	var a, b any
 	json.Unmarshal(ours, &a)

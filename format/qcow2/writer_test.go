@@ -40,15 +40,6 @@ var writerVariants = []writerVariant{
 	{"zstd-c512", "cluster_size=512,compression_type=zstd", true},
 }
 
-func qcow2Writer(t testing.TB) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter("qcow2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 // convertTo converts the image at src (format srcFmt) to qcow2 on dst.
 func convertTo(t testing.TB, src, srcFmt string, dst format.Target, v writerVariant) *convert.Result {
 	t.Helper()
@@ -56,7 +47,7 @@ func convertTo(t testing.TB, src, srcFmt string, dst format.Target, v writerVari
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := convert.Convert(context.Background(), formattest.Open(t, src, srcFmt), qcow2Writer(t), dst,
+	res, err := convert.Convert(context.Background(), formattest.Open(t, src, srcFmt), formattest.Writer(t, "qcow2"), dst,
 		convert.Options{WriterOptions: opts, Compress: v.compress, Workers: 2})
 	if err != nil {
 		t.Fatalf("convert %s -> qcow2 %s: %v", filepath.Base(src), v.name, err)
@@ -273,7 +264,7 @@ func TestWriterMeasure(t *testing.T) {
 	q := filepath.Join(dir, "sparse.qcow2")
 	formattest.Convert(t, srcs[1], q, "qcow2", "-o", "cluster_size=4096")
 	srcs = append(srcs, q)
-	wf := qcow2Writer(t)
+	wf := formattest.Writer(t, "qcow2")
 	for _, s := range srcs {
 		srcFmt := strings.TrimPrefix(filepath.Ext(s), ".")
 		for _, opts := range []string{"", "cluster_size=512", "cluster_size=2M", "refcount_bits=64", "compat=0.10", "cluster_size=4k,refcount_bits=8"} {
@@ -307,7 +298,7 @@ func TestWriterMeasure(t *testing.T) {
 // TestWriterOptions checks that bad options fail before any byte is
 // written, naming the problem.
 func TestWriterOptions(t *testing.T) {
-	wf := qcow2Writer(t)
+	wf := formattest.Writer(t, "qcow2")
 	for _, c := range []struct {
 		opts string
 		size int64

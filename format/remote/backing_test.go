@@ -61,11 +61,7 @@ func TestBackingOverHTTP(t *testing.T) {
 		t.Errorf("backing file redirected to another server: %v", err)
 	}
 
-	local, err := format.Open(filepath.Join(web, "top.qcow2"), "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer local.Close()
+	local := formattest.Open(t, filepath.Join(web, "top.qcow2"), "")
 	img, err := openURL(t, srv.URL+"/vm/top.qcow2", format.Policy{})
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package vhdx
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"math"
 
 	"github.com/diskimg/diskimg/format"
@@ -30,47 +29,17 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 // non-current header or second region table is the state a torn update
 // leaves and is not a corruption, as for qemu.
 func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) {
-	if !Probe(f) {
-		return nil, fmt.Errorf("vhdx: no %q file type identifier: %w", fileSignature, format.ErrWrongType)
-	}
-	r := &format.CheckResult{Format: Name, Filename: f.Name()}
-	fileSize := f.Size()
-	if fileSize < headerSectionSize {
-		return nil, errorf("header section", 0, "file of %d bytes is shorter than the %d-byte header section", fileSize, headerSectionSize)
-	}
-	hdr, hdrOff, err := readHeaders(f)
+	l, err := readLayout(f)
 	if err != nil {
 		return nil, err
 	}
-	regions := []region{{"header section", 0, headerSectionSize}}
-	logGUID := hdr[hdrLogGUID : hdrLogGUID+16]
-	logLen := int64(binary.LittleEndian.Uint32(hdr[hdrLogLength:]))
-	logOff := binary.LittleEndian.Uint64(hdr[hdrLogOffset:])
-	if logLen > 0 || !format.IsZero(logGUID) {
-		if logOff%alignment != 0 || logOff > uint64(fileSize) || logLen%alignment != 0 {
-			return nil, errorf("LogOffset", hdrOff+hdrLogOffset, "log at %d of %d bytes is not MiB-aligned or lies past the end of the file", logOff, logLen)
-		}
-		if err := addRegion(&regions, region{"log", int64(logOff), int64(logOff) + logLen}, hdrOff+hdrLogOffset, fileSize); err != nil {
-			return nil, err
-		}
-	}
-	if !format.IsZero(logGUID) {
-		if v := binary.LittleEndian.Uint16(hdr[hdrLogVer:]); v != 0 {
-			return nil, errorf("LogVersion", hdrOff+hdrLogVer, "unsupported log version %d", v)
-		}
-		if err := checkLog(f, int64(logOff), logLen, logGUID); err != nil {
-			return nil, err
-		}
-	}
+	r := &format.CheckResult{Format: Name, Filename: f.Name()}
 	if err := checkRegionTable1(f, r); err != nil {
 		return nil, err
 	}
-	batRegion, metaRegion, err := readRegionTable(f, &regions, fileSize)
-	if err != nil {
-		return nil, err
-	}
+	fileSize := f.Size()
 	img := &Image{Base: format.Base{File: f}}
-	if err := img.readMetadata(metaRegion); err != nil {
+	if err := img.readMetadata(l.meta); err != nil {
 		return nil, err
 	}
 	blocks := (img.Size() + img.blockSize - 1) / img.blockSize
@@ -79,10 +48,10 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		entries = blocks + (blocks-1)/img.chunkRatio
 	}
 	length := entries * batEntrySize
-	if length > batRegion.end-batRegion.start {
-		return nil, errorf("BAT region", batRegion.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.Size(), length, batRegion.end-batRegion.start)
+	if length > l.bat.end-l.bat.start {
+		return nil, errorf("BAT region", l.bat.start, "%d entries for a %d-byte disk need %d bytes, the region has %d", entries, img.Size(), length, l.bat.end-l.bat.start)
 	}
-	if err := format.CheckTable(Name, "BAT", batRegion.start, length, fileSize); err != nil {
+	if err := format.CheckTable(Name, "BAT", l.bat.start, length, fileSize); err != nil {
 		return nil, err
 	}
 	// Read the BAT in pieces, so a large one costs little memory.
@@ -94,7 +63,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		}
 		n := min(entries-first, chunk)
 		b := buf[:n*batEntrySize]
-		if err := format.ReadFull(f, b, batRegion.start+first*batEntrySize, Name, "BAT"); err != nil {
+		if err := format.ReadFull(f, b, l.bat.start+first*batEntrySize, Name, "BAT"); err != nil {
 			return nil, err
 		}
 		for k := range n {
@@ -103,7 +72,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 			if st := e & batStateMask; st != blockFullyPresent && (st != blockPartiallyPresent || !img.diff) {
 				continue
 			}
-			at := batRegion.start + i*batEntrySize
+			at := l.bat.start + i*batEntrySize
 			off := e & batOffsetMask
 			if off > math.MaxInt64-uint64(img.blockSize) || int64(off)+img.blockSize > fileSize {
 				corrupt(r, "BAT entry %d at offset %d: block at offset %d extends past the end of the file (%d bytes)", i, at, off, fileSize)
@@ -112,7 +81,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 			if (i+1)%(img.chunkRatio+1) == 0 {
 				continue // a sector bitmap block: no region check, as in qemu
 			}
-			for _, q := range regions {
+			for _, q := range l.regions {
 				if int64(off) < q.end && q.start < int64(off)+img.blockSize {
 					corrupt(r, "BAT entry %d at offset %d: payload block at offset %d overlaps the %s at [%d, %d)", i, at, off, q.name, q.start, q.end)
 					break

@@ -1,6 +1,7 @@
 package vhdx
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -62,21 +63,8 @@ func checkFile(t *testing.T, path string) *format.CheckResult {
 // batLayout returns the BAT region's file offset and the metadata
 // region's, from the first region table.
 func batLayout(t *testing.T, d []byte) (bat, meta int64) {
-	t.Helper()
-	rt := d[192<<10:]
-	for i := range int(binary.LittleEndian.Uint32(rt[8:])) {
-		e := rt[16+32*i:]
-		off := int64(binary.LittleEndian.Uint64(e[16:]))
-		switch e[0] {
-		case 0x66: // 2DC27766-...: the BAT
-			bat = off
-		case 0x06: // 8B7CA206-...: metadata
-			meta = off
-		}
-	}
-	if bat == 0 || meta == 0 {
-		t.Fatal("no BAT or metadata region")
-	}
+	_, bat = regionOffset(t, d, batGUID)
+	_, meta = regionOffset(t, d, metadataGUID)
 	return bat, meta
 }
 
@@ -172,21 +160,14 @@ func TestCheckCorrupt(t *testing.T) {
 // mutatedSeeds runs Check on seeds expanded to full size with random bytes
 // changed, mostly in the metadata: a deterministic complement to FuzzCheck.
 func mutatedSeeds(t *testing.T) {
-	dir := "../../testdata/vhdx"
-	ents, err := os.ReadDir(dir)
-	if err != nil || len(ents) == 0 {
-		t.Fatalf("no seeds in %s: %v", dir, err)
-	}
+	seeds := formattest.Seeds(t, "../../testdata/vhdx")
 	rng := rand.New(rand.NewSource(8))
 	n := 300 // each expands a seed to megabytes
 	if testing.Short() {
 		n = 30
 	}
 	for i := 0; i < n; i++ {
-		d, err := os.ReadFile(filepath.Join(dir, ents[rng.Intn(len(ents))].Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := bytes.Clone(seeds[rng.Intn(len(seeds))].Data)
 		if x := expand(d); x != nil {
 			d = x
 		}

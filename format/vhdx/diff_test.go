@@ -97,11 +97,7 @@ func openChild(t *testing.T, dir, praw string, s diffSpec) (format.Image, string
 // checkMap compares the chain's map with expectedRuns.
 func checkMap(t *testing.T, img format.Image, parent string, s diffSpec) {
 	t.Helper()
-	p, err := format.Open(parent, Name, format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := formattest.Open(t, parent, Name)
 	if got, want := formattest.MapRuns(t, img), expectedRuns(t, p, s); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("map\n got %v\nwant %v", got, want)
 	}
@@ -309,11 +305,7 @@ func TestDifferencingParents(t *testing.T) {
 	craw, graw := filepath.Join(dir, "child.raw"), filepath.Join(dir, "grand.raw")
 	overlay(t, praw, craw, cs)
 	overlay(t, craw, graw, gs)
-	img, err := format.Open(grand, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, grand, "")
 	compareWindows(t, img, graw, [][2]int64{{0, size}})
 	if e, err := img.Extent(0); err != nil || e.Depth != 2 || e.Status != format.Data {
 		t.Errorf("Extent(0) = %+v, %v; want the parent's data at depth 2", e, err)
@@ -396,37 +388,18 @@ func TestDifferencingHostile(t *testing.T) {
 			o := binary.LittleEndian.Uint32(l[locHeaderSize+locEntrySize:])
 			l[o] = 'R' // "Relative_path"
 		}), "no relative_path", formattest.AtOpen},
-		{"locator too short", "", func(b []byte) []byte {
-			e, _ := metaEntry(t, b, parentLocGUID)
-			binary.LittleEndian.PutUint32(b[e+mteLength:], 10)
-			return b
-		}, "parent locator", formattest.AtOpen},
+		{"locator too short", "", put(entryAt(t, parentLocGUID, mteLength), uint32(10)), "parent locator", formattest.AtOpen},
 		{"no locator", "", func(b []byte) []byte {
 			e, _ := metaEntry(t, b, parentLocGUID)
 			b[e]++
 			b[e+mteFlags] &^= mteIsRequired
 			return b
 		}, "without a parent locator item", formattest.AtOpen},
-		{"partial block without bitmap", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 0)
-			return b
-		}, "no sector bitmap block", formattest.AtOpen},
-		{"bitmap past the end", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 100<<20|sbPresent)
-			return b
-		}, "sector bitmap block at", formattest.AtOpen},
-		{"bitmap in the metadata", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 1<<20|sbPresent)
-			return b
-		}, "overlaps the metadata", formattest.AtOpen},
-		{"bitmap state", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedSB:], 3<<20|3)
-			return b
-		}, "invalid sector bitmap block state 3", formattest.AtOpen},
-		{"partial block past the end", "", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[seedBAT:], 100<<20|blockPartiallyPresent)
-			return b
-		}, "extends past the end", formattest.AtOpen},
+		{"partial block without bitmap", "", put(at(seedSB), uint64(0)), "no sector bitmap block", formattest.AtOpen},
+		{"bitmap past the end", "", put(at(seedSB), uint64(100<<20|sbPresent)), "sector bitmap block at", formattest.AtOpen},
+		{"bitmap in the metadata", "", put(at(seedSB), uint64(1<<20|sbPresent)), "overlaps the metadata", formattest.AtOpen},
+		{"bitmap state", "", put(at(seedSB), uint64(3<<20|3)), "invalid sector bitmap block state 3", formattest.AtOpen},
+		{"partial block past the end", "", put(at(seedBAT), uint64(100<<20|blockPartiallyPresent)), "extends past the end", formattest.AtOpen},
 		{"truncated bitmap", "", func(b []byte) []byte { return b[:3<<20+512] }, "extends past the end", formattest.AtOpen},
 	}
 	formattest.RunHostileOn(t, Name, func(string) []byte { return seed }, cases)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"unicode/utf16"
 
+	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
@@ -40,25 +41,17 @@ func linkage(id guid) [2]string { return [2]string{"parent_linkage", id.String()
 // dataWriteOf returns the DataWriteGuid of the VHDX file at path.
 func dataWriteOf(t testing.TB, path string) guid {
 	t.Helper()
-	f, err := os.Open(path)
+	f, err := format.OpenFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	fi, _ := f.Stat()
-	hdr, _, err := readHeaders(&osFile{f, fi.Size()})
+	hdr, _, err := readHeaders(f)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return guid(hdr[hdrDataWriteGUID:])
 }
-
-type osFile struct {
-	*os.File
-	size int64
-}
-
-func (f *osFile) Size() int64 { return f.size }
 
 // writeDiff writes the differencing VHDX s describes at path: the header
 // section, the metadata region at 1 MiB, the BAT at 2 MiB, then a payload

@@ -150,33 +150,25 @@ func TestSeeds(t *testing.T) {
 	if os.Getenv("VHDX_WRITE_SEEDS") == "1" {
 		writeSeeds(t, dir)
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := expand(data)
+	for _, e := range formattest.Seeds(t, dir) {
+		b := expand(e.Data)
 		if b == nil {
 			continue
 		}
 		img, err := openBytes(b)
-		if filepath.Ext(e.Name()) == ".bad" {
+		if filepath.Ext(e.Name) == ".bad" {
 			if err == nil {
 				img.Close()
-				t.Errorf("%s opened; it is meant to be refused", e.Name())
+				t.Errorf("%s opened; it is meant to be refused", e.Name)
 			}
 			continue
 		}
 		if err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", e.Name, err)
 			continue
 		}
 		if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", e.Name, err)
 		}
 		img.Close()
 	}

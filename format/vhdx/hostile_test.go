@@ -94,6 +94,58 @@ func metaEntry(t *testing.T, b []byte, id guid) (entry, item int64) {
 	return 0, 0
 }
 
+// moveRegion returns a patch that gives the region id the file offset off
+// in both region tables.
+func moveRegion(t *testing.T, id guid, off uint64) func([]byte) []byte {
+	return func(b []byte) []byte {
+		e, _ := regionOffset(t, b, id)
+		for _, d := range []int64{0, regionTable2Offset - regionTable1Offset} {
+			binary.LittleEndian.PutUint64(b[e+d+rteFileOffset:], off)
+		}
+		fixRegionTables(b)
+		return b
+	}
+}
+
+// bump returns a patch that adds one to the bytes at offs.
+func bump(offs ...int64) func([]byte) []byte {
+	return func(b []byte) []byte {
+		for _, o := range offs {
+			b[o]++
+		}
+		return b
+	}
+}
+
+// put returns a patch that writes v (a fixed-size integer) little-endian
+// at the offset where finds in the image.
+func put(where func(b []byte) int64, v any) func([]byte) []byte {
+	return func(b []byte) []byte {
+		if _, err := binary.Encode(b[where(b):], binary.LittleEndian, v); err != nil {
+			panic(err)
+		}
+		return b
+	}
+}
+
+// at finds a fixed offset.
+func at(off int64) func([]byte) int64 { return func([]byte) int64 { return off } }
+
+// itemAt finds the metadata item id.
+func itemAt(t *testing.T, id guid) func([]byte) int64 {
+	return func(b []byte) int64 { _, it := metaEntry(t, b, id); return it }
+}
+
+// entryAt finds a field of the metadata table entry for id.
+func entryAt(t *testing.T, id guid, field int64) func([]byte) int64 {
+	return func(b []byte) int64 { e, _ := metaEntry(t, b, id); return e + field }
+}
+
+// tableAt finds a field of the metadata table header.
+func tableAt(t *testing.T, field int64) func([]byte) int64 {
+	return func(b []byte) int64 { _, m := regionOffset(t, b, metadataGUID); return m + field }
+}
+
 // hostile is a patched image and the error it must give.
 type hostile formattest.Hostile
 
@@ -113,44 +165,22 @@ func TestHostile(t *testing.T) {
 		{"wrong magic", func(b []byte) []byte { b[0] = 'X'; return b }, "wrong image type"},
 		{"truncated to header", func(b []byte) []byte { return b[:200<<10] }, "header section"},
 		{"truncated before data", func(b []byte) []byte { return b[:len(b)-512<<10] }, "extends past the end of the file"},
-		{"bad header CRCs", func(b []byte) []byte {
-			b[header1Offset+100]++
-			b[header2Offset+100]++
-			return b
-		}, "header checksum"},
+		{"bad header CRCs", bump(header1Offset+100, header2Offset+100), "header checksum"},
 		{"bad header versions", func(b []byte) []byte {
 			b[header1Offset+hdrVersion] = 2
 			b[header2Offset+hdrVersion] = 2
 			fixHeaders(b)
 			return b
 		}, "header Version"},
-		{"bad region table CRCs", func(b []byte) []byte {
-			b[regionTable1Offset+200]++
-			b[regionTable2Offset+200]++
-			return b
-		}, "region table checksum"},
+		{"bad region table CRCs", bump(regionTable1Offset+200, regionTable2Offset+200), "region table checksum"},
 		{"region entry count", func(b []byte) []byte {
 			binary.LittleEndian.PutUint32(b[regionTable1Offset+rtEntryCount:], 5000)
 			binary.LittleEndian.PutUint32(b[regionTable2Offset+rtEntryCount:], 5000)
 			fixRegionTables(b)
 			return b
 		}, "region table EntryCount"},
-		{"region overlapping headers", func(b []byte) []byte {
-			e, _ := regionOffset(t, b, batGUID)
-			for _, d := range []int64{0, regionTable2Offset - regionTable1Offset} {
-				binary.LittleEndian.PutUint64(b[e+d+rteFileOffset:], 0)
-			}
-			fixRegionTables(b)
-			return b
-		}, "overlaps the header section"},
-		{"region past EOF", func(b []byte) []byte {
-			e, _ := regionOffset(t, b, metadataGUID)
-			for _, d := range []int64{0, regionTable2Offset - regionTable1Offset} {
-				binary.LittleEndian.PutUint64(b[e+d+rteFileOffset:], 1<<40)
-			}
-			fixRegionTables(b)
-			return b
-		}, "region table entry"},
+		{"region overlapping headers", moveRegion(t, batGUID, 0), "overlaps the header section"},
+		{"region past EOF", moveRegion(t, metadataGUID, 1<<40), "region table entry"},
 		{"unknown required region", func(b []byte) []byte {
 			for _, o := range []int64{regionTable1Offset, regionTable2Offset} {
 				n := int64(le32(b, o+rtEntryCount))
@@ -164,69 +194,28 @@ func TestHostile(t *testing.T) {
 			fixRegionTables(b)
 			return b
 		}, "required region of unknown type"},
-		{"BAT entry past EOF", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[batOff:], 1000<<20|blockFullyPresent)
-			return b
-		}, "BAT entry 0 at offset"},
+		{"BAT entry past EOF", put(at(batOff), uint64(1000<<20|blockFullyPresent)), "BAT entry 0 at offset"},
 		{"BAT entry in metadata", func(b []byte) []byte {
 			_, m := regionOffset(t, b, metadataGUID)
 			binary.LittleEndian.PutUint64(b[batOff:], uint64(m)|blockFullyPresent)
 			return b
 		}, "overlaps the metadata"},
-		{"BAT entry partially present", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[batOff:], blockPartiallyPresent)
-			return b
-		}, "partially present"},
-		{"BAT entry invalid state", func(b []byte) []byte {
-			binary.LittleEndian.PutUint64(b[batOff+8:], 4)
-			return b
-		}, "BAT entry 1"},
-		{"block size not a power of two", func(b []byte) []byte {
-			_, it := metaEntry(t, b, fileParamsGUID)
-			binary.LittleEndian.PutUint32(b[it:], 3<<20)
-			return b
-		}, "BlockSize"},
-		{"block size too large", func(b []byte) []byte {
-			_, it := metaEntry(t, b, fileParamsGUID)
-			binary.LittleEndian.PutUint32(b[it:], 512<<20)
-			return b
-		}, "BlockSize"},
-		{"metadata entry count", func(b []byte) []byte {
-			_, m := regionOffset(t, b, metadataGUID)
-			binary.LittleEndian.PutUint16(b[m+mtEntryCount:], 5000)
-			return b
-		}, "metadata table EntryCount"},
-		{"metadata item out of bounds", func(b []byte) []byte {
-			e, _ := metaEntry(t, b, virtualSizeGUID)
-			binary.LittleEndian.PutUint32(b[e+mteOffset:], 0xFFFFFFF0)
-			return b
-		}, "Offset"},
-		{"metadata item inside table", func(b []byte) []byte {
-			e, _ := metaEntry(t, b, virtualSizeGUID)
-			binary.LittleEndian.PutUint32(b[e+mteOffset:], 8)
-			return b
-		}, "Offset"},
+		{"BAT entry partially present", put(at(batOff), uint64(blockPartiallyPresent)), "partially present"},
+		{"BAT entry invalid state", put(at(batOff+8), uint64(4)), "BAT entry 1"},
+		{"block size not a power of two", put(itemAt(t, fileParamsGUID), uint32(3<<20)), "BlockSize"},
+		{"block size too large", put(itemAt(t, fileParamsGUID), uint32(512<<20)), "BlockSize"},
+		{"metadata entry count", put(tableAt(t, mtEntryCount), uint16(5000)), "metadata table EntryCount"},
+		{"metadata item out of bounds", put(entryAt(t, virtualSizeGUID, mteOffset), uint32(0xFFFFFFF0)), "Offset"},
+		{"metadata item inside table", put(entryAt(t, virtualSizeGUID, mteOffset), uint32(8)), "Offset"},
 		{"metadata item missing", func(b []byte) []byte {
 			e, _ := metaEntry(t, b, logicalSectGUID)
 			b[e]++
 			b[e+mteFlags] &^= mteIsRequired
 			return b
 		}, "Logical Sector Size is missing"},
-		{"logical sector size", func(b []byte) []byte {
-			_, it := metaEntry(t, b, logicalSectGUID)
-			binary.LittleEndian.PutUint32(b[it:], 1000)
-			return b
-		}, "Logical Sector Size"},
-		{"absurd virtual size", func(b []byte) []byte {
-			_, it := metaEntry(t, b, virtualSizeGUID)
-			binary.LittleEndian.PutUint64(b[it:], 1<<62)
-			return b
-		}, "Virtual Disk Size"},
-		{"BAT too small for virtual size", func(b []byte) []byte {
-			_, it := metaEntry(t, b, virtualSizeGUID)
-			binary.LittleEndian.PutUint64(b[it:], 1<<40)
-			return b
-		}, "BAT region"},
+		{"logical sector size", put(itemAt(t, logicalSectGUID), uint32(1000)), "Logical Sector Size"},
+		{"absurd virtual size", put(itemAt(t, virtualSizeGUID), uint64(1<<62)), "Virtual Disk Size"},
+		{"BAT too small for virtual size", put(itemAt(t, virtualSizeGUID), uint64(1<<40)), "BAT region"},
 		{"differencing", func(b []byte) []byte {
 			_, it := metaEntry(t, b, fileParamsGUID)
 			b[it+4] |= hasParent
@@ -271,22 +260,25 @@ func writeLogEntry(t *testing.T, b []byte, valid bool) {
 func TestLogReplay(t *testing.T) {
 	formattest.RequireQemu(t)
 	base := baseImage(t, "subformat=dynamic,block_size=1M")
-
-	b := append([]byte(nil), base...)
-	writeLogEntry(t, b, true)
-	_, err := openBytes(b)
+	err := openPatched(base, func(b []byte) { writeLogEntry(t, b, true) })
 	if err == nil || !strings.Contains(err.Error(), "vhdx: log must be replayed (image was not closed cleanly)") {
 		t.Fatalf("open with a log to replay: %v", err)
 	}
-
 	// A log GUID whose entries are all invalid leaves nothing to replay.
-	b = append([]byte(nil), base...)
-	writeLogEntry(t, b, false)
-	img, err := openBytes(b)
-	if err != nil {
+	if err := openPatched(base, func(b []byte) { writeLogEntry(t, b, false) }); err != nil {
 		t.Fatalf("open with an invalid log entry: %v", err)
 	}
-	img.Close()
+}
+
+// openPatched opens a copy of base with patch applied, and closes it.
+func openPatched(base []byte, patch func(b []byte)) error {
+	b := append([]byte(nil), base...)
+	patch(b)
+	img, err := openBytes(b)
+	if err == nil {
+		img.Close()
+	}
+	return err
 }
 
 // TestHeaderChoice checks that the valid header with the higher sequence
@@ -295,29 +287,22 @@ func TestHeaderChoice(t *testing.T) {
 	formattest.RequireQemu(t)
 	base := baseImage(t, "subformat=dynamic,block_size=1M")
 	for _, bad := range []int64{header1Offset, header2Offset} {
-		b := append([]byte(nil), base...)
-		b[bad+200]++
-		img, err := openBytes(b)
-		if err != nil {
+		if err := openPatched(base, func(b []byte) { b[bad+200]++ }); err != nil {
 			t.Fatalf("header at %d corrupt: %v", bad, err)
 		}
-		img.Close()
 	}
 	// Equal sequence numbers on differing headers are invalid.
-	b := append([]byte(nil), base...)
-	binary.LittleEndian.PutUint64(b[header2Offset+hdrSequence:], le64(b, header1Offset+hdrSequence))
-	fixHeaders(b)
-	if _, err := openBytes(b); err == nil || !strings.Contains(err.Error(), "SequenceNumber") {
+	err := openPatched(base, func(b []byte) {
+		binary.LittleEndian.PutUint64(b[header2Offset+hdrSequence:], le64(b, header1Offset+hdrSequence))
+		fixHeaders(b)
+	})
+	if err == nil || !strings.Contains(err.Error(), "SequenceNumber") {
 		t.Fatalf("equal sequence numbers: %v", err)
 	}
 	// A corrupt first region table falls back to the second.
-	b = append([]byte(nil), base...)
-	b[regionTable1Offset+300]++
-	img, err := openBytes(b)
-	if err != nil {
+	if err := openPatched(base, func(b []byte) { b[regionTable1Offset+300]++ }); err != nil {
 		t.Fatalf("first region table corrupt: %v", err)
 	}
-	img.Close()
 }
 
 // TestAllocation checks the BAT's own view against what qemu-io wrote.

@@ -197,47 +197,15 @@ type region struct {
 // Open opens f as a VHDX image. A differencing image's parent is the
 // chain's (format.Layer), so o is not used.
 func Open(f format.File, o *format.Opener) (*Image, error) {
-	if !Probe(f) {
-		return nil, fmt.Errorf("vhdx: no %q file type identifier: %w", fileSignature, format.ErrWrongType)
-	}
-	fileSize := f.Size()
-	if fileSize < headerSectionSize {
-		return nil, errorf("header section", 0, "file of %d bytes is shorter than the %d-byte header section", fileSize, headerSectionSize)
-	}
-	hdr, hdrOff, err := readHeaders(f)
+	l, err := readLayout(f)
 	if err != nil {
 		return nil, err
 	}
-	regions := []region{{"header section", 0, headerSectionSize}}
-	logGUID := hdr[hdrLogGUID : hdrLogGUID+16]
-	logLen := int64(binary.LittleEndian.Uint32(hdr[hdrLogLength:]))
-	logOff := binary.LittleEndian.Uint64(hdr[hdrLogOffset:])
-	if logLen > 0 || !format.IsZero(logGUID) {
-		if logOff%alignment != 0 || logOff > uint64(fileSize) || logLen%alignment != 0 {
-			return nil, errorf("LogOffset", hdrOff+hdrLogOffset, "log at %d of %d bytes is not MiB-aligned or lies past the end of the file", logOff, logLen)
-		}
-		if err := addRegion(&regions, region{"log", int64(logOff), int64(logOff) + logLen}, hdrOff+hdrLogOffset, fileSize); err != nil {
-			return nil, err
-		}
-	}
-	if !format.IsZero(logGUID) {
-		if v := binary.LittleEndian.Uint16(hdr[hdrLogVer:]); v != 0 {
-			return nil, errorf("LogVersion", hdrOff+hdrLogVer, "unsupported log version %d", v)
-		}
-		if err := checkLog(f, int64(logOff), logLen, logGUID); err != nil {
-			return nil, err
-		}
-	}
-
-	batRegion, metaRegion, err := readRegionTable(f, &regions, fileSize)
-	if err != nil {
+	img := &Image{Base: format.Base{File: f}, dataWrite: guid(l.hdr[hdrDataWriteGUID:])}
+	if err := img.readMetadata(l.meta); err != nil {
 		return nil, err
 	}
-	img := &Image{Base: format.Base{File: f}, dataWrite: guid(hdr[hdrDataWriteGUID:])}
-	if err := img.readMetadata(metaRegion); err != nil {
-		return nil, err
-	}
-	if err := img.readBAT(batRegion, regions, fileSize); err != nil {
+	if err := img.readBAT(l.bat, l.regions, f.Size()); err != nil {
 		return nil, err
 	}
 	// qemu shows the block size as the cluster size, and no
@@ -251,6 +219,56 @@ func Open(f format.File, o *format.Opener) (*Image, error) {
 		img.Meta.Subformat = "fixed"
 	}
 	return img, nil
+}
+
+// layout is what the header section says: the current header and the
+// regions of the file it claims, the BAT and metadata among them.
+type layout struct {
+	hdr       []byte
+	regions   []region
+	bat, meta region
+}
+
+// readLayout reads the headers, the log and the region table as Open and
+// CheckFile both need them: a file whose current header or log is unusable
+// is an error.
+func readLayout(f format.File) (*layout, error) {
+	if !Probe(f) {
+		return nil, fmt.Errorf("vhdx: no %q file type identifier: %w", fileSignature, format.ErrWrongType)
+	}
+	fileSize := f.Size()
+	if fileSize < headerSectionSize {
+		return nil, errorf("header section", 0, "file of %d bytes is shorter than the %d-byte header section", fileSize, headerSectionSize)
+	}
+	hdr, hdrOff, err := readHeaders(f)
+	if err != nil {
+		return nil, err
+	}
+	l := &layout{hdr: hdr, regions: []region{{"header section", 0, headerSectionSize}}}
+	logGUID := hdr[hdrLogGUID : hdrLogGUID+16]
+	logLen := int64(binary.LittleEndian.Uint32(hdr[hdrLogLength:]))
+	logOff := binary.LittleEndian.Uint64(hdr[hdrLogOffset:])
+	if logLen > 0 || !format.IsZero(logGUID) {
+		if logOff%alignment != 0 || logOff > uint64(fileSize) || logLen%alignment != 0 {
+			return nil, errorf("LogOffset", hdrOff+hdrLogOffset, "log at %d of %d bytes is not MiB-aligned or lies past the end of the file", logOff, logLen)
+		}
+		if err := addRegion(&l.regions, region{"log", int64(logOff), int64(logOff) + logLen}, hdrOff+hdrLogOffset, fileSize); err != nil {
+			return nil, err
+		}
+	}
+	if !format.IsZero(logGUID) {
+		if v := binary.LittleEndian.Uint16(hdr[hdrLogVer:]); v != 0 {
+			return nil, errorf("LogVersion", hdrOff+hdrLogVer, "unsupported log version %d", v)
+		}
+		if err := checkLog(f, int64(logOff), logLen, logGUID); err != nil {
+			return nil, err
+		}
+	}
+	l.bat, l.meta, err = readRegionTable(f, &l.regions, fileSize)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // addRegion records r after checking it lies in the file and overlaps no

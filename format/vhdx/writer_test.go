@@ -42,15 +42,6 @@ var writerVariants = []string{
 	"subformat=fixed,block_size=2M,log_size=3M",
 }
 
-func writerFormat(t testing.TB) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter(Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 func optionMap(t testing.TB, s string) map[string]string {
 	t.Helper()
 	m, err := format.ParseOptions(s)
@@ -64,15 +55,20 @@ func optionMap(t testing.TB, s string) map[string]string {
 // dst with our writer.
 func convertTo(t testing.TB, src, fmtName, dst string, opts convert.Options) *convert.Result {
 	t.Helper()
-	img := formattest.Open(t, src, fmtName)
+	return convertImage(t, formattest.Open(t, src, fmtName), dst, opts)
+}
+
+// convertImage converts img to a VHDX file at dst with our writer.
+func convertImage(t testing.TB, img format.Image, dst string, opts convert.Options) *convert.Result {
+	t.Helper()
 	f, err := os.Create(dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := convert.Convert(context.Background(), img, writerFormat(t), f, opts)
+	res, err := convert.Convert(context.Background(), img, formattest.Writer(t, Name), f, opts)
 	if err != nil {
-		t.Fatalf("convert %s: %v", filepath.Base(src), err)
+		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
 	return res
 }
@@ -187,7 +183,7 @@ func TestWriterMatrix(t *testing.T) {
 				formattest.Qemu(t, "compare", "-q", "-f", s.format, "-F", Name, s.path, out)
 
 				img := formattest.Open(t, s.path, s.format)
-				m, err := convert.Measure(img, img.Size(), writerFormat(t), opts)
+				m, err := convert.Measure(img, img.Size(), formattest.Writer(t, Name), opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -286,7 +282,7 @@ func convertPipe(t *testing.T, src, fmtName string, opts convert.Options) []byte
 	t.Helper()
 	img := formattest.Open(t, src, fmtName)
 	return formattest.Piped(t, func(w *os.File) error {
-		_, err := convert.Convert(context.Background(), img, writerFormat(t), w, opts)
+		_, err := convert.Convert(context.Background(), img, formattest.Writer(t, Name), w, opts)
 		return err
 	})
 }
@@ -319,7 +315,7 @@ func TestWriterWrittenZeros(t *testing.T) {
 				formattest.Qemu(t, "check", "-q", ours)
 				formattest.Qemu(t, "compare", "-q", "-f", "raw", "-F", Name, s.path, ours)
 				img := formattest.Open(t, s.path, "raw")
-				m, err := convert.Measure(img, img.Size(), writerFormat(t), opts)
+				m, err := convert.Measure(img, img.Size(), formattest.Writer(t, Name), opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -469,7 +465,7 @@ func TestWriterDefaultBlockSize(t *testing.T) {
 // TestWriterOptions checks option parsing and validation, before any
 // byte is written.
 func TestWriterOptions(t *testing.T) {
-	wf := writerFormat(t)
+	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts string
 		size int64
@@ -538,7 +534,7 @@ func TestWriterOptions(t *testing.T) {
 // "Block driver 'vhdx' does not support size measurement".)
 func TestWriterMeasure(t *testing.T) {
 	srcs := sources(t)
-	wf := writerFormat(t)
+	wf := formattest.Writer(t, Name)
 	for _, s := range srcs[:3] {
 		for _, v := range []string{"", "subformat=fixed", "block_size=1M"} {
 			img := formattest.Open(t, s.path, s.format)
@@ -687,22 +683,8 @@ func TestWriterRoundTrip(t *testing.T) {
 // dynamic VHDX file.
 func BenchmarkConvertRandom256M(b *testing.B) {
 	dir, src := randomRaw(b)
-	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b)
-	dst := filepath.Join(dir, "dst.vhdx")
 	b.SetBytes(benchSize)
-	b.ReportAllocs()
-	for b.Loop() {
-		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, wf, f, convert.Options{}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
+	benchConvert(b, src, filepath.Join(dir, "dst.vhdx"))
 }
 
 // BenchmarkVsQemu256M alternates our conversion and qemu-img convert of
@@ -712,21 +694,13 @@ func BenchmarkVsQemu256M(b *testing.B) {
 	formattest.RequireQemu(b)
 	dir, src := randomRaw(b)
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b)
 	dst, qdst := filepath.Join(dir, "dst.vhdx"), filepath.Join(dir, "qemu.vhdx")
 	chunk, _ := strconv.ParseInt(os.Getenv("DISKIMG_BENCH_CHUNK"), 10, 64) // to tune the engine's read unit
 	var ours, qemu time.Duration
 	for b.Loop() {
 		os.Remove(dst)
 		start := time.Now()
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, wf, f, convert.Options{ChunkSize: chunk}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertImage(b, img, dst, convert.Options{ChunkSize: chunk})
 		ours += time.Since(start)
 
 		os.Remove(qdst)
@@ -748,20 +722,17 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
+	benchConvert(b, src, filepath.Join(dir, "dst.vhdx"))
+}
+
+// benchConvert converts the raw image at src to a new VHDX file at dst
+// once per iteration.
+func benchConvert(b *testing.B, src, dst string) {
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b)
-	dst := filepath.Join(dir, "dst.vhdx")
 	b.ReportAllocs()
 	for b.Loop() {
 		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, wf, f, convert.Options{}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertImage(b, img, dst, convert.Options{})
 	}
 }
 
@@ -828,7 +799,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				defer f.Close()
 				opts.Checksum = true
 				deterministic(t)
-				res, err := convert.Convert(context.Background(), formattest.Open(t, s.path, s.format), writerFormat(t), seekOnlyFile{f}, opts)
+				res, err := convert.Convert(context.Background(), formattest.Open(t, s.path, s.format), formattest.Writer(t, Name), seekOnlyFile{f}, opts)
 				if err != nil {
 					t.Fatalf("convert with --checksum to a file that cannot be read back: %v", err)
 				}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -46,29 +45,20 @@ var wVariants = []wVariant{
 		[]string{"-c", "-o", "subformat=streamOptimized,adapter_type=buslogic"}},
 }
 
-func vmdkWriter(t testing.TB) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter(Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
+// fixedCID makes the writer's descriptor CID fixed for the test, so
+// outputs of the same conversion are equal.
+func fixedCID(t *testing.T) {
+	saved := newCID
+	newCID = func() uint32 { return 0x1234abcd }
+	t.Cleanup(func() { newCID = saved })
 }
 
 // wConvert converts src to a VMDK at dst, checking that the streamed
 // checksum is the file's.
 func wConvert(t testing.TB, src format.Image, dst string, v wVariant, co convert.Options) *convert.Result {
 	t.Helper()
-	f, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	co.WriterOptions, co.Compress, co.Checksum = v.opts, v.compress, true
-	res, err := convert.Convert(context.Background(), src, vmdkWriter(t), f, co)
-	if err != nil {
-		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
-	}
+	co.Checksum = true
+	res := convertFile(t, src, dst, v, co)
 	data, err := os.ReadFile(dst)
 	if err != nil {
 		t.Fatal(err)
@@ -79,44 +69,32 @@ func wConvert(t testing.TB, src format.Image, dst string, v wVariant, co convert
 	return res
 }
 
-// convertFile converts src to a VMDK at dst, for benchmarks: no checks.
-func convertFile(b testing.TB, src format.Image, dst string, v wVariant) {
+// convertFile converts src to a VMDK at dst in variant v.
+func convertFile(t testing.TB, src format.Image, dst string, v wVariant, co convert.Options) *convert.Result {
+	t.Helper()
 	f, err := os.Create(dst)
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	defer f.Close()
-	co := convert.Options{WriterOptions: v.opts, Compress: v.compress}
-	if _, err := convert.Convert(context.Background(), src, vmdkWriter(b), f, co); err != nil {
-		b.Fatal(err)
+	co.WriterOptions, co.Compress = v.opts, v.compress
+	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), f, co)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-}
-
-// wQemu runs qemu-img on files the test made, returning exit code and
-// output.
-func wQemu(t testing.TB, args ...string) (int, string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	out, err := exec.Command("qemu-img", args...).CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0, string(out)
-	case errors.As(err, &ee):
-		return ee.ExitCode(), string(out)
+	if err != nil {
+		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
-	t.Fatalf("qemu-img %v: %v", args, err)
-	return -1, ""
+	return res
 }
 
 // wVerify asserts qemu-img check is clean, qemu-img compare finds the
 // output identical to the source, and our reader reads the source's bytes.
 func wVerify(t testing.TB, src format.Image, srcPath, srcFmt, out string) {
 	t.Helper()
-	if rc, msg := wQemu(t, "check", "-f", Name, out); rc != 0 || !strings.Contains(msg, "No errors") {
+	if rc, msg := formattest.QemuRC(t, "check", "-f", Name, out); rc != 0 || !strings.Contains(msg, "No errors") {
 		t.Errorf("qemu-img check %s: exit %d: %s", filepath.Base(out), rc, msg)
 	}
-	if rc, msg := wQemu(t, "compare", "-f", srcFmt, "-F", Name, srcPath, out); rc != 0 {
+	if rc, msg := formattest.QemuRC(t, "compare", "-f", srcFmt, "-F", Name, srcPath, out); rc != 0 {
 		t.Errorf("qemu-img compare %s %s: exit %d: %s", filepath.Base(srcPath), filepath.Base(out), rc, msg)
 	}
 	img := formattest.Open(t, out, Name)
@@ -288,7 +266,7 @@ func pipeConvert(t testing.TB, src format.Image, v wVariant, co convert.Options)
 	t.Helper()
 	co.WriterOptions, co.Compress = v.opts, v.compress
 	return formattest.Piped(t, func(w *os.File) error {
-		if _, err := convert.Convert(context.Background(), src, vmdkWriter(t), w, co); err != nil {
+		if _, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), w, co); err != nil {
 			return fmt.Errorf("convert to a pipe: %w", err)
 		}
 		return nil
@@ -301,9 +279,7 @@ func pipeConvert(t testing.TB, src format.Image, v wVariant, co convert.Options)
 // them unallocated.
 func TestWriterPipe(t *testing.T) {
 	formattest.RequireQemu(t)
-	saved := newCID
-	newCID = func() uint32 { return 0x1234abcd }
-	defer func() { newCID = saved }()
+	fixedCID(t)
 	dir := t.TempDir()
 	for _, c := range []formattest.Content{formattest.Sparse, formattest.Zeros, formattest.Empty} {
 		raw := filepath.Join(dir, string(c)+".raw")
@@ -384,9 +360,7 @@ func makeWrittenZeros(t testing.TB, path string, c writtenZeroCase) {
 // a pipe gets the file's bytes.
 func TestWriterWrittenZeros(t *testing.T) {
 	formattest.RequireQemu(t)
-	saved := newCID
-	newCID = func() uint32 { return 0x1234abcd }
-	defer func() { newCID = saved }()
+	fixedCID(t)
 	dir := t.TempDir()
 	for _, c := range writtenZeroCases() {
 		raw := filepath.Join(dir, c.name+".raw")
@@ -477,7 +451,7 @@ func writeOnlyConvert(t testing.TB, src format.Image, path string, v wVariant, c
 	defer f.Close()
 	w := &writeOnlyFile{f: f}
 	co.WriterOptions, co.Compress = v.opts, v.compress
-	res, err := convert.Convert(context.Background(), src, vmdkWriter(t), w, co)
+	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), w, co)
 	if err != nil {
 		t.Fatalf("convert to %s (checksum %v): %v", filepath.Base(path), co.Checksum, err)
 	}
@@ -492,9 +466,7 @@ func writeOnlyConvert(t testing.TB, src format.Image, path string, v wVariant, c
 // and tables last.
 func TestWriterFrontToBack(t *testing.T) {
 	formattest.RequireQemu(t)
-	saved := newCID
-	newCID = func() uint32 { return 0x1234abcd }
-	defer func() { newCID = saved }()
+	fixedCID(t)
 	dir := t.TempDir()
 	var raws []string
 	for _, c := range writtenZeroCases() {
@@ -548,7 +520,7 @@ func TestWriterFrontToBack(t *testing.T) {
 // 7.2 cannot measure VMDK: "does not support size measurement".)
 func TestWriterMeasure(t *testing.T) {
 	formattest.RequireQemu(t)
-	if rc, msg := wQemu(t, "measure", "-O", Name, "--size", "1G"); rc == 0 {
+	if rc, msg := formattest.QemuRC(t, "measure", "-O", Name, "--size", "1G"); rc == 0 {
 		t.Logf("qemu-img now measures vmdk: %s", msg)
 	}
 	dir := t.TempDir()
@@ -557,7 +529,7 @@ func TestWriterMeasure(t *testing.T) {
 	q2 := filepath.Join(dir, "s.qcow2")
 	formattest.Convert(t, raw, q2, "qcow2")
 	src := formattest.Open(t, q2, "qcow2")
-	wf := vmdkWriter(t)
+	wf := formattest.Writer(t, Name)
 	for _, v := range wVariants[:2] {
 		m, err := wf.Measure(format.WriteOptions{Size: src.Size(), Layout: format.LayoutOf(src), Options: v.opts})
 		if err != nil {
@@ -591,7 +563,7 @@ func TestWriterMeasure(t *testing.T) {
 
 // TestWriterOptions checks option validation happens before any byte.
 func TestWriterOptions(t *testing.T) {
-	wf := vmdkWriter(t)
+	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts     map[string]string
 		compress bool
@@ -728,7 +700,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 				formattest.Qemu(b, append(append([]string{"convert", "-f", "raw", "-O", Name}, c.v.qemu...), raw, theirs)...)
 				qemu += time.Since(start)
 				b.StartTimer()
-				convertFile(b, src, out, c.v)
+				convertFile(b, src, out, c.v, convert.Options{})
 			}
 			b.StopTimer()
 			ours := b.Elapsed()
@@ -758,7 +730,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 			out := filepath.Join(dir, "out.vmdk")
 			for range b.N {
 				os.Remove(out)
-				convertFile(b, src, out, v)
+				convertFile(b, src, out, v, convert.Options{})
 			}
 		})
 	}
@@ -796,19 +768,9 @@ func TestWriterHuge(t *testing.T) {
 			t.Run(fmt.Sprintf("%dTiB/%s", size>>40, v.name), func(t *testing.T) {
 				t.Parallel()
 				out := filepath.Join(dir, v.name+".vmdk")
-				f, err := os.Create(out)
-				if err != nil {
-					t.Fatal(err)
-				}
 				img := formattest.Open(t, src, "qcow2")
-				_, err = convert.Convert(context.Background(), img, vmdkWriter(t), f, convert.Options{WriterOptions: v.opts})
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				if rc, msg := wQemu(t, "check", "-f", Name, out); rc != 0 || !strings.Contains(msg, "No errors") {
+				convertFile(t, img, out, v, convert.Options{})
+				if rc, msg := formattest.QemuRC(t, "check", "-f", Name, out); rc != 0 || !strings.Contains(msg, "No errors") {
 					t.Errorf("qemu-img check: exit %d: %s", rc, msg)
 				}
 				reads := []string{"-f", Name}
@@ -847,7 +809,7 @@ func TestWriterHuge(t *testing.T) {
 					if testing.Short() {
 						return // -short: qemu-img compare takes half a minute
 					}
-					if rc, msg := wQemu(t, "compare", "-f", "qcow2", "-F", Name, src, out); rc != 0 {
+					if rc, msg := formattest.QemuRC(t, "compare", "-f", "qcow2", "-F", Name, src, out); rc != 0 {
 						t.Errorf("qemu-img compare: exit %d: %s", rc, msg)
 					}
 				default:
