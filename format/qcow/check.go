@@ -76,7 +76,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		n := int64(binary.BigEndian.Uint32(hdr[hdrBackingSize:]))
 		spans = append(spans, span{start: off, end: off + n, kind: spanBackingName})
 	}
-	spans = append(spans, span{start: img.l1Offset, end: img.l1Offset + 8*int64(len(img.l1)), kind: spanL1})
+	spans = append(spans, span{start: img.tables.L1Offset, end: img.tables.L1Offset + 8*int64(len(img.tables.L1)), kind: spanL1})
 
 	// Every used range goes into spans for the overlap test. A hostile
 	// file can name far more clusters than it holds, so the list is
@@ -102,14 +102,14 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	seenL2 := map[uint64]int{}
 	l2Size := img.l2Entries * 8
 	raw := make([]byte, l2Size)
-	for i, l2 := range img.l1 {
+	for i, l2 := range img.tables.L1 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		if l2 == 0 {
 			continue
 		}
-		at := img.l1Offset + 8*int64(i)
+		at := img.tables.L1Offset + 8*int64(i)
 		if prev, dup := seenL2[l2]; dup {
 			// Reading it again would only repeat its entries.
 			corrupt(r, "L1 table entry %d at offset %d: L2 table at offset %d is also used by L1 table entry %d", i, at, l2, prev)
@@ -125,7 +125,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 			if e == 0 {
 				continue
 			}
-			ci := int64(i)<<img.l2Bits + j
+			ci := int64(i)<<img.tables.Bits + j
 			if ci<<img.clusterBits >= img.Size() {
 				// Past the disk: never read, but qemu's allocator never
 				// writes these either.

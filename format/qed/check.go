@@ -37,18 +37,18 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		return ok
 	}
 	tableClusters := img.tableBytes / cs
-	mark(uint64(img.l1Offset), tableClusters, fmt.Sprintf("L1 table at offset %d", img.l1Offset))
+	mark(uint64(img.tables.L1Offset), tableClusters, fmt.Sprintf("L1 table at offset %d", img.tables.L1Offset))
 
 	readFailed := false
 	raw := make([]byte, img.tableBytes)
-	for i, e := range img.l1 {
+	for i, e := range img.tables.L1 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		if e == entryUnalloc {
 			continue
 		}
-		at := img.l1Offset + 8*int64(i)
+		at := img.tables.L1Offset + 8*int64(i)
 		what := fmt.Sprintf("L1 table entry %d at offset %d", i, at)
 		if err := img.checkTable(e); err != nil {
 			corrupt(r, "%s: L2 table %v", what, err)
