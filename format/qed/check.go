@@ -29,7 +29,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 				break // offsets were checked against the file size
 			}
 			if used[c/64]&(1<<(c%64)) != 0 {
-				corrupt(r, "%s: cluster at offset %d is used twice", what, c*cs)
+				r.BoundedCorruptf("%s: cluster at offset %d is used twice", what, c*cs)
 				ok = false
 			}
 			used[c/64] |= 1 << (c % 64)
@@ -51,7 +51,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		at := img.tables.L1Offset + 8*int64(i)
 		what := fmt.Sprintf("L1 table entry %d at offset %d", i, at)
 		if err := img.checkTable(e); err != nil {
-			corrupt(r, "%s: L2 table %v", what, err)
+			r.BoundedCorruptf("%s: L2 table %v", what, err)
 			continue
 		}
 		if !mark(e, tableClusters, what) {
@@ -75,7 +75,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 			last = d
 			what := fmt.Sprintf("L2 table entry %d of L1 entry %d at offset %d", j, i, int64(e)+8*j)
 			if err := img.checkCluster(d); err != nil {
-				corrupt(r, "%s: data cluster %v", what, err)
+				r.BoundedCorruptf("%s: data cluster %v", what, err)
 				continue
 			}
 			mark(d, 1, what)
@@ -84,27 +84,9 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	if !readFailed {
 		for c := img.headerBytes / cs; c < n; c++ {
 			if used[c/64]&(1<<(c%64)) == 0 {
-				leak(r, "cluster at offset %d: used by no table", c*cs)
+				r.BoundedLeakf("cluster at offset %d: used by no table", c*cs)
 			}
 		}
 	}
 	return r, nil
-}
-
-// corrupt records a corruption, keeping at most format.MaxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
-}
-
-// leak records a leaked cluster, keeping at most format.MaxProblems lines.
-func leak(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Leakf(msg, args...)
-		return
-	}
-	r.Leaks++
 }
