@@ -117,27 +117,22 @@ func TestBacking(t *testing.T) {
 			if info.BackingFile != filepath.Base(base) || info.Backing == nil {
 				t.Fatalf("backing file %q, opened %v", info.BackingFile, info.Backing != nil)
 			}
-			e, err := img.Extent(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Status != format.Data || e.Depth != 1 {
-				t.Errorf("Extent(0) = %+v, want data from the backing file (depth 1)", e)
-			}
-			e, err = img.Extent(4096)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Status != format.Data || e.Depth != 0 || e.Offset < 0 {
-				t.Errorf("Extent(4096) = %+v, want data in the image with a host offset", e)
-			}
-			// Past the end of the smaller backing file: zeros, not stored.
-			e, err = img.Extent(7 << 20)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Status == format.Data {
-				t.Errorf("Extent(7M) = %+v past the end of the backing file", e)
+			for _, c := range []struct {
+				off    int64
+				status format.Status
+				depth  int
+			}{
+				{0, format.Data, 1},              // from the backing file
+				{4096, format.Data, 0},           // in the image
+				{7 << 20, format.Unallocated, 0}, // past the end of the smaller backing file: zeros, not stored
+			} {
+				e, err := img.Extent(c.off)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.Status != c.status || e.Depth != c.depth || c.depth == 0 && e.Status == format.Data && e.Offset < 0 {
+					t.Errorf("Extent(%d) = %+v, want %v at depth %d", c.off, e, c.status, c.depth)
+				}
 			}
 
 			// Without backing files the unstored ranges read as zeros.
