@@ -34,7 +34,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 	r := &format.CheckResult{Format: Name, Filename: f.Name(), TotalClusters: int64(len(img.bat))}
 	size := f.Size()
 	if img.Meta.Dirty {
-		problem(r, &r.Corruptions, "ERROR image was not closed correctly")
+		r.BoundedCorruptf("image was not closed correctly")
 	}
 	var high, prev int64
 	for i := range img.bat {
@@ -49,7 +49,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 			continue
 		}
 		if off > size {
-			problem(r, &r.Corruptions, "ERROR cluster %d is outside image", i)
+			r.BoundedCorruptf("cluster %d is outside image", i)
 		} else if off > size-img.clusterSize && int64(i)*img.clusterSize < img.Size() {
 			r.Warnf(format.MaxProblems, "cluster %d at offset %d extends past the end of the file (%d bytes): reading it fails", i, off, size)
 		}
@@ -67,13 +67,4 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		r.Problems = append(r.Problems, fmt.Sprintf("ERROR space leaked at the end of the image %d", leaked))
 	}
 	return r, nil
-}
-
-// problem counts one finding in *count and keeps its line while there
-// are fewer than format.MaxProblems.
-func problem(r *format.CheckResult, count *int64, msg string, args ...any) {
-	*count++
-	if len(r.Problems) < format.MaxProblems {
-		r.Problems = append(r.Problems, fmt.Sprintf(msg, args...))
-	}
 }

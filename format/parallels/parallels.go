@@ -223,11 +223,14 @@ func (img *Image) sectorOf(ci int64) int64 {
 
 // Extent returns the run at off from the catalog. An unallocated cluster
 // is Unallocated, as qemu maps it (the format could have a backing file).
-func (img *Image) Extent(off int64) (format.Extent, error) {
+func (img *Image) Extent(off int64) (format.Extent, error) { return img.ExtentTo(off, img.Size()) }
+
+// ExtentTo is Extent with the run cut at limit.
+func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 	if off < 0 || off >= img.Size() {
 		return format.Extent{}, fmt.Errorf("parallels: extent offset %d out of range [0,%d)", off, img.Size())
 	}
-	host, n := img.runAt(off, img.Size())
+	host, n := img.runAt(off, min(limit, img.Size()))
 	e := format.Extent{Start: off, Length: n, Status: format.Unallocated, Offset: -1}
 	if host >= 0 {
 		e.Status, e.Offset, e.File = format.Data, host, img.File
@@ -237,20 +240,7 @@ func (img *Image) Extent(off int64) (format.Extent, error) {
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.Size())
-	if n == 0 {
-		return 0, clipErr
-	}
-	for done := 0; done < n; {
-		pos := off + int64(done)
-		host, length := img.runAt(pos, off+int64(n))
-		buf := p[done : done+int(length)]
-		if host < 0 {
-			clear(buf)
-		} else if err := format.ReadFull(img.File, buf, host, Name, fmt.Sprintf("cluster of guest offset %d", pos)); err != nil {
-			return done, err
-		}
-		done += len(buf)
-	}
-	return n, clipErr
+	return format.ReadRuns(p, off, img.Size(), img.ExtentTo, readStored)
 }
+
+var readStored = format.ReadStored(Name, "cluster")

@@ -76,7 +76,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		n := int64(binary.BigEndian.Uint32(hdr[hdrBackingSize:]))
 		spans = append(spans, span{start: off, end: off + n, kind: spanBackingName})
 	}
-	spans = append(spans, span{start: img.l1Offset, end: img.l1Offset + 8*int64(len(img.l1)), kind: spanL1})
+	spans = append(spans, span{start: img.tables.L1Offset, end: img.tables.L1Offset + 8*int64(len(img.tables.L1)), kind: spanL1})
 
 	// Every used range goes into spans for the overlap test. A hostile
 	// file can name far more clusters than it holds, so the list is
@@ -102,17 +102,17 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	seenL2 := map[uint64]int{}
 	l2Size := img.l2Entries * 8
 	raw := make([]byte, l2Size)
-	for i, l2 := range img.l1 {
+	for i, l2 := range img.tables.L1 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		if l2 == 0 {
 			continue
 		}
-		at := img.l1Offset + 8*int64(i)
+		at := img.tables.L1Offset + 8*int64(i)
 		if prev, dup := seenL2[l2]; dup {
 			// Reading it again would only repeat its entries.
-			corrupt(r, "L1 table entry %d at offset %d: L2 table at offset %d is also used by L1 table entry %d", i, at, l2, prev)
+			r.BoundedCorruptf("L1 table entry %d at offset %d: L2 table at offset %d is also used by L1 table entry %d", i, at, l2, prev)
 			continue
 		}
 		seenL2[l2] = i
@@ -125,11 +125,11 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 			if e == 0 {
 				continue
 			}
-			ci := int64(i)<<img.l2Bits + j
+			ci := int64(i)<<img.tables.Bits + j
 			if ci<<img.clusterBits >= img.Size() {
 				// Past the disk: never read, but qemu's allocator never
 				// writes these either.
-				corrupt(r, "L2 table entry %d of L1 table entry %d at offset %d: allocated past the end of the disk", j, i, int64(l2)+8*j)
+				r.BoundedCorruptf("L2 table entry %d of L1 table entry %d at offset %d: allocated past the end of the disk", j, i, int64(l2)+8*j)
 				continue
 			}
 			s := span{kind: spanData, l1i: int64(i), l2i: j, ref: int64(l2) + 8*j}
@@ -143,7 +143,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 				s.start = int64(e) // the flag bit is clear: not negative
 			}
 			if s.start > img.fileSize || n > img.fileSize-s.start {
-				corrupt(r, "%v: %d bytes at offset %d extend past the end of the file (%d bytes)", s, n, s.start, img.fileSize)
+				r.BoundedCorruptf("%v: %d bytes at offset %d extend past the end of the file (%d bytes)", s, n, s.start, img.fileSize)
 				continue
 			}
 			s.end = s.start + n
@@ -162,19 +162,10 @@ func overlaps(r *format.CheckResult, spans []span) {
 	for k := 1; k < len(spans); k++ {
 		p, s := spans[k-1], spans[k]
 		if s.start < p.end && s.end > s.start {
-			corrupt(r, "%v overlaps the %v", s, p)
+			r.BoundedCorruptf("%v overlaps the %v", s, p)
 			if p.end > s.end {
 				spans[k] = p // keep the furthest-reaching span to compare with
 			}
 		}
 	}
-}
-
-// corrupt records a corruption, keeping at most format.MaxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
 }

@@ -87,15 +87,12 @@ type Image struct {
 	fileSize    int64
 	clusterBits uint
 	clusterSize int64
-	l2Bits      uint
 	l2Entries   int64
-	l1          []uint64
-	l1Offset    int64
+	tables      tablecache.Tables
 	encrypted   bool
 	backing     *format.Backing
 
 	mu     sync.Mutex
-	l2     *tablecache.Cache
 	zIndex int64 // guest cluster held in zbuf; -1 for none
 	zbuf   []byte
 }
@@ -103,7 +100,7 @@ type Image struct {
 // Open opens f as a qcow image; its backing file is the chain's
 // (format.Layer).
 func Open(f format.File) (*Image, error) {
-	img := &Image{Base: format.Base{File: f}, fileSize: f.Size(), l2: tablecache.New(l2CacheBytes), zIndex: -1}
+	img := &Image{Base: format.Base{File: f}, fileSize: f.Size(), zIndex: -1}
 	hdr := make([]byte, headerSize)
 	if n, _ := f.ReadAt(hdr[:8], 0); n < 8 || string(hdr[:4]) != magic {
 		return nil, fmt.Errorf("qcow: no %q magic at offset 0: %w", magic, format.ErrWrongType)
@@ -136,7 +133,7 @@ func Open(f format.File) (*Image, error) {
 		return nil, format.Errorf(Name, "l2_bits", hdrL2Bits, "%d is outside [%d, %d] (L2 table size must be between 512 and 64k)", l2b, minL2Bits, maxL2Bits)
 	}
 	img.clusterBits, img.clusterSize = cb, 1<<cb
-	img.l2Bits, img.l2Entries = l2b, 1<<l2b
+	img.l2Entries = 1 << l2b
 
 	switch cm := be32(hdrCryptMethod); cm {
 	case cryptNone:
@@ -154,23 +151,16 @@ func Open(f format.File) (*Image, error) {
 	if l1Off > uint64(img.fileSize) {
 		return nil, format.Errorf(Name, "l1_table_offset", hdrL1Offset, "L1 table at %d is past the end of the file (%d bytes)", l1Off, img.fileSize)
 	}
-	img.l1Offset = int64(l1Off)
-	if err := format.CheckTable(Name, "l1_table_offset", img.l1Offset, l1Entries*8, img.fileSize); err != nil {
-		return nil, err
-	}
-	raw := make([]byte, l1Entries*8)
-	if err := format.ReadFull(f, raw, img.l1Offset, Name, "L1 table"); err != nil {
-		return nil, err
-	}
-	img.l1 = make([]uint64, l1Entries)
+	img.tables = tablecache.Tables{File: f, Format: Name, Order: binary.BigEndian, L1Offset: int64(l1Off), Bits: l2b, Cache: tablecache.New(l2CacheBytes)}
 	l2Size := uint64(img.l2Entries * 8)
-	for i := range img.l1 {
-		e := binary.BigEndian.Uint64(raw[8*i:])
-		if e != 0 && (e > uint64(img.fileSize) || uint64(img.fileSize)-e < l2Size) {
-			return nil, format.Errorf(Name, fmt.Sprintf("L1 table entry %d", i), img.l1Offset+8*int64(i),
-				"L2 table at %d (%d bytes) extends past the end of the file (%d bytes)", e, l2Size, img.fileSize)
+	err := img.tables.LoadL1(l1Entries, func(e uint64) error {
+		if e > uint64(img.fileSize) || uint64(img.fileSize)-e < l2Size {
+			return fmt.Errorf("L2 table at %d (%d bytes) extends past the end of the file (%d bytes)", e, l2Size, img.fileSize)
 		}
-		img.l1[i] = e
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 
 	img.Meta = format.Info{Format: Name, VirtualSize: img.Size(), ClusterSize: img.clusterSize, Encrypted: img.encrypted}
@@ -215,50 +205,34 @@ type cluster struct {
 	csize int64 // compressed bytes, kindCompressed only
 }
 
-// l2Table returns the L2 table of L1 entry i, which is allocated.
-func (img *Image) l2Table(i int64) ([]uint64, error) {
-	return img.l2.Get(img.File, int64(img.l1[i]), img.l2Entries*8, binary.BigEndian, Name, func() string { return fmt.Sprintf("L2 table of L1 entry %d", i) })
-}
-
 // clusterAt decodes the L2 entry of guest cluster ci, validating that its
 // data lies inside the file.
 func (img *Image) clusterAt(ci int64) (cluster, error) {
-	l1i := ci >> img.l2Bits
-	if img.l1[l1i] == 0 {
-		return cluster{kind: kindUnalloc}, nil
-	}
-	t, err := img.l2Table(l1i)
-	if err != nil {
-		return cluster{}, err
+	t, err := img.tables.Holding(ci)
+	if t == nil || err != nil {
+		return cluster{kind: kindUnalloc}, err
 	}
 	return img.decode(t, ci)
 }
 
 // decode interprets entry ci of t, the L2 table holding guest cluster ci.
 func (img *Image) decode(t []uint64, ci int64) (cluster, error) {
-	j := ci & (img.l2Entries - 1)
-	e := t[j]
+	e := t[img.tables.Index(ci)]
 	if e == 0 {
 		return cluster{kind: kindUnalloc}, nil
-	}
-	l1i := ci >> img.l2Bits
-	field := func() (string, int64) {
-		return fmt.Sprintf("L2 table entry %d of L1 entry %d", j, l1i), int64(img.l1[l1i]) + 8*j
 	}
 	if e&oflagCompressed != 0 {
 		csize := int64(e>>(63-img.clusterBits)) & (img.clusterSize - 1)
 		host := int64(e & (1<<(63-img.clusterBits) - 1))
 		if host > img.fileSize || csize > img.fileSize-host {
-			name, at := field()
-			return cluster{}, format.Errorf(Name, name, at, "compressed cluster of %d bytes at %d extends past the end of the file (%d bytes)", csize, host, img.fileSize)
+			return cluster{}, img.tables.EntryError(ci, "compressed cluster of %d bytes at %d extends past the end of the file (%d bytes)", csize, host, img.fileSize)
 		}
 		return cluster{kind: kindCompressed, host: host, csize: csize}, nil
 	}
 	// The guest part of the cluster must be stored in the file.
 	need := uint64(min(img.clusterSize, img.Size()-ci<<img.clusterBits))
 	if e > uint64(img.fileSize) || uint64(img.fileSize)-e < need {
-		name, at := field()
-		return cluster{}, format.Errorf(Name, name, at, "data cluster at %d extends past the end of the file (%d bytes)", e, img.fileSize)
+		return cluster{}, img.tables.EntryError(ci, "data cluster at %d extends past the end of the file (%d bytes)", e, img.fileSize)
 	}
 	return cluster{kind: kindData, host: int64(e)}, nil
 }
@@ -274,38 +248,16 @@ func (img *Image) runAt(off, limit int64) (first cluster, length int64, err erro
 	if err != nil {
 		return cluster{}, 0, err
 	}
-	next := ci + 1 // the first guest cluster not yet in the run
-	lastCluster := (limit - 1) >> img.clusterBits
-scan:
-	for next <= lastCluster {
-		l1i := next >> img.l2Bits
-		if img.l1[l1i] == 0 {
-			if first.kind != kindUnalloc {
-				break
-			}
-			next = (l1i + 1) << img.l2Bits // a whole missing L2 table
-			continue
+	unalloc := first.kind == kindUnalloc
+	next, err := img.tables.Run(ci, (limit-1)>>img.clusterBits, unalloc, func(t []uint64, next int64) (bool, error) {
+		if unalloc {
+			return t[img.tables.Index(next)] == 0, nil
 		}
-		t, err := img.l2Table(l1i)
-		if err != nil {
-			return cluster{}, 0, err
-		}
-		// Scan the table without going through the cache for each entry.
-		for tableEnd := (l1i + 1) << img.l2Bits; next < tableEnd && next <= lastCluster; next++ {
-			if first.kind == kindUnalloc {
-				if t[next&(img.l2Entries-1)] != 0 {
-					break scan
-				}
-				continue
-			}
-			c, err := img.decode(t, next)
-			if err != nil {
-				return cluster{}, 0, err
-			}
-			if c.kind != first.kind || c.kind == kindData && c.host != first.host+(next-ci)*cs {
-				break scan
-			}
-		}
+		c, err := img.decode(t, next)
+		return c.kind == first.kind && (c.kind != kindData || c.host == first.host+(next-ci)*cs), err
+	})
+	if err != nil {
+		return cluster{}, 0, err
 	}
 	if first.kind == kindData {
 		first.host += off & (cs - 1)
@@ -344,40 +296,18 @@ var errEncrypted = errors.New("qcow: the image is AES-encrypted; diskimg does no
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.Size())
-	if n == 0 {
-		return 0, clipErr
-	}
-	done := 0
-	for done < n {
-		pos := off + int64(done)
-		c, length, err := img.runAt(pos, off+int64(n))
-		if err != nil {
-			return done, err
+	return format.ReadRuns(p, off, img.Size(), img.ExtentTo, func(buf []byte, e format.Extent) error {
+		switch {
+		case e.Status == format.Data && img.encrypted:
+			return errEncrypted
+		case e.Compressed:
+			return img.readCompressed(buf, e.Start)
 		}
-		buf := p[done : done+int(length)]
-		switch c.kind {
-		case kindUnalloc:
-			clear(buf)
-		case kindData:
-			if img.encrypted {
-				return done, errEncrypted
-			}
-			if err := format.ReadFull(img.File, buf, c.host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
-				return done, err
-			}
-		case kindCompressed:
-			if img.encrypted {
-				return done, errEncrypted
-			}
-			if err := img.readCompressed(buf, pos); err != nil {
-				return done, err
-			}
-		}
-		done += len(buf)
-	}
-	return n, clipErr
+		return readStored(buf, e)
+	})
 }
+
+var readStored = format.ReadStored(Name, "data cluster")
 
 // readCompressed fills buf from the compressed clusters at guest offset
 // pos, decompressing each once.

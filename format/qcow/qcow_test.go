@@ -65,14 +65,10 @@ func TestConformanceCompressed(t *testing.T) {
 
 func assertCompressedExtent(t *testing.T, path string) {
 	t.Helper()
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	// Random data does not compress: qemu stores those clusters as they
 	// are. Nothing else to assert but that extents are well formed.
-	err = format.Walk(img, 0, func(e format.Extent) error {
+	err := format.Walk(img, 0, func(e format.Extent) error {
 		if e.Compressed && e.Offset != -1 {
 			return fmt.Errorf("compressed extent %+v has a host offset", e)
 		}
@@ -108,36 +104,27 @@ func TestBacking(t *testing.T) {
 			qemuIO(t, top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 4096")
 			formattest.Check(t, top, formattest.Options{})
 
-			img, err := format.Open(top, "", format.Policy{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := formattest.Open(t, top, "")
 			info := img.Info()
 			if info.BackingFile != filepath.Base(base) || info.Backing == nil {
 				t.Fatalf("backing file %q, opened %v", info.BackingFile, info.Backing != nil)
 			}
-			e, err := img.Extent(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Status != format.Data || e.Depth != 1 {
-				t.Errorf("Extent(0) = %+v, want data from the backing file (depth 1)", e)
-			}
-			e, err = img.Extent(4096)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Status != format.Data || e.Depth != 0 || e.Offset < 0 {
-				t.Errorf("Extent(4096) = %+v, want data in the image with a host offset", e)
-			}
-			// Past the end of the smaller backing file: zeros, not stored.
-			e, err = img.Extent(7 << 20)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Status == format.Data {
-				t.Errorf("Extent(7M) = %+v past the end of the backing file", e)
+			for _, c := range []struct {
+				off    int64
+				status format.Status
+				depth  int
+			}{
+				{0, format.Data, 1},              // from the backing file
+				{4096, format.Data, 0},           // in the image
+				{7 << 20, format.Unallocated, 0}, // past the end of the smaller backing file: zeros, not stored
+			} {
+				e, err := img.Extent(c.off)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.Status != c.status || e.Depth != c.depth || c.depth == 0 && e.Status == format.Data && e.Offset < 0 {
+					t.Errorf("Extent(%d) = %+v, want %v at depth %d", c.off, e, c.status, c.depth)
+				}
 			}
 
 			// Without backing files the unstored ranges read as zeros.
@@ -192,11 +179,7 @@ func TestEncrypted(t *testing.T) {
 		"driver=qcow,file.filename="+path+",encrypt.key-secret=sec0", "-c", "write -P 0x5a 8192 4096").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io: %v: %s", err, out)
 	}
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	formattest.CheckInfo(t, path, img, formattest.Options{})
 	e, err := img.Extent(8192)
 	if err != nil {

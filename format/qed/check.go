@@ -29,7 +29,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 				break // offsets were checked against the file size
 			}
 			if used[c/64]&(1<<(c%64)) != 0 {
-				corrupt(r, "%s: cluster at offset %d is used twice", what, c*cs)
+				r.BoundedCorruptf("%s: cluster at offset %d is used twice", what, c*cs)
 				ok = false
 			}
 			used[c/64] |= 1 << (c % 64)
@@ -37,21 +37,21 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		return ok
 	}
 	tableClusters := img.tableBytes / cs
-	mark(uint64(img.l1Offset), tableClusters, fmt.Sprintf("L1 table at offset %d", img.l1Offset))
+	mark(uint64(img.tables.L1Offset), tableClusters, fmt.Sprintf("L1 table at offset %d", img.tables.L1Offset))
 
 	readFailed := false
 	raw := make([]byte, img.tableBytes)
-	for i, e := range img.l1 {
+	for i, e := range img.tables.L1 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		if e == entryUnalloc {
 			continue
 		}
-		at := img.l1Offset + 8*int64(i)
+		at := img.tables.L1Offset + 8*int64(i)
 		what := fmt.Sprintf("L1 table entry %d at offset %d", i, at)
 		if err := img.checkTable(e); err != nil {
-			corrupt(r, "%s: L2 table %v", what, err)
+			r.BoundedCorruptf("%s: L2 table %v", what, err)
 			continue
 		}
 		if !mark(e, tableClusters, what) {
@@ -75,7 +75,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 			last = d
 			what := fmt.Sprintf("L2 table entry %d of L1 entry %d at offset %d", j, i, int64(e)+8*j)
 			if err := img.checkCluster(d); err != nil {
-				corrupt(r, "%s: data cluster %v", what, err)
+				r.BoundedCorruptf("%s: data cluster %v", what, err)
 				continue
 			}
 			mark(d, 1, what)
@@ -84,27 +84,9 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	if !readFailed {
 		for c := img.headerBytes / cs; c < n; c++ {
 			if used[c/64]&(1<<(c%64)) == 0 {
-				leak(r, "cluster at offset %d: used by no table", c*cs)
+				r.BoundedLeakf("cluster at offset %d: used by no table", c*cs)
 			}
 		}
 	}
 	return r, nil
-}
-
-// corrupt records a corruption, keeping at most format.MaxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
-}
-
-// leak records a leaked cluster, keeping at most format.MaxProblems lines.
-func leak(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Leakf(msg, args...)
-		return
-	}
-	r.Leaks++
 }

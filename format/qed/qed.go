@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"sync"
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/internal/tablecache"
@@ -89,14 +88,9 @@ type Image struct {
 	clusterSize int64
 	clusterBits uint
 	tableBytes  int64 // bytes of one L1 or L2 table
-	l2Bits      uint  // log2 of the entries in a table
 	headerBytes int64
-	l1          []uint64
-	l1Offset    int64
+	tables      tablecache.Tables
 	backing     *format.Backing
-
-	mu sync.Mutex
-	l2 *tablecache.Cache
 }
 
 // Open opens f as a QED image; its backing file is the chain's
@@ -134,15 +128,14 @@ func Open(f format.File) (*Image, error) {
 		clusterSize: cs,
 		clusterBits: log2(cs),
 		tableBytes:  cs * ts,
-		l2Bits:      log2(cs * ts / 8),
 		headerBytes: hs * cs,
-		l2:          tablecache.New(l2CacheBytes),
 	}
+	l2Bits := log2(cs * ts / 8)
 	entries := img.tableBytes / 8
 	// Two levels of tables address entries² clusters; with the largest
 	// clusters and tables that is 2^80 bytes, so saturate.
 	maxSize := uint64(math.MaxUint64)
-	if bits := 2*img.l2Bits + img.clusterBits; bits < 64 {
+	if bits := 2*l2Bits + img.clusterBits; bits < 64 {
 		maxSize = 1 << bits
 	}
 	size := le64(hdrImageSize)
@@ -160,23 +153,9 @@ func Open(f format.File) (*Image, error) {
 	if err := img.checkTable(l1Off); err != nil {
 		return nil, format.Errorf(Name, "l1_table_offset", hdrL1Offset, "%v", err)
 	}
-	img.l1Offset = int64(l1Off)
-	if err := format.CheckTable(Name, "l1_table_offset", img.l1Offset, img.tableBytes, f.Size()); err != nil {
+	img.tables = tablecache.Tables{File: f, Format: Name, Order: binary.LittleEndian, L1Offset: int64(l1Off), Bits: l2Bits, Cache: tablecache.New(l2CacheBytes)}
+	if err := img.tables.LoadL1(entries, img.checkTable); err != nil {
 		return nil, err
-	}
-	raw := make([]byte, img.tableBytes)
-	if err := format.ReadFull(f, raw, img.l1Offset, Name, "L1 table"); err != nil {
-		return nil, err
-	}
-	img.l1 = make([]uint64, entries)
-	for i := range img.l1 {
-		e := binary.LittleEndian.Uint64(raw[8*i:])
-		if e != 0 {
-			if err := img.checkTable(e); err != nil {
-				return nil, format.Errorf(Name, fmt.Sprintf("L1 table entry %d", i), img.l1Offset+8*int64(i), "%v", err)
-			}
-		}
-		img.l1[i] = e
 	}
 
 	img.Meta = format.Info{Format: Name, VirtualSize: img.Size(), ClusterSize: cs, Dirty: features&featNeedCheck != 0}
@@ -255,21 +234,12 @@ func (img *Image) readBackingName(hdr []byte, features uint64) error {
 // Backing names the backing file; nil when there is none.
 func (img *Image) Backing() *format.Backing { return img.backing }
 
-// l2Table returns the L2 table of L1 entry i, which is allocated.
-func (img *Image) l2Table(i int64) ([]uint64, error) {
-	return img.l2.Get(img.File, int64(img.l1[i]), img.tableBytes, binary.LittleEndian, Name, func() string { return fmt.Sprintf("L2 table of L1 entry %d", i) })
-}
-
 // entryAt returns the L2 entry of guest cluster ci (entryUnalloc for a
 // missing L2 table), validated.
 func (img *Image) entryAt(ci int64) (uint64, error) {
-	l1i := ci >> img.l2Bits
-	if img.l1[l1i] == 0 {
-		return entryUnalloc, nil
-	}
-	t, err := img.l2Table(l1i)
-	if err != nil {
-		return 0, err
+	t, err := img.tables.Holding(ci)
+	if t == nil || err != nil {
+		return entryUnalloc, err
 	}
 	return img.check(t, ci)
 }
@@ -277,14 +247,12 @@ func (img *Image) entryAt(ci int64) (uint64, error) {
 // check returns entry ci of t, the L2 table holding guest cluster ci,
 // after validating a data cluster's offset.
 func (img *Image) check(t []uint64, ci int64) (uint64, error) {
-	j := ci & (1<<img.l2Bits - 1)
-	e := t[j]
+	e := t[img.tables.Index(ci)]
 	if e == entryUnalloc || e == entryZero {
 		return e, nil
 	}
 	if err := img.checkCluster(e); err != nil {
-		l1i := ci >> img.l2Bits
-		return 0, format.Errorf(Name, fmt.Sprintf("L2 table entry %d of L1 entry %d", j, l1i), int64(img.l1[l1i])+8*j, "%v", err)
+		return 0, img.tables.EntryError(ci, "%v", err)
 	}
 	return e, nil
 }
@@ -301,37 +269,15 @@ func (img *Image) runAt(off, limit int64) (e uint64, host int64, length int64, e
 		return 0, 0, 0, err
 	}
 	special := e == entryUnalloc || e == entryZero
-	next := ci + 1 // the first guest cluster not yet in the run
-	lastCluster := (limit - 1) >> img.clusterBits
-scan:
-	for next <= lastCluster {
-		l1i := next >> img.l2Bits
-		if img.l1[l1i] == 0 {
-			if e != entryUnalloc {
-				break
-			}
-			next = (l1i + 1) << img.l2Bits // a whole missing L2 table
-			continue
+	next, err := img.tables.Run(ci, (limit-1)>>img.clusterBits, e == entryUnalloc, func(t []uint64, next int64) (bool, error) {
+		if special {
+			return t[img.tables.Index(next)] == e, nil
 		}
-		t, err := img.l2Table(l1i)
-		if err != nil {
-			return 0, 0, 0, err
-		}
-		for tableEnd := (l1i + 1) << img.l2Bits; next < tableEnd && next <= lastCluster; next++ {
-			if special {
-				if t[next&(1<<img.l2Bits-1)] != e {
-					break scan
-				}
-				continue
-			}
-			x, err := img.check(t, next)
-			if err != nil {
-				return 0, 0, 0, err
-			}
-			if x != e+uint64((next-ci)*cs) {
-				break scan
-			}
-		}
+		x, err := img.check(t, next)
+		return x == e+uint64((next-ci)*cs), err
+	})
+	if err != nil {
+		return 0, 0, 0, err
 	}
 	host = -1
 	if !special {
@@ -366,27 +312,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.Size())
-	if n == 0 {
-		return 0, clipErr
-	}
-	done := 0
-	for done < n {
-		pos := off + int64(done)
-		e, host, length, err := img.runAt(pos, off+int64(n))
-		if err != nil {
-			return done, err
-		}
-		buf := p[done : done+int(length)]
-		switch e {
-		case entryZero, entryUnalloc:
-			clear(buf)
-		default:
-			if err := format.ReadFull(img.File, buf, host, Name, fmt.Sprintf("data cluster of guest offset %d", pos)); err != nil {
-				return done, err
-			}
-		}
-		done += len(buf)
-	}
-	return n, clipErr
+	return format.ReadRuns(p, off, img.Size(), img.ExtentTo, readStored)
 }
+
+var readStored = format.ReadStored(Name, "data cluster")

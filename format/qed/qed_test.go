@@ -59,11 +59,7 @@ func TestBacking(t *testing.T) {
 			qemuIO(t, top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 64k")
 			formattest.Check(t, top, formattest.Options{})
 
-			img, err := format.Open(top, "", format.Policy{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := formattest.Open(t, top, "")
 			info := img.Info()
 			if info.BackingFile != filepath.Base(base) || info.Backing == nil {
 				t.Fatalf("backing file %q, opened %v", info.BackingFile, info.Backing != nil)
@@ -115,11 +111,7 @@ func TestDirty(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	if !img.Info().Dirty {
 		t.Error("need-check image is not dirty")
 	}

@@ -1,10 +1,16 @@
 package raw_test
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
-	_ "github.com/diskimg/diskimg/format/raw"
+	"github.com/diskimg/diskimg/format/raw"
 )
 
 func TestConformance(t *testing.T) {
@@ -27,5 +33,135 @@ func TestOddSizes(t *testing.T) {
 			formattest.MakeRaw(t, path, n, c)
 			formattest.Check(t, path, formattest.Options{})
 		}
+	}
+}
+
+// blocks is a disk of 3 MiB + 100 bytes: data, a 1 MiB hole, data, zeros.
+func blocks() (list []format.Block, want []byte) {
+	const size = 3<<20 + 100
+	want = make([]byte, (size+511)/512*512)
+	d1 := bytes.Repeat([]byte{1}, 1<<20)
+	d2 := bytes.Repeat([]byte{2}, 4096)
+	copy(want, d1)
+	copy(want[2<<20:], d2)
+	list = []format.Block{
+		{Start: 0, Length: 1 << 20, Status: format.Data, Data: d1},
+		{Start: 1 << 20, Length: 1 << 20, Status: format.Unallocated},
+		{Start: 2 << 20, Length: 4096, Status: format.Data, Data: d2},
+		{Start: 2<<20 + 4096, Length: size - (2<<20 + 4096), Status: format.Zero},
+	}
+	return list, want
+}
+
+func writeAll(t *testing.T, dst format.Target, opts map[string]string) {
+	t.Helper()
+	list, _ := blocks()
+	w, err := raw.NewWriter(dst, format.WriteOptions{Size: list[3].End(), Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.BlockSize() != 1 {
+		t.Errorf("BlockSize %d", w.BlockSize())
+	}
+	for i := range list {
+		if err := w.Encode(&list[i]); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Write(&list[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allocated(t *testing.T, path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+func TestWriterFile(t *testing.T) {
+	_, want := blocks()
+	for _, prealloc := range []string{"", raw.PreallocOff, raw.PreallocFalloc, raw.PreallocFull} {
+		path := filepath.Join(t.TempDir(), "out.raw")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var opts map[string]string
+		if prealloc != "" {
+			opts = map[string]string{"preallocation": prealloc}
+		}
+		writeAll(t, f, opts)
+		f.Close()
+		got, _ := os.ReadFile(path)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("preallocation=%q: content differs (%d vs %d bytes)", prealloc, len(got), len(want))
+		}
+		alloc := allocated(t, path)
+		switch prealloc {
+		case "", raw.PreallocOff:
+			if alloc > 1<<20+64<<10 {
+				t.Errorf("sparse output allocates %d bytes", alloc)
+			}
+		default:
+			if alloc < int64(len(want)) {
+				t.Errorf("preallocation=%s allocates only %d of %d bytes", prealloc, alloc, len(want))
+			}
+		}
+	}
+}
+
+func TestWriterPipe(t *testing.T) {
+	_, want := blocks()
+	got := formattest.Piped(t, func(w *os.File) error {
+		writeAll(t, w, nil)
+		return nil
+	})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("pipe content differs (%d vs %d bytes)", len(got), len(want))
+	}
+}
+
+func TestWriterErrors(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := raw.NewWriter(&buf, format.WriteOptions{Size: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(&format.Block{Start: 0, Length: 512, Status: format.Data, Data: make([]byte, 100)}); err == nil || !strings.Contains(err.Error(), "carries 100 bytes") {
+		t.Errorf("short data: %v", err)
+	}
+	w.Write(&format.Block{Start: 0, Length: 1024, Status: format.Zero})
+	if err := w.Write(&format.Block{Start: 512, Length: 512, Status: format.Zero}); err == nil || !strings.Contains(err.Error(), "arrived after") {
+		t.Errorf("out of order block: %v", err)
+	}
+	if err := w.Write(&format.Block{Start: 1024, Length: 8192, Status: format.Zero}); err == nil || !strings.Contains(err.Error(), "past the disk size") {
+		t.Errorf("block past the end: %v", err)
+	}
+	// A destination not at its start is refused.
+	f, _ := os.Create(filepath.Join(t.TempDir(), "x"))
+	defer f.Close()
+	f.Write([]byte("abc"))
+	if _, err := raw.NewWriter(f, format.WriteOptions{Size: 4096}); err == nil {
+		t.Error("writer accepted a file positioned at 3")
+	}
+}
+
+func TestWriterRegistered(t *testing.T) {
+	wf, err := format.LookupWriter("raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := wf.Measure(format.WriteOptions{Size: 17, Layout: format.AllData(17)})
+	if err != nil || m.Required != 512 || m.FullyAllocated != 512 {
+		t.Errorf("measure of a 17-byte disk: %+v, %v (qemu-img says 512)", m, err)
+	}
+	if err := wf.Validate(format.WriteOptions{Size: 1, Options: map[string]string{"preallocation": "metadata"}}); err == nil {
+		t.Error("preallocation=metadata accepted for raw")
 	}
 }

@@ -36,27 +36,18 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		}
 		at := offBmap + bmapEntrySize*int64(i)
 		if e >= blocks {
-			corrupt(r, "block map entry %d at offset %d: block index %d is not below blocks in image (%d)", i, at, e, blocks)
+			r.BoundedCorruptf("block map entry %d at offset %d: block index %d is not below blocks in image (%d)", i, at, e, blocks)
 			continue
 		}
 		allocated++
 		if prev := owner[e]; prev != 0 {
-			corrupt(r, "block map entry %d at offset %d: block %d is also used by block map entry %d", i, at, e, prev-1)
+			r.BoundedCorruptf("block map entry %d at offset %d: block %d is also used by block map entry %d", i, at, e, prev-1)
 			continue
 		}
 		owner[e] = uint32(i) + 1
 	}
 	if allocated != want {
-		corrupt(r, "blocks allocated at offset %d: header says %d, the block map holds %d", hdrBlocksAlloc, want, allocated)
+		r.BoundedCorruptf("blocks allocated at offset %d: header says %d, the block map holds %d", hdrBlocksAlloc, want, allocated)
 	}
 	return r, nil
-}
-
-// corrupt records a corruption, keeping at most format.MaxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
 }

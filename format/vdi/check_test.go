@@ -2,7 +2,7 @@ package vdi_test
 
 import (
 	"encoding/binary"
-	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
@@ -31,19 +31,14 @@ func TestCheckCorrupt(t *testing.T) {
 		{"duplicate", func(d []byte) []byte {
 			put32(d, offBmap+4, entry(d, 0))
 			return d
-		}, 2, "block map entry 1 at offset " + itoa(offBmap+4) + ": block 0 is also used by block map entry 0"},
+		}, 2, fmt.Sprintf("block map entry 1 at offset %d: block 0 is also used by block map entry 0", offBmap+4)},
 		{"too-large", func(d []byte) []byte {
 			put32(d, offBmap+8, 4) // block 4 of 4: stored past the last block
 			return append(d, make([]byte, 1<<20)...)
-		}, 2, "block map entry 2 at offset " + itoa(offBmap+8) + ": block index 4 is not below blocks in image (4)"},
+		}, 2, fmt.Sprintf("block map entry 2 at offset %d: block index 4 is not below blocks in image (4)", offBmap+8)},
 		{"allocated-count", func(d []byte) []byte {
 			put32(d, 0x184, 3)
 			return d
 		}, 2, "blocks allocated at offset 388: header says 3, the block map holds 4"},
 	})
-}
-
-func itoa(n int) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }

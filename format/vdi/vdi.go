@@ -282,21 +282,7 @@ func (img *Image) ExtentTo(off, limit int64) (format.Extent, error) {
 
 // ReadAt reads guest bytes.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	n, clipErr := format.ClipRead(p, off, img.Size())
-	if n == 0 {
-		return 0, clipErr
-	}
-	done := 0
-	for done < n {
-		pos := off + int64(done)
-		_, host, length := img.runAt(pos, off+int64(n))
-		buf := p[done : done+int(length)]
-		if host < 0 {
-			clear(buf)
-		} else if err := format.ReadFull(img.File, buf, host, Name, fmt.Sprintf("data block of guest offset %d", pos)); err != nil {
-			return done, err
-		}
-		done += len(buf)
-	}
-	return n, clipErr
+	return format.ReadRuns(p, off, img.Size(), img.ExtentTo, readStored)
 }
+
+var readStored = format.ReadStored(Name, "data block")

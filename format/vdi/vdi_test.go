@@ -29,11 +29,7 @@ func TestStaticLayout(t *testing.T) {
 	formattest.RequireQemu(t)
 	path := filepath.Join(t.TempDir(), "s.vdi")
 	formattest.Create(t, path, "vdi", "5M", "-o", "static=on")
-	img, err := format.Open(path, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, path, "")
 	driver := format.TopLayer(img)
 	e, err := driver.Extent(0)
 	if err != nil {
