@@ -85,7 +85,9 @@ const (
 	MaxRecordLen = (RecordHeaderLen + MaxPayload + RecordEndLen + RecordAlign - 1) / RecordAlign * RecordAlign
 )
 
-// Descriptor is the 512-byte descriptor ("footer") of both formats.
+// Descriptor is the 512-byte descriptor ("footer") of both formats: the
+// drivers' C struct, field for field and packed, so that encoding/binary
+// lays it out at the Off* offsets.
 type Descriptor struct {
 	Cookie         [8]byte
 	Features       uint32
@@ -125,40 +127,8 @@ var le = binary.LittleEndian
 // DecodeDescriptor decodes the descriptor at the start of b, which holds
 // at least DescriptorSize bytes.
 func DecodeDescriptor(b []byte) *Descriptor {
-	b = b[:DescriptorSize]
-	d := &Descriptor{
-		Features:       le.Uint32(b[OffFeatures:]),
-		FormatVersion:  le.Uint32(b[OffFormatVersion:]),
-		DataOffset:     le.Uint64(b[OffDataOffset:]),
-		Timestamp:      le.Uint32(b[OffTimestamp:]),
-		CreatorVersion: le.Uint32(b[OffCreatorVersion:]),
-		CreatorOS:      le.Uint32(b[OffCreatorOS:]),
-		OrigSize:       le.Uint64(b[OffOriginalSize:]),
-		CurrSize:       le.Uint64(b[OffCurrentSize:]),
-		Geometry:       le.Uint32(b[OffGeometry:]),
-		DiskType:       le.Uint32(b[OffDiskType:]),
-		Checksum:       le.Uint32(b[OffChecksum:]),
-		Saved:          b[OffSavedState],
-		Hidden:         b[OffHidden],
-		Align64:        b[OffAlign64],
-		Version:        b[OffVersion],
-		BlockSize:      le.Uint32(b[OffBlockSize:]),
-		MaxBlkNum:      le.Uint32(b[OffMaxBlkNum:]),
-		IndexLBA:       le.Uint64(b[OffIndexLBA:]),
-		BitmapLBA:      le.Uint64(b[OffBitmapLBA:]),
-		IndexSize:      le.Uint32(b[OffIndexSize:]),
-		BitmapSize:     le.Uint32(b[OffBitmapSize:]),
-		IndexSegSize:   le.Uint32(b[OffIndexSegSize:]),
-		BitmapSegSize:  le.Uint32(b[OffBitmapSegSize:]),
-		IndexSegNum:    le.Uint32(b[OffIndexSegNum:]),
-		BitmapSegNum:   le.Uint32(b[OffBitmapSegNum:]),
-		NonZeroBlkNum:  le.Uint32(b[OffNonZeroBlkNum:]),
-		IndexDense:     b[OffIndexDense],
-		CompressMethod: b[OffCompressMethod],
-	}
-	copy(d.Cookie[:], b[OffCookie:])
-	copy(d.CreatorApp[:], b[OffCreatorApp:])
-	copy(d.UUID[:], b[OffUniqueID:])
+	d := &Descriptor{}
+	binary.Decode(b[:DescriptorSize], le, d) // the struct takes 142 of the 512 bytes: it cannot fail
 	return d
 }
 
@@ -167,37 +137,7 @@ func DecodeDescriptor(b []byte) *Descriptor {
 func (d *Descriptor) Encode(b []byte) {
 	b = b[:DescriptorSize]
 	clear(b)
-	copy(b[OffCookie:OffCookie+8], d.Cookie[:])
-	le.PutUint32(b[OffFeatures:], d.Features)
-	le.PutUint32(b[OffFormatVersion:], d.FormatVersion)
-	le.PutUint64(b[OffDataOffset:], d.DataOffset)
-	le.PutUint32(b[OffTimestamp:], d.Timestamp)
-	copy(b[OffCreatorApp:OffCreatorApp+4], d.CreatorApp[:])
-	le.PutUint32(b[OffCreatorVersion:], d.CreatorVersion)
-	le.PutUint32(b[OffCreatorOS:], d.CreatorOS)
-	le.PutUint64(b[OffOriginalSize:], d.OrigSize)
-	le.PutUint64(b[OffCurrentSize:], d.CurrSize)
-	le.PutUint32(b[OffGeometry:], d.Geometry)
-	le.PutUint32(b[OffDiskType:], d.DiskType)
-	le.PutUint32(b[OffChecksum:], d.Checksum)
-	copy(b[OffUniqueID:OffUniqueID+16], d.UUID[:])
-	b[OffSavedState] = d.Saved
-	b[OffHidden] = d.Hidden
-	b[OffAlign64] = d.Align64
-	b[OffVersion] = d.Version
-	le.PutUint32(b[OffBlockSize:], d.BlockSize)
-	le.PutUint32(b[OffMaxBlkNum:], d.MaxBlkNum)
-	le.PutUint64(b[OffIndexLBA:], d.IndexLBA)
-	le.PutUint64(b[OffBitmapLBA:], d.BitmapLBA)
-	le.PutUint32(b[OffIndexSize:], d.IndexSize)
-	le.PutUint32(b[OffBitmapSize:], d.BitmapSize)
-	le.PutUint32(b[OffIndexSegSize:], d.IndexSegSize)
-	le.PutUint32(b[OffBitmapSegSize:], d.BitmapSegSize)
-	le.PutUint32(b[OffIndexSegNum:], d.IndexSegNum)
-	le.PutUint32(b[OffBitmapSegNum:], d.BitmapSegNum)
-	le.PutUint32(b[OffNonZeroBlkNum:], d.NonZeroBlkNum)
-	b[OffIndexDense] = d.IndexDense
-	b[OffCompressMethod] = d.CompressMethod
+	binary.Encode(b, le, d)
 }
 
 // DescriptorChecksum returns the checksum of the descriptor at the start
