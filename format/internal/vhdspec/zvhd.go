@@ -423,30 +423,53 @@ func FinishRecord(rec []byte, block uint32) []byte {
 	return rec
 }
 
-// Stored is the set of stored blocks, as runs of consecutive blocks
-// [start, end) in ascending order.
-type Stored struct{ runs []blockRun }
+// Blocks is the set of an image's stored blocks, each in one record, with
+// a cache of the last block decoded. Records are numbered in the order
+// Add is called, which is ascending block order.
+type Blocks struct {
+	runs []blockRun
 
-type blockRun struct{ start, end int64 }
+	mu     sync.Mutex
+	cached int    // the record whose block cache holds, if cache is not nil
+	cache  []byte // nil until the first decode; invalid while cached is -1
+}
 
-// Add adds block b, which must follow every block added before.
-func (s *Stored) Add(b int64) {
-	if r := len(s.runs) - 1; r >= 0 && s.runs[r].end == b {
+// blockRun is a run of consecutive stored blocks [start, end), the first
+// of them in record first.
+type blockRun struct {
+	start, end int64
+	first      int
+}
+
+// Add adds block b, which must follow every block added before, as the
+// next record.
+func (s *Blocks) Add(b int64) {
+	r := len(s.runs) - 1
+	if r >= 0 && s.runs[r].end == b {
 		s.runs[r].end = b + 1
 		return
 	}
-	s.runs = append(s.runs, blockRun{b, b + 1})
+	first := 0
+	if r >= 0 {
+		first = s.runs[r].first + int(s.runs[r].end-s.runs[r].start)
+	}
+	s.runs = append(s.runs, blockRun{b, b + 1, first})
+}
+
+// run returns the index of the first run that ends after block b.
+func (s *Blocks) run(b int64) int {
+	return sort.Search(len(s.runs), func(i int) bool { return s.runs[i].end > b })
 }
 
 // Extent reports the run at off of a disk of size bytes: stored blocks as
 // compressed Data, absent ones as Zero (the formats drop every zero block,
 // so nothing is unallocated).
-func (s *Stored) Extent(name string, off, size int64) (format.Extent, error) {
+func (s *Blocks) Extent(name string, off, size int64) (format.Extent, error) {
 	if off < 0 || off >= size {
 		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", name, off)
 	}
 	b := off / BlockSize
-	i := sort.Search(len(s.runs), func(i int) bool { return s.runs[i].end > b })
+	i := s.run(b)
 	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
 	end := size
 	if i < len(s.runs) {
@@ -462,6 +485,46 @@ func (s *Stored) Extent(name string, off, size int64) (format.Extent, error) {
 	return e, nil
 }
 
+// ReadAt fills p with guest bytes from off of a disk of size bytes, block
+// by block: decode fills block with the decoded block of record k; blocks
+// not stored read as zeros.
+func (s *Blocks) ReadAt(p []byte, off, size int64, decode func(k int, block []byte) error) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, clipErr := format.ClipRead(p, off, size)
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		in := pos % BlockSize
+		dst := p[done : done+int(min(int64(n-done), BlockSize-in))]
+		b := pos / BlockSize
+		if i := s.run(b); i == len(s.runs) || s.runs[i].start > b {
+			clear(dst)
+		} else if err := s.load(s.runs[i].first+int(b-s.runs[i].start), decode); err != nil {
+			return done, err
+		} else {
+			copy(dst, s.cache[in:])
+		}
+		done += len(dst)
+	}
+	return n, clipErr
+}
+
+// load makes the cache hold the block of record k.
+func (s *Blocks) load(k int, decode func(k int, block []byte) error) error {
+	if s.cache != nil && s.cached == k {
+		return nil
+	}
+	if s.cache == nil {
+		s.cache = make([]byte, BlockSize)
+	}
+	s.cached = -1
+	if err := decode(k, s.cache); err != nil {
+		return err
+	}
+	s.cached = k
+	return nil
+}
+
 // CreatorVersionString is the creator version as `info` shows it.
 func (d *Descriptor) CreatorVersionString() string {
 	return fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff)
@@ -470,29 +533,6 @@ func (d *Descriptor) CreatorVersionString() string {
 // TimestampString is the descriptor's timestamp in RFC 3339.
 func (d *Descriptor) TimestampString() string {
 	return Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339)
-}
-
-// ReadBlocks fills p with guest bytes from off of a disk of size bytes,
-// block by block: block returns block b's decoded bytes, nil for a block
-// not stored (zeros).
-func ReadBlocks(p []byte, off, size int64, block func(b int64) ([]byte, error)) (int, error) {
-	n, clipErr := format.ClipRead(p, off, size)
-	for done := 0; done < n; {
-		pos := off + int64(done)
-		in := pos % BlockSize
-		dst := p[done : done+int(min(int64(n-done), BlockSize-in))]
-		data, err := block(pos / BlockSize)
-		if err != nil {
-			return done, err
-		}
-		if data == nil {
-			clear(dst)
-		} else {
-			copy(dst, data[in:])
-		}
-		done += len(dst)
-	}
-	return n, clipErr
 }
 
 // StartWriter checks a writer's disk size and returns its output on dst
