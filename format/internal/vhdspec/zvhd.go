@@ -311,28 +311,6 @@ func Slot(d *Descriptor) []byte {
 	return b
 }
 
-// Records checks that b is the block at *next of a disk of size bytes,
-// as the writer contract promises, advances *next past it and returns the
-// records Encode made for it (none for a block without data).
-func Records(name string, b *format.Block, next *int64, size int64) ([]Record, error) {
-	switch {
-	case b.Start != *next:
-		return nil, fmt.Errorf("%s: block at %d arrived, expected %d", name, b.Start, *next)
-	case b.Length <= 0 || b.End() > size:
-		return nil, fmt.Errorf("%s: block [%d,+%d) is empty or past the disk size %d", name, b.Start, b.Length, size)
-	}
-	*next = b.End()
-	if b.Status != format.Data {
-		return nil, nil
-	}
-	recs, ok := b.Encoded.([]Record)
-	if !ok {
-		return nil, fmt.Errorf("%s: data block at %d was not encoded", name, b.Start)
-	}
-	b.Encoded = nil
-	return recs, nil
-}
-
 // Record is one encoded record: the bytes to write for a block.
 type Record struct {
 	Block uint32
@@ -533,21 +511,4 @@ func (d *Descriptor) CreatorVersionString() string {
 // TimestampString is the descriptor's timestamp in RFC 3339.
 func (d *Descriptor) TimestampString() string {
 	return Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339)
-}
-
-// StartWriter checks a writer's disk size and returns its output on dst
-// and a descriptor for the disk with cookie.
-func StartWriter(dst format.Target, name, cookie string, size int64) (*format.Output, *Descriptor, error) {
-	if size < 0 || size > MaxSize {
-		return nil, nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", name, size, int64(MaxSize))
-	}
-	out, err := format.NewOutput(dst, name)
-	if err != nil {
-		return nil, nil, err
-	}
-	d, err := NewDescriptor(cookie, size)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return out, d, nil
 }
