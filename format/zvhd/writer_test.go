@@ -17,6 +17,7 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
@@ -171,8 +172,8 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string) {
 
 // TestWriterParserOnVector proves the parser on the driver's t1.zvhd.
 func TestWriterParserOnVector(t *testing.T) {
-	p := parseZVHD(t, readVector(t, "t1.zvhd"), false)
-	raw := readVector(t, "t1.raw")
+	p := parseZVHD(t, vhdspectest.ReadVector(t, "t1.zvhd"), false)
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
 		t.Errorf("parsed t1.zvhd differs at %d", formattest.FirstDiff(got, raw))
 	}
@@ -183,10 +184,10 @@ func TestWriterParserOnVector(t *testing.T) {
 // and the record layout.
 func TestWriterVector(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "t1.zvhd")
-	convertFile(t, vectorPath(t, "t1.raw"), "raw", out, Name)
+	convertFile(t, vhdspectest.VectorPath(t, "t1.raw"), "raw", out, Name)
 	data, _ := os.ReadFile(out)
 	ours := parseZVHD(t, data, true)
-	ref := parseZVHD(t, readVector(t, "t1.zvhd"), false)
+	ref := parseZVHD(t, vhdspectest.ReadVector(t, "t1.zvhd"), false)
 	for _, f := range []struct {
 		name      string
 		off, size int
@@ -214,11 +215,11 @@ func TestWriterVector(t *testing.T) {
 	if _, err := stdzlib.NewReader(bytes.NewReader(ours.first2[1])); err == nil {
 		t.Error("the second payload decodes as a zlib stream on its own")
 	}
-	raw := readVector(t, "t1.raw")
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
 		t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 	}
-	t.Logf("ours %d bytes, driver's %d", len(data), len(readVector(t, "t1.zvhd")))
+	t.Logf("ours %d bytes, driver's %d", len(data), len(vhdspectest.ReadVector(t, "t1.zvhd")))
 }
 
 // TestWriterRoundTrip: raw (and vpc, vhdx) → zvhd → raw, byte for byte,

@@ -9,6 +9,7 @@ import (
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 )
 
 // BenchmarkOpenEmpty1TiB opens an empty 1 TiB image (16 bitmap segments,
@@ -24,7 +25,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 // BenchmarkT2 opens the 64 GiB reference image t2.zvhd2, walks its extent
 // map and reads every stored block in full.
 func BenchmarkT2(b *testing.B) {
-	path := vectorPath(b, "t2.zvhd2")
+	path := vhdspectest.VectorPath(b, "t2.zvhd2")
 	buf := make([]byte, vhdspec.BlockSize)
 	for b.Loop() {
 		img, err := format.Open(path, Name, format.Policy{})

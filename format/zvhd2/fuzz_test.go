@@ -142,9 +142,9 @@ func writeSeeds(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 	}
-	write("t2.sparse", readVector(t, "t2.zvhd2"))
-	write("t3.sparse", readVector(t, "t3.zvhd2"))
-	write("t4.sparse", readVector(t, "t4.zvhd2"))
+	write("t2.sparse", vhdspectest.ReadVector(t, "t2.zvhd2"))
+	write("t3.sparse", vhdspectest.ReadVector(t, "t3.zvhd2"))
+	write("t4.sparse", vhdspectest.ReadVector(t, "t4.zvhd2"))
 	blocks := map[uint32][]byte{0: []byte("hello"), 2: bytes.Repeat([]byte{1, 2, 3}, 300)}
 	write("zlib-dense.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZlib, dense: true, blocks: blocks}.build(t))
 	write("zstd-sparse.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZstd, blocks: blocks}.build(t))

@@ -4,35 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
-	"path/filepath"
-	"reflect"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 )
-
-// vectors holds the reference files written by Huawei's driver (see
-// testdata/README.md).
-const vectors = "../../testdata/external/zvhd2-vectors.tar.zst"
-
-func readVector(t testing.TB, name string) []byte {
-	t.Helper()
-	return formattest.ArchiveFile(t, vectors, name)
-}
-
-// vectorPath extracts a reference vector into a temporary directory and
-// returns its path.
-func vectorPath(t testing.TB, name string) string {
-	t.Helper()
-	return filepath.Join(formattest.Extract(t, vectors, name), name)
-}
 
 func openVector(t testing.TB, name string) *Image {
 	t.Helper()
-	img, err := format.Open(vectorPath(t, name), "", format.Policy{Untrusted: true})
+	img, err := format.Open(vhdspectest.VectorPath(t, name), "", format.Policy{Untrusted: true})
 	if err != nil {
 		t.Fatalf("open %s: %v", name, err)
 	}
@@ -47,49 +31,11 @@ func openBytes(b []byte) (*Image, error) {
 	return Open(&formattest.MemFile{Data: b, Path: "/nonexistent/x.zvhd2"})
 }
 
-// readAll reads the whole disk in odd-sized chunks that straddle blocks.
-func readAll(t testing.TB, img format.Image) []byte {
-	t.Helper()
-	got := make([]byte, img.Size())
-	for off := int64(0); off < img.Size(); off += 1<<20 + 4608 {
-		n := min(1<<20+4608, img.Size()-off)
-		if m, err := img.ReadAt(got[off:off+n], off); int64(m) != n || (err != nil && err != io.EOF) {
-			t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, m, err)
-		}
-	}
-	return got
-}
-
-type ext struct {
-	start, length int64
-	status        format.Status
-}
-
-func extents(t testing.TB, img format.Image) []ext {
-	t.Helper()
-	var out []ext
-	err := format.Walk(img, 0, func(e format.Extent) error {
-		if e.Status == format.Data && (!e.Compressed || e.Offset != -1) {
-			t.Errorf("data extent %+v: want Compressed and Offset -1", e)
-		}
-		if e.Status != format.Data && (e.Compressed || e.Offset != -1) {
-			t.Errorf("zero extent %+v: want Offset -1, not compressed", e)
-		}
-		out = append(out, ext{e.Start, e.Length, e.Status})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 const mib = 1 << 20
 
 func TestT1Variants(t *testing.T) {
-	raw := readVector(t, "t1.raw")
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	size := int64(len(raw))
-	wantExt := []ext{{0, 2 * mib, format.Data}, {2 * mib, 2 * mib, format.Zero}, {4 * mib, size - 4*mib, format.Data}}
 	for _, v := range []struct {
 		file   string
 		method string
@@ -101,12 +47,10 @@ func TestT1Variants(t *testing.T) {
 			if img.Size() != size {
 				t.Fatalf("size %d, want %d", img.Size(), size)
 			}
-			if got := readAll(t, img); !bytes.Equal(got, raw) {
+			if got := vhdspectest.ReadAll(t, img); !bytes.Equal(got, raw) {
 				t.Fatalf("bytes differ from t1.raw")
 			}
-			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-				t.Errorf("extents %v, want %v", got, wantExt)
-			}
+			vhdspectest.WantExtents(t, img, format.Data, 2*mib, 4*mib, size)
 			sp := img.Info().Specific.(*Specific)
 			if sp.Compression != v.method || sp.DenseIndex != v.dense || sp.CurrentSize != 1<<30 ||
 				sp.BlockSize != vhdspec.BlockSize || sp.Version != 1 || sp.StoredBlocks != 2 || sp.CreatorVersion != "1.4" {
@@ -134,7 +78,7 @@ func checkReadAtEnd(t *testing.T, img format.Image) {
 // TestT1Descriptor checks every trailer field of t1.zvhd2 against the
 // values docs/ZVHD2.md gives for the driver's output, and the index entries.
 func TestT1Descriptor(t *testing.T) {
-	file := readVector(t, "t1.zvhd2")
+	file := vhdspectest.ReadVector(t, "t1.zvhd2")
 	img := openVector(t, "t1.zvhd2")
 	defer img.Close()
 	d := *img.d
@@ -200,14 +144,12 @@ func TestGeometry(t *testing.T) {
 func TestT3AllZero(t *testing.T) {
 	img := openVector(t, "t3.zvhd2")
 	defer img.Close()
-	raw := readVector(t, "t3.raw")
+	raw := vhdspectest.ReadVector(t, "t3.raw")
 	if img.Size() != int64(len(raw)) {
 		t.Fatalf("size %d", img.Size())
 	}
-	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 3 * mib, format.Zero}}) {
-		t.Errorf("extents %v", got)
-	}
-	if !bytes.Equal(readAll(t, img), raw) {
+	vhdspectest.WantExtents(t, img, format.Zero, 3*mib)
+	if !bytes.Equal(vhdspectest.ReadAll(t, img), raw) {
 		t.Errorf("bytes differ from t3.raw")
 	}
 	d := *img.d
@@ -219,17 +161,15 @@ func TestT3AllZero(t *testing.T) {
 func TestT4Tiny(t *testing.T) {
 	img := openVector(t, "t4.zvhd2")
 	defer img.Close()
-	raw := readVector(t, "t4.raw")
+	raw := vhdspectest.ReadVector(t, "t4.raw")
 	want := append(raw, make([]byte, 24)...) // orig_size rounds 1000 up to 1024
 	if img.Size() != 1024 {
 		t.Fatalf("size %d", img.Size())
 	}
-	if !bytes.Equal(readAll(t, img), want) {
+	if !bytes.Equal(vhdspectest.ReadAll(t, img), want) {
 		t.Errorf("bytes differ from t4.raw")
 	}
-	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 1024, format.Data}}) {
-		t.Errorf("extents %v", got)
-	}
+	vhdspectest.WantExtents(t, img, format.Data, 1024)
 	if d := *img.d; d.Geometry != 0x411 || d.MaxBlkNum != 1 || d.CurrSize != 1<<30 {
 		t.Errorf("descriptor %+v", d)
 	}
@@ -250,17 +190,8 @@ func TestT2TwoSegments(t *testing.T) {
 	if d.BitmapSegNum != 2 || d.IndexSegNum != 1 || d.NonZeroBlkNum != 4 || d.MaxBlkNum != 32771 || d.CurrSize != 65<<30 {
 		t.Errorf("descriptor %+v", d)
 	}
-	wantExt := []ext{
-		{0, 2 * mib, format.Data},
-		{2 * mib, 32766 * 2 * mib, format.Zero},
-		{32767 * 2 * mib, 2 * 2 * mib, format.Data},
-		{32769 * 2 * mib, 2 * mib, format.Zero},
-		{32770 * 2 * mib, size - 32770*2*mib, format.Data},
-	}
-	if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-		t.Errorf("extents %v\nwant %v", got, wantExt)
-	}
-	chunks := readVector(t, "t2-blocks.bin")
+	vhdspectest.WantExtents(t, img, format.Data, 2*mib, 32767*2*mib, 32769*2*mib, 32770*2*mib, size)
+	chunks := vhdspectest.ReadVector(t, "t2-blocks.bin")
 	for i, b := range t2Blocks {
 		off := b * vhdspec.BlockSize
 		n := min(vhdspec.BlockSize, size-off)
@@ -298,41 +229,36 @@ func TestBuilt(t *testing.T) {
 		blocks[b] = data
 		copy(want[int64(b)*vhdspec.BlockSize:], data)
 	}
-	wantExt := []ext{
-		{0, 6 * mib, format.Data}, {6 * mib, 4 * mib, format.Zero}, {10 * mib, 2 * mib, format.Data},
-		{12 * mib, 2 * mib, format.Zero}, {14 * mib, 4 * mib, format.Data}, {18 * mib, 2 * mib, format.Zero},
-		{20 * mib, size - 20*mib, format.Data},
-	}
 	for _, method := range []uint8{vhdspec.MethodZstd, vhdspec.MethodZlib} {
 		for _, dense := range []bool{false, true} {
-			img, err := openBytes(spec{origSize: size, method: method, dense: dense, blocks: blocks}.build(t))
-			if err != nil {
-				t.Fatalf("%s dense=%v: %v", vhdspec.Method(method), dense, err)
-			}
-			if !bytes.Equal(readAll(t, img), want) {
-				t.Errorf("%s dense=%v: bytes differ", vhdspec.Method(method), dense)
-			}
-			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-				t.Errorf("%s dense=%v: extents %v", vhdspec.Method(method), dense, got)
-			}
-			// Backwards and repeated reads go through the block cache.
-			for _, off := range []int64{20 * mib, 0, 20*mib + 1, 3, 2*mib - 1} {
-				var b [2]byte
-				if _, err := img.ReadAt(b[:], off); err != nil && err != io.EOF {
+			t.Run(fmt.Sprintf("%s dense=%v", vhdspec.Method(method), dense), func(t *testing.T) {
+				img, err := openBytes(spec{origSize: size, method: method, dense: dense, blocks: blocks}.build(t))
+				if err != nil {
 					t.Fatal(err)
 				}
-				if !bytes.Equal(b[:min(2, size-off)], want[off:min(off+2, size)]) {
-					t.Errorf("ReadAt(%d) = %x", off, b)
+				defer img.Close()
+				if !bytes.Equal(vhdspectest.ReadAll(t, img), want) {
+					t.Errorf("bytes differ")
 				}
-			}
-			img.Close()
+				vhdspectest.WantExtents(t, img, format.Data, 6*mib, 10*mib, 12*mib, 14*mib, 18*mib, 20*mib, size)
+				// Backwards and repeated reads go through the block cache.
+				for _, off := range []int64{20 * mib, 0, 20*mib + 1, 3, 2*mib - 1} {
+					var b [2]byte
+					if _, err := img.ReadAt(b[:], off); err != nil && err != io.EOF {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(b[:min(2, size-off)], want[off:min(off+2, size)]) {
+						t.Errorf("ReadAt(%d) = %x", off, b)
+					}
+				}
+			})
 		}
 	}
 }
 
 func TestProbe(t *testing.T) {
 	for name, want := range map[string]bool{"t1.zvhd2": true, "t1.zvhd": false, "t1.raw": false} {
-		f, err := format.OpenFile(vectorPath(t, name))
+		f, err := format.OpenFile(vhdspectest.VectorPath(t, name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,7 +267,7 @@ func TestProbe(t *testing.T) {
 		}
 		f.Close()
 	}
-	_, err := openBytes(readVector(t, "t1.zvhd"))
+	_, err := openBytes(vhdspectest.ReadVector(t, "t1.zvhd"))
 	if !errors.Is(err, format.ErrWrongType) {
 		t.Errorf("ZVHD opened as ZVHD2: %v", err)
 	}
