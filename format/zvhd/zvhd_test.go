@@ -87,15 +87,7 @@ func TestT1(t *testing.T) {
 	}
 	vhdspectest.WantExtents(t, img, format.Data, 2*mib, 4*mib, size)
 	// Backwards: block 2 then block 0 then block 2 again.
-	for _, off := range []int64{4*mib + 10, 100, 4*mib + 200, 4*mib + 10} {
-		var b [64]byte
-		if _, err := img.ReadAt(b[:], off); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(b[:], raw[off:off+64]) {
-			t.Errorf("ReadAt(%d) differs", off)
-		}
-	}
+	vhdspectest.WantReads(t, img, raw, 64, 4*mib+10, 100, 4*mib+200, 4*mib+10)
 	d := *z.d
 	file := vhdspectest.ReadVector(t, "t1.zvhd")
 	if string(d.Cookie[:]) != "stream\x00\x00" || d.OrigSize != 5243392 || d.CurrSize != 1<<30 ||
@@ -145,15 +137,7 @@ func TestBuilt(t *testing.T) {
 		t.Fatal("bytes differ")
 	}
 	vhdspectest.WantExtents(t, img, format.Data, 6*mib, 10*mib, 12*mib, 14*mib, 18*mib, 20*mib, size)
-	for _, off := range []int64{20 * mib, 0, 20*mib + 1, 16*mib + 3, 2*mib - 1, 9 * mib, 14 * mib} {
-		var b [2]byte
-		if _, err := img.ReadAt(b[:], off); err != nil && err != io.EOF {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(b[:], want[off:off+2]) {
-			t.Errorf("ReadAt(%d) = %x", off, b)
-		}
-	}
+	vhdspectest.WantReads(t, img, want, 2, 20*mib, 0, 20*mib+1, 16*mib+3, 2*mib-1, 9*mib, 14*mib)
 	// An empty disk is header and trailer only.
 	empty, err := openBytes(build(t, 3*mib, nil))
 	if err != nil {

@@ -5,6 +5,7 @@
 package vhdspectest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -130,6 +131,22 @@ func ReadAll(t testing.TB, img format.Image) []byte {
 		}
 	}
 	return got
+}
+
+// WantReads reads n bytes at each offset in turn, in that order (so
+// backwards too, through the readers' block cache), and compares them with
+// disk, the whole disk's bytes. Only a read across the end may give io.EOF.
+func WantReads(t testing.TB, img format.Image, disk []byte, n int64, offs ...int64) {
+	t.Helper()
+	for _, off := range offs {
+		got := make([]byte, n)
+		m, err := img.ReadAt(got, off)
+		want := disk[off:min(off+n, int64(len(disk)))]
+		eofOK := err == io.EOF && off+n > img.Size()
+		if m != len(want) || err != nil && !eofOK || !bytes.Equal(got[:m], want) {
+			t.Errorf("ReadAt(%d, %d) = %d, %v: % x, want % x", off, n, m, err, got[:m], want)
+		}
+	}
 }
 
 type ext struct {
