@@ -35,15 +35,7 @@ const Priority = 51
 // MaxPayload is the C driver's buffer limit for one ZVHD payload.
 const MaxPayload = 4 << 20
 
-func init() {
-	format.Register(&format.Format{
-		Name:      Name,
-		Priority:  Priority,
-		Probe:     func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD) },
-		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-		CheckFile: CheckFile,
-	})
-}
+func init() { vhdspec.Register(Name, Priority, vhdspec.CookieZVHD, Open, CheckFile) }
 
 // Image is an open ZVHD image.
 type Image struct {
@@ -175,21 +167,16 @@ func nextRecord(f format.File, off, end, maxBlk, prev int64) (record, int64, err
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
-	return &format.Info{
-		Format:      Name,
-		VirtualSize: img.Size(),
-		ClusterSize: vhdspec.BlockSize,
-		Specific: &Specific{
-			Sequential:     true,
-			CurrentSize:    int64(d.CurrSize),
-			BlockSize:      vhdspec.BlockSize,
-			Compression:    "zlib",
-			StoredBlocks:   int64(len(img.records)),
-			UUID:           vhdspec.FormatUUID(d.UUID),
-			CreatorVersion: d.CreatorVersionString(),
-			Timestamp:      d.TimestampString(),
-		},
-	}
+	return d.Info(Name, img.Size(), &Specific{
+		Sequential:     true,
+		CurrentSize:    int64(d.CurrSize),
+		BlockSize:      vhdspec.BlockSize,
+		Compression:    "zlib",
+		StoredBlocks:   int64(len(img.records)),
+		UUID:           vhdspec.FormatUUID(d.UUID),
+		CreatorVersion: d.CreatorVersionString(),
+		Timestamp:      d.TimestampString(),
+	})
 }
 
 // Extent reports a run of stored blocks as compressed Data and a run of

@@ -38,15 +38,7 @@ const Name = "zvhd2"
 // Priority orders probing: the cookie is distinctive, any slot will do.
 const Priority = 50
 
-func init() {
-	format.Register(&format.Format{
-		Name:      Name,
-		Priority:  Priority,
-		Probe:     func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD2) },
-		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-		CheckFile: CheckFile,
-	})
-}
+func init() { vhdspec.Register(Name, Priority, vhdspec.CookieZVHD2, Open, CheckFile) }
 
 // Image is an open ZVHD2 image.
 type Image struct {
@@ -348,22 +340,17 @@ func (img *Image) Close() error {
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
-	return &format.Info{
-		Format:      Name,
-		VirtualSize: img.Size(),
-		ClusterSize: vhdspec.BlockSize,
-		Specific: &Specific{
-			CurrentSize:    int64(d.CurrSize),
-			BlockSize:      int64(d.BlockSize),
-			Compression:    vhdspec.Method(d.CompressMethod),
-			Version:        int(d.Version),
-			DenseIndex:     d.IndexDense == 1,
-			StoredBlocks:   int64(d.NonZeroBlkNum),
-			UUID:           vhdspec.FormatUUID(d.UUID),
-			CreatorVersion: d.CreatorVersionString(),
-			Timestamp:      d.TimestampString(),
-		},
-	}
+	return d.Info(Name, img.Size(), &Specific{
+		CurrentSize:    int64(d.CurrSize),
+		BlockSize:      int64(d.BlockSize),
+		Compression:    vhdspec.Method(d.CompressMethod),
+		Version:        int(d.Version),
+		DenseIndex:     d.IndexDense == 1,
+		StoredBlocks:   int64(d.NonZeroBlkNum),
+		UUID:           vhdspec.FormatUUID(d.UUID),
+		CreatorVersion: d.CreatorVersionString(),
+		Timestamp:      d.TimestampString(),
+	})
 }
 
 // Extent reports a run of stored blocks as compressed Data and a run of

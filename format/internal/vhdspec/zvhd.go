@@ -1,6 +1,7 @@
 package vhdspec
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -236,6 +237,24 @@ const (
 	// data, deflate 5 bytes per stored block of up to 64 KiB.
 	PayloadBound = BlockSize + BlockSize>>7 + 4096
 )
+
+// Register registers the reader of a format whose files start with cookie.
+func Register[I format.Image](name string, priority int, cookie string, open func(format.File) (I, error),
+	check func(context.Context, format.File) (*format.CheckResult, error)) {
+	format.Register(&format.Format{
+		Name:     name,
+		Priority: priority,
+		Probe:    func(f format.File) bool { return HasCookie(f, cookie) },
+		Open: func(f format.File, _ *format.Opener) (format.Image, error) {
+			img, err := open(f)
+			if err != nil {
+				return nil, err
+			}
+			return img, nil
+		},
+		CheckFile: check,
+	})
+}
 
 // HasCookie reports whether f starts with the first CookieLen bytes of
 // cookie, as the drivers' probes check.
@@ -501,6 +520,12 @@ func (s *Blocks) load(k int, decode func(k int, block []byte) error) error {
 	}
 	s.cached = k
 	return nil
+}
+
+// Info describes an image of format name and size bytes whose descriptor
+// is d, with its "format-specific" part.
+func (d *Descriptor) Info(name string, size int64, specific any) *format.Info {
+	return &format.Info{Format: name, VirtualSize: size, ClusterSize: BlockSize, Specific: specific}
 }
 
 // CreatorVersionString is the creator version as `info` shows it.
