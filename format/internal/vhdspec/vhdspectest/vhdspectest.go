@@ -10,7 +10,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
-	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -179,7 +179,7 @@ func WantExtents(t testing.TB, img format.Image, first format.Status, ends ...in
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(got, want) {
+	if !slices.Equal(got, want) {
 		t.Errorf("extents %v\nwant %v", got, want)
 	}
 }
