@@ -42,15 +42,6 @@ var writerVariants = []wVariant{
 	{"azure", map[string]string{"azure": "on"}, nil},
 }
 
-func vpcWriter(t testing.TB) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter("vhd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 // convertVHD converts src to a VHD file at dst, checking the streamed
 // checksum against the file.
 func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]string, co convert.Options) *convert.Result {
@@ -62,7 +53,7 @@ func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]stri
 	defer f.Close()
 	co.WriterOptions = opts
 	co.Checksum = true
-	res, err := convert.Convert(context.Background(), src, vpcWriter(t), f, co)
+	res, err := convert.Convert(context.Background(), src, formattest.WriterFormat(t, "vhd"), f, co)
 	if err != nil {
 		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
@@ -227,7 +218,7 @@ func TestWriterMatrix(t *testing.T) {
 				convertVHD(t, src, out, v.opts, convert.Options{})
 				foot := checkStructure(t, out)
 				qemuCompare(t, srcPath, s.fmt, out)
-				m, err := convert.Measure(src, 0, vpcWriter(t), convert.Options{WriterOptions: v.opts})
+				m, err := convert.Measure(src, 0, formattest.WriterFormat(t, "vhd"), convert.Options{WriterOptions: v.opts})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -277,7 +268,7 @@ func TestWriterFullyAllocated(t *testing.T) {
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Empty)
 	img := formattest.Open(t, src, "raw")
 	for _, v := range writerVariants {
-		m, err := convert.Measure(img, 0, vpcWriter(t), convert.Options{WriterOptions: v.opts})
+		m, err := convert.Measure(img, 0, formattest.WriterFormat(t, "vhd"), convert.Options{WriterOptions: v.opts})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +281,7 @@ func TestWriterFullyAllocated(t *testing.T) {
 		}
 	}
 	// measure --size: an empty image, as qemu-img create makes it.
-	m, err := convert.Measure(nil, 1<<20, vpcWriter(t), convert.Options{})
+	m, err := convert.Measure(nil, 1<<20, formattest.WriterFormat(t, "vhd"), convert.Options{})
 	if err != nil || m.Required != 2560 || m.FullyAllocated != 2560+blockStride {
 		t.Errorf("measure --size 1M: %+v, %v", m, err)
 	}
@@ -414,7 +405,7 @@ func TestWriterPipe(t *testing.T) {
 
 			var res *convert.Result
 			got := formattest.Piped(t, func(pw *os.File) (err error) {
-				res, err = convert.Convert(context.Background(), img, vpcWriter(t), pw,
+				res, err = convert.Convert(context.Background(), img, formattest.WriterFormat(t, "vhd"), pw,
 					convert.Options{WriterOptions: v.opts, Checksum: true})
 				if err != nil {
 					return fmt.Errorf("%s %s: convert to a pipe: %w", c, v.name, err)
@@ -472,7 +463,7 @@ func TestWriterAzure(t *testing.T) {
 
 // TestWriterOptions checks option validation before any byte is written.
 func TestWriterOptions(t *testing.T) {
-	w := vpcWriter(t)
+	w := formattest.WriterFormat(t, "vhd")
 	for _, c := range []struct {
 		opts map[string]string
 		size int64
@@ -677,7 +668,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := convert.Convert(context.Background(), img, vpcWriter(b), f, convert.Options{WriterOptions: v.opts}); err != nil {
+				if _, err := convert.Convert(context.Background(), img, formattest.WriterFormat(b, "vhd"), f, convert.Options{WriterOptions: v.opts}); err != nil {
 					b.Fatal(err)
 				}
 				f.Close()
@@ -718,7 +709,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if _, err := convert.Convert(context.Background(), img, vpcWriter(b), f, convert.Options{}); err != nil {
+			if _, err := convert.Convert(context.Background(), img, formattest.WriterFormat(b, "vhd"), f, convert.Options{}); err != nil {
 				b.Fatal(err)
 			}
 			f.Close()

@@ -2,7 +2,6 @@ package zvhd
 
 import (
 	"context"
-	"strings"
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
@@ -41,7 +40,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		}
 		r, l, err := nextRecord(f, off, trailerOff, maxBlk, prev)
 		if err != nil {
-			c.Corrupt("%s; the records after it cannot be located", strings.TrimPrefix(err.Error(), Name+": "))
+			c.Corrupt("%s; the records after it cannot be located", c.Problem(err))
 			break
 		}
 		rec, err := c.Read(off, l, "record")

@@ -17,7 +17,7 @@ type checkCase formattest.Corruption
 // seeds that open and our writer's outputs check clean, without a
 // warning.
 func TestCheckClean(t *testing.T) {
-	vhdspectest.Clean(t, Name, "t1.zvhd", readVector(t, "t1.zvhd"))
+	vhdspectest.Clean(t, Name, "t1.zvhd", vhdspectest.ReadVector(t, "t1.zvhd"))
 	vhdspectest.Clean(t, Name, "built", build(t, 9*mib+512, map[int64][]byte{0: []byte("hello"), 3: {1}, 4: bytes.Repeat([]byte{1, 2, 3}, 300)}))
 	vhdspectest.Clean(t, Name, "built empty 1 TiB", build(t, 1<<40, nil))
 	for _, s := range []string{"empty.zvhd", "three-blocks.zvhd", "writer.zvhd"} {
@@ -30,7 +30,7 @@ func TestCheckClean(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
-	for _, in := range []string{src, vectorPath(t, "t1.raw")} {
+	for _, in := range []string{src, vhdspectest.VectorPath(t, "t1.raw")} {
 		out := filepath.Join(dir, "out.zvhd")
 		os.Remove(out)
 		convertFile(t, in, "raw", out, Name)
@@ -64,7 +64,7 @@ func TestCheckCorrupt(t *testing.T) {
 			return b
 		}
 	}
-	vhdspectest.Run(t, Name, readVector(t, "t1.zvhd"), []checkCase{
+	vhdspectest.Run(t, Name, vhdspectest.ReadVector(t, "t1.zvhd"), []checkCase{
 		{"unchanged", func(b []byte) []byte { return b }, 0, ""},
 		{"filler", put(rec2+12000, 0xaa), 0, ""},
 

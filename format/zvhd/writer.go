@@ -1,7 +1,6 @@
 package zvhd
 
 import (
-	"fmt"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
@@ -35,14 +34,10 @@ const (
 )
 
 func init() {
-	format.RegisterWriter(&format.WriterFormat{
-		Name: Name,
-		// Every block is compressed anyway; -c is accepted so qemu-img
-		// command lines port unchanged.
-		Compress: true,
-		MaxSize:  vhdspec.MaxSize,
-		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
-		Measure:  Measure,
+	vhdspec.RegisterWriter(format.WriterFormat{
+		Name:    Name,
+		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		Measure: Measure,
 	})
 }
 
@@ -54,17 +49,9 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 	// 4 KiB unit at worst, counted once.
 	rec := vhdspec.RecordLen(vhdspec.PayloadBound + 2)
 	file := func(stored uint64) int64 { return 2*vhdspec.SlotSize + int64(stored)*rec }
-	var data uint64
-	if o.Layout != nil {
-		err := o.Layout.Align(o.Size, vhdspec.BlockSize)(func(e format.Extent) error {
-			if e.Status == format.Data {
-				data += vhdspec.CeilDiv(uint64(e.Length), vhdspec.BlockSize)
-			}
-			return nil
-		})
-		if err != nil {
-			return format.Measurement{}, err
-		}
+	data, _, err := vhdspec.DataBlocks(o)
+	if err != nil {
+		return format.Measurement{}, err
 	}
 	return format.Measurement{Required: file(data), FullyAllocated: file(maxBlk)}, nil
 }
@@ -72,52 +59,39 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 // Writer writes a ZVHD image front to back. It never seeks, so dst may be
 // a pipe; on a regular file it writes the same bytes.
 type Writer struct {
-	out    *format.Output
+	*vhdspec.Stream
 	slot   []byte // the descriptor slot, written first and last
-	size   int64
-	next   int64 // guest offset of the next block
-	stored int64 // records written
+	stored int64  // records written
 }
 
 // NewWriter starts a ZVHD image of o.Size bytes on dst and writes its
 // descriptor.
 func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
-	out, d, err := vhdspec.StartWriter(dst, Name, vhdspec.CookieZVHD, o.Size)
+	s, d, err := vhdspec.NewStream(dst, Name, vhdspec.CookieZVHD, o.Size)
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{out: out, slot: vhdspec.Slot(d), size: o.Size}
-	if _, err := w.out.Write(w.slot); err != nil {
+	w := &Writer{Stream: s, slot: vhdspec.Slot(d)}
+	if err := w.Put(w.slot); err != nil {
 		return nil, err
 	}
 	return w, nil
 }
 
-// BlockSize is the format's 2 MiB block.
-func (w *Writer) BlockSize() int64 { return vhdspec.BlockSize }
-
 // Encode deflates each non-zero 2 MiB block of b, leaving room before the
 // payload for the record header and, if it turns out to be the first
 // record, the zlib header.
 func (w *Writer) Encode(b *format.Block) error {
-	if b.Status != format.Data {
-		return nil
-	}
-	recs, err := vhdspec.EncodeBlocks(b, func(dst, block []byte) ([]byte, error) {
-		return deflate(append(dst, zlibHeader...), block)
+	return w.Stream.Encode(b, func(dst, block []byte) ([]byte, error) {
+		return vhdspec.SyncFlush(&flatePool, append(dst, zlibHeader...), block)
 	})
-	if err != nil {
-		return fmt.Errorf("%s: %w", Name, err)
-	}
-	b.Encoded = recs
-	return nil
 }
 
 // Write completes and appends b's records. The first record of the file
 // keeps the zlib header in its payload; later ones start 2 bytes on, over
 // it.
 func (w *Writer) Write(b *format.Block) error {
-	recs, err := vhdspec.Records(Name, b, &w.next, w.size)
+	recs, err := w.Records(b)
 	if err != nil {
 		return err
 	}
@@ -126,7 +100,7 @@ func (w *Writer) Write(b *format.Block) error {
 		if w.stored > 0 {
 			buf = buf[len(zlibHeader):]
 		}
-		if _, err := w.out.Write(vhdspec.FinishRecord(buf, r.Block)); err != nil {
+		if err := w.Put(vhdspec.FinishRecord(buf, r.Block)); err != nil {
 			return err
 		}
 		w.stored++
@@ -137,20 +111,17 @@ func (w *Writer) Write(b *format.Block) error {
 
 // Close writes the copy of the descriptor slot and flushes.
 func (w *Writer) Close() error {
-	if w.next != w.size {
-		return fmt.Errorf("%s: blocks end at %d, the disk at %d", Name, w.next, w.size)
-	}
-	if _, err := w.out.Write(w.slot); err != nil {
+	if err := w.Complete(); err != nil {
 		return err
 	}
-	return w.out.Flush()
+	if err := w.Put(w.slot); err != nil {
+		return err
+	}
+	return w.Out.Flush()
 }
 
-// appender is an io.Writer appending to a slice.
-type appender struct{ b []byte }
-
-func (a *appender) Write(p []byte) (int, error) { a.b = append(a.b, p...); return len(p), nil }
-
+// flatePool holds raw deflate compressors: the zlib header is written
+// once, before the first payload.
 var flatePool = sync.Pool{New: func() any {
 	fw, err := flate.NewWriter(nil, Level)
 	if err != nil {
@@ -158,19 +129,3 @@ var flatePool = sync.Pool{New: func() any {
 	}
 	return fw
 }}
-
-// deflate appends block to dst as raw deflate data, sync-flushed and not
-// finished, so that it can continue a stream.
-func deflate(dst, block []byte) ([]byte, error) {
-	fw := flatePool.Get().(*flate.Writer)
-	defer flatePool.Put(fw)
-	a := appender{b: dst}
-	fw.Reset(&a)
-	if _, err := fw.Write(block); err != nil {
-		return nil, err
-	}
-	if err := fw.Flush(); err != nil {
-		return nil, err
-	}
-	return a.b, nil
-}

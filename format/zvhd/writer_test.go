@@ -17,6 +17,7 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
@@ -140,18 +141,9 @@ func (p *zParsed) disk(size int64) []byte {
 	return out
 }
 
-func writerFormat(t testing.TB, name string) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 func convertTo(t testing.TB, src format.Image, wf string, dst format.Target, opts convert.Options) {
 	t.Helper()
-	if _, err := convert.Convert(context.Background(), src, writerFormat(t, wf), dst, opts); err != nil {
+	if _, err := convert.Convert(context.Background(), src, formattest.WriterFormat(t, wf), dst, opts); err != nil {
 		t.Fatalf("convert to %s: %v", wf, err)
 	}
 }
@@ -171,8 +163,8 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string) {
 
 // TestWriterParserOnVector proves the parser on the driver's t1.zvhd.
 func TestWriterParserOnVector(t *testing.T) {
-	p := parseZVHD(t, readVector(t, "t1.zvhd"), false)
-	raw := readVector(t, "t1.raw")
+	p := parseZVHD(t, vhdspectest.ReadVector(t, "t1.zvhd"), false)
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
 		t.Errorf("parsed t1.zvhd differs at %d", formattest.FirstDiff(got, raw))
 	}
@@ -183,10 +175,10 @@ func TestWriterParserOnVector(t *testing.T) {
 // and the record layout.
 func TestWriterVector(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "t1.zvhd")
-	convertFile(t, vectorPath(t, "t1.raw"), "raw", out, Name)
+	convertFile(t, vhdspectest.VectorPath(t, "t1.raw"), "raw", out, Name)
 	data, _ := os.ReadFile(out)
 	ours := parseZVHD(t, data, true)
-	ref := parseZVHD(t, readVector(t, "t1.zvhd"), false)
+	ref := parseZVHD(t, vhdspectest.ReadVector(t, "t1.zvhd"), false)
 	for _, f := range []struct {
 		name      string
 		off, size int
@@ -214,11 +206,11 @@ func TestWriterVector(t *testing.T) {
 	if _, err := stdzlib.NewReader(bytes.NewReader(ours.first2[1])); err == nil {
 		t.Error("the second payload decodes as a zlib stream on its own")
 	}
-	raw := readVector(t, "t1.raw")
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
 		t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 	}
-	t.Logf("ours %d bytes, driver's %d", len(data), len(readVector(t, "t1.zvhd")))
+	t.Logf("ours %d bytes, driver's %d", len(data), len(vhdspectest.ReadVector(t, "t1.zvhd")))
 }
 
 // TestWriterRoundTrip: raw (and vpc, vhdx) → zvhd → raw, byte for byte,
@@ -264,7 +256,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			if !bytes.Equal(got, padded) {
 				t.Fatalf("zvhd → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 			}
-			m, err := convert.Measure(srcImg, 0, writerFormat(t, Name), convert.Options{})
+			m, err := convert.Measure(srcImg, 0, formattest.WriterFormat(t, Name), convert.Options{})
 			if err != nil || m.Required < int64(len(data)) || m.FullyAllocated < m.Required {
 				t.Errorf("measure %+v, %v; file %d bytes", m, err, len(data))
 			}
@@ -333,7 +325,7 @@ func TestWriterPipe(t *testing.T) {
 
 // TestWriterOptions: no -o options; -c accepted; checked before writing.
 func TestWriterOptions(t *testing.T) {
-	wf := writerFormat(t, Name)
+	wf := formattest.WriterFormat(t, Name)
 	if err := wf.Validate(format.WriteOptions{Size: 1 << 20, Options: map[string]string{"compression_type": "zstd"}}); err == nil ||
 		!strings.Contains(err.Error(), "valid options: none") {
 		t.Errorf("unknown option: %v", err)
@@ -355,7 +347,7 @@ func BenchmarkWriterRandom256M(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(b, src, size, formattest.Dense)
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b, Name)
+	wf := formattest.WriterFormat(b, Name)
 	_, qerr := exec.LookPath("qemu-img")
 	var ours, qemu time.Duration
 	b.SetBytes(size)

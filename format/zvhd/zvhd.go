@@ -19,8 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
-	"sync"
 
 	"github.com/klauspost/compress/zlib"
 
@@ -37,29 +35,18 @@ const Priority = 51
 // MaxPayload is the C driver's buffer limit for one ZVHD payload.
 const MaxPayload = 4 << 20
 
-func init() {
-	format.Register(&format.Format{
-		Name:      Name,
-		Priority:  Priority,
-		Probe:     func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD) },
-		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-		CheckFile: CheckFile,
-	})
-}
+func init() { vhdspec.Register(Name, Priority, vhdspec.CookieZVHD, Open, CheckFile) }
 
 // Image is an open ZVHD image.
 type Image struct {
 	format.Base // Meta holds the size; Info is built on demand
 	d           *vhdspec.Descriptor
 	records     []record
-	stored      vhdspec.Stored
+	blocks      vhdspec.Blocks // the stored blocks; its lock guards the inflater
 
-	mu     sync.Mutex
-	zr     io.ReadCloser // the inflater; nil before the first read or after an error
-	src    *payloads     // zr's input
-	next   int           // the record whose block zr yields next
-	cached int           // the record whose block is in cache; -1 for none
-	cache  []byte
+	zr   io.ReadCloser // the inflater; nil before the first read or after an error
+	src  *payloads     // zr's input
+	next int           // the record whose block zr yields next
 }
 
 // record is one stored block: where its payload is.
@@ -91,7 +78,7 @@ func Open(f format.File) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, cached: -1}
+	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d}
 	if err := img.scan(trailerOff); err != nil {
 		return nil, err
 	}
@@ -140,7 +127,7 @@ func (img *Image) scan(end int64) error {
 			return err
 		}
 		img.records = append(img.records, r)
-		img.stored.Add(r.block)
+		img.blocks.Add(r.block)
 		off, prev = off+l, r.block
 	}
 	return nil
@@ -180,53 +167,33 @@ func nextRecord(f format.File, off, end, maxBlk, prev int64) (record, int64, err
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
-	return &format.Info{
-		Format:      Name,
-		VirtualSize: img.Size(),
-		ClusterSize: vhdspec.BlockSize,
-		Specific: &Specific{
-			Sequential:     true,
-			CurrentSize:    int64(d.CurrSize),
-			BlockSize:      vhdspec.BlockSize,
-			Compression:    "zlib",
-			StoredBlocks:   int64(len(img.records)),
-			UUID:           vhdspec.FormatUUID(d.UUID),
-			CreatorVersion: d.CreatorVersionString(),
-			Timestamp:      d.TimestampString(),
-		},
-	}
+	return d.Info(Name, img.Size(), &Specific{
+		Sequential:     true,
+		CurrentSize:    int64(d.CurrSize),
+		BlockSize:      vhdspec.BlockSize,
+		Compression:    "zlib",
+		StoredBlocks:   int64(len(img.records)),
+		UUID:           vhdspec.FormatUUID(d.UUID),
+		CreatorVersion: d.CreatorVersionString(),
+		Timestamp:      d.TimestampString(),
+	})
 }
 
 // Extent reports a run of stored blocks as compressed Data and a run of
 // absent blocks as Zero.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	return img.stored.Extent(Name, off, img.Size())
+	return img.blocks.Extent(Name, off, img.Size())
 }
 
 // ReadAt reads guest bytes. Reading a block before the last one decoded
 // restarts decoding at the first record.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	return vhdspec.ReadBlocks(p, off, img.Size(), func(b int64) ([]byte, error) {
-		k := sort.Search(len(img.records), func(k int) bool { return img.records[k].block >= b })
-		if k == len(img.records) || img.records[k].block != b {
-			return nil, nil
-		}
-		if err := img.decode(k); err != nil {
-			return nil, err
-		}
-		return img.cache, nil
-	})
+	return img.blocks.ReadAt(p, off, img.Size(), img.decode)
 }
 
-// decode makes img.cache hold the block of record k, inflating forward
-// from the current position or, for an earlier record, from the start.
-func (img *Image) decode(k int) error {
-	if img.cached == k {
-		return nil
-	}
-	img.cached = -1
+// decode fills block with the block of record k, inflating forward from
+// the current position or, for an earlier record, from the start.
+func (img *Image) decode(k int, block []byte) error {
 	if img.zr == nil || k < img.next {
 		if img.zr != nil {
 			img.zr.Close()
@@ -239,13 +206,10 @@ func (img *Image) decode(k int) error {
 		}
 		img.zr, img.src, img.next = zr, src, 0
 	}
-	if img.cache == nil {
-		img.cache = make([]byte, vhdspec.BlockSize)
-	}
 	for ; img.next <= k; img.next++ {
 		// Exactly one block per record: the inflater is never asked for
 		// more, whatever the stream would produce.
-		_, err := io.ReadFull(img.zr, img.cache)
+		_, err := io.ReadFull(img.zr, block)
 		if err == nil && img.src.rec != img.next {
 			// Each record holds the compressed form of exactly its own
 			// block: the block must end inside its record's payload.
@@ -258,7 +222,6 @@ func (img *Image) decode(k int) error {
 			return img.payloadErr(j, err)
 		}
 	}
-	img.cached = k
 	return nil
 }
 

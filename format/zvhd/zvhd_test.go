@@ -7,8 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"reflect"
-	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zlib"
@@ -16,26 +14,13 @@ import (
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 )
 
 const (
-	// vectors are the files written by Huawei's driver (testdata/README.md).
-	vectors = "../../testdata/external/zvhd2-vectors.tar.zst"
-	mib     = 1 << 20
-	bs      = vhdspec.BlockSize
+	mib = 1 << 20
+	bs  = vhdspec.BlockSize
 )
-
-func readVector(t testing.TB, name string) []byte {
-	t.Helper()
-	return formattest.ArchiveFile(t, vectors, name)
-}
-
-// vectorPath extracts a reference vector into a temporary directory and
-// returns its path.
-func vectorPath(t testing.TB, name string) string {
-	t.Helper()
-	return filepath.Join(formattest.Extract(t, vectors, name), name)
-}
 
 func openBytes(b []byte) (*Image, error) {
 	return Open(&formattest.MemFile{Data: b, Path: "/nonexistent/x.zvhd"})
@@ -82,43 +67,10 @@ func build(t testing.TB, origSize int64, blocks map[int64][]byte) []byte {
 	return out.Bytes()
 }
 
-func readAll(t testing.TB, img format.Image) []byte {
-	t.Helper()
-	got := make([]byte, img.Size())
-	for off := int64(0); off < img.Size(); off += 1<<20 + 4608 {
-		n := min(1<<20+4608, img.Size()-off)
-		if m, err := img.ReadAt(got[off:off+n], off); int64(m) != n || (err != nil && err != io.EOF) {
-			t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, m, err)
-		}
-	}
-	return got
-}
-
-type ext struct {
-	start, length int64
-	status        format.Status
-}
-
-func extents(t testing.TB, img format.Image) []ext {
-	t.Helper()
-	var out []ext
-	err := format.Walk(img, 0, func(e format.Extent) error {
-		if e.Offset != -1 || e.Compressed != (e.Status == format.Data) {
-			t.Errorf("extent %+v: want Offset -1, Compressed for data only", e)
-		}
-		out = append(out, ext{e.Start, e.Length, e.Status})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func TestT1(t *testing.T) {
-	raw := readVector(t, "t1.raw")
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	size := int64(len(raw))
-	img, err := format.Open(vectorPath(t, "t1.zvhd"), "", format.Policy{Untrusted: true})
+	img, err := format.Open(vhdspectest.VectorPath(t, "t1.zvhd"), "", format.Policy{Untrusted: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,25 +82,14 @@ func TestT1(t *testing.T) {
 	if img.Size() != size {
 		t.Fatalf("size %d, want %d", img.Size(), size)
 	}
-	if !bytes.Equal(readAll(t, img), raw) {
+	if !bytes.Equal(vhdspectest.ReadAll(t, img), raw) {
 		t.Fatal("bytes differ from t1.raw")
 	}
-	want := []ext{{0, 2 * mib, format.Data}, {2 * mib, 2 * mib, format.Zero}, {4 * mib, size - 4*mib, format.Data}}
-	if got := extents(t, img); !reflect.DeepEqual(got, want) {
-		t.Errorf("extents %v, want %v", got, want)
-	}
+	vhdspectest.WantExtents(t, img, format.Data, 2*mib, 4*mib, size)
 	// Backwards: block 2 then block 0 then block 2 again.
-	for _, off := range []int64{4*mib + 10, 100, 4*mib + 200, 4*mib + 10} {
-		var b [64]byte
-		if _, err := img.ReadAt(b[:], off); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(b[:], raw[off:off+64]) {
-			t.Errorf("ReadAt(%d) differs", off)
-		}
-	}
+	vhdspectest.WantReads(t, img, raw, 64, 4*mib+10, 100, 4*mib+200, 4*mib+10)
 	d := *z.d
-	file := readVector(t, "t1.zvhd")
+	file := vhdspectest.ReadVector(t, "t1.zvhd")
 	if string(d.Cookie[:]) != "stream\x00\x00" || d.OrigSize != 5243392 || d.CurrSize != 1<<30 ||
 		d.Geometry != 0x00960411 || d.Features != 2 || d.FormatVersion != 0x10000 || d.DiskType != 4 ||
 		d.CreatorVersion != 0x10004 || string(d.CreatorApp[:]) != "tap\x00" || d.Version != 0 || d.BlockSize != 0 ||
@@ -192,34 +133,17 @@ func TestBuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	if !bytes.Equal(readAll(t, img), want) {
+	if !bytes.Equal(vhdspectest.ReadAll(t, img), want) {
 		t.Fatal("bytes differ")
 	}
-	wantExt := []ext{
-		{0, 6 * mib, format.Data}, {6 * mib, 4 * mib, format.Zero}, {10 * mib, 2 * mib, format.Data},
-		{12 * mib, 2 * mib, format.Zero}, {14 * mib, 4 * mib, format.Data}, {18 * mib, 2 * mib, format.Zero},
-		{20 * mib, size - 20*mib, format.Data},
-	}
-	if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-		t.Errorf("extents %v", got)
-	}
-	for _, off := range []int64{20 * mib, 0, 20*mib + 1, 16*mib + 3, 2*mib - 1, 9 * mib, 14 * mib} {
-		var b [2]byte
-		if _, err := img.ReadAt(b[:], off); err != nil && err != io.EOF {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(b[:], want[off:off+2]) {
-			t.Errorf("ReadAt(%d) = %x", off, b)
-		}
-	}
+	vhdspectest.WantExtents(t, img, format.Data, 6*mib, 10*mib, 12*mib, 14*mib, 18*mib, 20*mib, size)
+	vhdspectest.WantReads(t, img, want, 2, 20*mib, 0, 20*mib+1, 16*mib+3, 2*mib-1, 9*mib, 14*mib)
 	// An empty disk is header and trailer only.
 	empty, err := openBytes(build(t, 3*mib, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := extents(t, empty); !reflect.DeepEqual(got, []ext{{0, 3 * mib, format.Zero}}) {
-		t.Errorf("empty: extents %v", got)
-	}
+	vhdspectest.WantExtents(t, empty, format.Zero, 3*mib)
 }
 
 func mustFail(t *testing.T, b []byte, field string) {
@@ -229,19 +153,11 @@ func mustFail(t *testing.T, b []byte, field string) {
 		_, err = io.ReadAll(io.NewSectionReader(img, 0, img.Size()))
 		img.Close()
 	}
-	var fe *format.FormatError
-	switch {
-	case err == nil:
-		t.Fatalf("accepted; want an error naming %q", field)
-	case !errors.As(err, &fe):
-		t.Fatalf("error %v is not a *format.FormatError", err)
-	case fe.Field != field || !strings.HasPrefix(err.Error(), Name+": "+field):
-		t.Fatalf("error %q does not name %q", err, field)
-	}
+	vhdspectest.MustFailAs(t, err, Name, field)
 }
 
 func TestHostile(t *testing.T) {
-	t1 := readVector(t, "t1.zvhd")
+	t1 := vhdspectest.ReadVector(t, "t1.zvhd")
 	const rec2 = 2105344 // second record (12,288 bytes): after the 2,101,248-byte first one
 	both := func(fn func(slot []byte)) func([]byte) []byte {
 		return func(b []byte) []byte {
@@ -296,7 +212,7 @@ func TestHostile(t *testing.T) {
 	if _, err := openBytes(b); !errors.Is(err, format.ErrWrongType) {
 		t.Errorf("wrong cookie: %v", err)
 	}
-	if _, err := openBytes(readVector(t, "t1.zvhd2")); !errors.Is(err, format.ErrWrongType) {
+	if _, err := openBytes(vhdspectest.ReadVector(t, "t1.zvhd2")); !errors.Is(err, format.ErrWrongType) {
 		t.Errorf("ZVHD2 opened as ZVHD: %v", err)
 	}
 }
@@ -366,7 +282,7 @@ func TestSeeds(t *testing.T) {
 		for name, b := range map[string][]byte{
 			"three-blocks.zvhd": build(t, 5*mib+512, map[int64][]byte{0: []byte("hello"), 1: {1}, 2: bytes.Repeat([]byte{1, 2, 3}, 300)}),
 			"empty.zvhd":        build(t, 3*mib, nil),
-			"t1-header.zvhd":    readVector(t, "t1.zvhd")[:4096+512],
+			"t1-header.zvhd":    vhdspectest.ReadVector(t, "t1.zvhd")[:4096+512],
 		} {
 			if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 				t.Fatal(err)
@@ -384,7 +300,7 @@ func TestSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 		if img, err := openBytes(b); err == nil {
-			readAll(t, img)
+			vhdspectest.ReadAll(t, img)
 			opened++
 		}
 	}
@@ -404,7 +320,7 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 
 // BenchmarkT1 opens t1.zvhd, walks its map and reads every stored block.
 func BenchmarkT1(b *testing.B) {
-	path := vectorPath(b, "t1.zvhd")
+	path := vhdspectest.VectorPath(b, "t1.zvhd")
 	buf := make([]byte, bs)
 	for b.Loop() {
 		img, err := format.Open(path, Name, format.Policy{})

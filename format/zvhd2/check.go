@@ -66,7 +66,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		return nil, err
 	}
 	if err := checkBitmap(d, bitmap, trailerOff); err != nil {
-		c.Corrupt("%s", problem(err))
+		c.Corrupt("%s", c.Problem(err))
 	}
 	rules := newEntryRules(d, bitmap)
 	if err := checkMidFooter(c, rules.recordsEnd, want, d.NonZeroBlkNum); err != nil {
@@ -76,7 +76,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 		return nil, err
 	}
 	if err := rules.complete(trailerOff); err != nil {
-		c.Corrupt("%s", problem(err))
+		c.Corrupt("%s", c.Problem(err))
 	}
 	return c.R, nil
 }
@@ -151,7 +151,7 @@ func checkIndex(ctx context.Context, c *vhdspec.Check, d *vhdspec.Descriptor, ru
 			stored, err := rules.check(k, e)
 			switch {
 			case err != nil:
-				c.Corrupt("%s", problem(err))
+				c.Corrupt("%s", c.Problem(err))
 				continue
 			case !stored:
 				if e.Block != 0 {
@@ -189,10 +189,6 @@ func leak(c *vhdspec.Check, from, to int64) {
 		c.Leak((to-from)/vhdspec.RecordAlign, "%d bytes at offset %d between records: no index entry refers to them", to-from, from)
 	}
 }
-
-// problem is an error's text without the format's name, as a check
-// problem line.
-func problem(err error) string { return strings.TrimPrefix(err.Error(), Name+": ") }
 
 // Check checks the image's structure as CheckFile does.
 func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {

@@ -18,7 +18,7 @@ type checkCase formattest.Corruption
 // our writer's outputs check clean, without a warning.
 func TestCheckClean(t *testing.T) {
 	for _, v := range []string{"t1.zvhd2", "t1z.zvhd2", "t1d.zvhd2", "t2.zvhd2", "t3.zvhd2", "t4.zvhd2"} {
-		vhdspectest.Clean(t, Name, v, readVector(t, v))
+		vhdspectest.Clean(t, Name, v, vhdspectest.ReadVector(t, v))
 	}
 	blocks := map[uint32][]byte{0: []byte("hello"), 2: bytes.Repeat([]byte{1, 2, 3}, 300), 9: {7}}
 	for _, method := range []uint8{vhdspec.MethodZstd, vhdspec.MethodZlib} {
@@ -31,7 +31,7 @@ func TestCheckClean(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
-	for _, in := range []string{src, vectorPath(t, "t1.raw"), vectorPath(t, "t3.raw")} {
+	for _, in := range []string{src, vhdspectest.VectorPath(t, "t1.raw"), vhdspectest.VectorPath(t, "t3.raw")} {
 		for _, m := range []string{CompressionZstd, CompressionZlib} {
 			out := filepath.Join(dir, "out.zvhd2")
 			os.Remove(out)
@@ -83,7 +83,7 @@ func TestCheckCorrupt(t *testing.T) {
 	}
 	frame := t1Rec2 + vhdspec.RecordHeaderLen // the zstd frame of block 2
 	t.Run("t1", func(t *testing.T) {
-		vhdspectest.Run(t, Name, readVector(t, "t1.zvhd2"), []checkCase{
+		vhdspectest.Run(t, Name, vhdspectest.ReadVector(t, "t1.zvhd2"), []checkCase{
 			{"unchanged", func(b []byte) []byte { return b }, 0, ""},
 			{"filler", put(t1Rec2+4000, 0xaa), 0, ""},
 			{"mid-footer fresh checksum", func(b []byte) []byte { vhdspec.SetChecksum(b[t1Mid:]); return b }, 0, ""},
@@ -138,14 +138,14 @@ func TestCheckCorrupt(t *testing.T) {
 	})
 	t.Run("t1z", func(t *testing.T) {
 		payload := 2097799 // of block 0
-		vhdspectest.Run(t, Name, readVector(t, "t1z.zvhd2"), []checkCase{
+		vhdspectest.Run(t, Name, vhdspectest.ReadVector(t, "t1z.zvhd2"), []checkCase{
 			{"zlib header", flip(t1Rec0 + vhdspec.RecordHeaderLen + 1), 2, "not a zlib header"},
 			{"zlib window", put(t1Rec0+vhdspec.RecordHeaderLen, 0x88), 2, "not a zlib header"},
 			{"zlib sync flush", flip(t1Rec0 + vhdspec.RecordHeaderLen + payload - 1), 2, "not a zlib sync flush"},
 		})
 	})
 	t.Run("t1d", func(t *testing.T) {
-		vhdspectest.Run(t, Name, readVector(t, "t1d.zvhd2"), []checkCase{
+		vhdspectest.Run(t, Name, vhdspectest.ReadVector(t, "t1d.zvhd2"), []checkCase{
 			{"absent entry's block", put32(t1Index+vhdspec.EntrySize+8, 1), 0, "block 1 in the entry of an absent block"},
 			{"absent entry's record", put64(t1Index+vhdspec.EntrySize, t1Rec2), 2, "in the entry for block 1"},
 		})

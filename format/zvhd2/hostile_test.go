@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -13,6 +12,7 @@ import (
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 )
 
 var le = binary.LittleEndian
@@ -35,16 +35,7 @@ func patchTrailer(b []byte, fn func(d *vhdspec.Descriptor)) []byte {
 // a FormatError whose text names field.
 func mustFail(t *testing.T, b []byte, field string) {
 	t.Helper()
-	err := openAndRead(b)
-	var fe *format.FormatError
-	switch {
-	case err == nil:
-		t.Fatalf("accepted; want an error naming %q", field)
-	case !errors.As(err, &fe):
-		t.Fatalf("error %v is not a *format.FormatError", err)
-	case fe.Field != field || !strings.HasPrefix(err.Error(), Name+": "+field):
-		t.Fatalf("error %q does not name %q", err, field)
-	}
+	vhdspectest.MustFailAs(t, openAndRead(b), Name, field)
 }
 
 func openAndRead(b []byte) error {
@@ -70,7 +61,7 @@ const (
 )
 
 func TestHostile(t *testing.T) {
-	t1 := readVector(t, "t1.zvhd2")
+	t1 := vhdspectest.ReadVector(t, "t1.zvhd2")
 	trailer := func(fn func(d *vhdspec.Descriptor)) func([]byte) []byte {
 		return func(b []byte) []byte { return patchTrailer(b, fn) }
 	}
@@ -148,7 +139,7 @@ func TestHostile(t *testing.T) {
 }
 
 func TestHostileWrongMagic(t *testing.T) {
-	b := readVector(t, "t1.zvhd2")
+	b := vhdspectest.ReadVector(t, "t1.zvhd2")
 	b[0] = 'Z'
 	if _, err := openBytes(b); !errors.Is(err, format.ErrWrongType) {
 		t.Errorf("wrong cookie: %v, want ErrWrongType", err)
@@ -161,7 +152,7 @@ func TestHostileWrongMagic(t *testing.T) {
 
 // TestHostileDense covers the checks of the dense index (t1d.zvhd2).
 func TestHostileDense(t *testing.T) {
-	t1d := readVector(t, "t1d.zvhd2")
+	t1d := vhdspectest.ReadVector(t, "t1d.zvhd2")
 	var cases []hostile
 	for _, c := range []struct {
 		name, field string
@@ -204,7 +195,7 @@ func TestHostilePayloadSize(t *testing.T) {
 
 // TestHostileT2 patches the second bitmap segment of the 64 GiB t2.zvhd2.
 func TestHostileT2(t *testing.T) {
-	t2 := readVector(t, "t2.zvhd2")
+	t2 := vhdspectest.ReadVector(t, "t2.zvhd2")
 	const (
 		index = 0x6000
 		seg1  = 0x86000 + vhdspec.BitmapSegSize // bitmap segment 1: blocks 32768…

@@ -1,7 +1,6 @@
 package zvhd2
 
 import (
-	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -29,19 +28,15 @@ const (
 const zlibLevel = 1
 
 func init() {
-	format.RegisterWriter(&format.WriterFormat{
+	vhdspec.RegisterWriter(format.WriterFormat{
 		Name: Name,
 		Options: []format.OptionSpec{{
 			Name:     OptCompressionType,
 			Help:     "block codec: zstd (the default) or zlib",
 			Validate: format.OneOf(CompressionZstd, CompressionZlib),
 		}},
-		// Every block is compressed anyway; -c is accepted so qemu-img
-		// command lines port unchanged.
-		Compress: true,
-		MaxSize:  vhdspec.MaxSize,
-		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
-		Measure:  Measure,
+		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		Measure: Measure,
 	})
 }
 
@@ -66,19 +61,9 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 		}
 		return n + int64(stored)*vhdspec.RecordLen(vhdspec.PayloadBound)
 	}
-	var data uint64
-	var lastData bool // whether the last block may hold data
-	if o.Layout != nil {
-		err := o.Layout.Align(o.Size, vhdspec.BlockSize)(func(e format.Extent) error {
-			if e.Status == format.Data {
-				data += vhdspec.CeilDiv(uint64(e.Length), vhdspec.BlockSize)
-				lastData = e.End() == o.Size
-			}
-			return nil
-		})
-		if err != nil {
-			return format.Measurement{}, err
-		}
+	data, lastData, err := vhdspec.DataBlocks(o)
+	if err != nil {
+		return format.Measurement{}, err
 	}
 	return format.Measurement{Required: file(data, lastData), FullyAllocated: file(maxBlk, true)}, nil
 }
@@ -86,11 +71,9 @@ func Measure(o format.WriteOptions) (format.Measurement, error) {
 // Writer writes a ZVHD2 image front to back. It never seeks, so dst may
 // be a pipe; on a regular file it writes the same bytes.
 type Writer struct {
-	out     *format.Output
+	*vhdspec.Stream
 	d       *vhdspec.Descriptor // the header; the trailer adds the index fields
 	method  uint8
-	size    int64 // guest bytes the blocks cover
-	next    int64 // guest offset of the next block
 	entries []vhdspec.IndexEntry
 }
 
@@ -105,7 +88,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	default:
 		return nil, fmt.Errorf("%s: %s=%s: must be %s or %s", Name, OptCompressionType, c, CompressionZstd, CompressionZlib)
 	}
-	out, d, err := vhdspec.StartWriter(dst, Name, vhdspec.CookieZVHD2, o.Size)
+	s, d, err := vhdspec.NewStream(dst, Name, vhdspec.CookieZVHD2, o.Size)
 	if err != nil {
 		return nil, err
 	}
@@ -115,41 +98,35 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	d.BlockSize = vhdspec.BlockSize
 	d.MaxBlkNum = uint32(vhdspec.CeilDiv(d.OrigSize, vhdspec.BlockSize))
 	d.CompressMethod = method
-	w := &Writer{out: out, d: d, method: method, size: o.Size}
-	if err := w.write(vhdspec.Slot(d)); err != nil {
+	w := &Writer{Stream: s, d: d, method: method}
+	if err := w.Put(vhdspec.Slot(d)); err != nil {
 		return nil, err
 	}
 	return w, nil
 }
 
-// BlockSize is the format's 2 MiB block.
-func (w *Writer) BlockSize() int64 { return vhdspec.BlockSize }
-
 // Encode compresses each non-zero 2 MiB block of b into a complete record.
 // All-zero blocks are dropped: the format has no stored zero block.
 func (w *Writer) Encode(b *format.Block) error {
-	if b.Status != format.Data {
-		return nil
-	}
-	recs, err := vhdspec.EncodeBlocks(b, func(dst, block []byte) ([]byte, error) {
+	err := w.Stream.Encode(b, func(dst, block []byte) ([]byte, error) {
 		if w.method == vhdspec.MethodZstd {
 			return zstdEncoder().EncodeAll(block, dst), nil
 		}
-		return deflateBlock(dst, block)
+		return vhdspec.SyncFlush(&zlibPool, dst, block)
 	})
 	if err != nil {
-		return fmt.Errorf("%s: %w", Name, err)
+		return err
 	}
+	recs, _ := b.Encoded.([]vhdspec.Record) // none for a block without data
 	for i := range recs {
 		recs[i].Buf = vhdspec.FinishRecord(recs[i].Buf, recs[i].Block)
 	}
-	b.Encoded = recs
 	return nil
 }
 
 // Write appends b's records, remembering where each went for the index.
 func (w *Writer) Write(b *format.Block) error {
-	recs, err := vhdspec.Records(Name, b, &w.next, w.size)
+	recs, err := w.Records(b)
 	if err != nil {
 		return err
 	}
@@ -157,8 +134,8 @@ func (w *Writer) Write(b *format.Block) error {
 		if len(w.entries) >= vhdspec.MaxStoredBlocks {
 			return fmt.Errorf("%s: more than %d non-zero blocks do not fit the index", Name, vhdspec.MaxStoredBlocks)
 		}
-		w.entries = append(w.entries, vhdspec.IndexEntry{Offset: uint64(w.out.Pos()), Block: r.Block, Length: uint32(len(r.Buf))})
-		if err := w.write(r.Buf); err != nil {
+		w.entries = append(w.entries, vhdspec.IndexEntry{Offset: uint64(w.Out.Pos()), Block: r.Block, Length: uint32(len(r.Buf))})
+		if err := w.Put(r.Buf); err != nil {
 			return err
 		}
 		r.Free()
@@ -166,15 +143,10 @@ func (w *Writer) Write(b *format.Block) error {
 	return nil
 }
 
-func (w *Writer) write(p []byte) error {
-	_, err := w.out.Write(p)
-	return err
-}
-
 // Close writes the mid-footer, index, bitmap and trailer and flushes.
 func (w *Writer) Close() error {
-	if w.next != w.size {
-		return fmt.Errorf("%s: blocks end at %d, the disk at %d", Name, w.next, w.size)
+	if err := w.Complete(); err != nil {
+		return err
 	}
 	d := *w.d
 	n := uint32(len(w.entries))
@@ -182,10 +154,10 @@ func (w *Writer) Close() error {
 	// driver leaves the header's (then stale) checksum in it; nobody reads
 	// this slot's checksum, and a correct one costs nothing.
 	d.NonZeroBlkNum = n
-	if err := w.write(vhdspec.Slot(&d)); err != nil {
+	if err := w.Put(vhdspec.Slot(&d)); err != nil {
 		return err
 	}
-	d.IndexLBA = uint64(w.out.Pos())
+	d.IndexLBA = uint64(w.Out.Pos())
 	d.IndexSegNum = uint32(vhdspec.CeilDiv(uint64(n), vhdspec.SegBlocks))
 	d.IndexSize = d.IndexSegNum * vhdspec.IndexSegSize
 	d.IndexSegSize = vhdspec.IndexSegSize
@@ -196,12 +168,12 @@ func (w *Writer) Close() error {
 			for i, e := range w.entries[s:min(s+vhdspec.SegBlocks, len(w.entries))] {
 				e.Encode(seg[i*vhdspec.EntrySize:])
 			}
-			if err := w.write(seg); err != nil {
+			if err := w.Put(seg); err != nil {
 				return err
 			}
 		}
 	}
-	d.BitmapLBA = uint64(w.out.Pos())
+	d.BitmapLBA = uint64(w.Out.Pos())
 	d.BitmapSegNum = uint32(vhdspec.CeilDiv(uint64(d.MaxBlkNum), vhdspec.BitmapBlocks))
 	d.BitmapSize = d.BitmapSegNum * vhdspec.BitmapSegSize
 	d.BitmapSegSize = vhdspec.BitmapSegSize
@@ -213,14 +185,14 @@ func (w *Writer) Close() error {
 			b := w.entries[k].Block % vhdspec.BitmapBlocks
 			seg[b/8] |= 1 << (b % 8)
 		}
-		if err := w.write(seg); err != nil {
+		if err := w.Put(seg); err != nil {
 			return err
 		}
 	}
-	if err := w.write(vhdspec.Slot(&d)); err != nil {
+	if err := w.Put(vhdspec.Slot(&d)); err != nil {
 		return err
 	}
-	return w.out.Flush()
+	return w.Out.Flush()
 }
 
 // zstdEncoder is shared by all writers: EncodeAll is safe for concurrent
@@ -238,11 +210,9 @@ var zstdEncoder = sync.OnceValue(func() *zstd.Encoder {
 	return enc
 })
 
-// appender is an io.Writer appending to a slice.
-type appender struct{ b []byte }
-
-func (a *appender) Write(p []byte) (int, error) { a.b = append(a.b, p...); return len(p), nil }
-
+// zlibPool holds the driver's zlib compressor: level 1, sync-flushed and
+// never finished, so a payload ends in 00 00 ff ff with no final block and
+// no Adler-32 (§2.3).
 var zlibPool = sync.Pool{New: func() any {
 	zw, err := zlib.NewWriterLevel(nil, zlibLevel)
 	if err != nil {
@@ -250,25 +220,3 @@ var zlibPool = sync.Pool{New: func() any {
 	}
 	return zw
 }}
-
-var errShortFlush = errors.New("zlib: nothing written")
-
-// deflateBlock appends block to dst as the driver's zlib payload: a zlib
-// stream at level 1, sync-flushed and never finished, so it ends in
-// 00 00 ff ff with no final block and no Adler-32 (§2.3).
-func deflateBlock(dst, block []byte) ([]byte, error) {
-	zw := zlibPool.Get().(*zlib.Writer)
-	defer zlibPool.Put(zw)
-	a := appender{b: dst}
-	zw.Reset(&a)
-	if _, err := zw.Write(block); err != nil {
-		return nil, err
-	}
-	if err := zw.Flush(); err != nil {
-		return nil, err
-	}
-	if len(a.b) == len(dst) {
-		return nil, errShortFlush
-	}
-	return a.b, nil
-}

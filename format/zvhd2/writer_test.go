@@ -21,6 +21,7 @@ import (
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 	_ "github.com/diskimg/diskimg/format/raw"
 	_ "github.com/diskimg/diskimg/format/vhd"
 	_ "github.com/diskimg/diskimg/format/vhdx"
@@ -332,19 +333,10 @@ func parseZVHD2(t testing.TB, file []byte, strict pStrict) *pFile {
 // Helpers.
 // ---------------------------------------------------------------------
 
-func writerFormat(t testing.TB, name string) *format.WriterFormat {
-	t.Helper()
-	w, err := format.LookupWriter(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
-}
-
 // convertTo converts src to format wf on dst through the engine.
 func convertTo(t testing.TB, src format.Image, wf string, dst format.Target, opts convert.Options) *convert.Result {
 	t.Helper()
-	res, err := convert.Convert(context.Background(), src, writerFormat(t, wf), dst, opts)
+	res, err := convert.Convert(context.Background(), src, formattest.WriterFormat(t, wf), dst, opts)
 	if err != nil {
 		t.Fatalf("convert to %s: %v", wf, err)
 	}
@@ -412,8 +404,8 @@ func TestParserOnVectors(t *testing.T) {
 		{"t1.zvhd2", "t1.raw", 2, 1}, {"t1z.zvhd2", "t1.raw", 2, 1},
 		{"t3.zvhd2", "t3.raw", 0, 1}, {"t4.zvhd2", "t4.raw", 1, 1},
 	} {
-		p := parseZVHD2(t, readVector(t, v.name), false)
-		raw := readVector(t, v.raw)
+		p := parseZVHD2(t, vhdspectest.ReadVector(t, v.name), false)
+		raw := vhdspectest.ReadVector(t, v.raw)
 		if len(p.records) != v.nz || p.trailer.u("bitmap_seg_num") != v.bmSeg {
 			t.Errorf("%s: %d records, %d bitmap segments", v.name, len(p.records), p.trailer.u("bitmap_seg_num"))
 		}
@@ -421,7 +413,7 @@ func TestParserOnVectors(t *testing.T) {
 			t.Errorf("%s: parsed data differs from %s at %d", v.name, v.raw, formattest.FirstDiff(got, raw))
 		}
 	}
-	p := parseZVHD2(t, readVector(t, "t2.zvhd2"), false)
+	p := parseZVHD2(t, vhdspectest.ReadVector(t, "t2.zvhd2"), false)
 	if p.trailer.u("bitmap_seg_num") != 2 || len(p.records) != 4 {
 		t.Errorf("t2: %d bitmap segments, %d records", p.trailer.u("bitmap_seg_num"), len(p.records))
 	}
@@ -441,13 +433,13 @@ func TestVectorsFieldByField(t *testing.T) {
 	} {
 		t.Run(v.ref, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out.zvhd2")
-			convertFile(t, vectorPath(t, v.raw), "raw", out, Name, convert.Options{WriterOptions: methodOpts(v.method)})
+			convertFile(t, vhdspectest.VectorPath(t, v.raw), "raw", out, Name, convert.Options{WriterOptions: methodOpts(v.method)})
 			data, err := os.ReadFile(out)
 			if err != nil {
 				t.Fatal(err)
 			}
 			ours := parseZVHD2(t, data, true)
-			ref := parseZVHD2(t, readVector(t, v.ref), false)
+			ref := parseZVHD2(t, vhdspectest.ReadVector(t, v.ref), false)
 			sameLayout := len(ours.records) == len(ref.records)
 			for i := range ours.records {
 				if sameLayout && (ours.records[i].length != ref.records[i].length || ours.records[i].block != ref.records[i].block) {
@@ -472,8 +464,8 @@ func TestVectorsFieldByField(t *testing.T) {
 					}
 				}
 			}
-			if sameLayout && len(data) != len(readVector(t, v.ref)) {
-				t.Errorf("file size %d, driver's %d", len(data), len(readVector(t, v.ref)))
+			if sameLayout && len(data) != len(vhdspectest.ReadVector(t, v.ref)) {
+				t.Errorf("file size %d, driver's %d", len(data), len(vhdspectest.ReadVector(t, v.ref)))
 			}
 			// Identity fields are fresh: a recent timestamp, a v4 uuid.
 			ts := vhdspec.Epoch.Add(time.Duration(ours.trailer.u("timestamp")) * time.Second)
@@ -483,11 +475,11 @@ func TestVectorsFieldByField(t *testing.T) {
 			if u := ours.trailer.raw("uuid"); u[6]>>4 != 4 || allZero(u) {
 				t.Errorf("uuid % x is not a random v4 uuid", u)
 			}
-			raw := readVector(t, v.raw)
+			raw := vhdspectest.ReadVector(t, v.raw)
 			if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
 				t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 			}
-			t.Logf("%s: ours %d bytes, driver's %d", v.ref, len(data), len(readVector(t, v.ref)))
+			t.Logf("%s: ours %d bytes, driver's %d", v.ref, len(data), len(vhdspectest.ReadVector(t, v.ref)))
 		})
 	}
 }
@@ -567,7 +559,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 		t.Fatalf("raw → zvhd2 → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 	}
 	// Measure is an upper bound of what was written.
-	m, err := convert.Measure(srcImg, 0, writerFormat(t, Name), convert.Options{WriterOptions: methodOpts(method)})
+	m, err := convert.Measure(srcImg, 0, formattest.WriterFormat(t, Name), convert.Options{WriterOptions: methodOpts(method)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -627,7 +619,7 @@ func TestOver64GiB(t *testing.T) {
 	const size = 68723684385
 	dir := t.TempDir()
 	src := filepath.Join(dir, "t2.raw")
-	chunks := readVector(t, "t2-blocks.bin")
+	chunks := vhdspectest.ReadVector(t, "t2-blocks.bin")
 	f, err := os.Create(src)
 	if err != nil {
 		t.Fatal(err)
@@ -652,7 +644,7 @@ func TestOver64GiB(t *testing.T) {
 		t.Logf("%s: converted in %v", m, time.Since(start))
 		data, _ := os.ReadFile(out)
 		p := parseZVHD2(t, data, true)
-		ref := parseZVHD2(t, readVector(t, "t2.zvhd2"), false)
+		ref := parseZVHD2(t, vhdspectest.ReadVector(t, "t2.zvhd2"), false)
 		for _, name := range []string{"orig_size", "curr_size", "geometry", "max_blk_num", "index_size", "bitmap_size",
 			"index_seg_num", "bitmap_seg_num", "non_zero_blk_num"} {
 			if p.trailer.u(name) != ref.trailer.u(name) {
@@ -683,7 +675,7 @@ func TestOver64GiB(t *testing.T) {
 
 // TestOptions: options are checked before any byte is written.
 func TestOptions(t *testing.T) {
-	wf := writerFormat(t, Name)
+	wf := formattest.WriterFormat(t, Name)
 	for _, c := range []struct {
 		opts map[string]string
 		want string
@@ -760,7 +752,7 @@ func TestWriterContract(t *testing.T) {
 // TestMeasure checks the figures on an empty disk (exact) and a dense one
 // (bounds), with and without a source.
 func TestMeasure(t *testing.T) {
-	wf := writerFormat(t, Name)
+	wf := formattest.WriterFormat(t, Name)
 	m, err := wf.Measure(format.WriteOptions{Size: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
@@ -847,7 +839,7 @@ func benchConvert(b *testing.B, compressible bool, opts map[string]string) {
 	src := benchSource(b, compressible)
 	dir := filepath.Dir(src)
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b, Name)
+	wf := formattest.WriterFormat(b, Name)
 	dst := filepath.Join(dir, "dst.zvhd2")
 	_, qerr := exec.LookPath("qemu-img")
 	var ours, qemu time.Duration
@@ -909,7 +901,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
 	img := formattest.Open(b, src, "raw")
-	wf := writerFormat(b, Name)
+	wf := formattest.WriterFormat(b, Name)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := convert.Convert(context.Background(), img, wf, io.Discard, convert.Options{}); err != nil {

@@ -24,8 +24,6 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
-	"sort"
-	"sync"
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
@@ -40,29 +38,17 @@ const Name = "zvhd2"
 // Priority orders probing: the cookie is distinctive, any slot will do.
 const Priority = 50
 
-func init() {
-	format.Register(&format.Format{
-		Name:      Name,
-		Priority:  Priority,
-		Probe:     func(f format.File) bool { return vhdspec.HasCookie(f, vhdspec.CookieZVHD2) },
-		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-		CheckFile: CheckFile,
-	})
-}
+func init() { vhdspec.Register(Name, Priority, vhdspec.CookieZVHD2, Open, CheckFile) }
 
 // Image is an open ZVHD2 image.
 type Image struct {
 	format.Base                     // Meta holds the size; Info is built on demand
 	d           *vhdspec.Descriptor // the trailer: the descriptor in force
 	entries     []vhdspec.IndexEntry
-	stored      vhdspec.Stored
+	blocks      vhdspec.Blocks // the stored blocks; its lock guards decoding
 
-	mu         sync.Mutex
 	zstd       *zstd.Decoder
-	cached     int    // entries index of the block in cache; -1 for none
-	cache      []byte // the decoded block
 	rec        []byte // the last record read
-	specific   *Specific
 	trailerOff int64
 }
 
@@ -87,7 +73,7 @@ func Open(f format.File) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, cached: -1, trailerOff: trailerOff}
+	img := &Image{Base: format.Base{File: f, Meta: format.Info{VirtualSize: int64(d.OrigSize)}}, d: d, trailerOff: trailerOff}
 	if err := img.readMaps(); err != nil {
 		return nil, err
 	}
@@ -241,7 +227,7 @@ func (img *Image) readMaps() error {
 		}
 		if stored {
 			img.entries = append(img.entries, e)
-			img.stored.Add(int64(e.Block))
+			img.blocks.Add(int64(e.Block))
 		}
 	}
 	return rules.complete(img.trailerOff)
@@ -354,53 +340,33 @@ func (img *Image) Close() error {
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
-	return &format.Info{
-		Format:      Name,
-		VirtualSize: img.Size(),
-		ClusterSize: vhdspec.BlockSize,
-		Specific: &Specific{
-			CurrentSize:    int64(d.CurrSize),
-			BlockSize:      int64(d.BlockSize),
-			Compression:    vhdspec.Method(d.CompressMethod),
-			Version:        int(d.Version),
-			DenseIndex:     d.IndexDense == 1,
-			StoredBlocks:   int64(d.NonZeroBlkNum),
-			UUID:           vhdspec.FormatUUID(d.UUID),
-			CreatorVersion: d.CreatorVersionString(),
-			Timestamp:      d.TimestampString(),
-		},
-	}
+	return d.Info(Name, img.Size(), &Specific{
+		CurrentSize:    int64(d.CurrSize),
+		BlockSize:      int64(d.BlockSize),
+		Compression:    vhdspec.Method(d.CompressMethod),
+		Version:        int(d.Version),
+		DenseIndex:     d.IndexDense == 1,
+		StoredBlocks:   int64(d.NonZeroBlkNum),
+		UUID:           vhdspec.FormatUUID(d.UUID),
+		CreatorVersion: d.CreatorVersionString(),
+		Timestamp:      d.TimestampString(),
+	})
 }
 
 // Extent reports a run of stored blocks as compressed Data and a run of
 // absent blocks as Zero.
 func (img *Image) Extent(off int64) (format.Extent, error) {
-	return img.stored.Extent(Name, off, img.Size())
+	return img.blocks.Extent(Name, off, img.Size())
 }
 
 // ReadAt reads guest bytes, decoding each stored block it touches.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	img.mu.Lock()
-	defer img.mu.Unlock()
-	return vhdspec.ReadBlocks(p, off, img.Size(), func(b int64) ([]byte, error) {
-		k := sort.Search(len(img.entries), func(k int) bool { return int64(img.entries[k].Block) >= b })
-		if k == len(img.entries) || int64(img.entries[k].Block) != b {
-			return nil, nil
-		}
-		if err := img.decode(k); err != nil {
-			return nil, err
-		}
-		return img.cache, nil
-	})
+	return img.blocks.ReadAt(p, off, img.Size(), img.decode)
 }
 
-// decode makes img.cache hold the block of entry k. It checks the record's
+// decode fills block with the block of entry k. It checks the record's
 // framing against the entry and decodes the payload to exactly one block.
-func (img *Image) decode(k int) error {
-	if img.cached == k {
-		return nil
-	}
-	img.cached = -1
+func (img *Image) decode(k int, block []byte) error {
 	e := img.entries[k]
 	off := int64(e.Offset)
 	if cap(img.rec) < int(e.Length) {
@@ -422,20 +388,16 @@ func (img *Image) decode(k int) error {
 		return format.Errorf(Name, "record end marker", off+int64(len(rec)-vhdspec.RecordEndLen), "%q, want %q", rec[len(rec)-vhdspec.RecordEndLen:], vhdspec.RecordEnd)
 	}
 	payload := rec[vhdspec.RecordHeaderLen : vhdspec.RecordHeaderLen+int(h.PayloadLen)]
-	if img.cache == nil {
-		img.cache = make([]byte, vhdspec.BlockSize)
-	}
 	var err error
 	if img.d.CompressMethod == vhdspec.MethodZstd {
-		err = unzstd(img.zstd, payload, img.cache)
+		err = unzstd(img.zstd, payload, block)
 	} else {
-		err = inflate(payload, img.cache)
+		err = inflate(payload, block)
 	}
 	if err != nil {
 		return &format.FormatError{Format: Name, Field: "record payload", Offset: off + vhdspec.RecordHeaderLen,
 			Reason: fmt.Sprintf("block %d (%s)", e.Block, vhdspec.Method(img.d.CompressMethod)), Err: err}
 	}
-	img.cached = k
 	return nil
 }
 

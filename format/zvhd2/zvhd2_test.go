@@ -2,37 +2,24 @@ package zvhd2
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"path/filepath"
-	"reflect"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
+	"github.com/diskimg/diskimg/format/internal/vhdspec/vhdspectest"
 )
-
-// vectors holds the reference files written by Huawei's driver (see
-// testdata/README.md).
-const vectors = "../../testdata/external/zvhd2-vectors.tar.zst"
-
-func readVector(t testing.TB, name string) []byte {
-	t.Helper()
-	return formattest.ArchiveFile(t, vectors, name)
-}
-
-// vectorPath extracts a reference vector into a temporary directory and
-// returns its path.
-func vectorPath(t testing.TB, name string) string {
-	t.Helper()
-	return filepath.Join(formattest.Extract(t, vectors, name), name)
-}
 
 func openVector(t testing.TB, name string) *Image {
 	t.Helper()
-	img, err := format.Open(vectorPath(t, name), "", format.Policy{Untrusted: true})
+	img, err := format.Open(vhdspectest.VectorPath(t, name), "", format.Policy{Untrusted: true})
 	if err != nil {
 		t.Fatalf("open %s: %v", name, err)
 	}
@@ -47,49 +34,11 @@ func openBytes(b []byte) (*Image, error) {
 	return Open(&formattest.MemFile{Data: b, Path: "/nonexistent/x.zvhd2"})
 }
 
-// readAll reads the whole disk in odd-sized chunks that straddle blocks.
-func readAll(t testing.TB, img format.Image) []byte {
-	t.Helper()
-	got := make([]byte, img.Size())
-	for off := int64(0); off < img.Size(); off += 1<<20 + 4608 {
-		n := min(1<<20+4608, img.Size()-off)
-		if m, err := img.ReadAt(got[off:off+n], off); int64(m) != n || (err != nil && err != io.EOF) {
-			t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, m, err)
-		}
-	}
-	return got
-}
-
-type ext struct {
-	start, length int64
-	status        format.Status
-}
-
-func extents(t testing.TB, img format.Image) []ext {
-	t.Helper()
-	var out []ext
-	err := format.Walk(img, 0, func(e format.Extent) error {
-		if e.Status == format.Data && (!e.Compressed || e.Offset != -1) {
-			t.Errorf("data extent %+v: want Compressed and Offset -1", e)
-		}
-		if e.Status != format.Data && (e.Compressed || e.Offset != -1) {
-			t.Errorf("zero extent %+v: want Offset -1, not compressed", e)
-		}
-		out = append(out, ext{e.Start, e.Length, e.Status})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 const mib = 1 << 20
 
 func TestT1Variants(t *testing.T) {
-	raw := readVector(t, "t1.raw")
+	raw := vhdspectest.ReadVector(t, "t1.raw")
 	size := int64(len(raw))
-	wantExt := []ext{{0, 2 * mib, format.Data}, {2 * mib, 2 * mib, format.Zero}, {4 * mib, size - 4*mib, format.Data}}
 	for _, v := range []struct {
 		file   string
 		method string
@@ -101,12 +50,10 @@ func TestT1Variants(t *testing.T) {
 			if img.Size() != size {
 				t.Fatalf("size %d, want %d", img.Size(), size)
 			}
-			if got := readAll(t, img); !bytes.Equal(got, raw) {
+			if got := vhdspectest.ReadAll(t, img); !bytes.Equal(got, raw) {
 				t.Fatalf("bytes differ from t1.raw")
 			}
-			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-				t.Errorf("extents %v, want %v", got, wantExt)
-			}
+			vhdspectest.WantExtents(t, img, format.Data, 2*mib, 4*mib, size)
 			sp := img.Info().Specific.(*Specific)
 			if sp.Compression != v.method || sp.DenseIndex != v.dense || sp.CurrentSize != 1<<30 ||
 				sp.BlockSize != vhdspec.BlockSize || sp.Version != 1 || sp.StoredBlocks != 2 || sp.CreatorVersion != "1.4" {
@@ -134,7 +81,7 @@ func checkReadAtEnd(t *testing.T, img format.Image) {
 // TestT1Descriptor checks every trailer field of t1.zvhd2 against the
 // values docs/ZVHD2.md gives for the driver's output, and the index entries.
 func TestT1Descriptor(t *testing.T) {
-	file := readVector(t, "t1.zvhd2")
+	file := vhdspectest.ReadVector(t, "t1.zvhd2")
 	img := openVector(t, "t1.zvhd2")
 	defer img.Close()
 	d := *img.d
@@ -200,14 +147,12 @@ func TestGeometry(t *testing.T) {
 func TestT3AllZero(t *testing.T) {
 	img := openVector(t, "t3.zvhd2")
 	defer img.Close()
-	raw := readVector(t, "t3.raw")
+	raw := vhdspectest.ReadVector(t, "t3.raw")
 	if img.Size() != int64(len(raw)) {
 		t.Fatalf("size %d", img.Size())
 	}
-	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 3 * mib, format.Zero}}) {
-		t.Errorf("extents %v", got)
-	}
-	if !bytes.Equal(readAll(t, img), raw) {
+	vhdspectest.WantExtents(t, img, format.Zero, 3*mib)
+	if !bytes.Equal(vhdspectest.ReadAll(t, img), raw) {
 		t.Errorf("bytes differ from t3.raw")
 	}
 	d := *img.d
@@ -219,17 +164,15 @@ func TestT3AllZero(t *testing.T) {
 func TestT4Tiny(t *testing.T) {
 	img := openVector(t, "t4.zvhd2")
 	defer img.Close()
-	raw := readVector(t, "t4.raw")
+	raw := vhdspectest.ReadVector(t, "t4.raw")
 	want := append(raw, make([]byte, 24)...) // orig_size rounds 1000 up to 1024
 	if img.Size() != 1024 {
 		t.Fatalf("size %d", img.Size())
 	}
-	if !bytes.Equal(readAll(t, img), want) {
+	if !bytes.Equal(vhdspectest.ReadAll(t, img), want) {
 		t.Errorf("bytes differ from t4.raw")
 	}
-	if got := extents(t, img); !reflect.DeepEqual(got, []ext{{0, 1024, format.Data}}) {
-		t.Errorf("extents %v", got)
-	}
+	vhdspectest.WantExtents(t, img, format.Data, 1024)
 	if d := *img.d; d.Geometry != 0x411 || d.MaxBlkNum != 1 || d.CurrSize != 1<<30 {
 		t.Errorf("descriptor %+v", d)
 	}
@@ -250,17 +193,8 @@ func TestT2TwoSegments(t *testing.T) {
 	if d.BitmapSegNum != 2 || d.IndexSegNum != 1 || d.NonZeroBlkNum != 4 || d.MaxBlkNum != 32771 || d.CurrSize != 65<<30 {
 		t.Errorf("descriptor %+v", d)
 	}
-	wantExt := []ext{
-		{0, 2 * mib, format.Data},
-		{2 * mib, 32766 * 2 * mib, format.Zero},
-		{32767 * 2 * mib, 2 * 2 * mib, format.Data},
-		{32769 * 2 * mib, 2 * mib, format.Zero},
-		{32770 * 2 * mib, size - 32770*2*mib, format.Data},
-	}
-	if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-		t.Errorf("extents %v\nwant %v", got, wantExt)
-	}
-	chunks := readVector(t, "t2-blocks.bin")
+	vhdspectest.WantExtents(t, img, format.Data, 2*mib, 32767*2*mib, 32769*2*mib, 32770*2*mib, size)
+	chunks := vhdspectest.ReadVector(t, "t2-blocks.bin")
 	for i, b := range t2Blocks {
 		off := b * vhdspec.BlockSize
 		n := min(vhdspec.BlockSize, size-off)
@@ -298,41 +232,28 @@ func TestBuilt(t *testing.T) {
 		blocks[b] = data
 		copy(want[int64(b)*vhdspec.BlockSize:], data)
 	}
-	wantExt := []ext{
-		{0, 6 * mib, format.Data}, {6 * mib, 4 * mib, format.Zero}, {10 * mib, 2 * mib, format.Data},
-		{12 * mib, 2 * mib, format.Zero}, {14 * mib, 4 * mib, format.Data}, {18 * mib, 2 * mib, format.Zero},
-		{20 * mib, size - 20*mib, format.Data},
-	}
 	for _, method := range []uint8{vhdspec.MethodZstd, vhdspec.MethodZlib} {
 		for _, dense := range []bool{false, true} {
-			img, err := openBytes(spec{origSize: size, method: method, dense: dense, blocks: blocks}.build(t))
-			if err != nil {
-				t.Fatalf("%s dense=%v: %v", vhdspec.Method(method), dense, err)
-			}
-			if !bytes.Equal(readAll(t, img), want) {
-				t.Errorf("%s dense=%v: bytes differ", vhdspec.Method(method), dense)
-			}
-			if got := extents(t, img); !reflect.DeepEqual(got, wantExt) {
-				t.Errorf("%s dense=%v: extents %v", vhdspec.Method(method), dense, got)
-			}
-			// Backwards and repeated reads go through the block cache.
-			for _, off := range []int64{20 * mib, 0, 20*mib + 1, 3, 2*mib - 1} {
-				var b [2]byte
-				if _, err := img.ReadAt(b[:], off); err != nil && err != io.EOF {
+			t.Run(fmt.Sprintf("%s dense=%v", vhdspec.Method(method), dense), func(t *testing.T) {
+				img, err := openBytes(spec{origSize: size, method: method, dense: dense, blocks: blocks}.build(t))
+				if err != nil {
 					t.Fatal(err)
 				}
-				if !bytes.Equal(b[:min(2, size-off)], want[off:min(off+2, size)]) {
-					t.Errorf("ReadAt(%d) = %x", off, b)
+				defer img.Close()
+				if !bytes.Equal(vhdspectest.ReadAll(t, img), want) {
+					t.Errorf("bytes differ")
 				}
-			}
-			img.Close()
+				vhdspectest.WantExtents(t, img, format.Data, 6*mib, 10*mib, 12*mib, 14*mib, 18*mib, 20*mib, size)
+				// Backwards and repeated reads go through the block cache.
+				vhdspectest.WantReads(t, img, want, 2, 20*mib, 0, 20*mib+1, 3, 2*mib-1)
+			})
 		}
 	}
 }
 
 func TestProbe(t *testing.T) {
 	for name, want := range map[string]bool{"t1.zvhd2": true, "t1.zvhd": false, "t1.raw": false} {
-		f, err := format.OpenFile(vectorPath(t, name))
+		f, err := format.OpenFile(vhdspectest.VectorPath(t, name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,8 +262,189 @@ func TestProbe(t *testing.T) {
 		}
 		f.Close()
 	}
-	_, err := openBytes(readVector(t, "t1.zvhd"))
+	_, err := openBytes(vhdspectest.ReadVector(t, "t1.zvhd"))
 	if !errors.Is(err, format.ErrWrongType) {
 		t.Errorf("ZVHD opened as ZVHD2: %v", err)
 	}
+}
+
+// BenchmarkOpenEmpty1TiB opens an empty 1 TiB image (16 bitmap segments,
+// no index), takes its info and walks its whole extent map.
+func BenchmarkOpenEmpty1TiB(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "empty.zvhd2")
+	if err := os.WriteFile(path, spec{origSize: 1 << 40, method: vhdspec.MethodZstd}.build(b), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	formattest.BenchOpenEmpty(b, path, Name, 1)
+}
+
+// BenchmarkT2 opens the 64 GiB reference image t2.zvhd2, walks its extent
+// map and reads every stored block in full.
+func BenchmarkT2(b *testing.B) {
+	path := vhdspectest.VectorPath(b, "t2.zvhd2")
+	buf := make([]byte, vhdspec.BlockSize)
+	for b.Loop() {
+		img, err := format.Open(path, Name, format.Policy{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		calls := 0
+		err = format.Walk(img, 0, func(e format.Extent) error {
+			calls++
+			if e.Status != format.Data {
+				return nil
+			}
+			for off := e.Start; off < e.End(); off += vhdspec.BlockSize {
+				n := min(vhdspec.BlockSize, e.End()-off)
+				if _, err := img.ReadAt(buf[:n], off); err != nil && err != io.EOF {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if calls != 5 {
+			b.Fatalf("%d extents, want 5", calls)
+		}
+		img.Close()
+	}
+}
+
+// Every ZVHD2 file with data holds a 512 KiB index segment, mostly zeros:
+// too large for a seed. Seeds are kept in a sparse form instead:
+// sparseMagic, then records of a uint32 file offset, a uint16 length and
+// that many bytes, little-endian. The fuzz target runs both the input as
+// it is and its expansion.
+const (
+	sparseMagic = "zvhd2-sparse\n"
+	sparseLimit = 8 << 20 // largest expanded file
+)
+
+func expand(data []byte) []byte {
+	rest, ok := bytes.CutPrefix(data, []byte(sparseMagic))
+	if !ok {
+		return nil
+	}
+	type rec struct {
+		off int64
+		b   []byte
+	}
+	var recs []rec
+	var size int64
+	for len(rest) >= 6 {
+		off := int64(binary.LittleEndian.Uint32(rest))
+		n := int(binary.LittleEndian.Uint16(rest[4:]))
+		rest = rest[6:]
+		n = min(n, len(rest))
+		if off+int64(n) <= sparseLimit {
+			recs = append(recs, rec{off, rest[:n]})
+			size = max(size, off+int64(n))
+		}
+		rest = rest[n:]
+	}
+	out := make([]byte, size)
+	for _, r := range recs {
+		copy(out[r.off:], r.b)
+	}
+	return out
+}
+
+// compact keeps the non-zero 512-byte sectors of b and its length.
+func compact(b []byte) []byte {
+	out := []byte(sparseMagic)
+	put := func(off int, p []byte) {
+		out = binary.LittleEndian.AppendUint32(out, uint32(off))
+		out = binary.LittleEndian.AppendUint16(out, uint16(len(p)))
+		out = append(out, p...)
+	}
+	zero := make([]byte, 512)
+	for off := 0; off < len(b); off += 512 {
+		s := b[off:min(off+512, len(b))]
+		if !bytes.Equal(s, zero[:len(s)]) {
+			put(off, s)
+		}
+	}
+	put(len(b)-1, b[len(b)-1:])
+	return out
+}
+
+// fuzzExpanded fuzzes fn on the seeds' mutations, each as it is and
+// expanded.
+func fuzzExpanded(f *testing.F, fn func(t *testing.T, data []byte)) {
+	formattest.AddSeeds(f, "../../testdata/zvhd2")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fn(t, data)
+		if b := expand(data); b != nil {
+			fn(t, b)
+		}
+	})
+}
+
+func FuzzZVHD2(f *testing.F) {
+	fuzzExpanded(f, func(t *testing.T, data []byte) { formattest.Exercise(t, data, Name) })
+}
+
+// FuzzCheck runs the check, on the opened image and through CheckFile.
+func FuzzCheck(f *testing.F) {
+	fuzzExpanded(f, func(t *testing.T, data []byte) { vhdspectest.Exercise(t, Name, data) })
+}
+
+// TestSeeds checks that the seeds expand to images that open and read, so
+// the fuzzer starts from valid files. With ZVHD2_WRITE_SEEDS=1 it first
+// regenerates them from the reference vectors.
+func TestSeeds(t *testing.T) {
+	dir := "../../testdata/zvhd2"
+	if os.Getenv("ZVHD2_WRITE_SEEDS") == "1" {
+		writeSeeds(t, dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := expand(data)
+		if b == nil {
+			continue
+		}
+		n++
+		img, err := openBytes(b)
+		if err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+			continue
+		}
+		if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+		}
+		if err := openAndRead(b); err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+		}
+		img.Close()
+	}
+	if n == 0 {
+		t.Errorf("no seeds in %s", dir)
+	}
+}
+
+func writeSeeds(t *testing.T, dir string) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), compact(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("t2.sparse", vhdspectest.ReadVector(t, "t2.zvhd2"))
+	write("t3.sparse", vhdspectest.ReadVector(t, "t3.zvhd2"))
+	write("t4.sparse", vhdspectest.ReadVector(t, "t4.zvhd2"))
+	blocks := map[uint32][]byte{0: []byte("hello"), 2: bytes.Repeat([]byte{1, 2, 3}, 300)}
+	write("zlib-dense.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZlib, dense: true, blocks: blocks}.build(t))
+	write("zstd-sparse.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZstd, blocks: blocks}.build(t))
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/diskimg/diskimg/format"
 )
@@ -70,6 +71,9 @@ func (c *Check) Corrupt(msg string, args ...any) {
 	}
 	c.R.Corruptions++
 }
+
+// Problem is err's text without the format's name, as a problem line.
+func (c *Check) Problem(err error) string { return strings.TrimPrefix(err.Error(), c.Name+": ") }
 
 // Leak records n leaked 4096-byte units described by one line.
 func (c *Check) Leak(n int64, msg string, args ...any) {

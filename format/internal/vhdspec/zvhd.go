@@ -1,6 +1,7 @@
 package vhdspec
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -85,7 +86,9 @@ const (
 	MaxRecordLen = (RecordHeaderLen + MaxPayload + RecordEndLen + RecordAlign - 1) / RecordAlign * RecordAlign
 )
 
-// Descriptor is the 512-byte descriptor ("footer") of both formats.
+// Descriptor is the 512-byte descriptor ("footer") of both formats: the
+// drivers' C struct, field for field and packed, so that encoding/binary
+// lays it out at the Off* offsets.
 type Descriptor struct {
 	Cookie         [8]byte
 	Features       uint32
@@ -125,40 +128,8 @@ var le = binary.LittleEndian
 // DecodeDescriptor decodes the descriptor at the start of b, which holds
 // at least DescriptorSize bytes.
 func DecodeDescriptor(b []byte) *Descriptor {
-	b = b[:DescriptorSize]
-	d := &Descriptor{
-		Features:       le.Uint32(b[OffFeatures:]),
-		FormatVersion:  le.Uint32(b[OffFormatVersion:]),
-		DataOffset:     le.Uint64(b[OffDataOffset:]),
-		Timestamp:      le.Uint32(b[OffTimestamp:]),
-		CreatorVersion: le.Uint32(b[OffCreatorVersion:]),
-		CreatorOS:      le.Uint32(b[OffCreatorOS:]),
-		OrigSize:       le.Uint64(b[OffOriginalSize:]),
-		CurrSize:       le.Uint64(b[OffCurrentSize:]),
-		Geometry:       le.Uint32(b[OffGeometry:]),
-		DiskType:       le.Uint32(b[OffDiskType:]),
-		Checksum:       le.Uint32(b[OffChecksum:]),
-		Saved:          b[OffSavedState],
-		Hidden:         b[OffHidden],
-		Align64:        b[OffAlign64],
-		Version:        b[OffVersion],
-		BlockSize:      le.Uint32(b[OffBlockSize:]),
-		MaxBlkNum:      le.Uint32(b[OffMaxBlkNum:]),
-		IndexLBA:       le.Uint64(b[OffIndexLBA:]),
-		BitmapLBA:      le.Uint64(b[OffBitmapLBA:]),
-		IndexSize:      le.Uint32(b[OffIndexSize:]),
-		BitmapSize:     le.Uint32(b[OffBitmapSize:]),
-		IndexSegSize:   le.Uint32(b[OffIndexSegSize:]),
-		BitmapSegSize:  le.Uint32(b[OffBitmapSegSize:]),
-		IndexSegNum:    le.Uint32(b[OffIndexSegNum:]),
-		BitmapSegNum:   le.Uint32(b[OffBitmapSegNum:]),
-		NonZeroBlkNum:  le.Uint32(b[OffNonZeroBlkNum:]),
-		IndexDense:     b[OffIndexDense],
-		CompressMethod: b[OffCompressMethod],
-	}
-	copy(d.Cookie[:], b[OffCookie:])
-	copy(d.CreatorApp[:], b[OffCreatorApp:])
-	copy(d.UUID[:], b[OffUniqueID:])
+	d := &Descriptor{}
+	binary.Decode(b[:DescriptorSize], le, d) // the struct takes 142 of the 512 bytes: it cannot fail
 	return d
 }
 
@@ -167,37 +138,7 @@ func DecodeDescriptor(b []byte) *Descriptor {
 func (d *Descriptor) Encode(b []byte) {
 	b = b[:DescriptorSize]
 	clear(b)
-	copy(b[OffCookie:OffCookie+8], d.Cookie[:])
-	le.PutUint32(b[OffFeatures:], d.Features)
-	le.PutUint32(b[OffFormatVersion:], d.FormatVersion)
-	le.PutUint64(b[OffDataOffset:], d.DataOffset)
-	le.PutUint32(b[OffTimestamp:], d.Timestamp)
-	copy(b[OffCreatorApp:OffCreatorApp+4], d.CreatorApp[:])
-	le.PutUint32(b[OffCreatorVersion:], d.CreatorVersion)
-	le.PutUint32(b[OffCreatorOS:], d.CreatorOS)
-	le.PutUint64(b[OffOriginalSize:], d.OrigSize)
-	le.PutUint64(b[OffCurrentSize:], d.CurrSize)
-	le.PutUint32(b[OffGeometry:], d.Geometry)
-	le.PutUint32(b[OffDiskType:], d.DiskType)
-	le.PutUint32(b[OffChecksum:], d.Checksum)
-	copy(b[OffUniqueID:OffUniqueID+16], d.UUID[:])
-	b[OffSavedState] = d.Saved
-	b[OffHidden] = d.Hidden
-	b[OffAlign64] = d.Align64
-	b[OffVersion] = d.Version
-	le.PutUint32(b[OffBlockSize:], d.BlockSize)
-	le.PutUint32(b[OffMaxBlkNum:], d.MaxBlkNum)
-	le.PutUint64(b[OffIndexLBA:], d.IndexLBA)
-	le.PutUint64(b[OffBitmapLBA:], d.BitmapLBA)
-	le.PutUint32(b[OffIndexSize:], d.IndexSize)
-	le.PutUint32(b[OffBitmapSize:], d.BitmapSize)
-	le.PutUint32(b[OffIndexSegSize:], d.IndexSegSize)
-	le.PutUint32(b[OffBitmapSegSize:], d.BitmapSegSize)
-	le.PutUint32(b[OffIndexSegNum:], d.IndexSegNum)
-	le.PutUint32(b[OffBitmapSegNum:], d.BitmapSegNum)
-	le.PutUint32(b[OffNonZeroBlkNum:], d.NonZeroBlkNum)
-	b[OffIndexDense] = d.IndexDense
-	b[OffCompressMethod] = d.CompressMethod
+	binary.Encode(b, le, d)
 }
 
 // DescriptorChecksum returns the checksum of the descriptor at the start
@@ -297,6 +238,24 @@ const (
 	PayloadBound = BlockSize + BlockSize>>7 + 4096
 )
 
+// Register registers the reader of a format whose files start with cookie.
+func Register[I format.Image](name string, priority int, cookie string, open func(format.File) (I, error),
+	check func(context.Context, format.File) (*format.CheckResult, error)) {
+	format.Register(&format.Format{
+		Name:     name,
+		Priority: priority,
+		Probe:    func(f format.File) bool { return HasCookie(f, cookie) },
+		Open: func(f format.File, _ *format.Opener) (format.Image, error) {
+			img, err := open(f)
+			if err != nil {
+				return nil, err
+			}
+			return img, nil
+		},
+		CheckFile: check,
+	})
+}
+
 // HasCookie reports whether f starts with the first CookieLen bytes of
 // cookie, as the drivers' probes check.
 func HasCookie(f format.File, cookie string) bool {
@@ -369,28 +328,6 @@ func Slot(d *Descriptor) []byte {
 	d.Encode(b)
 	SetChecksum(b)
 	return b
-}
-
-// Records checks that b is the block at *next of a disk of size bytes,
-// as the writer contract promises, advances *next past it and returns the
-// records Encode made for it (none for a block without data).
-func Records(name string, b *format.Block, next *int64, size int64) ([]Record, error) {
-	switch {
-	case b.Start != *next:
-		return nil, fmt.Errorf("%s: block at %d arrived, expected %d", name, b.Start, *next)
-	case b.Length <= 0 || b.End() > size:
-		return nil, fmt.Errorf("%s: block [%d,+%d) is empty or past the disk size %d", name, b.Start, b.Length, size)
-	}
-	*next = b.End()
-	if b.Status != format.Data {
-		return nil, nil
-	}
-	recs, ok := b.Encoded.([]Record)
-	if !ok {
-		return nil, fmt.Errorf("%s: data block at %d was not encoded", name, b.Start)
-	}
-	b.Encoded = nil
-	return recs, nil
 }
 
 // Record is one encoded record: the bytes to write for a block.
@@ -483,30 +420,53 @@ func FinishRecord(rec []byte, block uint32) []byte {
 	return rec
 }
 
-// Stored is the set of stored blocks, as runs of consecutive blocks
-// [start, end) in ascending order.
-type Stored struct{ runs []blockRun }
+// Blocks is the set of an image's stored blocks, each in one record, with
+// a cache of the last block decoded. Records are numbered in the order
+// Add is called, which is ascending block order.
+type Blocks struct {
+	runs []blockRun
 
-type blockRun struct{ start, end int64 }
+	mu     sync.Mutex
+	cached int    // the record whose block cache holds, if cache is not nil
+	cache  []byte // nil until the first decode; invalid while cached is -1
+}
 
-// Add adds block b, which must follow every block added before.
-func (s *Stored) Add(b int64) {
-	if r := len(s.runs) - 1; r >= 0 && s.runs[r].end == b {
+// blockRun is a run of consecutive stored blocks [start, end), the first
+// of them in record first.
+type blockRun struct {
+	start, end int64
+	first      int
+}
+
+// Add adds block b, which must follow every block added before, as the
+// next record.
+func (s *Blocks) Add(b int64) {
+	r := len(s.runs) - 1
+	if r >= 0 && s.runs[r].end == b {
 		s.runs[r].end = b + 1
 		return
 	}
-	s.runs = append(s.runs, blockRun{b, b + 1})
+	first := 0
+	if r >= 0 {
+		first = s.runs[r].first + int(s.runs[r].end-s.runs[r].start)
+	}
+	s.runs = append(s.runs, blockRun{b, b + 1, first})
+}
+
+// run returns the index of the first run that ends after block b.
+func (s *Blocks) run(b int64) int {
+	return sort.Search(len(s.runs), func(i int) bool { return s.runs[i].end > b })
 }
 
 // Extent reports the run at off of a disk of size bytes: stored blocks as
 // compressed Data, absent ones as Zero (the formats drop every zero block,
 // so nothing is unallocated).
-func (s *Stored) Extent(name string, off, size int64) (format.Extent, error) {
+func (s *Blocks) Extent(name string, off, size int64) (format.Extent, error) {
 	if off < 0 || off >= size {
 		return format.Extent{}, fmt.Errorf("%s: extent offset %d out of range", name, off)
 	}
 	b := off / BlockSize
-	i := sort.Search(len(s.runs), func(i int) bool { return s.runs[i].end > b })
+	i := s.run(b)
 	e := format.Extent{Start: off, Status: format.Zero, Offset: -1}
 	end := size
 	if i < len(s.runs) {
@@ -522,6 +482,52 @@ func (s *Stored) Extent(name string, off, size int64) (format.Extent, error) {
 	return e, nil
 }
 
+// ReadAt fills p with guest bytes from off of a disk of size bytes, block
+// by block: decode fills block with the decoded block of record k; blocks
+// not stored read as zeros.
+func (s *Blocks) ReadAt(p []byte, off, size int64, decode func(k int, block []byte) error) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, clipErr := format.ClipRead(p, off, size)
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		in := pos % BlockSize
+		dst := p[done : done+int(min(int64(n-done), BlockSize-in))]
+		b := pos / BlockSize
+		if i := s.run(b); i == len(s.runs) || s.runs[i].start > b {
+			clear(dst)
+		} else if err := s.load(s.runs[i].first+int(b-s.runs[i].start), decode); err != nil {
+			return done, err
+		} else {
+			copy(dst, s.cache[in:])
+		}
+		done += len(dst)
+	}
+	return n, clipErr
+}
+
+// load makes the cache hold the block of record k.
+func (s *Blocks) load(k int, decode func(k int, block []byte) error) error {
+	if s.cache != nil && s.cached == k {
+		return nil
+	}
+	if s.cache == nil {
+		s.cache = make([]byte, BlockSize)
+	}
+	s.cached = -1
+	if err := decode(k, s.cache); err != nil {
+		return err
+	}
+	s.cached = k
+	return nil
+}
+
+// Info describes an image of format name and size bytes whose descriptor
+// is d, with its "format-specific" part.
+func (d *Descriptor) Info(name string, size int64, specific any) *format.Info {
+	return &format.Info{Format: name, VirtualSize: size, ClusterSize: BlockSize, Specific: specific}
+}
+
 // CreatorVersionString is the creator version as `info` shows it.
 func (d *Descriptor) CreatorVersionString() string {
 	return fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff)
@@ -530,44 +536,4 @@ func (d *Descriptor) CreatorVersionString() string {
 // TimestampString is the descriptor's timestamp in RFC 3339.
 func (d *Descriptor) TimestampString() string {
 	return Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339)
-}
-
-// ReadBlocks fills p with guest bytes from off of a disk of size bytes,
-// block by block: block returns block b's decoded bytes, nil for a block
-// not stored (zeros).
-func ReadBlocks(p []byte, off, size int64, block func(b int64) ([]byte, error)) (int, error) {
-	n, clipErr := format.ClipRead(p, off, size)
-	for done := 0; done < n; {
-		pos := off + int64(done)
-		in := pos % BlockSize
-		dst := p[done : done+int(min(int64(n-done), BlockSize-in))]
-		data, err := block(pos / BlockSize)
-		if err != nil {
-			return done, err
-		}
-		if data == nil {
-			clear(dst)
-		} else {
-			copy(dst, data[in:])
-		}
-		done += len(dst)
-	}
-	return n, clipErr
-}
-
-// StartWriter checks a writer's disk size and returns its output on dst
-// and a descriptor for the disk with cookie.
-func StartWriter(dst format.Target, name, cookie string, size int64) (*format.Output, *Descriptor, error) {
-	if size < 0 || size > MaxSize {
-		return nil, nil, fmt.Errorf("%s: virtual size %d is out of range (0 to %d bytes)", name, size, int64(MaxSize))
-	}
-	out, err := format.NewOutput(dst, name)
-	if err != nil {
-		return nil, nil, err
-	}
-	d, err := NewDescriptor(cookie, size)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return out, d, nil
 }
