@@ -5,11 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -53,7 +51,7 @@ func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]stri
 	defer f.Close()
 	co.WriterOptions = opts
 	co.Checksum = true
-	res, err := convert.Convert(context.Background(), src, formattest.WriterFormat(t, "vhd"), f, co)
+	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, "vhd"), f, co)
 	if err != nil {
 		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
@@ -67,28 +65,11 @@ func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]stri
 	return res
 }
 
-// qemuRC runs qemu-img on files the test made and returns its exit code
-// and output.
-func qemuRC(t testing.TB, args ...string) (int, string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	out, err := exec.Command("qemu-img", args...).CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0, string(out)
-	case errors.As(err, &ee):
-		return ee.ExitCode(), string(out)
-	}
-	t.Fatalf("qemu-img %v: %v", args, err)
-	return -1, ""
-}
-
 // qemuCompare asserts qemu-img compare finds src and the VHD identical
 // (a larger VHD's tail must read as zeros).
 func qemuCompare(t testing.TB, src, srcFmt, vhd string) {
 	t.Helper()
-	if rc, out := qemuRC(t, "compare", "-f", srcFmt, "-F", Name, src, vhd); rc != 0 {
+	if rc, out := formattest.QemuRC(t, "compare", "-f", srcFmt, "-F", Name, src, vhd); rc != 0 {
 		t.Errorf("qemu-img compare %s %s: exit %d: %s", filepath.Base(src), filepath.Base(vhd), rc, out)
 	}
 }
@@ -218,7 +199,7 @@ func TestWriterMatrix(t *testing.T) {
 				convertVHD(t, src, out, v.opts, convert.Options{})
 				foot := checkStructure(t, out)
 				qemuCompare(t, srcPath, s.fmt, out)
-				m, err := convert.Measure(src, 0, formattest.WriterFormat(t, "vhd"), convert.Options{WriterOptions: v.opts})
+				m, err := convert.Measure(src, 0, formattest.Writer(t, "vhd"), convert.Options{WriterOptions: v.opts})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -268,7 +249,7 @@ func TestWriterFullyAllocated(t *testing.T) {
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Empty)
 	img := formattest.Open(t, src, "raw")
 	for _, v := range writerVariants {
-		m, err := convert.Measure(img, 0, formattest.WriterFormat(t, "vhd"), convert.Options{WriterOptions: v.opts})
+		m, err := convert.Measure(img, 0, formattest.Writer(t, "vhd"), convert.Options{WriterOptions: v.opts})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -281,16 +262,16 @@ func TestWriterFullyAllocated(t *testing.T) {
 		}
 	}
 	// measure --size: an empty image, as qemu-img create makes it.
-	m, err := convert.Measure(nil, 1<<20, formattest.WriterFormat(t, "vhd"), convert.Options{})
+	m, err := convert.Measure(nil, 1<<20, formattest.Writer(t, "vhd"), convert.Options{})
 	if err != nil || m.Required != 2560 || m.FullyAllocated != 2560+blockStride {
 		t.Errorf("measure --size 1M: %+v, %v", m, err)
 	}
 	// qemu-img 7.2 cannot measure vpc, so there is nothing to compare
 	// with; notice when it learns to.
-	if rc, out := qemuRC(t, "measure", "-O", Name, "--output=json", src); rc == 0 || !strings.Contains(out, "does not support size measurement") {
+	if rc, out := formattest.QemuRC(t, "measure", "-O", Name, "--output=json", src); rc == 0 || !strings.Contains(out, "does not support size measurement") {
 		t.Errorf("qemu-img measure -O vpc now answers (exit %d): %s; compare Measure with it", rc, out)
 	}
-	if rc, out := qemuRC(t, "check", "-f", Name, filepath.Join(dir, "dynamic.vhd")); rc != 0 && !strings.Contains(out, "does not support checks") {
+	if rc, out := formattest.QemuRC(t, "check", "-f", Name, filepath.Join(dir, "dynamic.vhd")); rc != 0 && !strings.Contains(out, "does not support checks") {
 		t.Errorf("qemu-img check: exit %d: %s", rc, out)
 	}
 }
@@ -405,7 +386,7 @@ func TestWriterPipe(t *testing.T) {
 
 			var res *convert.Result
 			got := formattest.Piped(t, func(pw *os.File) (err error) {
-				res, err = convert.Convert(context.Background(), img, formattest.WriterFormat(t, "vhd"), pw,
+				res, err = convert.Convert(context.Background(), img, formattest.Writer(t, "vhd"), pw,
 					convert.Options{WriterOptions: v.opts, Checksum: true})
 				if err != nil {
 					return fmt.Errorf("%s %s: convert to a pipe: %w", c, v.name, err)
@@ -463,7 +444,7 @@ func TestWriterAzure(t *testing.T) {
 
 // TestWriterOptions checks option validation before any byte is written.
 func TestWriterOptions(t *testing.T) {
-	w := formattest.WriterFormat(t, "vhd")
+	w := formattest.Writer(t, "vhd")
 	for _, c := range []struct {
 		opts map[string]string
 		size int64
@@ -668,7 +649,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := convert.Convert(context.Background(), img, formattest.WriterFormat(b, "vhd"), f, convert.Options{WriterOptions: v.opts}); err != nil {
+				if _, err := convert.Convert(context.Background(), img, formattest.Writer(b, "vhd"), f, convert.Options{WriterOptions: v.opts}); err != nil {
 					b.Fatal(err)
 				}
 				f.Close()
@@ -709,7 +690,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if _, err := convert.Convert(context.Background(), img, formattest.WriterFormat(b, "vhd"), f, convert.Options{}); err != nil {
+			if _, err := convert.Convert(context.Background(), img, formattest.Writer(b, "vhd"), f, convert.Options{}); err != nil {
 				b.Fatal(err)
 			}
 			f.Close()

@@ -143,7 +143,7 @@ func (p *zParsed) disk(size int64) []byte {
 
 func convertTo(t testing.TB, src format.Image, wf string, dst format.Target, opts convert.Options) {
 	t.Helper()
-	if _, err := convert.Convert(context.Background(), src, formattest.WriterFormat(t, wf), dst, opts); err != nil {
+	if _, err := convert.Convert(context.Background(), src, formattest.Writer(t, wf), dst, opts); err != nil {
 		t.Fatalf("convert to %s: %v", wf, err)
 	}
 }
@@ -256,7 +256,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			if !bytes.Equal(got, padded) {
 				t.Fatalf("zvhd → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 			}
-			m, err := convert.Measure(srcImg, 0, formattest.WriterFormat(t, Name), convert.Options{})
+			m, err := convert.Measure(srcImg, 0, formattest.Writer(t, Name), convert.Options{})
 			if err != nil || m.Required < int64(len(data)) || m.FullyAllocated < m.Required {
 				t.Errorf("measure %+v, %v; file %d bytes", m, err, len(data))
 			}
@@ -325,7 +325,7 @@ func TestWriterPipe(t *testing.T) {
 
 // TestWriterOptions: no -o options; -c accepted; checked before writing.
 func TestWriterOptions(t *testing.T) {
-	wf := formattest.WriterFormat(t, Name)
+	wf := formattest.Writer(t, Name)
 	if err := wf.Validate(format.WriteOptions{Size: 1 << 20, Options: map[string]string{"compression_type": "zstd"}}); err == nil ||
 		!strings.Contains(err.Error(), "valid options: none") {
 		t.Errorf("unknown option: %v", err)
@@ -347,7 +347,7 @@ func BenchmarkWriterRandom256M(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(b, src, size, formattest.Dense)
 	img := formattest.Open(b, src, "raw")
-	wf := formattest.WriterFormat(b, Name)
+	wf := formattest.Writer(b, Name)
 	_, qerr := exec.LookPath("qemu-img")
 	var ours, qemu time.Duration
 	b.SetBytes(size)

@@ -336,7 +336,7 @@ func parseZVHD2(t testing.TB, file []byte, strict pStrict) *pFile {
 // convertTo converts src to format wf on dst through the engine.
 func convertTo(t testing.TB, src format.Image, wf string, dst format.Target, opts convert.Options) *convert.Result {
 	t.Helper()
-	res, err := convert.Convert(context.Background(), src, formattest.WriterFormat(t, wf), dst, opts)
+	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, wf), dst, opts)
 	if err != nil {
 		t.Fatalf("convert to %s: %v", wf, err)
 	}
@@ -559,7 +559,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 		t.Fatalf("raw → zvhd2 → raw differs at %d (%d vs %d bytes)", formattest.FirstDiff(got, padded), len(got), len(padded))
 	}
 	// Measure is an upper bound of what was written.
-	m, err := convert.Measure(srcImg, 0, formattest.WriterFormat(t, Name), convert.Options{WriterOptions: methodOpts(method)})
+	m, err := convert.Measure(srcImg, 0, formattest.Writer(t, Name), convert.Options{WriterOptions: methodOpts(method)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +675,7 @@ func TestOver64GiB(t *testing.T) {
 
 // TestOptions: options are checked before any byte is written.
 func TestOptions(t *testing.T) {
-	wf := formattest.WriterFormat(t, Name)
+	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts map[string]string
 		want string
@@ -752,7 +752,7 @@ func TestWriterContract(t *testing.T) {
 // TestMeasure checks the figures on an empty disk (exact) and a dense one
 // (bounds), with and without a source.
 func TestMeasure(t *testing.T) {
-	wf := formattest.WriterFormat(t, Name)
+	wf := formattest.Writer(t, Name)
 	m, err := wf.Measure(format.WriteOptions{Size: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
@@ -839,7 +839,7 @@ func benchConvert(b *testing.B, compressible bool, opts map[string]string) {
 	src := benchSource(b, compressible)
 	dir := filepath.Dir(src)
 	img := formattest.Open(b, src, "raw")
-	wf := formattest.WriterFormat(b, Name)
+	wf := formattest.Writer(b, Name)
 	dst := filepath.Join(dir, "dst.zvhd2")
 	_, qerr := exec.LookPath("qemu-img")
 	var ours, qemu time.Duration
@@ -901,7 +901,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
 	img := formattest.Open(b, src, "raw")
-	wf := formattest.WriterFormat(b, Name)
+	wf := formattest.Writer(b, Name)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := convert.Convert(context.Background(), img, wf, io.Discard, convert.Options{}); err != nil {
