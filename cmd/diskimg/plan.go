@@ -224,22 +224,8 @@ func parseSize(s string) (int64, error) {
 	s = strings.TrimSpace(s)
 	mult := int64(1)
 	if n := len(s); n > 0 {
-		switch strings.ToUpper(s[n-1:]) {
-		case "K":
-			mult = 1 << 10
-		case "M":
-			mult = 1 << 20
-		case "G":
-			mult = 1 << 30
-		case "T":
-			mult = 1 << 40
-		case "P":
-			mult = 1 << 50
-		case "E":
-			mult = 1 << 60
-		case "B":
-		}
-		if mult != 1 || strings.ToUpper(s[n-1:]) == "B" {
+		if i := strings.Index("BKMGTPE", strings.ToUpper(s[n-1:])); i >= 0 {
+			mult = 1 << (10 * i)
 			s = s[:n-1]
 		}
 	}
