@@ -32,8 +32,7 @@ func listDir(t *testing.T, dir string) []string {
 
 func TestConvertRefusals(t *testing.T) {
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 1<<20, formattest.Sparse)
+	src := rawSource(t, dir, 1<<20)
 	exists := filepath.Join(dir, "exists.raw")
 	os.WriteFile(exists, []byte("keep me"), 0o644)
 	for _, tc := range []struct {
@@ -69,8 +68,7 @@ func TestConvertRefusals(t *testing.T) {
 func TestConvertCompareMeasure(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	src := rawSource(t, dir, 9<<20+1536)
 	dst := filepath.Join(dir, "dst.raw")
 	out, stderr, code := runCLI(t, "convert", "-O", "raw", "--checksum", "sha256", "--verify", src, dst)
 	if code != 0 {
@@ -107,8 +105,7 @@ func TestConvertCompareMeasure(t *testing.T) {
 // the same bytes as the file output.
 func TestConvertToStdout(t *testing.T) {
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 3<<20+512, formattest.Sparse)
+	src := rawSource(t, dir, 3<<20+512)
 	var stderr string
 	var code int
 	got := formattest.Piped(t, func(w *os.File) error {
@@ -131,8 +128,7 @@ func TestConvertToStdout(t *testing.T) {
 // as qemu-img's does, also when streamed into a redirected standard output.
 func TestVMDKExtentName(t *testing.T) {
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 1<<20, formattest.Sparse)
+	src := rawSource(t, dir, 1<<20)
 	for _, sub := range []string{"monolithicSparse", "streamOptimized"} {
 		dst := filepath.Join(dir, sub+"-disk.vmdk")
 		if _, stderr, code := runCLI(t, "convert", "-O", "vmdk", "-o", "subformat="+sub, src, dst); code != 0 {
@@ -193,8 +189,7 @@ func withStdin(t *testing.T, path string, redirect bool, fn func()) {
 func TestConvertFromStdin(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 5<<20+512, formattest.Sparse)
+	src := rawSource(t, dir, 5<<20+512)
 	inputs := map[string]string{"raw": src}
 	for name, args := range map[string][]string{
 		"qcow2": {"qcow2"}, "vpc": {"vpc"}, "vhdx": {"vhdx"},

@@ -39,14 +39,7 @@ func planJSON(t *testing.T, args ...string) (limits.Decision, int) {
 func sparseRaw(t *testing.T, dir, name string, n int64) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(n); err != nil {
-		t.Fatal(err)
-	}
+	formattest.MakeRaw(t, path, n, formattest.Empty)
 	return path
 }
 
