@@ -3,7 +3,6 @@ package convert_test
 import (
 	"context"
 	"io"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 const benchSize = 256 << 20
@@ -26,17 +26,7 @@ var benchChunk, _ = strconv.ParseInt(os.Getenv("DISKIMG_BENCH_CHUNK"), 10, 64)
 func randomSource(b *testing.B) (dir, src string) {
 	dir = b.TempDir()
 	src = filepath.Join(dir, "src.raw")
-	f, err := os.Create(src)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 1<<20)
-	for range benchSize / len(buf) {
-		rng.Read(buf)
-		f.Write(buf)
-	}
-	f.Close()
+	formattest.MakeRaw(b, src, benchSize, formattest.Dense)
 	os.ReadFile(src)
 	return dir, src
 }
