@@ -103,9 +103,9 @@ func seed(name string) [32]byte {
 	return s
 }
 
-// makeRandom makes a sparse disk with data in four equal runs spread
-// over it, each starting on a MiB boundary.
-func makeRandom(path string, size, data int64) error {
+// makeDisk makes a disk of size bytes, a hole but for what write puts in
+// it.
+func makeDisk(path string, size int64, write func(f *os.File) error) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -114,44 +114,39 @@ func makeRandom(path string, size, data int64) error {
 	if err := f.Truncate(size); err != nil {
 		return err
 	}
-	rng := rand.NewChaCha8(seed("random"))
-	run := data / 4 / mib * mib
-	if run == 0 {
-		run = data / 4
-	}
-	for i := int64(0); i < 4; i++ {
-		off := i * (size / 4) / mib * mib
-		if err := fill(f, rng, off, min(run, size-off)); err != nil {
-			return err
-		}
+	if err := write(f); err != nil {
+		return err
 	}
 	return f.Close()
+}
+
+// makeRandom makes a sparse disk with data in four equal runs spread
+// over it, each starting on a MiB boundary.
+func makeRandom(path string, size, data int64) error {
+	return makeDisk(path, size, func(f *os.File) error {
+		rng := rand.NewChaCha8(seed("random"))
+		run := data / 4 / mib * mib
+		if run == 0 {
+			run = data / 4
+		}
+		for i := int64(0); i < 4; i++ {
+			off := i * (size / 4) / mib * mib
+			if err := fill(f, rng, off, min(run, size-off)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // makeDense makes a disk of random data end to end.
 func makeDense(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := fill(f, rand.NewChaCha8(seed("dense")), 0, size); err != nil {
-		return err
-	}
-	return f.Close()
+	return makeDisk(path, size, func(f *os.File) error { return fill(f, rand.NewChaCha8(seed("dense")), 0, size) })
 }
 
 // makeEmpty makes a disk with no data.
 func makeEmpty(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		return err
-	}
-	return f.Close()
+	return makeDisk(path, size, func(*os.File) error { return nil })
 }
 
 // osTools are the programs makeOS needs.

@@ -3,7 +3,6 @@ package convert_test
 import (
 	"context"
 	"io"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/diskimg/diskimg/convert"
+	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 const benchSize = 256 << 20
@@ -25,20 +26,42 @@ var benchChunk, _ = strconv.ParseInt(os.Getenv("DISKIMG_BENCH_CHUNK"), 10, 64)
 func randomSource(b *testing.B) (dir, src string) {
 	dir = b.TempDir()
 	src = filepath.Join(dir, "src.raw")
-	f, err := os.Create(src)
+	formattest.MakeRaw(b, src, benchSize, formattest.Dense)
+	os.ReadFile(src)
+	return dir, src
+}
+
+// convertTo converts img to a new file dst in format w, without CreateOutput's
+// temporary name and sync.
+func convertTo(b *testing.B, img format.Image, w *format.WriterFormat, dst string, opts convert.Options) {
+	os.Remove(dst)
+	f, err := os.Create(dst)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 1<<20)
-	for range benchSize / len(buf) {
-		rng.Read(buf)
-		f.Write(buf)
+	if _, err := convert.Convert(context.Background(), img, w, f, opts); err != nil {
+		b.Fatal(err)
 	}
 	f.Close()
-	data, _ := os.ReadFile(src)
-	_ = data
-	return dir, src
+}
+
+// copyTo copies src to a new file dst with a read/write loop like cat's
+// (ReadFrom and WriteTo hidden, so not copy_file_range).
+func copyTo(b *testing.B, src, dst string, buf []byte) {
+	os.Remove(dst)
+	in, err := os.Open(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer out.Close()
+	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, buf); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // BenchmarkConvertRandom256M converts 256 MiB of random raw data to raw
@@ -46,47 +69,21 @@ func randomSource(b *testing.B) (dir, src string) {
 // BenchmarkIoCopy256M.
 func BenchmarkConvertRandom256M(b *testing.B) {
 	dir, src := randomSource(b)
-	img := open(b, src)
-	w := rawWriter(b)
-	dst := filepath.Join(dir, "dst.raw")
+	img, w := open(b, src), rawWriter(b)
 	b.SetBytes(benchSize)
 	b.ReportAllocs()
 	for b.Loop() {
-		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, w, f, convert.Options{}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertTo(b, img, w, filepath.Join(dir, "dst.raw"), convert.Options{})
 	}
 }
 
 // BenchmarkIoCopy256M is plain io.Copy of the same file: the baseline.
 func BenchmarkIoCopy256M(b *testing.B) {
 	dir, src := randomSource(b)
-	dst := filepath.Join(dir, "dst.raw")
 	b.SetBytes(benchSize)
 	b.ReportAllocs()
 	for b.Loop() {
-		os.Remove(dst)
-		in, err := os.Open(src)
-		if err != nil {
-			b.Fatal(err)
-		}
-		out, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		// Hide ReadFrom/WriteTo so this is a read/write loop like cat's,
-		// not copy_file_range.
-		if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, make([]byte, 128<<10)); err != nil {
-			b.Fatal(err)
-		}
-		in.Close()
-		out.Close()
+		copyTo(b, src, filepath.Join(dir, "dst.raw"), make([]byte, 128<<10))
 	}
 }
 
@@ -97,20 +94,10 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	os.WriteFile(src, nil, 0o644)
 	os.Truncate(src, 1<<40)
-	img := open(b, src)
-	w := rawWriter(b)
-	dst := filepath.Join(dir, "dst.raw")
+	img, w := open(b, src), rawWriter(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := convert.Convert(context.Background(), img, w, f, convert.Options{}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertTo(b, img, w, filepath.Join(dir, "dst.raw"), convert.Options{})
 	}
 }
 
@@ -120,26 +107,18 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 // the others'.
 func BenchmarkEngineVsCopy(b *testing.B) {
 	dir, src := randomSource(b)
-	img := open(b, src)
-	w := rawWriter(b)
+	img, w := open(b, src), rawWriter(b)
 	dst := filepath.Join(dir, "dst.raw")
 	var tEngine, tCopy, tCat time.Duration
 	buf := make([]byte, 128<<10)
 	for b.Loop() {
-		os.Remove(dst)
 		start := time.Now()
-		in, _ := os.Open(src)
-		out, _ := os.Create(dst)
-		if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, buf); err != nil {
-			b.Fatal(err)
-		}
-		in.Close()
-		out.Close()
+		copyTo(b, src, dst, buf)
 		tCopy += time.Since(start)
 
 		os.Remove(dst)
 		start = time.Now()
-		out, _ = os.Create(dst)
+		out, _ := os.Create(dst)
 		cat := exec.Command("cat", src)
 		cat.Stdout = out
 		if err := cat.Run(); err != nil {
@@ -148,13 +127,8 @@ func BenchmarkEngineVsCopy(b *testing.B) {
 		out.Close()
 		tCat += time.Since(start)
 
-		os.Remove(dst)
 		start = time.Now()
-		f, _ := os.Create(dst)
-		if _, err := convert.Convert(context.Background(), img, w, f, convert.Options{ChunkSize: benchChunk}); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+		convertTo(b, img, w, dst, convert.Options{ChunkSize: benchChunk})
 		tEngine += time.Since(start)
 	}
 	b.ReportMetric(float64(tCopy)/float64(tEngine), "engine/copy")

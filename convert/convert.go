@@ -531,9 +531,9 @@ func newCountingTarget(dst format.Target, checksum bool) (*countingTarget, forma
 		c.rt = rt
 		if f, ok := dst.(format.FileDescriptor); ok {
 			c.wb = newWriteback(f.Fd())
-			return c, &fileTarget{seekTarget: &seekTarget{c}, fd: f}
+			return c, &fileTarget{seekTarget: &seekTarget{streamTarget{c}}, fd: f}
 		}
-		return c, &seekTarget{c}
+		return c, &seekTarget{streamTarget{c}}
 	}
 	return c, &streamTarget{c}
 }
@@ -576,14 +576,7 @@ func (s *streamTarget) Write(p []byte) (int, error) {
 }
 
 // seekTarget is a counting RandomTarget.
-type seekTarget struct{ *countingTarget }
-
-func (s *seekTarget) Write(p []byte) (int, error) {
-	n, err := s.dst.Write(p)
-	s.note(p[:n], s.pos)
-	s.pos += int64(n)
-	return n, err
-}
+type seekTarget struct{ streamTarget }
 
 func (s *seekTarget) WriteAt(p []byte, off int64) (int, error) {
 	n, err := s.rt.WriteAt(p, off)

@@ -44,20 +44,29 @@ func open(t testing.TB, path string) format.Image {
 	return img
 }
 
-// convertFile converts src to a new raw file at dst through CreateOutput.
-func convertFile(t testing.TB, src format.Image, dst string, opts convert.Options) *convert.Result {
+// tryConvert converts src to a new file at dst in format w through
+// CreateOutput, as the CLI does: the file is there only if the conversion
+// succeeded.
+func tryConvert(t testing.TB, ctx context.Context, src format.Image, w *format.WriterFormat, dst string, opts convert.Options) (*convert.Result, error) {
 	t.Helper()
 	out, err := convert.CreateOutput(dst, convert.OutputOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer out.Abort()
-	res, err := convert.Convert(context.Background(), src, rawWriter(t), out.Target, opts)
+	res, err := convert.Convert(ctx, src, w, out.Target, opts)
+	if err != nil {
+		return nil, err
+	}
+	return res, out.Commit()
+}
+
+// convertFile converts src to a new raw file at dst.
+func convertFile(t testing.TB, src format.Image, dst string, opts convert.Options) *convert.Result {
+	t.Helper()
+	res, err := tryConvert(t, context.Background(), src, rawWriter(t), dst, opts)
 	if err != nil {
 		t.Fatalf("convert: %v", err)
-	}
-	if err := out.Commit(); err != nil {
-		t.Fatal(err)
 	}
 	return res
 }
@@ -96,6 +105,16 @@ func listDir(t testing.TB, dir string) []string {
 	return names
 }
 
+// rawSource makes src.raw, a raw image of size bytes of content c, in a
+// new temporary directory dir.
+func rawSource(t testing.TB, size int64, c formattest.Content) (dir, src string) {
+	t.Helper()
+	dir = t.TempDir()
+	src = filepath.Join(dir, "src.raw")
+	formattest.MakeRaw(t, src, size, c)
+	return dir, src
+}
+
 var sizes = append([]int64{17, 4096 + 1, 1<<20 + 1}, formattest.Sizes...)
 
 // TestRawToRaw converts generated raw images and checks the result with
@@ -105,9 +124,7 @@ func TestRawToRaw(t *testing.T) {
 	for _, size := range sizes {
 		for _, c := range formattest.Contents {
 			t.Run(fmt.Sprintf("%d/%s", size, c), func(t *testing.T) {
-				dir := t.TempDir()
-				src := filepath.Join(dir, "src.raw")
-				formattest.MakeRaw(t, src, size, c)
+				dir, src := rawSource(t, size, c)
 				img := open(t, src)
 				dst := filepath.Join(dir, "dst.raw")
 				res := convertFile(t, img, dst, convert.Options{Checksum: true})
@@ -147,9 +164,7 @@ func TestRawToRaw(t *testing.T) {
 // TestFullyAllocated checks -S 0 (NoSparse): every byte allocated, as
 // qemu-img convert -S 0 does.
 func TestFullyAllocated(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	dir, src := rawSource(t, 9<<20+1536, formattest.Sparse)
 	dst := filepath.Join(dir, "dst.raw")
 	res := convertFile(t, open(t, src), dst, convert.Options{SparseSize: convert.NoSparse})
 	if alloc := allocated(t, dst); alloc < 9<<20 {
@@ -168,9 +183,7 @@ func TestFullyAllocated(t *testing.T) {
 // TestSparseSizes checks -S values: valid ones give identical bytes,
 // invalid ones are refused before anything is written.
 func TestSparseSizes(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	dir, src := rawSource(t, 9<<20+1536, formattest.Sparse)
 	want, _ := os.ReadFile(src)
 	for _, s := range []int64{512, 4096, 65536, 16 << 20} {
 		dst := filepath.Join(dir, fmt.Sprint(s))
@@ -235,20 +248,12 @@ func (f *failingImage) ReadAt(p []byte, off int64) (int, error) {
 // TestSourceErrorMidway checks that a source failing halfway gives an
 // error and leaves no file behind.
 func TestSourceErrorMidway(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20, formattest.Dense)
+	dir, src := rawSource(t, 9<<20, formattest.Dense)
 	img := &failingImage{Image: open(t, src), failAt: 5 << 20}
-	dst := filepath.Join(dir, "dst.raw")
-	out, err := convert.CreateOutput(dst, convert.OutputOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = convert.Convert(context.Background(), img, rawWriter(t), out.Target, convert.Options{Workers: 2})
+	_, err := tryConvert(t, context.Background(), img, rawWriter(t), filepath.Join(dir, "dst.raw"), convert.Options{Workers: 2})
 	if !errors.Is(err, errDisk) || !strings.Contains(err.Error(), "offset") {
 		t.Fatalf("err = %v, want the injected error with its offset", err)
 	}
-	out.Abort()
 	if names := listDir(t, dir); len(names) != 1 {
 		t.Fatalf("files left behind: %v", names)
 	}
@@ -261,9 +266,7 @@ func TestDiskFull(t *testing.T) {
 		t.Skip(err)
 	}
 	defer f.Close()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 3<<20, formattest.Dense)
+	_, src := rawSource(t, 3<<20, formattest.Dense)
 	_, err = convert.Convert(context.Background(), open(t, src), rawWriter(t), f, convert.Options{})
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("err = %v, want ENOSPC", err)
@@ -273,18 +276,10 @@ func TestDiskFull(t *testing.T) {
 // TestCancel cancels a conversion from its progress callback: the error is
 // context.Canceled and no file is left.
 func TestCancel(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20, formattest.Dense)
-	dst := filepath.Join(dir, "dst.raw")
-	out, err := convert.CreateOutput(dst, convert.OutputOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Abort()
+	dir, src := rawSource(t, 9<<20, formattest.Dense)
 	ctx, cancel := context.WithCancel(context.Background())
 	calls := 0
-	_, err = convert.Convert(ctx, open(t, src), rawWriter(t), out.Target, convert.Options{
+	_, err := tryConvert(t, ctx, open(t, src), rawWriter(t), filepath.Join(dir, "dst.raw"), convert.Options{
 		Progress: func(done, total int64) {
 			calls++
 			if done > total || total != 9<<20 {
@@ -299,16 +294,13 @@ func TestCancel(t *testing.T) {
 	if calls > 1+2*4 {
 		t.Errorf("%d progress calls after cancel", calls)
 	}
-	out.Abort()
 	if names := listDir(t, dir); len(names) != 1 {
 		t.Fatalf("files left behind: %v", names)
 	}
 }
 
 func TestOutputSafety(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 1<<20, formattest.Sparse)
+	dir, src := rawSource(t, 1<<20, formattest.Sparse)
 	existing := filepath.Join(dir, "existing.raw")
 	os.WriteFile(existing, []byte("keep me"), 0o640)
 
@@ -376,9 +368,7 @@ func TestOutputSafety(t *testing.T) {
 // TestOptionsRefusedBeforeWriting checks that bad writer options fail in
 // Check, before an output exists, and in Convert before writing.
 func TestOptionsRefusedBeforeWriting(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 1<<20, formattest.Sparse)
+	_, src := rawSource(t, 1<<20, formattest.Sparse)
 	img := open(t, src)
 	for _, o := range []convert.Options{
 		{WriterOptions: map[string]string{"cluster_size": "4096"}},
@@ -596,9 +586,7 @@ func TestCompareHugeEmpty(t *testing.T) {
 // TestMeasure checks raw measure against qemu-img measure.
 func TestMeasure(t *testing.T) {
 	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
+	_, src := rawSource(t, 9<<20+1536, formattest.Sparse)
 	m, err := convert.Measure(open(t, src), 0, rawWriter(t), convert.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -662,9 +650,7 @@ func (b brokenMap) Extent(off int64) (format.Extent, error) {
 // TestMapErrorMidway checks that a failing extent map stops the
 // conversion with its error.
 func TestMapErrorMidway(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 9<<20, formattest.Dense)
+	_, src := rawSource(t, 9<<20, formattest.Dense)
 	var buf bytes.Buffer
 	_, err := convert.Convert(context.Background(), brokenMap{open(t, src)}, rawWriter(t), &buf, convert.Options{})
 	if err == nil || !strings.Contains(err.Error(), "injected map error") {
@@ -709,5 +695,51 @@ func TestOpenStdinSpool(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("spool left %d entries in its directory", len(ents))
+	}
+}
+
+// A raw source that shrinks while it is converted is an error: the data
+// past its new end must not turn into zeros in an output that succeeds.
+func TestSourceShrinks(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.WriteRuns(t, src, 64<<20, 1<<20, 0, 48<<20)
+	img := open(t, src)
+	var once sync.Once
+	opts := convert.Options{Workers: 1, InFlight: 2, ChunkSize: 64 << 10, Progress: func(done, total int64) {
+		// After the first chunk: the map past 1 MiB is not read yet.
+		once.Do(func() {
+			if err := os.Truncate(src, 32<<20); err != nil {
+				t.Error(err)
+			}
+		})
+	}}
+	_, err := tryConvert(t, context.Background(), img, rawWriter(t), filepath.Join(dir, "out.raw"), opts)
+	if err == nil || !strings.Contains(err.Error(), "changed") {
+		t.Fatalf("converting a source that shrank: %v, want an error saying it changed", err)
+	}
+}
+
+// A source whose modification time changes during the run (written in
+// place, same size) is an error too.
+func TestSourceModified(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	formattest.WriteRuns(t, src, 8<<20, 1<<20, 0)
+	img := open(t, src)
+	if err := format.Unchanged(img); err != nil {
+		t.Fatalf("before any change: %v", err)
+	}
+	f, err := os.OpenFile(src, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{1}, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = tryConvert(t, context.Background(), img, rawWriter(t), filepath.Join(dir, "out.raw"), convert.Options{})
+	if err == nil || !strings.Contains(err.Error(), "changed") {
+		t.Fatalf("converting a source modified since it was opened: %v", err)
 	}
 }

@@ -326,9 +326,7 @@ func lastOfKind(all []structure, j int, kind string) bool {
 // harmless.
 func TestByteFlips(t *testing.T) {
 	formattest.RequireQemu(t)
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.raw")
-	formattest.MakeRaw(t, src, 6<<20+1536, formattest.Sparse)
+	dir, src := rawSource(t, 6<<20+1536, formattest.Sparse)
 	srcImg := formattest.Open(t, src, "raw")
 	every, head, samples, firsts := int64(256), int64(64), int64(32), 2
 	if testing.Short() {

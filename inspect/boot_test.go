@@ -143,7 +143,7 @@ func TestESPListing(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			d := dev{r: bytes.NewReader(data), size: int64(len(data))}
+			d := memDev(data)
 			v, fs, err := parseFATBoot(d, data[:512])
 			if err != nil || fs.Version != "FAT"+fat {
 				t.Fatalf("%+v %v", fs, err)

@@ -36,6 +36,20 @@ type dev struct {
 const maxReadBudget = 512 << 20
 
 // read returns n bytes at off inside the device.
+// header reads the n bytes at off that start a filesystem, with magic at
+// magicOff in them; nil, and no error, when d is shorter or the magic
+// differs.
+func (d dev) header(off int64, n, magicOff int, magic string) ([]byte, error) {
+	if d.size < off+int64(n) {
+		return nil, nil
+	}
+	b, err := d.read(off, n)
+	if err != nil || string(b[magicOff:magicOff+len(magic)]) != magic {
+		return nil, err
+	}
+	return b, nil
+}
+
 func (d dev) read(off int64, n int) ([]byte, error) {
 	if off < 0 || n < 0 || off > d.size || int64(n) > d.size-off {
 		return nil, fmt.Errorf("read of %d bytes at offset %d: %w (%d bytes)", n, off, errOutside, d.size)

@@ -1,7 +1,6 @@
 package inspect
 
 import (
-	"bytes"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -116,7 +115,7 @@ func fixedMetadata(d []byte, typ string) []span {
 		return out
 	case "LVM2_member":
 		out := []span{{end: 4 * sectorSize}}
-		if l, _, _ := lvmLabel(dev{r: bytes.NewReader(d), size: int64(len(d))}); l != nil {
+		if l, _, _ := lvmLabel(memDev(d)); l != nil {
 			if off := int(le.Uint32(l[lvmLabelOffsetXL:])); off >= 32 && off+lvmPVUUIDLen+8 <= sectorSize {
 				_, mdas := lvmAreas(l, off+lvmPVUUIDLen+8)
 				out = append(out, mdas...)

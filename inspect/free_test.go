@@ -213,11 +213,7 @@ func TestSparsifyDirtyFAT(t *testing.T) {
 // value in MFT record n.
 func ntfsRecordAttr(t *testing.T, data []byte, n int64, typ uint32) (*ntfsVol, int64) {
 	t.Helper()
-	d := dev{r: bytes.NewReader(data), size: int64(len(data))}
-	v, err := parseNTFSBoot(d, data[:512])
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := ntfsOf(t, data)
 	rec := v.mftOff + n*v.recSize
 	a, err := v.attr(n, typ)
 	if err != nil {
@@ -769,7 +765,7 @@ func TestSparsifyXFSLog(t *testing.T) {
 			os.RemoveAll(d)
 		})
 		data, _ := os.ReadFile(img)
-		v := dev{r: bytes.NewReader(data), size: int64(len(data))}
+		v := memDev(data)
 		sb := data[:512]
 		bs, ls := int64(be.Uint32(sb[xfsBlockSize:])), int64(be.Uint64(sb[xfsLogStartOff:]))
 		ag, agbno := ls>>sb[xfsAGBlkLog], ls&(1<<sb[xfsAGBlkLog]-1)

@@ -213,11 +213,8 @@ const (
 )
 
 func probeXFS(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < xfsSuperSize {
-		return nil, nil
-	}
-	sb, err := d.read(0, xfsSuperSize)
-	if err != nil || string(sb[:4]) != xfsMagic {
+	sb, err := d.header(0, xfsSuperSize, 0, xfsMagic)
+	if sb == nil {
 		return nil, err
 	}
 	fs := &Filesystem{Type: "xfs", UUID: uuidBE(sb[xfsUUID:]), Label: cstr(sb[xfsFName : xfsFName+12])}
@@ -281,11 +278,8 @@ const (
 )
 
 func probeBtrfs(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < btrfsSuperOff+btrfsSuperSize {
-		return nil, nil
-	}
-	sb, err := d.read(btrfsSuperOff, btrfsSuperSize)
-	if err != nil || string(sb[btrfsMagicOff:btrfsMagicOff+8]) != btrfsMagic {
+	sb, err := d.header(btrfsSuperOff, btrfsSuperSize, btrfsMagicOff, btrfsMagic)
+	if sb == nil {
 		return nil, err
 	}
 	fs := &Filesystem{Type: "btrfs", UUID: uuidBE(sb[btrfsFSID:]), Label: cstr(sb[btrfsLabel : btrfsLabel+btrfsLabelSize])}
@@ -375,11 +369,8 @@ const (
 )
 
 func probeLUKS(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < luksHdrPrefix {
-		return nil, nil
-	}
-	h, err := d.read(0, luksHdrPrefix)
-	if err != nil || string(h[:6]) != luksMagic {
+	h, err := d.header(0, luksHdrPrefix, 0, luksMagic)
+	if h == nil {
 		return nil, err
 	}
 	v := be.Uint16(h[luksVersion:])
@@ -410,11 +401,8 @@ const (
 )
 
 func probeISO(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < isoPVDOff+isoPVDSize {
-		return nil, nil
-	}
-	pvd, err := d.read(isoPVDOff, isoPVDSize)
-	if err != nil || string(pvd[1:6]) != isoMagic {
+	pvd, err := d.header(isoPVDOff, isoPVDSize, 1, isoMagic)
+	if pvd == nil {
 		return nil, err
 	}
 	fs := &Filesystem{Type: "iso9660"}
@@ -468,10 +456,7 @@ const (
 
 // bootSector reads the first 512 bytes of d; nil when d is smaller.
 func bootSector(d dev) ([]byte, error) {
-	if d.size < 512 {
-		return nil, nil
-	}
-	return d.read(0, 512)
+	return d.header(0, 512, 0, "")
 }
 
 func probeBitLocker(d dev, where string, r *Report) (*Filesystem, error) {

@@ -242,11 +242,8 @@ const (
 )
 
 func probeExFAT(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < 512 {
-		return nil, nil
-	}
-	bs, err := d.read(0, 512)
-	if err != nil || string(bs[3:11]) != exfatName {
+	bs, err := d.header(0, 512, 3, exfatName)
+	if bs == nil {
 		return nil, err
 	}
 	fs := &Filesystem{Type: "exfat"}

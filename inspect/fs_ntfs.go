@@ -58,11 +58,8 @@ type ntfsVol struct {
 }
 
 func probeNTFS(d dev, where string, r *Report) (*Filesystem, error) {
-	if d.size < 512 {
-		return nil, nil
-	}
-	bs, err := d.read(0, 512)
-	if err != nil || string(bs[3:11]) != ntfsOEM {
+	bs, err := d.header(0, 512, 3, ntfsOEM)
+	if bs == nil {
 		return nil, err
 	}
 	serial := le.Uint64(bs[ntfsSerial:])
@@ -111,18 +108,20 @@ func parseNTFSBoot(d dev, bs []byte) (*ntfsVol, error) {
 		return nil, fmt.Errorf("total sectors %d does not fit the %d-byte device", tot, d.size)
 	}
 	v := &ntfsVol{d: d, cs: cs, size: int64(tot) * bps, clusters: int64(tot) * bps / cs}
-	if c := int8(bs[ntfsClusPerRec]); c > 0 {
-		v.recSize = int64(c) * cs
-	} else if c > -31 {
-		v.recSize = 1 << -c
+	// A record's and an index block's size: clusters when positive, else
+	// 2^-n bytes.
+	unit := func(c int8) int64 {
+		switch {
+		case c > 0:
+			return int64(c) * cs
+		case c > -31:
+			return 1 << -c
+		}
+		return 0
 	}
+	v.recSize, v.idxSize = unit(int8(bs[ntfsClusPerRec])), unit(int8(bs[ntfsClusPerIdx]))
 	if v.recSize < ntfsSectorStride || v.recSize > ntfsMaxRecordSize {
 		return nil, fmt.Errorf("clusters per MFT record %d is invalid", int8(bs[ntfsClusPerRec]))
-	}
-	if c := int8(bs[ntfsClusPerIdx]); c > 0 {
-		v.idxSize = int64(c) * cs
-	} else if c > -31 {
-		v.idxSize = 1 << -c
 	}
 	if v.idxSize < ntfsSectorStride || v.idxSize > ntfsMaxRecordSize {
 		return nil, fmt.Errorf("clusters per index block %d is invalid", int8(bs[ntfsClusPerIdx]))

@@ -175,7 +175,7 @@ func TestNTFSSeed(t *testing.T) {
 	}
 	data := fuzzBytes(b)
 	r := &Report{}
-	o, err := windowsOS(dev{r: bytes.NewReader(data), size: int64(len(data))}, "disk", r)
+	o, err := windowsOS(memDev(data), "disk", r)
 	if err != nil || o == nil || o.PrettyName != testProduct || o.Arch != "x86_64" {
 		t.Errorf("os %+v %v findings %v", o, err, r.Findings)
 	}

@@ -1,6 +1,7 @@
 package inspect
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -73,3 +74,16 @@ func openMem(data []byte) (format.Image, error) {
 }
 
 func lookupFormat(name string) (*format.Format, error) { return format.Lookup(name) }
+
+// memDev is data as a device.
+func memDev(data []byte) dev { return dev{r: bytes.NewReader(data), size: int64(len(data))} }
+
+// ntfsOf parses the NTFS volume data holds.
+func ntfsOf(t testing.TB, data []byte) *ntfsVol {
+	t.Helper()
+	v, err := parseNTFSBoot(memDev(data), data[:512])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}

@@ -148,11 +148,7 @@ func TestNTFSSystemDirs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := dev{r: bytes.NewReader(data), size: int64(len(data))}
-		v, err := parseNTFSBoot(d, data[:512])
-		if err != nil {
-			t.Fatal(err)
-		}
+		v := ntfsOf(t, data)
 		if err := v.loadMFT(); err != nil {
 			t.Fatal(err)
 		}
@@ -269,11 +265,7 @@ func writeNTFSSeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := dev{r: bytes.NewReader(data), size: int64(len(data))}
-	v, err := parseNTFSBoot(d, data[:512])
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := ntfsOf(t, data)
 	const upcase = 10 // $UpCase: 128 KiB no parser reads
 	s, err := v.stream(upcase, ntfsAttrData, "")
 	if err != nil {

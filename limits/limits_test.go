@@ -76,7 +76,7 @@ func TestHuaweiRawFastNeedsBitmap(t *testing.T) {
 	if d.Path != "fast" || d.UploadFormat != "raw" {
 		t.Fatalf("got %s/%s", d.Path, d.UploadFormat)
 	}
-	if !hasRule(d.Findings, "huawei-ims.fast.raw-bitmap") || !slices.Contains(d.Commands, "java -jar CreateMF.jar disk.raw disk.mf") {
+	if find(d.Findings, "huawei-ims.fast.raw-bitmap") == nil || !slices.Contains(d.Commands, "java -jar CreateMF.jar disk.raw disk.mf") {
 		t.Errorf("raw fast import must name the bitmap step: %+v %v", d.Findings, d.Commands)
 	}
 }
@@ -102,15 +102,6 @@ func TestHuaweiExport(t *testing.T) {
 			t.Errorf("fast export must produce zvhd2 and the local convert command: %+v", d)
 		}
 	}
-}
-
-func hasRule(fs []Finding, id string) bool {
-	for _, f := range fs {
-		if f.Rule == id {
-			return true
-		}
-	}
-	return false
 }
 
 // TestRules checks every rule of every profile fires on an image that
@@ -247,6 +238,7 @@ func TestRules(t *testing.T) {
 	}
 }
 
+// find returns the finding of rule id, nil when there is none.
 func find(fs []Finding, id string) *Finding {
 	for i := range fs {
 		if fs[i].Rule == id {
@@ -273,24 +265,11 @@ func TestEveryRuleTested(t *testing.T) {
 	}
 	for _, p := range profiles {
 		for _, r := range p.Rules {
-			if !containsStr(string(data), `"`+r.ID+`"`) {
+			if !strings.Contains(string(data), `"`+r.ID+`"`) {
 				t.Errorf("rule %s has no test", r.ID)
 			}
 		}
 	}
-}
-
-func containsStr(s, sub string) bool {
-	return len(sub) > 0 && len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0)
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }
 
 func TestPlanGolden(t *testing.T) {
@@ -374,4 +353,67 @@ func plan(img Image, p *Profile, req Request) Decision {
 		}
 	}
 	return Plan(img, p, req)
+}
+
+func TestPlanSuggestsSparsify(t *testing.T) {
+	p := huawei(t)
+	for _, tc := range []struct {
+		name     string
+		img      Image
+		req      Request
+		path     string // without --sparsify
+		suggest  string // the path with it, "" when not suggested
+		uploadGB int64
+	}{
+		// 150 GiB of data goes fast; without its 60 GiB of free space, normal.
+		{"fast to normal", Image{Filename: "vm.raw", Format: "raw", VirtualSize: 200 * GiB, FileSize: 200 * GiB, AllocatedSize: 150 * GiB, SparsifyFree: 60 * GiB},
+			Request{}, "fast", "normal", 90},
+		// 1.2 TiB of data fits no path; 0.9 TiB goes fast.
+		{"refused to fast", Image{Filename: "data.qcow2", Format: "qcow2", VirtualSize: 2000 * GiB, FileSize: 1300 * GiB, AllocatedSize: 1300 * GiB, SparsifyFree: 400 * GiB},
+			Request{Disk: "data"}, Refused, "fast", 900},
+		// Already normal: nothing to suggest.
+		{"no change", Image{Filename: "vm.raw", Format: "raw", VirtualSize: 200 * GiB, FileSize: 200 * GiB, AllocatedSize: 20 * GiB, SparsifyFree: 10 * GiB},
+			Request{}, "normal", "", 0},
+		// Still fast after sparsifying: nothing to suggest.
+		{"still fast", Image{Filename: "vm.raw", Format: "raw", VirtualSize: 400 * GiB, FileSize: 400 * GiB, AllocatedSize: 300 * GiB, SparsifyFree: 10 * GiB},
+			Request{}, "fast", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := plan(tc.img, p, tc.req)
+			if d.Path != tc.path {
+				t.Fatalf("path %s, want %s (%+v)", d.Path, tc.path, d.Findings)
+			}
+			f := find(d.Findings, "huawei-ims.sparsify")
+			if tc.suggest == "" {
+				if f != nil || d.SparsifyCommands != nil {
+					t.Fatalf("unexpected suggestion %+v %v", f, d.SparsifyCommands)
+				}
+				return
+			}
+			if f == nil || len(d.SparsifyCommands) != 1 || !strings.Contains(d.SparsifyCommands[0], "diskimg convert --sparsify -f "+tc.img.Format) ||
+				!strings.Contains(f.Message, "("+tc.suggest+" import)") || !strings.Contains(f.Message, d.SparsifyCommands[0]) {
+				t.Fatalf("suggestion %+v %v", f, d.SparsifyCommands)
+			}
+			// With --sparsify the plan takes that path and converts.
+			req := tc.req
+			req.Sparsify = true
+			s := plan(tc.img, p, req)
+			if s.Path != tc.suggest || s.Conversion == nil || !s.Conversion.Sparsify || s.UploadSize > tc.uploadGB*GiB+GiB || s.UploadSize < tc.uploadGB*GiB {
+				t.Fatalf("with --sparsify: %s %+v, upload %d", s.Path, s.Conversion, s.UploadSize)
+			}
+		})
+	}
+}
+
+// TestPlanSparsifyConverts: an image that could go as it is is converted
+// when the request sparsifies it.
+func TestPlanSparsifyConverts(t *testing.T) {
+	img := Image{Filename: "vm.qcow2", Format: "qcow2", VirtualSize: 20 * GiB, FileSize: 8 * GiB, AllocatedSize: 8 * GiB, SparsifyFree: 5 * GiB}
+	if d := plan(img, huawei(t), Request{}); d.Conversion != nil {
+		t.Fatalf("converted without --sparsify: %+v", d.Conversion)
+	}
+	d := plan(img, huawei(t), Request{Sparsify: true})
+	if d.Conversion == nil || !d.Conversion.Sparsify || d.UploadFormat != "qcow2" || d.Commands[0] != "diskimg convert --sparsify -f qcow2 -O qcow2 vm.qcow2 vm-sparse.qcow2" {
+		t.Fatalf("%+v %v", d.Conversion, d.Commands)
+	}
 }

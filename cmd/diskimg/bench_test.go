@@ -1,9 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -22,9 +22,7 @@ func init() {
 
 func runBenchCLI(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	code := run(append([]string{"diskimg", "bench"}, args...), &out, &errOut)
-	return out.String(), errOut.String(), code
+	return runCLI(t, append([]string{"bench"}, args...)...)
 }
 
 func TestBenchErrors(t *testing.T) {
@@ -77,5 +75,29 @@ func TestBenchTinyJSON(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("work directory left behind: %v", entries)
+	}
+}
+
+// TestBenchSparsifyJSON runs `bench --sparsify` on a tiny disk, with a
+// stand-in for virt-sparsify first on PATH.
+func TestBenchSparsifyJSON(t *testing.T) {
+	formattest.RequireQemu(t)
+	extWithDeleted(t, t.TempDir()) // skips without e2fsprogs
+	t.Setenv(asCLI, "1")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	os.WriteFile(filepath.Join(bin, "virt-sparsify"), []byte("#!/bin/sh\nexec qemu-img convert -f raw -O qcow2 \"$6\" \"$7\"\n"), 0o755)
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	out, stderr, code := runBenchCLI(t, "--sparsify", "--tiny", "--runs", "1", "--output", "json", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Ratio   float64
+		Targets []struct{ Name string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Ratio <= 0 || len(rep.Targets) != 2 {
+		t.Fatalf("%v: %s", err, out)
 	}
 }

@@ -22,23 +22,18 @@ const (
 )
 
 func checkCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "check",
-		Usage:     "check an image's structure for corruptions and leaks (like qemu-img check)",
-		ArgsUsage: "FILE",
-		Description: "Reads metadata only and never writes. Backing files are not opened: each image\n" +
-			"of a chain is checked on its own. With --untrusted, also lists the safety findings:\n" +
-			"files the image refers to and whether policy allows them, format confusion, sizes\n" +
-			"out of proportion to the file.\n\n" +
-			"Exit codes, as qemu-img check's:\n" +
-			"   0  no corruptions or leaks found\n" +
-			"   1  the image could not be opened, or the check itself failed (check errors)\n" +
-			"   2  corruptions found\n" +
-			"   3  leaked clusters found, no corruption\n" +
-			"  63  the image format does not support checks",
-		Flags:  append(imageFlags(), outputFlag),
-		Action: runCheck,
-	}
+	cmd := imageCommand("check", "FILE", "check an image's structure for corruptions and leaks (like qemu-img check)", runCheck, outputFlag)
+	cmd.Description = "Reads metadata only and never writes. Backing files are not opened: each image\n" +
+		"of a chain is checked on its own. With --untrusted, also lists the safety findings:\n" +
+		"files the image refers to and whether policy allows them, format confusion, sizes\n" +
+		"out of proportion to the file.\n\n" +
+		"Exit codes, as qemu-img check's:\n" +
+		"   0  no corruptions or leaks found\n" +
+		"   1  the image could not be opened, or the check itself failed (check errors)\n" +
+		"   2  corruptions found\n" +
+		"   3  leaked clusters found, no corruption\n" +
+		"  63  the image format does not support checks"
+	return cmd
 }
 
 func runCheck(c *cli.Context) error {

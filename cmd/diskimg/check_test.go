@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,23 +14,6 @@ import (
 
 	"github.com/diskimg/diskimg/format/formattest"
 )
-
-// qemuImgCheck runs qemu-img check on an image the test made (no backing
-// file) and returns its standard output and exit code.
-func qemuImgCheck(t *testing.T, args ...string) (string, int) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	cmd := exec.Command("qemu-img", append([]string{"check"}, args...)...)
-	out, err := cmd.Output()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), 0
-}
 
 func TestCheckCommandMatchesQemu(t *testing.T) {
 	formattest.RequireQemu(t)
@@ -73,7 +55,7 @@ func TestCheckCommandMatchesQemu(t *testing.T) {
 	}{{clean, 0}, {compressed, 0}, {leak, 3}, {corrupt, 2}, {both, 2}} {
 		for _, mode := range []string{"human", "json"} {
 			t.Run(filepath.Base(c.path)+"-"+mode, func(t *testing.T) {
-				want, wantCode := qemuImgCheck(t, "-f", "qcow2", "--output="+mode, c.path)
+				want, wantCode := qemuImg(t, "check", "-f", "qcow2", "--output="+mode, c.path)
 				got, stderr, code := runCLI(t, "check", "-f", "qcow2", "--output="+mode, c.path)
 				if code != wantCode || code != c.code {
 					t.Errorf("exit code %d, qemu-img %d, want %d (stderr %q)", code, wantCode, c.code, stderr)
@@ -91,7 +73,7 @@ func TestCheckCommandMatchesQemu(t *testing.T) {
 	t.Run("unsupported", func(t *testing.T) {
 		raw := filepath.Join(dir, "plain.raw")
 		os.WriteFile(raw, make([]byte, 1<<20), 0o644)
-		_, wantCode := qemuImgCheck(t, "-f", "raw", raw)
+		_, wantCode := qemuImg(t, "check", "-f", "raw", raw)
 		_, stderr, code := runCLI(t, "check", raw)
 		if code != 63 || wantCode != 63 || !strings.Contains(stderr, "This image format does not support checks") {
 			t.Errorf("exit %d (qemu-img %d), stderr %q", code, wantCode, stderr)

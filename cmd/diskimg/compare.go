@@ -15,15 +15,8 @@ const (
 )
 
 func compareCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "compare",
-		Usage:     "compare the guest contents of two images (exit 0 identical, 1 different, 2 error; like qemu-img compare)",
-		ArgsUsage: "A B",
-		Flags: append(imageFlags(),
-			&cli.StringFlag{Name: "F", Usage: "format `FMT` of the second image"},
-			&cli.BoolFlag{Name: "s", Usage: "strict: images of different sizes, or whose ranges differ in allocation (data, zero, unallocated), differ"},
-			quietFlag, srcCacheFlag),
-		Action: func(c *cli.Context) error {
+	return imageCommand("compare", "A B", "compare the guest contents of two images (exit 0 identical, 1 different, 2 error; like qemu-img compare)",
+		func(c *cli.Context) error {
 			if err := runCompare(c); err != nil {
 				var ee *exitError
 				if asExit(err, &ee) {
@@ -33,7 +26,9 @@ func compareCommand() *cli.Command {
 			}
 			return nil
 		},
-	}
+		&cli.StringFlag{Name: "F", Usage: "format `FMT` of the second image"},
+		&cli.BoolFlag{Name: "s", Usage: "strict: images of different sizes, or whose ranges differ in allocation (data, zero, unallocated), differ"},
+		quietFlag, srcCacheFlag)
 }
 
 // runCompare compares as qemu-img compare does: without -s images of

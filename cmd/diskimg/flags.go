@@ -43,6 +43,29 @@ func imageFlags() []cli.Flag {
 	return append([]cli.Flag{formatFlag, outsideFlag, noBackingFlag, untrustedFlag, parentFlag, forceShareFlag}, remoteFlags()...)
 }
 
+// imageCommand is a command that opens images: the image flags, then its
+// own.
+func imageCommand(name, argsUsage, usage string, action cli.ActionFunc, flags ...cli.Flag) *cli.Command {
+	return &cli.Command{Name: name, Usage: usage, ArgsUsage: argsUsage, Flags: append(imageFlags(), flags...), Action: action}
+}
+
+// withImage is the action of a command that prints what it finds in its
+// single FILE argument, in the --output mode.
+func withImage(run func(c *cli.Context, mode, path string, img format.Image) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		mode, err := outputMode(c)
+		if err != nil {
+			return err
+		}
+		path, img, err := openArg(c)
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		return run(c, mode, path, img)
+	}
+}
+
 func policyOf(c *cli.Context) format.Policy {
 	return format.Policy{
 		AllowOutside: c.Bool(outsideFlag.Name),

@@ -13,26 +13,11 @@ import (
 )
 
 func infoCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "info",
-		Usage:     "show an image's format, sizes, backing file and format details (like qemu-img info)",
-		ArgsUsage: "FILE",
-		Flags: append(imageFlags(), outputFlag,
-			&cli.BoolFlag{Name: "backing-chain", Usage: "show every image of the backing chain"}),
-		Action: runInfo,
-	}
+	return imageCommand("info", "FILE", "show an image's format, sizes, backing file and format details (like qemu-img info)",
+		withImage(runInfo), outputFlag, &cli.BoolFlag{Name: "backing-chain", Usage: "show every image of the backing chain"})
 }
 
-func runInfo(c *cli.Context) error {
-	mode, err := outputMode(c)
-	if err != nil {
-		return err
-	}
-	path, img, err := openArg(c)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
+func runInfo(c *cli.Context, mode, path string, img format.Image) error {
 	var reports []*format.Report
 	name := path
 	for layer := img; layer != nil; layer = layer.Info().Backing {

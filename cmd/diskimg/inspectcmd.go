@@ -3,30 +3,16 @@ package main
 import (
 	"github.com/urfave/cli/v2"
 
+	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/inspect"
 )
 
 func inspectCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "inspect",
-		Usage:     "show the partitions, filesystems and operating system inside an image",
-		ArgsUsage: "FILE",
-		Flags: append(imageFlags(), outputFlag,
-			&cli.BoolFlag{Name: "no-os", Usage: "skip operating system detection"}),
-		Action: runInspect,
-	}
+	return imageCommand("inspect", "FILE", "show the partitions, filesystems and operating system inside an image",
+		withImage(runInspect), outputFlag, &cli.BoolFlag{Name: "no-os", Usage: "skip operating system detection"})
 }
 
-func runInspect(c *cli.Context) error {
-	mode, err := outputMode(c)
-	if err != nil {
-		return err
-	}
-	_, img, err := openArg(c)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
+func runInspect(c *cli.Context, mode, _ string, img format.Image) error {
 	rep, err := inspect.Inspect(img, inspect.Options{NoOS: c.Bool("no-os")})
 	if err != nil {
 		return err

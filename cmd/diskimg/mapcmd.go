@@ -11,13 +11,8 @@ import (
 )
 
 func mapCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "map",
-		Usage:     "list which guest ranges hold data, zeros or nothing (like qemu-img map)",
-		ArgsUsage: "FILE",
-		Flags:     append(imageFlags(), outputFlag),
-		Action:    runMap,
-	}
+	return imageCommand("map", "FILE", "list which guest ranges hold data, zeros or nothing (like qemu-img map)",
+		withImage(runMap), outputFlag)
 }
 
 // mapEntry is one line of `map --output=json`, as qemu-img prints it.
@@ -31,19 +26,10 @@ type mapEntry struct {
 	file          string // the host file of offset when not the layer's own (a VMDK extent, a data file)
 }
 
-func runMap(c *cli.Context) error {
-	mode, err := outputMode(c)
-	if err != nil {
-		return err
-	}
-	path, img, err := openArg(c)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
+func runMap(c *cli.Context, mode, path string, img format.Image) error {
 	layers := layerNames(path, img)
 	var entries []mapEntry
-	err = format.Walk(img, 0, func(e format.Extent) error {
+	err := format.Walk(img, 0, func(e format.Extent) error {
 		zero, data := e.MapFlags()
 		m := mapEntry{start: e.Start, length: e.Length, depth: e.Depth,
 			present: e.Status != format.Unallocated, zero: zero,

@@ -10,19 +10,13 @@ import (
 )
 
 func measureCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "measure",
-		Usage:     "compute the size a conversion's output needs (like qemu-img measure)",
-		ArgsUsage: "[SRC]",
-		Flags: append(imageFlags(), outputFlag,
-			&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`"},
-			&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`; -o help lists the output format's"},
-			&cli.BoolFlag{Name: "c", Usage: "compressed output"},
-			&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
-			snapshotFlag,
-		),
-		Action: runMeasure,
-	}
+	return imageCommand("measure", "[SRC]", "compute the size a conversion's output needs (like qemu-img measure)", runMeasure,
+		outputFlag,
+		&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`"},
+		&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`; -o help lists the output format's"},
+		&cli.BoolFlag{Name: "c", Usage: "compressed output"},
+		&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
+		snapshotFlag)
 }
 
 func runMeasure(c *cli.Context) error {

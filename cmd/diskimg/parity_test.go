@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -44,7 +45,7 @@ func TestInfoAndMapMatchQemu(t *testing.T) {
 				path := formattest.Generate(t, dir, "disk", f.Name, 9<<20+3*512, formattest.Sparse, v...)
 				_ = i
 				// Run both tools on the same relative name from the image's directory.
-				inDir(t, dir)
+				t.Chdir(dir)
 				name := filepath.Base(path)
 				ours := infoJSON(t, name)
 				// qemu-img is told the format: it probes a fixed VHD as raw.
@@ -290,5 +291,207 @@ func checkHoleImage(t *testing.T, h holeImage, path string, data, runs int64) {
 		}
 		os.Remove(mine)
 		os.Remove(qemus)
+	}
+}
+
+// TestMapSubclustersMatchQemu: qcow2 images with extended L2 entries,
+// written at subcluster granularity by qemu-io (data, zeros kept
+// allocated, zeros unmapped, discards), alone and over a backing file,
+// map exactly as `qemu-img map --output=json` maps them: unallocated and
+// zero subclusters of a cluster that has a host offset are listed with
+// it. Standard clusters written as zeros keep theirs too. Data over holes
+// in the host file (qemu-img's "zero" data, issue 17's part) is compared
+// as data.
+func TestMapSubclustersMatchQemu(t *testing.T) {
+	formattest.RequireQemu(t)
+	writes := []string{
+		"write -P 0x11 0 2k", "write -P 0x12 8k 4k", "write -z 64k 2k", "write -P 0x13 130k 2k",
+		"write -z 200k 64k", "write -P 0x14 1M 128k", "write -z 1032k 8k", "write -z -u 1048k 16k",
+		"discard 1100k 32k", "write -P 0x15 3M 1k", "write -P 0x16 3075k 1k", "write -z 3076k 1k",
+	}
+	for _, v := range []struct{ name, opts string }{
+		{"16k", "extended_l2=on,cluster_size=16k"},
+		{"64k", "extended_l2=on,cluster_size=64k"},
+		{"2M", "extended_l2=on,cluster_size=2M"},
+		{"standard", "cluster_size=64k"},
+	} {
+		for _, backing := range []bool{false, true} {
+			name := v.name
+			if backing {
+				name += "-over-backing"
+			}
+			t.Run(name, func(t *testing.T) {
+				dir := t.TempDir()
+				img := filepath.Join(dir, "img.qcow2")
+				args := []string{"-o", v.opts}
+				if backing {
+					formattest.Generate(t, dir, "base", "qcow2", 4<<20, formattest.Sparse)
+					args = append(args, "-b", "base.qcow2", "-F", "qcow2")
+				}
+				formattest.Create(t, img, "qcow2", "4M", args...)
+				cmd := []string{"-f", "qcow2"}
+				for _, w := range writes {
+					cmd = append(cmd, "-c", w)
+				}
+				if out, err := exec.Command("qemu-io", append(cmd, img)...).CombinedOutput(); err != nil {
+					t.Fatalf("qemu-io: %v: %s", err, out)
+				}
+				wd, _ := os.Getwd()
+				if err := os.Chdir(dir); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Chdir(wd)
+				out, stderr, code := runCLI(t, "map", "--output=json", "img.qcow2")
+				if code != 0 {
+					t.Fatalf("map: exit %d: %s", code, stderr)
+				}
+				want := string(formattest.Qemu(t, "map", "--output=json", "img.qcow2"))
+				if a, b := dataOverHoles(t, out), dataOverHoles(t, want); !reflect.DeepEqual(a, b) {
+					t.Errorf("map differs:\ndiskimg:\n%s\nqemu-img:\n%s", out, want)
+				}
+				formattest.Check(t, img, formattest.Options{})
+			})
+		}
+	}
+}
+
+// dataOverHoles decodes map JSON and counts data that reads as zeros
+// (qemu-img's "zero" and "data" both set: holes in the host file) as
+// plain data, merging entries again as qemu-img merges them.
+func dataOverHoles(t *testing.T, js string) []formattest.MapEntry {
+	var in, out []formattest.MapEntry
+	if err := json.Unmarshal([]byte(js), &in); err != nil {
+		t.Fatalf("map JSON %q: %v", js, err)
+	}
+	for _, e := range in {
+		if e.Data {
+			e.Zero = false
+		}
+		if n := len(out); n > 0 {
+			p := &out[n-1]
+			if p.Depth == e.Depth && p.Present == e.Present && p.Zero == e.Zero && p.Data == e.Data &&
+				(p.Offset == nil) == (e.Offset == nil) && (p.Offset == nil || *p.Offset+p.Length == *e.Offset) {
+				p.Length += e.Length
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// snapshotDisk makes a qcow2 image over a backing file with three
+// internal snapshots, data written between them by qemu-io (compressed
+// and zero clusters too), the last taken after the disk grew; it returns
+// the image's directory and name.
+func snapshotDisk(t *testing.T, opts string) (dir, name string) {
+	t.Helper()
+	dir = t.TempDir()
+	formattest.Generate(t, dir, "base", "qcow2", 6<<20, formattest.Sparse)
+	path := filepath.Join(dir, "disk.qcow2")
+	formattest.Create(t, path, "qcow2", "6M", "-o", opts, "-b", "base.qcow2", "-F", "qcow2")
+	io := func(cmds ...string) {
+		args := []string{"-f", "qcow2"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-io: %v: %s", err, out)
+		}
+	}
+	io("write -P 0x11 0 1M", "write -P 0x12 5M 70000")
+	formattest.Qemu(t, "snapshot", "-c", "first", path)
+	io("write -P 0x21 512k 1M", "write -z 5M 64k", "write -c -P 0x22 2M 64k")
+	formattest.Qemu(t, "snapshot", "-c", "second, with a comma", path)
+	io("discard 0 512k", "write -P 0x31 3M 4k")
+	formattest.Qemu(t, "resize", "-f", "qcow2", path, "20M")
+	io("write -P 0x32 19M 100k")
+	formattest.Qemu(t, "snapshot", "-c", "2", path) // a name that is another's id
+	io("write -P 0x41 1M 1M")
+	return dir, "disk.qcow2"
+}
+
+// TestSnapshotInfoMatchesQemu: info lists the snapshots as qemu-img info
+// does, in JSON and in its table.
+func TestSnapshotInfoMatchesQemu(t *testing.T) {
+	formattest.RequireQemu(t)
+	dir, name := snapshotDisk(t, "cluster_size=64k")
+	t.Chdir(dir)
+	ours := infoJSON(t, name)
+	if theirs := formattest.QemuInfo(t, name); !reflect.DeepEqual(ours, theirs) {
+		t.Errorf("info differs:\ndiskimg  %v\nqemu-img %v", ours, theirs)
+	}
+	out, _, _ := runCLI(t, "info", "--output=json", name)
+	if !strings.HasPrefix(out, "{\n    \"snapshots\": [\n        {\n            \"icount\": 0,\n            \"vm-clock-nsec\": 0,\n            \"name\": \"first\",") {
+		t.Errorf("snapshots not first, or not in qemu-img's key order:\n%s", out)
+	}
+	out, _, code := runCLI(t, "info", name)
+	want := string(formattest.Qemu(t, "info", name))
+	var kept []string
+	for _, l := range strings.SplitAfter(out, "\n") {
+		if !strings.HasPrefix(l, "allocated size: ") {
+			kept = append(kept, l)
+		}
+	}
+	if got := strings.Join(kept, ""); code != 0 || got != want {
+		t.Errorf("human info differs:\ndiskimg:\n%s\nqemu-img:\n%s", got, want)
+	}
+}
+
+// TestConvertSnapshotMatchesQemu: convert -l, in each of qemu-img's
+// forms, writes what qemu-img convert -l writes (qemu-img compare), to
+// qcow2 and raw; measure -l measures the snapshot.
+func TestConvertSnapshotMatchesQemu(t *testing.T) {
+	formattest.RequireQemu(t)
+	for _, opts := range []string{"cluster_size=64k", "extended_l2=on"} {
+		t.Run(opts, func(t *testing.T) {
+			dir, name := snapshotDisk(t, opts)
+			t.Chdir(dir)
+			for i, sel := range []string{
+				"1", "first", "2", "snapshot.id=2", "snapshot.name=2", "snapshot.name=second,, with a comma",
+				"snapshot.id=3,snapshot.name=2", "snapshot.id=1,snapshot.name=first",
+			} {
+				ref := filepath.Join(dir, "ref.raw")
+				formattest.Qemu(t, "convert", "-O", "raw", "-l", sel, name, ref)
+				for _, fmtName := range []string{"raw", "qcow2"} {
+					out := filepath.Join(dir, "out."+fmtName)
+					if _, stderr, code := runCLI(t, "convert", "-q", "-O", fmtName, "-l", sel, name, out); code != 0 {
+						t.Fatalf("convert -l %q: exit %d: %s", sel, code, stderr)
+					}
+					if cmp := formattest.QemuCompareOutput(t, ref, out); !bytes.Contains(cmp, []byte("Images are identical")) {
+						t.Errorf("convert -O %s -l %q: qemu-img compare: %s", fmtName, sel, cmp)
+					}
+					os.Remove(out)
+				}
+				if i == 0 {
+					ours, _, _ := runCLI(t, "measure", "-O", "qcow2", "-l", sel, name)
+					theirs := string(formattest.Qemu(t, "measure", "-O", "qcow2", "-l", sel, name))
+					if !strings.HasPrefix(theirs, ours) {
+						t.Errorf("measure -l %q: diskimg %q, qemu-img %q", sel, ours, theirs)
+					}
+				}
+				os.Remove(ref)
+			}
+			for _, c := range []struct{ sel, want string }{
+				{"4", `no snapshot with id or name "4"`},
+				{"snapshot.id=1,snapshot.name=2", `no snapshot with id "1" and name "2"`},
+				{"snapshot.tag=1", `invalid parameter "snapshot.tag"`},
+				{"snapshot.id", `no snapshot with id "on"`}, // qemu's bare key is "on"
+			} {
+				out := filepath.Join(dir, "bad.raw")
+				if _, stderr, code := runCLI(t, "convert", "-l", c.sel, name, out); code != 1 || !strings.Contains(stderr, c.want) {
+					t.Errorf("convert -l %q: exit %d, %q; want exit 1 naming %q", c.sel, code, stderr, c.want)
+				}
+				if _, err := os.Stat(out); err == nil {
+					t.Errorf("convert -l %q wrote %s", c.sel, out)
+				}
+			}
+		})
+	}
+	// A format without internal snapshots says so.
+	dir := t.TempDir()
+	path := formattest.Generate(t, dir, "d", "vdi", 1<<20, formattest.Sparse)
+	if _, stderr, code := runCLI(t, "convert", "-l", "1", path, filepath.Join(dir, "o.raw")); code != 1 || !strings.Contains(stderr, "internal snapshots of vdi images are not supported") {
+		t.Errorf("convert -l of a vdi: exit %d, %q", code, stderr)
 	}
 }

@@ -18,23 +18,17 @@ import (
 const exitRefused = 3
 
 func planCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "plan",
-		Usage:     "check an image against a cloud's import/export limits and choose the path (exit 3: refused)",
-		ArgsUsage: "FILE",
-		Flags: append(imageFlags(), outputFlag,
-			&cli.StringFlag{Name: "cloud", Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
-			&cli.StringFlag{Name: "direction", Value: "import", Usage: "import or export"},
-			&cli.StringFlag{Name: "disk", Value: "system", Usage: "the image is a system or data disk"},
-			&cli.StringFlag{Name: "arch", Usage: "architecture of the servers to create (x86_64, aarch64)"},
-			&cli.Int64Flag{Name: "memory", Usage: "memory of the servers to create, `GiB`"},
-			&cli.StringFlag{Name: "flavor-disk", Usage: "disk `SIZE` of the target flavor (e.g. 40G)"},
-			&cli.StringFlag{Name: "upload-format", Usage: "upload in this `FMT` instead of the one plan chooses"},
-			&cli.StringSliceFlag{Name: "quota", Usage: "a count the request involves, `NAME=N` (private-images, creation-tasks, shared-tenants, tags, replications, servers)"},
-			&cli.StringFlag{Name: "boot-mode", Usage: "the image boots with `MODE` bios or uefi (overrides what inspect found; chooses for a hybrid image)"},
-		),
-		Action: runPlan,
-	}
+	return imageCommand("plan", "FILE", "check an image against a cloud's import/export limits and choose the path (exit 3: refused)", runPlan,
+		outputFlag,
+		&cli.StringFlag{Name: "cloud", Usage: "cloud profile `NAME`: " + strings.Join(limits.Profiles(), ", ")},
+		&cli.StringFlag{Name: "direction", Value: "import", Usage: "import or export"},
+		&cli.StringFlag{Name: "disk", Value: "system", Usage: "the image is a system or data disk"},
+		&cli.StringFlag{Name: "arch", Usage: "architecture of the servers to create (x86_64, aarch64)"},
+		&cli.Int64Flag{Name: "memory", Usage: "memory of the servers to create, `GiB`"},
+		&cli.StringFlag{Name: "flavor-disk", Usage: "disk `SIZE` of the target flavor (e.g. 40G)"},
+		&cli.StringFlag{Name: "upload-format", Usage: "upload in this `FMT` instead of the one plan chooses"},
+		&cli.StringSliceFlag{Name: "quota", Usage: "a count the request involves, `NAME=N` (private-images, creation-tasks, shared-tenants, tags, replications, servers)"},
+		&cli.StringFlag{Name: "boot-mode", Usage: "the image boots with `MODE` bios or uefi (overrides what inspect found; chooses for a hybrid image)"})
 }
 
 func planRequest(c *cli.Context) (limits.Request, error) {
@@ -230,22 +224,8 @@ func parseSize(s string) (int64, error) {
 	s = strings.TrimSpace(s)
 	mult := int64(1)
 	if n := len(s); n > 0 {
-		switch strings.ToUpper(s[n-1:]) {
-		case "K":
-			mult = 1 << 10
-		case "M":
-			mult = 1 << 20
-		case "G":
-			mult = 1 << 30
-		case "T":
-			mult = 1 << 40
-		case "P":
-			mult = 1 << 50
-		case "E":
-			mult = 1 << 60
-		case "B":
-		}
-		if mult != 1 || strings.ToUpper(s[n-1:]) == "B" {
+		if i := strings.Index("BKMGTPE", strings.ToUpper(s[n-1:])); i >= 0 {
+			mult = 1 << (10 * i)
 			s = s[:n-1]
 		}
 	}
