@@ -5,7 +5,6 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -40,13 +39,7 @@ func makeImage(t *testing.T, dir, opts, size string, cmds ...string) string {
 		extra = []string{"-o", opts}
 	}
 	formattest.Create(t, path, Name, size, extra...)
-	args := []string{"-f", Name}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	formattest.QemuIO(t, Name, path, cmds...)
 	return path
 }
 

@@ -79,18 +79,6 @@ func assertCompressedExtent(t *testing.T, path string) {
 	}
 }
 
-func qemuIO(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	args := []string{"-f", "qcow"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
-}
-
 // TestBacking checks chains: qcow over raw and over qcow, with a backing
 // file smaller than the overlay.
 func TestBacking(t *testing.T) {
@@ -101,7 +89,7 @@ func TestBacking(t *testing.T) {
 			base := formattest.Generate(t, dir, "base", baseFmt, 5<<20+512, formattest.Sparse)
 			top := filepath.Join(dir, "top.qcow")
 			formattest.Create(t, top, "qcow", "9M", "-b", filepath.Base(base), "-F", baseFmt)
-			qemuIO(t, top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 4096")
+			formattest.QemuIO(t, "qcow", top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 4096")
 			formattest.Check(t, top, formattest.Options{})
 
 			img := formattest.Open(t, top, "")

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -29,18 +28,6 @@ func TestConformance(t *testing.T) {
 	formattest.RunEmptyHuge(t, "qed", "256G", variants[2:3], formattest.Options{})
 }
 
-func qemuIO(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	args := []string{"-f", "qed"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
-}
-
 // TestBacking checks chains over raw (stored as "do not probe") and over
 // qed (probed), a backing file smaller than the overlay, and zero clusters
 // hiding backing data.
@@ -56,7 +43,7 @@ func TestBacking(t *testing.T) {
 			base := formattest.Generate(t, dir, "base", baseFmt, 5<<20+512, formattest.Dense, opts...)
 			top := filepath.Join(dir, "top.qed")
 			formattest.Create(t, top, "qed", "9M", "-b", filepath.Base(base), "-F", baseFmt, "-o", "cluster_size=4096")
-			qemuIO(t, top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 64k")
+			formattest.QemuIO(t, "qed", top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 64k")
 			formattest.Check(t, top, formattest.Options{})
 
 			img := formattest.Open(t, top, "")
