@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -135,7 +134,7 @@ func TestBacking(t *testing.T) {
 // TestBackingPolicy checks that the backing file is opened only through
 // the opener's policy.
 func TestBackingPolicy(t *testing.T) {
-	data := seed(t, "overlay.qcow")
+	data := formattest.ReadSeed(t, "../../testdata/qcow", "overlay.qcow")
 	f := &formattest.MemFile{Data: data, Path: filepath.Join(t.TempDir(), "overlay.qcow")}
 	_, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "qcow")
 	if err == nil || !errors.Is(err, format.ErrOutsideDirectory) {
@@ -188,7 +187,7 @@ func TestEncrypted(t *testing.T) {
 // TestOddSize checks qemu's rule that the virtual size is the header's
 // size rounded down to whole sectors.
 func TestOddSize(t *testing.T) {
-	data := seed(t, "data.qcow")
+	data := formattest.ReadSeed(t, "../../testdata/qcow", "data.qcow")
 	binary.BigEndian.PutUint64(data[24:], 131072-100)
 	img, err := openMem(t, data)
 	if err != nil {
@@ -198,15 +197,6 @@ func TestOddSize(t *testing.T) {
 	if got := img.Size(); got != 131072-512 {
 		t.Fatalf("size %d, want %d", got, 131072-512)
 	}
-}
-
-func seed(t *testing.T, name string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("../../testdata/qcow", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 func openMem(t *testing.T, data []byte) (format.Image, error) {
@@ -280,7 +270,7 @@ func TestHostile(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	d := seed(t, "data.qcow")
+	d := formattest.ReadSeed(t, "../../testdata/qcow", "data.qcow")
 	if !qcow.Probe(&formattest.MemFile{Data: d}) {
 		t.Error("Probe rejects a qcow image")
 	}
@@ -290,10 +280,7 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func FuzzQcow(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/qcow")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "qcow") })
-}
+func FuzzQcow(f *testing.F) { formattest.FuzzOpen(f, "qcow", "../../testdata/qcow") }
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
 // empty 1 TiB image: metadata time only.

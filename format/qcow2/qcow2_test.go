@@ -401,10 +401,7 @@ func equalRuns(a, b []int64) bool {
 	return true
 }
 
-func FuzzQcow2(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/qcow2")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "qcow2") })
-}
+func FuzzQcow2(f *testing.F) { formattest.FuzzOpen(f, "qcow2", "../../testdata/qcow2") }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "qcow2", "1T"), "", 4)

@@ -111,7 +111,7 @@ func TestDirty(t *testing.T) {
 }
 
 func TestBackingPolicy(t *testing.T) {
-	f := &formattest.MemFile{Data: seed(t, "overlay.qed"), Path: filepath.Join(t.TempDir(), "overlay.qed")}
+	f := &formattest.MemFile{Data: formattest.ReadSeed(t, "../../testdata/qed", "overlay.qed"), Path: filepath.Join(t.TempDir(), "overlay.qed")}
 	_, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "qed")
 	if err == nil || !errors.Is(err, format.ErrOutsideDirectory) {
 		t.Fatalf("untrusted open of an overlay = %v, want ErrOutsideDirectory", err)
@@ -125,15 +125,6 @@ func TestBackingPolicy(t *testing.T) {
 	if got := img.Info(); got.BackingFile != "ov.raw" || got.BackingFormat != "raw" {
 		t.Errorf("backing %q format %q, want ov.raw, raw", got.BackingFile, got.BackingFormat)
 	}
-}
-
-func seed(t *testing.T, name string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("../../testdata/qed", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 func put32(d []byte, off int, v uint32) { binary.LittleEndian.PutUint32(d[off:], v) }
@@ -187,7 +178,7 @@ func TestHostile(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	d := seed(t, "data.qed")
+	d := formattest.ReadSeed(t, "../../testdata/qed", "data.qed")
 	if !qed.Probe(&formattest.MemFile{Data: d}) {
 		t.Error("Probe rejects a qed image")
 	}
@@ -196,10 +187,7 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func FuzzQed(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/qed")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "qed") })
-}
+func FuzzQed(f *testing.F) { formattest.FuzzOpen(f, "qed", "../../testdata/qed") }
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
 // empty 1 TiB image: metadata time only.

@@ -219,10 +219,7 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func FuzzVMDK(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/vmdk")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "vmdk") })
-}
+func FuzzVMDK(f *testing.F) { formattest.FuzzOpen(f, "vmdk", "../../testdata/vmdk") }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
