@@ -313,28 +313,12 @@ func (c *chain) ReadAt(p []byte, off int64) (int, error) {
 	if c.backing == nil && c.unavailable == nil {
 		return c.top.ReadAt(p, off)
 	}
-	n, clipErr := ClipRead(p, off, c.Size())
-	if n == 0 {
-		return 0, clipErr
-	}
-	end := off + int64(n)
-	for pos := off; pos < end; {
-		e, err := c.layerExtent(pos, end)
-		if err != nil {
-			return int(pos - off), err
-		}
-		buf := p[pos-off : e.End()-off]
+	return ReadRuns(p, off, c.Size(), c.layerExtent, func(buf []byte, e Extent) error {
 		if e.Status == Unallocated {
-			err = c.readBacking(buf, pos)
-		} else {
-			err = readLayer(c.top, buf, pos)
+			return c.readBacking(buf, e.Start)
 		}
-		if err != nil {
-			return int(pos - off), err
-		}
-		pos = e.End()
-	}
-	return n, clipErr
+		return readLayer(c.top, buf, e.Start)
+	})
 }
 
 // readBacking reads guest bytes the top does not store: from the backing

@@ -2,7 +2,6 @@ package format_test
 
 import (
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -21,26 +20,14 @@ func TestChainMatchesQemu(t *testing.T) {
 			dir := t.TempDir()
 			base, top := filepath.Join(dir, "base."+f), filepath.Join(dir, "top."+f)
 			formattest.Create(t, base, f, "4M")
-			qemuIO(t, f, base, "write -P 1 0 64k", "write -P 2 1M 64k")
+			formattest.QemuIO(t, f, base, "write -P 1 0 64k", "write -P 2 1M 64k")
 			formattest.Create(t, top, f, "6M", "-b", "base."+f, "-F", f)
-			qemuIO(t, f, top, "write -P 3 32k 64k", "write -P 4 5M 64k")
+			formattest.QemuIO(t, f, top, "write -P 3 32k 64k", "write -P 4 5M 64k")
 			img := formattest.Open(t, top, f)
 			ours, theirs := formattest.MapRuns(t, img), formattest.QemuMapRuns(t, top, "-f", f)
 			if fmt.Sprint(ours) != fmt.Sprint(theirs) {
 				t.Errorf("map\ndiskimg  %v\nqemu-img %v", ours, theirs)
 			}
 		})
-	}
-}
-
-// qemuIO runs qemu-io commands on an image the test made.
-func qemuIO(t *testing.T, fmtName, path string, cmds ...string) {
-	t.Helper()
-	args := []string{"-f", fmtName}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
 	}
 }

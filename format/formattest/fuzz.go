@@ -46,10 +46,27 @@ func AddSeeds(f *testing.F, dir string) {
 	}
 }
 
+// FuzzOpen fuzzes the reader of format fmtName (Exercise), starting from
+// the seeds in dir.
+func FuzzOpen(f *testing.F, fmtName, dir string) {
+	AddSeeds(f, dir)
+	f.Fuzz(func(t *testing.T, data []byte) { Exercise(t, data, fmtName) })
+}
+
 // Seed is a file of a seed directory.
 type Seed struct {
 	Name string
 	Data []byte
+}
+
+// ReadSeed returns the bytes of the seed file name in dir.
+func ReadSeed(t testing.TB, dir, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 // Seeds returns the files in dir (such as testdata/vhdx) in name order;

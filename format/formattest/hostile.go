@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -71,13 +70,7 @@ func RunHostile[H ~struct {
 	Want  string
 	Stage Stage
 }](t *testing.T, fmtName, seedDir string, cases []H) {
-	RunHostileOn(t, fmtName, func(name string) []byte {
-		data, err := os.ReadFile(filepath.Join(seedDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return data
-	}, cases)
+	RunHostileOn(t, fmtName, func(name string) []byte { return ReadSeed(t, seedDir, name) }, cases)
 }
 
 // RunHostileOn is RunHostile with the seed images a test made: seed

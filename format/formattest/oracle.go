@@ -28,15 +28,8 @@ func WithOracle(t testing.TB, path, fmtName string, size int64, args []string, c
 	if err := os.Truncate(raw, size); err != nil {
 		t.Fatal(err)
 	}
-	for _, img := range []struct{ fmt, path string }{{fmtName, path}, {"raw", raw}} {
-		a := []string{"-f", img.fmt}
-		for _, c := range cmds {
-			a = append(a, "-c", c)
-		}
-		if out, err := exec.Command("qemu-io", append(a, img.path)...).CombinedOutput(); err != nil {
-			t.Fatalf("qemu-io: %v: %s", err, out)
-		}
-	}
+	QemuIO(t, fmtName, path, cmds...)
+	QemuIO(t, "raw", raw, cmds...)
 	return raw
 }
 

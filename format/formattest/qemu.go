@@ -79,6 +79,21 @@ func QemuRC(t testing.TB, args ...string) (int, string) {
 	return -1, ""
 }
 
+// QemuIO runs the qemu-io commands cmds on the image at path (format
+// fmtName), which the test made; a command that fails fails the test.
+func QemuIO(t testing.TB, fmtName, path string, cmds ...string) {
+	t.Helper()
+	RequireQemu(t)
+	args := []string{"-f", fmtName}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("error")) || bytes.Contains(out, []byte("failed")) {
+		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
+	}
+}
+
 // QemuInfo returns `qemu-img info --output=json` of path, decoded.
 func QemuInfo(t testing.TB, path string, args ...string) map[string]any {
 	t.Helper()

@@ -5,7 +5,6 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -40,13 +39,7 @@ func makeImage(t *testing.T, dir, opts, size string, cmds ...string) string {
 		extra = []string{"-o", opts}
 	}
 	formattest.Create(t, path, Name, size, extra...)
-	args := []string{"-f", Name}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	formattest.QemuIO(t, Name, path, cmds...)
 	return path
 }
 
@@ -175,22 +168,14 @@ func TestSeeds(t *testing.T) {
 	if os.Getenv("PARALLELS_WRITE_SEEDS") == "1" {
 		writeSeeds(t)
 	}
-	entries, err := os.ReadDir(seeds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(seeds, e.Name()))
+	for _, s := range formattest.Seeds(t, seeds) {
+		img, err := formattest.OpenMem(t, Name, s.Data)
 		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := formattest.OpenMem(t, Name, data)
-		if err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", s.Name, err)
 			continue
 		}
 		if err := formattest.Validate(img); err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", s.Name, err)
 		}
 		img.Close()
 	}
@@ -217,10 +202,7 @@ func writeSeeds(t *testing.T) {
 	}
 }
 
-func FuzzParallels(f *testing.F) {
-	formattest.AddSeeds(f, seeds)
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, Name) })
-}
+func FuzzParallels(f *testing.F) { formattest.FuzzOpen(f, Name, seeds) }
 
 // TestMutatedSeeds exercises the reader on seeds with random bytes
 // changed, mostly in the header.
@@ -234,15 +216,6 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, Name, "1T"), "", 1)
 }
 
-func seed(t *testing.T, name string) []byte {
-	t.Helper()
-	d, err := os.ReadFile(filepath.Join(seeds, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 // TestSeedContents reads data.hds against the bytes qemu-io wrote.
 func TestSeedContents(t *testing.T) {
 	want := make([]byte, 64<<10)
@@ -250,7 +223,7 @@ func TestSeedContents(t *testing.T) {
 	copy(want[1000:], bytes.Repeat([]byte{0x6b}, 100))
 	copy(want[40<<10:], bytes.Repeat([]byte{0x7c}, 5<<10))
 	for _, name := range []string{"data.hds", "sectors.hds", "extension.hds"} {
-		img, err := formattest.OpenMem(t, Name, seed(t, name))
+		img, err := formattest.OpenMem(t, Name, formattest.ReadSeed(t, seeds, name))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -338,7 +311,7 @@ func TestHostile(t *testing.T) {
 // rest as one unallocated run, at once (the fuzzer found a walk cluster
 // by cluster).
 func TestHugeDiskSmallCatalog(t *testing.T) {
-	d := seed(t, "data.hds")
+	d := formattest.ReadSeed(t, seeds, "data.hds")
 	put64(d, hdrNbSectors, 1<<46) // 32 PiB of 4 KiB clusters, a 16-entry catalog
 	img, err := formattest.OpenMem(t, Name, d)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -79,18 +78,6 @@ func assertCompressedExtent(t *testing.T, path string) {
 	}
 }
 
-func qemuIO(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	args := []string{"-f", "qcow"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
-}
-
 // TestBacking checks chains: qcow over raw and over qcow, with a backing
 // file smaller than the overlay.
 func TestBacking(t *testing.T) {
@@ -101,7 +88,7 @@ func TestBacking(t *testing.T) {
 			base := formattest.Generate(t, dir, "base", baseFmt, 5<<20+512, formattest.Sparse)
 			top := filepath.Join(dir, "top.qcow")
 			formattest.Create(t, top, "qcow", "9M", "-b", filepath.Base(base), "-F", baseFmt)
-			qemuIO(t, top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 4096")
+			formattest.QemuIO(t, "qcow", top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 4096")
 			formattest.Check(t, top, formattest.Options{})
 
 			img := formattest.Open(t, top, "")
@@ -147,7 +134,7 @@ func TestBacking(t *testing.T) {
 // TestBackingPolicy checks that the backing file is opened only through
 // the opener's policy.
 func TestBackingPolicy(t *testing.T) {
-	data := seed(t, "overlay.qcow")
+	data := formattest.ReadSeed(t, "../../testdata/qcow", "overlay.qcow")
 	f := &formattest.MemFile{Data: data, Path: filepath.Join(t.TempDir(), "overlay.qcow")}
 	_, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "qcow")
 	if err == nil || !errors.Is(err, format.ErrOutsideDirectory) {
@@ -200,7 +187,7 @@ func TestEncrypted(t *testing.T) {
 // TestOddSize checks qemu's rule that the virtual size is the header's
 // size rounded down to whole sectors.
 func TestOddSize(t *testing.T) {
-	data := seed(t, "data.qcow")
+	data := formattest.ReadSeed(t, "../../testdata/qcow", "data.qcow")
 	binary.BigEndian.PutUint64(data[24:], 131072-100)
 	img, err := openMem(t, data)
 	if err != nil {
@@ -210,15 +197,6 @@ func TestOddSize(t *testing.T) {
 	if got := img.Size(); got != 131072-512 {
 		t.Fatalf("size %d, want %d", got, 131072-512)
 	}
-}
-
-func seed(t *testing.T, name string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("../../testdata/qcow", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 func openMem(t *testing.T, data []byte) (format.Image, error) {
@@ -292,7 +270,7 @@ func TestHostile(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	d := seed(t, "data.qcow")
+	d := formattest.ReadSeed(t, "../../testdata/qcow", "data.qcow")
 	if !qcow.Probe(&formattest.MemFile{Data: d}) {
 		t.Error("Probe rejects a qcow image")
 	}
@@ -302,10 +280,7 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func FuzzQcow(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/qcow")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "qcow") })
-}
+func FuzzQcow(f *testing.F) { formattest.FuzzOpen(f, "qcow", "../../testdata/qcow") }
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
 // empty 1 TiB image: metadata time only.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -86,17 +85,6 @@ func TestCheckWritten(t *testing.T) {
 	}
 }
 
-func qemuIOCheck(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	args := []string{"-f", "qcow2"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
-}
-
 func TestCheckSnapshotsAndBitmaps(t *testing.T) {
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
@@ -104,11 +92,11 @@ func TestCheckSnapshotsAndBitmaps(t *testing.T) {
 		t.Run(opts, func(t *testing.T) {
 			p := filepath.Join(dir, strings.NewReplacer("=", "-", ",", "-").Replace(opts)+".qcow2")
 			formattest.Create(t, p, "qcow2", "8M", "-o", opts)
-			qemuIOCheck(t, p, "write -P 1 0 300k", "write -P 2 5M 64k")
+			formattest.QemuIO(t, "qcow2", p, "write -P 1 0 300k", "write -P 2 5M 64k")
 			formattest.Qemu(t, "snapshot", "-c", "s1", p)
-			qemuIOCheck(t, p, "write -P 3 100k 8k", "write -P 4 7M 4k")
+			formattest.QemuIO(t, "qcow2", p, "write -P 3 100k 8k", "write -P 4 7M 4k")
 			formattest.Qemu(t, "snapshot", "-c", "s2", p)
-			qemuIOCheck(t, p, "write -c -P 5 2M 64k", "discard 5M 64k")
+			formattest.QemuIO(t, "qcow2", p, "write -c -P 5 2M 64k", "discard 5M 64k")
 			if !strings.Contains(opts, "compat") {
 				formattest.Qemu(t, "bitmap", "--add", p, "b0")
 				formattest.Qemu(t, "bitmap", "--add", "-g", "512k", p, "b1")
@@ -166,7 +154,7 @@ func TestCheckDamaged(t *testing.T) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
 	formattest.Create(t, base, "qcow2", "4M", "-o", "cluster_size=4k")
-	qemuIOCheck(t, base, "write -P 1 0 16k", "write -P 2 1M 8k")
+	formattest.QemuIO(t, "qcow2", base, "write -P 1 0 16k", "write -P 2 1M 8k")
 	be := binary.BigEndian
 	cases := []struct {
 		name  string

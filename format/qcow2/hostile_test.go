@@ -21,7 +21,7 @@ func sample(t *testing.T, opts string) (data []byte, l1e, l2e int64) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", opts)
-	qemuIO(t, path, "write -P 0x42 0 4096", "write -P 0x43 600000 1000")
+	formattest.QemuIO(t, "qcow2", path, "write -P 0x42 0 4096", "write -P 0x43 600000 1000")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -56,20 +55,6 @@ func TestEmptyHuge(t *testing.T) {
 	}, formattest.Options{})
 }
 
-// qemuIO runs qemu-io commands on an image the test made.
-func qemuIO(t testing.TB, path string, cmds ...string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	args := []string{"-f", "qcow2"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput()
-	if err != nil || bytes.Contains(out, []byte("error")) || bytes.Contains(out, []byte("failed")) {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
-}
-
 // Writes that straddle 512 B, 4 KiB and 64 KiB boundaries, a written-zero
 // range and a discard, into an overlay.
 var overlayWrites = []string{
@@ -90,7 +75,7 @@ func TestBackingChains(t *testing.T) {
 		formattest.MakeRaw(t, base, 9<<20, formattest.Sparse)
 		ov := filepath.Join(dir, "ov.qcow2")
 		formattest.Create(t, ov, "qcow2", "9M", "-b", "base.raw", "-F", "raw")
-		qemuIO(t, ov, overlayWrites...)
+		formattest.QemuIO(t, "qcow2", ov, overlayWrites...)
 		formattest.Check(t, ov, pol)
 	})
 	for _, v := range []struct{ name, opts string }{
@@ -105,9 +90,9 @@ func TestBackingChains(t *testing.T) {
 			mid := filepath.Join(dir, "mid.qcow2")
 			top := filepath.Join(dir, "top.qcow2")
 			formattest.Create(t, mid, "qcow2", "9M", "-o", v.opts, "-b", "base.qcow2", "-F", "qcow2")
-			qemuIO(t, mid, overlayWrites...)
+			formattest.QemuIO(t, "qcow2", mid, overlayWrites...)
 			formattest.Create(t, top, "qcow2", "9M", "-o", v.opts, "-b", "mid.qcow2", "-F", "qcow2")
-			qemuIO(t, top, "write -P 0xb1 512 1024", "write -z 2M 4096", "write -P 0xb2 8M 100000")
+			formattest.QemuIO(t, "qcow2", top, "write -P 0xb1 512 1024", "write -z 2M 4096", "write -P 0xb2 8M 100000")
 			formattest.Check(t, mid, pol)
 			formattest.Check(t, top, pol)
 		})
@@ -117,7 +102,7 @@ func TestBackingChains(t *testing.T) {
 		formattest.Generate(t, dir, "base", "qcow2", 1<<20+4096, formattest.Dense)
 		ov := filepath.Join(dir, "ov.qcow2")
 		formattest.Create(t, ov, "qcow2", "5M", "-b", "base.qcow2", "-F", "qcow2")
-		qemuIO(t, ov, "write -P 0xc1 1000000 100000", "write -P 0xc2 4M 512")
+		formattest.QemuIO(t, "qcow2", ov, "write -P 0xc1 1000000 100000", "write -P 0xc2 4M 512")
 		formattest.Check(t, ov, pol)
 	})
 	t.Run("compressed-backing", func(t *testing.T) {
@@ -125,7 +110,7 @@ func TestBackingChains(t *testing.T) {
 		formattest.Generate(t, dir, "base", "qcow2", 9<<20, formattest.Sparse, "-c", "-o", "compression_type=zstd")
 		ov := filepath.Join(dir, "ov.qcow2")
 		formattest.Create(t, ov, "qcow2", "9M", "-b", "base.qcow2", "-F", "qcow2")
-		qemuIO(t, ov, overlayWrites...)
+		formattest.QemuIO(t, "qcow2", ov, overlayWrites...)
 		formattest.Check(t, ov, pol)
 	})
 	t.Run("no-backing-policy", func(t *testing.T) {
@@ -134,7 +119,7 @@ func TestBackingChains(t *testing.T) {
 		formattest.MakeRaw(t, base, 1<<20, formattest.Dense)
 		ov := filepath.Join(dir, "ov.qcow2")
 		formattest.Create(t, ov, "qcow2", "1M", "-b", "base.raw", "-F", "raw")
-		qemuIO(t, ov, "write -P 0xd1 64k 64k")
+		formattest.QemuIO(t, "qcow2", ov, "write -P 0xd1 64k 64k")
 		img, err := format.Open(ov, "", format.Policy{NoBacking: true})
 		if err != nil {
 			t.Fatal(err)
@@ -208,7 +193,7 @@ func TestExternalDataFile(t *testing.T) {
 			t.Chdir(dir)
 			img := filepath.Join(dir, "img.qcow2")
 			formattest.Create(t, img, "qcow2", "4M", "-o", "data_file=img.data,data_file_raw="+raw)
-			qemuIO(t, img, "write -P 0x11 0 70000", "write -z 1M 64k", "write -P 0x12 3M 4096")
+			formattest.QemuIO(t, "qcow2", img, "write -P 0x11 0 70000", "write -z 1M 64k", "write -P 0x12 3M 4096")
 			formattest.Check(t, img, formattest.Options{})
 			if _, err := format.Open(img, "", format.Policy{Untrusted: true}); err == nil || !strings.Contains(err.Error(), "data file") {
 				t.Fatalf("untrusted policy: err = %v, want a data file refusal", err)
@@ -238,7 +223,7 @@ func TestSnapshots(t *testing.T) {
 	dir := t.TempDir()
 	path := formattest.Generate(t, dir, "img", "qcow2", 9<<20, formattest.Sparse)
 	formattest.Qemu(t, "snapshot", "-c", "snap1", path)
-	qemuIO(t, path, overlayWrites...)
+	formattest.QemuIO(t, "qcow2", path, overlayWrites...)
 	formattest.Check(t, path, formattest.Options{})
 }
 
@@ -416,10 +401,7 @@ func equalRuns(a, b []int64) bool {
 	return true
 }
 
-func FuzzQcow2(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/qcow2")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "qcow2") })
-}
+func FuzzQcow2(f *testing.F) { formattest.FuzzOpen(f, "qcow2", "../../testdata/qcow2") }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.BenchOpenEmpty(b, formattest.CreateEmpty(b, "qcow2", "1T"), "", 4)

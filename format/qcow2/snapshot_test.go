@@ -24,17 +24,17 @@ func snapshotImage(t *testing.T, dir, opts string) string {
 	t.Helper()
 	path := filepath.Join(dir, "snap.qcow2")
 	formattest.Create(t, path, "qcow2", "6M", "-o", opts)
-	qemuIO(t, path, "write -P 0x11 0 1M", "write -P 0x12 5M 70000")
+	formattest.QemuIO(t, "qcow2", path, "write -P 0x11 0 1M", "write -P 0x12 5M 70000")
 	formattest.Qemu(t, "snapshot", "-c", "first", path)
-	qemuIO(t, path, "write -P 0x21 512k 1M", "write -z 5M 64k", "write -c -P 0x22 2M 64k")
+	formattest.QemuIO(t, "qcow2", path, "write -P 0x21 512k 1M", "write -z 5M 64k", "write -c -P 0x22 2M 64k")
 	formattest.Qemu(t, "snapshot", "-c", "second snapshot", path)
-	qemuIO(t, path, "discard 0 512k", "write -P 0x31 3M 4k")
+	formattest.QemuIO(t, "qcow2", path, "discard 0 512k", "write -P 0x31 3M 4k")
 	if !strings.Contains(opts, "compat=0.10") {
 		formattest.Qemu(t, "resize", path, "300M")
-		qemuIO(t, path, "write -P 0x32 290M 1M")
+		formattest.QemuIO(t, "qcow2", path, "write -P 0x32 290M 1M")
 	}
 	formattest.Qemu(t, "snapshot", "-c", "2", path) // a name that is another's id
-	qemuIO(t, path, "write -P 0x41 1M 1M")
+	formattest.QemuIO(t, "qcow2", path, "write -P 0x41 1M 1M")
 	return path
 }
 
@@ -142,7 +142,7 @@ func TestSnapshotsHostile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", "cluster_size=512")
-	qemuIO(t, path, "write -P 0x42 0 4096")
+	formattest.QemuIO(t, "qcow2", path, "write -P 0x42 0 4096")
 	formattest.Qemu(t, "snapshot", "-c", "s1", path)
 	formattest.Qemu(t, "snapshot", "-c", "s2", path)
 	orig, err := os.ReadFile(path)
@@ -229,11 +229,11 @@ func TestSnapshotSeed(t *testing.T) {
 	if os.Getenv("QCOW2_WRITE_SEEDS") == "1" {
 		path := filepath.Join(t.TempDir(), "s.qcow2")
 		formattest.Create(t, path, "qcow2", "64k", "-o", "cluster_size=512")
-		qemuIO(t, path, "write -P 0x42 0 1k", "write -P 0x43 40k 512")
+		formattest.QemuIO(t, "qcow2", path, "write -P 0x42 0 1k", "write -P 0x43 40k 512")
 		formattest.Qemu(t, "snapshot", "-c", "one", path)
-		qemuIO(t, path, "write -P 0x44 512 1k", "write -z 40k 512")
+		formattest.QemuIO(t, "qcow2", path, "write -P 0x44 512 1k", "write -z 40k 512")
 		formattest.Qemu(t, "snapshot", "-c", "two", path)
-		qemuIO(t, path, "write -P 0x45 8k 512")
+		formattest.QemuIO(t, "qcow2", path, "write -P 0x45 8k 512")
 		d, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -29,18 +28,6 @@ func TestConformance(t *testing.T) {
 	formattest.RunEmptyHuge(t, "qed", "256G", variants[2:3], formattest.Options{})
 }
 
-func qemuIO(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	formattest.RequireQemu(t)
-	args := []string{"-f", "qed"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
-}
-
 // TestBacking checks chains over raw (stored as "do not probe") and over
 // qed (probed), a backing file smaller than the overlay, and zero clusters
 // hiding backing data.
@@ -56,7 +43,7 @@ func TestBacking(t *testing.T) {
 			base := formattest.Generate(t, dir, "base", baseFmt, 5<<20+512, formattest.Dense, opts...)
 			top := filepath.Join(dir, "top.qed")
 			formattest.Create(t, top, "qed", "9M", "-b", filepath.Base(base), "-F", baseFmt, "-o", "cluster_size=4096")
-			qemuIO(t, top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 64k")
+			formattest.QemuIO(t, "qed", top, "write -P 0x11 4096 8192", "write -P 0x22 3M 70000", "write -P 0x33 8M 4096", "write -z 1M 64k")
 			formattest.Check(t, top, formattest.Options{})
 
 			img := formattest.Open(t, top, "")
@@ -124,7 +111,7 @@ func TestDirty(t *testing.T) {
 }
 
 func TestBackingPolicy(t *testing.T) {
-	f := &formattest.MemFile{Data: seed(t, "overlay.qed"), Path: filepath.Join(t.TempDir(), "overlay.qed")}
+	f := &formattest.MemFile{Data: formattest.ReadSeed(t, "../../testdata/qed", "overlay.qed"), Path: filepath.Join(t.TempDir(), "overlay.qed")}
 	_, err := format.NewOpener(format.Policy{Untrusted: true}).OpenImage(f, "qed")
 	if err == nil || !errors.Is(err, format.ErrOutsideDirectory) {
 		t.Fatalf("untrusted open of an overlay = %v, want ErrOutsideDirectory", err)
@@ -138,15 +125,6 @@ func TestBackingPolicy(t *testing.T) {
 	if got := img.Info(); got.BackingFile != "ov.raw" || got.BackingFormat != "raw" {
 		t.Errorf("backing %q format %q, want ov.raw, raw", got.BackingFile, got.BackingFormat)
 	}
-}
-
-func seed(t *testing.T, name string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("../../testdata/qed", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 func put32(d []byte, off int, v uint32) { binary.LittleEndian.PutUint32(d[off:], v) }
@@ -200,7 +178,7 @@ func TestHostile(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	d := seed(t, "data.qed")
+	d := formattest.ReadSeed(t, "../../testdata/qed", "data.qed")
 	if !qed.Probe(&formattest.MemFile{Data: d}) {
 		t.Error("Probe rejects a qed image")
 	}
@@ -209,10 +187,7 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func FuzzQed(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/qed")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "qed") })
-}
+func FuzzQed(f *testing.F) { formattest.FuzzOpen(f, "qed", "../../testdata/qed") }
 
 // BenchmarkOpenEmpty1TiB measures open, info and a full extent walk of an
 // empty 1 TiB image: metadata time only.

@@ -18,10 +18,7 @@ func TestConformance(t *testing.T) {
 	formattest.RunEmptyHuge(t, "raw", "2T", []formattest.Variant{{Name: "default"}}, formattest.Options{})
 }
 
-func FuzzRaw(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/raw")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "raw") })
-}
+func FuzzRaw(f *testing.F) { formattest.FuzzOpen(f, "raw", "../../testdata/raw") }
 
 // A raw file whose length is not a whole sector is a disk rounded up to
 // one, as qemu sees it; its tail reads as zeros.

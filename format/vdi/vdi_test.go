@@ -3,7 +3,6 @@ package vdi_test
 import (
 	"bytes"
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -48,15 +47,6 @@ func TestStaticLayout(t *testing.T) {
 	}
 }
 
-func seed(t *testing.T, name string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("../../testdata/vdi", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
 func openMem(t *testing.T, data []byte) (format.Image, error) {
 	return formattest.OpenMem(t, "vdi", data)
 }
@@ -66,7 +56,7 @@ func put32(d []byte, off int, v uint32) { binary.LittleEndian.PutUint32(d[off:],
 // data.vdi is qemu's image of a 1536-byte disk whose one block holds 512
 // bytes of 9, 512 of zeros and 512 of 7, trimmed after the disk's bytes.
 func TestSeedData(t *testing.T) {
-	img, err := openMem(t, seed(t, "data.vdi"))
+	img, err := openMem(t, formattest.ReadSeed(t, "../../testdata/vdi", "data.vdi"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +78,7 @@ func TestSeedData(t *testing.T) {
 // TestDiscarded checks that a discarded block reads as zeros and maps as
 // zero, and that an odd disk size is rounded up to whole sectors.
 func TestDiscarded(t *testing.T) {
-	d := seed(t, "data.vdi")
+	d := formattest.ReadSeed(t, "../../testdata/vdi", "data.vdi")
 	put32(d, 1024-512, 0xfffffffe) // entry 0 of the block map at 0x200
 	binary.LittleEndian.PutUint64(d[0x170:], 1500)
 	img, err := openMem(t, d)
@@ -146,7 +136,7 @@ func TestHostile(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	d := seed(t, "empty.vdi")
+	d := formattest.ReadSeed(t, "../../testdata/vdi", "empty.vdi")
 	if !vdi.Probe(&formattest.MemFile{Data: d}) {
 		t.Error("Probe rejects a vdi image")
 	}

@@ -75,7 +75,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 			at := l.bat.start + i*batEntrySize
 			off := e & batOffsetMask
 			if off > math.MaxInt64-uint64(img.blockSize) || int64(off)+img.blockSize > fileSize {
-				corrupt(r, "BAT entry %d at offset %d: block at offset %d extends past the end of the file (%d bytes)", i, at, off, fileSize)
+				r.BoundedCorruptf("BAT entry %d at offset %d: block at offset %d extends past the end of the file (%d bytes)", i, at, off, fileSize)
 				continue
 			}
 			if (i+1)%(img.chunkRatio+1) == 0 {
@@ -83,7 +83,7 @@ func CheckFile(ctx context.Context, f format.File) (*format.CheckResult, error) 
 			}
 			for _, q := range l.regions {
 				if int64(off) < q.end && q.start < int64(off)+img.blockSize {
-					corrupt(r, "BAT entry %d at offset %d: payload block at offset %d overlaps the %s at [%d, %d)", i, at, off, q.name, q.start, q.end)
+					r.BoundedCorruptf("BAT entry %d at offset %d: payload block at offset %d overlaps the %s at [%d, %d)", i, at, off, q.name, q.start, q.end)
 					break
 				}
 			}
@@ -101,19 +101,10 @@ func checkRegionTable1(f format.File, r *format.CheckResult) error {
 	}
 	switch {
 	case string(b[:4]) != regionSignature:
-		corrupt(r, "region table 1 at offset %d: signature %q is not %q", regionTable1Offset, b[:4], regionSignature)
+		r.BoundedCorruptf("region table 1 at offset %d: signature %q is not %q", regionTable1Offset, b[:4], regionSignature)
 	case binary.LittleEndian.Uint32(b[rtChecksum:]) != checksum(b, rtChecksum):
-		corrupt(r, "region table 1 at offset %d: CRC-32C %#08x does not match the table (%#08x)", regionTable1Offset,
+		r.BoundedCorruptf("region table 1 at offset %d: CRC-32C %#08x does not match the table (%#08x)", regionTable1Offset,
 			binary.LittleEndian.Uint32(b[rtChecksum:]), checksum(b, rtChecksum))
 	}
 	return nil
-}
-
-// corrupt records a corruption, keeping at most format.MaxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
 }

@@ -3,7 +3,6 @@ package vhdx
 import (
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,14 +24,7 @@ func makeImage(t *testing.T, opts, size string, cmds ...string) []byte {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "base.vhdx")
 	formattest.Create(t, path, Name, size, "-o", opts)
-	args := []string{"-f", Name}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	formattest.QemuIO(t, Name, path, cmds...)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

@@ -41,19 +41,6 @@ func TestEmptyHuge(t *testing.T) {
 	formattest.RunEmptyHuge(t, "vmdk", "2T", huge, opts)
 }
 
-// qemuIO runs qemu-io commands on an image this test made.
-func qemuIO(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	args := []string{"-f", "vmdk"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput()
-	if err != nil || bytes.Contains(out, []byte("error")) || bytes.Contains(out, []byte("failed")) {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
-}
-
 // TestZeroedGrains checks zeroed grains (zeroed_grain=on and write -z),
 // which read as zeros without looking at the parent.
 func TestZeroedGrains(t *testing.T) {
@@ -61,7 +48,7 @@ func TestZeroedGrains(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "zg.vmdk")
 	formattest.Create(t, p, "vmdk", "10M", "-o", "zeroed_grain=on")
-	qemuIO(t, p, "write -P 0x5a 0 1M", "write -z 64k 256k", "write -P 1 3M 4k")
+	formattest.QemuIO(t, "vmdk", p, "write -P 0x5a 0 1M", "write -z 64k 256k", "write -P 1 3M 4k")
 	formattest.Check(t, p, opts)
 	img := open(t, p, format.Policy{})
 	e, err := img.Extent(64 << 10)
@@ -78,9 +65,9 @@ func TestChain(t *testing.T) {
 	base := filepath.Join(dir, "base.vmdk")
 	child := filepath.Join(dir, "child.vmdk")
 	formattest.Create(t, base, "vmdk", "10M")
-	qemuIO(t, base, "write -P 0x22 0 1M", "write -P 0x23 5M 100k")
+	formattest.QemuIO(t, "vmdk", base, "write -P 0x22 0 1M", "write -P 0x23 5M 100k")
 	formattest.Qemu(t, "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
-	qemuIO(t, child, "write -P 0x33 64k 64k", "write -P 0x34 5M 4k", "write -P 0x35 9M 512")
+	formattest.QemuIO(t, "vmdk", child, "write -P 0x33 64k 64k", "write -P 0x34 5M 4k", "write -P 0x35 9M 512")
 	formattest.Check(t, child, opts)
 	img := open(t, child, format.Policy{})
 	if info := img.Info(); info.BackingFile != "base.vmdk" || info.BackingFormat != "vmdk" || info.Backing == nil {
@@ -103,7 +90,7 @@ func TestChain(t *testing.T) {
 	// A three-level chain.
 	grand := filepath.Join(dir, "grand.vmdk")
 	formattest.Qemu(t, "create", "-q", "-f", "vmdk", "-b", "child.vmdk", "-F", "vmdk", grand)
-	qemuIO(t, grand, "write -P 0x44 8M 70k")
+	formattest.QemuIO(t, "vmdk", grand, "write -P 0x44 8M 70k")
 	formattest.Check(t, grand, opts)
 }
 
@@ -115,7 +102,7 @@ func TestMultiExtent(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "split.vmdk")
 			formattest.Create(t, p, "vmdk", "5G", "-o", "subformat="+sub)
-			qemuIO(t, p, "write -P 0x71 2047M 2M", "write -P 0x72 4095M 1025k", "write -P 0x73 5119M 1M")
+			formattest.QemuIO(t, "vmdk", p, "write -P 0x71 2047M 2M", "write -P 0x72 4095M 1025k", "write -P 0x73 5119M 1M")
 			formattest.Check(t, p, opts)
 			img := open(t, p, format.Policy{})
 			if n := len(img.Info().ExtentFiles); n != 3 {
@@ -167,7 +154,7 @@ func TestExtentOutside(t *testing.T) {
 	}
 	src := filepath.Join(root, "src.vmdk")
 	formattest.Create(t, src, "vmdk", "1M", "-o", "subformat=monolithicFlat")
-	qemuIO(t, src, "write -P 0x66 0 1M")
+	formattest.QemuIO(t, "vmdk", src, "write -P 0x66 0 1M")
 	if err := os.Rename(filepath.Join(root, "src-flat.vmdk"), filepath.Join(baitDir, "secret")); err != nil {
 		t.Fatal(err)
 	}
@@ -232,10 +219,7 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func FuzzVMDK(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/vmdk")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, "vmdk") })
-}
+func FuzzVMDK(f *testing.F) { formattest.FuzzOpen(f, "vmdk", "../../testdata/vmdk") }
 
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	formattest.RequireQemu(b)
@@ -262,7 +246,7 @@ func TestSnapshotChains(t *testing.T) {
 				parent, child := filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
 				formattest.Create(t, parent, "vmdk", "3G", "-o", "subformat="+ps)
 				// In increasing order: a stream is written front to back.
-				qemuIO(t, parent, "write -P 0x11 0 1M", "write -P 0x12 2047M 2M", "write -P 0x13 3071M 1M")
+				formattest.QemuIO(t, "vmdk", parent, "write -P 0x11 0 1M", "write -P 0x12 2047M 2M", "write -P 0x13 3071M 1M")
 				formattest.Create(t, child, "vmdk", "3G", "-o", "subformat="+cs, "-b", "parent.vmdk", "-F", "vmdk")
 				// Half a grain: qemu fills the rest from the parent (a
 				// stream takes whole grains only).
@@ -270,7 +254,7 @@ func TestSnapshotChains(t *testing.T) {
 				if cs == "streamOptimized" {
 					last = "write -P 0x23 3071M 64k"
 				}
-				qemuIO(t, child, "write -P 0x21 512k 1M", "write -P 0x22 2048M 64k", last)
+				formattest.QemuIO(t, "vmdk", child, "write -P 0x21 512k 1M", "write -P 0x22 2048M 64k", last)
 				img := open(t, child, format.Policy{})
 				if info := img.Info(); info.BackingFile != "parent.vmdk" || info.Backing == nil {
 					t.Errorf("backing %q, %v", info.BackingFile, info.Backing)
@@ -293,8 +277,8 @@ func TestSnapshotChains(t *testing.T) {
 // maps; reading what the parent holds fails, naming the parentCID.
 func TestSnapshotCID(t *testing.T) {
 	parent, child := snapshot(t, "-o", "subformat=monolithicSparse")
-	qemuIO(t, child, "write -P 0x21 4M 64k")
-	qemuIO(t, parent, "write -P 0x12 6M 64k") // a new CID
+	formattest.QemuIO(t, "vmdk", child, "write -P 0x21 4M 64k")
+	formattest.QemuIO(t, "vmdk", parent, "write -P 0x12 6M 64k") // a new CID
 	img := open(t, child, format.Policy{})
 	if ours, theirs := formattest.MapRuns(t, img), formattest.QemuMapRuns(t, child); fmt.Sprint(ours) != fmt.Sprint(theirs) {
 		t.Errorf("map\ndiskimg  %v\nqemu-img %v", ours, theirs)
@@ -318,7 +302,7 @@ func snapshot(t *testing.T, args ...string) (parent, child string) {
 	dir := t.TempDir()
 	parent, child = filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
 	formattest.Create(t, parent, "vmdk", "8M")
-	qemuIO(t, parent, "write -P 0x11 0 1M")
+	formattest.QemuIO(t, "vmdk", parent, "write -P 0x11 0 1M")
 	formattest.Create(t, child, "vmdk", "8M", append(args, "-b", "parent.vmdk", "-F", "vmdk")...)
 	return parent, child
 }

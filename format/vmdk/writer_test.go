@@ -757,13 +757,11 @@ func TestWriterHuge(t *testing.T) {
 		src := filepath.Join(dir, "src.qcow2")
 		formattest.Create(t, src, "qcow2", fmt.Sprint(size))
 		regions := [][3]int64{{0, 64 << 10, 0x11}, {size/2 - 4096, 8 << 10, 0x22}, {size - 64<<10, 64 << 10, 0x33}}
-		writes := []string{"-f", "qcow2"}
+		var writes []string
 		for _, r := range regions {
-			writes = append(writes, "-c", fmt.Sprintf("write -P %d %d %d", r[2], r[0], r[1]))
+			writes = append(writes, fmt.Sprintf("write -P %d %d %d", r[2], r[0], r[1]))
 		}
-		if out, err := exec.Command("qemu-io", append(writes, src)...).CombinedOutput(); err != nil {
-			t.Fatalf("qemu-io: %v: %s", err, out)
-		}
+		formattest.QemuIO(t, "qcow2", src, writes...)
 		for _, v := range wVariants[:2] {
 			t.Run(fmt.Sprintf("%dTiB/%s", size>>40, v.name), func(t *testing.T) {
 				t.Parallel()
