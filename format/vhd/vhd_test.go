@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -133,7 +132,7 @@ func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 	formattest.RequireQemu(t)
 	path := filepath.Join(t.TempDir(), "img.vhd")
 	formattest.Create(t, path, Name, "10M")
-	qemuIO(t, path, "write -P 0x5a 0 4k")
+	formattest.QemuIO(t, Name, path, "write -P 0x5a 0 4k")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -141,18 +140,6 @@ func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 	hdr = int(binary.BigEndian.Uint64(b[vhdspec.OffDataOffset:]))
 	bat = int(binary.BigEndian.Uint64(b[hdr+dynTableOffset:]))
 	return b, hdr, bat
-}
-
-func qemuIO(t *testing.T, path string, cmds ...string) {
-	t.Helper()
-	args := []string{"-f", Name}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	cmd := exec.Command("qemu-io", append(args, path)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io %v: %v: %s", cmds, err, out)
-	}
 }
 
 func TestHostile(t *testing.T) {
@@ -330,7 +317,7 @@ func diffChain(t *testing.T, locators map[string]string) (string, []byte) {
 	childPath := filepath.Join(dir, "child.vhd")
 	formattest.Create(t, childPath, Name, "10M")
 	// Block 0 partly written, block 2 whole, the rest from the parent.
-	qemuIO(t, childPath, "write -P 0x11 0 64k", "write -P 0x22 4M 2M")
+	formattest.QemuIO(t, Name, childPath, "write -P 0x11 0 64k", "write -P 0x22 4M 2M")
 	ref := func(p string) []byte {
 		out := filepath.Join(dir, filepath.Base(p)+".raw")
 		formattest.Qemu(t, "convert", "-f", Name, "-O", "raw", p, out)

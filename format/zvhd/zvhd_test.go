@@ -269,8 +269,7 @@ func le32(b []byte) uint32 {
 }
 
 func FuzzZVHD(f *testing.F) {
-	formattest.AddSeeds(f, "../../testdata/zvhd")
-	f.Fuzz(func(t *testing.T, data []byte) { formattest.Exercise(t, data, Name) })
+	formattest.FuzzOpen(f, Name, "../../testdata/zvhd")
 }
 
 // TestSeeds checks that the seeds open; ZVHD_WRITE_SEEDS=1 regenerates
@@ -289,17 +288,9 @@ func TestSeeds(t *testing.T) {
 			}
 		}
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	opened := 0
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err := openBytes(b); err == nil {
+	for _, s := range formattest.Seeds(t, dir) {
+		if img, err := openBytes(s.Data); err == nil {
 			vhdspectest.ReadAll(t, img)
 			opened++
 		}

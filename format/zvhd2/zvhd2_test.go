@@ -399,31 +399,23 @@ func TestSeeds(t *testing.T) {
 	if os.Getenv("ZVHD2_WRITE_SEEDS") == "1" {
 		writeSeeds(t, dir)
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := expand(data)
+	for _, s := range formattest.Seeds(t, dir) {
+		b := expand(s.Data)
 		if b == nil {
 			continue
 		}
 		n++
 		img, err := openBytes(b)
 		if err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", s.Name, err)
 			continue
 		}
 		if err := format.Walk(img, 0, func(format.Extent) error { return nil }); err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", s.Name, err)
 		}
 		if err := openAndRead(b); err != nil {
-			t.Errorf("%s: %v", e.Name(), err)
+			t.Errorf("%s: %v", s.Name, err)
 		}
 		img.Close()
 	}
