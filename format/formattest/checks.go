@@ -75,6 +75,22 @@ func OurCheck(t testing.TB, fmtName, path string) (int, map[string]any, *format.
 	return Verdict(r), m, r
 }
 
+// CheckFile runs check (a driver's CheckFile) on the file at path, for
+// files Open refuses.
+func CheckFile(t testing.TB, path string, check func(context.Context, format.File) (*format.CheckResult, error)) *format.CheckResult {
+	t.Helper()
+	f, err := format.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := check(context.Background(), f)
+	if err != nil {
+		t.Fatalf("CheckFile %s: %v", path, err)
+	}
+	return r
+}
+
 // CompareCheck asserts that qemu-img and diskimg agree on the verdict and
 // on every count qemu-img reports, and that diskimg reports no key qemu
 // does not.

@@ -1,11 +1,9 @@
 package parallels
 
 import (
-	"context"
 	"path/filepath"
 	"testing"
 
-	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
@@ -62,15 +60,7 @@ func TestCheckOutside(t *testing.T) {
 		return d
 	})
 	qrc, qm, stderr := formattest.QemuCheck(t, Name, p)
-	f, err := format.OpenFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := CheckFile(context.Background(), f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := formattest.CheckFile(t, p, CheckFile)
 	if v := formattest.Verdict(r); v != qrc || float64(r.Corruptions) != qm["corruptions"] || float64(r.ImageEndOffset) != qm["image-end-offset"] ||
 		float64(r.AllocatedClusters) != qm["allocated-clusters"] || float64(r.FragmentedClusters) != qm["fragmented-clusters"] {
 		t.Errorf("diskimg %d %+v; qemu-img %d %v %s", v, r, qrc, qm, stderr)

@@ -45,21 +45,6 @@ func qemuCheck(t *testing.T, path string) (int, map[string]any, string) {
 	return formattest.QemuCheck(t, "vhdx", path)
 }
 
-// checkFile runs vhdx.CheckFile on path, for files Open refuses.
-func checkFile(t *testing.T, path string) *format.CheckResult {
-	t.Helper()
-	f, err := format.OpenFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := CheckFile(context.Background(), f)
-	if err != nil {
-		t.Fatalf("CheckFile %s: %v", path, err)
-	}
-	return r
-}
-
 // batLayout returns the BAT region's file offset and the metadata
 // region's, from the first region table.
 func batLayout(t *testing.T, d []byte) (bat, meta int64) {
@@ -82,7 +67,7 @@ func TestCheckCorrupt(t *testing.T) {
 		if _, err := format.Open(p, "vhdx", format.Policy{}); err == nil {
 			t.Error("Open accepted a truncated image")
 		}
-		r := checkFile(t, p)
+		r := formattest.CheckFile(t, p, CheckFile)
 		if qrc != 2 || qm["corruptions"] != float64(r.Corruptions) || !strings.Contains(qerr, "points after end of file") {
 			t.Errorf("qemu-img: exit %d, %v, %q; ours %+v", qrc, qm, qerr, r)
 		}
@@ -97,7 +82,7 @@ func TestCheckCorrupt(t *testing.T) {
 			return d
 		})
 		qrc, qm, _ := qemuCheck(t, p)
-		r := checkFile(t, p)
+		r := formattest.CheckFile(t, p, CheckFile)
 		if qrc != 2 || qm["corruptions"] != float64(r.Corruptions) {
 			t.Errorf("qemu-img: exit %d, %v; ours %+v", qrc, qm, r)
 		}
