@@ -97,6 +97,29 @@ func MakeRaw(t testing.TB, path string, size int64, c Content) {
 	}
 }
 
+// WriteSource writes a raw benchmark source of size bytes to path, a MiB
+// at a time: fill(buf, off) makes the MiB at off, or, when fill is nil,
+// random data (seed 1).
+func WriteSource(t testing.TB, path string, size int64, fill func(buf []byte, off int64)) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if fill == nil {
+		rng := rand.New(rand.NewSource(1))
+		fill = func(buf []byte, _ int64) { rng.Read(buf) }
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		fill(buf, off)
+		if _, err := f.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Convert makes an image of format fmt at dst from the raw file src with
 // qemu-img, passing extra arguments (such as "-o", "cluster_size=512" or
 // "-c") before the file names.

@@ -16,24 +16,15 @@ import (
 func benchSource(b *testing.B, semi bool) string {
 	b.Helper()
 	path := filepath.Join(b.TempDir(), "src.raw")
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
 	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 1<<20)
-	for off := 0; off < 256<<20; off += len(buf) {
+	formattest.WriteSource(b, path, 256<<20, func(buf []byte, _ int64) {
 		rng.Read(buf)
 		if semi {
 			for i := 0; i < len(buf); i += 64 << 10 {
 				clear(buf[i+32<<10 : i+64<<10])
 			}
 		}
-		if _, err := f.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
+	})
 	return path
 }
 

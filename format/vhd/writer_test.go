@@ -608,23 +608,6 @@ func TestWriterLongBlocks(t *testing.T) {
 	}
 }
 
-// randomRaw makes a raw file of size random bytes.
-func randomRaw(b *testing.B, path string, size int64) {
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		rng.Read(buf)
-		if _, err := f.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // BenchmarkConvert256MiB converts 256 MiB of random data from raw, with
 // diskimg and with qemu-img in the same run: compare the ns/op of the
 // diskimg-* and qemu-img-* lines.
@@ -633,7 +616,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	const size = 256 << 20
-	randomRaw(b, src, size)
+	formattest.WriteSource(b, src, size, nil)
 	img, err := format.Open(src, "raw", format.Policy{})
 	if err != nil {
 		b.Fatal(err)

@@ -743,17 +743,7 @@ const benchSize = 256 << 20
 func randomRaw(b *testing.B) (dir, src string) {
 	dir = b.TempDir()
 	src = filepath.Join(dir, "src.raw")
-	f, err := os.Create(src)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 1<<20)
-	for range benchSize / len(buf) {
-		rng.Read(buf)
-		f.Write(buf)
-	}
-	f.Close()
+	formattest.WriteSource(b, src, benchSize, nil)
 	os.ReadFile(src)
 	return dir, src
 }

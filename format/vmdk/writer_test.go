@@ -645,28 +645,6 @@ func semiCompressible(p []byte, seed int64) {
 	}
 }
 
-// writeSource writes a raw file of size bytes of random or
-// semi-compressible data.
-func writeSource(b testing.TB, path string, size int64, semi bool) {
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4<<20)
-	rng := rand.New(rand.NewSource(1))
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		if semi {
-			semiCompressible(buf, off)
-		} else {
-			rng.Read(buf)
-		}
-		if _, err := f.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // BenchmarkConvert256MiB converts 256 MiB raw to each subformat and, in
 // the same run, times qemu-img convert on the same input: the metric
 // qemu-x is qemu-img's time over ours.
@@ -675,16 +653,16 @@ func BenchmarkConvert256MiB(b *testing.B) {
 	dir := b.TempDir()
 	for _, c := range []struct {
 		name string
-		semi bool
+		fill func([]byte, int64) // nil: random
 		v    wVariant
 	}{
-		{"monolithicSparse/random", false, wVariants[0]},
-		{"streamOptimized/semi", true, wVariants[1]},
+		{"monolithicSparse/random", nil, wVariants[0]},
+		{"streamOptimized/semi", semiCompressible, wVariants[1]},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			raw := filepath.Join(dir, fmt.Sprint(c.semi)+".raw")
+			raw := filepath.Join(dir, filepath.Base(c.name)+".raw")
 			if _, err := os.Stat(raw); err != nil {
-				writeSource(b, raw, 256<<20, c.semi)
+				formattest.WriteSource(b, raw, 256<<20, c.fill)
 			}
 			src := formattest.Open(b, raw, "raw")
 			out := filepath.Join(dir, "ours.vmdk")

@@ -792,17 +792,12 @@ const benchSize = 256 << 20
 // benchSource writes 256 MiB of random or compressible data.
 func benchSource(b *testing.B, compressible bool) string {
 	src := filepath.Join(b.TempDir(), "src.raw")
-	f, err := os.Create(src)
-	if err != nil {
-		b.Fatal(err)
-	}
 	// Compressible data is text of words drawn at random from a small
 	// vocabulary, numbers among them: repeats to match and skewed
 	// literals, about 3x with zlib, like logs and source trees.
 	words := strings.Fields("the of and to in is that for it as was with be by on not he this are or his from at " +
 		"which but have an they you were her she there been one all we their has would when if so no will more " +
 		"disk image block sector cluster table index bitmap header footer offset length extent")
-	buf := make([]byte, 1<<20)
 	x := uint64(1)
 	next := func() uint64 {
 		x ^= x << 13
@@ -810,7 +805,7 @@ func benchSource(b *testing.B, compressible bool) string {
 		x ^= x << 17
 		return x
 	}
-	for range benchSize / len(buf) {
+	formattest.WriteSource(b, src, benchSize, func(buf []byte, _ int64) {
 		if !compressible {
 			for j := 0; j < len(buf); j += 8 {
 				binary.LittleEndian.PutUint64(buf[j:], next())
@@ -827,9 +822,7 @@ func benchSource(b *testing.B, compressible bool) string {
 			}
 			copy(buf, text)
 		}
-		f.Write(buf)
-	}
-	f.Close()
+	})
 	return src
 }
 
