@@ -155,6 +155,14 @@ func Probe(f File) (*Format, error) {
 	return nil, fmt.Errorf("no format matches and none is registered as fallback")
 }
 
+// HasMagic reports whether f holds the bytes of magic at off: the
+// signature test of most formats' Probe.
+func HasMagic(f File, off int64, magic string) bool {
+	b := make([]byte, len(magic))
+	n, _ := f.ReadAt(b, off)
+	return n == len(b) && string(b) == magic
+}
+
 // Opener opens the images and files an image refers to, under a Policy, and
 // keeps track of the backing chain to refuse loops and overlong chains.
 type Opener struct {

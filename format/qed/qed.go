@@ -76,9 +76,7 @@ func init() {
 
 // Probe reports whether f starts with the QED magic.
 func Probe(f format.File) bool {
-	var b [4]byte
-	n, _ := f.ReadAt(b[:], 0)
-	return n == len(b) && string(b[:]) == magic
+	return format.HasMagic(f, 0, magic)
 }
 
 // Image is an open QED image: this file's layer of a backing chain.

@@ -159,9 +159,7 @@ func checksum(buf []byte, off int) uint32 {
 
 // Probe reports whether f starts with the VHDX file type identifier.
 func Probe(f format.File) bool {
-	var sig [8]byte
-	n, _ := f.ReadAt(sig[:], 0)
-	return n == len(sig) && string(sig[:]) == fileSignature
+	return format.HasMagic(f, 0, fileSignature)
 }
 
 // Image is an open VHDX image.

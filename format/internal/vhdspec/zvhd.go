@@ -259,9 +259,7 @@ func Register[I format.Image](name string, priority int, cookie string, open fun
 // HasCookie reports whether f starts with the first CookieLen bytes of
 // cookie, as the drivers' probes check.
 func HasCookie(f format.File, cookie string) bool {
-	var b [CookieLen]byte
-	n, _ := f.ReadAt(b[:], 0)
-	return n == CookieLen && string(b[:]) == cookie[:CookieLen]
+	return format.HasMagic(f, 0, cookie[:CookieLen])
 }
 
 // CheckSizes validates orig_size and curr_size of d, a descriptor at file
