@@ -108,16 +108,11 @@ func init() {
 // Probe reports whether f carries the footer cookie at offset 0 (dynamic
 // and differencing disks) or at the footer position at the end (fixed).
 func Probe(f format.File) bool {
-	var b [len(cookie)]byte
-	if _, err := f.ReadAt(b[:], 0); err == nil && string(b[:]) == cookie {
+	if format.HasMagic(f, 0, cookie) {
 		return true
 	}
 	off := footerPos(f.Size())
-	if off < 0 {
-		return false
-	}
-	n, _ := f.ReadAt(b[:], off)
-	return n == len(b) && string(b[:]) == cookie
+	return off >= 0 && format.HasMagic(f, off, cookie)
 }
 
 // footerPos returns where the trailing footer starts: qemu sees the file
