@@ -617,11 +617,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 	src := filepath.Join(dir, "src.raw")
 	const size = 256 << 20
 	formattest.WriteSource(b, src, size, nil)
-	img, err := format.Open(src, "raw", format.Policy{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(b, src, "raw")
 	for _, v := range writerVariants[:2] {
 		out := filepath.Join(dir, "out.vhd")
 		b.Run("diskimg-"+v.name, func(b *testing.B) {
@@ -653,17 +649,8 @@ func BenchmarkConvert256MiB(b *testing.B) {
 func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src.raw")
-	f, err := os.Create(src)
-	if err != nil {
-		b.Fatal(err)
-	}
-	f.Truncate(1 << 40)
-	f.Close()
-	img, err := format.Open(src, "raw", format.Policy{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer img.Close()
+	formattest.MakeRaw(b, src, 1<<40, formattest.Empty)
+	img := formattest.Open(b, src, "raw")
 	out := filepath.Join(dir, "out.vhd")
 	b.Run("diskimg", func(b *testing.B) {
 		b.ReportAllocs()

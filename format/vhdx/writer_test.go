@@ -720,8 +720,7 @@ func BenchmarkVsQemu256M(b *testing.B) {
 func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src.raw")
-	os.WriteFile(src, nil, 0o644)
-	os.Truncate(src, 1<<40)
+	formattest.MakeRaw(b, src, 1<<40, formattest.Empty)
 	benchConvert(b, src, filepath.Join(dir, "dst.vhdx"))
 }
 

@@ -695,12 +695,7 @@ func BenchmarkConvert256MiB(b *testing.B) {
 func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	dir := b.TempDir()
 	raw := filepath.Join(dir, "empty.raw")
-	f, err := os.Create(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
-	f.Truncate(1 << 40)
-	f.Close()
+	formattest.MakeRaw(b, raw, 1<<40, formattest.Empty)
 	src := formattest.Open(b, raw, "raw")
 	for _, v := range wVariants[:2] {
 		b.Run(v.name, func(b *testing.B) {

@@ -891,8 +891,7 @@ func BenchmarkConvertCompressible256MZlib(b *testing.B) {
 func BenchmarkConvertEmpty1TiB(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src.raw")
-	os.WriteFile(src, nil, 0o644)
-	os.Truncate(src, 1<<40)
+	formattest.MakeRaw(b, src, 1<<40, formattest.Empty)
 	img := formattest.Open(b, src, "raw")
 	wf := formattest.Writer(b, Name)
 	b.ReportAllocs()
