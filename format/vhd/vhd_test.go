@@ -526,20 +526,7 @@ func exerciseNoBacking(t *testing.T, data []byte) {
 		return
 	}
 	defer img.Close()
-	size := img.Size()
-	off := int64(0)
-	buf := make([]byte, 8192)
-	for i := 0; i < 1000 && off < size; i++ {
-		e, err := img.Extent(off)
-		if err != nil {
-			break
-		}
-		if e.Start != off || e.Length <= 0 || e.Length > size-off {
-			t.Fatalf("Extent(%d) = [%d,+%d) in a disk of %d bytes", off, e.Start, e.Length, size)
-		}
-		img.ReadAt(buf, off)
-		off = e.End()
-	}
+	formattest.ExerciseImage(t, img)
 }
 
 func TestProbe(t *testing.T) {
