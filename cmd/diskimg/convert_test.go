@@ -16,20 +16,6 @@ import (
 	"github.com/diskimg/diskimg/format/formattest"
 )
 
-// listDir returns the names in dir, to prove a failed convert left nothing.
-func listDir(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
-
 func TestConvertRefusals(t *testing.T) {
 	dir := t.TempDir()
 	src := rawSource(t, dir, 1<<20)
@@ -55,7 +41,7 @@ func TestConvertRefusals(t *testing.T) {
 			if code != 1 || !strings.Contains(stderr, tc.msg) {
 				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr, tc.msg)
 			}
-			if got := listDir(t, dir); strings.Join(got, " ") != "exists.raw src.raw" {
+			if got := formattest.ListDir(t, dir); strings.Join(got, " ") != "exists.raw src.raw" {
 				t.Errorf("directory holds %v after a refused convert", got)
 			}
 			if data, _ := os.ReadFile(exists); string(data) != "keep me" {
