@@ -7,9 +7,11 @@ package inspecttest
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -33,6 +35,14 @@ func RequireTool(t testing.TB, name, pkg string) {
 		t.Fatalf("%s is required under CI=true (install %s)", name, pkg)
 	}
 	t.Skipf("%s not installed (install %s)", name, pkg)
+}
+
+// RequireTools is RequireTool for each tool, named with its package.
+func RequireTools(t testing.TB, tools map[string]string) {
+	t.Helper()
+	for _, name := range slices.Sorted(maps.Keys(tools)) {
+		RequireTool(t, name, tools[name])
+	}
 }
 
 // Run runs a tool on files the test made and returns its output.
