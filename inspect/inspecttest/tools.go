@@ -7,11 +7,9 @@ package inspecttest
 
 import (
 	"bytes"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -40,8 +38,8 @@ func RequireTool(t testing.TB, name, pkg string) {
 // RequireTools is RequireTool for each tool, named with its package.
 func RequireTools(t testing.TB, tools map[string]string) {
 	t.Helper()
-	for _, name := range slices.Sorted(maps.Keys(tools)) {
-		RequireTool(t, name, tools[name])
+	for name, pkg := range tools {
+		RequireTool(t, name, pkg)
 	}
 }
 
