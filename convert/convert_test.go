@@ -91,20 +91,6 @@ func dataBytes(t testing.TB, data []byte) int64 {
 	return n
 }
 
-// listDir returns the names in dir, to prove no temporary file is left.
-func listDir(t testing.TB, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
-
 // rawSource makes src.raw, a raw image of size bytes of content c, in a
 // new temporary directory dir.
 func rawSource(t testing.TB, size int64, c formattest.Content) (dir, src string) {
@@ -254,7 +240,7 @@ func TestSourceErrorMidway(t *testing.T) {
 	if !errors.Is(err, errDisk) || !strings.Contains(err.Error(), "offset") {
 		t.Fatalf("err = %v, want the injected error with its offset", err)
 	}
-	if names := listDir(t, dir); len(names) != 1 {
+	if names := formattest.ListDir(t, dir); len(names) != 1 {
 		t.Fatalf("files left behind: %v", names)
 	}
 }
@@ -294,7 +280,7 @@ func TestCancel(t *testing.T) {
 	if calls > 1+2*4 {
 		t.Errorf("%d progress calls after cancel", calls)
 	}
-	if names := listDir(t, dir); len(names) != 1 {
+	if names := formattest.ListDir(t, dir); len(names) != 1 {
 		t.Fatalf("files left behind: %v", names)
 	}
 }
@@ -358,7 +344,7 @@ func TestOutputSafety(t *testing.T) {
 	if b, _ := os.ReadFile(racy); string(b) != "theirs" {
 		t.Fatal("racing file clobbered")
 	}
-	for _, n := range listDir(t, dir) {
+	for _, n := range formattest.ListDir(t, dir) {
 		if strings.Contains(n, ".diskimg-") {
 			t.Errorf("temporary file %s left", n)
 		}

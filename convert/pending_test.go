@@ -8,20 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
-)
 
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	return names
-}
+	"github.com/diskimg/diskimg/format/formattest"
+)
 
 // withNamedTemp runs fn with O_TMPFILE off, as on a filesystem without it.
 func withNamedTemp(t *testing.T, fn func()) {
@@ -42,7 +31,7 @@ func TestNoNameUntilCommit(t *testing.T) {
 		if force {
 			dst = old
 		}
-		before := dirNames(t, dir)
+		before := formattest.ListDir(t, dir)
 		out, err := CreateOutput(dst, OutputOptions{Force: force})
 		if err != nil {
 			t.Fatal(err)
@@ -51,7 +40,7 @@ func TestNoNameUntilCommit(t *testing.T) {
 			t.Skipf("%s has no O_TMPFILE", dir)
 		}
 		out.Target.Write([]byte("new contents"))
-		if got := dirNames(t, dir); !slices.Equal(got, before) {
+		if got := formattest.ListDir(t, dir); !slices.Equal(got, before) {
 			t.Errorf("force=%v: directory %v while writing, want %v", force, got, before)
 		}
 		f, err := out.ReadBack()
@@ -77,7 +66,7 @@ func TestNoNameUntilCommit(t *testing.T) {
 				t.Errorf("mode %v, want 0600 kept", fi.Mode().Perm())
 			}
 		}
-		for _, n := range dirNames(t, dir) {
+		for _, n := range formattest.ListDir(t, dir) {
 			if strings.Contains(n, tempMarker) {
 				t.Errorf("temporary name %s left", n)
 			}
@@ -131,7 +120,7 @@ func TestStaleTempRemoved(t *testing.T) {
 		if err := c.Commit(); err != nil {
 			t.Fatal(err)
 		}
-		if got := dirNames(t, dir); !slices.Equal(got, []string{".x.diskimg-0123456789ab", ".y.diskimg-123", "c.img"}) {
+		if got := formattest.ListDir(t, dir); !slices.Equal(got, []string{".x.diskimg-0123456789ab", ".y.diskimg-123", "c.img"}) {
 			t.Errorf("directory %v", got)
 		}
 	})
@@ -163,7 +152,7 @@ func TestOutputMessagesNameThePath(t *testing.T) {
 		} else {
 			run()
 		}
-		if got := dirNames(t, dir); !slices.Equal(got, []string{"x.img"}) {
+		if got := formattest.ListDir(t, dir); !slices.Equal(got, []string{"x.img"}) {
 			t.Errorf("directory %v", got)
 		}
 	}
@@ -197,7 +186,7 @@ func TestKilledNamedTempRemoved(t *testing.T) {
 	if line != "ready\n" {
 		t.Fatalf("child said %q", line)
 	}
-	left := dirNames(t, dir)
+	left := formattest.ListDir(t, dir)
 	if len(left) != 1 || !staleName.MatchString(left[0]) {
 		t.Fatalf("after the kill: %v, want one temporary file", left)
 	}
@@ -206,7 +195,7 @@ func TestKilledNamedTempRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Abort()
-	if got := dirNames(t, dir); len(got) != 0 {
+	if got := formattest.ListDir(t, dir); len(got) != 0 {
 		t.Errorf("the next run left %v", got)
 	}
 }

@@ -99,8 +99,7 @@ func TestBitmapRuns(t *testing.T) {
 // every other one and returns the image.
 func extImage(t *testing.T, dir string, size int64, mkfs ...string) string {
 	t.Helper()
-	requireTool(t, "mkfs.ext4", "e2fsprogs")
-	requireTool(t, "debugfs", "e2fsprogs")
+	requireTools(t, map[string]string{"mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs"})
 	tree := filepath.Join(dir, "tree")
 	os.MkdirAll(tree, 0o755)
 	c := newChurn(3)
@@ -176,8 +175,7 @@ func TestSparsifyDirty(t *testing.T) {
 
 // TestSparsifyDirtyFAT sets the dirty flags of FAT and exFAT volumes.
 func TestSparsifyDirtyFAT(t *testing.T) {
-	requireTool(t, "mkfs.vfat", "dosfstools")
-	requireTool(t, "mkfs.exfat", "exfatprogs")
+	requireTools(t, map[string]string{"mkfs.vfat": "dosfstools", "mkfs.exfat": "exfatprogs"})
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name string
@@ -661,10 +659,7 @@ func TestSparsifyLVMTools(t *testing.T) {
 // swap, LUKS and a partition of unknown content. Only free space inside
 // the recognised filesystems changes.
 func TestSparsifyGPTDisk(t *testing.T) {
-	requireTool(t, "sgdisk", "gdisk")
-	requireTool(t, "mkfs.vfat", "dosfstools")
-	requireTool(t, "mkswap", "util-linux")
-	requireTool(t, "cryptsetup", "cryptsetup-bin")
+	requireTools(t, map[string]string{"sgdisk": "gdisk", "mkfs.vfat": "dosfstools", "mkswap": "util-linux", "cryptsetup": "cryptsetup-bin"})
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
 	const mib = 1 << 20
@@ -738,9 +733,7 @@ func TestSparsifyXFSLog(t *testing.T) {
 	if testing.Short() {
 		t.Skip("not in -short")
 	}
-	requireTool(t, "mkfs.xfs", "xfsprogs")
-	requireTool(t, "xfs_logprint", "xfsprogs")
-	requireTool(t, "xfs_io", "xfsprogs")
+	requireTools(t, map[string]string{"mkfs.xfs": "xfsprogs", "xfs_logprint": "xfsprogs", "xfs_io": "xfsprogs"})
 	needRoot(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "xfs.img")
@@ -817,8 +810,7 @@ func TestSparsifyXFSProto(t *testing.T) {
 	if testing.Short() {
 		t.Skip("not in -short")
 	}
-	requireTool(t, "mkfs.xfs", "xfsprogs")
-	requireTool(t, "xfs_db", "xfsprogs")
+	requireTools(t, map[string]string{"mkfs.xfs": "xfsprogs", "xfs_db": "xfsprogs"})
 	dir := t.TempDir()
 	c := newChurn(5)
 	add, _ := c.stage(24 << 20)

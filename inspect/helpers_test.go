@@ -12,10 +12,11 @@ import (
 
 // The tool helpers are inspecttest's.
 var (
-	requireTool = inspecttest.RequireTool
-	run         = inspecttest.Run
-	sparseFile  = inspecttest.SparseFile
-	place       = inspecttest.Place
+	requireTool  = inspecttest.RequireTool
+	requireTools = inspecttest.RequireTools
+	run          = inspecttest.Run
+	sparseFile   = inspecttest.SparseFile
+	place        = inspecttest.Place
 )
 
 // blkid returns blkid's low-level probe of a file the test made.

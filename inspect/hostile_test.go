@@ -198,9 +198,7 @@ func TestSeedExt4Tree(t *testing.T) {
 // BenchmarkInspect3GiB inspects a sparse 3 GiB GPT disk whose ext4 root
 // fills it, converted to qcow2 when a qcow2 reader is registered.
 func BenchmarkInspect3GiB(b *testing.B) {
-	for _, tool := range []string{"sgdisk", "mkfs.ext4"} {
-		requireTool(b, tool, "gdisk e2fsprogs")
-	}
+	requireTools(b, map[string]string{"sgdisk": "gdisk", "mkfs.ext4": "e2fsprogs"})
 	dir := b.TempDir()
 	disk := filepath.Join(dir, "big.raw")
 	sparseFile(b, disk, 3<<30)

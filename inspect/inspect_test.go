@@ -55,9 +55,7 @@ var espFiles = map[string][]byte{
 // an ext4 root holding linuxTree, and swap. All identifiers are fixed.
 func gptLinuxDisk(t testing.TB, dir string) string {
 	t.Helper()
-	for _, tool := range []string{"sgdisk", "mkfs.ext4", "mkfs.vfat", "mkswap"} {
-		requireTool(t, tool, map[string]string{"sgdisk": "gdisk", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mkswap": "util-linux"}[tool])
-	}
+	requireTools(t, map[string]string{"sgdisk": "gdisk", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mkswap": "util-linux"})
 	disk := filepath.Join(dir, "gpt.raw")
 	sparseFile(t, disk, 192*mib)
 	run(t, "sgdisk", "-U", diskGUID,
@@ -313,10 +311,8 @@ const (
 // It returns the disk and the filesystem files, by partition number.
 func mbrMiscDisk(t testing.TB, dir string) (string, map[int]string) {
 	t.Helper()
-	for tool, pkg := range map[string]string{"sfdisk": "fdisk", "mkfs.xfs": "xfsprogs", "mkfs.ntfs": "ntfs-3g",
-		"mkfs.btrfs": "btrfs-progs", "mkfs.exfat": "exfatprogs", "cryptsetup": "cryptsetup-bin"} {
-		requireTool(t, tool, pkg)
-	}
+	requireTools(t, map[string]string{"sfdisk": "fdisk", "mkfs.xfs": "xfsprogs", "mkfs.ntfs": "ntfs-3g",
+		"mkfs.btrfs": "btrfs-progs", "mkfs.exfat": "exfatprogs", "cryptsetup": "cryptsetup-bin"})
 	disk := filepath.Join(dir, "mbr.raw")
 	sparseFile(t, disk, 600*mib)
 	script := "label: dos\nlabel-id: 0x12345678\n" +

@@ -124,9 +124,7 @@ func checkISO(t *testing.T, path string, fs *Filesystem) {
 // Test4Kn inspects a GPT disk with 4096-byte logical sectors, made by
 // fdisk -b 4096, holding an EFI System partition and an ext4 root.
 func Test4Kn(t *testing.T) {
-	for tool, pkg := range map[string]string{"fdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools"} {
-		requireTool(t, tool, pkg)
-	}
+	requireTools(t, map[string]string{"fdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools"})
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "4kn.raw")
 	sparseFile(t, disk, 64*mib)

@@ -132,8 +132,7 @@ func TestPEHeader(t *testing.T) {
 // (no mount needed): $Extend\$Reparse must resolve to the record
 // ntfsinfo reports.
 func TestNTFSSystemDirs(t *testing.T) {
-	requireTool(t, "mkntfs", "ntfs-3g")
-	requireTool(t, "ntfsinfo", "ntfs-3g")
+	requireTools(t, map[string]string{"mkntfs": "ntfs-3g", "ntfsinfo": "ntfs-3g"})
 	for _, cs := range []string{"512", "4096", "65536"} {
 		path := filepath.Join(t.TempDir(), "ntfs.fs")
 		sparseFile(t, path, 48*mib)
@@ -166,9 +165,7 @@ func TestNTFSSystemDirs(t *testing.T) {
 // NTFS volume holding \Windows\system32 (with hundreds of entries, so the
 // index spans several INDX blocks), a SOFTWARE hive and kernel32.dll.
 func TestWindowsNTFS(t *testing.T) {
-	for tool, pkg := range map[string]string{"sgdisk": "gdisk", "mkntfs": "ntfs-3g", "mkfs.vfat": "dosfstools"} {
-		requireTool(t, tool, pkg)
-	}
+	requireTools(t, map[string]string{"sgdisk": "gdisk", "mkntfs": "ntfs-3g", "mkfs.vfat": "dosfstools"})
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "win.raw")
 	sparseFile(t, disk, 96*mib)

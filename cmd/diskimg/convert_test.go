@@ -14,21 +14,8 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
+	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
-
-// listDir returns the names in dir, to prove a failed convert left nothing.
-func listDir(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
 
 func TestConvertRefusals(t *testing.T) {
 	dir := t.TempDir()
@@ -55,7 +42,7 @@ func TestConvertRefusals(t *testing.T) {
 			if code != 1 || !strings.Contains(stderr, tc.msg) {
 				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr, tc.msg)
 			}
-			if got := listDir(t, dir); strings.Join(got, " ") != "exists.raw src.raw" {
+			if got := formattest.ListDir(t, dir); strings.Join(got, " ") != "exists.raw src.raw" {
 				t.Errorf("directory holds %v after a refused convert", got)
 			}
 			if data, _ := os.ReadFile(exists); string(data) != "keep me" {
@@ -239,14 +226,7 @@ func TestConvertFromStdin(t *testing.T) {
 // hold data.
 func extWithDeleted(t *testing.T, dir string) string {
 	t.Helper()
-	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI=true (install e2fsprogs)", tool)
-			}
-			t.Skipf("%s not installed (install e2fsprogs)", tool)
-		}
-	}
+	inspecttest.RequireTools(t, map[string]string{"mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs"})
 	tree := filepath.Join(dir, "tree")
 	os.Mkdir(tree, 0o755)
 	var rm []string
@@ -262,14 +242,8 @@ func extWithDeleted(t *testing.T, dir string) string {
 	img := filepath.Join(dir, "ext4.raw")
 	script := filepath.Join(dir, "rm")
 	os.WriteFile(script, []byte(strings.Join(rm, "\n")+"\n"), 0o644)
-	for _, args := range [][]string{
-		{"mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", tree, img, "64M"},
-		{"debugfs", "-w", "-f", script, img},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", args[0], err, out)
-		}
-	}
+	inspecttest.Run(t, "mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", tree, img, "64M")
+	inspecttest.Run(t, "debugfs", "-w", "-f", script, img)
 	return img
 }
 

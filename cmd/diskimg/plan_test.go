@@ -147,7 +147,7 @@ func TestCloudConvertHuawei(t *testing.T) {
 	if code != exitRefused {
 		t.Errorf("convert --cloud of a 1 TiB+ system disk: exit %d, want %d", code, exitRefused)
 	}
-	if got := listDir(t, out); len(got) != 1 {
+	if got := formattest.ListDir(t, out); len(got) != 1 {
 		t.Errorf("output directory holds %v", got)
 	}
 }
@@ -258,7 +258,7 @@ func TestPlanCommandsRun(t *testing.T) {
 					name = filepath.Join("imgs", img)
 				}
 				t.Run(cloud+"/"+name, func(t *testing.T) {
-					before := listDir(t, dir)
+					before := formattest.ListDir(t, dir)
 					defer removeNew(t, dir, before)
 					line := fmt.Sprintf("diskimg plan --output=json --cloud %s %s %s", cloud, strings.Join(flags, " "), name)
 					out, err := shell(t, cwd, line)
@@ -311,7 +311,7 @@ func removeNew(t *testing.T, dir string, before []string) {
 	for _, n := range before {
 		had[n] = true
 	}
-	for _, n := range listDir(t, dir) {
+	for _, n := range formattest.ListDir(t, dir) {
 		if !had[n] {
 			os.Remove(filepath.Join(dir, n))
 		}
@@ -354,7 +354,7 @@ func TestCloudConvertMakesOutdir(t *testing.T) {
 	if stdout, stderr, code := runCLI(t, "convert", "--cloud", "azure", "--disk", "data", vhd, out); code != 0 {
 		t.Fatalf("exit %d: %s%s", code, stdout, stderr)
 	}
-	if got := listDir(t, out); len(got) != 1 || got[0] != "dynamic-azure.vhd" {
+	if got := formattest.ListDir(t, out); len(got) != 1 || got[0] != "dynamic-azure.vhd" {
 		t.Errorf("OUTDIR holds %v", got)
 	}
 	huge := sparseRaw(t, dir, "huge.raw", 1<<40+1<<20)

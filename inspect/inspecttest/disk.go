@@ -285,8 +285,7 @@ const NTFSSerial = "2121212121212121"
 // are not possible); mkntfsArgs are added to mkntfs's.
 func NTFS(t testing.TB, path string, size int64, label string, files map[string][]byte, mkntfsArgs ...string) {
 	t.Helper()
-	RequireTool(t, "mkntfs", "ntfs-3g")
-	RequireTool(t, "ntfs-3g", "ntfs-3g")
+	RequireTools(t, map[string]string{"mkntfs": "ntfs-3g", "ntfs-3g": "ntfs-3g"})
 	SparseFile(t, path, size)
 	Run(t, "mkntfs", append(append([]string{"-q", "-F", "-f", "-L", label}, mkntfsArgs...), path)...)
 	Run(t, "ntfslabel", "--new-serial="+NTFSSerial, path)

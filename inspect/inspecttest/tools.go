@@ -35,6 +35,14 @@ func RequireTool(t testing.TB, name, pkg string) {
 	t.Skipf("%s not installed (install %s)", name, pkg)
 }
 
+// RequireTools is RequireTool for each tool, named with its package.
+func RequireTools(t testing.TB, tools map[string]string) {
+	t.Helper()
+	for name, pkg := range tools {
+		RequireTool(t, name, pkg)
+	}
+}
+
 // Run runs a tool on files the test made and returns its output.
 func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
