@@ -27,8 +27,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("DISKIMG_BENCH_HELPER") == "1" {
 		os.Exit(helper())
 	}
-	code := m.Run()
-	remotetest.StopShared()
+	code := remotetest.Run(m)
 	if diskimgBin != "" {
 		os.RemoveAll(filepath.Dir(diskimgBin))
 	}

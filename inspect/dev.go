@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"unicode/utf16"
+
+	"github.com/diskimg/diskimg/format"
 )
 
 // imageError marks a failure to read the image itself (as opposed to
@@ -165,14 +166,4 @@ func cstr(b []byte) string {
 }
 
 // utf16le decodes UTF-16LE up to the first NUL.
-func utf16le(b []byte) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := le.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
-}
+func utf16le(b []byte) string { return format.UTF16Z(b, le) }

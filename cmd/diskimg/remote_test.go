@@ -20,11 +20,7 @@ import (
 )
 
 // TestMain stops the S3 server the tests share.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	remotetest.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(remotetest.Run(m)) }
 
 const demo = "../../testdata/demo.qcow2"
 

@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"unicode/utf16"
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/internal/vhdspec"
@@ -342,7 +341,7 @@ func (img *Image) readParent(hdr []byte, hdrOff int64) error {
 		}
 	}
 	if len(names) == 0 {
-		name := decodeUTF16(hdr[dynParentName:dynParentName+parentNameSize], binary.BigEndian)
+		name := format.UTF16Z(hdr[dynParentName:dynParentName+parentNameSize], binary.BigEndian)
 		if name == "" {
 			return format.Errorf(Name, "parent locator", hdrOff+dynLocators, "differencing disk names no parent")
 		}
@@ -371,7 +370,7 @@ func decodeLocator(platform string, data []byte) (string, error) {
 		if len(data)%2 != 0 {
 			return "", fmt.Errorf("UTF-16 path of odd length %d", len(data))
 		}
-		s = decodeUTF16(data, binary.LittleEndian)
+		s = format.UTF16Z(data, binary.LittleEndian)
 	case platformMacX:
 		s = strings.TrimRight(string(data), "\x00")
 		if !strings.HasPrefix(s, "file://") {
@@ -386,18 +385,6 @@ func decodeLocator(platform string, data []byte) (string, error) {
 		s = strings.ReplaceAll(s, `\`, "/")
 	}
 	return s, nil
-}
-
-func decodeUTF16(b []byte, order binary.ByteOrder) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := order.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
 }
 
 // checkSum verifies a footer or header checksum.

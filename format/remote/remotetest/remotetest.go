@@ -250,6 +250,13 @@ func Shared(t TB) *Server {
 	return shared.srv
 }
 
+// Run runs m's tests and then stops the shared server: the TestMain of
+// a package whose tests call Shared is os.Exit(remotetest.Run(m)).
+func Run(m interface{ Run() int }) int {
+	defer StopShared()
+	return m.Run()
+}
+
 // StopShared stops the shared server, if one was started, and removes
 // its data.
 func StopShared() {
