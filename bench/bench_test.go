@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -27,7 +28,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv("DISKIMG_BENCH_HELPER") == "1" {
 		os.Exit(helper())
 	}
-	code := remotetest.Run(m)
+	flag.Parse()
+	code := remotetest.Run(m, !testing.Short())
 	if diskimgBin != "" {
 		os.RemoveAll(filepath.Dir(diskimgBin))
 	}

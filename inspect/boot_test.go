@@ -16,6 +16,7 @@ import (
 // TestLinuxBoot builds Linux system disks booting each way and checks
 // every boot fact; the first three reports are golden files.
 func TestLinuxBoot(t *testing.T) {
+	t.Parallel()
 	builtinNet := inspecttest.Debian12(false)
 	builtinNet.Version = "6.1.0-17-amd64"
 	builtinNet.Builtin = append(builtinNet.Builtin, "kernel/drivers/net/virtio_net.ko", "kernel/drivers/block/virtio_blk.ko")
@@ -118,6 +119,7 @@ func TestLinuxBoot(t *testing.T) {
 // TestESPListing compares the FAT directory reader with mtools' listing
 // of EFI System partitions in FAT12, FAT16 and FAT32, with long names.
 func TestESPListing(t *testing.T) {
+	t.Parallel()
 	inspecttest.RequireTool(t, "mdir", "mtools")
 	files := map[string][]byte{
 		"EFI/BOOT/BOOTX64.EFI":                  bytes.Repeat([]byte("x"), 70000), // several clusters
@@ -211,6 +213,7 @@ func writeESPSeed(t *testing.T) {
 // TestBitLocker checks a BitLocker volume header against blkid: the
 // -FVE-FS- boot sector is an encrypted volume, never NTFS.
 func TestBitLocker(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "bl.fs")
 	inspecttest.BitLockerVolume(t, path, 16*mib)
 	ref := blkid(t, path)
@@ -238,6 +241,7 @@ func TestBitLocker(t *testing.T) {
 }
 
 func TestPrintable(t *testing.T) {
+	t.Parallel()
 	r := &Report{Format: "raw", PartitionTable: &PartitionTable{Type: "none"}, OS: &OS{Type: "linux", PrettyName: "evil\x1b]0;title\x07\u009b31m", Hostname: "a\rb"}}
 	var b strings.Builder
 	r.WriteText(&b)
@@ -247,6 +251,7 @@ func TestPrintable(t *testing.T) {
 }
 
 func TestFstab(t *testing.T) {
+	t.Parallel()
 	got := fstabEntries([]byte("# comment\n\nUUID=abc / ext4 defaults 0 1\nLABEL=My\\040Disk /mnt/my\\040disk ext4 defaults\n" +
 		"PARTUUID=12345678-02 /boot ext2 defaults\n/dev/disk/by-uuid/x /x xfs defaults\n/dev/xvda1 /a ext4\n/dev/nvme0n1p3 /b ext4\n" +
 		"/dev/vg0/lv /c ext4\nserver:/export /d nfs\n/swapfile none swap sw\nbroken-line\n"))

@@ -399,6 +399,7 @@ func churnCases() map[string]struct {
 }
 
 func TestSparsifyChurn(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("churn tests make and fill filesystems: not in -short")
 	}

@@ -24,6 +24,7 @@ func memImage(t testing.TB, data []byte) format.Image {
 }
 
 func TestSparseImageMap(t *testing.T) {
+	t.Parallel()
 	data := bytes.Repeat([]byte{7}, 64<<10)
 	s := &sparseImage{Image: memImage(t, data), free: []span{{start: 4096, end: 8192}, {start: 12288, end: 65536}}}
 	var got []format.Extent
@@ -65,6 +66,7 @@ func TestSparseImageMap(t *testing.T) {
 }
 
 func TestFreeList(t *testing.T) {
+	t.Parallel()
 	const k = 1024
 	l := &freeList{limit: 4, window: 1000 * k}
 	for _, s := range [][2]int64{{-5, 10 * k}, {10 * k, 20 * k}, {30 * k, 30*k + 2048}, {40 * k, 60 * k}, {70 * k, 90 * k}, {100 * k, 200 * k}, {990 * k, 2000 * k}} {
@@ -87,6 +89,7 @@ func TestFreeList(t *testing.T) {
 }
 
 func TestBitmapRuns(t *testing.T) {
+	t.Parallel()
 	b := []byte{0b11110000, 0xff, 0x00, 0x00, 0b00000001}
 	var runs [][2]int64
 	zeros, _ := bitmapRuns(b, 38, func(from, to int64) error { runs = append(runs, [2]int64{from, to}); return nil })
@@ -138,6 +141,7 @@ func sparsifyBytes(t *testing.T, data []byte, opts SparsifyOptions) ([]byte, *Sp
 }
 
 func TestSparsifyDirty(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	img := extImage(t, dir, 16<<20)
 	clean, err := os.ReadFile(img)
@@ -175,6 +179,7 @@ func TestSparsifyDirty(t *testing.T) {
 
 // TestSparsifyDirtyFAT sets the dirty flags of FAT and exFAT volumes.
 func TestSparsifyDirtyFAT(t *testing.T) {
+	t.Parallel()
 	requireTools(t, map[string]string{"mkfs.vfat": "dosfstools", "mkfs.exfat": "exfatprogs"})
 	dir := t.TempDir()
 	for _, tc := range []struct {
@@ -223,6 +228,7 @@ func ntfsRecordAttr(t *testing.T, data []byte, n int64, typ uint32) (*ntfsVol, i
 }
 
 func TestSparsifyDirtyNTFS(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "mkfs.ntfs", "ntfs-3g")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "ntfs.img")
@@ -286,6 +292,7 @@ func restartPage(size int, inUse, flags uint16) []byte {
 }
 
 func TestSparsifySwap(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "mkswap", "util-linux")
 	p := filepath.Join(t.TempDir(), "swap")
 	garbageFile(t, p, 8<<20, 4)
@@ -305,6 +312,7 @@ func TestSparsifySwap(t *testing.T) {
 // of another partition that overlaps it must not lose them, nor may any
 // filesystem free the partition table.
 func TestSparsifyOverlap(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	fsImg := extImage(t, dir, 16<<20)
 	fsData, _ := os.ReadFile(fsImg)
@@ -350,6 +358,7 @@ func TestSparsifyOverlap(t *testing.T) {
 // TestSparsifyUnsure: group descriptors pointing outside the filesystem,
 // or a bitmap claiming more free blocks than its descriptor, keep it whole.
 func TestSparsifyUnsure(t *testing.T) {
+	t.Parallel()
 	img := extImage(t, t.TempDir(), 16<<20, "mkfs.ext4", "-O", "^metadata_csum,^uninit_bg", "-b", "1024")
 	clean, _ := os.ReadFile(img)
 	for _, tc := range []struct {
@@ -465,6 +474,7 @@ func copyLV(disk, lv []byte, segs [][3]int64, toDisk bool) {
 // free space of an ext4 in a linear LV of two segments, are left out; a
 // volume that another refers to is kept.
 func TestSparsifyLVM(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	fsImg := extImage(t, dir, 24<<20)
 	fsData, _ := os.ReadFile(fsImg)
@@ -552,6 +562,7 @@ func lvmTool(t *testing.T, args ...string) string {
 // loop device (root only), an ext4 in a fragmented LV, and checks the
 // output with LVM and e2fsck.
 func TestSparsifyLVMTools(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("not in -short")
 	}
@@ -659,6 +670,7 @@ func TestSparsifyLVMTools(t *testing.T) {
 // swap, LUKS and a partition of unknown content. Only free space inside
 // the recognised filesystems changes.
 func TestSparsifyGPTDisk(t *testing.T) {
+	t.Parallel()
 	requireTools(t, map[string]string{"sgdisk": "gdisk", "mkfs.vfat": "dosfstools", "mkswap": "util-linux", "cryptsetup": "cryptsetup-bin"})
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
@@ -730,6 +742,7 @@ func TestSparsifyGPTDisk(t *testing.T) {
 // TestSparsifyXFSLog: a log that has wrapped around is clean after an
 // unmount; one left by a shutdown is dirty (root: it mounts the image).
 func TestSparsifyXFSLog(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("not in -short")
 	}
@@ -807,6 +820,7 @@ func TestSparsifyXFSLog(t *testing.T) {
 // fills from a prototype file (no mount, so no root): xfs_repair passes
 // and the blocks of eight files, found with xfs_db, still hold their bytes.
 func TestSparsifyXFSProto(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("not in -short")
 	}
@@ -858,6 +872,7 @@ func TestSparsifyXFSProto(t *testing.T) {
 }
 
 func TestHuman(t *testing.T) {
+	t.Parallel()
 	for n, want := range map[int64]string{1000 << 20: "1000 MiB", 1023 << 20: "1023 MiB", 1 << 30: "1 GiB", 1536 << 20: "1.5 GiB", 999 << 10: "999 KiB", 100: "100 B"} {
 		if got := human(n); got != want {
 			t.Errorf("human(%d) = %q, want %q", n, got, want)

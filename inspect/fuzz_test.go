@@ -169,6 +169,7 @@ func FuzzFstab(f *testing.F) {
 // TestNTFSSeed reads Windows from the sparse NTFS seed, so the fuzz
 // corpus starts from a volume whose directory walk succeeds.
 func TestNTFSSeed(t *testing.T) {
+	t.Parallel()
 	b, err := os.ReadFile(filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"))
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ func mbrDisk(size int, entries ...[3]uint32) []byte {
 }
 
 func TestPartitionPastEnd(t *testing.T) {
+	t.Parallel()
 	r := inspectBytes(t, mbrDisk(1<<20, [3]uint32{0x83, 2048 / 2, 100}, [3]uint32{0x83, 1100, 1 << 30}, [3]uint32{0x83, 1 << 31, 8}))
 	if !hasFinding(r, "partition 2 extends past end of disk") || !hasFinding(r, "partition 3 starts past end of disk") {
 		t.Errorf("findings %v", r.Findings)
@@ -37,6 +38,7 @@ func TestPartitionPastEnd(t *testing.T) {
 }
 
 func TestEBRLoop(t *testing.T) {
+	t.Parallel()
 	d := mbrDisk(1<<20, [3]uint32{0x05, 100, 1000})
 	// The EBR at LBA 100 points to itself as the next one.
 	ebr := d[100*512:]
@@ -63,6 +65,7 @@ func realDisk(t *testing.T) []byte {
 }
 
 func TestHostileGPTAndExt4(t *testing.T) {
+	t.Parallel()
 	orig := realDisk(t)
 	root := int64(33 * mib)
 	sb := root + extSuperOff
@@ -128,6 +131,7 @@ func fixGPTHeader(d []byte, off int) {
 // TestLVMLabel checks a hand-built PV label and metadata area (pvcreate
 // needs device-mapper and root, so it is not used).
 func TestLVMLabel(t *testing.T) {
+	t.Parallel()
 	d := make([]byte, 4<<20)
 	l := d[512:]
 	copy(l, lvmLabelID)
@@ -182,6 +186,7 @@ func FuzzInspect(f *testing.F) {
 // no journal), built by mkfs.ext4 -d from a tree with os-release and a
 // usrmerged /bin/sh.
 func TestSeedExt4Tree(t *testing.T) {
+	t.Parallel()
 	d, err := os.ReadFile(filepath.Join("..", "testdata", "inspect", "ext4-tree.seed"))
 	if err != nil {
 		t.Fatal(err)

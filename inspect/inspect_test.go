@@ -112,6 +112,7 @@ func checkFS(t *testing.T, what string, got *Filesystem, ref map[string]string) 
 }
 
 func TestGPTLinux(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	disk := gptLinuxDisk(t, dir)
 	r := inspectFile(t, disk)
@@ -213,6 +214,7 @@ func golden(t *testing.T, name string, r *Report) {
 // TestFormats inspects the GPT disk converted to every registered format:
 // the report must be the same as for the raw disk.
 func TestFormats(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	disk := gptLinuxDisk(t, dir)
@@ -358,6 +360,7 @@ func mbrMiscDisk(t testing.TB, dir string) (string, map[int]string) {
 }
 
 func TestMBRMisc(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	disk, files := mbrMiscDisk(t, dir)
 	r := inspectFile(t, disk)

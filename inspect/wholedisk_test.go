@@ -14,6 +14,7 @@ import (
 // TestWholeDisk inspects filesystems made directly on a disk (no
 // partition table) and checks them against blkid and the making tools.
 func TestWholeDisk(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, tool, pkg string
 		size            int64
@@ -124,6 +125,7 @@ func checkISO(t *testing.T, path string, fs *Filesystem) {
 // Test4Kn inspects a GPT disk with 4096-byte logical sectors, made by
 // fdisk -b 4096, holding an EFI System partition and an ext4 root.
 func Test4Kn(t *testing.T) {
+	t.Parallel()
 	requireTools(t, map[string]string{"fdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools"})
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "4kn.raw")

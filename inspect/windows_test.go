@@ -42,6 +42,7 @@ func memReader(b []byte) func(off int64, n int) ([]byte, error) {
 }
 
 func TestRegistryHive(t *testing.T) {
+	t.Parallel()
 	b := softwareHive()
 	if *update {
 		sys := inspecttest.Server2019("SEED").System()
@@ -107,6 +108,7 @@ func TestRegistryHive(t *testing.T) {
 }
 
 func TestPEHeader(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		machine, magic uint16
 		arch           string
@@ -132,6 +134,7 @@ func TestPEHeader(t *testing.T) {
 // (no mount needed): $Extend\$Reparse must resolve to the record
 // ntfsinfo reports.
 func TestNTFSSystemDirs(t *testing.T) {
+	t.Parallel()
 	requireTools(t, map[string]string{"mkntfs": "ntfs-3g", "ntfsinfo": "ntfs-3g"})
 	for _, cs := range []string{"512", "4096", "65536"} {
 		path := filepath.Join(t.TempDir(), "ntfs.fs")
@@ -165,6 +168,7 @@ func TestNTFSSystemDirs(t *testing.T) {
 // NTFS volume holding \Windows\system32 (with hundreds of entries, so the
 // index spans several INDX blocks), a SOFTWARE hive and kernel32.dll.
 func TestWindowsNTFS(t *testing.T) {
+	t.Parallel()
 	requireTools(t, map[string]string{"sgdisk": "gdisk", "mkntfs": "ntfs-3g", "mkfs.vfat": "dosfstools"})
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "win.raw")
@@ -293,6 +297,7 @@ func writeNTFSSeed(t *testing.T) {
 // and version from SOFTWARE and SYSTEM hives the way Windows variants
 // leave them, including hives missing the usual values.
 func TestWindowsRegistryFacts(t *testing.T) {
+	t.Parallel()
 	dc := inspecttest.Server2019("DC01")
 	dc.ProductType = "LanmanNT"
 	ntds := inspecttest.Server2019("DC02") // ServerNT, but NTDS configured
@@ -369,6 +374,7 @@ func TestWindowsRegistryFacts(t *testing.T) {
 // TestPEVersion reads the version from a kernel's version resource,
 // and from the optional header without one.
 func TestPEVersion(t *testing.T) {
+	t.Parallel()
 	b := inspecttest.PE(peMachineAMD, peOptMagic64, [4]uint16{10, 0, 17763, 5830})
 	o := &OS{}
 	peVersion(memReader(b), int64(len(b)), o)
@@ -395,6 +401,7 @@ func TestPEVersion(t *testing.T) {
 // hive names no version (ntoskrnl.exe's resource does), and a server
 // whose Windows volume is BitLocker-encrypted.
 func TestWindowsDisks(t *testing.T) {
+	t.Parallel()
 	dc := inspecttest.Server2019("DC01")
 	dc.ProductType = "LanmanNT"
 	member := inspecttest.Server2019("APP01")

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -20,7 +21,12 @@ import (
 )
 
 // TestMain stops the S3 server the tests share.
-func TestMain(m *testing.M) { os.Exit(remotetest.Run(m)) }
+// TestMain boots the S3 server while the other tests run, unless -short
+// skips the tests that use it.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(remotetest.Run(m, !testing.Short()))
+}
 
 const demo = "../../testdata/demo.qcow2"
 

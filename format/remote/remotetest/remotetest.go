@@ -229,30 +229,39 @@ func Shared(t TB) *Server {
 		}
 		t.Skip(msg)
 	}
-	shared.once.Do(func() {
-		for _, k := range []string{"AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"} {
-			os.Unsetenv(k)
-		}
-		if shared.dir, shared.err = os.MkdirTemp("", "diskimg-weed-"); shared.err != nil {
-			return
-		}
-		os.Setenv("AWS_CONFIG_FILE", filepath.Join(shared.dir, "none"))
-		os.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(shared.dir, "none"))
-		for _, kv := range (&Server{}).Env() {
-			k, v, _ := strings.Cut(kv, "=")
-			os.Setenv(k, v)
-		}
-		shared.srv, shared.err = Start(weed, shared.dir)
-	})
+	shared.once.Do(func() { startShared(weed) })
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
 	return shared.srv
 }
 
+// startShared starts the shared server (once: shared.once).
+func startShared(weed string) {
+	for _, k := range []string{"AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"} {
+		os.Unsetenv(k)
+	}
+	if shared.dir, shared.err = os.MkdirTemp("", "diskimg-weed-"); shared.err != nil {
+		return
+	}
+	os.Setenv("AWS_CONFIG_FILE", filepath.Join(shared.dir, "none"))
+	os.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(shared.dir, "none"))
+	for _, kv := range (&Server{}).Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		os.Setenv(k, v)
+	}
+	shared.srv, shared.err = Start(weed, shared.dir)
+}
+
 // Run runs m's tests and then stops the shared server: the TestMain of
-// a package whose tests call Shared is os.Exit(remotetest.Run(m)).
-func Run(m interface{ Run() int }) int {
+// a package whose tests call Shared is os.Exit(remotetest.Run(m, …)).
+// With prestart the server boots (about 10 s) in the background while
+// the package's other tests run, and Shared waits for it; without, it
+// starts on the first Shared.
+func Run(m interface{ Run() int }, prestart bool) int {
+	if weed := WeedBinary(); prestart && weed != "" {
+		go shared.once.Do(func() { startShared(weed) })
+	}
 	defer StopShared()
 	return m.Run()
 }
