@@ -145,6 +145,9 @@ func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 	return b, hdr, bat
 }
 
+// hostile is a case of formattest.RunHostileOn.
+type hostile formattest.Hostile
+
 func TestHostile(t *testing.T) {
 	t.Parallel()
 	orig, hdr, bat := dynImage(t)
@@ -152,91 +155,63 @@ func TestHostile(t *testing.T) {
 	fend := len(fixed) - vhdspec.FooterSize
 	put32 := func(b []byte, off int, v uint32) { binary.BigEndian.PutUint32(b[off:], v) }
 	put64 := func(b []byte, off int, v uint64) { binary.BigEndian.PutUint64(b[off:], v) }
-	cases := []struct {
-		name  string
-		img   []byte // base image, orig when nil
-		patch func(b []byte) []byte
-		want  string // in the error text; "" for ErrWrongType
-	}{
-		{"wrong magic", nil, func(b []byte) []byte {
+	seeds := map[string][]byte{"dyn": orig, "fixed": fixed}
+	formattest.RunHostileOn(t, Name, func(name string) []byte { return seeds[name] }, []hostile{
+		{"wrong magic", "dyn", func(b []byte) []byte {
 			copy(b, "xonectix")
 			copy(b[len(b)-vhdspec.FooterSize:], "xonectix")
 			return b
-		}, ""},
-		{"tiny file", nil, func(b []byte) []byte { return b[:5] }, ""},
-		{"footer checksum", nil, func(b []byte) []byte { b[vhdspec.OffCurrentSize] ^= 1; return b }, "footer checksum"},
-		{"truncated to 100 bytes", nil, func(b []byte) []byte { return b[:100] }, "footer data offset"},
-		{"truncated block", nil, func(b []byte) []byte { return b[:len(b)-4096] }, "bat entry 0"},
-		{"disk type", nil, func(b []byte) []byte { put32(b, vhdspec.OffDiskType, 7); fixFooter(b, 0); return b }, "footer disk type"},
-		{"header offset past EOF", nil, func(b []byte) []byte {
+		}, "wrong image type", formattest.AtOpen},
+		{"tiny file", "dyn", func(b []byte) []byte { return b[:5] }, "wrong image type", formattest.AtOpen},
+		{"footer checksum", "dyn", func(b []byte) []byte { b[vhdspec.OffCurrentSize] ^= 1; return b }, "footer checksum", formattest.AtOpen},
+		{"truncated to 100 bytes", "dyn", func(b []byte) []byte { return b[:100] }, "footer data offset", formattest.AtOpen},
+		{"truncated block", "dyn", func(b []byte) []byte { return b[:len(b)-4096] }, "bat entry 0", formattest.AtOpen},
+		{"disk type", "dyn", func(b []byte) []byte { put32(b, vhdspec.OffDiskType, 7); fixFooter(b, 0); return b }, "footer disk type", formattest.AtOpen},
+		{"header offset past EOF", "dyn", func(b []byte) []byte {
 			put64(b, vhdspec.OffDataOffset, 1<<40)
 			fixFooter(b, 0)
 			return b
-		}, "footer data offset"},
-		{"header cookie", nil, func(b []byte) []byte { copy(b[hdr:], "xxsparse"); return b }, "dynamic disk header cookie"},
-		{"header checksum", nil, func(b []byte) []byte { b[hdr+dynParentName] = 1; return b }, "dynamic disk header checksum"},
-		{"block size 0", nil, func(b []byte) []byte { put32(b, hdr+dynBlockSize, 0); fixHeader(b, hdr); return b }, "block size"},
-		{"block size 3000", nil, func(b []byte) []byte { put32(b, hdr+dynBlockSize, 3000); fixHeader(b, hdr); return b }, "block size"},
-		{"block size 2 GiB", nil, func(b []byte) []byte { put32(b, hdr+dynBlockSize, 1<<31); fixHeader(b, hdr); return b }, "bat entry 0"},
-		{"max table entries too small", nil, func(b []byte) []byte { put32(b, hdr+dynMaxEntries, 2); fixHeader(b, hdr); return b }, "max table entries"},
-		{"max table entries absurd", nil, func(b []byte) []byte {
+		}, "footer data offset", formattest.AtOpen},
+		{"header cookie", "dyn", func(b []byte) []byte { copy(b[hdr:], "xxsparse"); return b }, "dynamic disk header cookie", formattest.AtOpen},
+		{"header checksum", "dyn", func(b []byte) []byte { b[hdr+dynParentName] = 1; return b }, "dynamic disk header checksum", formattest.AtOpen},
+		{"block size 0", "dyn", func(b []byte) []byte { put32(b, hdr+dynBlockSize, 0); fixHeader(b, hdr); return b }, "block size", formattest.AtOpen},
+		{"block size 3000", "dyn", func(b []byte) []byte { put32(b, hdr+dynBlockSize, 3000); fixHeader(b, hdr); return b }, "block size", formattest.AtOpen},
+		{"block size 2 GiB", "dyn", func(b []byte) []byte { put32(b, hdr+dynBlockSize, 1<<31); fixHeader(b, hdr); return b }, "bat entry 0", formattest.AtOpen},
+		{"max table entries too small", "dyn", func(b []byte) []byte { put32(b, hdr+dynMaxEntries, 2); fixHeader(b, hdr); return b }, "max table entries", formattest.AtOpen},
+		{"max table entries absurd", "dyn", func(b []byte) []byte {
 			put32(b, hdr+dynMaxEntries, 0xFFFFFFF0)
 			fixHeader(b, hdr)
 			return b
-		}, "table offset (BAT)"},
-		{"BAT past EOF", nil, func(b []byte) []byte { put64(b, hdr+dynTableOffset, 1<<50); fixHeader(b, hdr); return b }, "table offset"},
-		{"BAT at end of file", nil, func(b []byte) []byte {
+		}, "table offset (BAT)", formattest.AtOpen},
+		{"BAT past EOF", "dyn", func(b []byte) []byte { put64(b, hdr+dynTableOffset, 1<<50); fixHeader(b, hdr); return b }, "table offset", formattest.AtOpen},
+		{"BAT at end of file", "dyn", func(b []byte) []byte {
 			put64(b, hdr+dynTableOffset, uint64(len(b)-8))
 			fixHeader(b, hdr)
 			return b
-		}, "table offset (BAT)"},
-		{"BAT entry past EOF", nil, func(b []byte) []byte { put32(b, bat+8, 0x10000000); return b }, "bat entry 2"},
-		{"BAT entry at the end", nil, func(b []byte) []byte { put32(b, bat+4, uint32(len(b)/512-1)); return b }, "bat entry 1"},
-		{"absurd current size", nil, func(b []byte) []byte {
+		}, "table offset (BAT)", formattest.AtOpen},
+		{"BAT entry past EOF", "dyn", func(b []byte) []byte { put32(b, bat+8, 0x10000000); return b }, "bat entry 2", formattest.AtOpen},
+		{"BAT entry at the end", "dyn", func(b []byte) []byte { put32(b, bat+4, uint32(len(b)/512-1)); return b }, "bat entry 1", formattest.AtOpen},
+		{"absurd current size", "dyn", func(b []byte) []byte {
 			copy(b[vhdspec.OffCreatorApp:], "qem2")
 			put64(b, vhdspec.OffCurrentSize, 1<<60)
 			fixFooter(b, 0)
 			return b
-		}, "footer current size"},
-		{"absurd geometry", fixed, func(b []byte) []byte {
+		}, "footer current size", formattest.AtOpen},
+		{"absurd geometry", "fixed", func(b []byte) []byte {
 			binary.BigEndian.PutUint16(b[fend+vhdspec.OffGeometry:], 65535)
 			b[fend+footerHeads], b[fend+footerSectors] = 16, 254
 			fixFooter(b, fend)
 			return b
-		}, "footer disk geometry"},
-		{"fixed size beyond file", fixed, func(b []byte) []byte {
+		}, "footer disk geometry", formattest.AtOpen},
+		{"fixed size beyond file", "fixed", func(b []byte) []byte {
 			binary.BigEndian.PutUint16(b[fend+vhdspec.OffGeometry:], 1000)
 			fixFooter(b, fend)
 			return b
-		}, "footer disk geometry"},
-		{"dynamic footer only at end", nil, func(b []byte) []byte { copy(b, "xonectix"); return b }, "footer disk type"},
-		{"fixed footer checksum", fixed, func(b []byte) []byte { b[fend+vhdspec.OffCurrentSize] ^= 1; return b }, "footer checksum"},
-		{"fixed truncated", fixed, func(b []byte) []byte { return b[:len(b)-600] }, ""},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			base := orig
-			if c.img != nil {
-				base = c.img
-			}
-			data := c.patch(bytes.Clone(base))
-			img, err := openMem(data, "", format.Policy{})
-			if err == nil {
-				img.Close()
-				t.Fatalf("opened; want an error")
-			}
-			if c.want == "" {
-				if !errors.Is(err, format.ErrWrongType) {
-					t.Fatalf("error %v, want ErrWrongType", err)
-				}
-				return
-			}
-			var fe *format.FormatError
-			if !errors.As(err, &fe) || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("error %v, want a FormatError naming %q", err, c.want)
-			}
-		})
-	}
+		}, "footer disk geometry", formattest.AtOpen},
+		{"dynamic footer only at end", "dyn", func(b []byte) []byte { copy(b, "xonectix"); return b }, "footer disk type", formattest.AtOpen},
+		{"fixed footer checksum", "fixed", func(b []byte) []byte { b[fend+vhdspec.OffCurrentSize] ^= 1; return b }, "footer checksum", formattest.AtOpen},
+		{"fixed truncated", "fixed", func(b []byte) []byte { return b[:len(b)-600] }, "wrong image type", formattest.AtOpen},
+	})
 }
 
 // TestVirtualSize checks qemu's size rule on footers from other creators:
