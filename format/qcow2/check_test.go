@@ -33,7 +33,6 @@ func ourCheck(t *testing.T, path string) *format.CheckResult {
 }
 
 func TestCheckClean(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	for _, v := range []struct {
@@ -71,7 +70,6 @@ func TestCheckClean(t *testing.T) {
 
 // TestCheckWritten checks images written by our own qcow2 writer.
 func TestCheckWritten(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
@@ -88,7 +86,6 @@ func TestCheckWritten(t *testing.T) {
 }
 
 func TestCheckSnapshotsAndBitmaps(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	for _, opts := range []string{"cluster_size=65536", "cluster_size=512", "compat=0.10", "refcount_bits=8", "extended_l2=on"} {
@@ -153,7 +150,6 @@ func (l *layout) setRef(off int64, v uint16) {
 }
 
 func TestCheckDamaged(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
@@ -263,7 +259,6 @@ func TestCheckDamaged(t *testing.T) {
 // field. (A snapshot table qemu refuses is refused at open:
 // TestSnapshotsHostile.)
 func TestCheckHostile(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	orig, l1e, l2e := sample(t, "cluster_size=512")
 	be := binary.BigEndian
@@ -370,7 +365,6 @@ func BenchmarkCheckEmpty1TiB(b *testing.B) {
 // image (exit 1) are check errors for diskimg too, where its reader
 // opens the image, and refuse the open where it does not (refused).
 func TestCheckUnopenable(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")

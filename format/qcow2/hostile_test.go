@@ -55,7 +55,6 @@ func wantField(t *testing.T, err error, field string) {
 }
 
 func TestHostileHeader(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	orig, _, _ := sample(t, "cluster_size=512")
 	be := binary.BigEndian
@@ -110,7 +109,6 @@ func TestHostileHeader(t *testing.T) {
 // TestHostileTables patches L1 and L2 entries: every bad pointer must be an
 // error naming the entry, from Extent and from ReadAt, never zeros.
 func TestHostileTables(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	orig, l1e, l2e := sample(t, "cluster_size=4k")
 	be := binary.BigEndian
@@ -132,7 +130,6 @@ func TestHostileTables(t *testing.T) {
 }
 
 func TestHostileExtendedL2(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	orig, _, l2e := sample(t, "cluster_size=16k,extended_l2=on")
 	be := binary.BigEndian
@@ -149,7 +146,6 @@ func TestHostileExtendedL2(t *testing.T) {
 // TestHugeL1 checks that a header claiming a huge L1 table is refused at
 // once, without allocating it.
 func TestHugeL1(t *testing.T) {
-	t.Parallel()
 	d := make([]byte, 4096)
 	be := binary.BigEndian
 	copy(d, "QFI\xfb")
@@ -181,7 +177,6 @@ func (m *runtimeMem) read() {
 }
 
 func TestHostileBitmaps(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	path := filepath.Join(t.TempDir(), "b.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", "cluster_size=512")

@@ -42,12 +42,10 @@ var variants = []formattest.Variant{
 }
 
 func TestConformance(t *testing.T) {
-	t.Parallel()
 	formattest.Run(t, "qcow2", variants, formattest.Options{})
 }
 
 func TestEmptyHuge(t *testing.T) {
-	t.Parallel()
 	formattest.RunEmptyHuge(t, "qcow2", "2T", []formattest.Variant{
 		{Name: "default"},
 		{Name: "compat-0.10", Args: []string{"-o", "compat=0.10"}},
@@ -69,7 +67,6 @@ var overlayWrites = []string{
 }
 
 func TestBackingChains(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	pol := formattest.Options{Policy: format.Policy{}}
 	t.Run("raw-base", func(t *testing.T) {
@@ -149,7 +146,6 @@ func TestBackingChains(t *testing.T) {
 // TestBackingOutside checks that backing files outside the image's
 // directory are refused by default and followed with AllowOutside.
 func TestBackingOutside(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	bait := filepath.Join(dir, "bait.raw")
@@ -207,7 +203,6 @@ func TestExternalDataFile(t *testing.T) {
 }
 
 func TestBitmaps(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := formattest.Generate(t, dir, "img", "qcow2", 9<<20, formattest.Sparse)
@@ -224,7 +219,6 @@ func TestBitmaps(t *testing.T) {
 // TestSnapshots checks that reads follow the active L1 table, not an
 // internal snapshot's.
 func TestSnapshots(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := formattest.Generate(t, dir, "img", "qcow2", 9<<20, formattest.Sparse)
@@ -234,7 +228,6 @@ func TestSnapshots(t *testing.T) {
 }
 
 func TestDirtyCorrupt(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := formattest.Generate(t, dir, "img", "qcow2", 1<<20, formattest.Sparse)
@@ -249,7 +242,6 @@ func TestDirtyCorrupt(t *testing.T) {
 }
 
 func TestEncrypted(t *testing.T) {
-	t.Parallel()
 	if testing.Short() {
 		t.Skip("-short: qemu-img's LUKS key derivation takes seconds")
 	}
@@ -272,7 +264,6 @@ func TestEncrypted(t *testing.T) {
 
 // TestCompressedSmallReads reads compressed images in odd small pieces.
 func TestCompressedSmallReads(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	for _, v := range [][]string{{"-c"}, {"-c", "-o", "compression_type=zstd,cluster_size=2M"}} {
 		dir := t.TempDir()
@@ -315,7 +306,6 @@ func qemuNoBacking(t *testing.T, path string) string {
 }
 
 func TestRealWorld(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	t.Run("fs-overhead", func(t *testing.T) {
 		dir := formattest.Extract(t, cdiImages, "fs-overhead.qcow2")

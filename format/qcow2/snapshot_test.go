@@ -43,7 +43,6 @@ var snapshotVariants = []string{"cluster_size=64k", "cluster_size=512", "compat=
 // TestSnapshotsInfo: the snapshot list equals qemu-img info's, and each
 // snapshot reads as qemu-img convert -l reads it.
 func TestSnapshotsInfo(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	for _, opts := range snapshotVariants {
 		t.Run(opts, func(t *testing.T) {
@@ -104,7 +103,6 @@ func snapshotEntry(d []byte, i int) int {
 // state sizes, the guest clock, a missing instruction count) are listed
 // as qemu-img lists them.
 func TestSnapshotFields(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := snapshotImage(t, dir, "cluster_size=64k")
@@ -140,7 +138,6 @@ func TestSnapshotFields(t *testing.T) {
 // open, naming the field; a snapshot whose L1 table is bad opens (qemu-img
 // info lists it) and fails only when loaded.
 func TestSnapshotsHostile(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.qcow2")
@@ -229,7 +226,6 @@ const snapshotSeed = "../../testdata/qcow2/snapshots-512.qcow2"
 // each snapshot loads. With QCOW2_WRITE_SEEDS=1 it first writes it with
 // qemu-img: 512-byte clusters, two snapshots with data between them.
 func TestSnapshotSeed(t *testing.T) {
-	t.Parallel()
 	if os.Getenv("QCOW2_WRITE_SEEDS") == "1" {
 		path := filepath.Join(t.TempDir(), "s.qcow2")
 		formattest.Create(t, path, "qcow2", "64k", "-o", "cluster_size=512")

@@ -128,7 +128,6 @@ func roundTrip(t *testing.T, path string, want []byte) {
 // (check, compare, info against qemu-img's own conversion) and with our
 // reader.
 func TestWriterMatrix(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	type source struct{ name, path, fmt, raw string }
@@ -210,7 +209,6 @@ func fileSize(t testing.TB, path string) int64 {
 // file output: the same bytes, compressed or not, also when the source's
 // data holds zero clusters (found by the engine's zero scan).
 func TestWriterPipe(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
@@ -255,7 +253,6 @@ func TestWriterPipe(t *testing.T) {
 
 // TestWriterMeasure compares Measure with qemu-img measure.
 func TestWriterMeasure(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	var srcs []string
@@ -301,7 +298,6 @@ func TestWriterMeasure(t *testing.T) {
 // TestWriterOptions checks that bad options fail before any byte is
 // written, naming the problem.
 func TestWriterOptions(t *testing.T) {
-	t.Parallel()
 	wf := formattest.Writer(t, "qcow2")
 	for _, c := range []struct {
 		opts string
@@ -340,7 +336,6 @@ func TestWriterOptions(t *testing.T) {
 
 // TestWriterEmptyHuge converts an empty 1 TiB image: metadata only, fast.
 func TestWriterEmptyHuge(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "empty.qcow2")

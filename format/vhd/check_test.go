@@ -32,7 +32,6 @@ func TestCheck(t *testing.T) { checks.Run(t) }
 func FuzzCheck(f *testing.F) { checks.Fuzz(f) }
 
 func TestCheckCorrupt(t *testing.T) {
-	t.Parallel()
 	data := checks.Image(t, 6<<20, formattest.Dense)
 	be := binary.BigEndian
 	hdrOff := int(be.Uint64(data[16:]))

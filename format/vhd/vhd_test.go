@@ -33,7 +33,6 @@ var (
 )
 
 func TestConformance(t *testing.T) {
-	t.Parallel()
 	formattest.Run(t, Name, dynamicVariants, formattest.Options{})
 	// 2040 GiB is the largest disk qemu-img creates as vpc.
 	formattest.RunEmptyHuge(t, Name, "2040G", dynamicVariants, formattest.Options{})
@@ -42,7 +41,6 @@ func TestConformance(t *testing.T) {
 // TestConformanceFixed forces the format on both tools: qemu-img probes a
 // fixed VHD as raw (it looks for the footer only at offset 0).
 func TestConformanceFixed(t *testing.T) {
-	t.Parallel()
 	o := formattest.Options{Format: Name}
 	formattest.Run(t, Name, fixedVariants, o)
 	formattest.RunEmptyHuge(t, Name, "2040G", fixedVariants, o)
@@ -51,7 +49,6 @@ func TestConformanceFixed(t *testing.T) {
 // TestInterleavedBlocks checks a write pattern that leaves allocated and
 // unallocated blocks interleaved.
 func TestInterleavedBlocks(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "img.vhd")
@@ -149,7 +146,6 @@ func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 type hostile formattest.Hostile
 
 func TestHostile(t *testing.T) {
-	t.Parallel()
 	orig, hdr, bat := dynImage(t)
 	fixed := qemuImage(t, "1M", "-o", "subformat=fixed")
 	fend := len(fixed) - vhdspec.FooterSize
@@ -218,7 +214,6 @@ func TestHostile(t *testing.T) {
 // CHS geometry unless the creator uses the current size or the geometry
 // is the maximum.
 func TestVirtualSize(t *testing.T) {
-	t.Parallel()
 	orig, _, _ := dynImage(t)
 	const cur = 10 << 20
 	chs := int64(0x12e) * 4 * 17 * 512 // the geometry qemu-img chose for 10M
@@ -261,7 +256,6 @@ func TestVirtualSize(t *testing.T) {
 // TestShortFooter: qemu pads a file to whole sectors, so a fixed image
 // whose last byte is missing (the 511-byte footer) still opens.
 func TestShortFooter(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	path := formattest.Generate(t, dir, "img", Name, 1<<20, formattest.Dense, "-o", "subformat=fixed")
@@ -379,7 +373,6 @@ func readAll(t *testing.T, img format.Image) []byte {
 }
 
 func TestDifferencing(t *testing.T) {
-	t.Parallel()
 	child, want := diffChain(t, map[string]string{platformW2ru: `.\parent.vpc`, platformW2ku: `C:\images\parent.vpc`})
 	img := openPath(t, child, format.Policy{})
 	defer img.Close()
@@ -415,7 +408,6 @@ func TestDifferencing(t *testing.T) {
 }
 
 func TestDifferencingPolicy(t *testing.T) {
-	t.Parallel()
 	// Only an absolute locator: refused unless outside references are
 	// allowed.
 	child, want := diffChain(t, map[string]string{platformW2ku: "{dir}/parent.vpc"})
@@ -461,7 +453,6 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 // (blocks 0, 1 and 100 allocated; the differencing one's block 1 has only
 // its first four sectors) and a fixed image with a 511-byte footer.
 func TestSeeds(t *testing.T) {
-	t.Parallel()
 	want := map[string][]int64{ // data extents: start, length
 		"dynamic-4k-blocks.vhd":      {0, 4096, 4096, 4096, 409600, 4096},
 		"differencing-4k-blocks.vhd": {0, 4096, 4096, 2048, 409600, 4096},
@@ -514,7 +505,6 @@ func exerciseNoBacking(t *testing.T, data []byte) {
 }
 
 func TestProbe(t *testing.T) {
-	t.Parallel()
 	for name, want := range map[string]bool{
 		"dynamic-empty-1m.vhd":     true,
 		"fixed-34k.vhd":            true,
@@ -543,7 +533,6 @@ func TestProbe(t *testing.T) {
 }
 
 func TestUnusedOnly(t *testing.T) {
-	t.Parallel()
 	ff := bytes.Repeat([]byte{0xff}, 64)
 	if !unusedOnly(nil) || !unusedOnly(ff[:4]) || !unusedOnly(ff) {
 		t.Error("all-unused pieces not recognised")

@@ -162,7 +162,6 @@ func fileSize(t testing.TB, path string) (size, alloc int64) {
 // qemu-img compare, Measure, and, for raw sources, qemu-img info and size
 // against qemu-img's own conversion.
 func TestWriterMatrix(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	type source struct {
 		fmt     string
@@ -244,7 +243,6 @@ func TestWriterMatrix(t *testing.T) {
 // TestWriterFullyAllocated checks Measure's fully-allocated figure against
 // a conversion with no zero detection (-S 0) of an empty disk.
 func TestWriterFullyAllocated(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
@@ -283,7 +281,6 @@ func TestWriterFullyAllocated(t *testing.T) {
 // unique id and the checksum: the geometry, the creator, the sizes and
 // the BAT. This is what makes qemu read our sizes as its own.
 func TestWriterMatchesCreate(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	sizes := []int64{0, 512, 1000, 1 << 20, 4 << 20, 9<<20 + 1536, 33<<20 + 4096, 1 << 30,
 		65535*16*17*512 + 512, 65535*16*63*512 - 512, 65535*16*63*512 + 4096,
@@ -411,7 +408,6 @@ func TestWriterPipe(t *testing.T) {
 // TestWriterAzure checks azure=on: a fixed disk of a whole number of MiB
 // whose first source-size bytes are the source.
 func TestWriterAzure(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	for _, size := range []int64{9<<20 + 1536, 4 << 20, 1000} {
@@ -448,7 +444,6 @@ func TestWriterAzure(t *testing.T) {
 
 // TestWriterOptions checks option validation before any byte is written.
 func TestWriterOptions(t *testing.T) {
-	t.Parallel()
 	w := formattest.Writer(t, "vhd")
 	for _, c := range []struct {
 		opts map[string]string
@@ -480,7 +475,6 @@ func TestWriterOptions(t *testing.T) {
 
 // TestWriterErrors feeds the writer blocks that break the contract.
 func TestWriterErrors(t *testing.T) {
-	t.Parallel()
 	layout := format.LayoutOfExtents([]format.Extent{
 		{Start: 0, Length: 2 << 20, Status: format.Data},
 		{Start: 2 << 20, Length: 4 << 20, Status: format.Unallocated},
@@ -522,7 +516,6 @@ func TestWriterErrors(t *testing.T) {
 // TestWriterReadBack reads our output with our reader: a multi-block
 // dynamic disk with data, zero and unallocated blocks, and zero pages.
 func TestWriterReadBack(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 33<<20+4096, formattest.Sparse)
@@ -549,7 +542,6 @@ func TestWriterReadBack(t *testing.T) {
 // contract allows: data over three blocks, then zeros over allocated and
 // unallocated blocks, and reads the image back.
 func TestWriterLongBlocks(t *testing.T) {
-	t.Parallel()
 	const size = 11<<20 + 512
 	layout := format.LayoutOfExtents([]format.Extent{
 		{Start: 0, Length: 7 << 20, Status: format.Data},

@@ -54,7 +54,6 @@ func batLayout(t *testing.T, d []byte) (bat, meta int64) {
 }
 
 func TestCheckCorrupt(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	data := checks.Image(t, 3<<20, formattest.Dense, "-o", "block_size=1M")
 	le := binary.LittleEndian

@@ -19,12 +19,10 @@ var variants = []formattest.Variant{
 }
 
 func TestConformance(t *testing.T) {
-	t.Parallel()
 	formattest.Run(t, Name, variants, formattest.Options{QemuMapsAllData: true})
 }
 
 func TestEmptyHuge(t *testing.T) {
-	t.Parallel()
 	huge := append(formattest.Pick(variants, "dynamic", "dynamic-nozero", "dynamic-1M", "dynamic-256M", "fixed"),
 		formattest.Variant{Name: "fixed-nozero", Args: []string{"-o", "subformat=fixed,block_state_zero=off"}})
 	formattest.RunEmptyHuge(t, Name, "2T", huge, formattest.Options{QemuMapsAllData: true})

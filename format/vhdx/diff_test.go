@@ -137,7 +137,6 @@ func compareWindows(t *testing.T, img format.Image, raw string, windows [][2]int
 // sectors. Every byte must be the raw oracle's and the map must give each
 // sector's layer.
 func TestDifferencing(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	for _, c := range []struct {
 		name             string
@@ -204,7 +203,6 @@ func TestDifferencing(t *testing.T) {
 // 4 GiB (a sector bitmap block each) of a 9 GiB disk, around the chunk
 // boundaries, over a parent with data there too.
 func TestDifferencingChunks(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	const size = 9 << 30
@@ -230,7 +228,6 @@ func TestDifferencingChunks(t *testing.T) {
 // paths, DataWriteGuid against parent_linkage or parent_linkage2, chains,
 // loops, a missing parent, and parents the user gives.
 func TestDifferencingParents(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	const size = 8 << 20
@@ -353,7 +350,6 @@ const (
 // TestDifferencingHostile patches a differencing VHDX's parent locator
 // and sector bitmaps: each must be refused at open, by field.
 func TestDifferencingHostile(t *testing.T) {
-	t.Parallel()
 	seed := diffSeed(t)
 	if img, err := openBytes(seed); err != nil {
 		t.Fatalf("unpatched seed: %v", err)

@@ -146,7 +146,6 @@ func FuzzVhdx(f *testing.F) {
 // the fuzzer starts from valid files. With VHDX_WRITE_SEEDS=1 it first
 // regenerates them with qemu-img.
 func TestSeeds(t *testing.T) {
-	t.Parallel()
 	dir := "../../testdata/vhdx"
 	if os.Getenv("VHDX_WRITE_SEEDS") == "1" {
 		writeSeeds(t, dir)

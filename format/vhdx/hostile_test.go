@@ -142,7 +142,6 @@ func tableAt(t *testing.T, field int64) func([]byte) int64 {
 type hostile formattest.Hostile
 
 func TestHostile(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	base := baseImage(t, "subformat=dynamic,block_size=1M")
 	if _, err := openBytes(base); err != nil {
@@ -251,7 +250,6 @@ func writeLogEntry(t *testing.T, b []byte, valid bool) {
 }
 
 func TestLogReplay(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	base := baseImage(t, "subformat=dynamic,block_size=1M")
 	err := openPatched(base, func(b []byte) { writeLogEntry(t, b, true) })
@@ -278,7 +276,6 @@ func openPatched(base []byte, patch func(b []byte)) error {
 // TestHeaderChoice checks that the valid header with the higher sequence
 // number wins and that one corrupt header is survivable.
 func TestHeaderChoice(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	base := baseImage(t, "subformat=dynamic,block_size=1M")
 	for _, bad := range []int64{header1Offset, header2Offset} {
@@ -302,7 +299,6 @@ func TestHeaderChoice(t *testing.T) {
 
 // TestAllocation checks the BAT's own view against what qemu-io wrote.
 func TestAllocation(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	for _, c := range []struct {
 		opts  string

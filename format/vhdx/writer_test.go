@@ -165,7 +165,6 @@ func sizeName(n int64) string {
 // through every variant, the others through the default and fixed ones.
 // Measure must predict the output's size exactly.
 func TestWriterMatrix(t *testing.T) {
-	t.Parallel()
 	srcs := sources(t)
 	for _, s := range srcs {
 		if testing.Short() && s.format != "raw" {
@@ -210,7 +209,6 @@ func TestWriterMatrix(t *testing.T) {
 // the same input with the same options: the same virtual size, cluster
 // size and format-specific data; file sizes are logged side by side.
 func TestWriterVsQemu(t *testing.T) {
-	t.Parallel()
 	for _, s := range sources(t) {
 		if s.format != "raw" || !strings.HasSuffix(s.name, sizeName(oddLarge)) && !strings.HasPrefix(s.name, "zeros") {
 			continue
@@ -378,7 +376,6 @@ func writtenZeroSources(t *testing.T) []source {
 // --checksum both subformats are written front to back and hashed as they
 // are written.
 func TestWriterChecksum(t *testing.T) {
-	t.Parallel()
 	srcs := sources(t)
 	for _, v := range []string{"", "subformat=fixed"} {
 		out := filepath.Join(t.TempDir(), "out.vhdx")
@@ -396,7 +393,6 @@ func TestWriterChecksum(t *testing.T) {
 // TestWriterEmptyHuge converts empty 1 TiB images (raw, and VHDX made by
 // qemu-img) to VHDX: metadata work only.
 func TestWriterEmptyHuge(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "empty.raw")
@@ -450,7 +446,6 @@ func TestWriterEmptyHuge(t *testing.T) {
 // TestWriterDefaultBlockSize checks the block size picked by disk size
 // against qemu-img create.
 func TestWriterDefaultBlockSize(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	for _, size := range []int64{1 << 20, 1 << 30, 1<<30 + 512, 100 << 30, 100<<30 + 512, 32 << 40, 32<<40 + 512} {
@@ -470,7 +465,6 @@ func TestWriterDefaultBlockSize(t *testing.T) {
 // TestWriterOptions checks option parsing and validation, before any
 // byte is written.
 func TestWriterOptions(t *testing.T) {
-	t.Parallel()
 	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts string
@@ -539,7 +533,6 @@ func TestWriterOptions(t *testing.T) {
 // fully allocated (-S 0) included. (qemu-img 7.2 cannot measure VHDX:
 // "Block driver 'vhdx' does not support size measurement".)
 func TestWriterMeasure(t *testing.T) {
-	t.Parallel()
 	srcs := sources(t)
 	wf := formattest.Writer(t, Name)
 	for _, s := range srcs[:3] {
@@ -570,7 +563,6 @@ func TestWriterMeasure(t *testing.T) {
 
 // TestWriterErrors feeds the writer blocks that break the contract.
 func TestWriterErrors(t *testing.T) {
-	t.Parallel()
 	const size = 4 << 20
 	layout := format.LayoutOfExtents([]format.Extent{
 		{Start: 0, Length: 1 << 20, Status: format.Data},
@@ -636,7 +628,6 @@ func TestWriterErrors(t *testing.T) {
 // TestWriterRoundTrip writes a synthetic disk with data straddling payload
 // blocks and reads it back with our reader, on a pipe-like buffer.
 func TestWriterRoundTrip(t *testing.T) {
-	t.Parallel()
 	const size = 5<<20 + 512
 	want := make([]byte, size)
 	rng := rand.New(rand.NewSource(3))

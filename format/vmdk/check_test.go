@@ -49,7 +49,6 @@ func ourCheck(t *testing.T, path string) (int, map[string]any, *format.CheckResu
 // TestCheckCorrupt patches grain directory and grain table entries of a
 // qemu-made monolithicSparse image.
 func TestCheckCorrupt(t *testing.T) {
-	t.Parallel()
 	dir, data := denseBase(t)
 	le := binary.LittleEndian
 	gd := int(le.Uint64(data[56:])) * 512
@@ -133,7 +132,6 @@ func TestCheckCorrupt(t *testing.T) {
 // redundant directory past the end of the file is a check error, as qemu
 // cannot open such a file.
 func TestCheckRedundant(t *testing.T) {
-	t.Parallel()
 	dir, data := denseBase(t)
 	le := binary.LittleEndian
 	rgd := int(le.Uint64(data[48:])) * 512

@@ -148,7 +148,6 @@ func readAll(t *testing.T, img format.Image) ([]byte, error) {
 // TestHandMade reads compact hand-made sparse, compressed and footer
 // extents and checks bytes and map against what was written.
 func TestHandMade(t *testing.T) {
-	t.Parallel()
 	for _, c := range []struct {
 		name               string
 		compressed, footer bool
@@ -200,7 +199,6 @@ func TestHandMade(t *testing.T) {
 type hostile formattest.Hostile
 
 func TestHostile(t *testing.T) {
-	t.Parallel()
 	le := binary.LittleEndian
 	s, _ := sample(false, false)
 	good := s.build()
@@ -276,7 +274,6 @@ func TestHostile(t *testing.T) {
 
 // TestHostileDescriptor feeds bad descriptor files.
 func TestHostileDescriptor(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "ext.raw"), make([]byte, 4096), 0o644); err != nil {
 		t.Fatal(err)
@@ -327,7 +324,6 @@ func TestHostileDescriptor(t *testing.T) {
 // TestWriteSeeds regenerates the fuzz seeds in testdata/vmdk when
 // VMDK_WRITE_SEEDS=1.
 func TestWriteSeeds(t *testing.T) {
-	t.Parallel()
 	if os.Getenv("VMDK_WRITE_SEEDS") != "1" {
 		t.Skip("set VMDK_WRITE_SEEDS=1 to rewrite testdata/vmdk")
 	}

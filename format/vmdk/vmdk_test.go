@@ -32,13 +32,11 @@ var variants = []formattest.Variant{
 var opts = formattest.Options{Format: "vmdk"}
 
 func TestConformance(t *testing.T) {
-	t.Parallel()
 	formattest.Run(t, "vmdk", variants, opts)
 }
 
 // TestEmptyHuge checks empty 2 TiB disks of every variant.
 func TestEmptyHuge(t *testing.T) {
-	t.Parallel()
 	huge := formattest.Pick(variants, "monolithicFlat", "twoGbMaxExtentFlat", "monolithicSparse", "twoGbMaxExtentSparse", "streamOptimized")
 	formattest.RunEmptyHuge(t, "vmdk", "2T", huge, opts)
 }
@@ -46,7 +44,6 @@ func TestEmptyHuge(t *testing.T) {
 // TestZeroedGrains checks zeroed grains (zeroed_grain=on and write -z),
 // which read as zeros without looking at the parent.
 func TestZeroedGrains(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	p := filepath.Join(dir, "zg.vmdk")
@@ -63,7 +60,6 @@ func TestZeroedGrains(t *testing.T) {
 // TestChain checks a differencing disk over a parent: unallocated grains
 // read from the parent, and the map reports their depth.
 func TestChain(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.vmdk")
@@ -100,7 +96,6 @@ func TestChain(t *testing.T) {
 
 // TestMultiExtent writes across the 2 GiB extent boundaries of split disks.
 func TestMultiExtent(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	for _, sub := range []string{"twoGbMaxExtentSparse", "twoGbMaxExtentFlat"} {
 		t.Run(sub, func(t *testing.T) {
@@ -148,7 +143,6 @@ func open(t testing.TB, path string, p format.Policy) format.Image {
 // directory is refused under the default policy and opened with
 // AllowOutside.
 func TestExtentOutside(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	root := t.TempDir()
 	imgDir := filepath.Join(root, "images")
@@ -199,7 +193,6 @@ func TestExtentOutside(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	t.Parallel()
 	for _, c := range []struct {
 		data string
 		want bool
@@ -240,7 +233,6 @@ func BenchmarkOpenEmpty1TiB(b *testing.B) {
 // a conversion to raw passes qemu-img compare with the chain. The disk is
 // 3 GiB, so twoGbMaxExtentSparse splits, and writes cross the split.
 func TestSnapshotChains(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	subs := []string{"monolithicSparse", "twoGbMaxExtentSparse", "streamOptimized"}
 	for _, ps := range subs {
@@ -284,7 +276,6 @@ func TestSnapshotChains(t *testing.T) {
 // CID, no longer the child's parentCID. As qemu, the chain still opens and
 // maps; reading what the parent holds fails, naming the parentCID.
 func TestSnapshotCID(t *testing.T) {
-	t.Parallel()
 	parent, child := snapshot(t, "-o", "subformat=monolithicSparse")
 	formattest.QemuIO(t, "vmdk", child, "write -P 0x21 4M 64k")
 	formattest.QemuIO(t, "vmdk", parent, "write -P 0x12 6M 64k") // a new CID
@@ -354,7 +345,6 @@ func toRaw(t *testing.T, img format.Image, path string) {
 // absolute Windows paths) can be replaced by a parent given with
 // --parent, which must have the child's parentCID.
 func TestSnapshotParentNames(t *testing.T) {
-	t.Parallel()
 	// A descriptor file, whose text may change length.
 	parent, child := snapshot(t, "-o", "subformat=twoGbMaxExtentSparse")
 	dir := filepath.Dir(child)

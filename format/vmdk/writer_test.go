@@ -138,7 +138,6 @@ func wSources(t *testing.T, dir string, size int64, c formattest.Content, format
 // and odd sizes to every variant, and checks each output with qemu-img and
 // our reader.
 func TestWriterMatrix(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	type size struct {
 		n        int64
@@ -196,7 +195,6 @@ func descriptorText(t testing.TB, path string) string {
 // format-specific data but the CID), the descriptor, the sizes, and for
 // monolithicSparse every byte outside the descriptor.
 func TestWriterLikeQemu(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	for _, c := range []formattest.Content{formattest.Sparse, formattest.Dense} {
@@ -521,7 +519,6 @@ func TestWriterFrontToBack(t *testing.T) {
 // exact for monolithicSparse, an upper bound for streamOptimized. (qemu-img
 // 7.2 cannot measure VMDK: "does not support size measurement".)
 func TestWriterMeasure(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	if rc, msg := formattest.QemuRC(t, "measure", "-O", Name, "--size", "1G"); rc == 0 {
 		t.Logf("qemu-img now measures vmdk: %s", msg)
@@ -566,7 +563,6 @@ func TestWriterMeasure(t *testing.T) {
 
 // TestWriterOptions checks option validation happens before any byte.
 func TestWriterOptions(t *testing.T) {
-	t.Parallel()
 	wf := formattest.Writer(t, Name)
 	for _, c := range []struct {
 		opts     map[string]string
@@ -600,7 +596,6 @@ func TestWriterOptions(t *testing.T) {
 
 // TestWriterErrors feeds the writer blocks out of contract.
 func TestWriterErrors(t *testing.T) {
-	t.Parallel()
 	for _, v := range wVariants[:2] {
 		var buf bytes.Buffer
 		w, err := NewWriter(&buf, format.WriteOptions{Size: 1 << 20, Layout: format.AllData(1 << 20), Options: v.opts})
@@ -726,7 +721,6 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 // compare takes minutes on 16 TiB; run by hand, it calls both identical.)
 // -short writes 4 TiB only.
 func TestWriterHuge(t *testing.T) {
-	t.Parallel()
 	formattest.RequireQemu(t)
 	for _, size := range []int64{4 << 40, 16 << 40} {
 		if testing.Short() && size > 4<<40 {
