@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,8 +27,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("DISKIMG_BENCH_HELPER") == "1" {
 		os.Exit(helper())
 	}
-	flag.Parse()
-	code := remotetest.Run(m, !testing.Short())
+	code := remotetest.Run(m)
 	if diskimgBin != "" {
 		os.RemoveAll(filepath.Dir(diskimgBin))
 	}

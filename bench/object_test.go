@@ -14,9 +14,6 @@ import (
 // the test server: every case completes, the one-pass runs write no
 // local file, and the report prints.
 func TestRunObject(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts SeaweedFS (about 10 s); in -short only format/remote does")
-	}
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("qemu-img is required under CI=true")

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"flag"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -21,12 +20,7 @@ import (
 )
 
 // TestMain stops the S3 server the tests share.
-// TestMain boots the S3 server while the other tests run, unless -short
-// skips the tests that use it.
-func TestMain(m *testing.M) {
-	flag.Parse()
-	os.Exit(remotetest.Run(m, !testing.Short()))
-}
+func TestMain(m *testing.M) { os.Exit(remotetest.Run(m)) }
 
 const demo = "../../testdata/demo.qcow2"
 
@@ -87,9 +81,6 @@ func TestURLSources(t *testing.T) {
 }
 
 func TestS3Convert(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts SeaweedFS (about 10 s); in -short only format/remote does")
-	}
 	srv := remotetest.Shared(t)
 	p := remotetest.Prefix(t)
 	s3 := []string{"--endpoint", srv.Endpoint, "--s3-path-style"}
@@ -171,9 +162,6 @@ func (s slowWriter) Write(p []byte) (int, error) {
 // TestS3Interrupt: SIGINT in the middle of an upload aborts it: no
 // multipart upload stays open and no object appears.
 func TestS3Interrupt(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts SeaweedFS (about 10 s); in -short only format/remote does")
-	}
 	srv := remotetest.Shared(t)
 	p := remotetest.Prefix(t)
 	src := slowServer(t, 96<<20, 24<<20) + "/disk.raw"

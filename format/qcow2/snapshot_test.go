@@ -30,8 +30,8 @@ func snapshotImage(t *testing.T, dir, opts string) string {
 	formattest.Qemu(t, "snapshot", "-c", "second snapshot", path)
 	formattest.QemuIO(t, "qcow2", path, "discard 0 512k", "write -P 0x31 3M 4k")
 	if !strings.Contains(opts, "compat=0.10") {
-		formattest.Qemu(t, "resize", path, "300M")
-		formattest.QemuIO(t, "qcow2", path, "write -P 0x32 290M 1M")
+		formattest.Qemu(t, "resize", path, "40M")
+		formattest.QemuIO(t, "qcow2", path, "write -P 0x32 38M 1M")
 	}
 	formattest.Qemu(t, "snapshot", "-c", "2", path) // a name that is another's id
 	formattest.QemuIO(t, "qcow2", path, "write -P 0x41 1M 1M")

@@ -26,7 +26,7 @@ import (
 	"github.com/diskimg/diskimg/format/remote/remotetest"
 )
 
-func TestMain(m *testing.M) { os.Exit(remotetest.Run(m, true)) }
+func TestMain(m *testing.M) { os.Exit(remotetest.Run(m)) }
 
 func randomData(n int, seed uint64) []byte {
 	rng := rand.New(rand.NewPCG(seed, 7))

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -221,6 +222,9 @@ var shared struct {
 // (make test builds it: .ci/setup-seaweedfs).
 func Shared(t TB) *Server {
 	t.Helper()
+	if short() {
+		t.Skip("-short starts no S3 server (it boots in about 10 s)")
+	}
 	weed := WeedBinary()
 	if weed == "" {
 		msg := "SeaweedFS not built: run .ci/setup-seaweedfs (make setup) or set DISKIMG_WEED"
@@ -254,16 +258,25 @@ func startShared(weed string) {
 }
 
 // Run runs m's tests and then stops the shared server: the TestMain of
-// a package whose tests call Shared is os.Exit(remotetest.Run(m, …)).
-// With prestart the server boots (about 10 s) in the background while
-// the package's other tests run, and Shared waits for it; without, it
-// starts on the first Shared.
-func Run(m interface{ Run() int }, prestart bool) int {
-	if weed := WeedBinary(); prestart && weed != "" {
+// a package whose tests call Shared is os.Exit(remotetest.Run(m)). The
+// server boots (about 10 s) in the background while the package's other
+// tests run, and Shared waits for it; under -short it does not start.
+func Run(m interface{ Run() int }) int {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	if weed := WeedBinary(); weed != "" && !short() {
 		go shared.once.Do(func() { startShared(weed) })
 	}
 	defer StopShared()
 	return m.Run()
+}
+
+// short reports go test's -short, read from its flag: this package is
+// also built into the benchmark, so it does not import testing.
+func short() bool {
+	f := flag.Lookup("test.short")
+	return f != nil && f.Value.String() == "true"
 }
 
 // StopShared stops the shared server, if one was started, and removes
