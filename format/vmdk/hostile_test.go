@@ -321,6 +321,46 @@ func TestHostileDescriptor(t *testing.T) {
 	}
 }
 
+// TestExtentsShareFiles: a descriptor naming one file in thousands of
+// extents, under several spellings, holds one descriptor open for it,
+// and reads each extent at its own offset.
+func TestExtentsShareFiles(t *testing.T) {
+	dir := t.TempDir()
+	const n = 3000
+	data := make([]byte, n*512)
+	for i := range n {
+		data[i*512] = byte(i) | 1
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ext.raw"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n")
+	for i := range n {
+		name := []string{"ext.raw", "./ext.raw", ".//ext.raw"}[i%3]
+		fmt.Fprintf(&b, "RW 1 FLAT %q %d\n", name, n-1-i)
+	}
+	p := filepath.Join(dir, "d.vmdk")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	before := fds()
+	img := open(t, p, format.Policy{})
+	if d := fds() - before; d > 4 {
+		t.Errorf("%d descriptors open for %d extents of one file", d, n)
+	}
+	sector := make([]byte, 512)
+	for _, i := range []int{0, 1, 2, n / 2, n - 1} {
+		if _, err := img.ReadAt(sector, int64(i)*512); err != nil {
+			t.Fatal(err)
+		}
+		if want := data[(n-1-i)*512]; sector[0] != want {
+			t.Errorf("extent %d reads %#x, want %#x", i, sector[0], want)
+		}
+	}
+}
+
 // TestWriteSeeds regenerates the fuzz seeds in testdata/vmdk when
 // VMDK_WRITE_SEEDS=1.
 func TestWriteSeeds(t *testing.T) {

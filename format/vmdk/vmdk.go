@@ -207,8 +207,11 @@ func (img *Image) openDescriptor(desc []byte, o *format.Opener) error {
 	if i := strings.LastIndexByte(self, '/'); i >= 0 {
 		dirPrefix = self[:i+1]
 	}
+	// Extents naming one file share its descriptor, so a descriptor that
+	// lists the same file thousands of times holds one open file.
+	opened := map[string]format.File{}
 	for _, l := range d.extents {
-		x, err := img.openExtent(l, o, self)
+		x, err := img.openExtent(l, o, self, opened)
 		if err != nil {
 			return err
 		}
@@ -226,10 +229,21 @@ func (img *Image) openDescriptor(desc []byte, o *format.Opener) error {
 	return nil
 }
 
-func (img *Image) openExtent(l extentLine, o *format.Opener, self string) (*extent, error) {
-	ef, err := o.OpenRelated(self, l.file)
-	if err != nil {
-		return nil, fmt.Errorf("vmdk: extent %q: %w", l.file, err)
+func (img *Image) openExtent(l extentLine, o *format.Opener, self string, opened map[string]format.File) (_ *extent, err error) {
+	key := filepath.Clean(l.file)
+	ef, shared := opened[key]
+	if !shared {
+		f, err := o.OpenRelated(self, l.file)
+		if err != nil {
+			return nil, fmt.Errorf("vmdk: extent %q: %w", l.file, err)
+		}
+		ef, opened[key] = f, f
+		defer func() {
+			if err != nil {
+				f.Close()
+				delete(opened, key)
+			}
+		}()
 	}
 	img.files = append(img.files, l.file)
 	var x *extent
@@ -237,30 +251,25 @@ func (img *Image) openExtent(l extentLine, o *format.Opener, self string) (*exte
 	case "FLAT", "VMFS":
 		end := l.offset*sectorSize + l.sectors*sectorSize
 		if end > ef.Size() {
-			ef.Close()
 			return nil, format.Errorf(Name, "extent "+l.file, l.offset*sectorSize, "flat extent of %d sectors at sector %d extends past the end of the file (%d bytes)", l.sectors, l.offset, ef.Size())
 		}
 		x = &extent{flat: true, f: ef, size: l.sectors * sectorSize, flatOffset: l.offset * sectorSize}
 	case "SPARSE", "VMFSSPARSE":
 		var magic [4]byte
 		if err := format.ReadFull(ef, magic[:], 0, Name, "extent "+l.file+" magic"); err != nil {
-			ef.Close()
 			return nil, err
 		}
 		if m := string(magic[:]); m != magicKDMV && m != magicCOWD {
-			ef.Close()
 			return nil, format.Errorf(Name, "extent "+l.file+" magic", 0, "%q is not a sparse extent", m)
 		}
 		x, _, err = openSparse(ef, ef.Size(), false)
 		if err != nil {
-			ef.Close()
 			return nil, fmt.Errorf("extent %q: %w", l.file, err)
 		}
 	default:
-		ef.Close()
 		return nil, format.Errorf(Name, "extent type", -1, "unsupported extent type %q", l.typ)
 	}
-	x.owned = true
+	x.owned = !shared // closed once, by the extent that opened it
 	return x, nil
 }
 
