@@ -37,11 +37,11 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	sumErr := checkSum(tail, vhdspec.OffChecksum, tailOff, "footer checksum")
 	switch {
 	case string(tail[:len(cookie)]) != cookie:
-		corrupt(r, "footer at offset %d: no %q cookie (the footer at the end of the file is missing)", tailOff, cookie)
+		r.BoundedCorruptf("footer at offset %d: no %q cookie (the footer at the end of the file is missing)", tailOff, cookie)
 	case sumErr != nil:
-		corrupt(r, "%v", sumErr)
+		r.BoundedCorruptf("%v", sumErr)
 	case !bytes.Equal(head, tail):
-		corrupt(r, "footer at offset %d differs from its copy at offset 0 (first difference at byte %d)", tailOff, footerDiff(head, tail))
+		r.BoundedCorruptf("footer at offset %d differs from its copy at offset 0 (first difference at byte %d)", tailOff, footerDiff(head, tail))
 	}
 
 	// Metadata the blocks must stay clear of.
@@ -74,11 +74,11 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		b := block{int64(e) * sectorSize, int64(e)*sectorSize + img.bitmapSize + img.blockSize, i}
 		for _, m := range meta {
 			if b.start < m.end && m.start < b.end {
-				corrupt(r, "bat entry %d at offset %d: block at offset %d overlaps the %s", i, img.batOffset+4*int64(i), b.start, m.what)
+				r.BoundedCorruptf("bat entry %d at offset %d: block at offset %d overlaps the %s", i, img.batOffset+4*int64(i), b.start, m.what)
 			}
 		}
 		if len(blocks) == limit {
-			corrupt(r, "bat entry %d at offset %d: more blocks allocated than a file of %d bytes holds; further overlaps not listed", i, img.batOffset+4*int64(i), img.fileSize)
+			r.BoundedCorruptf("bat entry %d at offset %d: more blocks allocated than a file of %d bytes holds; further overlaps not listed", i, img.batOffset+4*int64(i), img.fileSize)
 			blocks = append(blocks, block{start: -1}) // reported once
 			continue
 		}
@@ -95,7 +95,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 		// chain of overlaps reports each block once.
 		p, b := blocks[k-1], blocks[k]
 		if b.start < p.end {
-			corrupt(r, "bat entry %d at offset %d: block at offset %d overlaps the block of bat entry %d at offset %d",
+			r.BoundedCorruptf("bat entry %d at offset %d: block at offset %d overlaps the block of bat entry %d at offset %d",
 				b.entry, img.batOffset+4*int64(b.entry), b.start, p.entry, p.start)
 			if p.end > b.end {
 				blocks[k] = p
@@ -114,13 +114,4 @@ func footerDiff(a, b []byte) int {
 		}
 	}
 	return -1
-}
-
-// corrupt records a corruption, keeping at most format.MaxProblems lines.
-func corrupt(r *format.CheckResult, msg string, args ...any) {
-	if len(r.Problems) < format.MaxProblems {
-		r.Corruptf(msg, args...)
-		return
-	}
-	r.Corruptions++
 }
