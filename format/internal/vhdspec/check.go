@@ -64,25 +64,15 @@ func NewCheck(name string, f format.File, blocks int64) *Check {
 }
 
 // Corrupt records a corruption, keeping at most format.MaxProblems lines.
-func (c *Check) Corrupt(msg string, args ...any) {
-	if len(c.R.Problems) < format.MaxProblems {
-		c.R.Corruptf(msg, args...)
-		return
-	}
-	c.R.Corruptions++
-}
+func (c *Check) Corrupt(msg string, args ...any) { c.R.BoundedCorruptf(msg, args...) }
 
 // Problem is err's text without the format's name, as a problem line.
 func (c *Check) Problem(err error) string { return strings.TrimPrefix(err.Error(), c.Name+": ") }
 
 // Leak records n leaked 4096-byte units described by one line.
 func (c *Check) Leak(n int64, msg string, args ...any) {
-	if len(c.R.Problems) < format.MaxProblems {
-		c.R.Leakf(msg, args...)
-		c.R.Leaks += max(n, 1) - 1
-		return
-	}
-	c.R.Leaks += max(n, 1)
+	c.R.BoundedLeakf(msg, args...)
+	c.R.Leaks += max(n, 1) - 1
 }
 
 // Warn records a warning.
