@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
@@ -351,19 +350,8 @@ func fill(t *testing.T, path string, n int64, b byte) {
 
 func allocated(t *testing.T, path string) int64 {
 	t.Helper()
-	_, alloc := fileSizes(t, path)
+	_, alloc := formattest.FileSizes(t, path)
 	return alloc
-}
-
-// fileSizes returns a file's length and the bytes its filesystem
-// allocates.
-func fileSizes(t *testing.T, path string) (length, alloc int64) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Size(), fi.Sys().(*syscall.Stat_t).Blocks * 512
 }
 
 // rawSource makes dir/src.raw, a sparse raw disk of size bytes holding a

@@ -285,8 +285,8 @@ func checkHoleImage(t *testing.T, h holeImage, path string, data, runs int64) {
 		if out, code := qemuImg(t, "compare", "-f", f, "-F", f, mine, qemus); code != 0 {
 			t.Errorf("-> %s: qemu-img compare: exit %d: %s", f, code, out)
 		}
-		ml, ma := fileSizes(t, mine)
-		ql, qa := fileSizes(t, qemus)
+		ml, ma := formattest.FileSizes(t, mine)
+		ql, qa := formattest.FileSizes(t, qemus)
 		for _, s := range [][2]int64{{ml, ql}, {ma, qa}} {
 			if a, b := s[0], s[1]; a > b+b/10+256<<10 {
 				t.Errorf("-> %s: %d bytes, qemu-img's %d (length %d/%d, allocated %d/%d)", f, a, b, ml, ql, ma, qa)

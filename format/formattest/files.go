@@ -2,6 +2,7 @@ package formattest
 
 import (
 	"os"
+	"syscall"
 	"testing"
 )
 
@@ -17,4 +18,15 @@ func ListDir(t testing.TB, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// FileSizes returns a file's length and the bytes its filesystem
+// allocates for it.
+func FileSizes(t testing.TB, path string) (length, alloc int64) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size(), fi.Sys().(*syscall.Stat_t).Blocks * 512
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -148,15 +147,6 @@ func checkStructure(t testing.TB, path string) []byte {
 	return foot
 }
 
-func fileSize(t testing.TB, path string) (size, alloc int64) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Size(), fi.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
 // TestWriterMatrix converts sources of every readable format, content and
 // odd size into every writer variant, and checks each output's structure,
 // qemu-img compare, Measure, and, for raw sources, qemu-img info and size
@@ -203,7 +193,7 @@ func TestWriterMatrix(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				size, alloc := fileSize(t, out)
+				size, alloc := formattest.FileSizes(t, out)
 				// Blocks found all zero are left out: Required is an
 				// upper bound, exact when every layout block has data.
 				if m.Required < size {
@@ -225,7 +215,7 @@ func TestWriterMatrix(t *testing.T) {
 						t.Errorf("%s: info %q: ours %v, qemu-img %v", v.name, k, info[k], theirs[k])
 					}
 				}
-				qsize, qalloc := fileSize(t, ref)
+				qsize, qalloc := formattest.FileSizes(t, ref)
 				t.Logf("%s: ours %d bytes (%d allocated), qemu-img %d (%d allocated)", v.name, size, alloc, qsize, qalloc)
 				// A block allocated exactly when it holds a nonzero byte,
 				// as qemu-img does: the same file size.
@@ -257,7 +247,7 @@ func TestWriterFullyAllocated(t *testing.T) {
 		convertVHD(t, img, out, v.opts, convert.Options{SparseSize: convert.NoSparse})
 		checkStructure(t, out)
 		qemuCompare(t, src, "raw", out)
-		if size, _ := fileSize(t, out); size != m.FullyAllocated {
+		if size, _ := formattest.FileSizes(t, out); size != m.FullyAllocated {
 			t.Errorf("%s: fully allocated %d, measure says %d", v.name, size, m.FullyAllocated)
 		}
 	}
@@ -291,7 +281,7 @@ func TestWriterMatchesCreate(t *testing.T) {
 			ref := filepath.Join(dir, "ref.vhd")
 			os.Remove(ref)
 			formattest.Create(t, ref, Name, fmt.Sprint(size), v.qemu...)
-			want, _ := fileSize(t, ref)
+			want, _ := formattest.FileSizes(t, ref)
 			var ours bytes.Buffer
 			w, err := NewWriter(&ours, format.WriteOptions{Size: size, Options: v.opts,
 				Layout: format.LayoutOfExtents([]format.Extent{{Length: size, Status: format.Unallocated}})})
@@ -425,7 +415,7 @@ func TestWriterAzure(t *testing.T) {
 		if be32(foot[vhdspec.OffDiskType:]) != typeFixed || string(foot[vhdspec.OffCreatorApp:vhdspec.OffCreatorApp+4]) != creatorQemuForced {
 			t.Errorf("size %d: disk type %d, creator %q", size, be32(foot[vhdspec.OffDiskType:]), foot[vhdspec.OffCreatorApp:vhdspec.OffCreatorApp+4])
 		}
-		if n, _ := fileSize(t, out); n != want+vhdspec.FooterSize {
+		if n, _ := formattest.FileSizes(t, out); n != want+vhdspec.FooterSize {
 			t.Errorf("size %d: file of %d bytes, want %d", size, n, want+vhdspec.FooterSize)
 		}
 		qemuCompare(t, src, "raw", out)
@@ -533,7 +523,7 @@ func TestWriterReadBack(t *testing.T) {
 	}
 	// Zero pages in data blocks are holes: the sparse source's data is a
 	// few KiB per block.
-	if _, alloc := fileSize(t, out); alloc > 512<<10 {
+	if _, alloc := formattest.FileSizes(t, out); alloc > 512<<10 {
 		t.Errorf("sparse output allocates %d bytes", alloc)
 	}
 }
