@@ -71,14 +71,6 @@ func convertFile(t testing.TB, src format.Image, dst string, opts convert.Option
 	return res
 }
 
-func allocated(t testing.TB, path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
 // dataBytes counts the non-zero 4 KiB blocks of a file, in bytes: what a
 // sparse copy must allocate at least and about at most.
 func dataBytes(t testing.TB, data []byte) int64 {
@@ -125,7 +117,7 @@ func TestRawToRaw(t *testing.T) {
 				if sum := sha256.Sum256(got); !bytes.Equal(res.SHA256, sum[:]) {
 					t.Errorf("checksum %x, file hashes to %x", res.SHA256, sum)
 				}
-				if alloc, data := allocated(t, dst), dataBytes(t, got); alloc > data+64<<10 {
+				if alloc, data := formattest.Allocated(t, dst), dataBytes(t, got); alloc > data+64<<10 {
 					t.Errorf("output allocates %d bytes for %d bytes of data: not sparse", alloc, data)
 				}
 				// qemu (and diskimg) see a raw file as a disk of whole sectors.
@@ -153,7 +145,7 @@ func TestFullyAllocated(t *testing.T) {
 	dir, src := rawSource(t, 9<<20+1536, formattest.Sparse)
 	dst := filepath.Join(dir, "dst.raw")
 	res := convertFile(t, open(t, src), dst, convert.Options{SparseSize: convert.NoSparse})
-	if alloc := allocated(t, dst); alloc < 9<<20 {
+	if alloc := formattest.Allocated(t, dst); alloc < 9<<20 {
 		t.Errorf("-S 0 output allocates only %d bytes", alloc)
 	}
 	if res.DataBytes != 9<<20+1536 {

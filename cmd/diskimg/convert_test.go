@@ -348,12 +348,6 @@ func fill(t *testing.T, path string, n int64, b byte) {
 	}
 }
 
-func allocated(t *testing.T, path string) int64 {
-	t.Helper()
-	_, alloc := formattest.FileSizes(t, path)
-	return alloc
-}
-
 // rawSource makes dir/src.raw, a sparse raw disk of size bytes holding a
 // few runs of data.
 func rawSource(t *testing.T, dir string, size int64) string {
@@ -651,8 +645,8 @@ func TestPreallocation(t *testing.T) {
 			// less where it need not be reserved: diskimg leaves the
 			// unused ends of its tables as holes).
 			reserved := mode == "falloc" || mode == "full"
-			if d := allocated(t, ours) - allocated(t, theirs); d > 128<<10 || reserved && d < -128<<10 {
-				t.Errorf("%s: %d bytes allocated, qemu-img's %d", name, allocated(t, ours), allocated(t, theirs))
+			if d := formattest.Allocated(t, ours) - formattest.Allocated(t, theirs); d > 128<<10 || reserved && d < -128<<10 {
+				t.Errorf("%s: %d bytes allocated, qemu-img's %d", name, formattest.Allocated(t, ours), formattest.Allocated(t, theirs))
 			}
 			got, _, _ := runCLI(t, "measure", "-O", f, "-o", opt, "--output=json", src)
 			want := formattest.Qemu(t, "measure", "--output=json", "-f", "raw", "-O", f, "-o", opt, src)

@@ -30,3 +30,10 @@ func FileSizes(t testing.TB, path string) (length, alloc int64) {
 	}
 	return fi.Size(), fi.Sys().(*syscall.Stat_t).Blocks * 512
 }
+
+// Allocated returns the bytes the filesystem allocates for a file.
+func Allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	_, alloc := FileSizes(t, path)
+	return alloc
+}

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
@@ -73,14 +72,6 @@ func writeAll(t *testing.T, dst format.Target, opts map[string]string) {
 	}
 }
 
-func allocated(t *testing.T, path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
 func TestWriterFile(t *testing.T) {
 	_, want := blocks()
 	for _, prealloc := range []string{"", raw.PreallocOff, raw.PreallocFalloc, raw.PreallocFull} {
@@ -99,7 +90,7 @@ func TestWriterFile(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("preallocation=%q: content differs (%d vs %d bytes)", prealloc, len(got), len(want))
 		}
-		alloc := allocated(t, path)
+		alloc := formattest.Allocated(t, path)
 		switch prealloc {
 		case "", raw.PreallocOff:
 			if alloc > 1<<20+64<<10 {
