@@ -319,7 +319,7 @@ func lastOfKind(all []structure, j int, kind string) bool {
 // format diskimg writes: every byte of a structure up to 256 bytes, a
 // sample of larger ones (the first 64 bytes and 32 spread ones), in the
 // first two and the last structure of each kind. -short flips every byte
-// of structures up to 16 bytes, 8 and 4 spread of larger ones, in the
+// of structures up to 8 bytes, 4 and 2 spread of larger ones, in the
 // first and last structure of each kind. Each flip is caught by
 // convert.Verify, or qemu-img check and compare both pass on it, or (for
 // the formats qemu-img cannot read) it lies in a structure listed as
@@ -330,7 +330,7 @@ func TestByteFlips(t *testing.T) {
 	srcImg := formattest.Open(t, src, "raw")
 	every, head, samples, firsts := int64(256), int64(64), int64(32), 2
 	if testing.Short() {
-		every, head, samples, firsts = 16, 8, 4, 1
+		every, head, samples, firsts = 8, 4, 2, 1
 	}
 	var mu sync.Mutex
 	var report []string

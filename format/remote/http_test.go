@@ -189,7 +189,7 @@ func faultServer(t *testing.T, data []byte) (*httptest.Server, *atomic.Int32, *a
 func TestRetries(t *testing.T) {
 	data := testData(12 << 20)
 	srv, n, stalls := faultServer(t, data)
-	f, err := Open(context.Background(), srv.URL+"/disk.img", Options{})
+	f, err := Open(context.Background(), srv.URL+"/disk.img", Options{stall: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 )
 
 // Options say how to reach the object store.
@@ -37,6 +38,16 @@ type Options struct {
 	SpoolDir string
 	// CacheBytes bounds the source block cache; 0 means DefaultCacheBytes.
 	CacheBytes int64
+	// stall is how long a read may make no progress; 0 means
+	// stallTimeout. Tests shorten it.
+	stall time.Duration
+}
+
+func (o Options) stallTime() time.Duration {
+	if o.stall > 0 {
+		return o.stall
+	}
+	return stallTimeout
 }
 
 // IsURL reports whether name is a remote location this package opens.

@@ -122,7 +122,7 @@ func Size(ctx context.Context, name string, o Options) (int64, error) {
 		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	var info objectInfo
-	err = retry(ctx, stallTimeout, func(ctx context.Context, _ func()) error {
+	err = retry(ctx, o.stallTime(), func(ctx context.Context, _ func()) error {
 		var body io.ReadCloser
 		var err error
 		if info, body, err = b.probe(ctx); body != nil {
@@ -144,7 +144,7 @@ func openBackend(ctx context.Context, name string, b backend, o Options) (*File,
 		return nil, fmt.Errorf("cache size %d out of range (%d to %d)", o.CacheBytes, BlockSize, MaxCacheBytes)
 	}
 	f := &File{name: name, b: b, opts: o}
-	if err := retry(ctx, stallTimeout, func(ctx context.Context, _ func()) error {
+	if err := retry(ctx, o.stallTime(), func(ctx context.Context, _ func()) error {
 		var body io.ReadCloser
 		var err error
 		if f.info, body, err = b.probe(ctx); body != nil {
@@ -170,7 +170,7 @@ func openBackend(ctx context.Context, name string, b backend, o Options) (*File,
 // spoolAll copies the whole object into an unlinked temporary file,
 // starting again after a transient failure.
 func (f *File) spoolAll(ctx context.Context) error {
-	return retry(ctx, stallTimeout, func(ctx context.Context, kick func()) error {
+	return retry(ctx, f.opts.stallTime(), func(ctx context.Context, kick func()) error {
 		body, err := f.b.get(ctx, 0, -1, f.info)
 		if err != nil {
 			return err
@@ -257,7 +257,7 @@ func (f *File) OpenRelative(ref string, allowOutside bool) (format.ReadCloserFil
 // transient failure where the data stopped.
 func (f *File) readRange(ctx context.Context, p []byte, off int64) error {
 	got := 0
-	return retry(ctx, stallTimeout, func(ctx context.Context, kick func()) error {
+	return retry(ctx, f.opts.stallTime(), func(ctx context.Context, kick func()) error {
 		body, err := f.b.get(ctx, off+int64(got), int64(len(p)-got), f.info)
 		if err != nil {
 			return err
