@@ -57,11 +57,10 @@ func gptLinuxDisk(t testing.TB, dir string) string {
 	t.Helper()
 	requireTools(t, map[string]string{"sgdisk": "gdisk", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mkswap": "util-linux"})
 	disk := filepath.Join(dir, "gpt.raw")
-	sparseFile(t, disk, 192*mib)
-	run(t, "sgdisk", "-U", diskGUID,
+	inspecttest.Partition(t, disk, 192*mib, "", "sgdisk", "-U", diskGUID,
 		"-n", "1:1M:+32M", "-t", "1:ef00", "-c", "1:EFI", "-u", "1:"+espGUID,
 		"-n", "2:0:+128M", "-t", "2:8300", "-c", "2:root", "-u", "2:"+rootGUID,
-		"-n", "3:0:0", "-t", "3:8200", "-c", "3:swap", "-u", "3:"+swapGUID, disk)
+		"-n", "3:0:0", "-t", "3:8200", "-c", "3:swap", "-u", "3:"+swapGUID)
 	esp := filepath.Join(dir, "esp.fs")
 	sparseFile(t, esp, 32*mib)
 	run(t, "mkfs.vfat", "-F", "16", "-n", "EFI", "-i", "1234abcd", esp)

@@ -216,6 +216,7 @@ func baitOpened(bait string) bool {
 // opening it blocks until the test sees it, whoever runs the test (root
 // ignores permissions, so an unreadable file would prove nothing).
 func TestMalformedDirectory(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	root := t.TempDir()
 	dir := filepath.Join(root, "images")
@@ -249,6 +250,7 @@ func TestMalformedDirectory(t *testing.T) {
 			}
 			desc := strings.Join(append(cmd, filepath.Base(f)), " ")
 			done := make(chan string, 1)
+			cliMu.Lock() // as runCLI
 			start := time.Now()
 			go func() {
 				var o, e bytes.Buffer
@@ -271,6 +273,7 @@ func TestMalformedDirectory(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Errorf("%s: no answer after 10s", desc)
 			}
+			cliMu.Unlock()
 			if baitOpened(bait) {
 				t.Errorf("%s opened the bait outside the image directory", desc)
 			}

@@ -603,6 +603,7 @@ func TestOptionsHelp(t *testing.T) {
 // host file, the same measure; metadata for raw is refused, as by
 // qemu-img.
 func TestPreallocation(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	src := rawSource(t, dir, 9<<20+1536)

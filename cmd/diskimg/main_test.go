@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/urfave/cli/v2"
@@ -17,9 +18,16 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
 
+// cliMu makes the tests' CLI runs one at a time: urfave/cli writes into
+// package-level state (its help flag and command, the flags shared by
+// commands) on every run.
+var cliMu sync.Mutex
+
 // runCLI runs diskimg with args and returns stdout, stderr and exit code.
 func runCLI(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	cliMu.Lock()
+	defer cliMu.Unlock()
 	var out, errOut bytes.Buffer
 	code := run(append([]string{"diskimg"}, args...), &out, &errOut)
 	return out.String(), errOut.String(), code

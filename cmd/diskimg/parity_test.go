@@ -204,6 +204,7 @@ var holeWrites = [][2]int64{{0, 64 << 10}, {100 << 20, 1 << 20}, {700<<20 + 4096
 // converts them to images no larger than qemu-img's and equal to them,
 // and plans them for the normal import path.
 func TestHolesUnderBlocks(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	images := holeImages
 	if testing.Short() {

@@ -47,6 +47,7 @@ func sparseRaw(t *testing.T, dir, name string, n int64) string {
 // images made at the sizes where the path changes, in several formats, for
 // import and export.
 func TestPlanHuaweiBoundaries(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	dir := t.TempDir()
 	type want struct{ path, format string }
@@ -392,6 +393,7 @@ func bootableRaw(t *testing.T, dir, name string, size int64) string {
 // each cloud; every profile's text output and exit code are golden, one
 // file per disk.
 func TestPlanBootGolden(t *testing.T) {
+	t.Parallel()
 	dc := inspecttest.Server2019("DC01")
 	dc.ProductType = "LanmanNT"
 	for _, tc := range []struct {
@@ -442,6 +444,7 @@ func TestPlanBootGolden(t *testing.T) {
 // TestPlanBootMode: --boot-mode states how the image boots, when the
 // user knows better than inspect or must choose for a hybrid image.
 func TestPlanBootMode(t *testing.T) {
+	t.Parallel()
 	img := inspecttest.LinuxDisk{Table: "gpt", BIOS: true, UEFI: true, Linux: inspecttest.Linux{CloudInit: true, Grub: true,
 		Kernels: []inspecttest.Kernel{inspecttest.Debian12(true)}}}.Build(t, t.TempDir(), "hybrid.raw")
 	for _, tc := range []struct {

@@ -429,6 +429,7 @@ var crashCases = [][]string{
 // it held before, the old destination byte for byte; a kill that lands
 // after the output was named finds it complete and equal to the source.
 func TestKillLeavesNothing(t *testing.T) {
+	t.Parallel()
 	points, dirs := 6, []testDir{{"tempdir", t.TempDir()}}
 	if !testing.Short() { // and the mounted filesystems
 		points, dirs = 24, crashDirs(t, 256<<20)

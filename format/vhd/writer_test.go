@@ -173,6 +173,9 @@ func TestWriterMatrix(t *testing.T) {
 		}
 	}
 	for _, s := range sources {
+		if testing.Short() && (s.fmt != "raw" || s.size > 10<<20 || s.content != formattest.Sparse) {
+			continue // -short: one size and content, raw
+		}
 		t.Run(fmt.Sprintf("%s/%d/%s", s.fmt, s.size, s.content), func(t *testing.T) {
 			t.Parallel() // mostly waiting for qemu-img
 			dir := t.TempDir()

@@ -1,6 +1,7 @@
 package inspecttest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/rand"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -127,19 +129,20 @@ func layout(t testing.TB, disk, table string, parts []part) {
 	for _, p := range parts {
 		total += p.size
 	}
-	SparseFile(t, disk, total*MiB)
+	var tool, script string
+	var args []string
 	if table == "gpt" {
 		RequireTool(t, "sgdisk", "gdisk")
-		args := []string{"-U", DiskGUID}
+		tool, args = "sgdisk", []string{"-U", DiskGUID}
 		for i, p := range parts {
 			n := i + 1
 			args = append(args, "-n", fmt.Sprintf("%d:0:+%dM", n, p.size), "-t", fmt.Sprintf("%d:%s", n, p.gptType),
 				"-c", fmt.Sprintf("%d:%s", n, p.name), "-u", fmt.Sprintf("%d:%s", n, PartGUID(n)))
 		}
-		Run(t, "sgdisk", append(args, disk)...)
 	} else {
 		RequireTool(t, "sfdisk", "fdisk")
-		script := "label: dos\nlabel-id: 0x" + DiskID + "\n"
+		tool, args = "sfdisk", []string{"--quiet"}
+		script = "label: dos\nlabel-id: 0x" + DiskID + "\n"
 		for i, p := range parts {
 			script += fmt.Sprintf("size=%dMiB, type=%s", p.size, p.mbrType)
 			if i == len(parts)-1 {
@@ -147,8 +150,8 @@ func layout(t testing.TB, disk, table string, parts []part) {
 			}
 			script += "\n"
 		}
-		RunStdin(t, script, "sfdisk", "--quiet", disk)
 	}
+	Partition(t, disk, total*MiB, script, tool, args...)
 	off := int64(MiB)
 	for _, p := range parts {
 		if p.file != "" {
@@ -339,4 +342,43 @@ func BitLockerVolume(t testing.TB, path string, size int64) {
 	noise := make([]byte, 64<<10)
 	rand.New(rand.NewSource(21)).Read(noise)
 	WriteAt(t, path, noise, 4096)
+}
+
+// tables holds the first and last MiB of the disks partitioned here, by
+// the partitioning command and disk size: sgdisk sleeps 1 s and sfdisk
+// 250 ms after writing, and tests ask for the same tables many times.
+var tables sync.Map
+
+// Partition makes disk, a sparse file of size bytes, and partitions it
+// with `tool args... disk` (stdin its input), or copies what the same
+// command wrote last time.
+func Partition(t testing.TB, disk string, size int64, stdin, tool string, args ...string) {
+	t.Helper()
+	SparseFile(t, disk, size)
+	key := fmt.Sprint(size, stdin, tool, args)
+	if v, ok := tables.Load(key); ok {
+		ends := v.([2][]byte)
+		for i, off := range []int64{0, size - MiB} {
+			for j := 0; j < len(ends[i]); j += 4096 {
+				if b := ends[i][j : j+4096]; !bytes.Equal(b, make([]byte, 4096)) {
+					WriteAt(t, disk, b, off+int64(j))
+				}
+			}
+		}
+		return
+	}
+	RunStdin(t, stdin, tool, append(args, disk)...)
+	f, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var ends [2][]byte
+	for i, off := range []int64{0, size - MiB} {
+		ends[i] = make([]byte, MiB)
+		if _, err := f.ReadAt(ends[i], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tables.Store(key, ends)
 }
