@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,22 +72,11 @@ func convertImage(t testing.TB, img format.Image, dst string, opts convert.Optio
 	return res
 }
 
+// fileSize returns the length of the file at path.
 func fileSize(t testing.TB, path string) int64 {
 	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Size()
-}
-
-func diskUsage(t testing.TB, path string) int64 {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+	n, _ := formattest.FileSizes(t, path)
+	return n
 }
 
 // source is a test input image.
@@ -231,7 +219,7 @@ func TestWriterVsQemu(t *testing.T) {
 					}
 				}
 				t.Logf("%s -o %q: file size ours %d, qemu-img %d; disk usage ours %d, qemu-img %d",
-					s.name, v, fileSize(t, ours), fileSize(t, theirs), diskUsage(t, ours), diskUsage(t, theirs))
+					s.name, v, fileSize(t, ours), fileSize(t, theirs), formattest.Allocated(t, ours), formattest.Allocated(t, theirs))
 			})
 		}
 	}
