@@ -54,13 +54,7 @@ func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]stri
 	if err != nil {
 		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
-	data, err := os.ReadFile(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if sum := sha256.Sum256(data); !bytes.Equal(sum[:], res.SHA256) {
-		t.Errorf("streamed checksum %x, file %x", res.SHA256, sum)
-	}
+	formattest.WantFileSum(t, dst, res.SHA256)
 	return res
 }
 
