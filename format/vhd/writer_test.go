@@ -554,17 +554,7 @@ func TestWriterLongBlocks(t *testing.T) {
 			{Start: 0, Length: 8 << 20, Status: format.Data, Data: want[:8<<20]},
 			{Start: 8 << 20, Length: size - 8<<20, Status: format.Zero},
 		}
-		for i := range blocks {
-			if err := w.Encode(&blocks[i]); err != nil {
-				t.Fatal(err)
-			}
-			if err := w.Write(&blocks[i]); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteBlocks(t, w, blocks)
 		var data []byte
 		if seekable {
 			data, _ = os.ReadFile(path)
