@@ -1,7 +1,10 @@
 package formattest
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 )
@@ -36,4 +39,17 @@ func Allocated(t testing.TB, path string) int64 {
 	t.Helper()
 	_, alloc := FileSizes(t, path)
 	return alloc
+}
+
+// WantFileSum asserts that sum, a conversion's streamed checksum, is the
+// SHA-256 of the file at path.
+func WantFileSum(t testing.TB, path string, sum []byte) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sha256.Sum256(data); !bytes.Equal(got[:], sum) {
+		t.Errorf("%s: streamed checksum %x, the file's %x", filepath.Base(path), sum, got)
+	}
 }

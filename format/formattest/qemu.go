@@ -62,6 +62,25 @@ func Writer(t testing.TB, name string) *format.WriterFormat {
 	return w
 }
 
+// WriteBlocks feeds blocks to w in order as the conversion engine does,
+// Data blocks through Encode first, and closes w.
+func WriteBlocks(t testing.TB, w format.Writer, blocks []format.Block) {
+	t.Helper()
+	for i := range blocks {
+		if blocks[i].Status == format.Data {
+			if err := w.Encode(&blocks[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Write(&blocks[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // QemuRC runs qemu-img on files the test made and returns its exit code
 // and combined output; only a failure to run it fails the test.
 func QemuRC(t testing.TB, args ...string) (int, string) {

@@ -197,12 +197,11 @@ func roundTripSized(t *testing.T, path string, want []byte, srcFmt string) {
 	roundTrip(t, path, want)
 }
 
+// fileSize returns the length of the file at path.
 func fileSize(t testing.TB, path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Size()
+	t.Helper()
+	n, _ := formattest.FileSizes(t, path)
+	return n
 }
 
 // TestWriterPipe writes through a pipe and compares the stream with the

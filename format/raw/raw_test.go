@@ -59,17 +59,7 @@ func writeAll(t *testing.T, dst format.Target, opts map[string]string) {
 	if w.BlockSize() != 1 {
 		t.Errorf("BlockSize %d", w.BlockSize())
 	}
-	for i := range list {
-		if err := w.Encode(&list[i]); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Write(&list[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteBlocks(t, w, list)
 }
 
 func TestWriterFile(t *testing.T) {

@@ -54,13 +54,7 @@ func convertVHD(t testing.TB, src format.Image, dst string, opts map[string]stri
 	if err != nil {
 		t.Fatalf("convert to %s: %v", filepath.Base(dst), err)
 	}
-	data, err := os.ReadFile(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if sum := sha256.Sum256(data); !bytes.Equal(sum[:], res.SHA256) {
-		t.Errorf("streamed checksum %x, file %x", res.SHA256, sum)
-	}
+	formattest.WantFileSum(t, dst, res.SHA256)
 	return res
 }
 
@@ -563,17 +557,7 @@ func TestWriterLongBlocks(t *testing.T) {
 			{Start: 0, Length: 8 << 20, Status: format.Data, Data: want[:8<<20]},
 			{Start: 8 << 20, Length: size - 8<<20, Status: format.Zero},
 		}
-		for i := range blocks {
-			if err := w.Encode(&blocks[i]); err != nil {
-				t.Fatal(err)
-			}
-			if err := w.Write(&blocks[i]); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteBlocks(t, w, blocks)
 		var data []byte
 		if seekable {
 			data, _ = os.ReadFile(path)

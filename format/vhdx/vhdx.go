@@ -157,6 +157,18 @@ func checksum(buf []byte, off int) uint32 {
 	return crc32.Update(c, castagnoli, buf[off+4:])
 }
 
+// checkSigned checks b, the structure what at file offset off: its 4-byte
+// signature sig and the CRC-32C at sumOff, which covers all of b.
+func checkSigned(b []byte, off int64, what, sig string, sumOff int) error {
+	switch stored, sum := binary.LittleEndian.Uint32(b[sumOff:]), checksum(b, sumOff); {
+	case string(b[:4]) != sig:
+		return errorf(what+" signature", off, "got %q, want %q", b[:4], sig)
+	case stored != sum:
+		return errorf(what+" checksum", off+int64(sumOff), "CRC-32C %#08x does not match the %s (%#08x)", stored, what, sum)
+	}
+	return nil
+}
+
 // Probe reports whether f starts with the VHDX file type identifier.
 func Probe(f format.File) bool {
 	return format.HasMagic(f, 0, fileSignature)
@@ -295,14 +307,9 @@ func readHeaders(f format.File) (hdr []byte, off int64, _ error) {
 		if err := format.ReadFull(f, buf, o, Name, "header"); err != nil {
 			return nil, 0, err
 		}
-		var err error
-		switch {
-		case string(buf[:4]) != headerSignature:
-			err = errorf("header signature", o+hdrSignature, "got %q, want %q", buf[:4], headerSignature)
-		case binary.LittleEndian.Uint32(buf[hdrChecksum:]) != checksum(buf, hdrChecksum):
-			err = errorf("header checksum", o+hdrChecksum, "CRC-32C %#08x does not match the header (%#08x)", binary.LittleEndian.Uint32(buf[hdrChecksum:]), checksum(buf, hdrChecksum))
-		case binary.LittleEndian.Uint16(buf[hdrVersion:]) != 1:
-			err = errorf("header Version", o+hdrVersion, "unsupported version %d", binary.LittleEndian.Uint16(buf[hdrVersion:]))
+		err := checkSigned(buf, o, "header", headerSignature, hdrChecksum)
+		if v := binary.LittleEndian.Uint16(buf[hdrVersion:]); err == nil && v != 1 {
+			err = errorf("header Version", o+hdrVersion, "unsupported version %d", v)
 		}
 		if err != nil {
 			if firstErr == nil {
@@ -381,13 +388,7 @@ func readRegionTable(f format.File, regions *[]region, fileSize int64) (bat, met
 		if err := format.ReadFull(f, b, o, Name, "region table"); err != nil {
 			return bat, meta, err
 		}
-		var e error
-		switch {
-		case string(b[:4]) != regionSignature:
-			e = errorf("region table signature", o, "got %q, want %q", b[:4], regionSignature)
-		case binary.LittleEndian.Uint32(b[rtChecksum:]) != checksum(b, rtChecksum):
-			e = errorf("region table checksum", o+rtChecksum, "CRC-32C %#08x does not match the table (%#08x)", binary.LittleEndian.Uint32(b[rtChecksum:]), checksum(b, rtChecksum))
-		}
+		e := checkSigned(b, o, "region table", regionSignature, rtChecksum)
 		if e == nil {
 			buf, tableOff = b, o
 			break

@@ -3,7 +3,6 @@ package vhdx
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,22 +71,11 @@ func convertImage(t testing.TB, img format.Image, dst string, opts convert.Optio
 	return res
 }
 
+// fileSize returns the length of the file at path.
 func fileSize(t testing.TB, path string) int64 {
 	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Size()
-}
-
-func diskUsage(t testing.TB, path string) int64 {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+	n, _ := formattest.FileSizes(t, path)
+	return n
 }
 
 // source is a test input image.
@@ -231,7 +218,7 @@ func TestWriterVsQemu(t *testing.T) {
 					}
 				}
 				t.Logf("%s -o %q: file size ours %d, qemu-img %d; disk usage ours %d, qemu-img %d",
-					s.name, v, fileSize(t, ours), fileSize(t, theirs), diskUsage(t, ours), diskUsage(t, theirs))
+					s.name, v, fileSize(t, ours), fileSize(t, theirs), formattest.Allocated(t, ours), formattest.Allocated(t, theirs))
 			})
 		}
 	}
@@ -380,13 +367,7 @@ func TestWriterChecksum(t *testing.T) {
 	for _, v := range []string{"", "subformat=fixed"} {
 		out := filepath.Join(t.TempDir(), "out.vhdx")
 		res := convertTo(t, srcs[1].path, srcs[1].format, out, convert.Options{Checksum: true, WriterOptions: optionMap(t, v)})
-		data, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := sha256.Sum256(data); !bytes.Equal(res.SHA256, want[:]) {
-			t.Errorf("-o %q: checksum %x, the file's is %x", v, res.SHA256, want)
-		}
+		formattest.WantFileSum(t, out, res.SHA256)
 	}
 }
 
@@ -797,9 +778,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if sum := sha256.Sum256(got); !bytes.Equal(res.SHA256, sum[:]) {
-					t.Errorf("checksum %x, the file's is %x", res.SHA256, sum)
-				}
+				formattest.WantFileSum(t, ftb, res.SHA256)
 				want, err := os.ReadFile(plain)
 				if err != nil {
 					t.Fatal(err)

@@ -3,7 +3,6 @@ package vmdk
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"math/rand"
@@ -59,13 +58,7 @@ func wConvert(t testing.TB, src format.Image, dst string, v wVariant, co convert
 	t.Helper()
 	co.Checksum = true
 	res := convertFile(t, src, dst, v, co)
-	data, err := os.ReadFile(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if sum := sha256.Sum256(data); !bytes.Equal(sum[:], res.SHA256) {
-		t.Errorf("streamed checksum %x, file %x", res.SHA256, sum)
-	}
+	formattest.WantFileSum(t, dst, res.SHA256)
 	return res
 }
 
@@ -492,9 +485,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if sum := sha256.Sum256(got); !bytes.Equal(sum[:], res.SHA256) {
-					t.Errorf("streamed checksum %x, file %x", res.SHA256, sum)
-				}
+				formattest.WantFileSum(t, ftb, res.SHA256)
 				plain := filepath.Join(tmp, "plain.vmdk")
 				_, pw := writeOnlyConvert(t, src, plain, v, convert.Options{})
 				if v.opts["subformat"] != SubformatStreamOptimized && !pw.back {

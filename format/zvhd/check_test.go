@@ -18,7 +18,7 @@ type checkCase formattest.Corruption
 // warning.
 func TestCheckClean(t *testing.T) {
 	vhdspectest.Clean(t, Name, "t1.zvhd", vhdspectest.ReadVector(t, "t1.zvhd"))
-	vhdspectest.Clean(t, Name, "built", build(t, 9*mib+512, map[int64][]byte{0: []byte("hello"), 3: {1}, 4: bytes.Repeat([]byte{1, 2, 3}, 300)}))
+	vhdspectest.Clean(t, Name, "built", build(t, 9*mib+512, map[uint32][]byte{0: []byte("hello"), 3: {1}, 4: bytes.Repeat([]byte{1, 2, 3}, 300)}))
 	vhdspectest.Clean(t, Name, "built empty 1 TiB", build(t, 1<<40, nil))
 	for _, s := range []string{"empty.zvhd", "three-blocks.zvhd", "writer.zvhd"} {
 		b, err := os.ReadFile(filepath.Join("../../testdata/zvhd", s))

@@ -131,16 +131,6 @@ func parseZVHD(t testing.TB, file []byte, strict bool) *zParsed {
 
 func isZero(b []byte) bool { return bytes.Count(b, []byte{0}) == len(b) }
 
-func (p *zParsed) disk(size int64) []byte {
-	out := make([]byte, size)
-	for b, data := range p.blocks {
-		if s := int64(b) * (2 << 20); s < size {
-			copy(out[s:], data)
-		}
-	}
-	return out
-}
-
 func convertTo(t testing.TB, src format.Image, wf string, dst format.Target, opts convert.Options) {
 	t.Helper()
 	if _, err := convert.Convert(context.Background(), src, formattest.Writer(t, wf), dst, opts); err != nil {
@@ -165,7 +155,7 @@ func convertFile(t testing.TB, src, srcFmt, dst, wf string) {
 func TestWriterParserOnVector(t *testing.T) {
 	p := parseZVHD(t, vhdspectest.ReadVector(t, "t1.zvhd"), false)
 	raw := vhdspectest.ReadVector(t, "t1.raw")
-	if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
+	if got := vhdspectest.Disk(p.blocks, int64(len(raw))); !bytes.Equal(got, raw) {
 		t.Errorf("parsed t1.zvhd differs at %d", formattest.FirstDiff(got, raw))
 	}
 }
@@ -207,7 +197,7 @@ func TestWriterVector(t *testing.T) {
 		t.Error("the second payload decodes as a zlib stream on its own")
 	}
 	raw := vhdspectest.ReadVector(t, "t1.raw")
-	if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
+	if got := vhdspectest.Disk(ours.blocks, int64(len(raw))); !bytes.Equal(got, raw) {
 		t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 	}
 	t.Logf("ours %d bytes, driver's %d", len(data), len(vhdspectest.ReadVector(t, "t1.zvhd")))
@@ -242,7 +232,7 @@ func TestWriterRoundTrip(t *testing.T) {
 			data, _ := os.ReadFile(out)
 			p := parseZVHD(t, data, true)
 			srcImg := formattest.Open(t, s.path, s.fmt)
-			if got := p.disk(int64(len(want))); !bytes.Equal(got, want) {
+			if got := vhdspectest.Disk(p.blocks, int64(len(want))); !bytes.Equal(got, want) {
 				t.Fatalf("parsed data differs at %d", formattest.FirstDiff(got, want))
 			}
 			img := formattest.Open(t, out, Name)
@@ -380,13 +370,7 @@ func TestWriterSeeds(t *testing.T) {
 	if os.Getenv("ZVHD_WRITE_SEEDS") != "1" {
 		t.Skip("set ZVHD_WRITE_SEEDS=1 to regenerate")
 	}
-	src := filepath.Join(t.TempDir(), "src.raw")
-	f, _ := os.Create(src)
-	f.Truncate(5<<20 + 1536)
-	for i, off := range []int64{0, 2 << 20, 5 << 20} {
-		f.WriteAt(bytes.Repeat([]byte(fmt.Sprintf("zvhd %d ", i)), 100+i*50), off)
-	}
-	f.Close()
+	src := vhdspectest.SeedSource(t, Name)
 	var out bytes.Buffer
 	convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{})
 	if err := os.WriteFile("../../testdata/zvhd/writer.zvhd", out.Bytes(), 0o644); err != nil {

@@ -369,17 +369,6 @@ type zeroReader struct{}
 
 func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
-// disk returns the guest bytes a parsed file describes, up to size.
-func (p *pFile) disk(size int64) []byte {
-	out := make([]byte, size)
-	for b, data := range p.blocks {
-		if s := int64(b) * (2 << 20); s < size {
-			copy(out[s:], data)
-		}
-	}
-	return out
-}
-
 func methodOpts(m string) map[string]string {
 	if m == "" {
 		return nil
@@ -409,7 +398,7 @@ func TestParserOnVectors(t *testing.T) {
 		if len(p.records) != v.nz || p.trailer.u("bitmap_seg_num") != v.bmSeg {
 			t.Errorf("%s: %d records, %d bitmap segments", v.name, len(p.records), p.trailer.u("bitmap_seg_num"))
 		}
-		if got := p.disk(int64(len(raw))); !bytes.Equal(got, raw) {
+		if got := vhdspectest.Disk(p.blocks, int64(len(raw))); !bytes.Equal(got, raw) {
 			t.Errorf("%s: parsed data differs from %s at %d", v.name, v.raw, formattest.FirstDiff(got, raw))
 		}
 	}
@@ -476,7 +465,7 @@ func TestVectorsFieldByField(t *testing.T) {
 				t.Errorf("uuid % x is not a random v4 uuid", u)
 			}
 			raw := vhdspectest.ReadVector(t, v.raw)
-			if got := ours.disk(int64(len(raw))); !bytes.Equal(got, raw) {
+			if got := vhdspectest.Disk(ours.blocks, int64(len(raw))); !bytes.Equal(got, raw) {
 				t.Errorf("data differs at %d", formattest.FirstDiff(got, raw))
 			}
 			t.Logf("%s: ours %d bytes, driver's %d", v.ref, len(data), len(vhdspectest.ReadVector(t, v.ref)))
@@ -533,7 +522,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 	if got, w := p.trailer.u("orig_size"), roundUp(uint64(srcImg.Size()), 512); got != w {
 		t.Errorf("orig_size %d, want %d", got, w)
 	}
-	if got := p.disk(int64(len(want))); !bytes.Equal(got, want) {
+	if got := vhdspectest.Disk(p.blocks, int64(len(want))); !bytes.Equal(got, want) {
 		t.Fatalf("parsed data differs at %d", formattest.FirstDiff(got, want))
 	}
 	// The reader under test.
@@ -744,7 +733,7 @@ func TestWriterContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := parseZVHD2(t, buf.Bytes(), true)
-	if len(p.records) != 2 || p.records[1].block != 2 || !bytes.Equal(p.disk(5<<20), data) {
+	if len(p.records) != 2 || p.records[1].block != 2 || !bytes.Equal(vhdspectest.Disk(p.blocks, 5<<20), data) {
 		t.Errorf("multi-block data: %d records", len(p.records))
 	}
 }
@@ -910,15 +899,7 @@ func TestWriterSeeds(t *testing.T) {
 	if os.Getenv("ZVHD2_WRITE_SEEDS") != "1" {
 		t.Skip("set ZVHD2_WRITE_SEEDS=1 to regenerate")
 	}
-	// Compressible data in blocks 0, 1 and the partial last one, so the
-	// seed stays small.
-	src := filepath.Join(t.TempDir(), "src.raw")
-	f, _ := os.Create(src)
-	f.Truncate(5<<20 + 1536)
-	for i, off := range []int64{0, 2 << 20, 5 << 20} {
-		f.WriteAt(bytes.Repeat([]byte(fmt.Sprintf("zvhd2 %d ", i)), 100+i*50), off)
-	}
-	f.Close()
+	src := vhdspectest.SeedSource(t, Name)
 	fixedIdentity(t)
 	for _, m := range []string{CompressionZstd, CompressionZlib} {
 		var out bytes.Buffer
