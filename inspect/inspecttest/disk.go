@@ -346,39 +346,61 @@ func BitLockerVolume(t testing.TB, path string, size int64) {
 
 // tables holds the first and last MiB of the disks partitioned here, by
 // the partitioning command and disk size: sgdisk sleeps 1 s and sfdisk
-// 250 ms after writing, and tests ask for the same tables many times.
-var tables sync.Map
+// 250 ms after writing, and tests ask for the same tables many times,
+// often at once.
+var (
+	tablesMu sync.Mutex
+	tables   = map[string]*partitionTable{}
+)
+
+type partitionTable struct {
+	once sync.Once
+	ends [2][]byte // the first and last MiB; nil when the tool failed
+}
 
 // Partition makes disk, a sparse file of size bytes, and partitions it
 // with `tool args... disk` (stdin its input), or copies what the same
-// command wrote last time.
+// command wrote before.
 func Partition(t testing.TB, disk string, size int64, stdin, tool string, args ...string) {
 	t.Helper()
 	SparseFile(t, disk, size)
 	key := fmt.Sprint(size, stdin, tool, args)
-	if v, ok := tables.Load(key); ok {
-		ends := v.([2][]byte)
-		for i, off := range []int64{0, size - MiB} {
-			for j := 0; j < len(ends[i]); j += 4096 {
-				if b := ends[i][j : j+4096]; !bytes.Equal(b, make([]byte, 4096)) {
-					WriteAt(t, disk, b, off+int64(j))
-				}
-			}
-		}
-		return
+	tablesMu.Lock()
+	pt := tables[key]
+	if pt == nil {
+		pt = &partitionTable{}
+		tables[key] = pt
 	}
-	RunStdin(t, stdin, tool, append(args, disk)...)
-	f, err := os.Open(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var ends [2][]byte
-	for i, off := range []int64{0, size - MiB} {
-		ends[i] = make([]byte, MiB)
-		if _, err := f.ReadAt(ends[i], off); err != nil {
+	tablesMu.Unlock()
+	ran := false
+	pt.once.Do(func() {
+		ran = true
+		RunStdin(t, stdin, tool, append(args, disk)...)
+		f, err := os.Open(disk)
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer f.Close()
+		var ends [2][]byte
+		for i, off := range []int64{0, size - MiB} {
+			ends[i] = make([]byte, MiB)
+			if _, err := f.ReadAt(ends[i], off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pt.ends = ends
+	})
+	if ran {
+		return
 	}
-	tables.Store(key, ends)
+	if pt.ends[0] == nil {
+		t.Fatalf("%s %v failed in another test", tool, args)
+	}
+	for i, off := range []int64{0, size - MiB} {
+		for j := 0; j < MiB; j += 4096 {
+			if b := pt.ends[i][j : j+4096]; !bytes.Equal(b, make([]byte, 4096)) {
+				WriteAt(t, disk, b, off+int64(j))
+			}
+		}
+	}
 }
