@@ -26,8 +26,8 @@ func TestRunObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Cases) != 3 {
-		t.Fatalf("%d cases, want 3", len(rep.Cases))
+	if len(rep.Cases) != 4 {
+		t.Fatalf("%d cases, want 4", len(rep.Cases))
 	}
 	for _, c := range rep.Cases {
 		if c.OnePass.Seconds <= 0 || c.TwoStep.Seconds <= 0 || c.OnePass.MaxRSS <= 0 {

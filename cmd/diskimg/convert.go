@@ -24,14 +24,11 @@ import (
 )
 
 func convertCommand() *cli.Command {
-	return imageCommand("convert", "SRC|- DST|-   or   --cloud NAME SRC OUTDIR", "convert an image to another format, copying only its data (like qemu-img convert)", runConvert,
-		&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`: " + strings.Join(writableFormats(), ", ")},
+	return imageCommand("convert", "SRC|- DST|-   or   --cloud NAME SRC OUTDIR", "convert an image to another format, copying only its data (like qemu-img convert)", runConvert, append(outputFormatFlags(),
 		&cli.StringFlag{Name: "cloud", Usage: "plan the upload for cloud `NAME` (see plan), convert to what it needs into OUTDIR (created if missing), then re-check the output"},
 		&cli.StringFlag{Name: "upload-format", Usage: "with --cloud: upload in this `FMT` instead of the one the plan chooses"},
 		&cli.StringFlag{Name: "disk", Value: "system", Usage: "with --cloud: the image is a system or data disk"},
 		&cli.StringFlag{Name: "boot-mode", Usage: "with --cloud: the image boots with `MODE` bios or uefi (see plan)"},
-		&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`, qemu-img's names (subformat=, cluster_size=, preallocation=, …); -o help lists the output format's"},
-		&cli.BoolFlag{Name: "c", Usage: "compress the output (qcow2, vmdk streamOptimized)"},
 		&cli.BoolFlag{Name: "p", Usage: "show a progress bar", DefaultText: "on when stderr is a terminal"},
 		quietFlag,
 		&cli.IntFlag{Name: "m", Usage: "`N` parallel read/compress workers", DefaultText: "number of CPUs"},
@@ -46,7 +43,17 @@ func convertCommand() *cli.Command {
 		&cli.BoolFlag{Name: "verify", Usage: "before the output gets its name, re-read it: its guest contents must equal the source's (qemu-img compare) and its structure must pass diskimg check with no corruption, leak, check error or warning (qemu-img check's refcounts and leaks for qcow2, both grain directories for vmdk, footer copy and BAT for vpc, headers, log, region tables, BAT and metadata for vhdx); a failed output is removed, and -n reports it and exits non-zero"},
 		&cli.StringFlag{Name: "resize", Usage: "grow the disk to `SIZE` (bytes, or with K/M/G/T) while converting"},
 		sparsifyFlag(),
-		snapshotFlag)
+		snapshotFlag)...)
+}
+
+// outputFormatFlags are -O, -o and -c, which measure takes as convert
+// does.
+func outputFormatFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`: " + strings.Join(writableFormats(), ", ")},
+		&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`, qemu-img's names (subformat=, cluster_size=, preallocation=, …); -o help lists the output format's"},
+		&cli.BoolFlag{Name: "c", Usage: "compress the output (qcow2, vmdk streamOptimized)"},
+	}
 }
 
 // writableFormats lists the output formats, from the writer registry.

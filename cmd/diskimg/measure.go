@@ -11,12 +11,10 @@ import (
 
 func measureCommand() *cli.Command {
 	return imageCommand("measure", "[SRC]", "compute the size a conversion's output needs (like qemu-img measure)", runMeasure,
-		outputFlag,
-		&cli.StringFlag{Name: "O", Value: "raw", Usage: "output `FMT`"},
-		&cli.StringFlag{Name: "o", Usage: "output format `OPTIONS`; -o help lists the output format's"},
-		&cli.BoolFlag{Name: "c", Usage: "compressed output"},
-		&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
-		snapshotFlag)
+		append(outputFormatFlags(),
+			outputFlag,
+			&cli.StringFlag{Name: "size", Usage: "measure a new empty image of `SIZE` instead of SRC"},
+			snapshotFlag)...)
 }
 
 func runMeasure(c *cli.Context) error {
