@@ -58,7 +58,11 @@ type ObjectCase struct {
 	TwoStepSynced *Result `json:"two-step-synced,omitempty"`
 	Ratio         float64 `json:"ratio,omitempty"`
 	RatioSynced   float64 `json:"ratio-synced,omitempty"`
-	Cloud         string  `json:"cloud,omitempty"`
+	// With Cloud, TwoStepVerified adds `diskimg compare SRC s3://…` to
+	// TwoStep: the same assurance as the one pass, which reads back.
+	TwoStepVerified *Result `json:"two-step-verified,omitempty"`
+	RatioVerified   float64 `json:"ratio-verified,omitempty"`
+	Cloud           string  `json:"cloud,omitempty"`
 	// MaxLocalFile is the largest file (allocated bytes) the one-pass
 	// run had open for writing, sampled every 20 ms; LocalFile is the
 	// two-step's intermediate file.
@@ -192,7 +196,7 @@ func RunObject(ctx context.Context, c ObjectConfig) (*ObjectReport, error) {
 		two := fmt.Sprintf("%s%s-%d-two.%s", prefix, in.corpus, i, oc.Output)
 		local := filepath.Join(work, "two."+oc.Output)
 		objects = append(objects, one, two)
-		var ones, twos, synced []sample
+		var ones, twos, synced, verified []sample
 		for r := range c.Runs {
 			for k := range 2 {
 				if (r+k)%2 == 0 {
@@ -239,12 +243,24 @@ func RunObject(ctx context.Context, c ObjectConfig) (*ObjectReport, error) {
 				}
 				twos = append(twos, sample{seconds: unsynced + up.seconds, maxRSS: max(q.maxRSS, up.maxRSS)})
 				synced = append(synced, sample{seconds: q.seconds + up.seconds, maxRSS: max(q.maxRSS, up.maxRSS)})
+				if oc.Cloud != "" {
+					cmp, err := timeCmd(ctx, env, nil, c.Diskimg, append(append([]string{"compare"}, s3args...), "-f", in.format, "-F", oc.Output, in.path, two)...)
+					if err != nil {
+						return nil, err
+					}
+					verified = append(verified, sample{seconds: unsynced + up.seconds + cmp.seconds, maxRSS: max(q.maxRSS, up.maxRSS, cmp.maxRSS)})
+				}
 			}
 		}
 		oc.OnePass, oc.TwoStep, oc.TwoStepSynced = summarize(ones, oc.Size), summarize(twos, oc.Size), summarize(synced, oc.Size)
 		if oc.OnePass.Seconds > 0 {
 			oc.Ratio = oc.TwoStep.Seconds / oc.OnePass.Seconds
 			oc.RatioSynced = oc.TwoStepSynced.Seconds / oc.OnePass.Seconds
+		}
+		if len(verified) > 0 {
+			oc.TwoStepVerified = summarize(verified, oc.Size)
+			oc.RatioVerified = oc.TwoStepVerified.Seconds / oc.OnePass.Seconds
+			logf("%s: two steps and compare %.3fs (%.2fx)", in.corpus, oc.TwoStepVerified.Seconds, oc.RatioVerified)
 		}
 		logf("%s %s -> s3 %s %s: one pass %.3fs, two steps %.3fs (%.2fx), synced %.3fs (%.2fx), RSS %s, largest local file %s",
 			in.corpus, in.format, oc.Output, oc.Options, oc.OnePass.Seconds, oc.TwoStep.Seconds, oc.Ratio, oc.TwoStepSynced.Seconds, oc.RatioSynced, human(oc.OnePass.MaxRSS<<10), human(oc.MaxLocalFile))
@@ -328,7 +344,7 @@ func loadAverage() float64 {
 func (r *ObjectReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "object storage: %s (%s), %d runs, load average %.2f before, %.2f after\n", r.Endpoint, r.Server, r.Runs, r.Load[0], r.Load[1])
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "corpus\tin\tout\tsize\tone pass\ttwo steps\tratio\tsynced\tratio\tRSS one pass\tRSS two steps\tlargest local file\ttwo-step local file")
+	fmt.Fprintln(tw, "corpus\tin\tout\tsize\tone pass\ttwo steps\tratio\tsynced\tratio\tverified\tratio\tRSS one pass\tRSS two steps\tlargest local file\ttwo-step local file")
 	for _, c := range r.Cases {
 		name := c.Corpus
 		if c.Cloud != "" {
@@ -338,8 +354,12 @@ func (r *ObjectReport) WriteTable(w io.Writer) error {
 		if c.Options != "" {
 			out += " " + c.Options
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.3fs\t%.3fs\t%.2fx\t%.3fs\t%.2fx\t%s\t%s\t%s\t%s\n", name, c.Input, out, human(c.Size),
-			c.OnePass.Seconds, c.TwoStep.Seconds, c.Ratio, c.TwoStepSynced.Seconds, c.RatioSynced,
+		verified, ratio := "-", "-"
+		if c.TwoStepVerified != nil {
+			verified, ratio = fmt.Sprintf("%.3fs", c.TwoStepVerified.Seconds), fmt.Sprintf("%.2fx", c.RatioVerified)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.3fs\t%.3fs\t%.2fx\t%.3fs\t%.2fx\t%s\t%s\t%s\t%s\t%s\t%s\n", name, c.Input, out, human(c.Size),
+			c.OnePass.Seconds, c.TwoStep.Seconds, c.Ratio, c.TwoStepSynced.Seconds, c.RatioSynced, verified, ratio,
 			human(c.OnePass.MaxRSS<<10), human(c.TwoStep.MaxRSS<<10), human(c.MaxLocalFile), human(c.LocalFile))
 	}
 	return tw.Flush()

@@ -39,6 +39,9 @@ func TestRunObject(t *testing.T) {
 		if c.LocalFile == 0 {
 			t.Errorf("%s: the two-step run's local file was not seen", c.Corpus)
 		}
+		if (c.Cloud != "") != (c.TwoStepVerified != nil) || c.TwoStepVerified != nil && c.TwoStepVerified.Seconds <= c.TwoStep.Seconds {
+			t.Errorf("%s (cloud %q): two steps %+v, verified %+v", c.Corpus, c.Cloud, c.TwoStep, c.TwoStepVerified)
+		}
 	}
 	var b strings.Builder
 	rep.WriteTable(&b)
