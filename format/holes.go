@@ -196,10 +196,7 @@ func (h *holesImage) forget() {
 
 // unwrapHoles returns the image a holesImage wraps, or img.
 func unwrapHoles(img Image) Image {
-	switch h := img.(type) {
-	case *holesImage:
-		return h.Image
-	case holesChecker:
+	if h := holesOf(img); h != nil {
 		return h.Image
 	}
 	return img

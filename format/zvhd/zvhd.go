@@ -167,7 +167,7 @@ func nextRecord(f format.File, off, end, maxBlk, prev int64) (record, int64, err
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
-	return d.Info(Name, img.Size(), &Specific{
+	return vhdspec.Info(Name, img.Size(), &Specific{
 		Sequential:     true,
 		CurrentSize:    int64(d.CurrSize),
 		BlockSize:      vhdspec.BlockSize,

@@ -340,7 +340,7 @@ func (img *Image) Close() error {
 // Info describes the image.
 func (img *Image) Info() *format.Info {
 	d := img.d
-	return d.Info(Name, img.Size(), &Specific{
+	return vhdspec.Info(Name, img.Size(), &Specific{
 		CurrentSize:    int64(d.CurrSize),
 		BlockSize:      int64(d.BlockSize),
 		Compression:    vhdspec.Method(d.CompressMethod),

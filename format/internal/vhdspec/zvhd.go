@@ -242,16 +242,10 @@ const (
 func Register[I format.Image](name string, priority int, cookie string, open func(format.File) (I, error),
 	check func(context.Context, format.File) (*format.CheckResult, error)) {
 	format.Register(&format.Format{
-		Name:     name,
-		Priority: priority,
-		Probe:    func(f format.File) bool { return HasCookie(f, cookie) },
-		Open: func(f format.File, _ *format.Opener) (format.Image, error) {
-			img, err := open(f)
-			if err != nil {
-				return nil, err
-			}
-			return img, nil
-		},
+		Name:      name,
+		Priority:  priority,
+		Probe:     func(f format.File) bool { return HasCookie(f, cookie) },
+		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return open(f) },
 		CheckFile: check,
 	})
 }
@@ -520,9 +514,9 @@ func (s *Blocks) load(k int, decode func(k int, block []byte) error) error {
 	return nil
 }
 
-// Info describes an image of format name and size bytes whose descriptor
-// is d, with its "format-specific" part.
-func (d *Descriptor) Info(name string, size int64, specific any) *format.Info {
+// Info describes an image of format name and size bytes, with its
+// "format-specific" part.
+func Info(name string, size int64, specific any) *format.Info {
 	return &format.Info{Format: name, VirtualSize: size, ClusterSize: BlockSize, Specific: specific}
 }
 
