@@ -95,11 +95,10 @@ type Writer struct {
 	p       plan
 	size    int64 // source size: blocks arrive for [0, size)
 	out     *format.Output
-	st      *blockset.Storage // the clusters stored
+	st      *blockset.Storage // the clusters stored (Lazy: a file, header and catalog at Close)
 	written int64             // clusters stored so far
 	next    int64             // guest offset of the next block expected
 	headers bool              // the header and catalog are written
-	lazy    bool              // a file: clusters as data arrives, header and catalog at Close
 }
 
 // NewWriter returns a Parallels writer on dst, which must be new and
@@ -117,7 +116,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if w.st, _, err = blockset.NewStorage(o, p.size, p.cluster, out.Seekable(), Name); err != nil {
 		return nil, err
 	}
-	if w.lazy = w.st.Lazy; w.lazy {
+	if w.st.Lazy {
 		return w, out.Skip(p.dataStart)
 	}
 	return w, nil
@@ -187,7 +186,7 @@ func (w *Writer) Write(b *format.Block) error {
 // headersFirst writes the header and catalog before the first cluster on
 // a pipe (or front to back), once; on a file they come at Close.
 func (w *Writer) headersFirst() error {
-	if w.lazy || w.headers {
+	if w.st.Lazy || w.headers {
 		return nil
 	}
 	return w.writeHeaders()
@@ -244,7 +243,7 @@ func (w *Writer) Close() error {
 	if err := w.out.Finish(w.p.dataStart + w.written*w.p.cluster); err != nil {
 		return err
 	}
-	if !w.lazy {
+	if !w.st.Lazy {
 		return nil
 	}
 	if err := w.out.Rewind(); err != nil {

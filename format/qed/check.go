@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/blockset"
 )
 
 // Check verifies the tables as qemu's qed_check does: every L2 table and
@@ -19,7 +20,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	r := &format.CheckResult{Format: Name, Filename: img.File.Name(),
 		TotalClusters: (img.Size() + cs - 1) / cs}
 	n := img.fileSize / cs // img.fileSize is whole clusters
-	used := make([]uint64, (n+63)/64)
+	used := blockset.New(n)
 	// mark sets the bits of count clusters from off and reports whether
 	// none was set before; each cluster used again is a corruption.
 	mark := func(off uint64, count int64, what string) bool {
@@ -28,11 +29,11 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 			if c >= n {
 				break // offsets were checked against the file size
 			}
-			if used[c/64]&(1<<(c%64)) != 0 {
+			if used.Has(c) {
 				r.BoundedCorruptf("%s: cluster at offset %d is used twice", what, c*cs)
 				ok = false
 			}
-			used[c/64] |= 1 << (c % 64)
+			used.Add(c)
 		}
 		return ok
 	}
@@ -83,7 +84,7 @@ func (img *Image) Check(ctx context.Context) (*format.CheckResult, error) {
 	}
 	if !readFailed {
 		for c := img.headerBytes / cs; c < n; c++ {
-			if used[c/64]&(1<<(c%64)) == 0 {
+			if !used.Has(c) {
 				r.BoundedLeakf("cluster at offset %d: used by no table", c*cs)
 			}
 		}

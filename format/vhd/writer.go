@@ -219,12 +219,11 @@ type Writer struct {
 	footer []byte
 
 	// Dynamic disks.
-	st        *blockset.Storage // the blocks allocated
+	st        *blockset.Storage // the blocks allocated (Lazy: a file, headers and BAT at Close)
 	written   int64             // blocks begun so far
 	blockEnd  int64             // file offset where the current block's data ends
 	next      int64             // guest offset of the next block expected
 	headers   bool              // the headers and BAT are written
-	lazy      bool              // a file: blocks allocated as data arrives, headers and BAT at Close
 	holePages bool              // scan data blocks for zero pages (seekable target)
 }
 
@@ -253,7 +252,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 	if last := p.dataStart + count*blockStride; last/sectorSize > batUnused-1 {
 		return nil, fmt.Errorf("vpc: %d blocks do not fit the 32-bit sector offsets of the BAT", count)
 	}
-	if w.lazy = w.st.Lazy; w.lazy {
+	if w.st.Lazy {
 		// Blocks from dataStart on; the headers and BAT in Close.
 		return w, out.Skip(p.dataStart)
 	}
@@ -315,7 +314,7 @@ func makeFooter(p plan) ([]byte, error) {
 // pipe (or a file written front to back), once; on a lazy file they come
 // at Close.
 func (w *Writer) headersFirst() error {
-	if w.lazy || w.headers {
+	if w.st.Lazy || w.headers {
 		return nil
 	}
 	return w.writeHeaders(w.out)
@@ -524,7 +523,7 @@ func (w *Writer) Close() error {
 	if err := w.out.Flush(); err != nil {
 		return err
 	}
-	if w.p.fixed || !w.lazy {
+	if w.p.fixed || !w.st.Lazy {
 		return nil
 	}
 	// On a file: the headers and the BAT, now that the blocks are known,

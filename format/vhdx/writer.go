@@ -11,6 +11,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/internal/blockset"
 )
 
 // Writer options, by qemu-img's -o names and values.
@@ -282,8 +283,8 @@ type Writer struct {
 	// Payload blocks (dynamic only), a bit per block: those the layout
 	// has data in, and those allocated, with a cursor that counts set bits
 	// of alloc before block cb, for monotonic lookups.
-	layout []uint64
-	alloc  []uint64
+	layout blockset.Set
+	alloc  blockset.Set
 	cb, cr int64
 }
 
@@ -309,7 +310,7 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		return w, nil
 	}
 	// The blocks the layout has data in: the most that may be allocated.
-	w.layout = make([]uint64, (p.blocks+63)/64)
+	w.layout = blockset.New(p.blocks)
 	err = o.Layout.Align(o.Size, p.blockSize)(func(e format.Extent) error {
 		if e.Status != format.Data {
 			return nil
@@ -318,13 +319,13 @@ func NewWriter(dst format.Target, o format.WriteOptions) (*Writer, error) {
 		if e.Start < 0 || e.Length <= 0 || last >= p.blocks {
 			return fmt.Errorf("vhdx: layout range [%d,+%d) outside the %d-byte disk", e.Start, e.Length, o.Size)
 		}
-		setBits(w.layout, first, last+1)
+		w.layout.AddRange(first, last+1)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	w.alloc = make([]uint64, len(w.layout))
+	w.alloc = blockset.New(p.blocks)
 	if out.Seekable() && !o.FrontToBack {
 		w.lazy = true
 		return w, nil
@@ -352,25 +353,12 @@ func (w *Writer) MarkData(start, length int64) {
 	if w.lazy || w.p.fixed || w.meta || start < 0 || length <= 0 || start+length > w.disk {
 		return
 	}
-	setBits(w.alloc, start/w.p.blockSize, (start+length-1)/w.p.blockSize+1)
-}
-
-// setBits sets bits [from, to) of b.
-func setBits(b []uint64, from, to int64) {
-	for i := from; i < to; {
-		if i%64 == 0 && to-i >= 64 {
-			b[i/64] = math.MaxUint64
-			i += 64
-			continue
-		}
-		b[i/64] |= 1 << (i % 64)
-		i++
-	}
+	w.alloc.AddRange(start/w.p.blockSize, (start+length-1)/w.p.blockSize+1)
 }
 
 // allocated reports whether payload block b has a place in the file.
 func (w *Writer) allocated(b int64) bool {
-	return w.p.fixed || w.alloc[b/64]&(1<<(b%64)) != 0
+	return w.p.fixed || w.alloc.Has(b)
 }
 
 // count returns the number of allocated payload blocks.
@@ -378,11 +366,7 @@ func (w *Writer) count() int64 {
 	if w.p.fixed {
 		return w.p.blocks
 	}
-	var n int
-	for _, x := range w.alloc {
-		n += bits.OnesCount64(x)
-	}
-	return int64(n)
+	return w.alloc.Count()
 }
 
 // end returns the file's length: the end of the last payload block.
@@ -626,11 +610,11 @@ func (w *Writer) Write(b *format.Block) error {
 		// every block allocated before.
 		first, last := b.Start/w.p.blockSize, (b.End()-1)/w.p.blockSize
 		for i := first; i <= last; i++ {
-			if w.layout[i/64]&(1<<(i%64)) == 0 {
+			if !w.layout.Has(i) {
 				return fmt.Errorf("vhdx: data block [%d,+%d) lies in a payload block the layout left without data", b.Start, b.Length)
 			}
 		}
-		setBits(w.alloc, first, last+1)
+		w.alloc.AddRange(first, last+1)
 	}
 	off, ok := w.host(b.Start)
 	last, okLast := w.host(b.End() - 1)

@@ -4,6 +4,7 @@ package blockset
 
 import (
 	"fmt"
+	"math"
 	"math/bits"
 
 	"github.com/diskimg/diskimg/format"
@@ -20,6 +21,19 @@ func (s Set) Has(b int64) bool { return s[b/64]&(1<<(b%64)) != 0 }
 
 // Add puts block b in the set.
 func (s Set) Add(b int64) { s[b/64] |= 1 << (b % 64) }
+
+// AddRange puts blocks [from, to) in the set.
+func (s Set) AddRange(from, to int64) {
+	for b := from; b < to; {
+		if b%64 == 0 && to-b >= 64 {
+			s[b/64] = math.MaxUint64
+			b += 64
+			continue
+		}
+		s.Add(b)
+		b++
+	}
+}
 
 // Count returns how many blocks the set holds.
 func (s Set) Count() int64 {
@@ -119,9 +133,7 @@ func (s *Storage) MarkData(start, length int64) {
 	if start < 0 || length <= 0 || start+length > s.size {
 		return
 	}
-	for b := start / s.unit; b*s.unit < start+length; b++ {
-		s.Used.Add(b)
-	}
+	s.Used.AddRange(start/s.unit, (start+length-1)/s.unit+1)
 }
 
 // Take reports whether block b, which guest offset off is in, is stored;
