@@ -197,6 +197,27 @@ func (c *checker) run() error {
 	return nil
 }
 
+// refcountTablePlace returns the file offset of the refcount table the
+// header h names, and sets c.reftSize to its entries.
+func (c *checker) refcountTablePlace(h []byte) int64 {
+	c.reftSize = int64(binary.BigEndian.Uint32(h[offRefcountTableClusters:])) << (c.bits - 3)
+	return int64(binary.BigEndian.Uint64(h[offRefcountTableOffset:]))
+}
+
+// readRefcountTable reads the c.reftSize entries of the refcount table at
+// off into c.reft.
+func (c *checker) readRefcountTable(off int64) error {
+	raw, err := c.read(off, c.reftSize*8, "refcount_table_offset")
+	if err != nil {
+		return err
+	}
+	c.reft = make([]uint64, len(raw)/8)
+	for i := range c.reft {
+		c.reft[i] = binary.BigEndian.Uint64(raw[8*i:])
+	}
+	return nil
+}
+
 // calculate rebuilds the reference counts, in qemu's order.
 func (c *checker) calculate(h []byte, headerLen int64, autoclear uint64) error {
 	be := binary.BigEndian
@@ -221,16 +242,10 @@ func (c *checker) calculate(h []byte, headerLen int64, autoclear uint64) error {
 	c.inc(snapOff, snapSize, 1)
 
 	// The refcount table.
-	reftOff := int64(be.Uint64(h[offRefcountTableOffset:]))
-	c.reftSize = int64(be.Uint32(h[offRefcountTableClusters:])) << (c.bits - 3)
+	reftOff := c.refcountTablePlace(h)
 	c.inc(reftOff, c.reftSize*8, 1)
-	raw, err := c.read(reftOff, c.reftSize*8, "refcount_table_offset")
-	if err != nil {
+	if err := c.readRefcountTable(reftOff); err != nil {
 		return err
-	}
-	c.reft = make([]uint64, len(raw)/8)
-	for i := range c.reft {
-		c.reft[i] = be.Uint64(raw[8*i:])
 	}
 
 	// Encryption header and bitmaps, named by header extensions, which

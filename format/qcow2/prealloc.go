@@ -57,14 +57,8 @@ func (img *Image) metadataPreallocated() bool {
 		}
 		c.refOrder = uint(be.Uint32(h[offRefcountOrder:]))
 	}
-	c.reftSize = int64(be.Uint32(h[offRefcountTableClusters:])) << (c.bits - 3)
-	raw, err := c.read(int64(be.Uint64(h[offRefcountTableOffset:])), c.reftSize*8, "refcount_table_offset")
-	if err != nil {
+	if c.readRefcountTable(c.refcountTablePlace(h[:])) != nil {
 		return false
-	}
-	c.reft = make([]uint64, len(raw)/8)
-	for i := range c.reft {
-		c.reft[i] = be.Uint64(raw[8*i:])
 	}
 	var used int64
 	for k := int64(0); k < min(end, maxPreallocClusters) && used < threshold; k++ {
