@@ -74,7 +74,7 @@ func createPending(final, shown string, flag int) (*pendingFile, error) {
 			return p, nil
 		case err == nil:
 			unix.Close(fd) // no /proc to link it by: use a name
-		case !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL):
+		case !noTmpfileSupport(err):
 			return nil, fmt.Errorf("creating output %s: %w", shown, err)
 		}
 	}
@@ -97,6 +97,12 @@ func createPending(final, shown string, flag int) (*pendingFile, error) {
 		return p, nil
 	}
 	return nil, fmt.Errorf("creating output %s: no free temporary name in %s", shown, dir)
+}
+
+// noTmpfileSupport reports whether err, from an open with O_TMPFILE,
+// says the kernel or the filesystem has no O_TMPFILE.
+func noTmpfileSupport(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL)
 }
 
 // procFD reports whether the file open as fd can be reached through
@@ -138,7 +144,7 @@ func (p *pendingFile) commit(force, noFlush bool) error {
 	default:
 		err = unix.Linkat(unix.AT_FDCWD, p.path(), unix.AT_FDCWD, p.final, unix.AT_SYMLINK_FOLLOW)
 		if errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%s was created by someone else during the conversion; output discarded", p.shown)
+			return p.taken()
 		}
 		if err != nil {
 			err = fmt.Errorf("naming the output %s: %w", p.shown, err)
@@ -151,6 +157,12 @@ func (p *pendingFile) commit(force, noFlush bool) error {
 		syncDir(p.dir)
 	}
 	return nil
+}
+
+// taken is the error of a commit whose final name another process took
+// while the output was written.
+func (p *pendingFile) taken() error {
+	return fmt.Errorf("%s was created by someone else during the conversion; output discarded", p.shown)
 }
 
 // commitReplace links the O_TMPFILE to a hidden name and renames that over
@@ -188,7 +200,7 @@ func (p *pendingFile) commitNamed(force bool) error {
 	err := os.Link(p.tmp, p.final)
 	switch {
 	case errors.Is(err, os.ErrExist):
-		return fmt.Errorf("%s was created by someone else during the conversion; output discarded", p.shown)
+		return p.taken()
 	case err != nil:
 		// Filesystems without hard links: check, then rename.
 		if _, lerr := os.Lstat(p.final); lerr == nil {
@@ -280,7 +292,7 @@ func openAnonymous(dir, stem string) (*os.File, error) {
 		if err == nil {
 			return os.NewFile(uintptr(fd), stem), nil
 		}
-		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+		if !noTmpfileSupport(err) {
 			return nil, err
 		}
 	}
