@@ -1,6 +1,8 @@
 package formattest
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -141,4 +143,111 @@ func ExerciseImage(t testing.TB, img format.Image) {
 			}
 		}
 	}
+}
+
+// SparseSeed is a seed encoding for images of megabytes of mostly zeros,
+// too large for seed files as they are: Magic, then records of a uint32
+// file offset, a uint16 length and that many bytes, little-endian; later
+// records win, and records ending past Limit are dropped.
+type SparseSeed struct {
+	Magic string
+	Limit int64
+	// Compact keeps the runs of Grain-byte units that are not all zero,
+	// at most Run bytes a record.
+	Grain, Run int
+}
+
+// SparseFile is the file a sparse seed describes, without materialising
+// its zeros.
+type SparseFile struct {
+	recs []sparseRec
+	size int64
+	name string
+}
+
+type sparseRec struct {
+	off int64
+	b   []byte
+}
+
+// File returns the file data describes, named name; nil when data is not
+// a sparse seed.
+func (s SparseSeed) File(data []byte, name string) *SparseFile {
+	rest, ok := bytes.CutPrefix(data, []byte(s.Magic))
+	if !ok {
+		return nil
+	}
+	f := &SparseFile{name: name}
+	for len(rest) >= 6 {
+		off := int64(binary.LittleEndian.Uint32(rest))
+		n := int(binary.LittleEndian.Uint16(rest[4:]))
+		rest = rest[6:]
+		n = min(n, len(rest))
+		if off+int64(n) <= s.Limit {
+			f.recs = append(f.recs, sparseRec{off, rest[:n]})
+			f.size = max(f.size, off+int64(n))
+		}
+		rest = rest[n:]
+	}
+	return f
+}
+
+// Expand materialises a sparse seed; nil when data is not one.
+func (s SparseSeed) Expand(data []byte) []byte {
+	f := s.File(data, "")
+	if f == nil {
+		return nil
+	}
+	out := make([]byte, f.size)
+	f.ReadAt(out, 0)
+	return out
+}
+
+// Compact is the inverse of Expand: the runs of b that are not zero, and
+// its length (a record of its last byte).
+func (s SparseSeed) Compact(b []byte) []byte {
+	out := []byte(s.Magic)
+	put := func(off int, p []byte) {
+		out = binary.LittleEndian.AppendUint32(out, uint32(off))
+		out = binary.LittleEndian.AppendUint16(out, uint16(len(p)))
+		out = append(out, p...)
+	}
+	start := -1
+	for off := 0; ; off += s.Grain {
+		nonzero := off < len(b) && !format.IsZero(b[off:min(off+s.Grain, len(b))])
+		if start >= 0 && (!nonzero || off-start >= s.Run) {
+			put(start, b[start:min(off, len(b))])
+			start = -1
+		}
+		if nonzero && start < 0 {
+			start = off
+		}
+		if off >= len(b) {
+			break
+		}
+	}
+	put(len(b)-1, b[len(b)-1:])
+	return out
+}
+
+func (f *SparseFile) Size() int64  { return f.size }
+func (f *SparseFile) Name() string { return f.name }
+
+// ReadAt reads the file's bytes: zeros but where a record says.
+func (f *SparseFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= f.size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), f.size-off))
+	clear(p[:n])
+	for _, r := range f.recs {
+		lo, hi := max(r.off, off), min(r.off+int64(len(r.b)), off+int64(n))
+		if lo < hi {
+			copy(p[lo-off:hi-off], r.b[lo-r.off:hi-r.off])
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }

@@ -153,7 +153,7 @@ func mutatedSeeds(t *testing.T) {
 	}
 	for i := 0; i < n; i++ {
 		d := bytes.Clone(seeds[rng.Intn(len(seeds))].Data)
-		if x := expand(d); x != nil {
+		if x := sparse.Expand(d); x != nil {
 			d = x
 		}
 		for k := 0; k < 1+rng.Intn(4); k++ {

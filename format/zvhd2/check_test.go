@@ -165,7 +165,7 @@ func TestCheckMutated(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, s.Name()), expand(data), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, s.Name()), sparse.Expand(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

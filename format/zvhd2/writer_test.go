@@ -904,7 +904,7 @@ func TestWriterSeeds(t *testing.T) {
 	for _, m := range []string{CompressionZstd, CompressionZlib} {
 		var out bytes.Buffer
 		convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{WriterOptions: methodOpts(m)})
-		if err := os.WriteFile("../../testdata/zvhd2/writer-"+m+".sparse", compact(out.Bytes()), 0o644); err != nil {
+		if err := os.WriteFile("../../testdata/zvhd2/writer-"+m+".sparse", sparse.Compact(out.Bytes()), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -2,7 +2,6 @@ package zvhd2
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -301,62 +300,9 @@ func BenchmarkT2(b *testing.B) {
 }
 
 // Every ZVHD2 file with data holds a 512 KiB index segment, mostly zeros:
-// too large for a seed. Seeds are kept in a sparse form instead:
-// sparseMagic, then records of a uint32 file offset, a uint16 length and
-// that many bytes, little-endian. The fuzz target runs both the input as
-// it is and its expansion.
-const (
-	sparseMagic = "zvhd2-sparse\n"
-	sparseLimit = 8 << 20 // largest expanded file
-)
-
-func expand(data []byte) []byte {
-	rest, ok := bytes.CutPrefix(data, []byte(sparseMagic))
-	if !ok {
-		return nil
-	}
-	type rec struct {
-		off int64
-		b   []byte
-	}
-	var recs []rec
-	var size int64
-	for len(rest) >= 6 {
-		off := int64(binary.LittleEndian.Uint32(rest))
-		n := int(binary.LittleEndian.Uint16(rest[4:]))
-		rest = rest[6:]
-		n = min(n, len(rest))
-		if off+int64(n) <= sparseLimit {
-			recs = append(recs, rec{off, rest[:n]})
-			size = max(size, off+int64(n))
-		}
-		rest = rest[n:]
-	}
-	out := make([]byte, size)
-	for _, r := range recs {
-		copy(out[r.off:], r.b)
-	}
-	return out
-}
-
-// compact keeps the non-zero 512-byte sectors of b and its length.
-func compact(b []byte) []byte {
-	out := []byte(sparseMagic)
-	put := func(off int, p []byte) {
-		out = binary.LittleEndian.AppendUint32(out, uint32(off))
-		out = binary.LittleEndian.AppendUint16(out, uint16(len(p)))
-		out = append(out, p...)
-	}
-	zero := make([]byte, 512)
-	for off := 0; off < len(b); off += 512 {
-		s := b[off:min(off+512, len(b))]
-		if !bytes.Equal(s, zero[:len(s)]) {
-			put(off, s)
-		}
-	}
-	put(len(b)-1, b[len(b)-1:])
-	return out
-}
+// too large for a seed. Seeds are kept sparse, a record a non-zero
+// sector; the fuzz target runs both the input as it is and its expansion.
+var sparse = formattest.SparseSeed{Magic: "zvhd2-sparse\n", Limit: 8 << 20, Grain: 512, Run: 512}
 
 // fuzzExpanded fuzzes fn on the seeds' mutations, each as it is and
 // expanded.
@@ -364,7 +310,7 @@ func fuzzExpanded(f *testing.F, fn func(t *testing.T, data []byte)) {
 	formattest.AddSeeds(f, "../../testdata/zvhd2")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fn(t, data)
-		if b := expand(data); b != nil {
+		if b := sparse.Expand(data); b != nil {
 			fn(t, b)
 		}
 	})
@@ -389,7 +335,7 @@ func TestSeeds(t *testing.T) {
 	}
 	n := 0
 	for _, s := range formattest.Seeds(t, dir) {
-		b := expand(s.Data)
+		b := sparse.Expand(s.Data)
 		if b == nil {
 			continue
 		}
@@ -417,7 +363,7 @@ func writeSeeds(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	write := func(name string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), compact(b), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, name), sparse.Compact(b), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
