@@ -1,7 +1,6 @@
 package inspecttest
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/rand"
@@ -397,10 +396,6 @@ func Partition(t testing.TB, disk string, size int64, stdin, tool string, args .
 		t.Fatalf("%s %v failed in another test", tool, args)
 	}
 	for i, off := range []int64{0, size - MiB} {
-		for j := 0; j < MiB; j += 4096 {
-			if b := pt.ends[i][j : j+4096]; !bytes.Equal(b, make([]byte, 4096)) {
-				WriteAt(t, disk, b, off+int64(j))
-			}
-		}
+		writeNonZero(t, disk, pt.ends[i], off, 4096)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/diskimg/diskimg/format"
 )
 
 const MiB = 1 << 20
@@ -84,14 +86,22 @@ func Place(t testing.TB, dst, src string, off int64) {
 	}
 	defer in.Close()
 	buf := make([]byte, 64<<10)
-	zero := make([]byte, len(buf))
 	for pos := int64(0); ; pos += int64(len(buf)) {
 		n, err := in.ReadAt(buf, pos)
-		if n > 0 && !bytes.Equal(buf[:n], zero[:n]) {
-			WriteAt(t, dst, buf[:n], off+pos)
-		}
+		writeNonZero(t, dst, buf[:n], off+pos, len(buf))
 		if err != nil {
 			break
+		}
+	}
+}
+
+// writeNonZero writes the unit-byte pieces of b that are not all zero
+// into the file at path, from off.
+func writeNonZero(t testing.TB, path string, b []byte, off int64, unit int) {
+	t.Helper()
+	for i := 0; i < len(b); i += unit {
+		if p := b[i:min(i+unit, len(b))]; !format.IsZero(p) {
+			WriteAt(t, path, p, off+int64(i))
 		}
 	}
 }
