@@ -111,6 +111,22 @@ func named(name, n string, aliases []string) bool {
 // from init.
 func Register(f *Format) { formats.add(f) }
 
+// Opens adapts a driver's Open to Format.Open.
+func Opens[I Image](open func(File, *Opener) (I, error)) func(File, *Opener) (Image, error) {
+	return func(f File, o *Opener) (Image, error) {
+		img, err := open(f, o)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return img, nil
+	}
+}
+
+// OpensFile adapts the Open of a driver that needs no Opener.
+func OpensFile[I Image](open func(File) (I, error)) func(File, *Opener) (Image, error) {
+	return Opens(func(f File, _ *Opener) (I, error) { return open(f) })
+}
+
 // Formats returns the formats diskimg reads, in probe order.
 func Formats() []*Format {
 	var out []*Format

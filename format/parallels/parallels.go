@@ -52,13 +52,7 @@ const (
 )
 
 func init() {
-	format.Register(&format.Format{
-		Name:      Name,
-		Priority:  Priority,
-		Probe:     Probe,
-		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-		CheckFile: CheckFile,
-	})
+	format.Register(&format.Format{Name: Name, Priority: Priority, Probe: Probe, Open: format.OpensFile(Open), CheckFile: CheckFile})
 }
 
 // Probe reports whether f starts with either magic and version 2, as

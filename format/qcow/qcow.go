@@ -65,12 +65,7 @@ const oflagCompressed = 1 << 63
 const l2CacheBytes = 32 << 20
 
 func init() {
-	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    Probe,
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-	})
+	format.Register(&format.Format{Name: Name, Priority: Priority, Probe: Probe, Open: format.OpensFile(Open)})
 }
 
 // Probe reports whether f starts with the qcow magic and version 1.

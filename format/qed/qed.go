@@ -66,12 +66,7 @@ const (
 const l2CacheBytes = 64 << 20
 
 func init() {
-	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    Probe,
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-	})
+	format.Register(&format.Format{Name: Name, Priority: Priority, Probe: Probe, Open: format.OpensFile(Open)})
 }
 
 // Probe reports whether f starts with the QED magic.

@@ -21,7 +21,7 @@ func init() {
 		Name:     Name,
 		Priority: Priority,
 		Probe:    func(format.File) bool { return true },
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+		Open:     format.OpensFile(Open),
 	})
 }
 

@@ -61,12 +61,7 @@ const (
 )
 
 func init() {
-	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    Probe,
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
-	})
+	format.Register(&format.Format{Name: Name, Priority: Priority, Probe: Probe, Open: format.OpensFile(Open)})
 }
 
 // Probe reports whether f carries the VDI signature after the pre-header.

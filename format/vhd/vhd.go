@@ -100,7 +100,7 @@ func init() {
 		Aliases:  []string{"vhd"},
 		Priority: Priority,
 		Probe:    Probe,
-		Open:     func(f format.File, _ *format.Opener) (format.Image, error) { return Open(f) },
+		Open:     format.OpensFile(Open),
 	})
 }
 

@@ -27,13 +27,7 @@ const Name = "vhdx"
 const Priority = 30
 
 func init() {
-	format.Register(&format.Format{
-		Name:      Name,
-		Priority:  Priority,
-		Probe:     Probe,
-		Open:      func(f format.File, o *format.Opener) (format.Image, error) { return Open(f, o) },
-		CheckFile: CheckFile,
-	})
+	format.Register(&format.Format{Name: Name, Priority: Priority, Probe: Probe, Open: format.Opens(Open), CheckFile: CheckFile})
 }
 
 // File layout: the 1 MiB header section holds the file type identifier,

@@ -50,14 +50,7 @@ const (
 )
 
 func init() {
-	format.Register(&format.Format{
-		Name:     Name,
-		Priority: Priority,
-		Probe:    Probe,
-		Open: func(f format.File, o *format.Opener) (format.Image, error) {
-			return Open(f, o)
-		},
-	})
+	format.Register(&format.Format{Name: Name, Priority: Priority, Probe: Probe, Open: format.Opens(Open)})
 }
 
 // Probe reports a sparse extent magic or a descriptor file: comment and

@@ -245,7 +245,7 @@ func Register[I format.Image](name string, priority int, cookie string, open fun
 		Name:      name,
 		Priority:  priority,
 		Probe:     func(f format.File) bool { return HasCookie(f, cookie) },
-		Open:      func(f format.File, _ *format.Opener) (format.Image, error) { return open(f) },
+		Open:      format.OpensFile(open),
 		CheckFile: check,
 	})
 }
