@@ -132,11 +132,21 @@ func TestT1Descriptor(t *testing.T) {
 	}
 }
 
+// TestGeometry pins the CHS geometry the descriptors store: every branch
+// of the specification's computation (17, 31, 63 and 255 sectors a
+// track, the 65535×16×255 cap) and the cut of the sector count to 32
+// bits. For 10 MiB, 200 MiB, 1 GiB and 40 GiB qemu-img writes the same
+// heads and sectors a track into a VHD, and one cylinder more: it rounds
+// the disk up to whole cylinders where the specification rounds down.
 func TestGeometry(t *testing.T) {
 	for _, c := range []struct {
 		size uint64
 		want uint32
-	}{{5243392, 0x00960411}, {1024, 0x00000411}, {3 * mib, 0x005a0411}, {68723684864, 0x808210ff}} {
+	}{
+		{5243392, 0x00960411}, {1024, 0x00000411}, {3 * mib, 0x005a0411}, {68723684864, 0x808210ff},
+		{10 << 20, 0x012d0411}, {200 << 20, 0x0339101f}, {1 << 30, 0x0820103f}, {40 << 30, 0x505010ff},
+		{200 << 30, 0xffff10ff}, {2<<40 + 1<<20, 0x001e0411},
+	} {
 		if got := vhdspec.PackedGeometry(c.size); got != c.want {
 			t.Errorf("Geometry(%d) = %#08x, want %#08x", c.size, got, c.want)
 		}
