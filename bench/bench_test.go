@@ -237,8 +237,7 @@ func tinyConfig(t *testing.T, dir string) Config {
 }
 
 func TestRunTiny(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	var log bytes.Buffer
 	c := tinyConfig(t, dir)
 	c.Log = &log

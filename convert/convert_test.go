@@ -485,8 +485,7 @@ func TestEngineOrderAndBounds(t *testing.T) {
 
 // TestCompare checks Compare against qemu-img compare.
 func TestCompare(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	base := filepath.Join(dir, "a.raw")
 	formattest.MakeRaw(t, base, 9<<20+1536, formattest.Sparse)
 	orig, _ := os.ReadFile(base)

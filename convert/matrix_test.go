@@ -193,8 +193,7 @@ func (n noReadBack) Truncate(size int64) error                 { return n.f.Trun
 // points at tables that follow the compressed data, so it is written last
 // and the digest comes from reading the file back once.
 func TestChecksumStreamed(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	raw := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, raw, 9<<20+1536, formattest.Sparse)
 	// Written zeros inside the data, so lazily allocating writers differ

@@ -42,8 +42,7 @@ func writeFile(t *testing.T, path string, data []byte) {
 }
 
 func TestFindingsReferences(t *testing.T) {
-	formattest.RequireQemu(t)
-	root := t.TempDir()
+	root := formattest.QemuDir(t)
 	dir := filepath.Join(root, "images")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -183,8 +182,7 @@ func TestFindingsHostilePartitionTable(t *testing.T) {
 }
 
 func TestFindingsSize(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	huge := filepath.Join(dir, "huge.qcow2")
 	formattest.Create(t, huge, "qcow2", "64T")
 	img, err := format.Open(huge, "", format.Policy{})

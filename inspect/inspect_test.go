@@ -214,8 +214,7 @@ func golden(t *testing.T, name string, r *Report) {
 // the report must be the same as for the raw disk.
 func TestFormats(t *testing.T) {
 	t.Parallel()
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	disk := gptLinuxDisk(t, dir)
 	want := inspectFile(t, disk)
 	want.Format, want.AllocatedSize = "", 0

@@ -16,8 +16,7 @@ import (
 )
 
 func TestCheckCommandMatchesQemu(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	clean := formattest.Generate(t, dir, "clean", "qcow2", 5<<20, formattest.Sparse)
 	compressed := formattest.Generate(t, dir, "compressed", "qcow2", 5<<20, formattest.Dense, "-c")
 	data, err := os.ReadFile(clean)
@@ -87,8 +86,7 @@ func TestCheckCommandMatchesQemu(t *testing.T) {
 }
 
 func TestCheckUntrusted(t *testing.T) {
-	formattest.RequireQemu(t)
-	root := t.TempDir()
+	root := formattest.QemuDir(t)
 	dir := filepath.Join(root, "images")
 	os.Mkdir(dir, 0o755)
 	os.WriteFile(filepath.Join(root, "bait.raw"), make([]byte, 1<<20), 0o644)
@@ -217,8 +215,7 @@ func baitOpened(bait string) bool {
 // ignores permissions, so an unreadable file would prove nothing).
 func TestMalformedDirectory(t *testing.T) {
 	t.Parallel()
-	formattest.RequireQemu(t)
-	root := t.TempDir()
+	root := formattest.QemuDir(t)
 	dir := filepath.Join(root, "images")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -287,8 +284,7 @@ func TestMalformedDirectory(t *testing.T) {
 // TestCheckTruncatedVHDX: a truncated VHDX is refused by Open, yet check
 // reports its corruptions with qemu-img's verdict, through CheckFile.
 func TestCheckTruncatedVHDX(t *testing.T) {
-	formattest.RequireQemu(t)
-	path := filepath.Join(t.TempDir(), "t.vhdx")
+	path := filepath.Join(formattest.QemuDir(t), "t.vhdx")
 	formattest.Create(t, path, "vhdx", "64M")
 	cmd := exec.Command("qemu-io", "-f", "vhdx", "-c", "write -P 7 0 4M", "-c", "write -P 8 40M 1M", path)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -52,8 +52,7 @@ func TestConvertRefusals(t *testing.T) {
 }
 
 func TestConvertCompareMeasure(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := rawSource(t, dir, 9<<20+1536)
 	dst := filepath.Join(dir, "dst.raw")
 	out, stderr, code := runCLI(t, "convert", "-O", "raw", "--checksum", "sha256", "--verify", src, dst)
@@ -173,8 +172,7 @@ func withStdin(t *testing.T, path string, redirect bool, fn func()) {
 // (spooled to an unlinked file) and redirected from a file (used in
 // place), and checks the output against the input with qemu-img.
 func TestConvertFromStdin(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := rawSource(t, dir, 5<<20+512)
 	inputs := map[string]string{"raw": src}
 	for name, args := range map[string][]string{
@@ -251,8 +249,7 @@ func extWithDeleted(t *testing.T, dir string) string {
 // free space read as zeros), qemu-img check and e2fsck, and holds the
 // remaining files unchanged.
 func TestConvertSparsify(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := extWithDeleted(t, dir)
 	plain, sparse := filepath.Join(dir, "plain.qcow2"), filepath.Join(dir, "sparse.qcow2")
 	if _, stderr, code := runCLI(t, "convert", "-O", "qcow2", src, plain); code != 0 {
@@ -303,8 +300,7 @@ func TestConvertSparsify(t *testing.T) {
 // TestCloudConvertSparsify: with --sparsify a qcow2 that Huawei takes as
 // it is gets converted, leaving the deleted files out.
 func TestCloudConvertSparsify(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	raw := extWithDeleted(t, dir)
 	src := filepath.Join(dir, "vm.qcow2")
 	formattest.Qemu(t, "convert", "-f", "raw", "-O", "qcow2", raw, src)
@@ -390,8 +386,7 @@ func TestQuietAndAccepted(t *testing.T) {
 // TestCacheModes converts with every -t and -T mode: the same image each
 // time; a bad mode is refused before any output exists.
 func TestCacheModes(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := rawSource(t, dir, 9<<20+1536)
 	for _, mode := range []string{"none", "writeback", "writethrough", "directsync", "unsafe"} {
 		for _, f := range []string{"raw", "qcow2", "vpc"} {
@@ -422,8 +417,7 @@ func TestCacheModes(t *testing.T) {
 // the source has zeros (punched), the target's bytes past the image kept;
 // with --target-is-zero the zero ranges are left alone.
 func TestConvertInPlace(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := formattest.Generate(t, dir, "src", "qcow2", 5<<20+700, formattest.Sparse)
 	const target = 8 << 20
 	for _, extra := range [][]string{nil, {"--target-is-zero"}} {
@@ -540,8 +534,7 @@ func filterQemu(args []string) []string {
 // allocations with and without -s, against qemu-img compare's output and
 // exit code.
 func TestCompareStrictAndSizes(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	p := func(name string) string { return filepath.Join(dir, name) }
 	formattest.MakeRaw(t, p("a.raw"), 4<<20, formattest.Sparse)
 	// b: a's first 2 MiB; c: a, then 2 MiB of zeros; d: c with data in its tail.
@@ -604,8 +597,7 @@ func TestOptionsHelp(t *testing.T) {
 // qemu-img.
 func TestPreallocation(t *testing.T) {
 	t.Parallel()
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := rawSource(t, dir, 9<<20+1536)
 	for _, f := range []string{"raw", "qcow2"} {
 		for _, mode := range []string{"off", "metadata", "falloc", "full"} {
@@ -664,8 +656,7 @@ func TestPreallocation(t *testing.T) {
 // TestMapCompressed: the human map of a compressed image lists its data
 // as compressed (qemu-img prints nothing and fails).
 func TestMapCompressed(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	raw := filepath.Join(dir, "src.raw")
 	if err := os.WriteFile(raw, bytes.Repeat([]byte("compressible "), 200000), 0o644); err != nil {
 		t.Fatal(err)

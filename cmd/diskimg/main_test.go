@@ -154,8 +154,7 @@ func TestPermute(t *testing.T) {
 
 // TestOptionsAfterOperands runs the examples as a user types them.
 func TestOptionsAfterOperands(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	raw := filepath.Join(dir, "disk.raw")
 	formattest.MakeRaw(t, raw, 21<<20, formattest.Sparse)
 	vmdk := filepath.Join(dir, "d.vmdk")

@@ -48,8 +48,7 @@ func sparseRaw(t *testing.T, dir, name string, n int64) string {
 // import and export.
 func TestPlanHuaweiBoundaries(t *testing.T) {
 	t.Parallel()
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	type want struct{ path, format string }
 	for i, b := range boundarySizes {
 		raw := bootableRaw(t, dir, fmt.Sprintf("disk%d.raw", i), b.size)
@@ -158,8 +157,7 @@ func TestCloudConvertHuawei(t *testing.T) {
 // data, so it holds 200 GiB of data in a sparse file of that size
 // allocating a few MiB; holding no OS, it goes as a data disk.
 func TestPlanHuaweiFastZVHD2(t *testing.T) {
-	formattest.RequireQemu(t)
-	path := filepath.Join(t.TempDir(), "big.qcow2")
+	path := filepath.Join(formattest.QemuDir(t), "big.qcow2")
 	sharedClusterQcow2(t, path, "200G")
 	d, code := planJSON(t, "--cloud", "huawei-ims", "--disk", "data", path)
 	if code != 0 || d.Path != "fast" || d.UploadFormat != "zvhd2" || d.Conversion == nil || d.Conversion.Format != "zvhd2" {

@@ -96,8 +96,7 @@ func (s CheckSuite) Run(t *testing.T) {
 		MutateSeeds(t, s.Seeds, n, 8, func(d []byte) { ExerciseCheck(t, s.Format, d) })
 	})
 	t.Run("empty-huge", func(t *testing.T) {
-		RequireQemu(t)
-		p := filepath.Join(t.TempDir(), "huge.img")
+		p := filepath.Join(QemuDir(t), "huge.img")
 		Create(t, p, s.Format, s.Huge)
 		t0 := time.Now()
 		rc, _, r := OurCheck(t, s.Format, p)

@@ -28,6 +28,14 @@ func RequireQemu(t testing.TB) {
 	t.Skip("qemu-img not installed (install qemu-utils)")
 }
 
+// QemuDir is RequireQemu, then t's temporary directory: the opening of a
+// test that makes its images with qemu-img.
+func QemuDir(t testing.TB) string {
+	t.Helper()
+	RequireQemu(t)
+	return t.TempDir()
+}
+
 // Qemu runs qemu-img with args and returns its standard output; a failure
 // fails the test. Only call it on images the test made itself: qemu-img
 // follows backing files and URLs.

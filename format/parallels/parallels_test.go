@@ -115,8 +115,7 @@ func withExtension(d []byte) []byte {
 // and a format extension are read as qemu-img reads them (these are
 // valid images, which qemu-img opens read-only).
 func TestVariantsQemuReads(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	orig := makeImage(t, dir, "cluster_size=64k", "3M", "write -P 0x5a 64k 100k", "write -P 0x6b 1M 1", "write -P 0x7c 0 4k")
 	data, err := os.ReadFile(orig)
 	if err != nil {

@@ -157,8 +157,7 @@ func TestBackingPolicy(t *testing.T) {
 // TestEncrypted checks that an AES image reports encrypted as qemu-img
 // does, maps its clusters, and refuses to read them.
 func TestEncrypted(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := filepath.Join(dir, "enc.qcow")
 	secret := "secret,id=sec0,data=123456"
 	formattest.Qemu(t, "create", "-q", "-f", "qcow", "--object", secret, "-o", "encrypt.format=aes,encrypt.key-secret=sec0", path, "1M")

@@ -33,8 +33,7 @@ func ourCheck(t *testing.T, path string) *format.CheckResult {
 }
 
 func TestCheckClean(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	for _, v := range []struct {
 		name    string
 		content formattest.Content
@@ -70,8 +69,7 @@ func TestCheckClean(t *testing.T) {
 
 // TestCheckWritten checks images written by our own qcow2 writer.
 func TestCheckWritten(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 7<<20, formattest.Sparse)
 	for _, v := range writerVariants {
@@ -86,8 +84,7 @@ func TestCheckWritten(t *testing.T) {
 }
 
 func TestCheckSnapshotsAndBitmaps(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	for _, opts := range []string{"cluster_size=65536", "cluster_size=512", "compat=0.10", "refcount_bits=8", "extended_l2=on"} {
 		t.Run(opts, func(t *testing.T) {
 			p := filepath.Join(dir, strings.NewReplacer("=", "-", ",", "-").Replace(opts)+".qcow2")
@@ -150,8 +147,7 @@ func (l *layout) setRef(off int64, v uint16) {
 }
 
 func TestCheckDamaged(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	base := filepath.Join(dir, "base.qcow2")
 	formattest.Create(t, base, "qcow2", "4M", "-o", "cluster_size=4k")
 	formattest.QemuIO(t, "qcow2", base, "write -P 1 0 16k", "write -P 2 1M 8k")
@@ -365,8 +361,7 @@ func BenchmarkCheckEmpty1TiB(b *testing.B) {
 // image (exit 1) are check errors for diskimg too, where its reader
 // opens the image, and refuse the open where it does not (refused).
 func TestCheckUnopenable(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	base := filepath.Join(dir, "base.qcow2")
 	formattest.Create(t, base, "qcow2", "4M", "-o", "cluster_size=4k")
 	be := binary.BigEndian

@@ -177,8 +177,7 @@ func (m *runtimeMem) read() {
 }
 
 func TestHostileBitmaps(t *testing.T) {
-	formattest.RequireQemu(t)
-	path := filepath.Join(t.TempDir(), "b.qcow2")
+	path := filepath.Join(formattest.QemuDir(t), "b.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", "cluster_size=512")
 	formattest.Qemu(t, "bitmap", "--add", path, "bm0")
 	orig, err := os.ReadFile(path)

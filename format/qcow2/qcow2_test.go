@@ -146,8 +146,7 @@ func TestBackingChains(t *testing.T) {
 // TestBackingOutside checks that backing files outside the image's
 // directory are refused by default and followed with AllowOutside.
 func TestBackingOutside(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	bait := filepath.Join(dir, "bait.raw")
 	formattest.MakeRaw(t, bait, 1<<20, formattest.Dense)
 	want, _ := os.ReadFile(bait)
@@ -203,8 +202,7 @@ func TestExternalDataFile(t *testing.T) {
 }
 
 func TestBitmaps(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", "qcow2", 9<<20, formattest.Sparse)
 	formattest.Qemu(t, "bitmap", "--add", path, "first")
 	formattest.Qemu(t, "bitmap", "--add", "-g", "1M", "--disable", path, "second-bitmap")
@@ -219,8 +217,7 @@ func TestBitmaps(t *testing.T) {
 // TestSnapshots checks that reads follow the active L1 table, not an
 // internal snapshot's.
 func TestSnapshots(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", "qcow2", 9<<20, formattest.Sparse)
 	formattest.Qemu(t, "snapshot", "-c", "snap1", path)
 	formattest.QemuIO(t, "qcow2", path, overlayWrites...)
@@ -228,8 +225,7 @@ func TestSnapshots(t *testing.T) {
 }
 
 func TestDirtyCorrupt(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", "qcow2", 1<<20, formattest.Sparse)
 	data, _ := os.ReadFile(path)
 	binary.BigEndian.PutUint64(data[72:], 3) // dirty and corrupt bits
@@ -245,8 +241,7 @@ func TestEncrypted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: qemu-img's LUKS key derivation takes seconds")
 	}
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := filepath.Join(dir, "enc.qcow2")
 	formattest.Qemu(t, "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=123456",
 		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", path, "1M")

@@ -103,8 +103,7 @@ func snapshotEntry(d []byte, i int) int {
 // state sizes, the guest clock, a missing instruction count) are listed
 // as qemu-img lists them.
 func TestSnapshotFields(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := snapshotImage(t, dir, "cluster_size=64k")
 	d, err := os.ReadFile(path)
 	if err != nil {
@@ -138,8 +137,7 @@ func TestSnapshotFields(t *testing.T) {
 // open, naming the field; a snapshot whose L1 table is bad opens (qemu-img
 // info lists it) and fails only when loaded.
 func TestSnapshotsHostile(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := filepath.Join(dir, "s.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", "cluster_size=512")
 	formattest.QemuIO(t, "qcow2", path, "write -P 0x42 0 4096")

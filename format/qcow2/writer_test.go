@@ -128,8 +128,7 @@ func roundTrip(t *testing.T, path string, want []byte) {
 // (check, compare, info against qemu-img's own conversion) and with our
 // reader.
 func TestWriterMatrix(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	type source struct{ name, path, fmt, raw string }
 	var sources []source
 	for _, c := range []struct {
@@ -208,8 +207,7 @@ func fileSize(t testing.TB, path string) int64 {
 // file output: the same bytes, compressed or not, also when the source's
 // data holds zero clusters (found by the engine's zero scan).
 func TestWriterPipe(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Sparse)
 	// Written zeros inside data: a file leaves them out, and so must a pipe.
@@ -252,8 +250,7 @@ func TestWriterPipe(t *testing.T) {
 
 // TestWriterMeasure compares Measure with qemu-img measure.
 func TestWriterMeasure(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	var srcs []string
 	for _, c := range []formattest.Content{formattest.Empty, formattest.Sparse, formattest.Dense} {
 		p := filepath.Join(dir, string(c)+".raw")
@@ -335,8 +332,7 @@ func TestWriterOptions(t *testing.T) {
 
 // TestWriterEmptyHuge converts an empty 1 TiB image: metadata only, fast.
 func TestWriterEmptyHuge(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := filepath.Join(dir, "empty.qcow2")
 	formattest.Create(t, src, "qcow2", "1T")
 	for _, v := range []writerVariant{writerVariants[0], writerVariants[6]} {

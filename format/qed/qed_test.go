@@ -87,8 +87,7 @@ func TestBacking(t *testing.T) {
 // file), so qemu-img reports the state after its own repair, not the
 // file's. diskimg reports the file as it is; every other key must agree.
 func TestDirty(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", "qed", 1<<20, formattest.Sparse)
 	data, err := os.ReadFile(path)
 	if err != nil {

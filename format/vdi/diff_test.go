@@ -205,8 +205,7 @@ func readsLike(t *testing.T, img format.Image, raw string) {
 // parent given as Policy.Parents: blocks the child stores, discarded
 // blocks, the parent's blocks; a chain of two; and what fails.
 func TestDifferencing(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	other := t.TempDir() // parents need not live beside the child
 	const size = 16<<20 + 3*512
 	parent := filepath.Join(other, "base.vdi")

@@ -25,8 +25,7 @@ func TestConformance(t *testing.T) {
 // with host offsets, contiguous across blocks, as its block map lays it
 // out, and that the opened image reads the file's holes there as zeros.
 func TestStaticLayout(t *testing.T) {
-	formattest.RequireQemu(t)
-	path := filepath.Join(t.TempDir(), "s.vdi")
+	path := filepath.Join(formattest.QemuDir(t), "s.vdi")
 	formattest.Create(t, path, "vdi", "5M", "-o", "static=on")
 	img := formattest.Open(t, path, "")
 	driver := format.TopLayer(img)

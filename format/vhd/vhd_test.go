@@ -49,8 +49,7 @@ func TestConformanceFixed(t *testing.T) {
 // TestInterleavedBlocks checks a write pattern that leaves allocated and
 // unallocated blocks interleaved.
 func TestInterleavedBlocks(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := filepath.Join(dir, "img.vhd")
 	formattest.Convert(t, writePattern(t, dir, 21<<20), path, Name)
 	formattest.Check(t, path, formattest.Options{})
@@ -129,8 +128,7 @@ func openMem(data []byte, name string, p format.Policy) (format.Image, error) {
 // written, and the offsets of its structures.
 func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 	t.Helper()
-	formattest.RequireQemu(t)
-	path := filepath.Join(t.TempDir(), "img.vhd")
+	path := filepath.Join(formattest.QemuDir(t), "img.vhd")
 	formattest.Create(t, path, Name, "10M")
 	formattest.QemuIO(t, Name, path, "write -P 0x5a 0 4k")
 	b, err := os.ReadFile(path)
@@ -256,8 +254,7 @@ func TestVirtualSize(t *testing.T) {
 // TestShortFooter: qemu pads a file to whole sectors, so a fixed image
 // whose last byte is missing (the 511-byte footer) still opens.
 func TestShortFooter(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", Name, 1<<20, formattest.Dense, "-o", "subformat=fixed")
 	full, err := os.ReadFile(path)
 	if err != nil {
@@ -285,8 +282,7 @@ func TestShortFooter(t *testing.T) {
 // locators, and some sectors of an allocated block marked as the parent's.
 // It returns the child's path and the guest bytes it must read as.
 func diffChain(t *testing.T, locators map[string]string) (string, []byte) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	const size = 10 << 20
 	parent := formattest.Generate(t, dir, "parent", Name, size, formattest.Dense)
 	childPath := filepath.Join(dir, "child.vhd")

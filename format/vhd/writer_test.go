@@ -230,8 +230,7 @@ func TestWriterMatrix(t *testing.T) {
 // TestWriterFullyAllocated checks Measure's fully-allocated figure against
 // a conversion with no zero detection (-S 0) of an empty disk.
 func TestWriterFullyAllocated(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	src := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, src, 9<<20+1536, formattest.Empty)
 	img := formattest.Open(t, src, "raw")
@@ -395,8 +394,7 @@ func TestWriterPipe(t *testing.T) {
 // TestWriterAzure checks azure=on: a fixed disk of a whole number of MiB
 // whose first source-size bytes are the source.
 func TestWriterAzure(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	for _, size := range []int64{9<<20 + 1536, 4 << 20, 1000} {
 		src := filepath.Join(dir, "src.raw")
 		formattest.MakeRaw(t, src, size, formattest.Dense)

@@ -203,8 +203,7 @@ func TestDifferencing(t *testing.T) {
 // 4 GiB (a sector bitmap block each) of a 9 GiB disk, around the chunk
 // boundaries, over a parent with data there too.
 func TestDifferencingChunks(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	const size = 9 << 30
 	parent := filepath.Join(dir, "parent.vhdx")
 	praw := diffParent(t, parent, size, "block_size=1M", "write -P 0x11 4095M 2M", "write -P 0x22 8G 1M", "write -P 0x33 9215M 1M")
@@ -228,8 +227,7 @@ func TestDifferencingChunks(t *testing.T) {
 // paths, DataWriteGuid against parent_linkage or parent_linkage2, chains,
 // loops, a missing parent, and parents the user gives.
 func TestDifferencingParents(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	const size = 8 << 20
 	sub := filepath.Join(dir, "sub")
 	os.Mkdir(sub, 0o755)

@@ -374,8 +374,7 @@ func TestWriterChecksum(t *testing.T) {
 // TestWriterEmptyHuge converts empty 1 TiB images (raw, and VHDX made by
 // qemu-img) to VHDX: metadata work only.
 func TestWriterEmptyHuge(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	raw := filepath.Join(dir, "empty.raw")
 	if err := os.WriteFile(raw, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -427,8 +426,7 @@ func TestWriterEmptyHuge(t *testing.T) {
 // TestWriterDefaultBlockSize checks the block size picked by disk size
 // against qemu-img create.
 func TestWriterDefaultBlockSize(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	for _, size := range []int64{1 << 20, 1 << 30, 1<<30 + 512, 100 << 30, 100<<30 + 512, 32 << 40, 32<<40 + 512} {
 		p, err := plan(format.WriteOptions{Size: size})
 		if err != nil {

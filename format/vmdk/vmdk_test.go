@@ -47,8 +47,7 @@ func TestEmptyHuge(t *testing.T) {
 // TestZeroedGrains checks zeroed grains (zeroed_grain=on and write -z),
 // which read as zeros without looking at the parent.
 func TestZeroedGrains(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	p := filepath.Join(dir, "zg.vmdk")
 	formattest.Create(t, p, "vmdk", "10M", "-o", "zeroed_grain=on")
 	formattest.QemuIO(t, "vmdk", p, "write -P 0x5a 0 1M", "write -z 64k 256k", "write -P 1 3M 4k")
@@ -63,8 +62,7 @@ func TestZeroedGrains(t *testing.T) {
 // TestChain checks a differencing disk over a parent: unallocated grains
 // read from the parent, and the map reports their depth.
 func TestChain(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	base := filepath.Join(dir, "base.vmdk")
 	child := filepath.Join(dir, "child.vmdk")
 	formattest.Create(t, base, "vmdk", "10M")
@@ -146,8 +144,7 @@ func open(t testing.TB, path string, p format.Policy) format.Image {
 // directory is refused under the default policy and opened with
 // AllowOutside.
 func TestExtentOutside(t *testing.T) {
-	formattest.RequireQemu(t)
-	root := t.TempDir()
+	root := formattest.QemuDir(t)
 	imgDir := filepath.Join(root, "images")
 	baitDir := filepath.Join(root, "bait")
 	for _, d := range []string{imgDir, baitDir} {
@@ -301,8 +298,7 @@ func TestSnapshotCID(t *testing.T) {
 // snapshot makes an 8 MiB parent.vmdk holding 1 MiB of 0x11 and a child
 // over it (child.vmdk, made with the extra create arguments args).
 func snapshot(t *testing.T, args ...string) (parent, child string) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	parent, child = filepath.Join(dir, "parent.vmdk"), filepath.Join(dir, "child.vmdk")
 	formattest.Create(t, parent, "vmdk", "8M")
 	formattest.QemuIO(t, "vmdk", parent, "write -P 0x11 0 1M")

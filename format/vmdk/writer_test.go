@@ -188,8 +188,7 @@ func descriptorText(t testing.TB, path string) string {
 // format-specific data but the CID), the descriptor, the sizes, and for
 // monolithicSparse every byte outside the descriptor.
 func TestWriterLikeQemu(t *testing.T) {
-	formattest.RequireQemu(t)
-	dir := t.TempDir()
+	dir := formattest.QemuDir(t)
 	for _, c := range []formattest.Content{formattest.Sparse, formattest.Dense} {
 		if testing.Short() && c != formattest.Sparse {
 			continue // -short: one content
