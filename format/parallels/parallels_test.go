@@ -181,24 +181,16 @@ func TestSeeds(t *testing.T) {
 }
 
 func writeSeeds(t *testing.T) {
-	formattest.RequireQemu(t)
-	if err := os.MkdirAll(seeds, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	path := makeImage(t, t.TempDir(), "cluster_size=4k", "64k", "write -P 0x5a 12k 4k", "write -P 0x6b 1000 100", "write -P 0x7c 40k 5k")
+	path := makeImage(t, formattest.QemuDir(t), "cluster_size=4k", "64k", "write -P 0x5a 12k 4k", "write -P 0x6b 1000 100", "write -P 0x7c 40k 5k")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, d := range map[string][]byte{
+	formattest.WriteSeeds(t, seeds, map[string][]byte{
 		"data.hds":      data,
 		"sectors.hds":   toSectors(bytes.Clone(data)),
 		"extension.hds": withExtension(bytes.Clone(data)),
-	} {
-		if err := os.WriteFile(filepath.Join(seeds, name), d, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 }
 
 func FuzzParallels(f *testing.F) { formattest.FuzzOpen(f, Name, seeds) }

@@ -236,9 +236,7 @@ func TestSnapshotSeed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(snapshotSeed, d, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteSeeds(t, filepath.Dir(snapshotSeed), map[string][]byte{filepath.Base(snapshotSeed): d})
 	}
 	d, err := os.ReadFile(snapshotSeed)
 	if err != nil {

@@ -73,21 +73,15 @@ func TestSeeds(t *testing.T) {
 }
 
 func writeSeeds(t *testing.T, dir string) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), sparse.Compact(b), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	small := func(opts string) []byte {
 		return makeImage(t, opts, "4M", "write -P 0x5a 1M 64", "write -P 0x6b 3M 64")
 	}
-	write("dynamic-1M.sparse", small("subformat=dynamic,block_size=1M"))
-	write("dynamic-nozero-1M.sparse", small("subformat=dynamic,block_size=1M,block_state_zero=off"))
-	b := small("subformat=dynamic,block_size=1M")
-	writeLogEntry(t, b, true)
-	write("log-replay.sparse.bad", b)
-	write("differencing-1M.sparse", diffSeed(t))
+	replay := small("subformat=dynamic,block_size=1M")
+	writeLogEntry(t, replay, true)
+	sparse.WriteSeeds(t, dir, map[string][]byte{
+		"dynamic-1M.sparse":        small("subformat=dynamic,block_size=1M"),
+		"dynamic-nozero-1M.sparse": small("subformat=dynamic,block_size=1M,block_state_zero=off"),
+		"log-replay.sparse.bad":    replay,
+		"differencing-1M.sparse":   diffSeed(t),
+	})
 }

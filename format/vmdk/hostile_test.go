@@ -367,16 +367,11 @@ func TestWriteSeeds(t *testing.T) {
 	if os.Getenv("VMDK_WRITE_SEEDS") != "1" {
 		t.Skip("set VMDK_WRITE_SEEDS=1 to rewrite testdata/vmdk")
 	}
-	dir := "../../testdata/vmdk"
-	os.MkdirAll(dir, 0o755)
+	desc := "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\nRW 2048 FLAT \"x-flat.vmdk\" 0\n\n#DDB\nddb.adapterType = \"ide\"\n"
+	seeds := map[string][]byte{"descriptor.vmdk": []byte(desc)}
 	for name, c := range map[string][2]bool{"sparse.vmdk": {false, false}, "stream.vmdk": {true, false}, "footer.vmdk": {true, true}} {
 		s, _ := sample(c[0], c[1])
-		if err := os.WriteFile(filepath.Join(dir, name), s.build(), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		seeds[name] = s.build()
 	}
-	desc := "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\nRW 2048 FLAT \"x-flat.vmdk\" 0\n\n#DDB\nddb.adapterType = \"ide\"\n"
-	if err := os.WriteFile(filepath.Join(dir, "descriptor.vmdk"), []byte(desc), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteSeeds(t, "../../testdata/vmdk", seeds)
 }

@@ -373,7 +373,5 @@ func TestWriterSeeds(t *testing.T) {
 	src := vhdspectest.SeedSource(t, Name)
 	var out bytes.Buffer
 	convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{})
-	if err := os.WriteFile("../../testdata/zvhd/writer.zvhd", out.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteSeeds(t, "../../testdata/zvhd", map[string][]byte{"writer.zvhd": out.Bytes()})
 }

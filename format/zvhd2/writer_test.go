@@ -876,11 +876,11 @@ func TestWriterSeeds(t *testing.T) {
 	}
 	src := vhdspectest.SeedSource(t, Name)
 	fixedIdentity(t)
+	seeds := map[string][]byte{}
 	for _, m := range []string{CompressionZstd, CompressionZlib} {
 		var out bytes.Buffer
 		convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{WriterOptions: methodOpts(m)})
-		if err := os.WriteFile("../../testdata/zvhd2/writer-"+m+".sparse", sparse.Compact(out.Bytes()), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		seeds["writer-"+m+".sparse"] = out.Bytes()
 	}
+	sparse.WriteSeeds(t, "../../testdata/zvhd2", seeds)
 }

@@ -369,18 +369,12 @@ func TestSeeds(t *testing.T) {
 }
 
 func writeSeeds(t *testing.T, dir string) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), sparse.Compact(b), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("t2.sparse", vhdspectest.ReadVector(t, "t2.zvhd2"))
-	write("t3.sparse", vhdspectest.ReadVector(t, "t3.zvhd2"))
-	write("t4.sparse", vhdspectest.ReadVector(t, "t4.zvhd2"))
 	blocks := map[uint32][]byte{0: []byte("hello"), 2: bytes.Repeat([]byte{1, 2, 3}, 300)}
-	write("zlib-dense.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZlib, dense: true, blocks: blocks}.build(t))
-	write("zstd-sparse.sparse", spec{origSize: 5*mib + 512, method: vhdspec.MethodZstd, blocks: blocks}.build(t))
+	sparse.WriteSeeds(t, dir, map[string][]byte{
+		"t2.sparse":          vhdspectest.ReadVector(t, "t2.zvhd2"),
+		"t3.sparse":          vhdspectest.ReadVector(t, "t3.zvhd2"),
+		"t4.sparse":          vhdspectest.ReadVector(t, "t4.zvhd2"),
+		"zlib-dense.sparse":  spec{origSize: 5*mib + 512, method: vhdspec.MethodZlib, dense: true, blocks: blocks}.build(t),
+		"zstd-sparse.sparse": spec{origSize: 5*mib + 512, method: vhdspec.MethodZstd, blocks: blocks}.build(t),
+	})
 }
