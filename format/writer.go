@@ -352,6 +352,17 @@ var writers = registry[*WriterFormat]{order: func(a, b *WriterFormat) int { retu
 // init.
 func RegisterWriter(w *WriterFormat) { writers.add(w) }
 
+// Creates adapts a writer package's NewWriter to WriterFormat.New.
+func Creates[W Writer](newWriter func(Target, WriteOptions) (W, error)) func(Target, WriteOptions) (Writer, error) {
+	return func(dst Target, o WriteOptions) (Writer, error) {
+		w, err := newWriter(dst, o)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return w, nil
+	}
+}
+
 // WriterFormats returns the registered output formats, sorted by name.
 func WriterFormats() []*WriterFormat { return writers.all() }
 

@@ -32,7 +32,7 @@ func init() {
 			{Name: optClusterSize, Help: "cluster size (default 1M; rounded up to whole sectors as qemu does; at most 16M)"},
 		},
 		Check:   func(o format.WriteOptions) error { _, err := planOf(o); return err },
-		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:     format.Creates(NewWriter),
 		Measure: Measure,
 	})
 }

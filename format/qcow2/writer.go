@@ -119,7 +119,7 @@ func init() {
 		},
 		Compress: true,
 		Check:    func(o format.WriteOptions) error { _, err := newParams(o); return err },
-		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:      format.Creates(NewWriter),
 		Measure:  Measure,
 	})
 }

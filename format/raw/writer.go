@@ -23,7 +23,7 @@ func init() {
 			Help:     "off (sparse, the default), falloc (reserve space) or full (write zeros)",
 			Validate: format.OneOf(PreallocOff, PreallocFalloc, PreallocFull),
 		}},
-		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:     format.Creates(NewWriter),
 		Measure: Measure,
 	})
 }

@@ -83,7 +83,7 @@ func init() {
 		},
 		MaxSize: MaxWriteSize,
 		Check:   func(o format.WriteOptions) error { _, err := planOf(o); return err },
-		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:     format.Creates(NewWriter),
 		Measure: Measure,
 	})
 }

@@ -78,7 +78,7 @@ func init() {
 		},
 		MaxSize: maxVirtualSize,
 		Check:   func(o format.WriteOptions) error { _, err := plan(o); return err },
-		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:     format.Creates(NewWriter),
 		Measure: Measure,
 	})
 }

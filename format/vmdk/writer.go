@@ -130,7 +130,7 @@ func init() {
 		Compress: true,
 		MaxSize:  WriterMaxSize,
 		Check:    func(o format.WriteOptions) error { _, err := newParams(o); return err },
-		New:      func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:      NewWriter,
 		Measure:  Measure,
 	})
 }

@@ -36,7 +36,7 @@ const (
 func init() {
 	vhdspec.RegisterWriter(format.WriterFormat{
 		Name:    Name,
-		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:     format.Creates(NewWriter),
 		Measure: Measure,
 	})
 }

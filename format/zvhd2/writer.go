@@ -35,7 +35,7 @@ func init() {
 			Help:     "block codec: zstd (the default) or zlib",
 			Validate: format.OneOf(CompressionZstd, CompressionZlib),
 		}},
-		New:     func(dst format.Target, o format.WriteOptions) (format.Writer, error) { return NewWriter(dst, o) },
+		New:     format.Creates(NewWriter),
 		Measure: Measure,
 	})
 }
