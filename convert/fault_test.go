@@ -235,7 +235,7 @@ func faultOutcome(t *testing.T, dir string, err error, want ...string) {
 			t.Errorf("error %q lacks %q", msg, w)
 		}
 	}
-	if strings.Contains(msg, tempMarker) || strings.Contains(msg, "/proc/") {
+	if strings.Contains(msg, ".diskimg-") || strings.Contains(msg, "/proc/") {
 		t.Errorf("error %q names a temporary file", msg)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {

@@ -65,9 +65,9 @@ type Output struct {
 	// a non-seekable writer for standard output.
 	Target  format.Target
 	f       *os.File
-	fo      *fileOut     // f with O_DIRECT or in place; nil otherwise
-	final   string       // where the file goes on Commit
-	pf      *pendingFile // the new file; nil for standard output and in place
+	fo      *fileOut            // f with O_DIRECT or in place; nil otherwise
+	final   string              // where the file goes on Commit
+	pf      *format.PendingFile // the new file; nil for standard output and in place
 	force   bool
 	mode    os.FileMode // mode of the file replaced, 0 for none
 	noFlush bool        // -t unsafe: no fsync
@@ -164,14 +164,14 @@ func CreateOutput(path string, o OutputOptions) (*Output, error) {
 		return nil, statErr
 	}
 	out.final = final
-	pf, err := createPending(final, path, syncFlag(o.Cache))
+	pf, err := format.CreatePending(final, path, syncFlag(o.Cache))
 	if err != nil {
 		return nil, err
 	}
-	out.pf, out.f, out.Target = pf, pf.f, pf.f
+	out.pf, out.f, out.Target = pf, pf.File, pf.File
 	if o.Cache.Direct {
-		out.fo = &fileOut{f: pf.f}
-		out.fo.direct, _ = openDirect(pf.path(), os.O_WRONLY|syncFlag(o.Cache)) // refused: the page cache
+		out.fo = &fileOut{f: pf.File}
+		out.fo.direct, _ = openDirect(pf.Path(), os.O_WRONLY|syncFlag(o.Cache)) // refused: the page cache
 		out.Target = out.fo
 	}
 	return out, nil
@@ -268,17 +268,17 @@ func (o *Output) Commit() error {
 	}
 	if !o.noFlush {
 		if err := syncFile(o.f); err != nil {
-			return fail(fmt.Errorf("syncing output %s: %w", o.shown(), errnoOf(err)))
+			return fail(fmt.Errorf("syncing output %s: %w", o.shown(), format.ErrnoOf(err)))
 		}
 	}
 	if o.pf != nil {
-		if err := o.pf.commit(o.force, o.noFlush); err != nil {
+		if err := o.pf.Commit(o.force, o.noFlush); err != nil {
 			return fail(err)
 		}
 	}
 	o.done = true
 	if err := o.closeFile(); err != nil {
-		return fmt.Errorf("closing output %s: %w", o.shown(), errnoOf(err))
+		return fmt.Errorf("closing output %s: %w", o.shown(), format.ErrnoOf(err))
 	}
 	return nil
 }
@@ -306,7 +306,7 @@ func (o *Output) Abort() error {
 		o.closeFile()
 	}
 	if o.pf != nil {
-		return o.pf.discard()
+		return o.pf.Discard()
 	}
 	return nil
 }
@@ -322,7 +322,7 @@ func (o *Output) ReadBack() (format.File, error) {
 	case o.inPlace:
 		path = o.final
 	case o.pf != nil:
-		path = o.pf.path()
+		path = o.pf.Path()
 	default:
 		return nil, errors.New("the output cannot be read back")
 	}
@@ -334,7 +334,7 @@ func (o *Output) ReadBack() (format.File, error) {
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("reading back %s: %w", o.shown(), errnoOf(err))
+		return nil, fmt.Errorf("reading back %s: %w", o.shown(), format.ErrnoOf(err))
 	}
 	return &readBack{File: f, size: size}, nil
 }
@@ -350,7 +350,7 @@ func (r *readBack) Size() int64 { return r.size }
 // shown is the output's path as the user gave it.
 func (o *Output) shown() string {
 	if o.pf != nil {
-		return o.pf.shown
+		return o.pf.File.Name()
 	}
 	return o.final
 }
@@ -363,17 +363,6 @@ func (o *Output) Name() string {
 		return o.final
 	}
 	return redirectedTo(os.Stdout)
-}
-
-func syncDir(dir string) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return
-	}
 }
 
 // SourceFiles lists the host files an image opened from path reads: the

@@ -28,7 +28,7 @@ func (f *StdinFile) Name() string { return "" }
 // OpenStdin makes r (standard input) readable at any offset, so any
 // image format can be read from it. A regular file (a shell redirect) is
 // used in place. Anything else is copied into a temporary file in dir
-// ("" for the system temp dir) that has no name (see openAnonymous), so
+// ("" for the system temp dir) that has no name (see format.AnonymousFile), so
 // it leaves nothing behind however the process ends: the image formats keep their
 // tables anywhere in the file (a streamOptimized VMDK at its end), and a
 // writer needs the source's map before its first byte. Zero blocks become
@@ -42,7 +42,7 @@ func OpenStdin(ctx context.Context, r *os.File, dir string) (*StdinFile, error) 
 			return &StdinFile{File: r, size: size}, nil
 		}
 	}
-	f, err := openAnonymous(dir, "stdin")
+	f, err := format.AnonymousFile(dir, "stdin")
 	if err != nil {
 		return nil, fmt.Errorf("standard input: spooling into %s: %w", dirOrTemp(dir), err)
 	}

@@ -19,3 +19,13 @@ func HostSeeks(img Image) (seeks, cached int) {
 
 // MaxHostRuns is the cache bound, for tests.
 const MaxHostRuns = maxHostRuns
+
+// StaleName matches diskimg's temporary names.
+var StaleName = staleName
+
+// SetNoTmpfile turns O_TMPFILE off (or on) and returns the old setting.
+func SetNoTmpfile(v bool) bool {
+	old := noTmpfile
+	noTmpfile = v
+	return old
+}

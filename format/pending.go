@@ -1,4 +1,4 @@
-package convert
+package format
 
 // A new output file has no name in its directory until it is complete and
 // synced, so no crash (SIGKILL, the OOM killer, a power cut) can leave a
@@ -35,9 +35,11 @@ var staleName = regexp.MustCompile(`^\..*\.diskimg-[0-9a-f]{12}$`)
 // noTmpfile turns O_TMPFILE off, for tests of the named fallback.
 var noTmpfile = false
 
-// pendingFile is an output file that is not yet under its final name.
-type pendingFile struct {
-	f     *os.File // named as the user named the output, for messages
+// PendingFile is an output file that is not yet under its final name.
+type PendingFile struct {
+	// File is the open file, named as the user named the output, for
+	// messages.
+	File  *os.File
 	dir   string
 	final string
 	shown string // the path the user gave
@@ -51,16 +53,16 @@ func hiddenName(dir, base string) string {
 	return filepath.Join(dir, "."+base+tempMarker+hex.EncodeToString(rnd[:]))
 }
 
-// createPending creates the file that becomes final on commit, opened
+// CreatePending creates the file that becomes final on Commit, opened
 // read-write with the extra open flags flag. shown is the path the user
 // gave, which messages name.
-func createPending(final, shown string, flag int) (*pendingFile, error) {
+func CreatePending(final, shown string, flag int) (*PendingFile, error) {
 	dir, base := filepath.Split(final)
 	if dir == "" {
 		dir = "."
 	}
 	removeStale(dir)
-	p := &pendingFile{dir: dir, final: final, shown: shown}
+	p := &PendingFile{dir: dir, final: final, shown: shown}
 	if !noTmpfile {
 		fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC|flag, 0o666)
 		switch {
@@ -70,7 +72,7 @@ func createPending(final, shown string, flag int) (*pendingFile, error) {
 				unix.Close(fd)
 				return nil, fmt.Errorf("creating output %s: locking: %w", shown, err)
 			}
-			p.f = os.NewFile(uintptr(fd), shown)
+			p.File = os.NewFile(uintptr(fd), shown)
 			return p, nil
 		case err == nil:
 			unix.Close(fd) // no /proc to link it by: use a name
@@ -93,7 +95,7 @@ func createPending(final, shown string, flag int) (*pendingFile, error) {
 			unix.Close(fd)
 			continue
 		}
-		p.f, p.tmp = os.NewFile(uintptr(fd), shown), tmp
+		p.File, p.tmp = os.NewFile(uintptr(fd), shown), tmp
 		return p, nil
 	}
 	return nil, fmt.Errorf("creating output %s: no free temporary name in %s", shown, dir)
@@ -123,18 +125,18 @@ func sameFile(fd int, name string) bool {
 	return a.Dev == b.Dev && a.Ino == b.Ino
 }
 
-// path is a name the file can be opened by while pending.
-func (p *pendingFile) path() string {
+// Path is a name the file can be opened by while pending.
+func (p *PendingFile) Path() string {
 	if p.tmp != "" {
 		return p.tmp
 	}
-	return fdPath(int(p.f.Fd()))
+	return fdPath(int(p.File.Fd()))
 }
 
-// commit gives the synced file its final name, replacing a file there only
+// Commit gives the synced file its final name, replacing a file there only
 // when force is set, then syncs the directory unless noFlush. The file
 // stays open.
-func (p *pendingFile) commit(force, noFlush bool) error {
+func (p *PendingFile) Commit(force, noFlush bool) error {
 	var err error
 	switch {
 	case p.tmp != "":
@@ -142,7 +144,7 @@ func (p *pendingFile) commit(force, noFlush bool) error {
 	case force:
 		err = p.commitReplace()
 	default:
-		err = unix.Linkat(unix.AT_FDCWD, p.path(), unix.AT_FDCWD, p.final, unix.AT_SYMLINK_FOLLOW)
+		err = unix.Linkat(unix.AT_FDCWD, p.Path(), unix.AT_FDCWD, p.final, unix.AT_SYMLINK_FOLLOW)
 		if errors.Is(err, unix.EEXIST) {
 			return p.taken()
 		}
@@ -154,23 +156,23 @@ func (p *pendingFile) commit(force, noFlush bool) error {
 		return err
 	}
 	if !noFlush {
-		syncDir(p.dir)
+		SyncDir(p.dir)
 	}
 	return nil
 }
 
 // taken is the error of a commit whose final name another process took
 // while the output was written.
-func (p *pendingFile) taken() error {
+func (p *PendingFile) taken() error {
 	return fmt.Errorf("%s was created by someone else during the conversion; output discarded", p.shown)
 }
 
 // commitReplace links the O_TMPFILE to a hidden name and renames that over
 // the final name.
-func (p *pendingFile) commitReplace() error {
+func (p *PendingFile) commitReplace() error {
 	for range 100 {
 		tmp := hiddenName(p.dir, filepath.Base(p.final))
-		err := unix.Linkat(unix.AT_FDCWD, p.path(), unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
+		err := unix.Linkat(unix.AT_FDCWD, p.Path(), unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
 		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
@@ -179,7 +181,7 @@ func (p *pendingFile) commitReplace() error {
 		}
 		if err := os.Rename(tmp, p.final); err != nil {
 			os.Remove(tmp)
-			return fmt.Errorf("replacing %s: %w", p.shown, errnoOf(err))
+			return fmt.Errorf("replacing %s: %w", p.shown, ErrnoOf(err))
 		}
 		return nil
 	}
@@ -189,10 +191,10 @@ func (p *pendingFile) commitReplace() error {
 // commitNamed moves the fallback's temporary file to the final name: a
 // rename with force, else a link that fails if the name was taken
 // meanwhile.
-func (p *pendingFile) commitNamed(force bool) error {
+func (p *PendingFile) commitNamed(force bool) error {
 	if force {
 		if err := os.Rename(p.tmp, p.final); err != nil {
-			return fmt.Errorf("replacing %s: %w", p.shown, errnoOf(err))
+			return fmt.Errorf("replacing %s: %w", p.shown, ErrnoOf(err))
 		}
 		p.tmp = ""
 		return nil
@@ -207,20 +209,20 @@ func (p *pendingFile) commitNamed(force bool) error {
 			return fmt.Errorf("%s already exists (use --force to overwrite it)", p.shown)
 		}
 		if err := os.Rename(p.tmp, p.final); err != nil {
-			return fmt.Errorf("naming the output %s: %w", p.shown, errnoOf(err))
+			return fmt.Errorf("naming the output %s: %w", p.shown, ErrnoOf(err))
 		}
 	default:
 		if err := os.Remove(p.tmp); err != nil {
-			return fmt.Errorf("naming the output %s: %w", p.shown, errnoOf(err))
+			return fmt.Errorf("naming the output %s: %w", p.shown, ErrnoOf(err))
 		}
 	}
 	p.tmp = ""
 	return nil
 }
 
-// discard removes the fallback's temporary name, if any; the file itself
+// Discard removes the fallback's temporary name, if any; the file itself
 // goes when it is closed.
-func (p *pendingFile) discard() error {
+func (p *PendingFile) Discard() error {
 	if p.tmp == "" {
 		return nil
 	}
@@ -232,9 +234,9 @@ func (p *pendingFile) discard() error {
 	return nil
 }
 
-// errnoOf strips an *os.PathError or *os.LinkError down to its errno, so
+// ErrnoOf strips an *os.PathError or *os.LinkError down to its errno, so
 // a message names the user's path rather than a temporary one.
-func errnoOf(err error) error {
+func ErrnoOf(err error) error {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		return errno
@@ -279,11 +281,12 @@ func removeIfStale(name string) {
 	}
 }
 
-// openAnonymous returns a read-write file in dir ("" for the system's
+// AnonymousFile returns a read-write file in dir ("" for the system's
 // temporary directory) that has no name: O_TMPFILE where the filesystem
 // has it, else a temporary name removed at once (locked in between, so a
-// crash there leaves a file the next run removes).
-func openAnonymous(dir, stem string) (*os.File, error) {
+// crash there leaves a file the next run removes). stem names it in
+// /proc and in the fallback's temporary name.
+func AnonymousFile(dir, stem string) (*os.File, error) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
@@ -296,13 +299,24 @@ func openAnonymous(dir, stem string) (*os.File, error) {
 			return nil, err
 		}
 	}
-	p, err := createPending(filepath.Join(dir, stem), stem, 0)
+	p, err := CreatePending(filepath.Join(dir, stem), stem, 0)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.discard(); err != nil {
-		p.f.Close()
+	if err := p.Discard(); err != nil {
+		p.File.Close()
 		return nil, err
 	}
-	return p.f, nil
+	return p.File, nil
+}
+
+// SyncDir flushes dir's entries, so a name just given survives a crash.
+// It is best effort: some filesystems cannot sync a directory.
+func SyncDir(dir string) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	d.Sync()
 }
