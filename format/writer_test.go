@@ -160,3 +160,19 @@ func TestSeekable(t *testing.T) {
 		t.Error("a pipe is seekable")
 	}
 }
+
+// TestParseSize: qemu's size syntax, as qemu-img's --size, -S and resize
+// take it: a byte count, or a number with a binary suffix (a fraction
+// only with a suffix).
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512": 512, "4K": 4096, "4k": 4096, "40G": 40 << 30, "1T": 1 << 40, "7b": 7, "1.5G": 3 << 29, "0.5k": 512} {
+		if got, err := format.ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "+1", "1.5", "4KiB", "99999999999E", "8E"} {
+		if _, err := format.ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}

@@ -109,7 +109,7 @@ func runConvert(c *cli.Context) error {
 		}
 	}
 	if s := c.String("S"); s != "" {
-		n, err := parseSize(s)
+		n, err := format.ParseSize(s)
 		if err != nil {
 			return fmt.Errorf("-S: %w", err)
 		}
@@ -126,7 +126,7 @@ func runConvert(c *cli.Context) error {
 		return fmt.Errorf("--checksum: %q is not supported (sha256)", c.String("checksum"))
 	}
 	if s := c.String("resize"); s != "" {
-		if job.resize, err = parseSize(s); err != nil {
+		if job.resize, err = format.ParseSize(s); err != nil {
 			return fmt.Errorf("--resize: %w", err)
 		}
 	}

@@ -39,7 +39,7 @@ func runMeasure(c *cli.Context) error {
 	var size int64
 	switch {
 	case c.String("size") != "" && c.NArg() == 0:
-		if size, err = parseSize(c.String("size")); err != nil {
+		if size, err = format.ParseSize(c.String("size")); err != nil {
 			return fmt.Errorf("--size: %w", err)
 		}
 	case c.String("size") == "" && c.NArg() == 1:

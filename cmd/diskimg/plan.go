@@ -50,7 +50,7 @@ func planRequest(c *cli.Context) (limits.Request, error) {
 		return req, fmt.Errorf("--disk: %q is not system or data", req.Disk)
 	}
 	if s := c.String("flavor-disk"); s != "" {
-		n, err := parseSize(s)
+		n, err := format.ParseSize(s)
 		if err != nil {
 			return req, fmt.Errorf("--flavor-disk: %w", err)
 		}
@@ -216,22 +216,4 @@ func writePlanText(w io.Writer, d limits.Decision) {
 			fmt.Fprintf(w, "  %s\n", cmd)
 		}
 	}
-}
-
-// parseSize reads a size like qemu-img does: a number with an optional
-// K, M, G, T, P or E suffix (binary units; "b" or none means bytes).
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		if i := strings.Index("BKMGTPE", strings.ToUpper(s[n-1:])); i >= 0 {
-			mult = 1 << (10 * i)
-			s = s[:n-1]
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 || n > (1<<63-1)/mult {
-		return 0, fmt.Errorf("%q is not a size", s)
-	}
-	return n * mult, nil
 }

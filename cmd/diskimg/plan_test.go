@@ -107,19 +107,6 @@ func TestPlanGolden(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"512": 512, "4K": 4096, "40G": 40 << 30, "1T": 1 << 40, "7b": 7} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "x", "-1", "99999999999E"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) accepted", in)
-		}
-	}
-}
-
 // TestCloudConvertHuawei runs the Huawei path end to end: plan, convert to
 // ZVHD2, verify, and re-plan the output.
 func TestCloudConvertHuawei(t *testing.T) {
