@@ -267,11 +267,7 @@ func (c *faultCounts) add(t *testing.T) {
 func TestWriterFaults(t *testing.T) {
 	srcPath := filepath.Join(t.TempDir(), "src.raw")
 	formattest.MakeRaw(t, srcPath, 6<<20+512, formattest.Sparse)
-	src, err := format.Open(srcPath, "raw", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := formattest.Open(t, srcPath, "raw")
 	points := 6
 	if testing.Short() {
 		points = 3
@@ -331,11 +327,7 @@ func TestReaderFaults(t *testing.T) {
 	raw := filepath.Join(dir, "src.raw")
 	formattest.MakeRaw(t, raw, 6<<20+512, formattest.Sparse)
 	sources := map[string]string{"raw": raw}
-	rawImg, err := format.Open(raw, "raw", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rawImg.Close()
+	rawImg := formattest.Open(t, raw, "raw")
 	for _, wr := range faultWriters {
 		p := filepath.Join(dir, "src-"+wr.name)
 		if err := faultRun(rawImg, dir, wr.fmt, wr.opts, wr.compress, func(rt format.RandomTarget) format.Target { return rt }); err != nil {

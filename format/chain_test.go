@@ -185,14 +185,7 @@ func TestChain(t *testing.T) {
 	writeLayer(t, filepath.Join(dir, "base"), "TSTL size 4096", "data 0 1024 97")
 	writeLayer(t, filepath.Join(dir, "mid"), "TSTL size 8192", "backing base", "format testlayer", "data 512 512 98", "zero 2048 512")
 	writeLayer(t, filepath.Join(dir, "top"), "TSTL size 12288", "backing mid", "data 0 256 99")
-	img, err := format.Open(filepath.Join(dir, "top"), "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	if err := formattest.Validate(img); err != nil {
-		t.Error(err)
-	}
+	img := formattest.Open(t, filepath.Join(dir, "top"), "")
 	want := []span{
 		{0, 256, format.Data, 0},
 		{256, 256, format.Data, 2},
@@ -286,11 +279,7 @@ func TestChainLoopAndDepth(t *testing.T) {
 	if _, err := format.Open(filepath.Join(dir, fmt.Sprintf("l%d", format.MaxChainDepth+1)), "", format.Policy{}); err == nil || !strings.Contains(err.Error(), "deeper") {
 		t.Errorf("deep chain: %v", err)
 	}
-	img, err := format.Open(filepath.Join(dir, fmt.Sprintf("l%d", format.MaxChainDepth-1)), "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, filepath.Join(dir, fmt.Sprintf("l%d", format.MaxChainDepth-1)), "")
 	if e, err := img.Extent(0); err != nil || e.Depth != format.MaxChainDepth-1 {
 		t.Errorf("extent of a chain of %d: %+v, %v", format.MaxChainDepth, e, err)
 	}

@@ -185,20 +185,12 @@ func TestFindingsSize(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	huge := filepath.Join(dir, "huge.qcow2")
 	formattest.Create(t, huge, "qcow2", "64T")
-	img, err := format.Open(huge, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.Open(t, huge, "")
 	wantFinding(t, format.Findings(huge, img, format.Policy{}), format.FindingSize, "virtual size 70368744177664 bytes")
 
 	small := filepath.Join(dir, "small.qcow2")
 	formattest.Create(t, small, "qcow2", "1T")
-	img2, err := format.Open(small, "", format.Policy{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img2.Close()
+	img2 := formattest.Open(t, small, "")
 	if fs := format.Findings(small, img2, format.Policy{}); len(fs) != 0 {
 		t.Errorf("findings on an empty 1 TiB qcow2:\n%s", findingsText(fs))
 	}
