@@ -90,34 +90,38 @@ func (f *fault) hits(off int64, n int) (int, bool) {
 
 // faultTarget is an output file that records its writes or fails one.
 type faultTarget struct {
-	t     format.RandomTarget
-	name  string
-	pos   int64
+	formattest.WatchedTarget
 	fault *fault // nil: record only
 	log   *ioLog
 }
 
+func newFaultTarget(rt format.RandomTarget, f *fault, log *ioLog) *faultTarget {
+	w := &faultTarget{fault: f, log: log}
+	w.RandomTarget, w.OnWrite = rt, w.write
+	return w
+}
+
 func (w *faultTarget) Name() string {
-	n, _ := w.t.(interface{ Name() string })
+	n, _ := w.RandomTarget.(interface{ Name() string })
 	return n.Name()
 }
 
-func (w *faultTarget) Fd() uintptr { return w.t.(interface{ Fd() uintptr }).Fd() }
+func (w *faultTarget) Fd() uintptr { return w.RandomTarget.(interface{ Fd() uintptr }).Fd() }
 
 func (w *faultTarget) ReadAt(p []byte, off int64) (int, error) {
-	return w.t.(io.ReaderAt).ReadAt(p, off)
+	return w.RandomTarget.(io.ReaderAt).ReadAt(p, off)
 }
 
-func (w *faultTarget) WriteAt(p []byte, off int64) (int, error) {
+func (w *faultTarget) write(p []byte, off int64) (int, error) {
 	n, hit := w.fault.hits(off, len(p))
 	if !hit {
 		w.log.add(off, len(p))
-		return w.t.WriteAt(p, off)
+		return w.RandomTarget.WriteAt(p, off)
 	}
 	errno := syscall.EIO
 	if w.fault.kind == faultENOSPC {
 		var err error
-		if n, err = w.t.WriteAt(p[:n], off); err != nil {
+		if n, err = w.RandomTarget.WriteAt(p[:n], off); err != nil {
 			return n, err
 		}
 		errno = syscall.ENOSPC
@@ -126,22 +130,6 @@ func (w *faultTarget) WriteAt(p []byte, off int64) (int, error) {
 	}
 	return n, &os.PathError{Op: "write", Path: w.Name(), Err: errno}
 }
-
-func (w *faultTarget) Write(p []byte) (int, error) {
-	n, err := w.WriteAt(p, w.pos)
-	w.pos += int64(n)
-	return n, err
-}
-
-func (w *faultTarget) Seek(off int64, whence int) (int64, error) {
-	pos, err := w.t.Seek(off, whence)
-	if err == nil {
-		w.pos = pos
-	}
-	return pos, err
-}
-
-func (w *faultTarget) Truncate(size int64) error { return w.t.Truncate(size) }
 
 // faultFile is a source file that records its reads or fails one.
 type faultFile struct {
@@ -279,7 +267,7 @@ func TestWriterFaults(t *testing.T) {
 			var log ioLog
 			dir := t.TempDir()
 			err := faultRun(src, dir, wr.fmt, wr.opts, wr.compress, func(rt format.RandomTarget) format.Target {
-				return &faultTarget{t: rt, log: &log}
+				return newFaultTarget(rt, nil, &log)
 			})
 			if err != nil {
 				t.Fatalf("clean run: %v", err)
@@ -307,7 +295,7 @@ func TestWriterFaults(t *testing.T) {
 						if f.kind == faultSync {
 							return rt
 						}
-						return &faultTarget{t: rt, fault: &f}
+						return newFaultTarget(rt, &f, nil)
 					})
 					faultOutcome(t, dir, err, want...)
 					counts.add(t)

@@ -398,40 +398,24 @@ func TestWriterWrittenZeros(t *testing.T) {
 // (no ReadAt, no Fd): the engine's --checksum must then be streamed. It
 // fails a write below an offset already written, the front-to-back rule.
 type writeOnlyFile struct {
-	f       *os.File
-	pos, hi int64
-	back    bool // a write went back
+	formattest.WatchedTarget
+	hi   int64
+	back bool // a write went back
 }
 
-func (w *writeOnlyFile) note(off int64, n int) {
-	if n > 0 && off < w.hi {
-		w.back = true
+func newWriteOnlyFile(f *os.File) *writeOnlyFile {
+	w := &writeOnlyFile{}
+	w.RandomTarget = f
+	w.OnWrite = func(p []byte, off int64) (int, error) {
+		n, err := f.WriteAt(p, off)
+		if n > 0 && off < w.hi {
+			w.back = true
+		}
+		w.hi = max(w.hi, off+int64(n))
+		return n, err
 	}
-	w.hi = max(w.hi, off+int64(n))
+	return w
 }
-
-func (w *writeOnlyFile) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.note(w.pos, n)
-	w.pos += int64(n)
-	return n, err
-}
-
-func (w *writeOnlyFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := w.f.WriteAt(p, off)
-	w.note(off, n)
-	return n, err
-}
-
-func (w *writeOnlyFile) Seek(off int64, whence int) (int64, error) {
-	pos, err := w.f.Seek(off, whence)
-	if err == nil {
-		w.pos = pos
-	}
-	return pos, err
-}
-
-func (w *writeOnlyFile) Truncate(size int64) error { return w.f.Truncate(size) }
 
 // writeOnlyConvert converts src into a writeOnlyFile at path.
 func writeOnlyConvert(t testing.TB, src format.Image, path string, v wVariant, co convert.Options) (*convert.Result, *writeOnlyFile) {
@@ -441,7 +425,7 @@ func writeOnlyConvert(t testing.TB, src format.Image, path string, v wVariant, c
 		t.Fatal(err)
 	}
 	defer f.Close()
-	w := &writeOnlyFile{f: f}
+	w := newWriteOnlyFile(f)
 	co.WriterOptions, co.Compress = v.opts, v.compress
 	res, err := convert.Convert(context.Background(), src, formattest.Writer(t, Name), w, co)
 	if err != nil {
