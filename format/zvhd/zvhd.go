@@ -40,9 +40,10 @@ func init() { vhdspec.Register(Name, Priority, vhdspec.CookieZVHD, Open, CheckFi
 // Image is an open ZVHD image.
 type Image struct {
 	format.Base // Meta holds the size; Info is built on demand
-	d           *vhdspec.Descriptor
-	records     []record
-	blocks      vhdspec.Blocks // the stored blocks; its lock guards the inflater
+	vhdspec.Reader
+	d       *vhdspec.Descriptor
+	records []record
+	blocks  vhdspec.Blocks // the stored blocks; its lock guards the inflater
 
 	zr   io.ReadCloser // the inflater; nil before the first read or after an error
 	src  *payloads     // zr's input
@@ -63,13 +64,11 @@ type Specific struct {
 	Sequential bool `json:"sequential"`
 	// CurrentSize is curr_size, orig_size rounded up to 1 GiB: what
 	// Huawei's qemu-img-hw reports and converts out.
-	CurrentSize    int64  `json:"current-size"`
-	BlockSize      int64  `json:"block-size"`
-	Compression    string `json:"compression"`
-	StoredBlocks   int64  `json:"stored-blocks"`
-	UUID           string `json:"uuid"`
-	CreatorVersion string `json:"creator-version"`
-	Timestamp      string `json:"timestamp"`
+	CurrentSize  int64  `json:"current-size"`
+	BlockSize    int64  `json:"block-size"`
+	Compression  string `json:"compression"`
+	StoredBlocks int64  `json:"stored-blocks"`
+	vhdspec.Identity
 }
 
 // Open opens f as a ZVHD image and reads its record headers.
@@ -82,6 +81,7 @@ func Open(f format.File) (*Image, error) {
 	if err := img.scan(trailerOff); err != nil {
 		return nil, err
 	}
+	img.Reader = vhdspec.NewReader(Name, img.Size(), &img.blocks, img.decode)
 	return img, nil
 }
 
@@ -168,27 +168,13 @@ func nextRecord(f format.File, off, end, maxBlk, prev int64) (record, int64, err
 func (img *Image) Info() *format.Info {
 	d := img.d
 	return vhdspec.Info(Name, img.Size(), &Specific{
-		Sequential:     true,
-		CurrentSize:    int64(d.CurrSize),
-		BlockSize:      vhdspec.BlockSize,
-		Compression:    "zlib",
-		StoredBlocks:   int64(len(img.records)),
-		UUID:           vhdspec.FormatUUID(d.UUID),
-		CreatorVersion: d.CreatorVersionString(),
-		Timestamp:      d.TimestampString(),
+		Sequential:   true,
+		CurrentSize:  int64(d.CurrSize),
+		BlockSize:    vhdspec.BlockSize,
+		Compression:  "zlib",
+		StoredBlocks: int64(len(img.records)),
+		Identity:     d.Identity(),
 	})
-}
-
-// Extent reports a run of stored blocks as compressed Data and a run of
-// absent blocks as Zero.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	return img.blocks.Extent(Name, off, img.Size())
-}
-
-// ReadAt reads guest bytes. Reading a block before the last one decoded
-// restarts decoding at the first record.
-func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	return img.blocks.ReadAt(p, off, img.Size(), img.decode)
 }
 
 // decode fills block with the block of record k, inflating forward from

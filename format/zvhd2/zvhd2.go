@@ -42,10 +42,11 @@ func init() { vhdspec.Register(Name, Priority, vhdspec.CookieZVHD2, Open, CheckF
 
 // Image is an open ZVHD2 image.
 type Image struct {
-	format.Base                     // Meta holds the size; Info is built on demand
-	d           *vhdspec.Descriptor // the trailer: the descriptor in force
-	entries     []vhdspec.IndexEntry
-	blocks      vhdspec.Blocks // the stored blocks; its lock guards decoding
+	format.Base // Meta holds the size; Info is built on demand
+	vhdspec.Reader
+	d       *vhdspec.Descriptor // the trailer: the descriptor in force
+	entries []vhdspec.IndexEntry
+	blocks  vhdspec.Blocks // the stored blocks; its lock guards decoding
 
 	zstd       *zstd.Decoder
 	rec        []byte // the last record read
@@ -56,15 +57,13 @@ type Image struct {
 type Specific struct {
 	// CurrentSize is curr_size, orig_size rounded up to 1 GiB: what
 	// Huawei's qemu-img-hw reports and converts out.
-	CurrentSize    int64  `json:"current-size"`
-	BlockSize      int64  `json:"block-size"`
-	Compression    string `json:"compression"`
-	Version        int    `json:"zvhd2-version"`
-	DenseIndex     bool   `json:"dense-index"`
-	StoredBlocks   int64  `json:"stored-blocks"`
-	UUID           string `json:"uuid"`
-	CreatorVersion string `json:"creator-version"`
-	Timestamp      string `json:"timestamp"`
+	CurrentSize  int64  `json:"current-size"`
+	BlockSize    int64  `json:"block-size"`
+	Compression  string `json:"compression"`
+	Version      int    `json:"zvhd2-version"`
+	DenseIndex   bool   `json:"dense-index"`
+	StoredBlocks int64  `json:"stored-blocks"`
+	vhdspec.Identity
 }
 
 // Open opens f as a ZVHD2 image.
@@ -77,6 +76,7 @@ func Open(f format.File) (*Image, error) {
 	if err := img.readMaps(); err != nil {
 		return nil, err
 	}
+	img.Reader = vhdspec.NewReader(Name, img.Size(), &img.blocks, img.decode)
 	if d.CompressMethod == vhdspec.MethodZstd {
 		dec, err := zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(1),
@@ -341,27 +341,14 @@ func (img *Image) Close() error {
 func (img *Image) Info() *format.Info {
 	d := img.d
 	return vhdspec.Info(Name, img.Size(), &Specific{
-		CurrentSize:    int64(d.CurrSize),
-		BlockSize:      int64(d.BlockSize),
-		Compression:    vhdspec.Method(d.CompressMethod),
-		Version:        int(d.Version),
-		DenseIndex:     d.IndexDense == 1,
-		StoredBlocks:   int64(d.NonZeroBlkNum),
-		UUID:           vhdspec.FormatUUID(d.UUID),
-		CreatorVersion: d.CreatorVersionString(),
-		Timestamp:      d.TimestampString(),
+		CurrentSize:  int64(d.CurrSize),
+		BlockSize:    int64(d.BlockSize),
+		Compression:  vhdspec.Method(d.CompressMethod),
+		Version:      int(d.Version),
+		DenseIndex:   d.IndexDense == 1,
+		StoredBlocks: int64(d.NonZeroBlkNum),
+		Identity:     d.Identity(),
 	})
-}
-
-// Extent reports a run of stored blocks as compressed Data and a run of
-// absent blocks as Zero.
-func (img *Image) Extent(off int64) (format.Extent, error) {
-	return img.blocks.Extent(Name, off, img.Size())
-}
-
-// ReadAt reads guest bytes, decoding each stored block it touches.
-func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	return img.blocks.ReadAt(p, off, img.Size(), img.decode)
 }
 
 // decode fills block with the block of entry k. It checks the record's

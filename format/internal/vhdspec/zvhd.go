@@ -514,18 +514,53 @@ func (s *Blocks) load(k int, decode func(k int, block []byte) error) error {
 	return nil
 }
 
+// Reader is the Extent and ReadAt of a ZVHD or ZVHD2 image over its
+// stored blocks; a driver's Image embeds it. A block before the last one
+// decoded costs what decode makes it cost: a ZVHD decodes forward from
+// its first record.
+type Reader struct {
+	name   string
+	size   int64
+	blocks *Blocks
+	decode func(k int, block []byte) error
+}
+
+// NewReader returns the Reader of a disk of size bytes whose stored blocks
+// are blocks; decode fills block with the block of record k.
+func NewReader(name string, size int64, blocks *Blocks, decode func(k int, block []byte) error) Reader {
+	return Reader{name: name, size: size, blocks: blocks, decode: decode}
+}
+
+// Extent reports a run of stored blocks as compressed Data and a run of
+// absent blocks as Zero.
+func (r Reader) Extent(off int64) (format.Extent, error) {
+	return r.blocks.Extent(r.name, off, r.size)
+}
+
+// ReadAt reads guest bytes, decoding each stored block it touches.
+func (r Reader) ReadAt(p []byte, off int64) (int, error) {
+	return r.blocks.ReadAt(p, off, r.size, r.decode)
+}
+
 // Info describes an image of format name and size bytes, with its
 // "format-specific" part.
 func Info(name string, size int64, specific any) *format.Info {
 	return &format.Info{Format: name, VirtualSize: size, ClusterSize: BlockSize, Specific: specific}
 }
 
-// CreatorVersionString is the creator version as `info` shows it.
-func (d *Descriptor) CreatorVersionString() string {
-	return fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff)
+// Identity is the end of both formats' "format-specific" part of `info`:
+// who made the image, and when.
+type Identity struct {
+	UUID           string `json:"uuid"`
+	CreatorVersion string `json:"creator-version"`
+	Timestamp      string `json:"timestamp"` // RFC 3339
 }
 
-// TimestampString is the descriptor's timestamp in RFC 3339.
-func (d *Descriptor) TimestampString() string {
-	return Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339)
+// Identity returns the descriptor's identity as `info` shows it.
+func (d *Descriptor) Identity() Identity {
+	return Identity{
+		UUID:           FormatUUID(d.UUID),
+		CreatorVersion: fmt.Sprintf("%d.%d", d.CreatorVersion>>16, d.CreatorVersion&0xffff),
+		Timestamp:      Epoch.Add(time.Duration(d.Timestamp) * time.Second).Format(time.RFC3339),
+	}
 }
