@@ -8,7 +8,6 @@ import (
 
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
-	_ "github.com/diskimg/diskimg/format/raw"
 )
 
 type run struct {

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
-	_ "github.com/diskimg/diskimg/format/raw"
 )
 
 // expand returns the per-byte status of a layout of size bytes, checking

@@ -16,7 +16,6 @@ import (
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/qcow2"
-	_ "github.com/diskimg/diskimg/format/raw"
 )
 
 var variants = []formattest.Variant{
