@@ -343,10 +343,7 @@ func TestByteFlips(t *testing.T) {
 			t.Parallel()
 			out := filepath.Join(dir, o.name+"."+o.fmt)
 			matrixConvert(t, src, "raw", out, matrixOutput{fmt: o.fmt, opts: o.opts, compress: o.compress})
-			orig, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
-			}
+			orig := formattest.ReadFile(t, out)
 			if err := verifyFile(srcImg, out, o.fmt); err != nil {
 				t.Fatalf("the unflipped output fails verify: %v", err)
 			}

@@ -3,7 +3,6 @@ package inspect
 import (
 	"bytes"
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -170,10 +169,7 @@ func FuzzFstab(f *testing.F) {
 // corpus starts from a volume whose directory walk succeeds.
 func TestNTFSSeed(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := formattest.ReadFile(t, filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"))
 	data := fuzzBytes(b)
 	r := &Report{}
 	o, err := windowsOS(memDev(data), "disk", r)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/crc32"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -57,10 +56,7 @@ func TestEBRLoop(t *testing.T) {
 // mostly zero) for patching.
 func realDisk(t *testing.T) []byte {
 	disk := gptLinuxDisk(t, t.TempDir())
-	b, err := os.ReadFile(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := formattest.ReadFile(t, disk)
 	return b
 }
 
@@ -187,10 +183,7 @@ func FuzzInspect(f *testing.F) {
 // usrmerged /bin/sh.
 func TestSeedExt4Tree(t *testing.T) {
 	t.Parallel()
-	d, err := os.ReadFile(filepath.Join("..", "testdata", "inspect", "ext4-tree.seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := formattest.ReadFile(t, filepath.Join("..", "testdata", "inspect", "ext4-tree.seed"))
 	r := inspectBytes(t, d)
 	if r.Filesystem == nil || r.Filesystem.Type != "ext4" || r.Filesystem.Label != "seed" {
 		t.Fatalf("fs %+v", r.Filesystem)

@@ -19,10 +19,7 @@ func TestCheckCommandMatchesQemu(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	clean := formattest.Generate(t, dir, "clean", "qcow2", 5<<20, formattest.Sparse)
 	compressed := formattest.Generate(t, dir, "compressed", "qcow2", 5<<20, formattest.Dense, "-c")
-	data, err := os.ReadFile(clean)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, clean)
 	be := binary.BigEndian
 	cs := int64(1) << be.Uint32(data[20:])
 	reft := int64(be.Uint64(data[48:]))
@@ -159,10 +156,7 @@ func malformedDir(t *testing.T, dir, bait string) []string {
 		files = append(files, p)
 	}
 	for _, b := range bases {
-		d, err := os.ReadFile(b)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := formattest.ReadFile(t, b)
 		name := filepath.Base(b)
 		n := int64(len(d))
 		for _, cut := range []int64{16, 600, n / 3, n - 1} {

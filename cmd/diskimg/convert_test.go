@@ -489,10 +489,7 @@ func TestConvertInPlaceBlockDevice(t *testing.T) {
 	defer exec.Command("losetup", "-d", dev).Run()
 
 	read := func() []byte {
-		b, err := os.ReadFile(dev)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := formattest.ReadFile(t, dev)
 		return b
 	}
 	reset := func() {

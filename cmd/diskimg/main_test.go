@@ -314,10 +314,7 @@ func TestUnreadFormatsRefused(t *testing.T) {
 // parent by UUID only: without --parent they fail naming the UUID, info
 // shows it; with --parent they read the chain, and a wrong parent fails.
 func TestParentFlag(t *testing.T) {
-	base, err := os.ReadFile("../../testdata/vdi/data.vdi")
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := formattest.ReadFile(t, "../../testdata/vdi/data.vdi")
 	dir := t.TempDir()
 	child := bytes.Clone(base)
 	binary.LittleEndian.PutUint32(child[0x4c:], 4)           // differencing

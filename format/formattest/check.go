@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -216,10 +215,7 @@ func CheckBytes(t *testing.T, path string, img format.Image, o Options) {
 		args = append(args, "-f", o.Format)
 	}
 	Qemu(t, append(args, path, ref)...)
-	want, err := os.ReadFile(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := ReadFile(t, ref)
 	if int64(len(want)) != size {
 		t.Fatalf("qemu-img convert gave %d bytes, diskimg virtual size %d", len(want), size)
 	}

@@ -1,7 +1,6 @@
 package formattest
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -184,9 +183,6 @@ func BasicClean(sparseSize int64) []CleanImage {
 func (s CheckSuite) Image(t *testing.T, size int64, c Content, args ...string) []byte {
 	t.Helper()
 	RequireQemu(t)
-	data, err := os.ReadFile(Generate(t, t.TempDir(), "base", s.Format, size, c, args...))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := ReadFile(t, Generate(t, t.TempDir(), "base", s.Format, size, c, args...))
 	return data
 }

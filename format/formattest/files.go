@@ -45,10 +45,7 @@ func Allocated(t testing.TB, path string) int64 {
 // SHA-256 of the file at path.
 func WantFileSum(t testing.TB, path string, sum []byte) {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := ReadFile(t, path)
 	if got := sha256.Sum256(data); !bytes.Equal(got[:], sum) {
 		t.Errorf("%s: streamed checksum %x, the file's %x", filepath.Base(path), sum, got)
 	}

@@ -64,7 +64,14 @@ type Seed struct {
 // ReadSeed returns the bytes of the seed file name in dir.
 func ReadSeed(t testing.TB, dir, name string) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, name))
+	return ReadFile(t, filepath.Join(dir, name))
+}
+
+// ReadFile returns the contents of the file at path; an error fails the
+// test.
+func ReadFile(t testing.TB, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

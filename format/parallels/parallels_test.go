@@ -117,10 +117,7 @@ func withExtension(d []byte) []byte {
 func TestVariantsQemuReads(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	orig := makeImage(t, dir, "cluster_size=64k", "3M", "write -P 0x5a 64k 100k", "write -P 0x6b 1M 1", "write -P 0x7c 0 4k")
-	data, err := os.ReadFile(orig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, orig)
 	for _, c := range []struct {
 		name  string
 		patch func(d []byte) []byte
@@ -182,10 +179,7 @@ func TestSeeds(t *testing.T) {
 
 func writeSeeds(t *testing.T) {
 	path := makeImage(t, formattest.QemuDir(t), "cluster_size=4k", "64k", "write -P 0x5a 12k 4k", "write -P 0x6b 1000 100", "write -P 0x7c 40k 5k")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, path)
 	formattest.WriteSeeds(t, seeds, map[string][]byte{
 		"data.hds":      data,
 		"sectors.hds":   toSectors(bytes.Clone(data)),

@@ -77,10 +77,7 @@ func TestWriterMatchesQemu(t *testing.T) {
 					}
 					sum := convertTo(t, src, f, opts, convert.Options{})
 					f.Close()
-					data, err := os.ReadFile(ours)
-					if err != nil {
-						t.Fatal(err)
-					}
+					data := formattest.ReadFile(t, ours)
 					if s := sha256.Sum256(data); !bytes.Equal(s[:], sum) {
 						t.Errorf("streamed checksum %x, file %x", sum, s)
 					}
@@ -98,10 +95,7 @@ func TestWriterMatchesQemu(t *testing.T) {
 					if p.cluster%4096 == 0 {
 						theirs := filepath.Join(dir, "qemu.hds")
 						formattest.Convert(t, raw, theirs, Name, qargs...)
-						want, err := os.ReadFile(theirs)
-						if err != nil {
-							t.Fatal(err)
-						}
+						want := formattest.ReadFile(t, theirs)
 						if i := formattest.FirstDiff(data, want); i >= 0 {
 							t.Errorf("byte %d differs from qemu-img convert's output (%d and %d bytes)", i, len(data), len(want))
 						}

@@ -120,10 +120,7 @@ type layout struct {
 
 func readLayout(t *testing.T, path string) *layout {
 	t.Helper()
-	d, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := formattest.ReadFile(t, path)
 	be := binary.BigEndian
 	l := &layout{data: d, cs: 1 << be.Uint32(d[20:]), refOrder: 4}
 	if be.Uint32(d[4:]) == 3 {
@@ -384,10 +381,7 @@ func TestCheckUnopenable(t *testing.T) {
 		}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			data, err := os.ReadFile(base)
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := formattest.ReadFile(t, base)
 			p := formattest.Patched(t, dir, c.name+".qcow2", data, func(d []byte) []byte {
 				c.patch(d)
 				return d

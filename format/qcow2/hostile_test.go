@@ -3,7 +3,6 @@ package qcow2_test
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -22,10 +21,7 @@ func sample(t *testing.T, opts string) (data []byte, l1e, l2e int64) {
 	path := filepath.Join(dir, "s.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", opts)
 	formattest.QemuIO(t, "qcow2", path, "write -P 0x42 0 4096", "write -P 0x43 600000 1000")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data = formattest.ReadFile(t, path)
 	be := binary.BigEndian
 	l1e = int64(be.Uint64(data[40:]))
 	l2e = int64(be.Uint64(data[l1e:]) & 0x00fffffffffffe00)
@@ -180,10 +176,7 @@ func TestHostileBitmaps(t *testing.T) {
 	path := filepath.Join(formattest.QemuDir(t), "b.qcow2")
 	formattest.Create(t, path, "qcow2", "1M", "-o", "cluster_size=512")
 	formattest.Qemu(t, "bitmap", "--add", path, "bm0")
-	orig, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	orig := formattest.ReadFile(t, path)
 	be := binary.BigEndian
 	// Find the bitmaps extension.
 	ext := -1

@@ -68,10 +68,7 @@ func compareSnapshot(t *testing.T, path, arg, id, name string) {
 	t.Helper()
 	ref := filepath.Join(t.TempDir(), "ref.raw")
 	formattest.Qemu(t, "convert", "-O", "raw", "-l", arg, path, ref)
-	want, err := os.ReadFile(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := formattest.ReadFile(t, ref)
 	img := formattest.Open(t, path, "")
 	if err := format.LoadSnapshot(img, id, name); err != nil {
 		t.Fatalf("LoadSnapshot(%q, %q): %v", id, name, err)
@@ -105,10 +102,7 @@ func snapshotEntry(d []byte, i int) int {
 func TestSnapshotFields(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	path := snapshotImage(t, dir, "cluster_size=64k")
-	d, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := formattest.ReadFile(t, path)
 	be := binary.BigEndian
 	e0, e1, e2 := snapshotEntry(d, 0), snapshotEntry(d, 1), snapshotEntry(d, 2)
 	be.PutUint32(d[e0+32:], 123456)                 // vm_state_size, overridden by the large one
@@ -143,10 +137,7 @@ func TestSnapshotsHostile(t *testing.T) {
 	formattest.QemuIO(t, "qcow2", path, "write -P 0x42 0 4096")
 	formattest.Qemu(t, "snapshot", "-c", "s1", path)
 	formattest.Qemu(t, "snapshot", "-c", "s2", path)
-	orig, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	orig := formattest.ReadFile(t, path)
 	be := binary.BigEndian
 	e1 := snapshotEntry(orig, 1)
 	cases := []hostile{
@@ -232,16 +223,10 @@ func TestSnapshotSeed(t *testing.T) {
 		formattest.QemuIO(t, "qcow2", path, "write -P 0x44 512 1k", "write -z 40k 512")
 		formattest.Qemu(t, "snapshot", "-c", "two", path)
 		formattest.QemuIO(t, "qcow2", path, "write -P 0x45 8k 512")
-		d, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := formattest.ReadFile(t, path)
 		formattest.WriteSeeds(t, filepath.Dir(snapshotSeed), map[string][]byte{filepath.Base(snapshotSeed): d})
 	}
-	d, err := os.ReadFile(snapshotSeed)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := formattest.ReadFile(t, snapshotSeed)
 	img, err := formattest.OpenMem(t, "qcow2", d)
 	if err != nil {
 		t.Fatal(err)

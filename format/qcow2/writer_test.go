@@ -157,10 +157,7 @@ func TestWriterMatrix(t *testing.T) {
 		}
 	}
 	for _, s := range sources {
-		want, err := os.ReadFile(s.raw)
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := formattest.ReadFile(t, s.raw)
 		for _, v := range writerVariants {
 			t.Run(s.name+"/"+v.name, func(t *testing.T) {
 				t.Parallel()

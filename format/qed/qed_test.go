@@ -89,10 +89,7 @@ func TestBacking(t *testing.T) {
 func TestDirty(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", "qed", 1<<20, formattest.Sparse)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, path)
 	data[16] |= 2 // QED_F_NEED_CHECK
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)

@@ -66,10 +66,7 @@ func newUUID(t testing.TB) [16]byte {
 // uuids returns the creation and modification UUIDs of the VDI at path.
 func uuids(t testing.TB, path string) (create, modify [16]byte) {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := formattest.ReadFile(t, path)
 	return [16]byte(b[offUUID:]), [16]byte(b[offModify:])
 }
 
@@ -188,10 +185,7 @@ func randomBytes(seed, n int64) []byte {
 // readsLike reads all of img and compares it with the raw file.
 func readsLike(t *testing.T, img format.Image, raw string) {
 	t.Helper()
-	want, err := os.ReadFile(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := formattest.ReadFile(t, raw)
 	got := make([]byte, img.Size())
 	if n, err := img.ReadAt(got, 0); n != len(got) || err != nil {
 		t.Fatalf("ReadAt = %d, %v", n, err)
@@ -330,10 +324,7 @@ func TestDifferencingHostile(t *testing.T) {
 	os.WriteFile(praw, make([]byte, 3<<20), 0o644)
 	path := filepath.Join(dir, "d.vdi")
 	writeVDIDiff(t, path, praw, vdiDiff{size: 3 << 20, uuid: newUUID(t), link: newUUID(t), writes: []formattest.Write{{Off: 1 << 20, Data: randomBytes(1, 512)}}, zero: []int64{2}})
-	seed, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	seed := formattest.ReadFile(t, path)
 	// The unpatched seed opens as a layer; under the untrusted policy its
 	// parent is refused.
 	if _, err := vdi.Open(&formattest.MemFile{Data: seed, Path: path}); err != nil {

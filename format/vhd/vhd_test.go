@@ -95,10 +95,7 @@ func qemuImage(t *testing.T, size string, args ...string) []byte {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "img.vhd")
 	formattest.Create(t, path, Name, size, args...)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := formattest.ReadFile(t, path)
 	return b
 }
 
@@ -131,10 +128,7 @@ func dynImage(t *testing.T) (b []byte, hdr, bat int) {
 	path := filepath.Join(formattest.QemuDir(t), "img.vhd")
 	formattest.Create(t, path, Name, "10M")
 	formattest.QemuIO(t, Name, path, "write -P 0x5a 0 4k")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b = formattest.ReadFile(t, path)
 	hdr = int(binary.BigEndian.Uint64(b[vhdspec.OffDataOffset:]))
 	bat = int(binary.BigEndian.Uint64(b[hdr+dynTableOffset:]))
 	return b, hdr, bat
@@ -256,10 +250,7 @@ func TestVirtualSize(t *testing.T) {
 func TestShortFooter(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	path := formattest.Generate(t, dir, "img", Name, 1<<20, formattest.Dense, "-o", "subformat=fixed")
-	full, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	full := formattest.ReadFile(t, path)
 	ref := filepath.Join(dir, "ref.raw")
 	formattest.Qemu(t, "convert", "-f", Name, "-O", "raw", path, ref)
 	want, _ := os.ReadFile(ref)
@@ -292,21 +283,12 @@ func diffChain(t *testing.T, locators map[string]string) (string, []byte) {
 	ref := func(p string) []byte {
 		out := filepath.Join(dir, filepath.Base(p)+".raw")
 		formattest.Qemu(t, "convert", "-f", Name, "-O", "raw", p, out)
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := formattest.ReadFile(t, out)
 		return b
 	}
 	parentRaw, childRaw := ref(parent), ref(childPath)
-	pb, err := os.ReadFile(parent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(childPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pb := formattest.ReadFile(t, parent)
+	b := formattest.ReadFile(t, childPath)
 	hdr := int(binary.BigEndian.Uint64(b[vhdspec.OffDataOffset:]))
 	bat := int(binary.BigEndian.Uint64(b[hdr+dynTableOffset:]))
 	binary.BigEndian.PutUint32(b[vhdspec.OffDiskType:], typeDifferencing)
@@ -457,10 +439,7 @@ func TestSeeds(t *testing.T) {
 		"fixed-34k-511-footer.vhd":   {0, 34816},
 	}
 	for name, exp := range want {
-		data, err := os.ReadFile(filepath.Join("../../testdata/vhd", name))
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := formattest.ReadFile(t, filepath.Join("../../testdata/vhd", name))
 		img, err := openMem(data, "", format.Policy{NoBacking: true})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
@@ -506,10 +485,7 @@ func TestProbe(t *testing.T) {
 		"fixed-34k.vhd":            true,
 		"fixed-34k-511-footer.vhd": true,
 	} {
-		data, err := os.ReadFile(filepath.Join("../../testdata/vhd", name))
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := formattest.ReadFile(t, filepath.Join("../../testdata/vhd", name))
 		f := &formattest.MemFile{Data: data, Path: name}
 		if Probe(f) != want {
 			t.Errorf("Probe(%s) = %v", name, !want)

@@ -73,10 +73,7 @@ func qemuCompare(t testing.TB, src, srcFmt, vhd string) {
 // length. It returns the footer.
 func checkStructure(t testing.TB, path string) []byte {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, path)
 	n := int64(len(data))
 	if n%sectorSize != 0 || n < vhdspec.FooterSize {
 		t.Fatalf("%s: file of %d bytes is not whole sectors", path, n)

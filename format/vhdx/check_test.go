@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,10 +93,7 @@ func TestCheckCorrupt(t *testing.T) {
 	t.Run("bitmap-past-eof", func(t *testing.T) {
 		p := filepath.Join(dir, "big.vhdx")
 		formattest.Create(t, p, "vhdx", "5G", "-o", "block_size=256M")
-		d, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := formattest.ReadFile(t, p)
 		bat, _ := batLayout(t, d)
 		p = formattest.Patched(t, dir, "bitmap.vhdx", d, func(d []byte) []byte {
 			le.PutUint64(d[bat+16*8:], uint64(len(d))<<1&^(1<<20-1)|6)

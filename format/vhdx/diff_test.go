@@ -331,10 +331,7 @@ func diffSeed(t testing.TB) []byte {
 	writeDiff(t, path, diffSpec{size: 8 << 20, blockSize: 1 << 20, logical: 512, dataWrite: randomGUID(t),
 		locator: [][2]string{linkage(randomGUID(t)), {"relative_path", `.\parent.vhdx`}},
 		writes:  []formattest.Write{{Off: 512, Data: random(1, 1024)}, {Off: 2 << 20, Data: full}}, zero: []int64{4}})
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := formattest.ReadFile(t, path)
 	return b
 }
 

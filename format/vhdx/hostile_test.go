@@ -2,7 +2,6 @@ package vhdx
 
 import (
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,10 +24,7 @@ func makeImage(t *testing.T, opts, size string, cmds ...string) []byte {
 	path := filepath.Join(t.TempDir(), "base.vhdx")
 	formattest.Create(t, path, Name, size, "-o", opts)
 	formattest.QemuIO(t, Name, path, cmds...)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, path)
 	return data
 }
 

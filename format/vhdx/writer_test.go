@@ -247,10 +247,7 @@ func TestWriterPipe(t *testing.T) {
 				file := filepath.Join(t.TempDir(), "out.vhdx")
 				deterministic(t)
 				convertTo(t, s.path, s.format, file, opts)
-				want, err := os.ReadFile(file)
-				if err != nil {
-					t.Fatal(err)
-				}
+				want := formattest.ReadFile(t, file)
 
 				deterministic(t)
 				got := convertPipe(t, s.path, s.format, opts)
@@ -310,10 +307,7 @@ func TestWriterWrittenZeros(t *testing.T) {
 					t.Errorf("fixed image is %d bytes, fully allocated is %d", a, m.FullyAllocated)
 				}
 
-				want, err := os.ReadFile(ours)
-				if err != nil {
-					t.Fatal(err)
-				}
+				want := formattest.ReadFile(t, ours)
 				deterministic(t)
 				got := convertPipe(t, s.path, "raw", opts)
 				if !bytes.Equal(got, want) {
@@ -772,15 +766,9 @@ func TestWriterFrontToBack(t *testing.T) {
 					t.Fatalf("convert with --checksum to a file that cannot be read back: %v", err)
 				}
 
-				got, err := os.ReadFile(ftb)
-				if err != nil {
-					t.Fatal(err)
-				}
+				got := formattest.ReadFile(t, ftb)
 				formattest.WantFileSum(t, ftb, res.SHA256)
-				want, err := os.ReadFile(plain)
-				if err != nil {
-					t.Fatal(err)
-				}
+				want := formattest.ReadFile(t, plain)
 				if !bytes.Equal(got, want) {
 					t.Fatalf("front-to-back output (%d bytes) differs from the file output (%d bytes) at %d",
 						len(got), len(want), formattest.FirstDiff(got, want))

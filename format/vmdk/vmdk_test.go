@@ -158,10 +158,7 @@ func TestExtentOutside(t *testing.T) {
 	if err := os.Rename(filepath.Join(root, "src-flat.vmdk"), filepath.Join(baitDir, "secret")); err != nil {
 		t.Fatal(err)
 	}
-	desc, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
+	desc := formattest.ReadFile(t, src)
 	for name, ref := range map[string]string{
 		"relative": "../bait/secret",
 		"absolute": filepath.Join(baitDir, "secret"),
@@ -347,10 +344,7 @@ func TestSnapshotParentNames(t *testing.T) {
 	// A descriptor file, whose text may change length.
 	parent, child := snapshot(t, "-o", "subformat=twoGbMaxExtentSparse")
 	dir := filepath.Dir(child)
-	desc, err := os.ReadFile(child)
-	if err != nil {
-		t.Fatal(err)
-	}
+	desc := formattest.ReadFile(t, child)
 	other := filepath.Join(dir, "other.vmdk")
 	formattest.Create(t, other, "vmdk", "8M")
 	for _, c := range []struct {

@@ -171,10 +171,7 @@ var extentLineRE = regexp.MustCompile(`(?m)^(RW \d+ SPARSE) "[^"]*"$`)
 
 func descriptorText(t testing.TB, path string) string {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, path)
 	d := data[descSector*sectorSize : (descSector+descSectors)*sectorSize]
 	if i := bytes.IndexByte(d, 0); i >= 0 {
 		d = d[:i]
@@ -464,10 +461,7 @@ func TestWriterFrontToBack(t *testing.T) {
 				if w.back {
 					t.Errorf("with --checksum the writer went back over written bytes")
 				}
-				got, err := os.ReadFile(ftb)
-				if err != nil {
-					t.Fatal(err)
-				}
+				got := formattest.ReadFile(t, ftb)
 				formattest.WantFileSum(t, ftb, res.SHA256)
 				plain := filepath.Join(tmp, "plain.vmdk")
 				_, pw := writeOnlyConvert(t, src, plain, v, convert.Options{})
@@ -476,10 +470,7 @@ func TestWriterFrontToBack(t *testing.T) {
 					// the header, so the plain output is front to back too.
 					t.Logf("the plain output was written front to back as well")
 				}
-				want, err := os.ReadFile(plain)
-				if err != nil {
-					t.Fatal(err)
-				}
+				want := formattest.ReadFile(t, plain)
 				if i := formattest.FirstDiff(got, want); i >= 0 {
 					t.Fatalf("front-to-back output (%d bytes) differs from the plain one (%d bytes) at offset %d", len(got), len(want), i)
 				}

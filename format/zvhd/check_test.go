@@ -21,10 +21,7 @@ func TestCheckClean(t *testing.T) {
 	vhdspectest.Clean(t, Name, "built", build(t, 9*mib+512, map[uint32][]byte{0: []byte("hello"), 3: {1}, 4: bytes.Repeat([]byte{1, 2, 3}, 300)}))
 	vhdspectest.Clean(t, Name, "built empty 1 TiB", build(t, 1<<40, nil))
 	for _, s := range []string{"empty.zvhd", "three-blocks.zvhd", "writer.zvhd"} {
-		b, err := os.ReadFile(filepath.Join("../../testdata/zvhd", s))
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := formattest.ReadFile(t, filepath.Join("../../testdata/zvhd", s))
 		vhdspectest.Clean(t, Name, s, b)
 	}
 	dir := t.TempDir()
@@ -34,10 +31,7 @@ func TestCheckClean(t *testing.T) {
 		out := filepath.Join(dir, "out.zvhd")
 		os.Remove(out)
 		convertFile(t, in, "raw", out, Name)
-		data, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := formattest.ReadFile(t, out)
 		vhdspectest.Clean(t, Name, filepath.Base(in), data)
 	}
 }

@@ -36,10 +36,7 @@ func TestCheckClean(t *testing.T) {
 			out := filepath.Join(dir, "out.zvhd2")
 			os.Remove(out)
 			convertFile(t, in, "raw", out, Name, convert.Options{WriterOptions: methodOpts(m)})
-			data, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := formattest.ReadFile(t, out)
 			vhdspectest.Clean(t, Name, filepath.Base(in)+" "+m, data)
 		}
 	}
@@ -161,10 +158,7 @@ func TestCheckMutated(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range seeds {
-		data, err := os.ReadFile(filepath.Join("../../testdata/zvhd2", s.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := formattest.ReadFile(t, filepath.Join("../../testdata/zvhd2", s.Name()))
 		if err := os.WriteFile(filepath.Join(dir, s.Name()), sparse.Expand(data), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -398,10 +398,7 @@ func TestVectorsFieldByField(t *testing.T) {
 		t.Run(v.ref, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out.zvhd2")
 			convertFile(t, vhdspectest.VectorPath(t, v.raw), "raw", out, Name, convert.Options{WriterOptions: methodOpts(v.method)})
-			data, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := formattest.ReadFile(t, out)
 			ours := parseZVHD2(t, data, true)
 			ref := parseZVHD2(t, vhdspectest.ReadVector(t, v.ref), false)
 			sameLayout := len(ours.records) == len(ref.records)
@@ -482,16 +479,10 @@ func TestRoundTrip(t *testing.T) {
 
 func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 	dir := t.TempDir()
-	want, err := os.ReadFile(rawPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := formattest.ReadFile(t, rawPath)
 	out := filepath.Join(dir, "out.zvhd2")
 	convertFile(t, src, srcFmt, out, Name, convert.Options{WriterOptions: methodOpts(method)})
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, out)
 	p := parseZVHD2(t, data, true)
 	srcImg := formattest.Open(t, src, srcFmt)
 	if got, w := p.trailer.u("orig_size"), roundUp(uint64(srcImg.Size()), 512); got != w {
@@ -512,10 +503,7 @@ func roundTrip(t *testing.T, src, srcFmt, rawPath, method string) {
 	// Back to raw, byte for byte (the raw output is whole sectors).
 	back := filepath.Join(dir, "back.raw")
 	convertFile(t, out, Name, back, "raw", convert.Options{})
-	got, err := os.ReadFile(back)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := formattest.ReadFile(t, back)
 	// The source's virtual size may exceed the raw file's (vpc rounds up
 	// to its CHS geometry); the rest reads as zeros.
 	padded := append(bytes.Clone(want), make([]byte, int(roundUp(uint64(srcImg.Size()), 512))-len(want))...)
