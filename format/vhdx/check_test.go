@@ -13,7 +13,6 @@ import (
 	"github.com/diskimg/diskimg/convert"
 	"github.com/diskimg/diskimg/format"
 	"github.com/diskimg/diskimg/format/formattest"
-	_ "github.com/diskimg/diskimg/format/raw"
 )
 
 var checks = formattest.CheckSuite{
