@@ -495,9 +495,7 @@ func TestCompare(t *testing.T) {
 		if size < int64(len(b)) {
 			b = b[:size]
 		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, p, b)
 		if err := os.Truncate(p, size); err != nil {
 			t.Fatal(err)
 		}

@@ -349,9 +349,7 @@ func TestByteFlips(t *testing.T) {
 			}
 			// One copy, each flip written into it and undone after.
 			flipped := filepath.Join(t.TempDir(), "flipped."+o.fmt)
-			if err := os.WriteFile(flipped, orig, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, flipped, orig)
 			f, err := os.OpenFile(flipped, os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)

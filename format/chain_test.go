@@ -152,9 +152,7 @@ func writeLayer(t *testing.T, path string, lines ...string) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, []byte(strings.Join(lines, "\n")+"\n"))
 }
 
 type span struct {

@@ -142,9 +142,7 @@ func TestUnchanged(t *testing.T) {
 		return path, img
 	}
 	path, img := open("written.raw")
-	if err := os.WriteFile(path, bytes.Repeat([]byte{1}, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, bytes.Repeat([]byte{1}, 1<<20))
 	if err := format.Unchanged(img); err == nil || !strings.Contains(err.Error(), "modified") {
 		t.Errorf("written in place: %v", err)
 	}

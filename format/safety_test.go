@@ -36,9 +36,7 @@ func wantFinding(t *testing.T, fs []format.Finding, kind string, parts ...string
 
 func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, data)
 }
 
 func TestFindingsReferences(t *testing.T) {

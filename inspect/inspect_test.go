@@ -191,9 +191,7 @@ func golden(t *testing.T, name string, r *Report) {
 	for ext, got := range map[string][]byte{".json": js.Bytes(), ".txt": txt.Bytes()} {
 		path := filepath.Join("..", "testdata", "inspect", name+ext)
 		if *update {
-			if err := os.WriteFile(path, got, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, path, got)
 			continue
 		}
 		want, err := os.ReadFile(path)

@@ -31,9 +31,7 @@ func TestCheckCommandMatchesQemu(t *testing.T) {
 		d := append([]byte(nil), data...)
 		patch(d)
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, d, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, p, d)
 		return p
 	}
 	leak := patched("leak.qcow2", func(d []byte) {
@@ -150,9 +148,7 @@ func malformedDir(t *testing.T, dir, bait string) []string {
 	var files []string
 	write := func(name string, d []byte) {
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, d, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, p, d)
 		files = append(files, p)
 	}
 	for _, b := range bases {

@@ -339,9 +339,7 @@ func qemuImg(t *testing.T, args ...string) (string, int) {
 // fill writes a file of n bytes of b.
 func fill(t *testing.T, path string, n int64, b byte) {
 	t.Helper()
-	if err := os.WriteFile(path, bytes.Repeat([]byte{b}, int(n)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, bytes.Repeat([]byte{b}, int(n)))
 }
 
 // rawSource makes dir/src.raw, a sparse raw disk of size bytes holding a
@@ -655,9 +653,7 @@ func TestPreallocation(t *testing.T) {
 func TestMapCompressed(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	raw := filepath.Join(dir, "src.raw")
-	if err := os.WriteFile(raw, bytes.Repeat([]byte("compressible "), 200000), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, raw, bytes.Repeat([]byte("compressible "), 200000))
 	img := filepath.Join(dir, "c.qcow2")
 	formattest.Convert(t, raw, img, "qcow2", "-c")
 	out, stderr, code := runCLI(t, "map", img)

@@ -41,9 +41,7 @@ func golden(t *testing.T, name, got string) {
 		if err := os.MkdirAll("testdata", 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, path, []byte(got))
 		return
 	}
 	want, err := os.ReadFile(path)
@@ -275,9 +273,7 @@ func TestUnreadFormatsRefused(t *testing.T) {
 	for name, data := range files {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(dir, name+".img")
-			if err := os.WriteFile(path, data, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, path, data)
 			want := name + " images are not supported"
 			dst := filepath.Join(dir, name+".out")
 			for _, args := range [][]string{
@@ -324,9 +320,7 @@ func TestParentFlag(t *testing.T) {
 	other := bytes.Clone(base)
 	copy(other[0x188:0x198], "another disk....")
 	for name, b := range map[string][]byte{"base.vdi": base, "child.vdi": child, "other.vdi": other} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, filepath.Join(dir, name), b)
 	}
 	p := func(name string) string { return filepath.Join(dir, name) }
 	const uuid = "{75fc7ebf-2672-4d0a-b17a-952f9b63700b}" // data.vdi's, as VirtualBox shows it

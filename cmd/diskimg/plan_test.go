@@ -389,9 +389,7 @@ func TestPlanBootGolden(t *testing.T) {
 	}{
 		{"bare-data-file", func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "vm.raw")
-			if err := os.WriteFile(p, []byte("just some text, not a disk: 40 bytes..\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, p, []byte("just some text, not a disk: 40 bytes..\n"))
 			return p
 		}, map[string]int{"aws": exitRefused, "azure": exitRefused, "gcp": exitRefused, "huawei-ims": exitRefused, "openstack": exitRefused, "rackspace": exitRefused}},
 		{"bios-linux", func(t *testing.T, dir string) string {

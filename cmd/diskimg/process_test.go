@@ -357,9 +357,7 @@ func randomFile(t *testing.T, path string, n int64, seed int64) {
 	t.Helper()
 	b := make([]byte, n)
 	rand.New(rand.NewSource(seed)).Read(b)
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, b)
 }
 
 // ioDone is how far a process has got: the bytes it has read and written

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -130,9 +129,7 @@ func AssertNoQemuCheck(t testing.TB, fmtName, path string) {
 func Patched(t testing.TB, dir, name string, data []byte, patch func([]byte) []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, patch(append([]byte(nil), data...)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	WriteFile(t, p, patch(append([]byte(nil), data...)))
 	return p
 }
 

@@ -78,6 +78,15 @@ func ReadFile(t testing.TB, path string) []byte {
 	return data
 }
 
+// WriteFile writes data to the file at path (mode 0644); an error fails
+// the test.
+func WriteFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // WriteSeeds writes seeds, by file name, into dir, making it if need be:
 // what a test regenerating its fuzz seeds ends with.
 func WriteSeeds(t testing.TB, dir string, seeds map[string][]byte) {
@@ -86,9 +95,7 @@ func WriteSeeds(t testing.TB, dir string, seeds map[string][]byte) {
 		t.Fatal(err)
 	}
 	for name, b := range seeds {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		WriteFile(t, filepath.Join(dir, name), b)
 	}
 }
 

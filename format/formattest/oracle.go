@@ -22,9 +22,7 @@ func WithOracle(t testing.TB, path, fmtName string, size int64, args []string, c
 	t.Helper()
 	Create(t, path, fmtName, fmt.Sprint(size), args...)
 	raw := path + ".raw"
-	if err := os.WriteFile(raw, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	WriteFile(t, raw, nil)
 	if err := os.Truncate(raw, size); err != nil {
 		t.Fatal(err)
 	}

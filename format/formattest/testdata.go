@@ -50,9 +50,7 @@ func Extract(t testing.TB, path string, names ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, name := range names {
-		if err := os.WriteFile(filepath.Join(dir, name), ArchiveFile(t, path, name), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		WriteFile(t, filepath.Join(dir, name), ArchiveFile(t, path, name))
 	}
 	return dir
 }

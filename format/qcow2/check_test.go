@@ -3,7 +3,6 @@ package qcow2_test
 import (
 	"context"
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -227,9 +226,7 @@ func TestCheckDamaged(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := filepath.Join(dir, c.name+".qcow2")
-			if err := os.WriteFile(p, c.patch(readLayout(t, base)), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, p, c.patch(readLayout(t, base)))
 			start := time.Now()
 			if code := agree(t, p); code != c.code {
 				t.Errorf("exit code %d, want %d", code, c.code)

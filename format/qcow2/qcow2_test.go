@@ -413,9 +413,7 @@ func makeCompressible(b *testing.B, path string, size int64) {
 			data[i] = 'a' + byte(i%7)
 		}
 	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		b.Fatal(err)
-	}
+	formattest.WriteFile(b, path, data)
 }
 
 var compressedBenchVariants = []struct {

@@ -113,9 +113,7 @@ func TestSnapshotFields(t *testing.T) {
 	be.PutUint32(d[e2+16:], 0)                      // date_sec: the epoch
 	be.PutUint64(d[e2+24:], 100*3600*1_000_000_000) // 100 hours
 	patched := filepath.Join(dir, "fields.qcow2")
-	if err := os.WriteFile(patched, d, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, patched, d)
 	img := formattest.Open(t, patched, "")
 	ours, _ := json.Marshal(img.Info().Snapshots)
 	var a, b any

@@ -91,9 +91,7 @@ func TestDirty(t *testing.T) {
 	path := formattest.Generate(t, dir, "img", "qed", 1<<20, formattest.Sparse)
 	data := formattest.ReadFile(t, path)
 	data[16] |= 2 // QED_F_NEED_CHECK
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, data)
 	img := formattest.Open(t, path, "")
 	if !img.Info().Dirty {
 		t.Error("need-check image is not dirty")

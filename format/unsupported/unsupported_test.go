@@ -3,7 +3,6 @@ package unsupported_test
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -63,9 +62,7 @@ func write(t *testing.T, h header) string {
 		copy(d[off:], s)
 	}
 	path := filepath.Join(t.TempDir(), h.file)
-	if err := os.WriteFile(path, d, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, d)
 	return path
 }
 

@@ -75,9 +75,7 @@ func writePattern(t *testing.T, dir string, size int64) string {
 	rng := rand.New(rand.NewSource(7))
 	rng.Read(b[:4<<20])
 	rng.Read(b[10<<20 : 10<<20+777])
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, p, b)
 	return p
 }
 
@@ -328,9 +326,7 @@ func diffChain(t *testing.T, locators map[string]string) (string, []byte) {
 	}
 	fixHeader(b, hdr)
 	b = append(b, tail...)
-	if err := os.WriteFile(childPath, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, childPath, b)
 	want := bytes.Clone(parentRaw)
 	copy(want[:300*512], childRaw[:300*512])
 	copy(want[128*512:136*512], parentRaw[128*512:136*512])

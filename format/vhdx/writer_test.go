@@ -328,9 +328,7 @@ func writtenZeroSources(t *testing.T) []source {
 		b := make([]byte, size)
 		fill(b)
 		p := filepath.Join(dir, name+".raw")
-		if err := os.WriteFile(p, b, 0o644); err != nil { // every byte written: all data to SEEK_DATA
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, p, b) // every byte written: all data to SEEK_DATA
 		return p
 	}
 	rng := rand.New(rand.NewSource(7))
@@ -370,9 +368,7 @@ func TestWriterChecksum(t *testing.T) {
 func TestWriterEmptyHuge(t *testing.T) {
 	dir := formattest.QemuDir(t)
 	raw := filepath.Join(dir, "empty.raw")
-	if err := os.WriteFile(raw, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, raw, nil)
 	if err := os.Truncate(raw, 1<<40); err != nil {
 		t.Fatal(err)
 	}

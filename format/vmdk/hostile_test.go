@@ -275,9 +275,7 @@ func TestHostile(t *testing.T) {
 // TestHostileDescriptor feeds bad descriptor files.
 func TestHostileDescriptor(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "ext.raw"), make([]byte, 4096), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, filepath.Join(dir, "ext.raw"), make([]byte, 4096))
 	head := "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n"
 	for _, c := range []struct{ name, text, want string }{
 		{"no create type", head + "RW 8 FLAT \"ext.raw\" 0\n", "createType"},
@@ -296,9 +294,7 @@ func TestHostileDescriptor(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := filepath.Join(dir, "d.vmdk")
-			if err := os.WriteFile(p, []byte(c.text), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, p, []byte(c.text))
 			img, err := format.Open(p, "vmdk", format.Policy{})
 			if err == nil {
 				img.Close()
@@ -312,9 +308,7 @@ func TestHostileDescriptor(t *testing.T) {
 	// A good one for contrast, with an ignored ZERO line as qemu ignores it.
 	p := filepath.Join(dir, "ok.vmdk")
 	text := head + "createType=\"monolithicFlat\"\nRW 8 FLAT \"ext.raw\" 0\nRW 8 ZERO\nRDONLY 8 FLAT \"ext.raw\" 0\n"
-	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, p, []byte(text))
 	img := open(t, p, format.Policy{})
 	if img.Size() != 4096 {
 		t.Errorf("size %d, want 4096", img.Size())
@@ -331,9 +325,7 @@ func TestExtentsShareFiles(t *testing.T) {
 	for i := range n {
 		data[i*512] = byte(i) | 1
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ext.raw"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, filepath.Join(dir, "ext.raw"), data)
 	var b strings.Builder
 	b.WriteString("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n")
 	for i := range n {
@@ -341,9 +333,7 @@ func TestExtentsShareFiles(t *testing.T) {
 		fmt.Fprintf(&b, "RW 1 FLAT %q %d\n", name, n-1-i)
 	}
 	p := filepath.Join(dir, "d.vmdk")
-	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, p, []byte(b.String()))
 	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
 	before := fds()
 	img := open(t, p, format.Policy{})

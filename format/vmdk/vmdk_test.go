@@ -166,9 +166,7 @@ func TestExtentOutside(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := filepath.Join(imgDir, name+".vmdk")
 			text := strings.Replace(string(desc), `"src-flat.vmdk"`, `"`+ref+`"`, 1)
-			if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, p, []byte(text))
 			_, err := format.Open(p, "vmdk", format.Policy{})
 			if !errors.Is(err, format.ErrOutsideDirectory) {
 				t.Fatalf("default policy: err = %v, want ErrOutsideDirectory", err)
@@ -364,9 +362,7 @@ func TestSnapshotParentNames(t *testing.T) {
 		if bytes.Equal(patched, desc) {
 			t.Fatal("no parentFileNameHint to patch in the child's descriptor")
 		}
-		if err := os.WriteFile(child, patched, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, child, patched)
 		img, err := format.Open(child, "", format.Policy{Parents: c.parents})
 		if c.want != "" {
 			if err == nil || !strings.Contains(err.Error(), c.want) {

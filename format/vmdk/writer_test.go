@@ -301,9 +301,7 @@ func writtenRaw(t testing.TB, path string, size int64, data [][2]int64) {
 	for _, r := range data {
 		rng.Read(buf[r[0]:min(r[0]+r[1], size)])
 	}
-	if err := os.WriteFile(path, buf, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, buf)
 }
 
 // writtenZeroCase is a raw source whose data holds written zeros; data

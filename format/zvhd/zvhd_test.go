@@ -287,9 +287,7 @@ func TestSeeds(t *testing.T) {
 // BenchmarkOpenEmpty1TiB opens an empty 1 TiB image and walks its map.
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "empty.zvhd")
-	if err := os.WriteFile(path, build(b, 1<<40, nil), 0o644); err != nil {
-		b.Fatal(err)
-	}
+	formattest.WriteFile(b, path, build(b, 1<<40, nil))
 	formattest.BenchOpenEmpty(b, path, Name, 1)
 }
 

@@ -159,9 +159,7 @@ func TestCheckMutated(t *testing.T) {
 	}
 	for _, s := range seeds {
 		data := formattest.ReadFile(t, filepath.Join("../../testdata/zvhd2", s.Name()))
-		if err := os.WriteFile(filepath.Join(dir, s.Name()), sparse.Expand(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, filepath.Join(dir, s.Name()), sparse.Expand(data))
 	}
 	n := 2000
 	if testing.Short() {

@@ -269,9 +269,7 @@ func TestProbe(t *testing.T) {
 // no index), takes its info and walks its whole extent map.
 func BenchmarkOpenEmpty1TiB(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "empty.zvhd2")
-	if err := os.WriteFile(path, spec{origSize: 1 << 40, method: vhdspec.MethodZstd}.build(b), 0o644); err != nil {
-		b.Fatal(err)
-	}
+	formattest.WriteFile(b, path, spec{origSize: 1 << 40, method: vhdspec.MethodZstd}.build(b))
 	formattest.BenchOpenEmpty(b, path, Name, 1)
 }
 
