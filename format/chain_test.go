@@ -245,11 +245,7 @@ func TestChainPolicy(t *testing.T) {
 	img.Close()
 	// NoBacking: the names are shown, nothing is opened, the range the
 	// image does not store reads as zeros.
-	img, err = format.Open(top, "", format.Policy{NoBacking: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img = formattest.OpenPolicy(t, top, "", format.Policy{NoBacking: true})
 	info := img.Info()
 	if info.Backing != nil || info.BackingFile != "../out" || info.FullBackingFile != filepath.Join(dir, "out") {
 		t.Errorf("NoBacking info %+v", info)
@@ -338,11 +334,7 @@ func TestChainGivenParents(t *testing.T) {
 		t.Errorf("wrong parent: %v", err)
 	}
 	// Given parents are opened where they are, whatever the directory rule.
-	img, err := format.Open(top, "", format.Policy{Parents: []string{wrong, right}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.OpenPolicy(t, top, "", format.Policy{Parents: []string{wrong, right}})
 	if info := img.Info(); info.BackingFile != right || info.FullBackingFile != right || info.Backing == nil {
 		t.Errorf("info %+v", info)
 	}
@@ -457,11 +449,7 @@ func TestChainGivenParentsLinear(t *testing.T) {
 		parents = append(parents, path)
 	}
 	before := layerOpens.Load()
-	img, err := format.Open(parents[n-1], "", format.Policy{Parents: parents})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.OpenPolicy(t, parents[n-1], "", format.Policy{Parents: parents})
 	if e, err := img.Extent(0); err != nil || e.Depth != n-1 {
 		t.Errorf("Extent(0) = %+v, %v; want depth %d", e, err, n-1)
 	}

@@ -148,11 +148,7 @@ func TestFindingsConfusion(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(dir, c.name+".img")
 			writeFile(t, path, c.data())
-			img, err := format.Open(path, c.force, format.Policy{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := formattest.Open(t, path, c.force)
 			fs := format.Findings(path, img, format.Policy{})
 			if c.want == nil {
 				if len(fs) != 0 {

@@ -219,7 +219,13 @@ func QemuCompareOutput(t testing.TB, a, b string) []byte {
 // failure fails the test.
 func Open(t testing.TB, path, fmtName string) format.Image {
 	t.Helper()
-	img, err := format.Open(path, fmtName, format.Policy{})
+	return OpenPolicy(t, path, fmtName, format.Policy{})
+}
+
+// OpenPolicy is Open under the policy p.
+func OpenPolicy(t testing.TB, path, fmtName string, p format.Policy) format.Image {
+	t.Helper()
+	img, err := format.Open(path, fmtName, p)
 	if err != nil {
 		t.Fatalf("open %s: %v", path, err)
 	}

@@ -115,11 +115,7 @@ func TestBacking(t *testing.T) {
 			}
 
 			// Without backing files the unstored ranges read as zeros.
-			nb, err := format.Open(top, "", format.Policy{NoBacking: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nb.Close()
+			nb := formattest.OpenPolicy(t, top, "", format.Policy{NoBacking: true})
 			buf := make([]byte, 1000)
 			if _, err := nb.ReadAt(buf, 0); err != nil {
 				t.Fatal(err)

@@ -119,11 +119,7 @@ func TestBackingChains(t *testing.T) {
 		ov := filepath.Join(dir, "ov.qcow2")
 		formattest.Create(t, ov, "qcow2", "1M", "-b", "base.raw", "-F", "raw")
 		formattest.QemuIO(t, "qcow2", ov, "write -P 0xd1 64k 64k")
-		img, err := format.Open(ov, "", format.Policy{NoBacking: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer img.Close()
+		img := formattest.OpenPolicy(t, ov, "", format.Policy{NoBacking: true})
 		info := img.Info()
 		if info.Backing != nil || info.BackingFile != "base.raw" || info.BackingFormat != "raw" {
 			t.Fatalf("info = %+v", info)
@@ -318,11 +314,7 @@ func TestRealWorld(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "cirros.raw") || !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("open with a missing backing file: err = %v, want it to name cirros.raw as missing", err)
 			}
-			img, err := format.Open(path, "", format.Policy{NoBacking: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := formattest.OpenPolicy(t, path, "", format.Policy{NoBacking: true})
 			info := img.Info()
 			if info.BackingFile != tc.backing || info.BackingFormat != tc.format || info.Backing != nil {
 				t.Fatalf("info: backing %q format %q", info.BackingFile, info.BackingFormat)

@@ -232,11 +232,7 @@ func TestDifferencing(t *testing.T) {
 	}
 	img.Close()
 
-	img, err = format.Open(child, "", format.Policy{Parents: []string{parent}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img = formattest.OpenPolicy(t, child, "", format.Policy{Parents: []string{parent}})
 	if info := img.Info(); info.BackingFile != parent || info.BackingFormat != "vdi" || info.Backing == nil {
 		t.Errorf("info %+v", info)
 	}
@@ -269,11 +265,7 @@ func TestDifferencing(t *testing.T) {
 	writeVDIDiff(t, grand, raw, g)
 	graw := filepath.Join(dir, "grand.raw")
 	vdiOverlay(t, raw, graw, g)
-	chain, err := format.Open(grand, "", format.Policy{Parents: []string{parent, child}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer chain.Close()
+	chain := formattest.OpenPolicy(t, grand, "", format.Policy{Parents: []string{parent, child}})
 	readsLike(t, chain, graw)
 	if e, err := chain.Extent(1 << 20); err != nil || e.Depth != 2 || e.Status != format.Data {
 		t.Errorf("Extent(1M) = %+v, %v; want the base's data at depth 2", e, err)

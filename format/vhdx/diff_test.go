@@ -183,11 +183,7 @@ func TestDifferencing(t *testing.T) {
 			compareWindows(t, img, raw, [][2]int64{{0, size}})
 			checkMap(t, img, parent, s)
 			// The layer alone: what the child holds, the rest unallocated.
-			top, err := format.Open(child, "", format.Policy{NoBacking: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer top.Close()
+			top := formattest.OpenPolicy(t, child, "", format.Policy{NoBacking: true})
 			var held int64
 			for _, w := range s.writes {
 				held += int64(len(w.Data))

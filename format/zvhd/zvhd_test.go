@@ -70,11 +70,7 @@ func build(t testing.TB, origSize int64, blocks map[uint32][]byte) []byte {
 func TestT1(t *testing.T) {
 	raw := vhdspectest.ReadVector(t, "t1.raw")
 	size := int64(len(raw))
-	img, err := format.Open(vhdspectest.VectorPath(t, "t1.zvhd"), "", format.Policy{Untrusted: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := formattest.OpenPolicy(t, vhdspectest.VectorPath(t, "t1.zvhd"), "", format.Policy{Untrusted: true})
 	z, ok := format.TopLayer(img).(*Image)
 	if !ok {
 		t.Fatalf("probed as %s", img.Info().Format)
