@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/diskimg/diskimg/format/formattest"
@@ -20,8 +21,11 @@ import (
 )
 
 // diskimgBin is a diskimg binary built for these tests, in a temp dir
-// TestMain removes.
-var diskimgBin string
+// TestMain removes; binMu guards it for parallel tests.
+var (
+	binMu      sync.Mutex
+	diskimgBin string
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv("DISKIMG_BENCH_HELPER") == "1" {
@@ -37,6 +41,8 @@ func TestMain(m *testing.M) {
 // buildDiskimg builds cmd/diskimg once per test binary.
 func buildDiskimg(t *testing.T) string {
 	t.Helper()
+	binMu.Lock()
+	defer binMu.Unlock()
 	if diskimgBin != "" {
 		return diskimgBin
 	}
@@ -237,6 +243,7 @@ func tinyConfig(t *testing.T, dir string) Config {
 }
 
 func TestRunTiny(t *testing.T) {
+	t.Parallel()
 	dir := formattest.QemuDir(t)
 	var log bytes.Buffer
 	c := tinyConfig(t, dir)
@@ -320,6 +327,7 @@ func helper() int {
 var timeRE = regexp.MustCompile(`\s\d+\.\d{3}s\s`)
 
 func TestNoQemu(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	c := tinyConfig(t, dir)
 	c.Runs = 1
@@ -357,6 +365,7 @@ func TestNoQemu(t *testing.T) {
 // TestFullDisk fills a small tmpfs: the run fails with a clear error and
 // leaves nothing behind.
 func TestFullDisk(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "bench-test", dir).Run(); err != nil {
 		t.Skipf("cannot mount a small tmpfs (needs root): %v", err)
@@ -383,6 +392,7 @@ func TestFullDisk(t *testing.T) {
 // TestMakeOS checks the OS-like disk: a valid GPT, FAT32 in the first
 // partition and ext4 in the second.
 func TestMakeOS(t *testing.T) {
+	t.Parallel()
 	if tool := missingTool(osTools...); tool != "" {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s is required under CI=true", tool)

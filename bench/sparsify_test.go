@@ -14,6 +14,7 @@ import (
 // stand-in for virt-sparsify that only converts (it leaves the deleted
 // files in), so diskimg's output must be the smaller.
 func TestRunSparsifyTiny(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	if missingTool("mkfs.ext4", "debugfs") != "" {
 		t.Skip("e2fsprogs not installed")

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +27,23 @@ func runBenchCLI(t *testing.T, args ...string) (string, string, int) {
 	return runCLI(t, append([]string{"bench"}, args...)...)
 }
 
+// benchProcess runs `diskimg bench args` as a process of its own, whose
+// children (the harness runs itself as diskimg) act as the CLI too, with
+// extra environment env; it returns stdout, stderr and the exit code.
+func benchProcess(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := cliCommand(append([]string{"bench"}, args...)...)
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
 func TestBenchErrors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -43,10 +62,9 @@ func TestBenchErrors(t *testing.T) {
 }
 
 func TestBenchTinyJSON(t *testing.T) {
-	formattest.RequireQemu(t)
-	t.Setenv(asCLI, "1")
-	dir := t.TempDir()
-	out, stderr, code := runBenchCLI(t, "--tiny", "--quick", "--runs", "1", "--formats", "qcow2", "--output", "json", "--dir", dir)
+	t.Parallel()
+	dir := formattest.QemuDir(t)
+	out, stderr, code := benchProcess(t, nil, "--tiny", "--quick", "--runs", "1", "--formats", "qcow2", "--output", "json", "--dir", dir)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -81,15 +99,13 @@ func TestBenchTinyJSON(t *testing.T) {
 // TestBenchSparsifyJSON runs `bench --sparsify` on a tiny disk, with a
 // stand-in for virt-sparsify first on PATH.
 func TestBenchSparsifyJSON(t *testing.T) {
-	formattest.RequireQemu(t)
+	t.Parallel()
+	dir := formattest.QemuDir(t)
 	extWithDeleted(t, t.TempDir()) // skips without e2fsprogs
-	t.Setenv(asCLI, "1")
-	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)
 	os.WriteFile(filepath.Join(bin, "virt-sparsify"), []byte("#!/bin/sh\nexec qemu-img convert -f raw -O qcow2 \"$6\" \"$7\"\n"), 0o755)
-	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
-	out, stderr, code := runBenchCLI(t, "--sparsify", "--tiny", "--runs", "1", "--output", "json", "--dir", dir)
+	out, stderr, code := benchProcess(t, []string{"PATH=" + bin + ":" + os.Getenv("PATH")}, "--sparsify", "--tiny", "--runs", "1", "--output", "json", "--dir", dir)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}

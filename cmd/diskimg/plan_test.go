@@ -198,23 +198,23 @@ func sharedClusterQcow2(t *testing.T, path, size string) {
 	}
 }
 
-// cliOnPath puts a "diskimg" on PATH that runs the test binary as the
-// CLI, so commands can be run as printed.
-func cliOnPath(t *testing.T) {
+// cliPath returns a PATH whose "diskimg" runs the test binary as the
+// command (see asCLI), for the shells a test starts.
+func cliPath(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	script := fmt.Sprintf("#!/bin/sh\n%s=1 exec %q \"$@\"\n", asCLI, os.Args[0])
 	if err := os.WriteFile(filepath.Join(dir, "diskimg"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return dir + string(os.PathListSeparator) + os.Getenv("PATH")
 }
 
-// shell runs a command line as a user would, in dir.
-func shell(t *testing.T, dir, line string) (string, error) {
-	t.Helper()
+// shell runs a command line as a user would, in dir, with PATH path.
+func shell(dir, path, line string) (string, error) {
 	cmd := exec.Command("sh", "-c", line)
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PATH="+path)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -224,11 +224,12 @@ func shell(t *testing.T, dir, line string) (string, error) {
 // file is outside its directory, fixed and dynamic VHDs and a VHDX, named
 // from the working directory and from its parent: each must succeed.
 func TestPlanCommandsRun(t *testing.T) {
+	t.Parallel()
 	formattest.RequireQemu(t)
 	if _, err := exec.LookPath("tar"); err != nil {
 		t.Fatal("tar is needed for the GCP package command")
 	}
-	cliOnPath(t)
+	path := cliPath(t)
 	dir := planImages(t)
 	root := filepath.Dir(dir)
 	images := map[string][]string{
@@ -247,7 +248,7 @@ func TestPlanCommandsRun(t *testing.T) {
 					before := formattest.ListDir(t, dir)
 					defer removeNew(t, dir, before)
 					line := fmt.Sprintf("diskimg plan --output=json --cloud %s %s %s", cloud, strings.Join(flags, " "), name)
-					out, err := shell(t, cwd, line)
+					out, err := shell(cwd, path, line)
 					var d limits.Decision
 					if jerr := json.Unmarshal([]byte(out), &d); jerr != nil {
 						t.Fatalf("%s: %v, %v: %s", line, err, jerr, out)
@@ -257,7 +258,7 @@ func TestPlanCommandsRun(t *testing.T) {
 							t.Logf("not run (Huawei's tool): %s", c)
 							continue
 						}
-						if out, err := shell(t, cwd, c); err != nil {
+						if out, err := shell(cwd, path, c); err != nil {
 							t.Errorf("%s\nprinted by %s\nfails: %v: %s", c, line, err, out)
 						}
 						ran++

@@ -332,22 +332,26 @@ func writtenZeroSources(t *testing.T) []source {
 		return p
 	}
 	rng := rand.New(rand.NewSource(7))
+	// 4 KiB units of data and of zeros alternating through the first
+	// 2 MiB (inside one payload block), then zeros, a data unit just
+	// before a block boundary and a last odd sector.
+	alternating := source{"alternating", writeRaw("alternating", 9<<20+512, func(b []byte) {
+		for off := 0; off < 2<<20; off += 8192 {
+			rng.Read(b[off : off+4096])
+		}
+		rng.Read(b[4<<20-4096 : 4<<20])
+		rng.Read(b[len(b)-512:])
+	}), "raw"}
+	if testing.Short() {
+		return []source{alternating} // -short: one source
+	}
 	zeros := filepath.Join(dir, "zeros.raw")
 	formattest.MakeRaw(t, zeros, oddSmall, formattest.Zeros)
 	return []source{
 		{"zeros", zeros, "raw"},
 		// 64 MiB of zeros with 1 MiB of random data at 10 MiB.
 		{"zeros64M+1M", writeRaw("zeros64M", 64<<20, func(b []byte) { rng.Read(b[10<<20 : 11<<20]) }), "raw"},
-		// 4 KiB units of data and of zeros alternating through the first
-		// 2 MiB (inside one payload block), then zeros, a data unit just
-		// before a block boundary and a last odd sector.
-		{"alternating", writeRaw("alternating", 9<<20+512, func(b []byte) {
-			for off := 0; off < 2<<20; off += 8192 {
-				rng.Read(b[off : off+4096])
-			}
-			rng.Read(b[4<<20-4096 : 4<<20])
-			rng.Read(b[len(b)-512:])
-		}), "raw"},
+		alternating,
 	}
 }
 

@@ -322,10 +322,14 @@ func writtenZeroCases() []writtenZeroCase {
 	for i := int64(512); i < 640; i += 3 { // every third of the second, one byte each
 		alternating = append(alternating, [2]int64{i*g + g/2, 1})
 	}
+	alt := writtenZeroCase{"alternating", 40<<20 + 1536, append(alternating, [2]int64{40<<20 + 1535, 1})}
+	if testing.Short() {
+		return []writtenZeroCase{alt} // -short: the source with grain- and byte-sized runs
+	}
 	return []writtenZeroCase{
 		{"zeros", 33<<20 + 4096, nil}, // formattest.Zeros
 		{"dd", 64 << 20, [][2]int64{{10 << 20, 1 << 20}}},
-		{"alternating", 40<<20 + 1536, append(alternating, [2]int64{40<<20 + 1535, 1})},
+		alt,
 	}
 }
 
