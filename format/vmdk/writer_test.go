@@ -686,7 +686,7 @@ func BenchmarkConvertEmpty1TiB(b *testing.B) {
 // byte for byte qemu-img's own conversion (but the descriptor's CID), and
 // qemu-img compare calls a 4 TiB stream identical to the source. (qemu-img
 // compare takes minutes on 16 TiB; run by hand, it calls both identical.)
-// -short writes 4 TiB only.
+// -short skips it.
 func TestWriterHuge(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: 4 and 16 TiB outputs (the writer matrix covers the layout at small sizes)")
