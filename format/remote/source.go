@@ -167,7 +167,7 @@ func openBackend(ctx context.Context, name string, b backend, o Options) (*File,
 	return f, nil
 }
 
-// spoolAll copies the whole object into an unlinked temporary file,
+// spoolAll copies the whole object into a file with no name (format.SpoolTemp),
 // starting again after a transient failure.
 func (f *File) spoolAll(ctx context.Context) error {
 	return retry(ctx, f.opts.stallTime(), func(ctx context.Context, kick func()) error {
