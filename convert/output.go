@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -84,16 +83,19 @@ type stream struct{ w io.Writer }
 
 func (s stream) Write(p []byte) (int, error) { return s.w.Write(p) }
 
-// redirectedTo is the file standard output is redirected to, if any, so
-// a VMDK streamed into "> disk.vmdk" names disk.vmdk in its descriptor;
-// "" for a pipe or a terminal.
+// redirectedTo is the regular file standard output is redirected to, if
+// any, so a VMDK streamed into "> disk.vmdk" names disk.vmdk in its
+// descriptor; "" for a pipe, a terminal or a device.
 func redirectedTo(f *os.File) string {
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return ""
+	}
 	var p string
 	if raw, err := f.SyscallConn(); err == nil {
 		raw.Control(func(fd uintptr) { p, _ = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) })
 	}
-	if !filepath.IsAbs(p) || strings.HasPrefix(p, "/dev/") {
-		return "" // "pipe:[123]" is not a path
+	if !filepath.IsAbs(p) {
+		return ""
 	}
 	return p
 }

@@ -64,3 +64,39 @@ func TestNoNameUntilCommit(t *testing.T) {
 		}
 	}
 }
+
+// TestRedirectedTo: standard output redirected to a regular file is named,
+// wherever the file is (/dev/shm too); a device or a pipe is not.
+func TestRedirectedTo(t *testing.T) {
+	dirs := []string{t.TempDir()}
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		dirs = append(dirs, "/dev/shm")
+	}
+	for _, dir := range dirs {
+		f, err := os.CreateTemp(dir, "redirect-*.vmdk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		if got := redirectedTo(f); got != f.Name() {
+			t.Errorf("redirectedTo(%s) = %q", f.Name(), got)
+		}
+	}
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for _, f := range []*os.File{null, w} {
+		if got := redirectedTo(f); got != "" {
+			t.Errorf("redirectedTo(%s) = %q, want none", f.Name(), got)
+		}
+	}
+}
