@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 func TestParseCache(t *testing.T) {
@@ -152,9 +154,7 @@ func TestDirectFile(t *testing.T) {
 	want := make([]byte, 3<<20+1234)
 	rand.New(rand.NewSource(3)).Read(want)
 	path := filepath.Join(t.TempDir(), "img")
-	if err := os.WriteFile(path, want, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, path, want)
 	reads := 200 // each goroutine's, up to 3 MiB each: O_DIRECT reads the disk
 	if testing.Short() {
 		reads = 40

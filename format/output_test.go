@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // writeSample writes the same sequence through an Output: small and large
@@ -80,10 +81,7 @@ func TestOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeSample(t, o)
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := formattest.ReadFile(t, path)
 	if !bytes.Equal(got, sampleBytes(true)) {
 		t.Error("file: wrong bytes")
 	}

@@ -2,7 +2,6 @@ package inspect
 
 import (
 	"bytes"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
 
@@ -141,10 +141,7 @@ func TestESPListing(t *testing.T) {
 			sparseFile(t, fsPath, size)
 			run(t, "mkfs.vfat", "-F", fat, "-s", spc, fsPath)
 			inspecttest.FATFiles(t, fsPath, files)
-			data, err := os.ReadFile(fsPath)
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := formattest.ReadFile(t, fsPath)
 			d := memDev(data)
 			v, fs, err := parseFATBoot(d, data[:512])
 			if err != nil || fs.Version != "FAT"+fat {
@@ -201,13 +198,8 @@ func writeESPSeed(t *testing.T) {
 	pe := inspecttest.PE(inspecttest.MachineAMD64, inspecttest.PE32Plus, [4]uint16{})
 	inspecttest.FATFiles(t, p, map[string][]byte{"EFI/BOOT/BOOTX64.EFI": pe, "EFI/Microsoft/Boot/bootmgfw.efi": pe,
 		"EFI/systemd/systemd-bootx64.efi": pe, "vmlinuz": []byte("kernel")})
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", "esp.seed"), sparseEncode(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, p)
+	formattest.WriteFile(t, filepath.Join("..", "testdata", "inspect", "esp.seed"), sparseEncode(data))
 }
 
 // TestBitLocker checks a BitLocker volume header against blkid: the
@@ -217,10 +209,7 @@ func TestBitLocker(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bl.fs")
 	inspecttest.BitLockerVolume(t, path, 16*mib)
 	ref := blkid(t, path)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, path)
 	r := inspectBytes(t, data)
 	fs := r.Filesystem
 	if fs == nil || fs.Type != ref["TYPE"] || fs.Version != ref["VERSION"] || !fs.Encrypted || fs.Type != "BitLocker" {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // Churn tests: filesystems made at test time, filled with files and
@@ -107,9 +108,7 @@ func mountOps(mount []string) fsOps {
 					if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 						t.Fatal(err)
 					}
-					if err := os.WriteFile(p, add[n], 0o644); err != nil {
-						t.Fatal(err)
-					}
+					formattest.WriteFile(t, p, add[n])
 				}
 			})
 		},
@@ -191,9 +190,7 @@ func extOps(mkfs ...string) fsOps {
 				cmds = append(cmds, "mkdir /"+d)
 			}
 			p := filepath.Join(dir, strconv.Itoa(i))
-			if err := os.WriteFile(p, add[n], 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, p, add[n])
 			cmds = append(cmds, fmt.Sprintf("write %s /%s", p, n))
 		}
 		script := filepath.Join(dir, "cmds")
@@ -230,9 +227,7 @@ func vfatOps(mkfs ...string) fsOps {
 			for n, b := range add {
 				p := filepath.Join(src, n)
 				os.MkdirAll(filepath.Dir(p), 0o755)
-				if err := os.WriteFile(p, b, 0o644); err != nil {
-					t.Fatal(err)
-				}
+				formattest.WriteFile(t, p, b)
 			}
 			entries, _ := os.ReadDir(src)
 			args := []string{"-s", "-o", "-i", img}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // memImage is a raw in-memory image whose map says every byte is data.
@@ -144,10 +145,7 @@ func TestSparsifyDirty(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	img := extImage(t, dir, 16<<20)
-	clean, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	clean := formattest.ReadFile(t, img)
 	// The journal's first block, whose superblock says what to replay.
 	var jblk int64
 	fmt.Sscan(strings.TrimSpace(run(t, "debugfs", "-R", "bmap <8> 0", img)), &jblk)
@@ -392,10 +390,7 @@ func TestSparsifyUnsure(t *testing.T) {
 		t.Errorf("bigalloc: %+v", rep.Filesystems[0])
 	}
 	// Btrfs is copied whole: its free space is not read.
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "inspect", "btrfs.seed"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := formattest.ReadFile(t, filepath.Join("..", "testdata", "inspect", "btrfs.seed"))
 	b = fuzzBytes(b)
 	if _, rep := sparsifyBytes(t, b, SparsifyOptions{}); rep.Filesystems[0].Type != "btrfs" || !strings.Contains(rep.Filesystems[0].Kept, "copied whole") {
 		t.Errorf("btrfs: %+v", rep.Filesystems)

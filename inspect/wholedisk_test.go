@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
 
@@ -41,9 +42,7 @@ func TestWholeDisk(t *testing.T) {
 		}, checkFAT("FAT32")},
 		{"iso9660", "genisoimage", "genisoimage", 0, func(t *testing.T, p string) {
 			src := t.TempDir()
-			if err := os.WriteFile(filepath.Join(src, "readme.txt"), []byte(strings.Repeat("iso ", 5000)), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, filepath.Join(src, "readme.txt"), []byte(strings.Repeat("iso ", 5000)))
 			run(t, "genisoimage", "-quiet", "-V", "CDLABEL", "-o", p, src)
 		}, checkISO},
 	}
@@ -153,10 +152,7 @@ func Test4Kn(t *testing.T) {
 		files[i+1] = p
 	}
 	if *update {
-		b, err := os.ReadFile(disk)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := formattest.ReadFile(t, disk)
 		os.WriteFile(filepath.Join("..", "testdata", "inspect", "gpt4k.seed"), b[:6*4096], 0o644)
 	}
 	r := inspectFile(t, disk)

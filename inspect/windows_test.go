@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -13,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/inspect/inspecttest"
 )
 
@@ -47,9 +47,7 @@ func TestRegistryHive(t *testing.T) {
 	if *update {
 		sys := inspecttest.Server2019("SEED").System()
 		for name, data := range map[string][]byte{"software-hive.seed": b, "system-hive.seed": sys} {
-			if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			formattest.WriteFile(t, filepath.Join("..", "testdata", "inspect", name), data)
 		}
 	}
 	h, err := openHive(memReader(b), int64(len(b)))
@@ -146,10 +144,7 @@ func TestNTFSSystemDirs(t *testing.T) {
 			t.Fatalf("ntfsinfo: %s", info)
 		}
 		want, _ := strconv.ParseInt(m[1], 10, 64)
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := formattest.ReadFile(t, path)
 		v := ntfsOf(t, data)
 		if err := v.loadMFT(); err != nil {
 			t.Fatal(err)
@@ -221,10 +216,7 @@ func TestWindowsNTFS(t *testing.T) {
 	}
 
 	// A damaged hive still gives Windows, version unknown, and a finding.
-	data, err := os.ReadFile(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, disk)
 	i := bytes.Index(data, hiveData[:64])
 	if i < 0 {
 		t.Fatal("hive not found in the disk")
@@ -262,10 +254,7 @@ func writeNTFSSeed(t *testing.T) {
 		files["Windows/System32/api-ms-win-core-file-l"+strconv.Itoa(i)+".dll"] = nil
 	}
 	inspecttest.NTFS(t, nt, 2*mib, "", files, "-c", "512")
-	data, err := os.ReadFile(nt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, nt)
 	v := ntfsOf(t, data)
 	const upcase = 10 // $UpCase: 128 KiB no parser reads
 	s, err := v.stream(upcase, ntfsAttrData, "")
@@ -288,9 +277,7 @@ func writeNTFSSeed(t *testing.T) {
 			clear(rec)
 		}
 	}
-	if err := os.WriteFile(filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"), sparseEncode(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	formattest.WriteFile(t, filepath.Join("..", "testdata", "inspect", "ntfs-windows.seed"), sparseEncode(data))
 }
 
 // TestWindowsRegistryFacts reads edition, role, computer name, drivers

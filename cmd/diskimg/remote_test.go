@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskimg/diskimg/format/formattest"
 	"github.com/diskimg/diskimg/format/remote"
 	"github.com/diskimg/diskimg/format/remote/remotetest"
 )
@@ -41,10 +42,7 @@ func serveDir(t *testing.T, dir string, noRanges bool) string {
 // reports what it reports for the local file.
 func TestURLSources(t *testing.T) {
 	dir := t.TempDir()
-	data, err := os.ReadFile(demo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := formattest.ReadFile(t, demo)
 	os.WriteFile(filepath.Join(dir, "demo.qcow2"), data, 0o644)
 	for _, noRanges := range []bool{false, true} {
 		url := serveDir(t, dir, noRanges) + "/demo.qcow2"

@@ -109,10 +109,7 @@ func Seeds(t testing.TB, dir string) []Seed {
 		if e.IsDir() {
 			continue
 		}
-		d, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := ReadFile(t, filepath.Join(dir, e.Name()))
 		seeds = append(seeds, Seed{e.Name(), d})
 	}
 	if len(seeds) == 0 {

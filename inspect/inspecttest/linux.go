@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // Linux describes a Linux root to write with Tree.
@@ -108,10 +110,7 @@ func (l Linux) Tree(t testing.TB, dir string) (root, boot string) {
 	}
 	WriteFiles(t, root, files)
 	// A real ELF shell, for the architecture.
-	elf, err := os.ReadFile("/bin/true")
-	if err != nil {
-		t.Fatal(err)
-	}
+	elf := formattest.ReadFile(t, "/bin/true")
 	bin := "bin"
 	if l.UsrMerged {
 		bin = "usr/bin"

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 const MiB = 1 << 20
@@ -128,8 +129,6 @@ func WriteFiles(t testing.TB, root string, files map[string][]byte) {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(p, body, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		formattest.WriteFile(t, p, body)
 	}
 }
