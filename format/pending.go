@@ -156,7 +156,7 @@ func (p *PendingFile) Commit(force, noFlush bool) error {
 		return err
 	}
 	if !noFlush {
-		SyncDir(p.dir)
+		syncDir(p.dir)
 	}
 	return nil
 }
@@ -310,9 +310,9 @@ func AnonymousFile(dir, stem string) (*os.File, error) {
 	return p.File, nil
 }
 
-// SyncDir flushes dir's entries, so a name just given survives a crash.
+// syncDir flushes dir's entries, so a name just given survives a crash.
 // It is best effort: some filesystems cannot sync a directory.
-func SyncDir(dir string) {
+func syncDir(dir string) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return
