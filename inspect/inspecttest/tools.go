@@ -97,12 +97,24 @@ func Place(t testing.TB, dst, src string, off int64) {
 }
 
 // writeNonZero writes the unit-byte pieces of b that are not all zero
-// into the file at path, from off.
+// into the file at path, from off, leaving holes for the rest.
 func writeNonZero(t testing.TB, path string, b []byte, off int64, unit int) {
 	t.Helper()
+	var f *os.File
 	for i := 0; i < len(b); i += unit {
-		if p := b[i:min(i+unit, len(b))]; !format.IsZero(p) {
-			WriteAt(t, path, p, off+int64(i))
+		p := b[i:min(i+unit, len(b))]
+		if format.IsZero(p) {
+			continue
+		}
+		if f == nil {
+			var err error
+			if f, err = os.OpenFile(path, os.O_WRONLY, 0); err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+		}
+		if _, err := f.WriteAt(p, off+int64(i)); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
