@@ -9,6 +9,26 @@ import (
 	"testing"
 )
 
+// ReadFile returns the contents of the file at path; an error fails the
+// test.
+func ReadFile(t testing.TB, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// WriteFile writes data to the file at path (mode 0644); an error fails
+// the test.
+func WriteFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ListDir returns the names in dir, sorted, to prove what a run left behind.
 func ListDir(t testing.TB, dir string) []string {
 	t.Helper()

@@ -67,26 +67,6 @@ func ReadSeed(t testing.TB, dir, name string) []byte {
 	return ReadFile(t, filepath.Join(dir, name))
 }
 
-// ReadFile returns the contents of the file at path; an error fails the
-// test.
-func ReadFile(t testing.TB, path string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
-// WriteFile writes data to the file at path (mode 0644); an error fails
-// the test.
-func WriteFile(t testing.TB, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // WriteSeeds writes seeds, by file name, into dir, making it if need be:
 // what a test regenerating its fuzz seeds ends with.
 func WriteSeeds(t testing.TB, dir string, seeds map[string][]byte) {
