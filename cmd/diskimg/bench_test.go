@@ -2,9 +2,7 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,14 +32,7 @@ func benchProcess(t *testing.T, env []string, args ...string) (string, string, i
 	t.Helper()
 	cmd := cliCommand(append([]string{"bench"}, args...)...)
 	cmd.Env = append(cmd.Env, env...)
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	return runCaptured(t, cmd)
 }
 
 func TestBenchErrors(t *testing.T) {

@@ -325,15 +325,22 @@ func TestCloudConvertSparsify(t *testing.T) {
 func qemuImg(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	formattest.RequireQemu(t)
+	out, _, code := runCaptured(t, exec.Command("qemu-img", args...))
+	return out, code
+}
+
+// runCaptured runs cmd and returns its standard output, its standard
+// error and its exit code; only a failure to run it fails the test.
+func runCaptured(t *testing.T, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command("qemu-img", args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("qemu-img %v: %v", args, err)
+		t.Fatalf("%v: %v", cmd.Args, err)
 	}
-	return stdout.String(), cmd.ProcessState.ExitCode()
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
 }
 
 // fill writes a file of n bytes of b.
