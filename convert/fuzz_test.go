@@ -116,7 +116,7 @@ func TestWriteSeeds(t *testing.T) {
 	if os.Getenv("DISKIMG_WRITE_SEEDS") == "" {
 		t.Skip("set DISKIMG_WRITE_SEEDS=1 to regenerate testdata/convert")
 	}
-	formattest.WriteSeeds(t, "../testdata/convert", map[string][]byte{
+	formattest.WriteFiles(t, "../testdata/convert", map[string][]byte{
 		"mixed":   {0x00, 0x40, 1, 1, 40, 0x07, 0x31, 30, 0x45, 0, 90, 0x83, 5, 255, 0x3f, 0x99},
 		"sparse":  {0xff, 0xff, 3, 4, 255, 0x7f, 0, 255, 0xbf, 0, 2, 0x00, 0x20},
 		"tiny":    {0x10, 0x00, 2, 0},

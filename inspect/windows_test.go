@@ -46,9 +46,7 @@ func TestRegistryHive(t *testing.T) {
 	b := softwareHive()
 	if *update {
 		sys := inspecttest.Server2019("SEED").System()
-		for name, data := range map[string][]byte{"software-hive.seed": b, "system-hive.seed": sys} {
-			formattest.WriteFile(t, filepath.Join("..", "testdata", "inspect", name), data)
-		}
+		formattest.WriteFiles(t, filepath.Join("..", "testdata", "inspect"), map[string][]byte{"software-hive.seed": b, "system-hive.seed": sys})
 	}
 	h, err := openHive(memReader(b), int64(len(b)))
 	if err != nil {

@@ -319,9 +319,7 @@ func TestParentFlag(t *testing.T) {
 	binary.LittleEndian.PutUint32(child[0x200:], 0xffffffff) // block 0: the parent's
 	other := bytes.Clone(base)
 	copy(other[0x188:0x198], "another disk....")
-	for name, b := range map[string][]byte{"base.vdi": base, "child.vdi": child, "other.vdi": other} {
-		formattest.WriteFile(t, filepath.Join(dir, name), b)
-	}
+	formattest.WriteFiles(t, dir, map[string][]byte{"base.vdi": base, "child.vdi": child, "other.vdi": other})
 	p := func(name string) string { return filepath.Join(dir, name) }
 	const uuid = "{75fc7ebf-2672-4d0a-b17a-952f9b63700b}" // data.vdi's, as VirtualBox shows it
 	if _, stderr, code := runCLI(t, "map", p("child.vdi")); code != 1 || !strings.Contains(stderr, uuid) || !strings.Contains(stderr, "--parent") {

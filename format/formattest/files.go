@@ -29,6 +29,20 @@ func WriteFile(t testing.TB, path string, data []byte) {
 	}
 }
 
+// WriteFiles writes files (path relative to root, slash-separated →
+// content) under root, making their directories: a tree for a test, or
+// the seeds a regenerating test writes.
+func WriteFiles(t testing.TB, root string, files map[string][]byte) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		WriteFile(t, p, body)
+	}
+}
+
 // ListDir returns the names in dir, sorted, to prove what a run left behind.
 func ListDir(t testing.TB, dir string) []string {
 	t.Helper()

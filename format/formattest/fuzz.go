@@ -67,18 +67,6 @@ func ReadSeed(t testing.TB, dir, name string) []byte {
 	return ReadFile(t, filepath.Join(dir, name))
 }
 
-// WriteSeeds writes seeds, by file name, into dir, making it if need be:
-// what a test regenerating its fuzz seeds ends with.
-func WriteSeeds(t testing.TB, dir string, seeds map[string][]byte) {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range seeds {
-		WriteFile(t, filepath.Join(dir, name), b)
-	}
-}
-
 // Seeds returns the files in dir (such as testdata/vhdx) in name order;
 // a directory without any fails the test.
 func Seeds(t testing.TB, dir string) []Seed {
@@ -208,14 +196,14 @@ func (s SparseSeed) Expand(data []byte) []byte {
 	return out
 }
 
-// WriteSeeds is formattest.WriteSeeds with each seed compacted.
+// WriteSeeds writes seeds into dir as WriteFiles does, each compacted.
 func (s SparseSeed) WriteSeeds(t testing.TB, dir string, seeds map[string][]byte) {
 	t.Helper()
 	compact := make(map[string][]byte, len(seeds))
 	for name, b := range seeds {
 		compact[name] = s.Compact(b)
 	}
-	WriteSeeds(t, dir, compact)
+	WriteFiles(t, dir, compact)
 }
 
 // Compact is the inverse of Expand: the runs of b that are not zero, and

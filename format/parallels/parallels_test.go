@@ -180,7 +180,7 @@ func TestSeeds(t *testing.T) {
 func writeSeeds(t *testing.T) {
 	path := makeImage(t, formattest.QemuDir(t), "cluster_size=4k", "64k", "write -P 0x5a 12k 4k", "write -P 0x6b 1000 100", "write -P 0x7c 40k 5k")
 	data := formattest.ReadFile(t, path)
-	formattest.WriteSeeds(t, seeds, map[string][]byte{
+	formattest.WriteFiles(t, seeds, map[string][]byte{
 		"data.hds":      data,
 		"sectors.hds":   toSectors(bytes.Clone(data)),
 		"extension.hds": withExtension(bytes.Clone(data)),

@@ -222,7 +222,7 @@ func TestSnapshotSeed(t *testing.T) {
 		formattest.Qemu(t, "snapshot", "-c", "two", path)
 		formattest.QemuIO(t, "qcow2", path, "write -P 0x45 8k 512")
 		d := formattest.ReadFile(t, path)
-		formattest.WriteSeeds(t, filepath.Dir(snapshotSeed), map[string][]byte{filepath.Base(snapshotSeed): d})
+		formattest.WriteFiles(t, filepath.Dir(snapshotSeed), map[string][]byte{filepath.Base(snapshotSeed): d})
 	}
 	d := formattest.ReadFile(t, snapshotSeed)
 	img, err := formattest.OpenMem(t, "qcow2", d)

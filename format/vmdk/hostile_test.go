@@ -363,5 +363,5 @@ func TestWriteSeeds(t *testing.T) {
 		s, _ := sample(c[0], c[1])
 		seeds[name] = s.build()
 	}
-	formattest.WriteSeeds(t, "../../testdata/vmdk", seeds)
+	formattest.WriteFiles(t, "../../testdata/vmdk", seeds)
 }

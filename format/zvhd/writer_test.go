@@ -373,5 +373,5 @@ func TestWriterSeeds(t *testing.T) {
 	src := vhdspectest.SeedSource(t, Name)
 	var out bytes.Buffer
 	convertTo(t, formattest.Open(t, src, "raw"), Name, &out, convert.Options{})
-	formattest.WriteSeeds(t, "../../testdata/zvhd", map[string][]byte{"writer.zvhd": out.Bytes()})
+	formattest.WriteFiles(t, "../../testdata/zvhd", map[string][]byte{"writer.zvhd": out.Bytes()})
 }

@@ -262,7 +262,7 @@ func FuzzZVHD(f *testing.F) {
 func TestSeeds(t *testing.T) {
 	dir := "../../testdata/zvhd"
 	if os.Getenv("ZVHD_WRITE_SEEDS") == "1" {
-		formattest.WriteSeeds(t, dir, map[string][]byte{
+		formattest.WriteFiles(t, dir, map[string][]byte{
 			"three-blocks.zvhd": build(t, 5*mib+512, map[uint32][]byte{0: []byte("hello"), 1: {1}, 2: bytes.Repeat([]byte{1, 2, 3}, 300)}),
 			"empty.zvhd":        build(t, 3*mib, nil),
 			"t1-header.zvhd":    vhdspectest.ReadVector(t, "t1.zvhd")[:4096+512],

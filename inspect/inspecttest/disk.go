@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/diskimg/diskimg/format/formattest"
 )
 
 // Fixed identifiers of the disks built here.
@@ -184,7 +186,7 @@ func FATFiles(t testing.TB, path string, files map[string][]byte) {
 	t.Helper()
 	RequireTool(t, "mcopy", "mtools")
 	src := path + ".files"
-	WriteFiles(t, src, files)
+	formattest.WriteFiles(t, src, files)
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)
@@ -303,7 +305,7 @@ func NTFS(t testing.TB, path string, size int64, label string, files map[string]
 			t.Errorf("umount: %v %s", err, out)
 		}
 	}()
-	WriteFiles(t, mnt, files)
+	formattest.WriteFiles(t, mnt, files)
 }
 
 // BitLocker volume header fields (libbde's BitLocker Drive Encryption

@@ -108,7 +108,7 @@ func (l Linux) Tree(t testing.TB, dir string) (root, boot string) {
 			files[mdir+"modules.builtin"] = []byte(strings.Join(k.Builtin, "\n") + "\n")
 		}
 	}
-	WriteFiles(t, root, files)
+	formattest.WriteFiles(t, root, files)
 	// A real ELF shell, for the architecture.
 	elf := formattest.ReadFile(t, "/bin/true")
 	bin := "bin"
@@ -121,7 +121,7 @@ func (l Linux) Tree(t testing.TB, dir string) (root, boot string) {
 			}
 		}
 	}
-	WriteFiles(t, root, map[string][]byte{bin + "/dash": elf})
+	formattest.WriteFiles(t, root, map[string][]byte{bin + "/dash": elf})
 	if err := os.Symlink("dash", filepath.Join(root, bin, "sh")); err != nil {
 		t.Fatal(err)
 	}

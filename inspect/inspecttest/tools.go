@@ -14,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/diskimg/diskimg/format"
-	"github.com/diskimg/diskimg/format/formattest"
 )
 
 const MiB = 1 << 20
@@ -129,18 +128,5 @@ func WriteAt(t testing.TB, path string, b []byte, off int64) {
 	defer f.Close()
 	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// WriteFiles writes files (path relative to root → content) under root,
-// making their directories.
-func WriteFiles(t testing.TB, root string, files map[string][]byte) {
-	t.Helper()
-	for name, body := range files {
-		p := filepath.Join(root, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		formattest.WriteFile(t, p, body)
 	}
 }
